@@ -1,0 +1,317 @@
+//! The relay's decisions, free of any kernel API: parse a frame, pick the direction
+//! from the session entry, build the new outer headers. The XDP program calls these
+//! with its context as the [`Frame`]; userspace tests call them with byte slices.
+
+use crate::{
+    counters,
+    csum::{self, Rewrite},
+    frame::Frame,
+    headers::*,
+    maps::{AF_INET, AF_INET6, Endpoint, SessionEntry},
+    wire::{HeaderError, Kind, WireHeader},
+};
+
+/// Why the relay does not handle a frame itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Not jvpn traffic (other ethertype, protocol or port, non-first fragment, or an
+    /// IP header too broken to find the port): `XDP_PASS`, untouched, not counted.
+    NotOurs,
+    /// jvpn traffic that must not be relayed: count it under the reason. Reasons for
+    /// which [`counters::is_pass`] holds go to the kernel, the rest are dropped.
+    Reject(u32),
+}
+
+/// A parsed jvpn frame: where things are and what the rewrite needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Parsed {
+    /// Bytes in front of the UDP payload: Ethernet, VLAN tag, IP header and options, UDP.
+    pub outer_len: usize,
+    /// UDP payload bytes (from the UDP length, which was checked against the IP length).
+    pub payload_len: usize,
+    pub family: u8,
+    /// IPv4 TOS / IPv6 traffic class, carried over to the relayed packet.
+    pub tos: u8,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// Source and destination port, as on the wire.
+    pub ports: [u8; 4],
+    /// UDP checksum as on the wire (0: none, IPv4 only).
+    pub udp_check: u16,
+    pub kind: Kind,
+    pub session_id: u64,
+}
+
+impl Parsed {
+    pub const fn sport_be(&self) -> u16 {
+        u16::from_ne_bytes([self.ports[0], self.ports[1]])
+    }
+}
+
+#[inline(always)]
+fn be16(b: [u8; 2]) -> u16 {
+    u16::from_be_bytes(b)
+}
+
+/// Parses Ethernet (+ one 802.1Q/802.1ad tag), IPv4 (with options) or IPv6, UDP to
+/// `port` (host order), and the jvpn header.
+#[inline(always)]
+pub fn parse<F: Frame + ?Sized>(f: &F, port: u16) -> Result<Parsed, Verdict> {
+    let eth: &EthHdr = f.at(0).ok_or(Verdict::NotOurs)?;
+    let mut ethertype = be16(eth.ethertype);
+    let mut l3 = ETH_LEN;
+    if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+        let vlan: &VlanHdr = f.at(ETH_LEN).ok_or(Verdict::NotOurs)?;
+        ethertype = be16(vlan.ethertype);
+        l3 += VLAN_LEN;
+    }
+
+    let mut src = [0u8; 16];
+    let mut dst = [0u8; 16];
+    let (family, tos, l4, ip_payload_len) = if ethertype == ETH_P_IPV4 {
+        let ip: &Ipv4Hdr = f.at(l3).ok_or(Verdict::NotOurs)?;
+        let ihl = (ip.version_ihl & 0x0f) as usize * 4;
+        // A broken header hides where UDP starts: the kernel's own checks drop it.
+        if ip.version_ihl >> 4 != 4 || ihl < IPV4_LEN || ip.protocol != IPPROTO_UDP {
+            return Err(Verdict::NotOurs);
+        }
+        let frag = be16(ip.frag_off);
+        if frag & 0x1fff != 0 {
+            // Only the first fragment carries the UDP header.
+            return Err(Verdict::NotOurs);
+        }
+        let total = be16(ip.total_len) as usize;
+        src[..4].copy_from_slice(&ip.src);
+        dst[..4].copy_from_slice(&ip.dst);
+        let l4 = l3 + ihl;
+        let udp: &UdpHdr = f.at(l4).ok_or(Verdict::NotOurs)?;
+        if be16(udp.dport) != port {
+            return Err(Verdict::NotOurs);
+        }
+        if frag & 0x2000 != 0 {
+            // First fragment of a jvpn datagram: the relay never reassembles.
+            return Err(Verdict::Reject(counters::FRAGMENT));
+        }
+        if total < ihl + UDP_LEN || l3 + total > f.len() {
+            return Err(Verdict::Reject(counters::MALFORMED));
+        }
+        (AF_INET, ip.tos, l4, total - ihl)
+    } else if ethertype == ETH_P_IPV6 {
+        let ip: &Ipv6Hdr = f.at(l3).ok_or(Verdict::NotOurs)?;
+        // Extension headers (fragments included) are left to the kernel.
+        if ip.vtc_flow[0] >> 4 != 6 || ip.next_header != IPPROTO_UDP {
+            return Err(Verdict::NotOurs);
+        }
+        src = ip.src;
+        dst = ip.dst;
+        let l4 = l3 + IPV6_LEN;
+        let udp: &UdpHdr = f.at(l4).ok_or(Verdict::NotOurs)?;
+        if be16(udp.dport) != port {
+            return Err(Verdict::NotOurs);
+        }
+        let payload = be16(ip.payload_len) as usize;
+        if l4 + payload > f.len() {
+            return Err(Verdict::Reject(counters::MALFORMED));
+        }
+        let tc = (ip.vtc_flow[0] << 4) | (ip.vtc_flow[1] >> 4);
+        (AF_INET6, tc, l4, payload)
+    } else {
+        return Err(Verdict::NotOurs);
+    };
+
+    let udp: &UdpHdr = f.at(l4).ok_or(Verdict::NotOurs)?;
+    let udp_len = be16(udp.len) as usize;
+    if udp_len != ip_payload_len || udp_len < UDP_LEN {
+        return Err(Verdict::Reject(counters::MALFORMED));
+    }
+    let payload_len = udp_len - UDP_LEN;
+    let outer_len = l4 + UDP_LEN;
+    let hdr: &WireHeader = f
+        .at(outer_len)
+        .ok_or(Verdict::Reject(counters::MALFORMED))?;
+    let kind = hdr.classify(payload_len).map_err(|e| {
+        Verdict::Reject(match e {
+            HeaderError::Truncated => counters::MALFORMED,
+            HeaderError::BadVersion => counters::BAD_VERSION,
+            HeaderError::UnknownType => counters::UNKNOWN_TYPE,
+            HeaderError::BadSessionId => counters::BAD_SESSION_ID,
+        })
+    })?;
+    Ok(Parsed {
+        outer_len,
+        payload_len,
+        family,
+        tos,
+        src,
+        dst,
+        ports: [udp.sport[0], udp.sport[1], udp.dport[0], udp.dport[1]],
+        udp_check: be16(udp.check),
+        kind,
+        session_id: hdr.session_id(),
+    })
+}
+
+/// Which way a DATA packet goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// From the bound client transport toward the exit.
+    Up,
+    /// From the exit toward the client's current binding.
+    Down,
+}
+
+/// Source and destination of the relayed packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Steer<'a> {
+    pub dir: Direction,
+    pub src: &'a Endpoint,
+    pub dst: &'a Endpoint,
+}
+
+#[inline(always)]
+fn addr_eq(a: &[u8; 16], b: &[u8; 16]) -> bool {
+    // Word compares: a `==` on arrays may become a bcmp call, which BPF does not have.
+    let w = |x: &[u8; 16], i: usize| u32::from_ne_bytes([x[i], x[i + 1], x[i + 2], x[i + 3]]);
+    w(a, 0) == w(b, 0) && w(a, 4) == w(b, 4) && w(a, 8) == w(b, 8) && w(a, 12) == w(b, 12)
+}
+
+#[inline(always)]
+fn from(p: &Parsed, e: &Endpoint) -> bool {
+    p.family == e.family && p.sport_be() == e.port_be && addr_eq(&p.src, &e.addr)
+}
+
+/// Decides where a DATA packet of a known session goes: from the current binding to
+/// the exit, from the exit to the current binding, nowhere otherwise. Only the source
+/// address and port decide (the single-active-binding rule).
+#[inline(always)]
+pub fn steer<'a>(p: &Parsed, e: &'a SessionEntry) -> Result<Steer<'a>, u32> {
+    if !e.forwarding() {
+        return Err(counters::NOT_FORWARDING);
+    }
+    if from(p, &e.client) {
+        Ok(Steer {
+            dir: Direction::Up,
+            src: &e.gw_exit,
+            dst: &e.exit,
+        })
+    } else if from(p, &e.exit) {
+        Ok(Steer {
+            dir: Direction::Down,
+            src: &e.gw_client,
+            dst: &e.client,
+        })
+    } else {
+        Err(counters::STALE_BINDING)
+    }
+}
+
+/// The UDP checksum of the relayed packet, or the reason it cannot be had cheaply.
+#[inline(always)]
+pub fn relayed_udp_check(p: &Parsed, s: &Steer<'_>) -> Result<u16, u32> {
+    if p.udp_check == 0 {
+        // IPv4 allows "no checksum"; IPv6 does not, and computing one would mean
+        // summing the whole payload in the fast path.
+        return if s.dst.family == AF_INET {
+            Ok(0)
+        } else {
+            Err(counters::NO_UDP_CHECKSUM)
+        };
+    }
+    let sp = s.src.port_be.to_ne_bytes();
+    let dp = s.dst.port_be.to_ne_bytes();
+    Ok(csum::udp_update(
+        p.udp_check,
+        &Rewrite {
+            old_src: &p.src,
+            old_dst: &p.dst,
+            old_ports: p.ports,
+            new_src: &s.src.addr,
+            new_dst: &s.dst.addr,
+            new_ports: [sp[0], sp[1], dp[0], dp[1]],
+        },
+    ))
+}
+
+/// Outer header length the relayed packet needs in front of its UDP payload.
+#[inline(always)]
+pub const fn relayed_outer_len(dst_family: u8) -> usize {
+    if dst_family == AF_INET6 {
+        core::mem::size_of::<OuterV6>()
+    } else {
+        core::mem::size_of::<OuterV4>()
+    }
+}
+
+#[inline(always)]
+fn udp_hdr(s: &Steer<'_>, payload_len: usize, check: u16) -> UdpHdr {
+    UdpHdr {
+        sport: s.src.port_be.to_ne_bytes(),
+        dport: s.dst.port_be.to_ne_bytes(),
+        len: ((payload_len + UDP_LEN) as u16).to_be_bytes(),
+        check: check.to_be_bytes(),
+    }
+}
+
+#[inline(always)]
+fn eth_hdr(smac: [u8; 6], dmac: [u8; 6], ethertype: u16) -> EthHdr {
+    EthHdr {
+        dst: dmac,
+        src: smac,
+        ethertype: ethertype.to_be_bytes(),
+    }
+}
+
+/// Outer headers for an IPv4 next hop. DF is set: the relay never fragments.
+#[inline(always)]
+pub fn outer_v4(
+    s: &Steer<'_>,
+    p: &Parsed,
+    udp_check: u16,
+    smac: [u8; 6],
+    dmac: [u8; 6],
+) -> OuterV4 {
+    let total = (IPV4_LEN + UDP_LEN + p.payload_len) as u16;
+    let mut ip = Ipv4Hdr {
+        version_ihl: 0x45,
+        tos: p.tos,
+        total_len: total.to_be_bytes(),
+        id: [0, 0],
+        frag_off: 0x4000u16.to_be_bytes(),
+        ttl: RELAY_TTL,
+        protocol: IPPROTO_UDP,
+        check: [0, 0],
+        src: [s.src.addr[0], s.src.addr[1], s.src.addr[2], s.src.addr[3]],
+        dst: [s.dst.addr[0], s.dst.addr[1], s.dst.addr[2], s.dst.addr[3]],
+    };
+    // SAFETY: Ipv4Hdr is a 20-byte Wire type (no padding, alignment 1).
+    let bytes: &[u8; IPV4_LEN] = unsafe { &*(&ip as *const Ipv4Hdr).cast() };
+    ip.check = csum::ipv4_header(bytes).to_be_bytes();
+    OuterV4 {
+        eth: eth_hdr(smac, dmac, ETH_P_IPV4),
+        ip,
+        udp: udp_hdr(s, p.payload_len, udp_check),
+    }
+}
+
+/// Outer headers for an IPv6 next hop (flow label 0).
+#[inline(always)]
+pub fn outer_v6(
+    s: &Steer<'_>,
+    p: &Parsed,
+    udp_check: u16,
+    smac: [u8; 6],
+    dmac: [u8; 6],
+) -> OuterV6 {
+    OuterV6 {
+        eth: eth_hdr(smac, dmac, ETH_P_IPV6),
+        ip: Ipv6Hdr {
+            vtc_flow: [0x60 | (p.tos >> 4), p.tos << 4, 0, 0],
+            payload_len: ((UDP_LEN + p.payload_len) as u16).to_be_bytes(),
+            next_header: IPPROTO_UDP,
+            hop_limit: RELAY_TTL,
+            src: s.src.addr,
+            dst: s.dst.addr,
+        },
+        udp: udp_hdr(s, p.payload_len, udp_check),
+    }
+}

@@ -1,0 +1,77 @@
+use std::path::PathBuf;
+
+/// Everything that can go wrong in the data-plane module. Each variant names the
+/// thing (interface, map, path) and, where there is one, what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error(
+        "missing privilege: loading XDP programs needs root, or {missing} (effective capabilities lack it)"
+    )]
+    NoPrivilege { missing: &'static str },
+
+    #[error("interface `{0}` does not exist")]
+    NoSuchInterface(String),
+
+    #[error("attaching XDP to `{iface}` failed: {source}")]
+    Attach {
+        iface: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+
+    #[error("interface `{0}` has no jvpn XDP program attached by this pin directory")]
+    NotAttached(String),
+
+    #[error("loading the XDP object failed: {0}")]
+    Load(#[source] aya::EbpfError),
+
+    #[error("loading program `{name}` failed: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+
+    #[error("map `{0}` is missing from the XDP object")]
+    MissingMap(&'static str),
+
+    #[error("map `{name}`: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+
+    #[error(
+        "pinned map {path} does not match this build ({detail}); it belongs to another \
+         version of jvpn: stop it and remove the pin directory (`jvpn-ctl datapath down --all`)"
+    )]
+    IncompatiblePin { path: PathBuf, detail: String },
+
+    #[error("bpffs at {path}: {detail}")]
+    BpfFs { path: PathBuf, detail: String },
+
+    #[error("pinning {path}: {detail}")]
+    Pin { path: PathBuf, detail: String },
+
+    #[error("session {0:#018x} already exists")]
+    SessionExists(u64),
+
+    #[error("session {0:#018x} does not exist")]
+    NoSuchSession(u64),
+
+    #[error("session {0:#018x}: entry rejected ({1})")]
+    InvalidEntry(u64, &'static str),
+
+    #[error(
+        "session {id:#018x}: read back generation {found} after writing {wrote}; another writer touched the map"
+    )]
+    GenerationMismatch { id: u64, wrote: u32, found: u32 },
+
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}

@@ -1,0 +1,339 @@
+//! The only code that touches the data plane: loads the XDP object, attaches it,
+//! and owns the `SESSIONS`, `SESSION_STATS` and `DROPS` maps (the controller's writes
+//! all go through [`Datapath`]).
+//!
+//! Maps and XDP links are pinned under [`DatapathConfig::pin_dir`], so the relay keeps
+//! forwarding while the controller restarts; a restart reuses the maps (after checking
+//! their layout) and atomically swaps the new program into the existing links.
+
+mod attach;
+mod error;
+mod pin;
+mod privilege;
+
+use std::path::PathBuf;
+
+pub use attach::{AttachMode, detach};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
+    programs::{ProgramError, Xdp},
+    util::nr_cpus,
+};
+pub use error::DatapathError;
+use jvpn_common::{
+    DEFAULT_MAX_SESSIONS, DEFAULT_PORT, counters,
+    maps::{SessionEntry, SessionStats},
+};
+
+/// The XDP object built by `build.rs` from `jvpn-ebpf`.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/jvpn"));
+
+/// Program names in the object.
+pub const RELAY_PROGRAM: &str = "jvpn_relay";
+pub const DROP_PROGRAM: &str = "bench_drop";
+pub const PASS_PROGRAM: &str = "xdp_pass";
+
+const SESSIONS: &str = "SESSIONS";
+const SESSION_STATS: &str = "SESSION_STATS";
+const DROPS: &str = "DROPS";
+
+// bpf_map_update_elem flags.
+const BPF_ANY: u64 = 0;
+const BPF_NOEXIST: u64 = 1;
+const BPF_EXIST: u64 = 2;
+
+#[derive(Clone, Debug)]
+pub struct DatapathConfig {
+    /// UDP port of the protocol on the gateway.
+    pub port: u16,
+    /// Capacity of `SESSIONS` (and `SESSION_STATS`); fixed for the life of the pins.
+    pub max_sessions: u32,
+    /// Where maps and links are pinned (on bpffs).
+    pub pin_dir: PathBuf,
+    /// Log every rejected packet through aya-log (slow; for debugging only).
+    pub debug_log: bool,
+}
+
+impl Default for DatapathConfig {
+    fn default() -> Self {
+        Self {
+            port: DEFAULT_PORT,
+            max_sessions: DEFAULT_MAX_SESSIONS,
+            pin_dir: PathBuf::from("/sys/fs/bpf/jvpn"),
+            debug_log: false,
+        }
+    }
+}
+
+/// Drop counters by reason, summed over CPUs; index with `jvpn_common::counters`.
+pub type Drops = [u64; counters::COUNT as usize];
+
+pub struct Datapath {
+    cfg: DatapathConfig,
+    ebpf: Ebpf,
+    sessions: HashMap<MapData, u64, SessionEntry>,
+    stats: PerCpuHashMap<MapData, u64, SessionStats>,
+    drops: PerCpuArray<MapData, u64>,
+    _logger: Option<attach::LogPump>,
+}
+
+impl Datapath {
+    /// Loads the object (verifier included) and opens or creates the pinned maps.
+    /// Attaches nothing: see [`Datapath::attach`].
+    pub fn load(cfg: DatapathConfig) -> Result<Self, DatapathError> {
+        privilege::check()?;
+        pin::prepare_dir(&cfg.pin_dir)?;
+        let sz = |n| u32::try_from(n).expect("small type");
+        let expect = [
+            pin::Expect {
+                name: SESSIONS,
+                key_size: 8,
+                value_size: sz(size_of::<SessionEntry>()),
+                max_entries: cfg.max_sessions,
+            },
+            pin::Expect {
+                name: SESSION_STATS,
+                key_size: 8,
+                value_size: sz(size_of::<SessionStats>()),
+                max_entries: cfg.max_sessions,
+            },
+            pin::Expect {
+                name: DROPS,
+                key_size: 4,
+                value_size: 8,
+                max_entries: counters::COUNT,
+            },
+        ];
+        let paths: Vec<PathBuf> = expect.iter().map(|e| cfg.pin_dir.join(e.name)).collect();
+        for (e, p) in expect.iter().zip(&paths) {
+            pin::check_compatible(p, e)?;
+        }
+
+        let debug = u8::from(cfg.debug_log);
+        let mut loader = EbpfLoader::new();
+        loader
+            .override_global("JVPN_PORT", &cfg.port, true)
+            .override_global("JVPN_DEBUG", &debug, true)
+            .map_max_entries(SESSIONS, cfg.max_sessions)
+            .map_max_entries(SESSION_STATS, cfg.max_sessions);
+        for (e, p) in expect.iter().zip(&paths) {
+            loader.map_pin_path(e.name, p.as_path());
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT).map_err(DatapathError::Load)?;
+
+        let logger = if cfg.debug_log {
+            Some(attach::LogPump::start(&mut ebpf))
+        } else {
+            None
+        };
+        for name in [RELAY_PROGRAM, DROP_PROGRAM, PASS_PROGRAM] {
+            xdp_mut(&mut ebpf, name)?
+                .load()
+                .map_err(|source| DatapathError::Program { name, source })?;
+        }
+        let map = |ebpf: &mut Ebpf, name: &'static str| {
+            ebpf.take_map(name).ok_or(DatapathError::MissingMap(name))
+        };
+        let map_err = |name| move |source| DatapathError::Map { name, source };
+        let sessions = HashMap::try_from(map(&mut ebpf, SESSIONS)?).map_err(map_err(SESSIONS))?;
+        let stats = PerCpuHashMap::try_from(map(&mut ebpf, SESSION_STATS)?)
+            .map_err(map_err(SESSION_STATS))?;
+        let drops = PerCpuArray::try_from(map(&mut ebpf, DROPS)?).map_err(map_err(DROPS))?;
+        Ok(Self {
+            cfg,
+            ebpf,
+            sessions,
+            stats,
+            drops,
+            _logger: logger.flatten(),
+        })
+    }
+
+    pub fn config(&self) -> &DatapathConfig {
+        &self.cfg
+    }
+
+    /// A loaded program of the object, e.g. for `BPF_PROG_TEST_RUN`.
+    pub fn program(&mut self, name: &'static str) -> Result<&mut Xdp, DatapathError> {
+        xdp_mut(&mut self.ebpf, name)
+    }
+
+    /// Attaches the relay to `iface` and pins the link. Returns the mode in use.
+    pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<AttachMode, DatapathError> {
+        let dir = self.cfg.pin_dir.clone();
+        attach::attach(xdp_mut(&mut self.ebpf, RELAY_PROGRAM)?, &dir, iface, mode)
+    }
+
+    /// Attaches another program of the object (benchmarks, redirect targets). Not pinned:
+    /// it is detached when the `Datapath` is dropped.
+    pub fn attach_unpinned(
+        &mut self,
+        program: &'static str,
+        iface: &str,
+        mode: AttachMode,
+    ) -> Result<AttachMode, DatapathError> {
+        attach::attach_unpinned(xdp_mut(&mut self.ebpf, program)?, iface, mode)
+    }
+
+    /// Inserts a new session. Fails, changing nothing, if the id is taken or the entry
+    /// is invalid. Its statistics start from zero.
+    pub fn insert_session(&mut self, id: u64, entry: &SessionEntry) -> Result<(), DatapathError> {
+        validate(id, entry)?;
+        if self.session(id)?.is_some() {
+            return Err(DatapathError::SessionExists(id));
+        }
+        let zero = PerCpuValues::try_from(vec![SessionStats::default(); nr_cpus_checked()?])
+            .map_err(|source| DatapathError::Io {
+                what: "per-CPU statistics".into(),
+                source,
+            })?;
+        self.stats
+            .insert(id, zero, BPF_ANY)
+            .map_err(|source| DatapathError::Map {
+                name: SESSION_STATS,
+                source,
+            })?;
+        if let Err(source) = self.sessions.insert(id, entry, BPF_NOEXIST) {
+            let _ = self.stats.remove(&id);
+            return Err(DatapathError::Map {
+                name: SESSIONS,
+                source,
+            });
+        }
+        Ok(())
+    }
+
+    /// Atomically replaces a session's whole entry (the binding swap): one `BPF_EXIST`
+    /// update, so concurrent packets see the old entry or the new one, never a mix.
+    /// Reads the entry back and returns its generation; on any error the map holds
+    /// what it held before.
+    pub fn replace_session(&mut self, id: u64, entry: &SessionEntry) -> Result<u32, DatapathError> {
+        validate(id, entry)?;
+        match self.sessions.insert(id, entry, BPF_EXIST) {
+            Ok(()) => {}
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+            {
+                return Err(DatapathError::NoSuchSession(id));
+            }
+            Err(source) => {
+                return Err(DatapathError::Map {
+                    name: SESSIONS,
+                    source,
+                });
+            }
+        }
+        let found = self
+            .session(id)?
+            .ok_or(DatapathError::NoSuchSession(id))?
+            .generation;
+        if found != entry.generation {
+            return Err(DatapathError::GenerationMismatch {
+                id,
+                wrote: entry.generation,
+                found,
+            });
+        }
+        Ok(found)
+    }
+
+    /// Removes a session and its statistics.
+    pub fn remove_session(&mut self, id: u64) -> Result<(), DatapathError> {
+        match self.sessions.remove(&id) {
+            Ok(()) => {}
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+            {
+                return Err(DatapathError::NoSuchSession(id));
+            }
+            Err(source) => {
+                return Err(DatapathError::Map {
+                    name: SESSIONS,
+                    source,
+                });
+            }
+        }
+        let _ = self.stats.remove(&id);
+        Ok(())
+    }
+
+    pub fn session(&self, id: u64) -> Result<Option<SessionEntry>, DatapathError> {
+        match self.sessions.get(&id, 0) {
+            Ok(e) => Ok(Some(e)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(DatapathError::Map {
+                name: SESSIONS,
+                source,
+            }),
+        }
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.sessions.keys().filter(Result::is_ok).count()
+    }
+
+    /// A session's counters summed over CPUs (`last_*_ns`: the latest of any CPU).
+    pub fn session_stats(&self, id: u64) -> Result<Option<SessionStats>, DatapathError> {
+        match self.stats.get(&id, 0) {
+            Ok(per_cpu) => {
+                let mut total = SessionStats::default();
+                per_cpu.iter().for_each(|s| total.merge(s));
+                Ok(Some(total))
+            }
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(DatapathError::Map {
+                name: SESSION_STATS,
+                source,
+            }),
+        }
+    }
+
+    pub fn drops(&self) -> Result<Drops, DatapathError> {
+        let mut out = [0u64; counters::COUNT as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            let per_cpu = self
+                .drops
+                .get(&(i as u32), 0)
+                .map_err(|source| DatapathError::Map {
+                    name: DROPS,
+                    source,
+                })?;
+            *slot = per_cpu.iter().sum();
+        }
+        Ok(out)
+    }
+}
+
+fn validate(id: u64, e: &SessionEntry) -> Result<(), DatapathError> {
+    if id == 0 {
+        return Err(DatapathError::InvalidEntry(
+            id,
+            "session id 0 is reserved for HELLO",
+        ));
+    }
+    if !e.is_valid() {
+        return Err(DatapathError::InvalidEntry(
+            id,
+            "every endpoint needs a port, a family, and the family of its gateway side",
+        ));
+    }
+    Ok(())
+}
+
+fn nr_cpus_checked() -> Result<usize, DatapathError> {
+    nr_cpus().map_err(|(what, source)| DatapathError::Io {
+        what: format!("counting CPUs ({what})"),
+        source,
+    })
+}
+
+fn xdp_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, DatapathError> {
+    ebpf.program_mut(name)
+        .ok_or(DatapathError::Program {
+            name,
+            source: ProgramError::UnexpectedProgramType,
+        })?
+        .try_into()
+        .map_err(|source| DatapathError::Program { name, source })
+}

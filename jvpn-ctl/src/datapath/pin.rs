@@ -1,0 +1,106 @@
+//! The pin directory on bpffs: maps and XDP links live there, so the data plane keeps
+//! forwarding while the controller restarts, and a restart picks up where it left off.
+
+use std::{
+    ffi::CString,
+    os::unix::ffi::OsStrExt as _,
+    path::{Path, PathBuf},
+};
+
+use aya::maps::MapInfo;
+
+use super::DatapathError;
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+fn is_bpffs(path: &Path) -> bool {
+    let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs fills the zeroed struct; `c` is a valid C string.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
+}
+
+/// Makes sure `dir` exists on a bpffs, mounting bpffs on /sys/fs/bpf if nothing is
+/// mounted there (systemd normally does; minimal hosts and containers may not).
+pub fn prepare_dir(dir: &Path) -> Result<(), DatapathError> {
+    let base = Path::new("/sys/fs/bpf");
+    if dir.starts_with(base) && !is_bpffs(base) {
+        let target = CString::new("/sys/fs/bpf").expect("no NUL");
+        let fstype = CString::new("bpf").expect("no NUL");
+        // SAFETY: plain mount(2) with valid C strings.
+        let rc = unsafe {
+            libc::mount(
+                fstype.as_ptr(),
+                target.as_ptr(),
+                fstype.as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        if rc != 0 {
+            return Err(DatapathError::BpfFs {
+                path: base.into(),
+                detail: format!(
+                    "not mounted and mounting failed ({}); run `mount -t bpf bpf /sys/fs/bpf`",
+                    std::io::Error::last_os_error()
+                ),
+            });
+        }
+        tracing::info!("mounted bpffs on /sys/fs/bpf");
+    }
+    std::fs::create_dir_all(dir).map_err(|e| DatapathError::BpfFs {
+        path: dir.into(),
+        detail: format!("cannot create the pin directory: {e}"),
+    })?;
+    if !is_bpffs(dir) {
+        return Err(DatapathError::BpfFs {
+            path: dir.into(),
+            detail: "not on a bpffs mount; choose a pin directory under /sys/fs/bpf".into(),
+        });
+    }
+    Ok(())
+}
+
+/// What a pinned map must look like to be reused by this build.
+pub struct Expect {
+    pub name: &'static str,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+}
+
+/// Checks a pinned map left by an earlier run before the loader reuses it: aya reuses
+/// any map found at the path, and a layout change would corrupt the data plane.
+pub fn check_compatible(path: &Path, e: &Expect) -> Result<(), DatapathError> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let info = MapInfo::from_pin(path).map_err(|source| DatapathError::Map {
+        name: e.name,
+        source,
+    })?;
+    let mut diffs = Vec::new();
+    for (what, found, want) in [
+        ("key size", info.key_size(), e.key_size),
+        ("value size", info.value_size(), e.value_size),
+        ("max entries", info.max_entries(), e.max_entries),
+    ] {
+        if found != want {
+            diffs.push(format!("{what} {found}, expected {want}"));
+        }
+    }
+    if diffs.is_empty() {
+        Ok(())
+    } else {
+        Err(DatapathError::IncompatiblePin {
+            path: path.into(),
+            detail: diffs.join(", "),
+        })
+    }
+}
+
+pub fn link_path(dir: &Path, iface: &str) -> PathBuf {
+    dir.join(format!("link_{iface}"))
+}

@@ -1,0 +1,291 @@
+use aya_ebpf::{
+    Global,
+    bindings::{
+        BPF_F_NO_PREALLOC, BPF_NOEXIST, bpf_fib_lookup as FibParams,
+        xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
+    },
+    helpers::{
+        bpf_ktime_get_ns,
+        generated::{bpf_fib_lookup, bpf_redirect, bpf_xdp_adjust_head},
+    },
+    macros::{map, xdp},
+    maps::{HashMap, PerCpuArray, PerCpuHashMap},
+    programs::XdpContext,
+};
+use aya_log_ebpf::debug;
+use jvpn_common::{
+    DEFAULT_MAX_SESSIONS, DEFAULT_PORT, counters,
+    frame::Frame,
+    headers::{OuterV4, OuterV6, Wire},
+    maps::{AF_INET, SessionEntry, SessionStats},
+    relay::{self, Direction, Parsed, Steer, Verdict},
+    wire::Kind,
+};
+
+/// UDP port of the protocol, host order; set by the loader.
+#[unsafe(no_mangle)]
+static JVPN_PORT: Global<u16> = Global::new(DEFAULT_PORT);
+
+/// Nonzero: emit a debug log line per rejected packet. Set by the loader; when zero
+/// the verifier prunes the logging code, so the fast path carries none of it.
+#[unsafe(no_mangle)]
+static JVPN_DEBUG: Global<u8> = Global::new(0);
+
+// NO_PREALLOC: elements are freed after an RCU grace period, so a replaced entry
+// stays intact for a program still reading it (preallocated elements are recycled
+// at once and could be seen half-rewritten).
+#[map]
+static SESSIONS: HashMap<u64, SessionEntry> =
+    HashMap::with_max_entries(DEFAULT_MAX_SESSIONS, BPF_F_NO_PREALLOC);
+
+#[map]
+static SESSION_STATS: PerCpuHashMap<u64, SessionStats> =
+    PerCpuHashMap::with_max_entries(DEFAULT_MAX_SESSIONS, BPF_F_NO_PREALLOC);
+
+#[map]
+static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counters::COUNT, 0);
+
+// BPF_FIB_LKUP_RET_* (uapi/linux/bpf.h).
+const FIB_SUCCESS: i64 = 0;
+const FIB_NO_NEIGH: i64 = 7;
+const FIB_FRAG_NEEDED: i64 = 8;
+const AF_INET_SYS: u8 = 2;
+const AF_INET6_SYS: u8 = 10;
+
+struct Ctx<'a>(&'a XdpContext);
+
+impl Frame for Ctx<'_> {
+    #[inline(always)]
+    fn len(&self) -> usize {
+        self.0.data_end() - self.0.data()
+    }
+
+    #[inline(always)]
+    fn at<T: Wire>(&self, off: usize) -> Option<&T> {
+        let start = self.0.data();
+        if start + off + core::mem::size_of::<T>() > self.0.data_end() {
+            return None;
+        }
+        // SAFETY: bounds checked against data_end just above; T has alignment 1.
+        Some(unsafe { &*((start + off) as *const T) })
+    }
+}
+
+impl Ctx<'_> {
+    /// Writable pointer to a `T` at `off`, bounds-checked like [`Frame::at`].
+    #[inline(always)]
+    fn at_mut<T: Wire>(&self, off: usize) -> Option<*mut T> {
+        let start = self.0.data();
+        if start + off + core::mem::size_of::<T>() > self.0.data_end() {
+            return None;
+        }
+        Some((start + off) as *mut T)
+    }
+}
+
+#[inline(always)]
+fn count(reason: u32) {
+    if let Some(c) = DROPS.get_ptr_mut(reason) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *c += 1 };
+    }
+}
+
+#[xdp]
+pub fn jvpn_relay(ctx: XdpContext) -> u32 {
+    match relay_packet(&ctx) {
+        Ok(action) => action,
+        Err(Verdict::NotOurs) => XDP_PASS,
+        Err(Verdict::Reject(reason)) => {
+            count(reason);
+            if JVPN_DEBUG.load() != 0 {
+                debug!(&ctx, "jvpn: not relayed, reason {}", reason);
+            }
+            if counters::is_pass(reason) {
+                XDP_PASS
+            } else {
+                XDP_DROP
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn relay_packet(ctx: &XdpContext) -> Result<u32, Verdict> {
+    let p = relay::parse(&Ctx(ctx), JVPN_PORT.load())?;
+    let entry = SESSIONS.get_ptr(p.session_id);
+    match p.kind {
+        Kind::Hello => return Ok(XDP_PASS),
+        Kind::Control if entry.is_some() => return Ok(XDP_PASS),
+        Kind::Control => return Err(Verdict::Reject(counters::UNKNOWN_SESSION)),
+        Kind::Data => {}
+    }
+    let Some(entry) = entry else {
+        return Err(Verdict::Reject(counters::UNKNOWN_SESSION));
+    };
+    // SAFETY: a map value pointer stays valid for this run (RCU, NO_PREALLOC).
+    let entry = unsafe { &*entry };
+    let steer = match relay::steer(&p, entry) {
+        Ok(s) => s,
+        Err(reason) => {
+            if reason == counters::STALE_BINDING {
+                with_stats(p.session_id, |s| s.stale_drops += 1);
+            }
+            return Err(Verdict::Reject(reason));
+        }
+    };
+    let check = relay::relayed_udp_check(&p, &steer).map_err(Verdict::Reject)?;
+    let (ifindex, smac, dmac) = next_hop(ctx, &p, &steer)?;
+    rewrite(ctx, &p, &steer, check, smac, dmac)?;
+
+    let bytes = p.payload_len as u64;
+    let now = unsafe { bpf_ktime_get_ns() };
+    with_stats(p.session_id, |s| match steer.dir {
+        Direction::Up => {
+            s.up_packets += 1;
+            s.up_bytes += bytes;
+            s.last_up_ns = now;
+        }
+        Direction::Down => {
+            s.down_packets += 1;
+            s.down_bytes += bytes;
+            s.last_down_ns = now;
+        }
+    });
+
+    if ifindex == ctx.ingress_ifindex() as u32 {
+        Ok(XDP_TX)
+    } else {
+        // SAFETY: plain helper call; returns XDP_REDIRECT (flags are 0).
+        Ok(unsafe { bpf_redirect(ifindex, 0) } as u32)
+    }
+}
+
+#[inline(always)]
+fn with_stats(session_id: u64, f: impl FnOnce(&mut SessionStats)) {
+    let ptr = match SESSION_STATS.get_ptr_mut(session_id) {
+        Some(p) => p,
+        None => {
+            // The controller creates the entry with the session; this covers a
+            // restart that lost it. A full map just means no per-session figures.
+            let _ = SESSION_STATS.insert(session_id, SessionStats::default(), BPF_NOEXIST as u64);
+            match SESSION_STATS.get_ptr_mut(session_id) {
+                Some(p) => p,
+                None => return,
+            }
+        }
+    };
+    // SAFETY: per-CPU value; only this CPU writes it while we run.
+    f(unsafe { &mut *ptr });
+}
+
+/// Asks the kernel's FIB for the egress interface and MACs of the rewritten packet,
+/// before anything is modified, so that every failure leaves the frame as it came.
+#[inline(always)]
+fn next_hop(
+    ctx: &XdpContext,
+    p: &Parsed,
+    s: &Steer<'_>,
+) -> Result<(u32, [u8; 6], [u8; 6]), Verdict> {
+    // SAFETY: an all-zero bpf_fib_lookup is a valid (empty) request.
+    let mut fib: FibParams = unsafe { core::mem::zeroed() };
+    fib.l4_protocol = jvpn_common::headers::IPPROTO_UDP;
+    fib.sport = s.src.port_be;
+    fib.dport = s.dst.port_be;
+    fib.ifindex = ctx.ingress_ifindex() as u32;
+    let l4_len = (jvpn_common::headers::UDP_LEN + p.payload_len) as u16;
+    if s.dst.family == AF_INET {
+        fib.family = AF_INET_SYS;
+        fib.__bindgen_anon_1.tot_len = jvpn_common::headers::IPV4_LEN as u16 + l4_len;
+        fib.__bindgen_anon_2.tos = p.tos;
+        fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(word(&s.src.addr, 0));
+        fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(word(&s.dst.addr, 0));
+    } else {
+        fib.family = AF_INET6_SYS;
+        fib.__bindgen_anon_1.tot_len = jvpn_common::headers::IPV6_LEN as u16 + l4_len;
+        fib.__bindgen_anon_3.ipv6_src = words(&s.src.addr);
+        fib.__bindgen_anon_4.ipv6_dst = words(&s.dst.addr);
+    }
+    // SAFETY: `fib` is a properly sized, initialised request on our stack.
+    let rc = unsafe {
+        bpf_fib_lookup(
+            ctx.ctx.cast(),
+            &mut fib,
+            core::mem::size_of::<FibParams>() as i32,
+            0,
+        )
+    };
+    match rc {
+        FIB_SUCCESS => Ok((fib.ifindex, fib.smac, fib.dmac)),
+        // The kernel resolves neighbours; the untouched packet reaches the controller's
+        // socket (its own replies resolve the neighbour for the packets that follow).
+        FIB_NO_NEIGH => Err(Verdict::Reject(counters::NEIGH_UNRESOLVED)),
+        FIB_FRAG_NEEDED => Err(Verdict::Reject(counters::MTU_EXCEEDED)),
+        _ => Err(Verdict::Reject(counters::FIB_FAILURE)),
+    }
+}
+
+#[inline(always)]
+fn word(a: &[u8; 16], i: usize) -> [u8; 4] {
+    [a[i], a[i + 1], a[i + 2], a[i + 3]]
+}
+
+#[inline(always)]
+fn words(a: &[u8; 16]) -> [u32; 4] {
+    [
+        u32::from_ne_bytes(word(a, 0)),
+        u32::from_ne_bytes(word(a, 4)),
+        u32::from_ne_bytes(word(a, 8)),
+        u32::from_ne_bytes(word(a, 12)),
+    ]
+}
+
+/// Replaces everything in front of the UDP payload with fresh outer headers.
+#[inline(always)]
+fn rewrite(
+    ctx: &XdpContext,
+    p: &Parsed,
+    s: &Steer<'_>,
+    check: u16,
+    smac: [u8; 6],
+    dmac: [u8; 6],
+) -> Result<(), Verdict> {
+    let new_len = relay::relayed_outer_len(s.dst.family);
+    let delta = p.outer_len as i32 - new_len as i32;
+    if delta != 0 {
+        // SAFETY: helper call; on failure the frame is unchanged.
+        if unsafe { bpf_xdp_adjust_head(ctx.ctx, delta) } != 0 {
+            return Err(Verdict::Reject(counters::ADJUST_HEAD_FAILED));
+        }
+    }
+    let f = Ctx(ctx);
+    if s.dst.family == AF_INET {
+        let out = relay::outer_v4(s, p, check, smac, dmac);
+        let dst = f
+            .at_mut::<OuterV4>(0)
+            .ok_or(Verdict::Reject(counters::ADJUST_HEAD_FAILED))?;
+        // SAFETY: bounds checked by `at_mut`; the frame is ours until we return.
+        unsafe { dst.write(out) };
+    } else {
+        let out = relay::outer_v6(s, p, check, smac, dmac);
+        let dst = f
+            .at_mut::<OuterV6>(0)
+            .ok_or(Verdict::Reject(counters::ADJUST_HEAD_FAILED))?;
+        // SAFETY: as above.
+        unsafe { dst.write(out) };
+    }
+    Ok(())
+}
+
+/// Path-ceiling baseline for benchmarks: drops everything.
+#[xdp]
+pub fn bench_drop(_ctx: XdpContext) -> u32 {
+    XDP_DROP
+}
+
+/// Receiving side of native redirects into a veth (a veth peer needs an XDP program
+/// for `bpf_redirect` to deliver frames): hands every frame to the kernel.
+#[xdp]
+pub fn xdp_pass(_ctx: XdpContext) -> u32 {
+    XDP_PASS
+}

@@ -1,0 +1,39 @@
+//! Helpers for tests that need the real kernel: root checks, network namespaces and
+//! veth pairs that clean up after themselves, frames built by an independent
+//! implementation (etherparse), and a `BPF_PROG_TEST_RUN` wrapper.
+
+pub mod frames;
+pub mod netns;
+pub mod testrun;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// True when the process may create namespaces and load BPF. Tests that need it call
+/// [`require_root!`], which reports the skip on stderr (visible with `--nocapture`
+/// and in `cargo xtask test`'s summary) instead of silently passing.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+#[macro_export]
+macro_rules! require_root {
+    () => {
+        if !$crate::is_root() {
+            eprintln!(
+                "SKIPPED {}: needs root (BPF and network namespaces); run `cargo xtask test` as root",
+                module_path!()
+            );
+            println!("SKIPPED: needs root");
+            return;
+        }
+    };
+}
+
+/// A name no other test in this run, or a concurrent run, uses: prefix, pid, counter.
+/// Kept short: interface names are limited to 15 bytes.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}{:x}{n}", std::process::id() % 0xfffff)
+}

@@ -1,0 +1,136 @@
+//! Network namespaces and interfaces created with iproute2 and removed on drop, also
+//! when a test fails (panics unwind through the guards).
+
+use std::{
+    fs::File,
+    os::fd::AsRawFd as _,
+    process::{Command, Output},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+fn run(cmd: &mut Command) -> Result<Output> {
+    let out = cmd.output().with_context(|| format!("spawning {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(out)
+}
+
+/// `ip ARGS...`, failing with its stderr.
+pub fn ip(args: &[&str]) -> Result<String> {
+    let out = run(Command::new("ip").args(args))?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(name: String) -> Result<Self> {
+        ip(&["netns", "add", &name])?;
+        let ns = Self { name };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// `ip -n NS ARGS...`
+    pub fn ip(&self, args: &[&str]) -> Result<String> {
+        let mut full = vec!["-n", self.name.as_str()];
+        full.extend_from_slice(args);
+        ip(&full)
+    }
+
+    /// Runs a program inside the namespace.
+    pub fn exec(&self, prog: &str, args: &[&str]) -> Result<Output> {
+        run(Command::new("ip")
+            .args(["netns", "exec", &self.name, prog])
+            .args(args))
+    }
+
+    pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
+        self.exec("sysctl", &["-qw", &format!("{key}={value}")])
+            .map(drop)
+    }
+
+    /// Runs `f` on a thread that has entered this namespace (setns is per thread), so
+    /// sockets, interface names and the FIB it sees are the namespace's.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let file = File::open(&path).expect("open netns");
+                // SAFETY: setns on this thread only, with a valid namespace fd.
+                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+                f()
+            })
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e))
+        })
+    }
+
+    pub fn ifindex(&self, iface: &str) -> Result<u32> {
+        let out = self.ip(&["-o", "link", "show", "dev", iface])?;
+        out.split(':')
+            .next()
+            .and_then(|s| s.trim().parse().ok())
+            .context("parsing ifindex")
+    }
+
+    pub fn mac(&self, iface: &str) -> Result<[u8; 6]> {
+        let out = self.ip(&["-o", "link", "show", "dev", iface])?;
+        let word = out
+            .split_whitespace()
+            .skip_while(|w| *w != "link/ether")
+            .nth(1)
+            .context("no MAC")?;
+        let mut mac = [0u8; 6];
+        for (m, part) in mac.iter_mut().zip(word.split(':')) {
+            *m = u8::from_str_radix(part, 16)?;
+        }
+        Ok(mac)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Deleting the namespace destroys the veth ends inside it, and so their peers.
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+/// A veth pair: `a` in namespace `ns_a`, `b` in `ns_b` (the same one is allowed).
+pub fn veth(ns_a: &Netns, a: &str, ns_b: &Netns, b: &str) -> Result<()> {
+    ip(&[
+        "link", "add", a, "netns", &ns_a.name, "type", "veth", "peer", "name", b, "netns",
+        &ns_b.name,
+    ])?;
+    ns_a.ip(&["link", "set", a, "up"])?;
+    ns_b.ip(&["link", "set", b, "up"])?;
+    Ok(())
+}
+
+/// A pin directory on bpffs for one test, removed on drop.
+pub struct PinDir(pub std::path::PathBuf);
+
+impl PinDir {
+    pub fn new(tag: &str) -> Self {
+        Self(std::path::PathBuf::from(format!(
+            "/sys/fs/bpf/{}",
+            crate::unique(&format!("jvpn-t-{tag}-"))
+        )))
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
