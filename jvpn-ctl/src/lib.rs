@@ -2,3 +2,4 @@
 //! controller, exit and client agent build on it.
 
 pub mod datapath;
+pub mod lab;

@@ -3,10 +3,9 @@
 //! implementation (etherparse), and a `BPF_PROG_TEST_RUN` wrapper.
 
 pub mod frames;
-pub mod netns;
 pub mod testrun;
 
-use std::sync::atomic::{AtomicU32, Ordering};
+pub use jvpn_ctl::lab::{netns, unique};
 
 /// True when the process may create namespaces and load BPF. Tests that need it call
 /// [`require_root!`], which reports the skip on stderr (visible with `--nocapture`
@@ -28,12 +27,4 @@ macro_rules! require_root {
             return;
         }
     };
-}
-
-/// A name no other test in this run, or a concurrent run, uses: prefix, pid, counter.
-/// Kept short: interface names are limited to 15 bytes.
-pub fn unique(prefix: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let n = N.fetch_add(1, Ordering::Relaxed);
-    format!("{prefix}{:x}{n}", std::process::id() % 0xfffff)
 }

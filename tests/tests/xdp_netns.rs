@@ -369,3 +369,93 @@ fn relays_between_namespaces_and_swaps_binding_under_load() {
         before + 1
     );
 }
+
+#[test]
+fn keeps_forwarding_while_the_controller_restarts() {
+    require_root!();
+    let lab = lab();
+    let cfg = DatapathConfig {
+        port: PORT,
+        max_sessions: 1024,
+        pin_dir: lab.pins.0.clone(),
+        debug_log: false,
+    };
+    let mut first = lab.gw.run(|| {
+        let mut dp = Datapath::load(cfg.clone()).unwrap();
+        for dev in ["g-wifi", "g-exit"] {
+            dp.attach(dev, AttachMode::Native).unwrap();
+        }
+        dp
+    });
+    for (ns, dev) in [(&lab.client, "c-wifi"), (&lab.exit, "x-gw")] {
+        ns.run(|| {
+            first
+                .attach_unpinned(PASS_PROGRAM, dev, AttachMode::Native)
+                .unwrap()
+        });
+    }
+    first
+        .insert_session(SID, &entry("10.77.1.2", [10, 77, 1, 1], 1))
+        .unwrap();
+    let wifi = bind(&lab.client, "10.77.1.2:40000");
+    let exit = bind(&lab.exit, "10.77.9.2:51821");
+    let gw_wifi: SocketAddr = "10.77.1.1:51820".parse().unwrap();
+    let mut buf = [0u8; 2048];
+
+    // The controller exits: its program handle and map fds close, the pins remain.
+    // The peers' pass programs belonged to it, so re-attach them from a holder that
+    // stays (a native redirect into a veth needs one on the receiving side).
+    drop(first);
+    let holder_pins = PinDir::new("ns2");
+    let mut holder = lab.gw.run(|| {
+        Datapath::load(DatapathConfig {
+            pin_dir: holder_pins.0.clone(),
+            ..cfg.clone()
+        })
+        .unwrap()
+    });
+    for (ns, dev) in [(&lab.client, "c-wifi"), (&lab.exit, "x-gw")] {
+        ns.run(|| {
+            holder
+                .attach_unpinned(PASS_PROGRAM, dev, AttachMode::Native)
+                .unwrap()
+        });
+    }
+    let p = jvpn(msg_type::DATA, SID, 7, 80);
+    wifi.send_to(&p, gw_wifi).unwrap();
+    let (n, _) = exit
+        .recv_from(&mut buf)
+        .expect("relayed with no controller running");
+    assert_eq!(&buf[..n], &p[..]);
+
+    // A new controller finds the session and its counters, and takes over the link.
+    let mut second = lab.gw.run(|| {
+        let mut dp = Datapath::load(cfg.clone()).unwrap();
+        dp.attach("g-wifi", AttachMode::Native).unwrap();
+        dp
+    });
+    assert_eq!(second.session(SID).unwrap().map(|e| e.generation), Some(1));
+    assert_eq!(second.session_stats(SID).unwrap().unwrap().up_packets, 1);
+    let p = jvpn(msg_type::DATA, SID, 8, 80);
+    wifi.send_to(&p, gw_wifi).unwrap();
+    let (n, _) = exit.recv_from(&mut buf).expect("relayed after the restart");
+    assert_eq!(&buf[..n], &p[..]);
+    assert_eq!(second.session_stats(SID).unwrap().unwrap().up_packets, 2);
+    second.remove_session(SID).unwrap();
+    drop(second);
+
+    // A build with another layout refuses the pins instead of corrupting them.
+    let err = lab
+        .gw
+        .run(|| {
+            Datapath::load(DatapathConfig {
+                max_sessions: 2048,
+                ..cfg.clone()
+            })
+            .map(drop)
+        })
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("max entries 1024, expected 2048"), "{err}");
+    drop(holder);
+}

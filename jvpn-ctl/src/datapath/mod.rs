@@ -9,11 +9,12 @@
 mod attach;
 mod error;
 mod pin;
+mod pinned;
 mod privilege;
 
 use std::path::PathBuf;
 
-pub use attach::{AttachMode, detach};
+pub use attach::{AttachMode, detach, interface_index};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
@@ -25,6 +26,7 @@ use jvpn_common::{
     DEFAULT_MAX_SESSIONS, DEFAULT_PORT, counters,
     maps::{SessionEntry, SessionStats},
 };
+pub use pinned::Pinned;
 
 /// The XDP object built by `build.rs` from `jvpn-ebpf`.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/jvpn"));
@@ -290,19 +292,22 @@ impl Datapath {
     }
 
     pub fn drops(&self) -> Result<Drops, DatapathError> {
-        let mut out = [0u64; counters::COUNT as usize];
-        for (i, slot) in out.iter_mut().enumerate() {
-            let per_cpu = self
-                .drops
-                .get(&(i as u32), 0)
-                .map_err(|source| DatapathError::Map {
-                    name: DROPS,
-                    source,
-                })?;
-            *slot = per_cpu.iter().sum();
-        }
-        Ok(out)
+        sum_drops(&self.drops)
     }
+}
+
+fn sum_drops(map: &PerCpuArray<MapData, u64>) -> Result<Drops, DatapathError> {
+    let mut out = [0u64; counters::COUNT as usize];
+    for (i, slot) in out.iter_mut().enumerate() {
+        let per_cpu = map
+            .get(&(i as u32), 0)
+            .map_err(|source| DatapathError::Map {
+                name: DROPS,
+                source,
+            })?;
+        *slot = per_cpu.iter().sum();
+    }
+    Ok(out)
 }
 
 fn validate(id: u64, e: &SessionEntry) -> Result<(), DatapathError> {

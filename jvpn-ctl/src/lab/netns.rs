@@ -1,5 +1,5 @@
 //! Network namespaces and interfaces created with iproute2 and removed on drop, also
-//! when a test fails (panics unwind through the guards).
+//! when a test fails or the demo is interrupted (the guards run as the stack unwinds).
 
 use std::{
     fs::File,
@@ -7,15 +7,17 @@ use std::{
     process::{Command, Output},
 };
 
-use anyhow::{Context as _, Result, bail};
+use std::io::{Error, Result};
 
 fn run(cmd: &mut Command) -> Result<Output> {
-    let out = cmd.output().with_context(|| format!("spawning {cmd:?}"))?;
+    let out = cmd
+        .output()
+        .map_err(|e| Error::new(e.kind(), format!("spawning {cmd:?}: {e}")))?;
     if !out.status.success() {
-        bail!(
+        return Err(Error::other(format!(
             "{cmd:?} failed: {}",
             String::from_utf8_lossy(&out.stderr).trim()
-        );
+        )));
     }
     Ok(out)
 }
@@ -79,7 +81,7 @@ impl Netns {
         out.split(':')
             .next()
             .and_then(|s| s.trim().parse().ok())
-            .context("parsing ifindex")
+            .ok_or_else(|| Error::other(format!("no ifindex in `{out}`")))
     }
 
     pub fn mac(&self, iface: &str) -> Result<[u8; 6]> {
@@ -88,12 +90,22 @@ impl Netns {
             .split_whitespace()
             .skip_while(|w| *w != "link/ether")
             .nth(1)
-            .context("no MAC")?;
+            .ok_or_else(|| Error::other(format!("{iface} has no MAC")))?;
         let mut mac = [0u8; 6];
         for (m, part) in mac.iter_mut().zip(word.split(':')) {
-            *m = u8::from_str_radix(part, 16)?;
+            *m = u8::from_str_radix(part, 16).map_err(Error::other)?;
         }
         Ok(mac)
+    }
+
+    /// The MAC as `aa:bb:cc:dd:ee:ff`.
+    pub fn mac_str(&self, iface: &str) -> Result<String> {
+        Ok(self
+            .mac(iface)?
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":"))
     }
 }
 
@@ -124,7 +136,7 @@ impl PinDir {
     pub fn new(tag: &str) -> Self {
         Self(std::path::PathBuf::from(format!(
             "/sys/fs/bpf/{}",
-            crate::unique(&format!("jvpn-t-{tag}-"))
+            super::unique(&format!("jvpn-{tag}-"))
         )))
     }
 }

@@ -1,0 +1,357 @@
+//! `jvpn-ctl demo`: the data plane on its own, end to end, in one command.
+//!
+//! Builds client / gateway / exit namespaces (DESIGN §8), attaches the XDP relay in
+//! native mode, installs one session, and runs traffic both ways while the client's
+//! binding moves Wi-Fi → LTE → Wi-Fi. The binding swaps go straight through the
+//! datapath API here; the authenticated reattach that drives them in production is the
+//! controller's job. Everything is torn down at the end, on error, and on Ctrl-C.
+
+use std::{
+    net::{SocketAddr, UdpSocket},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use jvpn_common::{
+    counters,
+    maps::{Endpoint, FLAG_FORWARDING, SessionEntry},
+    wire::{WireHeader, msg_type},
+};
+use jvpn_ctl::{
+    datapath::{AttachMode, Datapath, DatapathConfig, PASS_PROGRAM},
+    lab::{
+        netns::{Netns, PinDir, veth},
+        unique,
+    },
+};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Seconds spent on each leg of the scenario.
+    #[arg(long, default_value_t = 1.5)]
+    leg_secs: f64,
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_sigint(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+const PORT: u16 = 51820;
+const EXIT_PORT: u16 = 51821;
+const CLIENT_PORT: u16 = 40000;
+
+struct Lab {
+    client: Netns,
+    gw: Netns,
+    exit: Netns,
+    pins: PinDir,
+}
+
+fn build_lab() -> anyhow::Result<Lab> {
+    let lab = Lab {
+        client: Netns::new(unique("jvc"))?,
+        gw: Netns::new(unique("jvg"))?,
+        exit: Netns::new(unique("jvx"))?,
+        pins: PinDir::new("demo"),
+    };
+    veth(&lab.client, "c-wifi", &lab.gw, "g-wifi")?;
+    veth(&lab.client, "c-lte", &lab.gw, "g-lte")?;
+    veth(&lab.gw, "g-exit", &lab.exit, "x-gw")?;
+    for (ns, dev, addr) in [
+        (&lab.client, "c-wifi", "10.77.1.2/24"),
+        (&lab.gw, "g-wifi", "10.77.1.1/24"),
+        (&lab.client, "c-lte", "10.77.2.2/24"),
+        (&lab.gw, "g-lte", "10.77.2.1/24"),
+        (&lab.gw, "g-exit", "10.77.9.1/24"),
+        (&lab.exit, "x-gw", "10.77.9.2/24"),
+    ] {
+        ns.ip(&["addr", "add", addr, "dev", dev])?;
+    }
+    // Local senders on veth leave checksums to offload, which XDP never completes.
+    for (ns, dev) in [
+        (&lab.client, "c-wifi"),
+        (&lab.client, "c-lte"),
+        (&lab.exit, "x-gw"),
+    ] {
+        ns.exec("ethtool", &["-K", dev, "tx", "off"])
+            .context("ethtool (Debian package `ethtool`; `cargo xtask bootstrap` installs it)")?;
+    }
+    for (addr, peer, peer_dev, dev) in [
+        ("10.77.1.2", &lab.client, "c-wifi", "g-wifi"),
+        ("10.77.2.2", &lab.client, "c-lte", "g-lte"),
+        ("10.77.9.2", &lab.exit, "x-gw", "g-exit"),
+    ] {
+        let mac = peer.mac_str(peer_dev)?;
+        lab.gw.ip(&[
+            "neigh",
+            "replace",
+            addr,
+            "lladdr",
+            &mac,
+            "dev",
+            dev,
+            "nud",
+            "permanent",
+        ])?;
+    }
+    Ok(lab)
+}
+
+fn binding(client: [u8; 4], gw: [u8; 4], generation: u32) -> SessionEntry {
+    SessionEntry {
+        generation,
+        flags: FLAG_FORWARDING,
+        client: Endpoint::v4(client, CLIENT_PORT),
+        gw_client: Endpoint::v4(gw, PORT),
+        exit: Endpoint::v4([10, 77, 9, 2], EXIT_PORT),
+        gw_exit: Endpoint::v4([10, 77, 9, 1], PORT),
+    }
+}
+
+fn random_session_id() -> anyhow::Result<u64> {
+    let mut b = [0u8; 8];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+        .context("reading /dev/urandom")?;
+    Ok(u64::from_ne_bytes(b) | 1)
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.leg_secs > 0.0 && args.leg_secs <= 60.0,
+        "--leg-secs must be in (0, 60]"
+    );
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
+    let start = Instant::now();
+    let say = |msg: String| println!("[{:>7.3}s] {msg}", start.elapsed().as_secs_f64());
+
+    let lab = build_lab().context("building the lab (needs root, iproute2, ethtool)")?;
+    say(format!(
+        "lab up: namespaces {}, {}, {}",
+        lab.client.name, lab.gw.name, lab.exit.name
+    ));
+    let mut dp = lab.gw.run(|| -> anyhow::Result<Datapath> {
+        let mut dp = Datapath::load(DatapathConfig {
+            pin_dir: lab.pins.0.clone(),
+            max_sessions: 1024,
+            ..DatapathConfig::default()
+        })?;
+        for dev in ["g-wifi", "g-lte", "g-exit"] {
+            let mode = dp.attach(dev, AttachMode::Native)?;
+            say(format!("gateway: XDP relay attached to {dev} ({mode})"));
+        }
+        Ok(dp)
+    })?;
+    for (ns, dev) in [
+        (&lab.client, "c-wifi"),
+        (&lab.client, "c-lte"),
+        (&lab.exit, "x-gw"),
+    ] {
+        ns.run(|| dp.attach_unpinned(PASS_PROGRAM, dev, AttachMode::Native))?;
+    }
+    let sid = random_session_id()?;
+    dp.insert_session(sid, &binding([10, 77, 1, 2], [10, 77, 1, 1], 1))?;
+    say(format!(
+        "session {sid:#018x} installed: binding wifi 10.77.1.2:{CLIENT_PORT}, exit 10.77.9.2:{EXIT_PORT}"
+    ));
+
+    let bind = |ns: &Netns, a: &str| -> anyhow::Result<UdpSocket> {
+        let a: SocketAddr = a.parse()?;
+        let s = ns.run(|| UdpSocket::bind(a))?;
+        s.set_read_timeout(Some(Duration::from_millis(100)))?;
+        Ok(s)
+    };
+    let socks = [
+        bind(&lab.client, "10.77.1.2:40000")?,
+        bind(&lab.client, "10.77.2.2:40000")?,
+    ];
+    let gws: [SocketAddr; 2] = ["10.77.1.1:51820".parse()?, "10.77.2.1:51820".parse()?];
+    let exit = bind(&lab.exit, "10.77.9.2:51821")?;
+    let gw_exit: SocketAddr = "10.77.9.1:51820".parse()?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let active = Arc::new(AtomicUsize::new(0)); // which transport the client sends on
+    let bound = Arc::new(AtomicUsize::new(0)); // which one the gateway has bound
+    let sent_up = Arc::new(AtomicU64::new(0));
+    let echoed = Arc::new(AtomicU64::new(0));
+    let misrouted = Arc::new(AtomicU64::new(0));
+    // Per transport: (last packet received, first packet since the last reset).
+    type Rx = [(Option<Instant>, Option<Instant>); 2];
+    let rx_times: Arc<Mutex<Rx>> = Arc::new(Mutex::new([(None, None); 2]));
+    let mut threads = Vec::new();
+    {
+        // Exit: echoes every DATA packet back through the gateway (downlink).
+        let (exit, stop, echoed) = (exit.try_clone()?, stop.clone(), echoed.clone());
+        threads.push(thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while !stop.load(Ordering::SeqCst) {
+                if let Ok((n, _)) = exit.recv_from(&mut buf)
+                    && exit.send_to(&buf[..n], gw_exit).is_ok()
+                {
+                    echoed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for (i, s) in socks.iter().enumerate() {
+        // Client receivers: count deliveries to a transport that is not bound.
+        let (s, stop, bound, misrouted, rx_times) = (
+            s.try_clone()?,
+            stop.clone(),
+            bound.clone(),
+            misrouted.clone(),
+            rx_times.clone(),
+        );
+        threads.push(thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while !stop.load(Ordering::SeqCst) {
+                if let Ok((n, _)) = s.recv_from(&mut buf)
+                    && WireHeader::parse(&buf[..n]).is_ok()
+                {
+                    if bound.load(Ordering::SeqCst) != i {
+                        misrouted.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let now = Some(Instant::now());
+                    let mut t = rx_times.lock().expect("poisoned");
+                    t[i].0 = now;
+                    t[i].1 = t[i].1.or(now);
+                }
+            }
+        }));
+    }
+    {
+        // Client sender: ~2,000 packets/s on the active transport.
+        let socks = [socks[0].try_clone()?, socks[1].try_clone()?];
+        let (stop, active, sent_up) = (stop.clone(), active.clone(), sent_up.clone());
+        threads.push(thread::spawn(move || {
+            let mut seq = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                let i = active.load(Ordering::SeqCst);
+                let pkt = jvpn_common::wire::WireHeader::new(msg_type::DATA, sid, seq).to_bytes();
+                let mut p = pkt.to_vec();
+                p.extend_from_slice(&[0u8; 100]);
+                if socks[i].send_to(&p, gws[i]).is_ok() {
+                    sent_up.fetch_add(1, Ordering::Relaxed);
+                }
+                seq += 1;
+                thread::sleep(Duration::from_micros(500));
+            }
+        }));
+    }
+
+    let leg = Duration::from_secs_f64(args.leg_secs);
+    let wait = |d: Duration| {
+        let until = Instant::now() + d;
+        while Instant::now() < until && !INTERRUPTED.load(Ordering::SeqCst) {
+            thread::sleep(Duration::from_millis(20));
+        }
+        !INTERRUPTED.load(Ordering::SeqCst)
+    };
+    let names = ["wifi", "lte"];
+    let addrs = [
+        ([10, 77, 1, 2], [10, 77, 1, 1]),
+        ([10, 77, 2, 2], [10, 77, 2, 1]),
+    ];
+    let mut switches = Vec::new();
+    let mut ok = wait(leg);
+    for (step, to) in [1usize, 0].into_iter().enumerate() {
+        if !ok {
+            break;
+        }
+        let from = 1 - to;
+        if step == 0 {
+            lab.client.ip(&["link", "set", "c-wifi", "down"])?;
+            say("client: wifi link down".into());
+        }
+        rx_times.lock().expect("poisoned")[to].1 = None;
+        active.store(to, Ordering::SeqCst);
+        let t = Instant::now();
+        let generation =
+            dp.replace_session(sid, &binding(addrs[to].0, addrs[to].1, step as u32 + 2))?;
+        let swap = t.elapsed();
+        bound.store(to, Ordering::SeqCst);
+        let last_old = rx_times.lock().expect("poisoned")[from].0;
+        say(format!(
+            "gateway: binding {} -> {} (generation {generation}), map swap {} µs",
+            names[from],
+            names[to],
+            swap.as_micros()
+        ));
+        ok = wait(Duration::from_millis(200));
+        let first_new = rx_times.lock().expect("poisoned")[to].1;
+        if let (Some(a), Some(b)) = (last_old, first_new) {
+            switches.push((names[from], names[to], swap, b.saturating_duration_since(a)));
+        }
+        if step == 0 && ok && wait(leg) {
+            lab.client.ip(&["link", "set", "c-wifi", "up"])?;
+            say("client: wifi link back up".into());
+            // A stray sender on the old transport: must be dropped, never relayed.
+            let before = dp.drops()?[counters::STALE_BINDING as usize];
+            for n in 0..50u64 {
+                let mut p = WireHeader::new(msg_type::DATA, sid, 1 << 40 | n)
+                    .to_bytes()
+                    .to_vec();
+                p.extend_from_slice(&[0u8; 32]);
+                let _ = socks[0].send_to(&p, gws[0]);
+            }
+            thread::sleep(Duration::from_millis(100));
+            let stale = dp.drops()?[counters::STALE_BINDING as usize] - before;
+            say(format!(
+                "client: 50 packets sent on wifi while lte is bound: {stale} dropped by XDP as stale_binding"
+            ));
+            ok = wait(leg / 2);
+        }
+    }
+    if ok {
+        ok = wait(leg);
+    }
+    stop.store(true, Ordering::SeqCst);
+    for t in threads {
+        let _ = t.join();
+    }
+    if !ok {
+        say("interrupted: tearing the lab down".into());
+        return Ok(());
+    }
+
+    let stats = dp.session_stats(sid)?.unwrap_or_default();
+    let drops = dp.drops()?;
+    println!("\nsummary");
+    println!(
+        "  session id            {sid:#018x} (unchanged across {} switches)",
+        switches.len()
+    );
+    for (from, to, swap, gap) in &switches {
+        println!(
+            "  switch {from:>4} -> {to:<4}   map swap {:>5} µs, downlink gap {:>6.1} ms (client sends every 0.5 ms)",
+            swap.as_micros(),
+            gap.as_secs_f64() * 1e3
+        );
+    }
+    println!(
+        "  relayed by XDP        {} up, {} down ({} sent by the client, {} echoed by the exit)",
+        stats.up_packets,
+        stats.down_packets,
+        sent_up.load(Ordering::Relaxed),
+        echoed.load(Ordering::Relaxed)
+    );
+    println!("  stale-binding drops   {}", stats.stale_drops);
+    println!(
+        "  delivered to a non-bound transport: {}",
+        misrouted.load(Ordering::Relaxed)
+    );
+    let other: u64 = drops.iter().sum::<u64>() - drops[counters::STALE_BINDING as usize];
+    println!("  other drops           {other}");
+    drop(dp);
+    drop(lab);
+    println!("lab torn down");
+    Ok(())
+}

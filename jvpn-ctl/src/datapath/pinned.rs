@@ -1,0 +1,65 @@
+//! Read-only access to a running data plane through its pins, without loading
+//! anything: for status commands and for a controller that wants to look first.
+
+use std::path::{Path, PathBuf};
+
+use aya::maps::{HashMap, Map, MapData, PerCpuArray};
+use jvpn_common::maps::SessionEntry;
+
+use super::{DROPS, DatapathError, Drops, SESSIONS, privilege};
+
+pub struct Pinned {
+    dir: PathBuf,
+    sessions: HashMap<MapData, u64, SessionEntry>,
+    drops: PerCpuArray<MapData, u64>,
+}
+
+fn open(dir: &Path, name: &'static str) -> Result<MapData, DatapathError> {
+    let path = dir.join(name);
+    if !path.exists() {
+        return Err(DatapathError::BpfFs {
+            path,
+            detail: "no pinned data plane here (is `jvpn-ctl datapath up` running or was it ever started?)".into(),
+        });
+    }
+    MapData::from_pin(&path).map_err(|source| DatapathError::Map { name, source })
+}
+
+impl Pinned {
+    pub fn open(dir: &Path) -> Result<Self, DatapathError> {
+        privilege::check()?;
+        let map_err = |name| move |source| DatapathError::Map { name, source };
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            sessions: HashMap::try_from(Map::HashMap(open(dir, SESSIONS)?))
+                .map_err(map_err(SESSIONS))?,
+            drops: PerCpuArray::try_from(Map::PerCpuArray(open(dir, DROPS)?))
+                .map_err(map_err(DROPS))?,
+        })
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.sessions.keys().filter(Result::is_ok).count()
+    }
+
+    pub fn drops(&self) -> Result<Drops, DatapathError> {
+        super::sum_drops(&self.drops)
+    }
+
+    /// Interfaces with a pinned relay link.
+    pub fn attached(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()?
+                    .strip_prefix("link_")
+                    .map(String::from)
+            })
+            .collect();
+        v.sort();
+        v
+    }
+}

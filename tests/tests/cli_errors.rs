@@ -1,0 +1,101 @@
+//! Bad operator input gets a one-line error naming the problem and a non-zero exit,
+//! and changes nothing.
+
+use std::process::{Command, Output};
+
+use jvpn_tests::{netns::PinDir, require_root};
+
+fn jvpn_ctl() -> Command {
+    // target/<profile>/deps/<test> -> target/<profile>/jvpn-ctl (built by `cargo test
+    // --workspace` / `cargo xtask test`).
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("jvpn-ctl");
+    assert!(
+        bin.exists(),
+        "{} missing: run `cargo xtask test`",
+        bin.display()
+    );
+    Command::new(bin)
+}
+
+fn fails_with(out: Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "expected failure, got success; stderr: {stderr}"
+    );
+    assert!(stderr.contains(needle), "stderr lacks `{needle}`: {stderr}");
+}
+
+#[test]
+fn unknown_interface_is_named_and_nothing_stays_attached() {
+    require_root!();
+    let pins = PinDir::new("cli");
+    let out = jvpn_ctl()
+        .args([
+            "datapath",
+            "up",
+            "--iface",
+            "nosuchif0",
+            "--max-sessions",
+            "64",
+            "--pin-dir",
+        ])
+        .arg(&pins.0)
+        .output()
+        .unwrap();
+    fails_with(out, "interface `nosuchif0` does not exist");
+    assert!(!pins.0.exists(), "a failed `up` must not leave pins behind");
+}
+
+#[test]
+fn missing_privilege_is_named() {
+    require_root!();
+    let pins = PinDir::new("cli");
+    // Drop to nobody with no capabilities at all.
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=-all",
+        "--bounding-set=-all",
+    ]);
+    let bin = jvpn_ctl().get_program().to_owned();
+    let out = cmd
+        .arg(bin)
+        .args(["datapath", "up", "--iface", "lo", "--pin-dir"])
+        .arg(&pins.0)
+        .output()
+        .unwrap();
+    fails_with(out, "missing privilege");
+}
+
+#[test]
+fn bad_arguments_are_rejected_before_anything_happens() {
+    // No root needed: argument parsing comes first.
+    let out = jvpn_ctl()
+        .args(["datapath", "up", "--iface", "lo", "--port", "0"])
+        .output()
+        .unwrap();
+    fails_with(out, "--port");
+    let out = jvpn_ctl()
+        .args(["datapath", "up", "--iface", "lo", "--max-sessions", "lots"])
+        .output()
+        .unwrap();
+    fails_with(out, "--max-sessions");
+    let out = jvpn_ctl().args(["datapath", "up"]).output().unwrap();
+    fails_with(out, "--iface");
+}
+
+#[test]
+fn status_without_a_data_plane_says_so() {
+    require_root!();
+    let pins = PinDir::new("cli");
+    let out = jvpn_ctl()
+        .args(["datapath", "status", "--pin-dir"])
+        .arg(&pins.0)
+        .output()
+        .unwrap();
+    fails_with(out, "no pinned data plane here");
+}

@@ -1,0 +1,74 @@
+//! `cargo xtask`: the one entry point to bootstrap, build, test and run Jumping VPN.
+//! See docs/toolchain.md for what bootstrap installs and why.
+
+mod bootstrap;
+mod bpf_linker;
+mod build;
+mod packages;
+mod run;
+mod test;
+mod util;
+
+use std::{ffi::OsString, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "Bootstrap, build, test and run Jumping VPN",
+    after_help = "Tools live in $JVPN_TOOLS_DIR (default ${XDG_CACHE_HOME:-~/.cache}/jvpn); \
+                  see docs/toolchain.md."
+)]
+struct Cli {
+    #[command(subcommand)]
+    verb: Verb,
+}
+
+#[derive(Subcommand)]
+enum Verb {
+    /// Install what the build needs if missing: nightly + rust-src, bpf-linker, iproute2/procps/util-linux
+    Bootstrap,
+    /// Bootstrap, then build the workspace (the XDP object is embedded in jvpn-ctl)
+    Build {
+        /// Build with the release profile
+        #[arg(long)]
+        release: bool,
+    },
+    /// Bootstrap, build, then run all tests (`cargo xtask test -- ARGS` passes ARGS to cargo test)
+    Test {
+        /// Extra arguments for `cargo test`
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// Bootstrap, build, then run jvpn-ctl as root with ARGS (default: `jvpn-ctl demo`)
+    Run {
+        /// Arguments for jvpn-ctl
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.verb {
+        Verb::Bootstrap => bootstrap::run(),
+        Verb::Build { release } => build::run(release),
+        Verb::Test { args } => test::run(&args),
+        Verb::Run { args } => run::run(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            // A failing cargo passes its exit code through (e.g. 101 for test failures).
+            let code = err
+                .downcast_ref::<util::CommandFailed>()
+                .and_then(|f| f.code)
+                .and_then(|c| u8::try_from(c).ok())
+                .filter(|&c| c != 0)
+                .unwrap_or(1);
+            ExitCode::from(code)
+        }
+    }
+}
