@@ -315,3 +315,102 @@ pub fn outer_v6(
         udp: udp_hdr(s, p.payload_len, udp_check),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use std::vec::Vec;
+
+    use super::*;
+    use crate::{csum, wire::msg_type};
+
+    const PORT: u16 = 51820;
+
+    /// Ethernet + IPv4 (+ options) + UDP + DATA, lengths consistent, checksums unset.
+    fn frame_v4(opt_words: usize, payload: usize) -> Vec<u8> {
+        let mut f = Vec::new();
+        f.extend_from_slice(&[2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 0x08, 0x00]);
+        let ihl = 5 + opt_words;
+        let total = (ihl * 4 + 8 + payload) as u16;
+        f.extend_from_slice(&[0x40 | ihl as u8, 0]);
+        f.extend_from_slice(&total.to_be_bytes());
+        f.extend_from_slice(&[0, 0, 0, 0, 64, 17, 0, 0, 10, 0, 0, 2, 10, 0, 0, 1]);
+        f.extend(core::iter::repeat_n(1u8, opt_words * 4));
+        f.extend_from_slice(&40000u16.to_be_bytes());
+        f.extend_from_slice(&PORT.to_be_bytes());
+        f.extend_from_slice(&((8 + payload) as u16).to_be_bytes());
+        f.extend_from_slice(&[0x12, 0x34]);
+        let mut p = WireHeader::new(msg_type::DATA, 77, 1).to_bytes().to_vec();
+        p.resize(payload, 0xab);
+        f.extend_from_slice(&p);
+        f
+    }
+
+    #[test]
+    fn parses_a_good_frame_and_no_cut_of_it() {
+        for opts in [0, 1, 10] {
+            let f = frame_v4(opts, 64);
+            let p = parse(&f[..], PORT).expect("good frame");
+            assert_eq!((p.kind, p.session_id, p.payload_len), (Kind::Data, 77, 64));
+            assert_eq!(p.outer_len, 14 + (5 + opts) * 4 + 8);
+            for len in 0..f.len() {
+                assert!(parse(&f[..len], PORT).is_err(), "opts {opts}, cut at {len}");
+            }
+        }
+    }
+
+    #[test]
+    fn incremental_udp_checksum_matches_a_full_recompute() {
+        // Full UDP checksum over a pseudo-header of either family.
+        fn full(src: &[u8; 16], dst: &[u8; 16], ports: [u8; 4], payload: &[u8]) -> u16 {
+            let len = (8 + payload.len()) as u16;
+            let mut acc = csum::sum_words(0, src);
+            acc = csum::sum_words(acc, dst);
+            acc += 17 + u32::from(len) * 2; // protocol, pseudo length, UDP length
+            acc = csum::sum_words(acc, &ports);
+            let mut pl = payload.to_vec();
+            if pl.len() % 2 == 1 {
+                pl.push(0);
+            }
+            for w in pl.chunks(2) {
+                acc += u32::from(u16::from_be_bytes([w[0], w[1]]));
+            }
+            match !csum::fold(acc) {
+                0 => 0xffff,
+                c => c,
+            }
+        }
+        let payload: Vec<u8> = (0..101u32).map(|i| (i * 37 + 11) as u8).collect();
+        let v4 = |a: [u8; 4]| {
+            let mut x = [0u8; 16];
+            x[..4].copy_from_slice(&a);
+            x
+        };
+        let addrs = [v4([10, 0, 0, 2]), v4([192, 168, 7, 250]), [0xfd; 16], {
+            let mut x = [0u8; 16];
+            x[0] = 0x20;
+            x[15] = 0x01;
+            x
+        }];
+        for old_src in &addrs {
+            for new_dst in &addrs {
+                let (old_dst, new_src) = (&addrs[1], &addrs[2]);
+                let old_ports = [0x9c, 0x40, 0xca, 0x6c];
+                let new_ports = [0xca, 0x6c, 0xca, 0x6d];
+                let old = full(old_src, old_dst, old_ports, &payload);
+                let r = Rewrite {
+                    old_src,
+                    old_dst,
+                    old_ports,
+                    new_src,
+                    new_dst,
+                    new_ports,
+                };
+                assert_eq!(
+                    csum::udp_update(old, &r),
+                    full(new_src, new_dst, new_ports, &payload)
+                );
+            }
+        }
+    }
+}

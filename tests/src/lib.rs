@@ -3,6 +3,7 @@
 //! implementation (etherparse), and a `BPF_PROG_TEST_RUN` wrapper.
 
 pub mod frames;
+pub mod packet_lab;
 pub mod testrun;
 
 pub use jvpn_ctl::lab::{netns, unique};

@@ -3,110 +3,27 @@
 //! Every case checks the XDP action and the exact output bytes; relayed frames are
 //! also checked with an independent checksum implementation (etherparse).
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
 use jvpn_common::{
     counters,
-    maps::{Endpoint, FLAG_FORWARDING, SessionEntry},
+    maps::{FLAG_FORWARDING, SessionEntry},
     wire::msg_type,
 };
 use jvpn_ctl::datapath::{Datapath, DatapathConfig, Drops, RELAY_PROGRAM};
 use jvpn_tests::{
     frames::{Udp, jvpn, verify_checksums},
-    netns::{Netns, PinDir, veth},
     require_root,
     testrun::{XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, run, try_run},
-    unique,
 };
 
-const PORT: u16 = 51820;
-const EXIT_PORT: u16 = 51821;
-const C0_MAC: [u8; 6] = [2, 0, 0, 0, 1, 1];
-const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 1, 2];
-const LAN_EXIT_MAC: [u8; 6] = [2, 0, 0, 0, 1, 9];
-const X0_MAC: [u8; 6] = [2, 0, 0, 0, 9, 1];
-const EXIT_MAC: [u8; 6] = [2, 0, 0, 0, 9, 2];
-
-fn v4(s: &str) -> IpAddr {
-    IpAddr::V4(s.parse::<Ipv4Addr>().unwrap())
-}
-fn v6(s: &str) -> IpAddr {
-    IpAddr::V6(s.parse::<Ipv6Addr>().unwrap())
-}
-fn ep(a: IpAddr, port: u16) -> Endpoint {
-    match a {
-        IpAddr::V4(a) => Endpoint::v4(a.octets(), port),
-        IpAddr::V6(a) => Endpoint::v6(a.octets(), port),
-    }
-}
-
-struct Lab {
-    ns: Netns,
-    _pins: PinDir,
-    c0: u32,
-    x0: u32,
-}
-
-/// One namespace: `c0` (client side: 10.10.1.1/24, fd00:1::1/64) and `x0` (exit side:
-/// 10.10.9.1/24, fd00:9::1/64), each a veth whose peer stays in the namespace, with
-/// permanent neighbour entries for the client, the exit, and an exit on the client LAN.
-fn lab() -> Lab {
-    let ns = Netns::new(unique("jpk")).unwrap();
-    veth(&ns, "c0", &ns, "c1").unwrap();
-    veth(&ns, "x0", &ns, "x1").unwrap();
-    let mac = |m: [u8; 6]| {
-        m.iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join(":")
-    };
-    for (dev, m, a4, a6) in [
-        ("c0", C0_MAC, "10.10.1.1/24", "fd00:1::1/64"),
-        ("x0", X0_MAC, "10.10.9.1/24", "fd00:9::1/64"),
-    ] {
-        ns.ip(&["link", "set", dev, "address", &mac(m)]).unwrap();
-        ns.ip(&["addr", "add", a4, "dev", dev]).unwrap();
-        ns.ip(&["addr", "add", a6, "dev", dev, "nodad"]).unwrap();
-        ns.sysctl(&format!("net.ipv4.conf.{dev}.forwarding"), "1")
-            .unwrap();
-        ns.sysctl(&format!("net.ipv6.conf.{dev}.forwarding"), "1")
-            .unwrap();
-    }
-    for (addr, m, dev) in [
-        ("10.10.1.2", CLIENT_MAC, "c0"),
-        ("fd00:1::2", CLIENT_MAC, "c0"),
-        ("10.10.1.9", LAN_EXIT_MAC, "c0"),
-        ("10.10.9.2", EXIT_MAC, "x0"),
-        ("fd00:9::2", EXIT_MAC, "x0"),
-    ] {
-        ns.ip(&[
-            "neigh",
-            "replace",
-            addr,
-            "lladdr",
-            &mac(m),
-            "dev",
-            dev,
-            "nud",
-            "permanent",
-        ])
-        .unwrap();
-    }
-    let c0 = ns.ifindex("c0").unwrap();
-    let x0 = ns.ifindex("x0").unwrap();
-    Lab {
-        ns,
-        _pins: PinDir::new("pk"),
-        c0,
-        x0,
-    }
-}
+use jvpn_tests::packet_lab::*;
 
 fn load(lab: &Lab) -> Datapath {
     Datapath::load(DatapathConfig {
         port: PORT,
         max_sessions: 4096,
-        pin_dir: lab._pins.0.clone(),
+        pin_dir: lab.pins.0.clone(),
         debug_log: false,
     })
     .expect("load the XDP object")
