@@ -78,7 +78,7 @@ fn main() -> anyhow::Result<()> {
             let t = std::time::Instant::now();
             while inserted < target {
                 dp.insert_session(
-                    u64::from(inserted) * 0x9e37_79b9_7f4a_7c15 | 1,
+                    u64::from(inserted).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1,
                     &entry(inserted),
                 )
                 .map_err(|e| anyhow::anyhow!("after {inserted} sessions: {e}"))?;
