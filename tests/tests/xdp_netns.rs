@@ -19,11 +19,14 @@ use jvpn_common::{
     maps::{Endpoint, FLAG_FORWARDING, SessionEntry},
     wire::{WireHeader, msg_type},
 };
-use jvpn_ctl::datapath::{AttachMode, Datapath, DatapathConfig, PASS_PROGRAM};
+use jvpn_ctl::{
+    datapath::{AttachMode, Datapath, DatapathConfig, PASS_PROGRAM},
+    lab::gateway::GatewayLab,
+};
 use jvpn_tests::{
     frames::jvpn,
-    netns::{Netns, PinDir, veth},
-    require_root, unique,
+    netns::{Netns, PinDir},
+    require_root,
 };
 
 const PORT: u16 = 51820;
@@ -31,76 +34,8 @@ const EXIT_PORT: u16 = 51821;
 const CLIENT_PORT: u16 = 40000;
 const SID: u64 = 0x5e55_1011_2233_4455;
 
-struct Lab {
-    client: Netns,
-    gw: Netns,
-    exit: Netns,
-    pins: PinDir,
-}
-
-fn mac_of(ns: &Netns, dev: &str) -> String {
-    ns.mac(dev)
-        .unwrap()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
-/// DESIGN §8 in miniature: client (wifi, lte) ── gateway ── exit.
-fn lab() -> Lab {
-    let lab = Lab {
-        client: Netns::new(unique("jnc")).unwrap(),
-        gw: Netns::new(unique("jng")).unwrap(),
-        exit: Netns::new(unique("jnx")).unwrap(),
-        pins: PinDir::new("ns"),
-    };
-    veth(&lab.client, "c-wifi", &lab.gw, "g-wifi").unwrap();
-    veth(&lab.client, "c-lte", &lab.gw, "g-lte").unwrap();
-    veth(&lab.gw, "g-exit", &lab.exit, "x-gw").unwrap();
-    // Locally sent packets leave a veth with a partial checksum (TX offload) that only
-    // the kernel's own forwarding path completes; XDP sees the frame as it is, so the
-    // senders compute full checksums, as a remote host's packets always have them.
-    for (ns, dev) in [
-        (&lab.client, "c-wifi"),
-        (&lab.client, "c-lte"),
-        (&lab.exit, "x-gw"),
-    ] {
-        ns.exec("ethtool", &["-K", dev, "tx", "off"]).unwrap();
-    }
-    for (ns, dev, addr) in [
-        (&lab.client, "c-wifi", "10.77.1.2/24"),
-        (&lab.gw, "g-wifi", "10.77.1.1/24"),
-        (&lab.client, "c-lte", "10.77.2.2/24"),
-        (&lab.gw, "g-lte", "10.77.2.1/24"),
-        (&lab.gw, "g-exit", "10.77.9.1/24"),
-        (&lab.exit, "x-gw", "10.77.9.2/24"),
-    ] {
-        ns.ip(&["addr", "add", addr, "dev", dev]).unwrap();
-    }
-    // The controller's own traffic resolves neighbours in production (the relay hands
-    // unresolved ones to the kernel); here they are fixed up front.
-    for (addr, peer_ns, peer_dev, dev) in [
-        ("10.77.1.2", &lab.client, "c-wifi", "g-wifi"),
-        ("10.77.2.2", &lab.client, "c-lte", "g-lte"),
-        ("10.77.9.2", &lab.exit, "x-gw", "g-exit"),
-    ] {
-        let mac = mac_of(peer_ns, peer_dev);
-        lab.gw
-            .ip(&[
-                "neigh",
-                "replace",
-                addr,
-                "lladdr",
-                &mac,
-                "dev",
-                dev,
-                "nud",
-                "permanent",
-            ])
-            .unwrap();
-    }
-    lab
+fn lab() -> GatewayLab {
+    GatewayLab::build("jn").unwrap()
 }
 
 fn udp_stats(ns: &Netns) -> (u64, u64) {

@@ -24,10 +24,7 @@ use jvpn_common::{
 };
 use jvpn_ctl::{
     datapath::{AttachMode, Datapath, DatapathConfig, PASS_PROGRAM},
-    lab::{
-        netns::{Netns, PinDir, veth},
-        unique,
-    },
+    lab::{gateway::GatewayLab, netns::Netns},
 };
 
 #[derive(clap::Args)]
@@ -46,63 +43,6 @@ extern "C" fn on_sigint(_: libc::c_int) {
 const PORT: u16 = 51820;
 const EXIT_PORT: u16 = 51821;
 const CLIENT_PORT: u16 = 40000;
-
-struct Lab {
-    client: Netns,
-    gw: Netns,
-    exit: Netns,
-    pins: PinDir,
-}
-
-fn build_lab() -> anyhow::Result<Lab> {
-    let lab = Lab {
-        client: Netns::new(unique("jvc"))?,
-        gw: Netns::new(unique("jvg"))?,
-        exit: Netns::new(unique("jvx"))?,
-        pins: PinDir::new("demo"),
-    };
-    veth(&lab.client, "c-wifi", &lab.gw, "g-wifi")?;
-    veth(&lab.client, "c-lte", &lab.gw, "g-lte")?;
-    veth(&lab.gw, "g-exit", &lab.exit, "x-gw")?;
-    for (ns, dev, addr) in [
-        (&lab.client, "c-wifi", "10.77.1.2/24"),
-        (&lab.gw, "g-wifi", "10.77.1.1/24"),
-        (&lab.client, "c-lte", "10.77.2.2/24"),
-        (&lab.gw, "g-lte", "10.77.2.1/24"),
-        (&lab.gw, "g-exit", "10.77.9.1/24"),
-        (&lab.exit, "x-gw", "10.77.9.2/24"),
-    ] {
-        ns.ip(&["addr", "add", addr, "dev", dev])?;
-    }
-    // Local senders on veth leave checksums to offload, which XDP never completes.
-    for (ns, dev) in [
-        (&lab.client, "c-wifi"),
-        (&lab.client, "c-lte"),
-        (&lab.exit, "x-gw"),
-    ] {
-        ns.exec("ethtool", &["-K", dev, "tx", "off"])
-            .context("ethtool (Debian package `ethtool`; `cargo xtask bootstrap` installs it)")?;
-    }
-    for (addr, peer, peer_dev, dev) in [
-        ("10.77.1.2", &lab.client, "c-wifi", "g-wifi"),
-        ("10.77.2.2", &lab.client, "c-lte", "g-lte"),
-        ("10.77.9.2", &lab.exit, "x-gw", "g-exit"),
-    ] {
-        let mac = peer.mac_str(peer_dev)?;
-        lab.gw.ip(&[
-            "neigh",
-            "replace",
-            addr,
-            "lladdr",
-            &mac,
-            "dev",
-            dev,
-            "nud",
-            "permanent",
-        ])?;
-    }
-    Ok(lab)
-}
 
 fn binding(client: [u8; 4], gw: [u8; 4], generation: u32) -> SessionEntry {
     SessionEntry {
@@ -133,7 +73,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let start = Instant::now();
     let say = |msg: String| println!("[{:>7.3}s] {msg}", start.elapsed().as_secs_f64());
 
-    let lab = build_lab().context("building the lab (needs root, iproute2, ethtool)")?;
+    let lab =
+        GatewayLab::build("jv").context("building the lab (needs root, iproute2, ethtool)")?;
     say(format!(
         "lab up: namespaces {}, {}, {}",
         lab.client.name, lab.gw.name, lab.exit.name

@@ -211,20 +211,8 @@ impl Datapath {
     /// what it held before.
     pub fn replace_session(&mut self, id: u64, entry: &SessionEntry) -> Result<u32, DatapathError> {
         validate(id, entry)?;
-        match retry_enomem(|| self.sessions.insert(id, entry, BPF_EXIST)) {
-            Ok(()) => {}
-            Err(aya::maps::MapError::SyscallError(e))
-                if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
-            {
-                return Err(DatapathError::NoSuchSession(id));
-            }
-            Err(source) => {
-                return Err(DatapathError::Map {
-                    name: SESSIONS,
-                    source,
-                });
-            }
-        }
+        retry_enomem(|| self.sessions.insert(id, entry, BPF_EXIST))
+            .map_err(|e| session_err(id, e))?;
         let found = self
             .session(id)?
             .ok_or(DatapathError::NoSuchSession(id))?
@@ -241,20 +229,7 @@ impl Datapath {
 
     /// Removes a session and its statistics.
     pub fn remove_session(&mut self, id: u64) -> Result<(), DatapathError> {
-        match self.sessions.remove(&id) {
-            Ok(()) => {}
-            Err(aya::maps::MapError::SyscallError(e))
-                if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
-            {
-                return Err(DatapathError::NoSuchSession(id));
-            }
-            Err(source) => {
-                return Err(DatapathError::Map {
-                    name: SESSIONS,
-                    source,
-                });
-            }
-        }
+        self.sessions.remove(&id).map_err(|e| session_err(id, e))?;
         let _ = self.stats.remove(&id);
         Ok(())
     }
@@ -307,6 +282,19 @@ fn sum_drops(map: &PerCpuArray<MapData, u64>) -> Result<Drops, DatapathError> {
         *slot = per_cpu.iter().sum();
     }
     Ok(out)
+}
+
+/// ENOENT on `SESSIONS` means the session is not there; anything else is the map's.
+fn session_err(id: u64, e: MapError) -> DatapathError {
+    match e {
+        MapError::SyscallError(ref s) if s.io_error.raw_os_error() == Some(libc::ENOENT) => {
+            DatapathError::NoSuchSession(id)
+        }
+        source => DatapathError::Map {
+            name: SESSIONS,
+            source,
+        },
+    }
 }
 
 /// Retries a map update that failed with ENOMEM for up to ~100 ms.

@@ -2,6 +2,7 @@
 //! by `jvpn-ctl demo` and by the tests. Every name is unique per process and call, and
 //! every guard removes what it created when dropped.
 
+pub mod gateway;
 pub mod netns;
 
 use std::sync::atomic::{AtomicU32, Ordering};

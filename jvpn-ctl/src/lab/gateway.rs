@@ -1,0 +1,89 @@
+//! The three-namespace lab of DESIGN §8: a client with two transports (wifi, lte), a
+//! gateway, and an exit.
+//!
+//! ```text
+//! client: c-wifi 10.77.1.2/24 ── g-wifi 10.77.1.1/24 :gateway
+//!         c-lte  10.77.2.2/24 ── g-lte  10.77.2.1/24
+//! gateway: g-exit 10.77.9.1/24 ── x-gw  10.77.9.2/24 :exit
+//! ```
+
+use std::io::Result;
+
+use super::{
+    netns::{Netns, PinDir, veth},
+    unique,
+};
+
+pub struct GatewayLab {
+    pub client: Netns,
+    pub gw: Netns,
+    pub exit: Netns,
+    /// A pin directory for the gateway's data plane, removed with the lab.
+    pub pins: PinDir,
+}
+
+impl GatewayLab {
+    /// Builds the lab; `tag` (a few letters) makes its names recognisable.
+    pub fn build(tag: &str) -> Result<Self> {
+        let lab = Self {
+            client: Netns::new(unique(&format!("{tag}c")))?,
+            gw: Netns::new(unique(&format!("{tag}g")))?,
+            exit: Netns::new(unique(&format!("{tag}x")))?,
+            pins: PinDir::new(tag),
+        };
+        veth(&lab.client, "c-wifi", &lab.gw, "g-wifi")?;
+        veth(&lab.client, "c-lte", &lab.gw, "g-lte")?;
+        veth(&lab.gw, "g-exit", &lab.exit, "x-gw")?;
+        for (ns, dev, addr) in [
+            (&lab.client, "c-wifi", "10.77.1.2/24"),
+            (&lab.gw, "g-wifi", "10.77.1.1/24"),
+            (&lab.client, "c-lte", "10.77.2.2/24"),
+            (&lab.gw, "g-lte", "10.77.2.1/24"),
+            (&lab.gw, "g-exit", "10.77.9.1/24"),
+            (&lab.exit, "x-gw", "10.77.9.2/24"),
+        ] {
+            ns.ip(&["addr", "add", addr, "dev", dev])?;
+        }
+        // Locally sent packets leave a veth with a partial checksum (TX offload) that
+        // only the kernel's forwarding path completes; XDP sees the frame as it is. A
+        // remote host's packets always carry full checksums, so the senders compute them.
+        for (ns, dev) in [
+            (&lab.client, "c-wifi"),
+            (&lab.client, "c-lte"),
+            (&lab.exit, "x-gw"),
+        ] {
+            ns.exec("ethtool", &["-K", dev, "tx", "off"])?;
+        }
+        // In production the controller's own traffic resolves the gateway's neighbours
+        // (the relay hands unresolved ones to the kernel); here they are fixed up front.
+        for (addr, peer, peer_dev, dev) in [
+            ("10.77.1.2", &lab.client, "c-wifi", "g-wifi"),
+            ("10.77.2.2", &lab.client, "c-lte", "g-lte"),
+            ("10.77.9.2", &lab.exit, "x-gw", "g-exit"),
+        ] {
+            let mac = peer.mac_str(peer_dev)?;
+            lab.gw.ip(&[
+                "neigh",
+                "replace",
+                addr,
+                "lladdr",
+                &mac,
+                "dev",
+                dev,
+                "nud",
+                "permanent",
+            ])?;
+        }
+        Ok(lab)
+    }
+
+    /// Client-side and exit-side veths that receive native redirects and so need an
+    /// XDP program of their own: (namespace, interface).
+    pub fn redirect_targets(&self) -> [(&Netns, &'static str); 3] {
+        [
+            (&self.client, "c-wifi"),
+            (&self.client, "c-lte"),
+            (&self.exit, "x-gw"),
+        ]
+    }
+}
