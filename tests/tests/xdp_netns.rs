@@ -159,6 +159,8 @@ fn relays_between_namespaces_and_swaps_binding_under_load() {
     assert_eq!((&buf[..n], from), (&down[..], gw_wifi));
 
     // 2. Continuous traffic both ways from both client transports, then the swap.
+    // (The counter baseline is taken before any sender starts.)
+    let stale_before = dp.drops().unwrap()[counters::STALE_BINDING as usize];
     let stop = Arc::new(AtomicBool::new(false));
     let swapped = Arc::new(AtomicBool::new(false));
     let rx_exit = drain(exit.try_clone().unwrap(), stop.clone());
@@ -193,7 +195,6 @@ fn relays_between_namespaces_and_swaps_binding_under_load() {
     let (tx_lte, lte_after) = sender(lte.try_clone().unwrap(), gw_lte, LTE);
     let (tx_exit, exit_after) = sender(exit.try_clone().unwrap(), gw_exit, EXIT);
 
-    let stale_before = dp.drops().unwrap()[counters::STALE_BINDING as usize];
     thread::sleep(Duration::from_millis(500));
     let t = Instant::now();
     let generation = dp
