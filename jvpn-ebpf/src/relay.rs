@@ -113,16 +113,16 @@ pub fn jvpn_relay(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn relay_packet(ctx: &XdpContext) -> Result<u32, Verdict> {
     let p = relay::parse(&Ctx(ctx), JVPN_PORT.load())?;
-    let entry = SESSIONS.get_ptr(p.session_id);
-    match p.kind {
-        Kind::Hello => return Ok(XDP_PASS),
-        Kind::Control if entry.is_some() => return Ok(XDP_PASS),
-        Kind::Control => return Err(Verdict::Reject(counters::UNKNOWN_SESSION)),
-        Kind::Data => {}
+    if p.kind == Kind::Hello {
+        // The one message without a session: no lookup.
+        return Ok(XDP_PASS);
     }
-    let Some(entry) = entry else {
+    let Some(entry) = SESSIONS.get_ptr(p.session_id) else {
         return Err(Verdict::Reject(counters::UNKNOWN_SESSION));
     };
+    if p.kind == Kind::Control {
+        return Ok(XDP_PASS);
+    }
     // SAFETY: a map value pointer stays valid for this run (RCU, NO_PREALLOC).
     let entry = unsafe { &*entry };
     let steer = match relay::steer(&p, entry) {

@@ -16,12 +16,15 @@ use std::{
 
 use jvpn_common::{
     counters,
-    maps::{Endpoint, FLAG_FORWARDING, SessionEntry},
     wire::{WireHeader, msg_type},
 };
 use jvpn_ctl::{
     datapath::{AttachMode, Datapath, DatapathConfig, PASS_PROGRAM},
-    lab::gateway::GatewayLab,
+    lab::gateway::{
+        GatewayLab, PORT,
+        Transport::{Lte, Wifi},
+        exit_addr, gw_exit_addr, session_entry,
+    },
 };
 use jvpn_tests::{
     frames::jvpn,
@@ -29,16 +32,14 @@ use jvpn_tests::{
     require_root,
 };
 
-const PORT: u16 = 51820;
-const EXIT_PORT: u16 = 51821;
-const CLIENT_PORT: u16 = 40000;
 const SID: u64 = 0x5e55_1011_2233_4455;
 
 fn lab() -> GatewayLab {
     GatewayLab::build("jn").unwrap()
 }
 
-fn udp_stats(ns: &Netns) -> (u64, u64) {
+/// `Udp: InCsumErrors` of the namespace: datagrams its kernel refused for their checksum.
+fn udp_csum_errors(ns: &Netns) -> u64 {
     let out = ns.exec("cat", &["/proc/net/snmp"]).unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     let mut lines = text.lines().filter(|l| l.starts_with("Udp:"));
@@ -52,31 +53,16 @@ fn udp_stats(ns: &Netns) -> (u64, u64) {
             .parse::<u64>()
             .unwrap()
     };
-    (field("InDatagrams"), field("InCsumErrors"))
+    field("InCsumErrors")
 }
 
-fn bind(ns: &Netns, addr: &str) -> UdpSocket {
-    let addr: SocketAddr = addr.parse().unwrap();
+fn bind(ns: &Netns, addr: SocketAddr) -> UdpSocket {
     ns.run(|| {
         let s = UdpSocket::bind(addr).unwrap();
         s.set_read_timeout(Some(Duration::from_millis(300)))
             .unwrap();
         s
     })
-}
-
-fn entry(client: &str, gw_client: [u8; 4], generation: u32) -> SessionEntry {
-    SessionEntry {
-        generation,
-        flags: FLAG_FORWARDING,
-        client: Endpoint::v4(
-            client.parse::<std::net::Ipv4Addr>().unwrap().octets(),
-            CLIENT_PORT,
-        ),
-        gw_client: Endpoint::v4(gw_client, PORT),
-        exit: Endpoint::v4([10, 77, 9, 2], EXIT_PORT),
-        gw_exit: Endpoint::v4([10, 77, 9, 1], PORT),
-    }
 }
 
 /// Receives until `stop` and a quiet read; returns (counter, source) of DATA packets.
@@ -123,25 +109,20 @@ fn relays_between_namespaces_and_swaps_binding_under_load() {
         dp
     });
     // A native redirect into a veth is delivered only if the peer runs XDP too.
-    for (ns, dev) in [
-        (&lab.client, "c-wifi"),
-        (&lab.client, "c-lte"),
-        (&lab.exit, "x-gw"),
-    ] {
+    for (ns, dev) in lab.redirect_targets() {
         ns.run(|| {
             dp.attach_unpinned(PASS_PROGRAM, dev, AttachMode::Native)
                 .unwrap()
         });
     }
-    dp.insert_session(SID, &entry("10.77.1.2", [10, 77, 1, 1], 1))
-        .unwrap();
+    dp.insert_session(SID, &session_entry(Wifi, 1)).unwrap();
 
-    let wifi = bind(&lab.client, "10.77.1.2:40000");
-    let lte = bind(&lab.client, "10.77.2.2:40000");
-    let exit = bind(&lab.exit, "10.77.9.2:51821");
-    let gw_wifi: SocketAddr = "10.77.1.1:51820".parse().unwrap();
-    let gw_lte: SocketAddr = "10.77.2.1:51820".parse().unwrap();
-    let gw_exit: SocketAddr = "10.77.9.1:51820".parse().unwrap();
+    let wifi = bind(&lab.client, Wifi.client_addr());
+    let lte = bind(&lab.client, Lte.client_addr());
+    let exit = bind(&lab.exit, exit_addr());
+    let gw_wifi = Wifi.gw_addr();
+    let gw_lte = Lte.gw_addr();
+    let gw_exit = gw_exit_addr();
 
     // 1. One packet each way, checked byte for byte at the receiving socket.
     let up = jvpn(msg_type::DATA, SID, 1, 200);
@@ -197,9 +178,7 @@ fn relays_between_namespaces_and_swaps_binding_under_load() {
 
     thread::sleep(Duration::from_millis(500));
     let t = Instant::now();
-    let generation = dp
-        .replace_session(SID, &entry("10.77.2.2", [10, 77, 2, 1], 2))
-        .unwrap();
+    let generation = dp.replace_session(SID, &session_entry(Lte, 2)).unwrap();
     let swap_us = t.elapsed().as_micros();
     swapped.store(true, Ordering::SeqCst);
     assert_eq!(generation, 2);
@@ -286,7 +265,7 @@ fn relays_between_namespaces_and_swaps_binding_under_load() {
 
     // The receiving kernels validated every checksum.
     for ns in [&lab.client, &lab.exit] {
-        let (_, csum_errors) = udp_stats(ns);
+        let csum_errors = udp_csum_errors(ns);
         assert_eq!(csum_errors, 0, "UDP checksum errors in {}", ns.name);
     }
     let s = dp.session_stats(SID).unwrap().unwrap();
@@ -330,12 +309,10 @@ fn keeps_forwarding_while_the_controller_restarts() {
                 .unwrap()
         });
     }
-    first
-        .insert_session(SID, &entry("10.77.1.2", [10, 77, 1, 1], 1))
-        .unwrap();
-    let wifi = bind(&lab.client, "10.77.1.2:40000");
-    let exit = bind(&lab.exit, "10.77.9.2:51821");
-    let gw_wifi: SocketAddr = "10.77.1.1:51820".parse().unwrap();
+    first.insert_session(SID, &session_entry(Wifi, 1)).unwrap();
+    let wifi = bind(&lab.client, Wifi.client_addr());
+    let exit = bind(&lab.exit, exit_addr());
+    let gw_wifi = Wifi.gw_addr();
     let mut buf = [0u8; 2048];
 
     // The controller exits: its program handle and map fds close, the pins remain.

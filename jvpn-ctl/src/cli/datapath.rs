@@ -72,27 +72,19 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
             } else {
                 AttachMode::Native
             };
-            let mut done = Vec::new();
-            for iface in &ifaces {
-                let newly = !pin.pin_dir.join(format!("link_{iface}")).exists();
-                match dp.attach(iface, mode) {
-                    Ok(used) => {
+            match dp.attach_all(&ifaces, mode) {
+                Ok(modes) => {
+                    for (iface, used) in ifaces.iter().zip(modes) {
                         println!("{iface}: jvpn relay attached ({used} mode), UDP port {port}");
-                        if newly {
-                            done.push(iface);
-                        }
                     }
-                    Err(e) => {
-                        // All or nothing: undo what this command attached.
-                        for prev in done.iter().rev() {
-                            let _ = datapath::detach(&pin.pin_dir, prev);
-                        }
-                        drop(dp);
-                        if fresh {
-                            let _ = std::fs::remove_dir_all(&pin.pin_dir);
-                        }
-                        return Err(e).with_context(|| format!("attaching to {iface}"));
+                }
+                Err(e) => {
+                    // The maps this command pinned go too, if it created the directory.
+                    drop(dp);
+                    if fresh {
+                        let _ = std::fs::remove_dir_all(&pin.pin_dir);
                     }
+                    return Err(e.into());
                 }
             }
             println!("maps and links pinned in {}", pin.pin_dir.display());

@@ -19,12 +19,18 @@ use std::{
 use anyhow::Context as _;
 use jvpn_common::{
     counters,
-    maps::{Endpoint, FLAG_FORWARDING, SessionEntry},
     wire::{WireHeader, msg_type},
 };
 use jvpn_ctl::{
     datapath::{AttachMode, Datapath, DatapathConfig, PASS_PROGRAM},
-    lab::{gateway::GatewayLab, netns::Netns},
+    lab::{
+        gateway::{
+            GatewayLab, Transport,
+            Transport::{Lte, Wifi},
+            exit_addr, gw_exit_addr, session_entry,
+        },
+        netns::Netns,
+    },
 };
 
 #[derive(clap::Args)]
@@ -38,21 +44,6 @@ static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_sigint(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
-const PORT: u16 = 51820;
-const EXIT_PORT: u16 = 51821;
-const CLIENT_PORT: u16 = 40000;
-
-fn binding(client: [u8; 4], gw: [u8; 4], generation: u32) -> SessionEntry {
-    SessionEntry {
-        generation,
-        flags: FLAG_FORWARDING,
-        client: Endpoint::v4(client, CLIENT_PORT),
-        gw_client: Endpoint::v4(gw, PORT),
-        exit: Endpoint::v4([10, 77, 9, 2], EXIT_PORT),
-        gw_exit: Endpoint::v4([10, 77, 9, 1], PORT),
-    }
 }
 
 fn random_session_id() -> anyhow::Result<u64> {
@@ -91,32 +82,30 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         Ok(dp)
     })?;
-    for (ns, dev) in [
-        (&lab.client, "c-wifi"),
-        (&lab.client, "c-lte"),
-        (&lab.exit, "x-gw"),
-    ] {
+    for (ns, dev) in lab.redirect_targets() {
         ns.run(|| dp.attach_unpinned(PASS_PROGRAM, dev, AttachMode::Native))?;
     }
     let sid = random_session_id()?;
-    dp.insert_session(sid, &binding([10, 77, 1, 2], [10, 77, 1, 1], 1))?;
+    dp.insert_session(sid, &session_entry(Wifi, 1))?;
     say(format!(
-        "session {sid:#018x} installed: binding wifi 10.77.1.2:{CLIENT_PORT}, exit 10.77.9.2:{EXIT_PORT}"
+        "session {sid:#018x} installed: binding wifi {}, exit {}",
+        Wifi.client_addr(),
+        exit_addr()
     ));
 
-    let bind = |ns: &Netns, a: &str| -> anyhow::Result<UdpSocket> {
-        let a: SocketAddr = a.parse()?;
+    let bind = |ns: &Netns, a: SocketAddr| -> anyhow::Result<UdpSocket> {
         let s = ns.run(|| UdpSocket::bind(a))?;
         s.set_read_timeout(Some(Duration::from_millis(100)))?;
         Ok(s)
     };
+    const TRANSPORTS: [Transport; 2] = [Wifi, Lte];
     let socks = [
-        bind(&lab.client, "10.77.1.2:40000")?,
-        bind(&lab.client, "10.77.2.2:40000")?,
+        bind(&lab.client, Wifi.client_addr())?,
+        bind(&lab.client, Lte.client_addr())?,
     ];
-    let gws: [SocketAddr; 2] = ["10.77.1.1:51820".parse()?, "10.77.2.1:51820".parse()?];
-    let exit = bind(&lab.exit, "10.77.9.2:51821")?;
-    let gw_exit: SocketAddr = "10.77.9.1:51820".parse()?;
+    let gws = TRANSPORTS.map(Transport::gw_addr);
+    let exit = bind(&lab.exit, exit_addr())?;
+    let gw_exit = gw_exit_addr();
 
     let stop = Arc::new(AtomicBool::new(false));
     let active = Arc::new(AtomicUsize::new(0)); // which transport the client sends on
@@ -197,10 +186,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         !INTERRUPTED.load(Ordering::SeqCst)
     };
     let names = ["wifi", "lte"];
-    let addrs = [
-        ([10, 77, 1, 2], [10, 77, 1, 1]),
-        ([10, 77, 2, 2], [10, 77, 2, 1]),
-    ];
     let mut switches = Vec::new();
     let mut ok = wait(leg);
     for (step, to) in [1usize, 0].into_iter().enumerate() {
@@ -216,7 +201,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         active.store(to, Ordering::SeqCst);
         let t = Instant::now();
         let generation =
-            dp.replace_session(sid, &binding(addrs[to].0, addrs[to].1, step as u32 + 2))?;
+            dp.replace_session(sid, &session_entry(TRANSPORTS[to], step as u32 + 2))?;
         let swap = t.elapsed();
         bound.store(to, Ordering::SeqCst);
         let last_old = rx_times.lock().expect("poisoned")[from].0;

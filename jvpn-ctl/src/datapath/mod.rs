@@ -152,10 +152,6 @@ impl Datapath {
         })
     }
 
-    pub fn config(&self) -> &DatapathConfig {
-        &self.cfg
-    }
-
     /// A loaded program of the object, e.g. for `BPF_PROG_TEST_RUN`.
     pub fn program(&mut self, name: &'static str) -> Result<&mut Xdp, DatapathError> {
         xdp_mut(&mut self.ebpf, name)
@@ -165,6 +161,36 @@ impl Datapath {
     pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<AttachMode, DatapathError> {
         let dir = self.cfg.pin_dir.clone();
         attach::attach(xdp_mut(&mut self.ebpf, RELAY_PROGRAM)?, &dir, iface, mode)
+    }
+
+    /// Attaches the relay to every interface, or to none: if one fails, the links this
+    /// call created are detached again (links from an earlier run are left as they
+    /// were).
+    pub fn attach_all(
+        &mut self,
+        ifaces: &[String],
+        mode: AttachMode,
+    ) -> Result<Vec<AttachMode>, DatapathError> {
+        let mut created = Vec::new();
+        let mut used = Vec::new();
+        for iface in ifaces {
+            let new_link = !pin::link_path(&self.cfg.pin_dir, iface).exists();
+            match self.attach(iface, mode) {
+                Ok(m) => {
+                    used.push(m);
+                    if new_link {
+                        created.push(iface);
+                    }
+                }
+                Err(e) => {
+                    for prev in created.iter().rev() {
+                        let _ = detach(&self.cfg.pin_dir, prev);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(used)
     }
 
     /// Attaches another program of the object (benchmarks, redirect targets). Not pinned:

@@ -101,6 +101,9 @@ pub fn check_compatible(path: &Path, e: &Expect) -> Result<(), DatapathError> {
     }
 }
 
+/// Pinned XDP links are named `<LINK_PREFIX><iface>`.
+pub const LINK_PREFIX: &str = "link_";
+
 pub fn link_path(dir: &Path, iface: &str) -> PathBuf {
-    dir.join(format!("link_{iface}"))
+    dir.join(format!("{LINK_PREFIX}{iface}"))
 }

@@ -55,7 +55,7 @@ impl Pinned {
             .filter_map(|e| {
                 e.file_name()
                     .to_str()?
-                    .strip_prefix("link_")
+                    .strip_prefix(super::pin::LINK_PREFIX)
                     .map(String::from)
             })
             .collect();

@@ -7,12 +7,78 @@
 //! gateway: g-exit 10.77.9.1/24 ── x-gw  10.77.9.2/24 :exit
 //! ```
 
-use std::io::Result;
+use std::{
+    io::Result,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+};
+
+use jvpn_common::maps::{Endpoint, FLAG_FORWARDING, SessionEntry};
 
 use super::{
     netns::{Netns, PinDir, veth},
     unique,
 };
+
+/// The gateway's jvpn port, the exit's port, and the client's source port.
+pub const PORT: u16 = jvpn_common::DEFAULT_PORT;
+pub const EXIT_PORT: u16 = 51821;
+pub const CLIENT_PORT: u16 = 40000;
+
+const EXIT: [u8; 4] = [10, 77, 9, 2];
+const GW_EXIT: [u8; 4] = [10, 77, 9, 1];
+
+fn sa(a: [u8; 4], port: u16) -> SocketAddr {
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::from(a), port))
+}
+
+/// One of the client's two links.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Wifi,
+    Lte,
+}
+
+impl Transport {
+    /// (client address, gateway address) on this link.
+    const fn addrs(self) -> ([u8; 4], [u8; 4]) {
+        match self {
+            Self::Wifi => ([10, 77, 1, 2], [10, 77, 1, 1]),
+            Self::Lte => ([10, 77, 2, 2], [10, 77, 2, 1]),
+        }
+    }
+
+    /// Where the client sends from on this link (its binding when bound here).
+    pub fn client_addr(self) -> SocketAddr {
+        sa(self.addrs().0, CLIENT_PORT)
+    }
+
+    /// The gateway's jvpn socket address on this link.
+    pub fn gw_addr(self) -> SocketAddr {
+        sa(self.addrs().1, PORT)
+    }
+}
+
+/// The exit's socket, and the gateway's address toward it.
+pub fn exit_addr() -> SocketAddr {
+    sa(EXIT, EXIT_PORT)
+}
+
+pub fn gw_exit_addr() -> SocketAddr {
+    sa(GW_EXIT, PORT)
+}
+
+/// The forwarding entry of a session whose client is bound on `t`.
+pub fn session_entry(t: Transport, generation: u32) -> SessionEntry {
+    let (client, gw) = t.addrs();
+    SessionEntry {
+        generation,
+        flags: FLAG_FORWARDING,
+        client: Endpoint::v4(client, CLIENT_PORT),
+        gw_client: Endpoint::v4(gw, PORT),
+        exit: Endpoint::v4(EXIT, EXIT_PORT),
+        gw_exit: Endpoint::v4(GW_EXIT, PORT),
+    }
+}
 
 pub struct GatewayLab {
     pub client: Netns,
