@@ -5,6 +5,10 @@ mod cli;
 use clap::Parser as _;
 
 fn main() -> std::process::ExitCode {
+    // Like any Unix filter: `jvpn-ctl datapath status | head` ends quietly when the
+    // reader goes away, instead of panicking on a failed print.
+    // SAFETY: restoring a default disposition before any thread starts.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let args = cli::Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -3,7 +3,11 @@
 
 use std::process::{Command, Output};
 
-use jvpn_tests::{netns::PinDir, require_root};
+use jvpn_ctl::datapath::{AttachMode, Datapath, DatapathConfig};
+use jvpn_tests::{
+    netns::{Netns, PinDir, veth},
+    require_root, unique,
+};
 
 fn jvpn_ctl() -> Command {
     // target/<profile>/deps/<test> -> target/<profile>/jvpn-ctl (built by `cargo test
@@ -98,4 +102,38 @@ fn status_without_a_data_plane_says_so() {
         .output()
         .unwrap();
     fails_with(out, "no pinned data plane here");
+}
+
+#[test]
+fn a_closed_stdout_ends_quietly() {
+    require_root!();
+    // A data plane attached in a scratch namespace, for `status` to print about.
+    let ns = Netns::new(unique("jcl")).unwrap();
+    veth(&ns, "v0", &ns, "v1").unwrap();
+    let pins = PinDir::new("cli");
+    let _dp = ns.run(|| {
+        let mut dp = Datapath::load(DatapathConfig {
+            max_sessions: 64,
+            pin_dir: pins.0.clone(),
+            ..DatapathConfig::default()
+        })
+        .unwrap();
+        dp.attach("v0", AttachMode::Native).unwrap();
+        dp
+    });
+    // `jvpn-ctl datapath status | head` style: the reader is gone before we print.
+    let out = jvpn_ctl()
+        .args(["datapath", "status", "--pin-dir"])
+        .arg(&pins.0)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            drop(child.stdout.take());
+            child.wait_with_output()
+        })
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
 }
