@@ -9,3 +9,4 @@ pub mod gateway;
 pub mod lab;
 pub mod proto;
 pub mod session;
+pub mod tun;

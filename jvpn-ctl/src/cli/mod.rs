@@ -2,6 +2,17 @@
 
 mod datapath;
 mod demo;
+mod exit;
+mod gateway;
+mod keygen;
+mod peers;
+mod pubkey;
+// Control-socket verbs; each takes --socket PATH (default /run/jvpn/jvpn.sock).
+mod events;
+mod policy;
+mod session;
+mod sessions;
+mod stats;
 
 use std::path::PathBuf;
 
@@ -28,6 +39,35 @@ enum Command {
     /// Build a three-namespace lab, relay traffic through XDP and move the client's
     /// binding between transports; prints a timeline and a summary, then tears down.
     Demo(demo::Args),
+    /// Run the exit node: decrypt client traffic into a TUN device, seal the return
+    /// traffic, take session keys from the gateway over the link.
+    Exit(exit::Args),
+    /// Run the gateway: attach the XDP relay and run the controller (handshakes,
+    /// sessions, validated reattach, control socket, events, metrics).
+    Gateway(gateway::Args),
+    /// Create an Ed25519 identity file and print its public key.
+    Keygen(keygen::Args),
+    /// Print the public key of an identity file.
+    Pubkey(pubkey::Args),
+    /// Edit the gateway's allow-list of client keys.
+    Peers(peers::Args),
+    /// List the gateway's sessions (table, or --json).
+    Sessions(sessions::Args),
+    /// Show or kill one session of the gateway.
+    Session {
+        #[command(subcommand)]
+        command: session::Command,
+    },
+    /// Print the gateway's recent events; --follow keeps streaming new ones.
+    Events(events::Args),
+    /// Gateway counters: sessions per state, traffic, reattach outcomes, handshakes,
+    /// malformed messages, XDP drop reasons, events.
+    Stats(stats::Args),
+    /// Show the gateway's running policy.
+    Policy {
+        #[command(subcommand)]
+        command: policy::Command,
+    },
 }
 
 /// Where maps and links are pinned.
@@ -42,5 +82,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Datapath { command } => datapath::run(command),
         Command::Demo(args) => demo::run(args),
+        Command::Exit(args) => exit::run(args),
+        Command::Gateway(args) => gateway::run(args),
+        Command::Keygen(args) => keygen::run(args),
+        Command::Pubkey(args) => pubkey::run(args),
+        Command::Peers(args) => peers::run(args),
+        Command::Sessions(args) => sessions::run(args),
+        Command::Session { command } => session::run(command),
+        Command::Events(args) => events::run(args),
+        Command::Stats(args) => stats::run(args),
+        Command::Policy { command } => policy::run(command),
     }
 }

@@ -271,6 +271,11 @@ impl Datapath {
         }
     }
 
+    /// Ids of every session in the map.
+    pub fn session_ids(&self) -> Vec<u64> {
+        self.sessions.keys().filter_map(Result::ok).collect()
+    }
+
     pub fn session_count(&self) -> usize {
         self.sessions.keys().filter(Result::is_ok).count()
     }

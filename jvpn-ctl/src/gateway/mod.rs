@@ -1,1 +1,20 @@
-//! (in progress)
+//! The gateway controller (`jvpn-ctl gateway`): handshake, session state, reattach
+//! validation and the atomic binding swap, events, control API and metrics.
+//!
+//! [`core::Core`] holds every session and handles one input at a time; [`run`] is the
+//! I/O shell around it.
+
+mod calls;
+pub mod config;
+pub mod core;
+mod counters;
+mod guard;
+mod handshake;
+mod link;
+pub mod net;
+mod pool;
+mod reattach;
+mod run;
+
+pub use config::{ConfigError, GatewayConfig};
+pub use run::{Clock, GatewayError, run};

@@ -1,1 +1,376 @@
-pub fn step(s: &super::Session, _e: &super::Event, _p: &super::Policy, _now_ms: u64) -> super::Step { super::Step { session: s.clone(), actions: vec![], reason: None } }
+//! The transition function (DESIGN §4).
+//!
+//! `step(session, event, policy, now)` is pure. TERMINATED is absorbing (every event:
+//! unchanged session, no actions). Every transition bumps `version` by one and emits
+//! `StateChange` carrying the new version; actions come in the order things happen.
+//!
+//! **Timers** (run by `Tick`, and first thing for every other event once it has passed
+//! its authentication/freshness checks), at most one fires per run, checked in order:
+//!
+//! | from | condition | to | reason (detail) | actions after `StateChange` |
+//! |---|---|---|---|---|
+//! | BIRTH | `now - created >= handshake_timeout_ms` | TERMINATED | birth_timeout | Teardown |
+//! | any live | `now - created >= session_ttl_s*1000` | TERMINATED | session_ttl_expired | SendClose (if bound), Teardown |
+//! | VOL, DEG, REC | `now - left_attached >= max_recovery_window_ms` | TERMINATED | recovery_window_expired | SendClose, Teardown |
+//! | REC | `pending.expires_ms <= now` | DEGRADED | reattach_validation_failed (transport_ttl) | TransportSwitchDenied |
+//! | ATTACHED | `now - last_rx > transport_loss_ttl_ms` | VOLATILE | transport_volatile | — |
+//!
+//! **Events** (after the timers):
+//!
+//! | from | event | to | reason (detail) | actions after `StateChange` |
+//! |---|---|---|---|---|
+//! | BIRTH | `Confirmed` | ATTACHED | birth_complete | TransportSwitch{old: None, gen 1} |
+//! | VOL, DEG | `BoundTraffic` | ATTACHED | transport_recovered | — |
+//! | ATTACHED | `Quality` over a threshold | VOLATILE | transport_volatile | — |
+//! | ATTACHED | `ReattachRequest` (auth, fresh) | VOLATILE → RECOVERING | client_reported_loss, reattach_started | (see below) |
+//! | VOL, DEG, REC | `ReattachRequest` (auth, fresh) | RECOVERING | reattach_started | SendChallenge |
+//! | REC | … request failing policy | DEGRADED | reattach_validation_failed (rate_limited / blacklisted) | SendDenied, TransportSwitchDenied |
+//! | REC | `ReattachConfirm` matching pending | ATTACHED | reattach_success | *SwapBinding before StateChange*, TransportSwitch, SendAck |
+//! | REC | `SwapFailed` | DEGRADED | reattach_validation_failed (datapath_error) | SendDenied, TransportSwitchDenied |
+//! | live | `Close` | TERMINATED | closed | Teardown |
+//! | live | `OperatorKill` | TERMINATED | operator | SendClose (if bound), Teardown |
+//!
+//! Without a transition: `BoundTraffic` sets `last_rx_ms` (in RECOVERING that is all it
+//! does); `Confirmed` outside BIRTH, `SwapFailed` outside RECOVERING and a
+//! `ReattachRequest` in BIRTH do nothing. Rejections that **mutate nothing** (input
+//! session returned unchanged, only `Security` emitted, no timers): a request with a
+//! bad proof (`proof_invalid`), a timestamp off by more than the freshness window
+//! (`freshness_expired`), a cached nonce or a sequence `<= last_reattach_seq`
+//! (`replay`); a confirm that is not for the pending candidate of a RECOVERING session
+//! (`proof_invalid`).
+//!
+//! Leaving ATTACHED sets `left_attached_ms = now`, entering it clears it; since the
+//! window timer runs before any transition into VOLATILE/DEGRADED/RECOVERING and those
+//! transitions either start the window at `now` or keep an unexpired one, no session is
+//! ever returned out of ATTACHED for `max_recovery_window_ms` or more.
+//!
+//! Choices where the brief left room:
+//! * A StateChange comes before the actions it causes (SendClose/Teardown,
+//!   SendDenied/TransportSwitchDenied); only SwapBinding precedes its StateChange.
+//! * Timer order: the terminal ones first (birth, TTL, window), so an expired window
+//!   with an expired candidate reports only `recovery_window_expired`.
+//! * `SwapFailed` runs the timers first like the other events (they cannot fire if it
+//!   arrives at the instant of the failed step, since that step swapped).
+//! * `ReattachConfirm` is validated against the input session; the timers then run and
+//!   an expired candidate yields only the transport_ttl row.
+//! * A switch exactly 60 000 ms old no longer counts towards the rate limit.
+//! * A reattach request from the current binding is treated like any other.
+//! * Entering TERMINATED clears `pending`; leaving ATTACHED for TERMINATED also sets
+//!   `left_attached_ms`.
+
+use std::net::SocketAddr;
+
+use super::{
+    Action, Candidate, Detail, Event, Notice, Policy, Reason, Request, Session, State, Step,
+};
+
+/// Successful switches are counted over this sliding window.
+pub(crate) const SWITCH_WINDOW_MS: u64 = 60_000;
+/// Most reattach nonces remembered; older ones are evicted (the sequence check still
+/// refuses their replays).
+pub(crate) const NONCE_CACHE: usize = 64;
+
+/// The next binding generation: wraps, but never to 0.
+pub(crate) fn next_generation(g: u32) -> u32 {
+    match g.wrapping_add(1) {
+        0 => 1,
+        n => n,
+    }
+}
+
+/// One transition: `(session, event, policy, now) → (session', actions, reason)`.
+pub fn step(s: &Session, e: &Event, p: &Policy, now_ms: u64) -> Step {
+    if s.state == State::Terminated {
+        return unchanged(s, Vec::new());
+    }
+    let mut c = Ctx::new(s, now_ms);
+    match e {
+        Event::Tick => c.timers(p),
+        Event::Confirmed { binding } => {
+            c.timers(p);
+            if c.s.state == State::Birth {
+                c.s.binding = Some(*binding);
+                c.s.generation = 1;
+                c.s.last_rx_ms = now_ms;
+                c.go(State::Attached, Reason::BirthComplete, None);
+                c.emit(Notice::TransportSwitch {
+                    old: None,
+                    new: *binding,
+                    generation: 1,
+                });
+            }
+        }
+        Event::BoundTraffic => {
+            c.timers(p);
+            if c.s.state != State::Terminated {
+                c.s.last_rx_ms = now_ms;
+                if matches!(c.s.state, State::Volatile | State::Degraded) {
+                    c.go(State::Attached, Reason::TransportRecovered, None);
+                }
+            }
+        }
+        Event::Quality {
+            loss_pct,
+            rtt_ms,
+            jitter_ms,
+        } => {
+            c.timers(p);
+            if c.s.state == State::Attached
+                && (*loss_pct > p.max_loss_pct
+                    || *rtt_ms > p.max_rtt_ms
+                    || *jitter_ms > p.max_jitter_ms)
+            {
+                c.go(State::Volatile, Reason::TransportVolatile, None);
+            }
+        }
+        Event::ReattachRequest(r) => return reattach_request(s, c, r, p),
+        Event::ReattachConfirm {
+            from,
+            challenge,
+            mac_ok,
+        } => {
+            let valid = s.state == State::Recovering
+                && *mac_ok
+                && s.pending
+                    .as_ref()
+                    .is_some_and(|k| k.addr == *from && k.challenge == *challenge);
+            if !valid {
+                return security(s, *from, Detail::ProofInvalid);
+            }
+            c.timers(p);
+            if c.s.state == State::Recovering && c.s.pending.is_some() {
+                let generation = next_generation(c.s.generation);
+                let old = c.s.binding;
+                c.actions.push(Action::SwapBinding {
+                    new: *from,
+                    generation,
+                });
+                c.s.binding = Some(*from);
+                c.s.generation = generation;
+                c.s.pending = None;
+                c.s.last_rx_ms = now_ms;
+                c.s.switches.push_back(now_ms);
+                c.go(State::Attached, Reason::ReattachSuccess, None);
+                c.emit(Notice::TransportSwitch {
+                    old,
+                    new: *from,
+                    generation,
+                });
+                c.actions.push(Action::SendAck {
+                    to: *from,
+                    generation,
+                });
+            }
+        }
+        Event::SwapFailed { candidate } => {
+            c.timers(p);
+            if c.s.state == State::Recovering {
+                c.deny(*candidate, Detail::DatapathError, true);
+            }
+        }
+        Event::Close => {
+            c.timers(p);
+            if c.s.state != State::Terminated {
+                c.terminate(Reason::Closed, false);
+            }
+        }
+        Event::OperatorKill => {
+            c.timers(p);
+            if c.s.state != State::Terminated {
+                c.terminate(Reason::Operator, true);
+            }
+        }
+    }
+    c.finish()
+}
+
+fn reattach_request(s: &Session, mut c: Ctx, r: &Request, p: &Policy) -> Step {
+    let now = c.now;
+    // (1) BIRTH has no reattach key yet: the request cannot concern it.
+    if s.state == State::Birth {
+        return unchanged(s, Vec::new());
+    }
+    // (2) proof, (3) freshness: refusals mutate nothing.
+    if !r.proof_ok {
+        return security(s, r.from, Detail::ProofInvalid);
+    }
+    if now.abs_diff(r.ts_ms) > p.freshness_window_ms {
+        return security(s, r.from, Detail::FreshnessExpired);
+    }
+    if s.nonces.iter().any(|(exp, n)| *exp > now && *n == r.nonce) {
+        return security(s, r.from, Detail::Replay);
+    }
+    if r.seq <= s.last_reattach_seq {
+        return security(s, r.from, Detail::Replay);
+    }
+    // (4) Authenticated and fresh: remember it, then let time catch up.
+    let nonces = &mut c.s.nonces;
+    nonces.retain(|(exp, _)| *exp > now);
+    while nonces.len() >= NONCE_CACHE {
+        nonces.pop_front();
+    }
+    nonces.push_back((now.saturating_add(p.freshness_window_ms), r.nonce));
+    c.s.last_reattach_seq = r.seq;
+    c.timers(p);
+    // (5) Into RECOVERING.
+    match c.s.state {
+        State::Terminated => return c.finish(),
+        State::Attached => {
+            c.go(State::Volatile, Reason::ClientReportedLoss, None);
+            c.go(State::Recovering, Reason::ReattachStarted, None);
+        }
+        State::Volatile | State::Degraded | State::Recovering => {
+            c.go(State::Recovering, Reason::ReattachStarted, None);
+        }
+        State::Birth => unreachable!("BIRTH returned above and timers never enter it"),
+    }
+    // (6) Policy. The recovery window and session TTL were enforced by the timers.
+    c.s.switches
+        .retain(|t| now.saturating_sub(*t) < SWITCH_WINDOW_MS);
+    let refusal = if c.s.switches.len() >= p.max_switches_per_minute as usize {
+        Some(Detail::RateLimited)
+    } else if r.blacklisted {
+        Some(Detail::Blacklisted)
+    } else {
+        None
+    };
+    match refusal {
+        Some(detail) => c.deny(r.from, detail, true),
+        // (7) Challenge the candidate.
+        None => {
+            c.s.pending = Some(Candidate {
+                addr: r.from,
+                challenge: r.challenge,
+                seq: r.seq,
+                expires_ms: now.saturating_add(p.candidate_ttl_ms),
+            });
+            c.actions.push(Action::SendChallenge {
+                to: r.from,
+                challenge: r.challenge,
+            });
+        }
+    }
+    c.finish()
+}
+
+fn unchanged(s: &Session, actions: Vec<Action>) -> Step {
+    Step {
+        session: s.clone(),
+        actions,
+        reason: None,
+    }
+}
+
+/// A refusal that mutates nothing.
+fn security(s: &Session, from: SocketAddr, detail: Detail) -> Step {
+    unchanged(s, vec![Action::Emit(Notice::Security { from, detail })])
+}
+
+/// The session being worked on and what happened to it so far.
+struct Ctx {
+    s: Session,
+    now: u64,
+    actions: Vec<Action>,
+    reason: Option<Reason>,
+}
+
+impl Ctx {
+    fn new(s: &Session, now: u64) -> Self {
+        Self {
+            s: s.clone(),
+            now,
+            actions: Vec::new(),
+            reason: None,
+        }
+    }
+
+    fn finish(self) -> Step {
+        Step {
+            session: self.s,
+            actions: self.actions,
+            reason: self.reason,
+        }
+    }
+
+    fn emit(&mut self, n: Notice) {
+        self.actions.push(Action::Emit(n));
+    }
+
+    /// One transition.
+    fn go(&mut self, to: State, reason: Reason, detail: Option<Detail>) {
+        let from = self.s.state;
+        if to == State::Attached {
+            self.s.left_attached_ms = None;
+        } else if from == State::Attached {
+            self.s.left_attached_ms = Some(self.now);
+        }
+        self.s.state = to;
+        self.s.version += 1;
+        self.reason = Some(reason);
+        let version = self.s.version;
+        self.emit(Notice::StateChange {
+            from,
+            to,
+            reason,
+            detail,
+            version,
+        });
+    }
+
+    fn terminate(&mut self, reason: Reason, send_close: bool) {
+        self.s.pending = None;
+        self.go(State::Terminated, reason, None);
+        if send_close && self.s.binding.is_some() {
+            self.actions.push(Action::SendClose { reason });
+        }
+        self.actions.push(Action::Teardown);
+    }
+
+    /// RECOVERING → DEGRADED: the candidate will not become the binding.
+    fn deny(&mut self, candidate: SocketAddr, detail: Detail, reply: bool) {
+        self.s.pending = None;
+        self.go(
+            State::Degraded,
+            Reason::ReattachValidationFailed,
+            Some(detail),
+        );
+        if reply {
+            self.actions.push(Action::SendDenied {
+                to: candidate,
+                detail,
+            });
+        }
+        self.emit(Notice::TransportSwitchDenied { candidate, detail });
+    }
+
+    /// Applies whichever timer is due (at most one can fire at a given instant).
+    fn timers(&mut self, p: &Policy) {
+        let now = self.now;
+        let s = &self.s;
+        let age = now.saturating_sub(s.created_ms);
+        let out_of_attached = matches!(
+            s.state,
+            State::Volatile | State::Degraded | State::Recovering
+        );
+        if s.state == State::Terminated {
+        } else if s.state == State::Birth && age >= p.handshake_timeout_ms {
+            self.terminate(Reason::BirthTimeout, false);
+        } else if age >= p.session_ttl_s.saturating_mul(1000) {
+            self.terminate(Reason::SessionTtlExpired, true);
+        } else if out_of_attached
+            && s.left_attached_ms
+                .is_some_and(|t| now.saturating_sub(t) >= p.max_recovery_window_ms)
+        {
+            self.terminate(Reason::RecoveryWindowExpired, true);
+        } else if s.state == State::Recovering
+            && let Some(k) = s.pending.as_ref().filter(|k| k.expires_ms <= now)
+        {
+            let candidate = k.addr;
+            self.deny(candidate, Detail::TransportTtl, false);
+        } else if s.state == State::Attached
+            && now.saturating_sub(s.last_rx_ms) > p.transport_loss_ttl_ms
+        {
+            self.go(State::Volatile, Reason::TransportVolatile, None);
+        }
+    }
+}

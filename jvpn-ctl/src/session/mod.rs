@@ -8,6 +8,11 @@ mod machine;
 mod policy;
 mod types;
 
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
+mod tests;
+
 pub use machine::step;
 pub use policy::{Policy, PolicyError};
 pub use types::{Action, Candidate, Detail, Event, Notice, Reason, Request, Session, State, Step};

@@ -67,7 +67,10 @@ impl Policy {
         let err = |key, problem| Err(PolicyError { key, problem });
         let positive: [(&'static str, u64); 8] = [
             ("max_recovery_window_ms", self.max_recovery_window_ms),
-            ("max_switches_per_minute", self.max_switches_per_minute.into()),
+            (
+                "max_switches_per_minute",
+                self.max_switches_per_minute.into(),
+            ),
             ("transport_loss_ttl_ms", self.transport_loss_ttl_ms),
             ("candidate_ttl_ms", self.candidate_ttl_ms),
             ("session_ttl_s", self.session_ttl_s),
@@ -86,11 +89,14 @@ impl Policy {
                 "must be smaller than transport_loss_ttl_ms (a healthy idle link would look dead)",
             );
         }
-        if self.candidate_ttl_ms > self.max_recovery_window_ms {
+        if self.transport_loss_ttl_ms > self.max_recovery_window_ms {
             return err(
-                "candidate_ttl_ms",
+                "transport_loss_ttl_ms",
                 "must not exceed max_recovery_window_ms",
             );
+        }
+        if self.candidate_ttl_ms > self.max_recovery_window_ms {
+            return err("candidate_ttl_ms", "must not exceed max_recovery_window_ms");
         }
         if self.max_loss_pct > 100 {
             return err("max_loss_pct", "must be between 0 and 100");

@@ -219,7 +219,9 @@ pub enum Event {
     /// Time passed; the controller sends one periodically and before other events.
     Tick,
     /// CONFIRM verified; exit keys acknowledged and the map entry inserted.
-    Confirmed { binding: SocketAddr },
+    Confirmed {
+        binding: SocketAddr,
+    },
     /// Healthy traffic (data, keepalive) seen on the bound transport.
     BoundTraffic,
     /// Link quality measured on the bound transport.
@@ -236,7 +238,9 @@ pub enum Event {
         mac_ok: bool,
     },
     /// The data plane refused the `SwapBinding` of the previous (uncommitted) step.
-    SwapFailed { candidate: SocketAddr },
+    SwapFailed {
+        candidate: SocketAddr,
+    },
     /// The client sent an authenticated CLOSE.
     Close,
     /// `jvpn-ctl session kill`.
@@ -251,13 +255,24 @@ pub enum Action {
         challenge: [u8; 16],
     },
     /// Replace the map entry with `new` as binding and `generation`; the step may be
-    /// committed only if this succeeds (otherwise feed [`Event::SwapFailed`] to the
-    /// uncommitted session).
-    SwapBinding { new: SocketAddr, generation: u32 },
-    SendAck { to: SocketAddr, generation: u32 },
-    SendDenied { to: SocketAddr, detail: Detail },
+    /// committed only if this succeeds (otherwise discard the step and feed
+    /// [`Event::SwapFailed`] to the original session, the step's input).
+    SwapBinding {
+        new: SocketAddr,
+        generation: u32,
+    },
+    SendAck {
+        to: SocketAddr,
+        generation: u32,
+    },
+    SendDenied {
+        to: SocketAddr,
+        detail: Detail,
+    },
     /// CLOSE to the current binding.
-    SendClose { reason: Reason },
+    SendClose {
+        reason: Reason,
+    },
     /// Remove the map entry, revoke the exit's keys, release the tunnel address.
     Teardown,
     Emit(Notice),

@@ -1,0 +1,105 @@
+//! `jvpn-ctl stats`.
+
+use std::collections::BTreeMap;
+
+use jvpn_ctl::{
+    control::{Request, Stats},
+    session::State,
+};
+
+use super::sessions::{SocketArgs, bytes, secs};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Print the counters as JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    socket: SocketArgs,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let data = args.socket.connect()?.request(&Request::Stats)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&data)?);
+        return Ok(());
+    }
+    let stats: Stats = serde_json::from_value(data)
+        .map_err(|e| anyhow::anyhow!("unexpected answer from the gateway: {e}"))?;
+    print!("{}", render(&stats));
+    Ok(())
+}
+
+fn render(s: &Stats) -> String {
+    let mut out = String::new();
+    let mut line = |k: &str, v: String| out.push_str(&format!("{k:<16} {v}\n"));
+    line("uptime", secs(s.uptime_s));
+    let by_state: Vec<String> = State::ALL
+        .iter()
+        .map(|st| {
+            let n = s.sessions_by_state.get(st.name()).copied().unwrap_or(0);
+            format!("{} {n}", st.name())
+        })
+        .collect();
+    line("sessions", by_state.join(", "));
+    line(
+        "up",
+        format!("{} packets, {}", s.up_packets, bytes(s.up_bytes)),
+    );
+    line(
+        "down",
+        format!("{} packets, {}", s.down_packets, bytes(s.down_bytes)),
+    );
+    line(
+        "events",
+        format!("{} emitted, {} dropped", s.events_emitted, s.events_dropped),
+    );
+    line("security events", s.security_events.to_string());
+    section(&mut out, "reattach outcomes", &s.reattach, Some("success"));
+    section(&mut out, "handshakes", &s.handshakes, Some("success"));
+    section(&mut out, "malformed messages", &s.malformed, None);
+    section(&mut out, "xdp drops", &s.xdp_drops, None);
+    out
+}
+
+/// A titled list of counters, `first` on top, the rest by name; `(none)` if empty.
+fn section(out: &mut String, title: &str, map: &BTreeMap<String, u64>, first: Option<&str>) {
+    out.push_str(&format!("\n{title}\n"));
+    if map.is_empty() {
+        out.push_str("  (none)\n");
+        return;
+    }
+    let width = map.keys().map(|k| k.len()).max().unwrap_or(0);
+    let head = first.and_then(|f| map.get_key_value(f));
+    let rest = map.iter().filter(|(k, _)| Some(k.as_str()) != first);
+    for (k, v) in head.into_iter().chain(rest) {
+        out.push_str(&format!("  {k:<width$}  {v:>10}\n"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout() {
+        let s = Stats {
+            uptime_s: 75,
+            sessions_by_state: [("ATTACHED".to_owned(), 2)].into(),
+            reattach: [("replay".to_owned(), 1), ("success".to_owned(), 4)].into(),
+            ..Stats::default()
+        };
+        let text = render(&s);
+        assert!(
+            text.starts_with(
+                "uptime           1m15s\nsessions         BIRTH 0, ATTACHED 2, VOLATILE 0"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nreattach outcomes\n  success           4\n  replay            1\n"),
+            "{text}"
+        );
+        assert!(text.contains("\nxdp drops\n  (none)\n"), "{text}");
+    }
+}

@@ -1,0 +1,511 @@
+//! The control protocol (DESIGN §6): newline-delimited JSON over a Unix socket.
+//!
+//! A client writes one [`Request`] per line and reads one [`Response`] per line, in
+//! order. The one exception is `{"cmd":"events","follow":true}`: the gateway then
+//! writes the recent events and every new one as bare [`EventRecord`] lines (no
+//! envelope) until the client goes away; a follower that falls behind gets a final
+//! `{"ok":false,"error":"lagged: N events dropped"}` line and is disconnected.
+//!
+//! ```text
+//! → {"cmd":"session","id":"00000000000000a1"}
+//! ← {"ok":true,"data":{"id":"00000000000000a1","state":"ATTACHED",...}}
+//! → {"cmd":"kill","id":"00000000000000ff"}
+//! ← {"ok":false,"error":"no session 00000000000000ff"}
+//! ```
+
+use std::{collections::BTreeMap, fmt, str::FromStr};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::session::{Detail, Reason, State};
+
+/// A session id: a non-zero `u64`, written as exactly 16 lowercase hex digits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SessionId(pub u64);
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+/// Why a string is not a [`SessionId`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ParseSessionIdError {
+    #[error("invalid session id {0:?}: must be exactly 16 hex digits")]
+    Format(String),
+    #[error("invalid session id {0:?}: 0 is not a session id")]
+    Zero(String),
+}
+
+impl FromStr for SessionId {
+    type Err = ParseSessionIdError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.len() != 16 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(ParseSessionIdError::Format(s.to_owned()));
+        }
+        match u64::from_str_radix(s, 16) {
+            Ok(0) => Err(ParseSessionIdError::Zero(s.to_owned())),
+            Ok(v) => Ok(SessionId(v)),
+            // Unreachable: 16 hex digits always fit.
+            Err(_) => Err(ParseSessionIdError::Format(s.to_owned())),
+        }
+    }
+}
+
+impl From<u64> for SessionId {
+    fn from(v: u64) -> Self {
+        SessionId(v)
+    }
+}
+
+impl Serialize for SessionId {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for SessionId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = std::borrow::Cow::<'de, str>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// One request line.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    /// All sessions: `data` is `[SessionInfo]`.
+    Sessions,
+    /// One session: `data` is a [`SessionInfo`]; unknown id → `no session ID`.
+    Session { id: SessionId },
+    /// Operator kill (→ TERMINATED, reason `operator`): `data` is the session after the
+    /// kill, a [`SessionInfo`] (`jvpn-ctl` ignores it; `null` is fine).
+    Kill { id: SessionId },
+    /// Counters: `data` is a [`Stats`].
+    Stats,
+    /// The running policy: `data` is a [`crate::session::Policy`].
+    Policy,
+    /// Recent events (`data` is `[EventRecord]`), or with `follow` a stream of them.
+    /// Answered by the control server itself, never forwarded to the gateway core.
+    Events {
+        #[serde(default)]
+        follow: bool,
+    },
+}
+
+/// One response line: `{"ok":true,"data":...}` or `{"ok":false,"error":"..."}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(into = "RawResponse", try_from = "RawResponse")]
+pub enum Response {
+    Ok { data: serde_json::Value },
+    Error { error: String },
+}
+
+impl Response {
+    /// `{"ok":true,"data":<value>}`; a value that cannot be serialized becomes an error
+    /// response (it never does for the types of this module).
+    pub fn ok<T: Serialize>(value: &T) -> Self {
+        match serde_json::to_value(value) {
+            Ok(data) => Response::Ok { data },
+            Err(e) => Response::error(format!("cannot encode response: {e}")),
+        }
+    }
+
+    pub fn error(msg: impl fmt::Display) -> Self {
+        Response::Error {
+            error: msg.to_string(),
+        }
+    }
+
+    /// The answer to a request naming an id the gateway does not know.
+    pub fn no_session(id: SessionId) -> Self {
+        Response::error(format_args!("no session {id}"))
+    }
+
+    /// The response as a JSON line, without the trailing newline.
+    pub fn to_line(&self) -> String {
+        serde_json::to_string(self)
+            .unwrap_or_else(|_| r#"{"ok":false,"error":"cannot encode response"}"#.to_owned())
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct RawResponse {
+    ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    data: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+impl From<Response> for RawResponse {
+    fn from(r: Response) -> Self {
+        match r {
+            Response::Ok { data } => RawResponse {
+                ok: true,
+                // `Some(Null)` still writes `"data":null`.
+                data: Some(data),
+                error: None,
+            },
+            Response::Error { error } => RawResponse {
+                ok: false,
+                data: None,
+                error: Some(error),
+            },
+        }
+    }
+}
+
+impl TryFrom<RawResponse> for Response {
+    type Error = String;
+
+    fn try_from(r: RawResponse) -> Result<Self, String> {
+        if r.ok {
+            Ok(Response::Ok {
+                data: r.data.unwrap_or(serde_json::Value::Null),
+            })
+        } else {
+            match r.error {
+                Some(error) => Ok(Response::Error { error }),
+                None => Err("response with \"ok\":false has no \"error\"".to_owned()),
+            }
+        }
+    }
+}
+
+/// One session as `jvpn-ctl sessions` / `session show` see it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionInfo {
+    pub id: SessionId,
+    pub state: State,
+    pub version: u64,
+    /// The client's public key, hex.
+    pub peer: String,
+    /// The client's name in the allow-list, if it has one.
+    pub peer_name: Option<String>,
+    /// Current binding, `ip:port` (`None` in BIRTH).
+    pub binding: Option<String>,
+    pub generation: u32,
+    pub tunnel_addr: String,
+    pub age_s: u64,
+    /// Time since the last packet on the bound transport.
+    pub idle_ms: u64,
+    /// Successful transport switches over the session's life.
+    pub switches: u64,
+    pub up_packets: u64,
+    pub up_bytes: u64,
+    pub down_packets: u64,
+    pub down_bytes: u64,
+    /// DATA packets dropped because they came from a former binding.
+    pub stale_drops: u64,
+}
+
+/// Gateway-wide counters (`jvpn-ctl stats`, the Prometheus endpoint).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Stats {
+    pub uptime_s: u64,
+    /// Current sessions by state name (`ATTACHED`, ...).
+    pub sessions_by_state: BTreeMap<String, u64>,
+    /// Reattach outcomes: `success` and each [`Detail`] name.
+    pub reattach: BTreeMap<String, u64>,
+    /// Handshake outcomes (`success`, failure kinds).
+    pub handshakes: BTreeMap<String, u64>,
+    /// Malformed control messages by message type.
+    pub malformed: BTreeMap<String, u64>,
+    pub security_events: u64,
+    /// XDP drop counters by reason.
+    pub xdp_drops: BTreeMap<String, u64>,
+    pub up_packets: u64,
+    pub up_bytes: u64,
+    pub down_packets: u64,
+    pub down_bytes: u64,
+    pub events_emitted: u64,
+    pub events_dropped: u64,
+}
+
+/// One published event (DESIGN §4), one JSON line in the event log and on the wire.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum EventRecord {
+    StateChange {
+        ts_ms: u64,
+        session_id: SessionId,
+        from: State,
+        to: State,
+        reason: Reason,
+        detail: Option<Detail>,
+        version: u64,
+    },
+    TransportSwitch {
+        ts_ms: u64,
+        session_id: SessionId,
+        old: Option<String>,
+        new: String,
+        generation: u32,
+    },
+    TransportSwitchDenied {
+        ts_ms: u64,
+        session_id: SessionId,
+        candidate: String,
+        detail: Detail,
+    },
+    SecurityEvent {
+        ts_ms: u64,
+        session_id: Option<SessionId>,
+        /// Source address of the offending packet.
+        source: String,
+        /// `proof_invalid`, `replay`, `freshness_expired`, `unknown_peer`,
+        /// `bad_signature`, `blacklisted_source`, ...
+        kind: String,
+    },
+}
+
+impl EventRecord {
+    pub fn ts_ms(&self) -> u64 {
+        match self {
+            EventRecord::StateChange { ts_ms, .. }
+            | EventRecord::TransportSwitch { ts_ms, .. }
+            | EventRecord::TransportSwitchDenied { ts_ms, .. }
+            | EventRecord::SecurityEvent { ts_ms, .. } => *ts_ms,
+        }
+    }
+
+    pub fn session_id(&self) -> Option<SessionId> {
+        match self {
+            EventRecord::StateChange { session_id, .. }
+            | EventRecord::TransportSwitch { session_id, .. }
+            | EventRecord::TransportSwitchDenied { session_id, .. } => Some(*session_id),
+            EventRecord::SecurityEvent { session_id, .. } => *session_id,
+        }
+    }
+
+    /// The `type` tag: `STATE_CHANGE`, ...
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EventRecord::StateChange { .. } => "STATE_CHANGE",
+            EventRecord::TransportSwitch { .. } => "TRANSPORT_SWITCH",
+            EventRecord::TransportSwitchDenied { .. } => "TRANSPORT_SWITCH_DENIED",
+            EventRecord::SecurityEvent { .. } => "SECURITY_EVENT",
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch (the `ts_ms` of events).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn round_trip<T>(v: &T) -> String
+    where
+        T: Serialize + for<'de> Deserialize<'de> + PartialEq + fmt::Debug,
+    {
+        let s = serde_json::to_string(v).unwrap();
+        let back: T = serde_json::from_str(&s).unwrap();
+        assert_eq!(&back, v, "{s}");
+        s
+    }
+
+    #[test]
+    fn session_id_text() {
+        let id = SessionId(0xa1);
+        assert_eq!(id.to_string(), "00000000000000a1");
+        assert_eq!("00000000000000A1".parse::<SessionId>(), Ok(id));
+        assert_eq!(
+            "ffffffffffffffff".parse::<SessionId>(),
+            Ok(SessionId(u64::MAX))
+        );
+        assert_eq!(round_trip(&id), "\"00000000000000a1\"");
+    }
+
+    #[test]
+    fn session_id_rejects() {
+        for bad in [
+            "",
+            "a1",
+            "000000000000000a1",
+            "0x000000000000a1",
+            "00000000000000g1",
+            " 00000000000000a1",
+            "+0000000000000a1",
+            "00000000000000é",
+        ] {
+            let e = bad.parse::<SessionId>().unwrap_err();
+            assert_eq!(e, ParseSessionIdError::Format(bad.to_owned()));
+            assert!(e.to_string().contains("exactly 16 hex digits"), "{e}");
+        }
+        let e = "0000000000000000".parse::<SessionId>().unwrap_err();
+        assert!(e.to_string().contains("0 is not a session id"), "{e}");
+        let e = serde_json::from_str::<SessionId>("\"12\"").unwrap_err();
+        assert!(e.to_string().contains("exactly 16 hex digits"), "{e}");
+        assert!(serde_json::from_str::<SessionId>("161").is_err());
+    }
+
+    #[test]
+    fn requests() {
+        let id = SessionId(0x1234_5678_9abc_def0);
+        let cases = [
+            (Request::Sessions, json!({"cmd":"sessions"})),
+            (
+                Request::Session { id },
+                json!({"cmd":"session","id":"123456789abcdef0"}),
+            ),
+            (
+                Request::Kill { id },
+                json!({"cmd":"kill","id":"123456789abcdef0"}),
+            ),
+            (Request::Stats, json!({"cmd":"stats"})),
+            (Request::Policy, json!({"cmd":"policy"})),
+            (
+                Request::Events { follow: true },
+                json!({"cmd":"events","follow":true}),
+            ),
+        ];
+        for (req, want) in cases {
+            assert_eq!(serde_json::to_value(&req).unwrap(), want);
+            round_trip(&req);
+        }
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"cmd":"events"}"#).unwrap(),
+            Request::Events { follow: false }
+        );
+        let e = serde_json::from_str::<Request>(r#"{"cmd":"reboot"}"#).unwrap_err();
+        assert!(e.to_string().contains("unknown variant `reboot`"), "{e}");
+        let e = serde_json::from_str::<Request>(r#"{"cmd":"kill"}"#).unwrap_err();
+        assert!(e.to_string().contains("missing field `id`"), "{e}");
+        let e = serde_json::from_str::<Request>(r#"{"id":"123456789abcdef0"}"#).unwrap_err();
+        assert!(e.to_string().contains("missing field `cmd`"), "{e}");
+    }
+
+    #[test]
+    fn responses() {
+        let ok = Response::ok(&vec![1, 2]);
+        assert_eq!(round_trip(&ok), r#"{"ok":true,"data":[1,2]}"#);
+        let null = Response::Ok {
+            data: serde_json::Value::Null,
+        };
+        assert_eq!(round_trip(&null), r#"{"ok":true,"data":null}"#);
+        assert_eq!(
+            serde_json::from_str::<Response>(r#"{"ok":true}"#).unwrap(),
+            null
+        );
+        let err = Response::no_session(SessionId(0xff));
+        assert_eq!(
+            round_trip(&err),
+            r#"{"ok":false,"error":"no session 00000000000000ff"}"#
+        );
+        assert_eq!(err.to_line(), serde_json::to_string(&err).unwrap());
+        assert!(serde_json::from_str::<Response>(r#"{"ok":false}"#).is_err());
+        assert!(serde_json::from_str::<Response>(r#"{"data":1}"#).is_err());
+    }
+
+    #[test]
+    fn session_info_and_stats() {
+        let info = SessionInfo {
+            id: SessionId(7),
+            state: State::Recovering,
+            version: 4,
+            peer: "ab".repeat(32),
+            peer_name: Some("alice".into()),
+            binding: Some("192.0.2.1:4000".into()),
+            generation: 2,
+            tunnel_addr: "10.77.0.2".into(),
+            age_s: 61,
+            idle_ms: 1500,
+            switches: 1,
+            up_packets: 10,
+            up_bytes: 1000,
+            down_packets: 20,
+            down_bytes: 2000,
+            stale_drops: 3,
+        };
+        let s = round_trip(&info);
+        assert!(s.contains(r#""state":"RECOVERING""#), "{s}");
+        assert!(s.contains(r#""id":"0000000000000007""#), "{s}");
+        let stats = Stats {
+            uptime_s: 5,
+            sessions_by_state: [("ATTACHED".to_owned(), 2)].into(),
+            reattach: [("success".to_owned(), 1), ("replay".to_owned(), 2)].into(),
+            events_dropped: 9,
+            ..Stats::default()
+        };
+        round_trip(&stats);
+        // Missing fields default (older or newer gateways).
+        assert_eq!(
+            serde_json::from_str::<Stats>(r#"{"uptime_s":5}"#).unwrap(),
+            Stats {
+                uptime_s: 5,
+                ..Stats::default()
+            }
+        );
+    }
+
+    #[test]
+    fn events() {
+        let id = SessionId(0xabc);
+        let cases = [
+            (
+                EventRecord::StateChange {
+                    ts_ms: 1,
+                    session_id: id,
+                    from: State::Recovering,
+                    to: State::Degraded,
+                    reason: Reason::ReattachValidationFailed,
+                    detail: Some(Detail::RateLimited),
+                    version: 9,
+                },
+                json!({"type":"STATE_CHANGE","ts_ms":1,"session_id":"0000000000000abc",
+                       "from":"RECOVERING","to":"DEGRADED","reason":"reattach_validation_failed",
+                       "detail":"rate_limited","version":9}),
+            ),
+            (
+                EventRecord::TransportSwitch {
+                    ts_ms: 2,
+                    session_id: id,
+                    old: Some("192.0.2.1:1".into()),
+                    new: "[2001:db8::1]:2".into(),
+                    generation: 3,
+                },
+                json!({"type":"TRANSPORT_SWITCH","ts_ms":2,"session_id":"0000000000000abc",
+                       "old":"192.0.2.1:1","new":"[2001:db8::1]:2","generation":3}),
+            ),
+            (
+                EventRecord::TransportSwitchDenied {
+                    ts_ms: 3,
+                    session_id: id,
+                    candidate: "192.0.2.9:9".into(),
+                    detail: Detail::Blacklisted,
+                },
+                json!({"type":"TRANSPORT_SWITCH_DENIED","ts_ms":3,"session_id":"0000000000000abc",
+                       "candidate":"192.0.2.9:9","detail":"blacklisted"}),
+            ),
+            (
+                EventRecord::SecurityEvent {
+                    ts_ms: 4,
+                    session_id: None,
+                    source: "198.51.100.1:5".into(),
+                    kind: "unknown_peer".into(),
+                },
+                json!({"type":"SECURITY_EVENT","ts_ms":4,"session_id":null,
+                       "source":"198.51.100.1:5","kind":"unknown_peer"}),
+            ),
+        ];
+        for (ev, want) in cases {
+            assert_eq!(serde_json::to_value(&ev).unwrap(), want);
+            round_trip(&ev);
+            assert_eq!(want["type"], ev.kind());
+            assert_eq!(want["ts_ms"], ev.ts_ms());
+        }
+    }
+}

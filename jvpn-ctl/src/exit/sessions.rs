@@ -1,0 +1,282 @@
+//! The exit's session table: keys, counters and return endpoint per session id, and the
+//! tunnel-address index that routes return traffic to its session.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+};
+
+use ipnet::IpNet;
+use ring::digest;
+
+use crate::proto::data::{DataKey, ReplayWindow};
+
+/// One session as the exit knows it.
+#[derive(Debug)]
+pub struct Session {
+    pub id: u64,
+    pub tunnel_addr: IpAddr,
+    /// Opens client→exit DATA.
+    pub c2x: DataKey,
+    /// Seals exit→client DATA.
+    pub x2c: DataKey,
+    /// Counter of the next exit→client packet (starts at 1, never reused under `x2c`).
+    pub next_counter: u64,
+    pub replay: ReplayWindow,
+    /// Where this session's return DATA goes (the gateway's exit-side socket).
+    pub ret: SocketAddr,
+    /// SHA-256 of the keys, to recognise a repeated INSTALL without keeping copies.
+    keys_id: digest::Digest,
+}
+
+impl Session {
+    /// The counter for the next packet, or `None` once exhausted: a nonce must never
+    /// repeat under one key, so the session goes silent instead of wrapping.
+    pub fn take_counter(&mut self) -> Option<u64> {
+        let c = self.next_counter;
+        self.next_counter = c.checked_add(1)?;
+        Some(c)
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Installed {
+    /// A new session.
+    New,
+    /// Same id and keys as an installed session: a retransmission. Counters and replay
+    /// state are kept (resetting the send counter would reuse nonces); the tunnel
+    /// address and return endpoint are updated.
+    Repeat,
+    /// Same id, new keys: the session starts over with fresh counters.
+    Rekeyed,
+}
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("tunnel address {addr} is already used by session {by:#018x}")]
+    AddrInUse { addr: IpAddr, by: u64 },
+    #[error("tunnel address {addr} is outside the exit's pool {pool}")]
+    OutsidePool { addr: IpAddr, pool: IpNet },
+    #[error("tunnel address {addr} is the exit's own")]
+    OwnAddress { addr: IpAddr },
+}
+
+#[derive(Debug)]
+pub struct Sessions {
+    /// The exit's own address and the pool prefix (`tun_addr`).
+    pool: IpNet,
+    by_id: HashMap<u64, Session>,
+    by_addr: HashMap<IpAddr, u64>,
+}
+
+fn keys_id(c2x: &[u8; 32], x2c: &[u8; 32]) -> digest::Digest {
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    ctx.update(c2x);
+    ctx.update(x2c);
+    ctx.finish()
+}
+
+impl Sessions {
+    pub fn new(pool: IpNet) -> Self {
+        Sessions {
+            pool,
+            by_id: HashMap::new(),
+            by_addr: HashMap::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub fn install(
+        &mut self,
+        id: u64,
+        tunnel_addr: IpAddr,
+        c2x: &[u8; 32],
+        x2c: &[u8; 32],
+        ret: SocketAddr,
+    ) -> Result<Installed, Refused> {
+        if tunnel_addr == self.pool.addr() {
+            return Err(Refused::OwnAddress { addr: tunnel_addr });
+        }
+        if !self.pool.contains(&tunnel_addr)
+            || tunnel_addr == self.pool.network()
+            || (tunnel_addr.is_ipv4() && tunnel_addr == self.pool.broadcast())
+        {
+            return Err(Refused::OutsidePool {
+                addr: tunnel_addr,
+                pool: self.pool.trunc(),
+            });
+        }
+        if let Some(&by) = self.by_addr.get(&tunnel_addr)
+            && by != id
+        {
+            return Err(Refused::AddrInUse {
+                addr: tunnel_addr,
+                by,
+            });
+        }
+        let kid = keys_id(c2x, x2c);
+        let outcome = match self.by_id.get_mut(&id) {
+            Some(s) if s.keys_id.as_ref() == kid.as_ref() => {
+                if s.tunnel_addr != tunnel_addr {
+                    self.by_addr.remove(&s.tunnel_addr);
+                    s.tunnel_addr = tunnel_addr;
+                }
+                s.ret = ret;
+                Installed::Repeat
+            }
+            old => {
+                let outcome = match old {
+                    Some(s) => {
+                        self.by_addr.remove(&s.tunnel_addr);
+                        Installed::Rekeyed
+                    }
+                    None => Installed::New,
+                };
+                self.by_id.insert(
+                    id,
+                    Session {
+                        id,
+                        tunnel_addr,
+                        c2x: DataKey::new(c2x),
+                        x2c: DataKey::new(x2c),
+                        next_counter: 1,
+                        replay: ReplayWindow::new(),
+                        ret,
+                        keys_id: kid,
+                    },
+                );
+                outcome
+            }
+        };
+        self.by_addr.insert(tunnel_addr, id);
+        Ok(outcome)
+    }
+
+    /// Forgets a session at once; false if it was not there.
+    pub fn revoke(&mut self, id: u64) -> bool {
+        match self.by_id.remove(&id) {
+            Some(s) => {
+                self.by_addr.remove(&s.tunnel_addr);
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn get_mut(&mut self, id: u64) -> Option<&mut Session> {
+        self.by_id.get_mut(&id)
+    }
+
+    /// The session whose tunnel address is `addr`.
+    pub fn by_addr_mut(&mut self, addr: IpAddr) -> Option<&mut Session> {
+        let id = self.by_addr.get(&addr)?;
+        self.by_id.get_mut(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn table() -> Sessions {
+        Sessions::new("10.99.0.1/24".parse().unwrap())
+    }
+
+    const RET: &str = "10.77.9.1:51820";
+
+    #[test]
+    fn install_repeat_rekey_revoke() {
+        let mut t = table();
+        let ret: SocketAddr = RET.parse().unwrap();
+        assert_eq!(
+            t.install(7, ip("10.99.0.2"), &[1; 32], &[2; 32], ret),
+            Ok(Installed::New)
+        );
+        let s = t.by_addr_mut(ip("10.99.0.2")).unwrap();
+        assert_eq!(s.take_counter(), Some(1));
+        assert_eq!(s.take_counter(), Some(2));
+        assert!(s.replay.update(5));
+
+        // A retransmitted INSTALL keeps the counters.
+        assert_eq!(
+            t.install(7, ip("10.99.0.2"), &[1; 32], &[2; 32], ret),
+            Ok(Installed::Repeat)
+        );
+        let s = t.get_mut(7).unwrap();
+        assert_eq!(s.take_counter(), Some(3));
+        assert!(!s.replay.update(5));
+
+        // Moving the same session to another address updates the index.
+        assert_eq!(
+            t.install(7, ip("10.99.0.3"), &[1; 32], &[2; 32], ret),
+            Ok(Installed::Repeat)
+        );
+        assert!(t.by_addr_mut(ip("10.99.0.2")).is_none());
+        assert_eq!(t.by_addr_mut(ip("10.99.0.3")).unwrap().id, 7);
+
+        // New keys: fresh counters.
+        assert_eq!(
+            t.install(7, ip("10.99.0.3"), &[3; 32], &[2; 32], ret),
+            Ok(Installed::Rekeyed)
+        );
+        let s = t.get_mut(7).unwrap();
+        assert_eq!(s.take_counter(), Some(1));
+        assert!(s.replay.update(5));
+
+        assert!(t.revoke(7));
+        assert!(!t.revoke(7));
+        assert_eq!(t.len(), 0);
+        assert!(t.by_addr_mut(ip("10.99.0.3")).is_none());
+    }
+
+    #[test]
+    fn refusals() {
+        let mut t = table();
+        let ret: SocketAddr = RET.parse().unwrap();
+        t.install(7, ip("10.99.0.2"), &[1; 32], &[2; 32], ret)
+            .unwrap();
+        assert_eq!(
+            t.install(8, ip("10.99.0.2"), &[3; 32], &[4; 32], ret),
+            Err(Refused::AddrInUse {
+                addr: ip("10.99.0.2"),
+                by: 7
+            })
+        );
+        for bad in ["10.98.0.2", "10.99.0.0", "10.99.0.255", "fd00::2"] {
+            assert!(
+                matches!(
+                    t.install(8, ip(bad), &[3; 32], &[4; 32], ret),
+                    Err(Refused::OutsidePool { .. })
+                ),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            t.install(8, ip("10.99.0.1"), &[3; 32], &[4; 32], ret),
+            Err(Refused::OwnAddress {
+                addr: ip("10.99.0.1")
+            })
+        );
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.by_addr_mut(ip("10.99.0.2")).unwrap().id, 7);
+    }
+
+    #[test]
+    fn counter_never_wraps() {
+        let mut t = table();
+        t.install(7, ip("10.99.0.2"), &[1; 32], &[2; 32], RET.parse().unwrap())
+            .unwrap();
+        let s = t.get_mut(7).unwrap();
+        s.next_counter = u64::MAX - 1;
+        assert_eq!(s.take_counter(), Some(u64::MAX - 1));
+        assert_eq!(s.take_counter(), None);
+        assert_eq!(s.take_counter(), None);
+    }
+}

@@ -1,0 +1,235 @@
+//! Gateway configuration: a TOML file, then command-line overrides, then validation.
+//!
+//! Unknown keys and invalid values are errors that name the key: a gateway that
+//! guesses at its security policy is worse than one that refuses to start.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::session::{Policy, PolicyError};
+
+pub const DEFAULT_SOCKET: &str = "/run/jvpn/jvpn.sock";
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Interfaces the XDP relay is attached to; the controller listens on their addresses.
+    pub interfaces: Vec<String>,
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// Ed25519 identity (PKCS#8).
+    pub identity: PathBuf,
+    /// Allowed client public keys.
+    pub peers: PathBuf,
+    pub exit: ExitConfig,
+    pub pool: PoolConfig,
+    #[serde(default)]
+    pub policy: Policy,
+    /// JSON-lines event log; none when absent.
+    #[serde(default)]
+    pub event_log: Option<PathBuf>,
+    #[serde(default = "default_socket")]
+    pub control_socket: PathBuf,
+    /// Prometheus endpoint (`GET /metrics`); none when absent.
+    #[serde(default)]
+    pub metrics: Option<SocketAddr>,
+    #[serde(default = "default_pin_dir")]
+    pub pin_dir: PathBuf,
+    #[serde(default = "default_max_sessions")]
+    pub max_sessions: u32,
+    /// XDP attach mode: "native" (falls back to skb with a warning) or "skb".
+    #[serde(default = "default_attach")]
+    pub attach: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExitConfig {
+    /// The exit's DATA address (where the relay sends client traffic).
+    pub data: SocketAddr,
+    /// The exit's key-delivery link address.
+    pub link: SocketAddr,
+    /// Pre-shared 32-byte link key, 64 hex characters.
+    pub link_key: PathBuf,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    /// Tunnel addresses handed to clients.
+    pub cidr: IpNet,
+    /// Addresses never handed out (the exit's own tunnel address, typically).
+    #[serde(default)]
+    pub reserved: Vec<IpAddr>,
+}
+
+fn default_port() -> u16 {
+    jvpn_common::DEFAULT_PORT
+}
+fn default_socket() -> PathBuf {
+    PathBuf::from(DEFAULT_SOCKET)
+}
+fn default_pin_dir() -> PathBuf {
+    PathBuf::from("/sys/fs/bpf/jvpn")
+}
+fn default_max_sessions() -> u32 {
+    jvpn_common::DEFAULT_MAX_SESSIONS
+}
+fn default_attach() -> String {
+    "native".into()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {cause}")]
+    Read {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{key}: {problem}")]
+    Invalid { key: String, problem: String },
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+}
+
+fn invalid(key: &str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        problem: problem.into(),
+    }
+}
+
+impl GatewayConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
+            path: path.into(),
+            cause,
+        })?;
+        Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.into(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses TOML; the toml crate's messages name the offending key and line.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<config>"),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })
+    }
+
+    /// Checks what serde cannot: ranges and relations between values.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.interfaces.is_empty() {
+            return Err(invalid("interfaces", "at least one interface is needed"));
+        }
+        if let Some(bad) = self.interfaces.iter().find(|i| {
+            i.is_empty() || i.len() >= libc::IFNAMSIZ || i.contains(['/', ' ', '\0'])
+        }) {
+            return Err(invalid(
+                "interfaces",
+                format!("{bad:?} is not a valid interface name"),
+            ));
+        }
+        if self.port == 0 {
+            return Err(invalid("port", "must not be 0"));
+        }
+        for (key, a) in [("exit.data", self.exit.data), ("exit.link", self.exit.link)] {
+            if a.port() == 0 || a.ip().is_unspecified() {
+                return Err(invalid(key, format!("{a} needs a concrete address and port")));
+            }
+        }
+        if self.exit.data == self.exit.link {
+            return Err(invalid("exit.link", "must differ from exit.data"));
+        }
+        let IpNet::V4(net) = self.pool.cidr else {
+            return Err(invalid(
+                "pool.cidr",
+                "only IPv4 tunnel pools are supported for now",
+            ));
+        };
+        if net.prefix_len() > 30 {
+            return Err(invalid("pool.cidr", "needs at least a /30"));
+        }
+        if let Some(r) = self.pool.reserved.iter().find(|r| !self.pool.cidr.contains(*r)) {
+            return Err(invalid(
+                "pool.reserved",
+                format!("{r} is outside {}", self.pool.cidr),
+            ));
+        }
+        if self.max_sessions == 0 {
+            return Err(invalid("max_sessions", "must be greater than 0"));
+        }
+        if !matches!(self.attach.as_str(), "native" | "skb") {
+            return Err(invalid("attach", "must be \"native\" or \"skb\""));
+        }
+        self.policy.validate()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+interfaces = ["g-wifi", "g-lte", "g-exit"]
+identity = "/etc/jvpn/gateway.key"
+peers = "/etc/jvpn/peers"
+[exit]
+data = "10.77.9.2:51821"
+link = "10.77.9.2:51822"
+link_key = "/etc/jvpn/link.key"
+[pool]
+cidr = "10.99.0.0/24"
+reserved = ["10.99.0.1"]
+[policy]
+max_switches_per_minute = 4
+"#;
+
+    #[test]
+    fn parses_with_defaults() {
+        let c = GatewayConfig::parse(GOOD).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.port, 51820);
+        assert_eq!(c.policy.max_switches_per_minute, 4);
+        assert_eq!(c.policy.candidate_ttl_ms, Policy::default().candidate_ttl_ms);
+        assert_eq!(c.control_socket, PathBuf::from(DEFAULT_SOCKET));
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = GatewayConfig::parse(&format!("{GOOD}\nmax_switches = 3\n")).unwrap_err();
+        assert!(e.to_string().contains("max_switches"), "{e}");
+        let e = GatewayConfig::parse(&GOOD.replace("[pool]", "[pool]\nsize = 3")).unwrap_err();
+        assert!(e.to_string().contains("size"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let e = GatewayConfig::parse(&GOOD.replace("10.99.0.0/24", "10.99.0.0/33")).unwrap_err();
+        assert!(e.to_string().contains("cidr"), "{e}");
+        let e = GatewayConfig::parse(&GOOD.replace("= 4", "= -1")).unwrap_err();
+        assert!(e.to_string().contains("max_switches_per_minute"), "{e}");
+        let mut c = GatewayConfig::parse(GOOD).unwrap();
+        c.policy.candidate_ttl_ms = 0;
+        assert!(c.validate().unwrap_err().to_string().contains("candidate_ttl_ms"));
+        let mut c = GatewayConfig::parse(GOOD).unwrap();
+        c.pool.reserved.push("10.1.1.1".parse().unwrap());
+        assert!(c.validate().unwrap_err().to_string().contains("pool.reserved"));
+        let mut c = GatewayConfig::parse(GOOD).unwrap();
+        c.interfaces.clear();
+        assert!(c.validate().unwrap_err().to_string().contains("interfaces"));
+    }
+}

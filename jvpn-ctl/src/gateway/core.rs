@@ -1,0 +1,471 @@
+//! The controller core: every session's state, driven one input at a time.
+//!
+//! Synchronous and single-threaded on purpose: inputs (datagrams, link frames,
+//! operator calls, ticks) arrive in one order, each is handled to completion, and its
+//! replies are queued in [`Core::out`] for the I/O shell to send. Time comes in as an
+//! argument, so the same core runs under the daemon and under the benchmarks.
+
+use std::{
+    collections::HashMap,
+    net::{Ipv4Addr, SocketAddr},
+};
+
+use jvpn_common::maps::{Endpoint, FLAG_FORWARDING, SessionEntry, SessionStats};
+use ring::{rand::SecureRandom as _, signature::Ed25519KeyPair};
+
+use super::{
+    counters::{Counters, bump},
+    guard::{Blacklist, NonceCache},
+    link::ExitLink,
+    pool::Pool,
+};
+use crate::{
+    control::{
+        api::{EventRecord, SessionId},
+        events::EventBus,
+    },
+    datapath::Datapath,
+    proto::{Body, Control, Peers, SessionKeys},
+    session::{self, Action, Event, Notice, Policy, Session, State, Step},
+};
+
+/// A datagram the core wants sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outgoing {
+    /// From the gateway's `local` address to `peer`.
+    Udp {
+        local: SocketAddr,
+        peer: SocketAddr,
+        data: Vec<u8>,
+    },
+    /// To the exit's link address.
+    Link(Vec<u8>),
+}
+
+/// Fixed facts the core needs from the configuration.
+pub struct CoreParams {
+    pub policy: Policy,
+    pub identity: Ed25519KeyPair,
+    pub peers: Peers,
+    pub pool: Pool,
+    /// The exit's DATA endpoint.
+    pub exit_data: SocketAddr,
+    /// The gateway's own DATA endpoint toward the exit (address and jvpn port).
+    pub gw_exit: SocketAddr,
+    pub link_key: [u8; 32],
+    /// Link counter start (µs since the epoch at start).
+    pub start_us: u64,
+}
+
+/// One session as the controller holds it.
+pub struct Entry {
+    pub session: Session,
+    pub keys: SessionKeys,
+    pub mac: ring::hmac::Key,
+    pub transcript: [u8; 32],
+    pub peer: [u8; 32],
+    pub tunnel: Ipv4Addr,
+    /// The gateway address of the current binding (or of the CONFIRM in BIRTH).
+    pub local: SocketAddr,
+    /// CONFIRM verified from (peer, local); waiting for the exit's acknowledgement.
+    pub confirming: Option<(SocketAddr, SocketAddr)>,
+    /// Highest control counter accepted on KEEPALIVE / CLOSE.
+    pub last_ctl_ctr: u64,
+    /// Uplink packets seen in `SESSION_STATS` at the last poll.
+    pub seen_up: u64,
+}
+
+pub struct Core {
+    pub(super) policy: Policy,
+    pub(super) identity: Ed25519KeyPair,
+    pub(super) gateway_pub: [u8; 32],
+    pub(super) peers: Peers,
+    pub(super) pool: Pool,
+    pub(super) exit_data: SocketAddr,
+    pub(super) gw_exit: SocketAddr,
+    pub(super) dp: Datapath,
+    pub(super) sessions: HashMap<u64, Entry>,
+    pub(super) hello_nonces: NonceCache,
+    pub(super) blacklist: Blacklist,
+    pub(super) link: ExitLink,
+    pub(super) rng: ring::rand::SystemRandom,
+    pub(super) bus: EventBus,
+    pub(super) counters: Counters,
+    /// The gateway's control counter (header counter of its replies).
+    pub(super) ctr: u64,
+    pub out: Vec<Outgoing>,
+    pub(super) started_ms: u64,
+    /// Where the traffic poll resumes (sessions are polled in slices).
+    poll_cursor: Vec<u64>,
+}
+
+/// Sessions whose `SESSION_STATS` are read per tick; bounds the tick's cost with a
+/// million sessions (each is then polled every few seconds instead of every tick).
+const POLL_PER_TICK: usize = 8192;
+/// Bound of the HELLO nonce cache.
+const HELLO_NONCES: usize = 1 << 20;
+
+impl Core {
+    pub fn new(p: CoreParams, dp: Datapath, bus: EventBus, now_ms: u64) -> Self {
+        let gateway_pub = public_key(&p.identity);
+        let blacklist = Blacklist::new(
+            p.policy.blacklist.clone(),
+            p.policy.auto_blacklist_after,
+            p.policy.auto_blacklist_s,
+        );
+        Self {
+            link: ExitLink::new(&p.link_key, p.start_us),
+            policy: p.policy,
+            identity: p.identity,
+            gateway_pub,
+            peers: p.peers,
+            pool: p.pool,
+            exit_data: p.exit_data,
+            gw_exit: p.gw_exit,
+            dp,
+            sessions: HashMap::new(),
+            hello_nonces: NonceCache::new(HELLO_NONCES),
+            blacklist,
+            rng: ring::rand::SystemRandom::new(),
+            bus,
+            counters: Counters::default(),
+            ctr: 0,
+            out: Vec::new(),
+            started_ms: now_ms,
+            poll_cursor: Vec::new(),
+        }
+    }
+
+    pub fn gateway_pub(&self) -> [u8; 32] {
+        self.gateway_pub
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    pub(super) fn next_ctr(&mut self) -> u64 {
+        self.ctr += 1;
+        self.ctr
+    }
+
+    pub(super) fn random<const N: usize>(&self) -> [u8; N] {
+        let mut b = [0u8; N];
+        self.rng.fill(&mut b).expect("the system RNG works");
+        b
+    }
+
+    pub(super) fn send(&mut self, local: SocketAddr, peer: SocketAddr, data: Vec<u8>) {
+        self.out.push(Outgoing::Udp { local, peer, data });
+    }
+
+    /// A datagram from a client, received on `local`.
+    pub fn on_datagram(&mut self, local: SocketAddr, peer: SocketAddr, data: &[u8], now_ms: u64) {
+        use jvpn_common::wire::{WireHeader, msg_type as t};
+        let header = match WireHeader::parse(data) {
+            Ok((h, _)) => h,
+            Err(_) => return bump(&mut self.counters.malformed, "header"),
+        };
+        match header.msg_type {
+            t::HELLO => self.on_hello(local, peer, data, now_ms),
+            t::CONFIRM => self.on_confirm(local, peer, &header, data, now_ms),
+            t::REATTACH_REQUEST => self.on_reattach_request(local, peer, &header, data, now_ms),
+            t::REATTACH_CONFIRM => self.on_reattach_confirm(local, peer, &header, data, now_ms),
+            t::KEEPALIVE => self.on_keepalive(local, peer, &header, data, now_ms),
+            t::CLOSE => self.on_close(local, peer, &header, data, now_ms),
+            // DATA is the relay's; the rest are gateway-to-client messages.
+            _ => bump(&mut self.counters.malformed, "unexpected_type"),
+        }
+    }
+
+    /// Runs timers, polls the data plane for traffic, retransmits link messages.
+    pub fn tick(&mut self, now_ms: u64) {
+        self.poll_traffic(now_ms);
+        let ids: Vec<u64> = self.sessions.keys().copied().collect();
+        for id in ids {
+            self.drive(id, &Event::Tick, None, now_ms);
+        }
+        let (frames, gave_up) = self.link.due(now_ms);
+        self.out.extend(frames.into_iter().map(Outgoing::Link));
+        for id in gave_up {
+            if let Some(e) = self.sessions.get_mut(&id) {
+                tracing::warn!(session = %SessionId(id), "exit did not acknowledge the session keys");
+                e.confirming = None;
+            }
+        }
+        self.blacklist.purge(now_ms);
+    }
+
+    /// Feeds BoundTraffic for sessions whose uplink counter moved since the last poll.
+    fn poll_traffic(&mut self, now_ms: u64) {
+        if self.poll_cursor.is_empty() {
+            self.poll_cursor = self
+                .sessions
+                .iter()
+                .filter(|(_, e)| e.session.state != State::Birth)
+                .map(|(id, _)| *id)
+                .collect();
+        }
+        let n = self.poll_cursor.len().min(POLL_PER_TICK);
+        let batch: Vec<u64> = self.poll_cursor.drain(..n).collect();
+        for id in batch {
+            let Ok(Some(stats)) = self.dp.session_stats(id) else {
+                continue;
+            };
+            let Some(e) = self.sessions.get_mut(&id) else {
+                continue;
+            };
+            if stats.up_packets != e.seen_up {
+                e.seen_up = stats.up_packets;
+                self.drive(id, &Event::BoundTraffic, None, now_ms);
+            }
+        }
+    }
+
+    /// Runs the state machine for one session and carries out the step.
+    /// `local`: the gateway address the triggering datagram arrived on.
+    pub(super) fn drive(&mut self, id: u64, ev: &Event, local: Option<SocketAddr>, now_ms: u64) {
+        let Some(e) = self.sessions.get(&id) else {
+            return;
+        };
+        let step = session::step(&e.session, ev, &self.policy, now_ms);
+        if step.session == e.session && step.actions.is_empty() {
+            return;
+        }
+        let step = match swap_of(&step) {
+            Some((new, generation)) => match self.swap(id, new, generation, local) {
+                Ok(()) => step,
+                Err(err) => {
+                    tracing::warn!(session = %SessionId(id), "binding swap failed: {err}");
+                    let orig = &self.sessions[&id].session;
+                    session::step(orig, &Event::SwapFailed { candidate: new }, &self.policy, now_ms)
+                }
+            },
+            None => step,
+        };
+        self.commit(id, step, local, now_ms);
+    }
+
+    /// The atomic binding swap: the complete new entry in one `BPF_EXIST` update, read
+    /// back; the caller commits the new state only if this returns Ok.
+    fn swap(
+        &mut self,
+        id: u64,
+        new: SocketAddr,
+        generation: u32,
+        local: Option<SocketAddr>,
+    ) -> Result<(), String> {
+        let local = local.ok_or("no gateway address for the new binding")?;
+        let entry = self.map_entry(new, local, generation)?;
+        let got = self
+            .dp
+            .replace_session(id, &entry)
+            .map_err(|e| e.to_string())?;
+        if got != generation {
+            return Err(format!("read back generation {got}, wrote {generation}"));
+        }
+        if let Some(e) = self.sessions.get_mut(&id) {
+            e.local = local;
+        }
+        Ok(())
+    }
+
+    pub(super) fn map_entry(
+        &self,
+        client: SocketAddr,
+        local: SocketAddr,
+        generation: u32,
+    ) -> Result<SessionEntry, String> {
+        if client.is_ipv4() != local.is_ipv4() {
+            return Err(format!("{client} reached the gateway at {local}"));
+        }
+        Ok(SessionEntry {
+            generation,
+            flags: FLAG_FORWARDING,
+            client: endpoint(client),
+            gw_client: endpoint(local),
+            exit: endpoint(self.exit_data),
+            gw_exit: endpoint(self.gw_exit),
+        })
+    }
+
+    fn commit(&mut self, id: u64, step: Step, local: Option<SocketAddr>, now_ms: u64) {
+        let Step {
+            session, actions, ..
+        } = step;
+        let Some(e) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        e.session = session;
+        let bound_local = e.local;
+        let binding = e.session.binding;
+        let mut teardown = false;
+        for a in actions {
+            match a {
+                Action::SwapBinding { .. } => {}
+                Action::SendChallenge { to, challenge } => {
+                    let body = Body::ReattachChallenge { challenge };
+                    self.send_control(id, local.unwrap_or(bound_local), to, body);
+                }
+                Action::SendAck { to, generation } => {
+                    let hint = crate::proto::Hint::from_policy(&self.policy);
+                    let body = Body::ReattachAck { generation, hint };
+                    self.send_control(id, local.unwrap_or(bound_local), to, body);
+                }
+                Action::SendDenied { to, detail } => {
+                    let body = Body::denied(detail);
+                    self.send_control(id, local.unwrap_or(bound_local), to, body);
+                }
+                Action::SendClose { reason } => {
+                    if let Some(to) = binding {
+                        self.send_control(id, bound_local, to, Body::close(reason));
+                    }
+                }
+                Action::Teardown => teardown = true,
+                Action::Emit(n) => self.publish(id, n, now_ms),
+            }
+        }
+        if teardown {
+            self.teardown(id, now_ms);
+        }
+    }
+
+    /// MACs and queues a control message of session `id`.
+    pub(super) fn send_control(&mut self, id: u64, local: SocketAddr, to: SocketAddr, body: Body) {
+        let ctr = self.next_ctr();
+        let Some(e) = self.sessions.get(&id) else {
+            return;
+        };
+        let msg = Control {
+            session_id: id,
+            ctr,
+            body,
+        };
+        match msg.encode(&e.mac) {
+            Ok(bytes) => self.send(local, to, bytes),
+            Err(err) => tracing::error!(session = %SessionId(id), "encoding a reply: {err}"),
+        }
+    }
+
+    pub(super) fn publish(&mut self, id: u64, n: Notice, ts_ms: u64) {
+        let session_id = SessionId(id);
+        let rec = match n {
+            Notice::StateChange {
+                from,
+                to,
+                reason,
+                detail,
+                version,
+            } => EventRecord::StateChange {
+                ts_ms,
+                session_id,
+                from,
+                to,
+                reason,
+                detail,
+                version,
+            },
+            Notice::TransportSwitch {
+                old,
+                new,
+                generation,
+            } => {
+                if old.is_some() {
+                    bump(&mut self.counters.reattach, "success");
+                }
+                EventRecord::TransportSwitch {
+                    ts_ms,
+                    session_id,
+                    old: old.map(|a| a.to_string()),
+                    new: new.to_string(),
+                    generation,
+                }
+            }
+            Notice::TransportSwitchDenied { candidate, detail } => {
+                bump(&mut self.counters.reattach, detail.name());
+                EventRecord::TransportSwitchDenied {
+                    ts_ms,
+                    session_id,
+                    candidate: candidate.to_string(),
+                    detail,
+                }
+            }
+            Notice::Security { from, detail } => {
+                bump(&mut self.counters.reattach, detail.name());
+                self.counters.security_events += 1;
+                EventRecord::SecurityEvent {
+                    ts_ms,
+                    session_id: Some(session_id),
+                    source: from.to_string(),
+                    kind: detail.name().to_string(),
+                }
+            }
+        };
+        self.bus.emit(rec);
+    }
+
+    /// A security event that never reached a session (handshake rejections, bans).
+    pub(super) fn security(&mut self, id: Option<u64>, from: SocketAddr, kind: &str, now_ms: u64) {
+        self.counters.security_events += 1;
+        self.bus.emit(EventRecord::SecurityEvent {
+            ts_ms: now_ms,
+            session_id: id.map(SessionId),
+            source: from.to_string(),
+            kind: kind.to_string(),
+        });
+    }
+
+    /// TERMINATED: map entry removed, exit keys revoked, tunnel address released.
+    fn teardown(&mut self, id: u64, now_ms: u64) {
+        let Some(e) = self.sessions.remove(&id) else {
+            return;
+        };
+        match self.dp.remove_session(id) {
+            Ok(()) | Err(crate::datapath::DatapathError::NoSuchSession(_)) => {}
+            Err(err) => tracing::error!(session = %SessionId(id), "removing the map entry: {err}"),
+        }
+        self.pool.release(e.tunnel);
+        let frame = self.link.send(crate::proto::LinkMsg::Revoke { session_id: id }, now_ms);
+        self.out.push(Outgoing::Link(frame));
+    }
+
+    /// Closes every session (the gateway is stopping).
+    pub fn shutdown(&mut self, now_ms: u64) {
+        let ids: Vec<u64> = self.sessions.keys().copied().collect();
+        for id in ids {
+            self.drive(id, &Event::OperatorKill, None, now_ms);
+        }
+    }
+
+    pub fn link_pending(&self) -> usize {
+        self.link.pending_len()
+    }
+
+    pub fn note_send_failure(&mut self) {
+        self.counters.send_failures += 1;
+    }
+
+    /// A session's data-plane counters, if it has a map entry.
+    pub(super) fn stats_of(&self, id: u64) -> SessionStats {
+        self.dp.session_stats(id).ok().flatten().unwrap_or_default()
+    }
+}
+
+fn swap_of(step: &Step) -> Option<(SocketAddr, u32)> {
+    step.actions.iter().find_map(|a| match *a {
+        Action::SwapBinding { new, generation } => Some((new, generation)),
+        _ => None,
+    })
+}
+
+pub fn endpoint(a: SocketAddr) -> Endpoint {
+    match a {
+        SocketAddr::V4(v4) => Endpoint::v4(v4.ip().octets(), v4.port()),
+        SocketAddr::V6(v6) => Endpoint::v6(v6.ip().octets(), v6.port()),
+    }
+}
+
+pub fn public_key(k: &Ed25519KeyPair) -> [u8; 32] {
+    use ring::signature::KeyPair as _;
+    k.public_key().as_ref().try_into().expect("Ed25519 public keys are 32 bytes")
+}

@@ -1,0 +1,20 @@
+//! The controller's own counters (the data plane's live in its maps).
+
+use std::collections::BTreeMap;
+
+#[derive(Default, Debug, Clone)]
+pub struct Counters {
+    /// Handshake outcomes: `established`, and each rejection kind.
+    pub handshakes: BTreeMap<String, u64>,
+    /// Reattach outcomes: `success`, and each detail code.
+    pub reattach: BTreeMap<String, u64>,
+    /// Control messages that did not parse, by message type.
+    pub malformed: BTreeMap<String, u64>,
+    pub security_events: u64,
+    /// Replies the socket buffer refused.
+    pub send_failures: u64,
+}
+
+pub fn bump(map: &mut BTreeMap<String, u64>, key: &str) {
+    *map.entry(key.to_string()).or_default() += 1;
+}

@@ -1,0 +1,203 @@
+//! HELLO → WELCOME → CONFIRM → (exit keys acknowledged, map entry inserted) → ESTABLISHED.
+
+use std::net::{IpAddr, SocketAddr};
+
+use jvpn_common::wire::WireHeader;
+
+use super::{
+    core::{Core, Entry, Outgoing},
+    counters::bump,
+    guard::NonceVerdict,
+};
+use crate::{
+    control::api::SessionId,
+    proto::{self, Hint, LinkMsg},
+    session::{Event, Session, State},
+};
+
+impl Core {
+    /// HELLO: checked in the order of docs/protocol.md; every rejection is silent and
+    /// leaves no state behind.
+    pub(super) fn on_hello(&mut self, local: SocketAddr, peer: SocketAddr, data: &[u8], now_ms: u64) {
+        let hello = match proto::handshake::Hello::decode(data) {
+            Ok(h) => h,
+            Err(_) => return bump(&mut self.counters.malformed, "hello"),
+        };
+        let reject = |core: &mut Core, kind: &str| {
+            bump(&mut core.counters.handshakes, kind);
+            core.security(None, peer, kind, now_ms);
+        };
+        if !self.peers.contains(&hello.id_pub) {
+            return reject(self, "unknown_peer");
+        }
+        let Ok(hello) = hello.verify_signature(&self.gateway_pub) else {
+            return reject(self, "bad_signature");
+        };
+        if now_ms.abs_diff(hello.ts_ms) > self.policy.freshness_window_ms {
+            return reject(self, "freshness_expired");
+        }
+        match self
+            .hello_nonces
+            .insert(hello.nonce, now_ms, 2 * self.policy.freshness_window_ms)
+        {
+            NonceVerdict::Fresh => {}
+            NonceVerdict::Replay => return reject(self, "replay"),
+            NonceVerdict::Full => return bump(&mut self.counters.handshakes, "busy"),
+        }
+        let Some(tunnel) = self.pool.allocate() else {
+            tracing::warn!("tunnel address pool exhausted; HELLO from {peer} refused");
+            return bump(&mut self.counters.handshakes, "pool_exhausted");
+        };
+        let id = self.new_session_id();
+        let hint = Hint::from_policy(&self.policy);
+        let ctr = self.next_ctr();
+        let welcome = proto::handshake::welcome(
+            &self.identity,
+            &hello,
+            id,
+            ctr,
+            IpAddr::V4(tunnel),
+            hint,
+            now_ms,
+            &self.rng,
+        );
+        let proto::Welcomed {
+            welcome,
+            keys,
+            transcript,
+        } = match welcome {
+            Ok(w) => w,
+            Err(e) => {
+                self.pool.release(tunnel);
+                tracing::error!("building WELCOME: {e}");
+                return bump(&mut self.counters.handshakes, "internal_error");
+            }
+        };
+        let mac = keys.mac_key();
+        self.sessions.insert(
+            id,
+            Entry {
+                session: Session::new(id, now_ms),
+                keys,
+                mac,
+                transcript,
+                peer: hello.id_pub,
+                tunnel,
+                local,
+                confirming: None,
+                last_ctl_ctr: 0,
+                seen_up: 0,
+            },
+        );
+        bump(&mut self.counters.handshakes, "welcomed");
+        self.send(local, peer, welcome);
+    }
+
+    fn new_session_id(&self) -> u64 {
+        loop {
+            let id = u64::from_ne_bytes(self.random());
+            if id != 0 && !self.sessions.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    /// CONFIRM: verified, then the exit gets the keys; ESTABLISHED waits for its ack.
+    pub(super) fn on_confirm(
+        &mut self,
+        local: SocketAddr,
+        peer: SocketAddr,
+        h: &WireHeader,
+        data: &[u8],
+        now_ms: u64,
+    ) {
+        let id = h.session_id();
+        let Some(e) = self.sessions.get(&id) else {
+            return bump(&mut self.counters.malformed, "unknown_session");
+        };
+        let ok = proto::Confirm::decode(data).and_then(|c| c.verify(&e.mac, &e.transcript));
+        if ok.is_err() {
+            bump(&mut self.counters.handshakes, "confirm_invalid");
+            return self.security(Some(id), peer, "proof_invalid", now_ms);
+        }
+        match e.session.state {
+            State::Birth if e.confirming.is_none() => {}
+            State::Birth => return, // already waiting for the exit
+            // ESTABLISHED may have been lost: say it again, to the binding only.
+            _ if e.session.binding == Some(peer) => {
+                let local = e.local;
+                return self.send_established(id, local, peer);
+            }
+            _ => return,
+        }
+        let install = LinkMsg::Install {
+            session_id: id,
+            tunnel_addr: IpAddr::V4(e.tunnel),
+            c2x: e.keys.c2x,
+            x2c: e.keys.x2c,
+            ret: self.gw_exit,
+        };
+        if let Some(e) = self.sessions.get_mut(&id) {
+            e.confirming = Some((peer, local));
+        }
+        let frame = self.link.send(install, now_ms);
+        self.out.push(Outgoing::Link(frame));
+    }
+
+    /// The exit holds the keys: insert the map entry, go ATTACHED, send ESTABLISHED.
+    pub(super) fn on_install_acked(&mut self, id: u64, now_ms: u64) {
+        let Some(e) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        let Some((peer, local)) = e.confirming.take() else {
+            return;
+        };
+        if e.session.state != State::Birth {
+            return;
+        }
+        let entry = match self.map_entry(peer, local, 1) {
+            Ok(x) => x,
+            Err(err) => {
+                tracing::warn!(session = %SessionId(id), "cannot bind: {err}");
+                return;
+            }
+        };
+        if let Err(err) = self.dp.insert_session(id, &entry) {
+            // The session stays in BIRTH: a repeated CONFIRM retries, else it times out.
+            tracing::error!(session = %SessionId(id), "inserting the map entry: {err}");
+            return bump(&mut self.counters.handshakes, "datapath_error");
+        }
+        if let Some(e) = self.sessions.get_mut(&id) {
+            e.local = local;
+        }
+        self.drive(id, &Event::Confirmed { binding: peer }, Some(local), now_ms);
+        let Some(e) = self.sessions.get(&id) else {
+            return;
+        };
+        if e.session.state == State::Attached {
+            bump(&mut self.counters.handshakes, "established");
+            self.send_established(id, local, peer);
+        } else {
+            // BIRTH timed out on this very tick: undo the insert.
+            let _ = self.dp.remove_session(id);
+        }
+    }
+
+    fn send_established(&mut self, id: u64, local: SocketAddr, peer: SocketAddr) {
+        let ctr = self.next_ctr();
+        let e = &self.sessions[&id];
+        let msg = proto::Established::build(&e.mac, id, ctr, &e.transcript);
+        self.send(local, peer, msg);
+    }
+
+    pub fn on_link_frame(&mut self, data: &[u8], now_ms: u64) {
+        match self.link.receive(data) {
+            Ok(Some(super::link::LinkEvent::InstallAcked(id))) => self.on_install_acked(id, now_ms),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!("link frame refused: {e}");
+                bump(&mut self.counters.malformed, "link");
+            }
+        }
+    }
+}

@@ -1,0 +1,600 @@
+//! Session control messages (reattach, keepalive, close), all authenticated with
+//! HMAC-SHA256 under the session's `k_reattach`.
+//!
+//! Decoding and verification are separate steps because the receiver only learns
+//! which key to use from the session id in the message, and because the state machine
+//! wants to see an unauthenticated REATTACH_REQUEST too (to count bad proofs per
+//! source). The MAC is checked over the bytes as received, never a re-encoding.
+
+use jvpn_common::wire::{HEADER_LEN, WireHeader, msg_type};
+use ring::hmac;
+
+use super::{
+    Hint, ProtoError, TransportKind,
+    fields::{HINT_LEN, arr, control_header, u64_at},
+};
+use crate::session::{Detail, Reason};
+
+pub const MAC_LEN: usize = 32;
+/// Longest transport label in a REATTACH_REQUEST.
+pub const MAX_LABEL: usize = 32;
+/// The reattach protocol version this implementation speaks.
+pub const PROTO_VER: u8 = 1;
+
+/// Fixed part of a REATTACH_REQUEST before the label: ts, nonce, proto_ver, kind, label_len.
+const REQ_FIXED: usize = 8 + 16 + 1 + 1 + 1;
+pub const REATTACH_REQUEST_MIN_LEN: usize = HEADER_LEN + REQ_FIXED + MAC_LEN;
+pub const REATTACH_REQUEST_MAX_LEN: usize = REATTACH_REQUEST_MIN_LEN + MAX_LABEL;
+pub const REATTACH_CHALLENGE_LEN: usize = HEADER_LEN + 16 + MAC_LEN;
+pub const REATTACH_CONFIRM_LEN: usize = HEADER_LEN + 16 + MAC_LEN;
+pub const REATTACH_ACK_LEN: usize = HEADER_LEN + 4 + HINT_LEN + MAC_LEN;
+pub const REATTACH_DENIED_LEN: usize = HEADER_LEN + 2 + MAC_LEN;
+pub const KEEPALIVE_LEN: usize = HEADER_LEN + 8 + MAC_LEN;
+pub const KEEPALIVE_ACK_LEN: usize = HEADER_LEN + 8 + MAC_LEN;
+pub const CLOSE_LEN: usize = HEADER_LEN + 2 + MAC_LEN;
+
+const MAX_LEN: usize = REATTACH_REQUEST_MAX_LEN;
+
+// Anti-amplification: replies sent before the peer's address is validated are no
+// larger than the requests that trigger them.
+const _: () = assert!(REATTACH_CHALLENGE_LEN <= REATTACH_REQUEST_MIN_LEN);
+const _: () = assert!(REATTACH_DENIED_LEN <= REATTACH_REQUEST_MIN_LEN);
+const _: () = assert!(KEEPALIVE_ACK_LEN <= KEEPALIVE_LEN);
+
+/// The body of a REATTACH_REQUEST.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReattachRequest {
+    pub ts_ms: u64,
+    pub nonce: [u8; 16],
+    pub proto_ver: u8,
+    pub kind: TransportKind,
+    /// Free-form transport label (e.g. an interface name), at most [`MAX_LABEL`] bytes.
+    pub label: Vec<u8>,
+}
+
+impl ReattachRequest {
+    /// A request in this implementation's protocol version; the label must fit.
+    pub fn new(
+        ts_ms: u64,
+        nonce: [u8; 16],
+        kind: TransportKind,
+        label: &[u8],
+    ) -> Result<Self, ProtoError> {
+        if label.len() > MAX_LABEL {
+            return Err(ProtoError::BadLabel("longer than 32 bytes"));
+        }
+        Ok(ReattachRequest {
+            ts_ms,
+            nonce,
+            proto_ver: PROTO_VER,
+            kind,
+            label: label.to_vec(),
+        })
+    }
+}
+
+/// What a control message says, after the header and before the MAC.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Body {
+    ReattachRequest(ReattachRequest),
+    ReattachChallenge {
+        challenge: [u8; 16],
+    },
+    ReattachConfirm {
+        challenge: [u8; 16],
+    },
+    ReattachAck {
+        generation: u32,
+        hint: Hint,
+    },
+    /// `reason` is a [`Detail`] code (kept raw: unknown codes are still well-formed).
+    ReattachDenied {
+        reason: u16,
+    },
+    Keepalive {
+        ts_ms: u64,
+    },
+    KeepaliveAck {
+        echo_ts_ms: u64,
+    },
+    /// `reason` is a [`Reason`] code.
+    Close {
+        reason: u16,
+    },
+}
+
+impl Body {
+    pub fn denied(detail: Detail) -> Body {
+        Body::ReattachDenied {
+            reason: detail.code(),
+        }
+    }
+
+    pub fn close(reason: Reason) -> Body {
+        Body::Close {
+            reason: reason.code(),
+        }
+    }
+
+    pub fn msg_type(&self) -> u8 {
+        match self {
+            Body::ReattachRequest(_) => msg_type::REATTACH_REQUEST,
+            Body::ReattachChallenge { .. } => msg_type::REATTACH_CHALLENGE,
+            Body::ReattachConfirm { .. } => msg_type::REATTACH_CONFIRM,
+            Body::ReattachAck { .. } => msg_type::REATTACH_ACK,
+            Body::ReattachDenied { .. } => msg_type::REATTACH_DENIED,
+            Body::Keepalive { .. } => msg_type::KEEPALIVE,
+            Body::KeepaliveAck { .. } => msg_type::KEEPALIVE_ACK,
+            Body::Close { .. } => msg_type::CLOSE,
+        }
+    }
+
+    fn encode_fields(&self, out: &mut Vec<u8>) -> Result<(), ProtoError> {
+        match self {
+            Body::ReattachRequest(r) => {
+                let len = u8::try_from(r.label.len())
+                    .ok()
+                    .filter(|&l| usize::from(l) <= MAX_LABEL)
+                    .ok_or(ProtoError::BadLabel("longer than 32 bytes"))?;
+                out.extend_from_slice(&r.ts_ms.to_be_bytes());
+                out.extend_from_slice(&r.nonce);
+                out.extend_from_slice(&[r.proto_ver, r.kind.code(), len]);
+                out.extend_from_slice(&r.label);
+            }
+            Body::ReattachChallenge { challenge } | Body::ReattachConfirm { challenge } => {
+                out.extend_from_slice(challenge)
+            }
+            Body::ReattachAck { generation, hint } => {
+                out.extend_from_slice(&generation.to_be_bytes());
+                out.extend_from_slice(&hint.to_bytes());
+            }
+            Body::ReattachDenied { reason } | Body::Close { reason } => {
+                out.extend_from_slice(&reason.to_be_bytes())
+            }
+            Body::Keepalive { ts_ms: ts } | Body::KeepaliveAck { echo_ts_ms: ts } => {
+                out.extend_from_slice(&ts.to_be_bytes())
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Label, and exact length (`None`: REATTACH_REQUEST, variable) of each control type.
+fn spec(ty: u8) -> Option<(&'static [u8], &'static str, Option<usize>)> {
+    Some(match ty {
+        msg_type::REATTACH_REQUEST => (&b"jvpn-reattach-v1"[..], "REATTACH_REQUEST", None),
+        msg_type::REATTACH_CHALLENGE => (
+            &b"jvpn-reattach-challenge-v1"[..],
+            "REATTACH_CHALLENGE",
+            Some(REATTACH_CHALLENGE_LEN),
+        ),
+        msg_type::REATTACH_CONFIRM => (
+            &b"jvpn-reattach-confirm-v1"[..],
+            "REATTACH_CONFIRM",
+            Some(REATTACH_CONFIRM_LEN),
+        ),
+        msg_type::REATTACH_ACK => (
+            &b"jvpn-reattach-ack-v1"[..],
+            "REATTACH_ACK",
+            Some(REATTACH_ACK_LEN),
+        ),
+        msg_type::REATTACH_DENIED => (
+            &b"jvpn-reattach-denied-v1"[..],
+            "REATTACH_DENIED",
+            Some(REATTACH_DENIED_LEN),
+        ),
+        msg_type::KEEPALIVE => (&b"jvpn-keepalive-v1"[..], "KEEPALIVE", Some(KEEPALIVE_LEN)),
+        msg_type::KEEPALIVE_ACK => (
+            &b"jvpn-keepalive-ack-v1"[..],
+            "KEEPALIVE_ACK",
+            Some(KEEPALIVE_ACK_LEN),
+        ),
+        msg_type::CLOSE => (&b"jvpn-close-v1"[..], "CLOSE", Some(CLOSE_LEN)),
+        _ => return None,
+    })
+}
+
+fn compute_mac(key: &hmac::Key, label: &[u8], covered: &[u8]) -> hmac::Tag {
+    let mut ctx = hmac::Context::with_key(key);
+    ctx.update(label);
+    ctx.update(covered);
+    ctx.sign()
+}
+
+/// A control message: header fields plus body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Control {
+    pub session_id: u64,
+    /// The sender's control counter (for REATTACH_REQUEST: the reattach sequence).
+    pub ctr: u64,
+    pub body: Body,
+}
+
+impl Control {
+    /// Encodes and MACs the message with `mac_key` ([`super::SessionKeys::mac_key`]).
+    /// Fails only for a label longer than [`MAX_LABEL`] or session id 0.
+    pub fn encode(&self, mac_key: &hmac::Key) -> Result<Vec<u8>, ProtoError> {
+        if self.session_id == 0 {
+            return Err(ProtoError::Malformed("control messages need a session id"));
+        }
+        let ty = self.body.msg_type();
+        let (label, _, _) = spec(ty).expect("every Body has a spec");
+        let mut out = Vec::with_capacity(MAX_LEN);
+        out.extend_from_slice(&WireHeader::new(ty, self.session_id, self.ctr).to_bytes());
+        self.body.encode_fields(&mut out)?;
+        let tag = compute_mac(mac_key, label, &out);
+        out.extend_from_slice(tag.as_ref());
+        Ok(out)
+    }
+}
+
+/// A well-formed control message whose MAC has not been checked.
+#[derive(Clone, Debug)]
+pub struct Unverified {
+    msg: Control,
+    raw: [u8; MAX_LEN],
+    len: usize,
+}
+
+impl Unverified {
+    /// Parses a control message strictly (exact lengths, known kind and version).
+    pub fn decode(bytes: &[u8]) -> Result<Unverified, ProtoError> {
+        if bytes.len() < HEADER_LEN {
+            return Err(ProtoError::Truncated {
+                need: HEADER_LEN,
+                got: bytes.len(),
+            });
+        }
+        let ty = bytes[1];
+        let Some((_, name, fixed_len)) = spec(ty) else {
+            return Err(ProtoError::WrongType {
+                expected: "a session control message",
+                got: ty,
+            });
+        };
+        let h = control_header(bytes, ty, name)?;
+        let f = &bytes[HEADER_LEN..];
+        let body = match fixed_len {
+            Some(len) if bytes.len() != len => {
+                return Err(ProtoError::BadLength {
+                    expected: len,
+                    got: bytes.len(),
+                });
+            }
+            Some(_) => match ty {
+                msg_type::REATTACH_CHALLENGE => Body::ReattachChallenge {
+                    challenge: arr(f, 0),
+                },
+                msg_type::REATTACH_CONFIRM => Body::ReattachConfirm {
+                    challenge: arr(f, 0),
+                },
+                msg_type::REATTACH_ACK => Body::ReattachAck {
+                    generation: u32::from_be_bytes(arr(f, 0)),
+                    hint: Hint::from_bytes(&arr(f, 4)),
+                },
+                msg_type::REATTACH_DENIED => Body::ReattachDenied {
+                    reason: u16::from_be_bytes(arr(f, 0)),
+                },
+                msg_type::KEEPALIVE => Body::Keepalive {
+                    ts_ms: u64_at(f, 0),
+                },
+                msg_type::KEEPALIVE_ACK => Body::KeepaliveAck {
+                    echo_ts_ms: u64_at(f, 0),
+                },
+                _ => Body::Close {
+                    reason: u16::from_be_bytes(arr(f, 0)),
+                },
+            },
+            None => Body::ReattachRequest(decode_request(bytes)?),
+        };
+        Ok(Unverified {
+            msg: Control {
+                session_id: h.session_id(),
+                ctr: h.counter(),
+                body,
+            },
+            raw: {
+                let mut raw = [0u8; MAX_LEN];
+                raw[..bytes.len()].copy_from_slice(bytes);
+                raw
+            },
+            len: bytes.len(),
+        })
+    }
+
+    pub fn session_id(&self) -> u64 {
+        self.msg.session_id
+    }
+
+    /// The message's claims, not yet authenticated.
+    pub fn msg(&self) -> &Control {
+        &self.msg
+    }
+
+    pub fn into_msg(self) -> Control {
+        self.msg
+    }
+
+    /// Checks the MAC (constant time) over the bytes as received.
+    pub fn verify(&self, mac_key: &hmac::Key) -> Result<&Control, ProtoError> {
+        let (label, _, _) = spec(self.msg.body.msg_type()).expect("decoded type has a spec");
+        let (covered, mac) = self.raw[..self.len].split_at(self.len - MAC_LEN);
+        let msg = [label, covered].concat();
+        hmac::verify(mac_key, &msg, mac).map_err(|_| ProtoError::BadMac)?;
+        Ok(&self.msg)
+    }
+}
+
+fn decode_request(bytes: &[u8]) -> Result<ReattachRequest, ProtoError> {
+    if bytes.len() < REATTACH_REQUEST_MIN_LEN {
+        return Err(ProtoError::Truncated {
+            need: REATTACH_REQUEST_MIN_LEN,
+            got: bytes.len(),
+        });
+    }
+    let f = &bytes[HEADER_LEN..];
+    let label_len = usize::from(f[26]);
+    if label_len > MAX_LABEL {
+        return Err(ProtoError::BadLabel("label_len above 32"));
+    }
+    if bytes.len() != REATTACH_REQUEST_MIN_LEN + label_len {
+        return Err(ProtoError::BadLabel(
+            "label_len disagrees with the message length",
+        ));
+    }
+    let proto_ver = f[24];
+    if proto_ver != PROTO_VER {
+        return Err(ProtoError::Malformed(
+            "unsupported reattach protocol version",
+        ));
+    }
+    let kind =
+        TransportKind::from_code(f[25]).ok_or(ProtoError::Malformed("unknown transport kind"))?;
+    Ok(ReattachRequest {
+        ts_ms: u64_at(f, 0),
+        nonce: arr(f, 8),
+        proto_ver,
+        kind,
+        label: f[REQ_FIXED..REQ_FIXED + label_len].to_vec(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{
+        SessionKeys, fuzz,
+        handshake::{ClientHandshake, Hello, welcome},
+    };
+
+    const SID: u64 = 0x1234_5678_9abc_def0;
+
+    fn key() -> hmac::Key {
+        SessionKeys::derive(&[1; 32], &[2; 32]).mac_key()
+    }
+
+    fn samples() -> Vec<Control> {
+        let hint = Hint {
+            recovery_window_ms: 1,
+            keepalive_interval_ms: 2,
+            transport_loss_ttl_ms: 3,
+            session_ttl_s: 4,
+        };
+        let bodies = vec![
+            Body::ReattachRequest(
+                ReattachRequest::new(1_700_000_000_123, [9; 16], TransportKind::Cellular, b"")
+                    .unwrap(),
+            ),
+            Body::ReattachRequest(
+                ReattachRequest::new(5, [8; 16], TransportKind::Wifi, b"wlan0").unwrap(),
+            ),
+            Body::ReattachRequest(
+                ReattachRequest::new(u64::MAX, [7; 16], TransportKind::Ethernet, &[b'x'; 32])
+                    .unwrap(),
+            ),
+            Body::ReattachChallenge { challenge: [3; 16] },
+            Body::ReattachConfirm { challenge: [3; 16] },
+            Body::ReattachAck {
+                generation: 7,
+                hint,
+            },
+            Body::denied(Detail::RateLimited),
+            Body::Keepalive { ts_ms: 42 },
+            Body::KeepaliveAck { echo_ts_ms: 42 },
+            Body::close(Reason::Operator),
+        ];
+        bodies
+            .into_iter()
+            .enumerate()
+            .map(|(i, body)| Control {
+                session_id: SID,
+                ctr: 100 + i as u64,
+                body,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn round_trips_and_sizes() {
+        let k = key();
+        for m in samples() {
+            let b = m.encode(&k).unwrap();
+            let expected = match &m.body {
+                Body::ReattachRequest(r) => 79 + r.label.len(),
+                Body::ReattachChallenge { .. } | Body::ReattachConfirm { .. } => 68,
+                Body::ReattachAck { .. } => 72,
+                Body::ReattachDenied { .. } | Body::Close { .. } => 54,
+                Body::Keepalive { .. } | Body::KeepaliveAck { .. } => 60,
+            };
+            assert_eq!(b.len(), expected, "{m:?}");
+            let u = Unverified::decode(&b).unwrap();
+            assert_eq!(u.session_id(), SID);
+            assert_eq!(u.msg(), &m);
+            assert_eq!(u.verify(&k).unwrap(), &m);
+            assert_eq!(u.into_msg(), m);
+        }
+        assert_eq!(REATTACH_REQUEST_MIN_LEN, 79);
+        assert_eq!(REATTACH_REQUEST_MAX_LEN, 111);
+    }
+
+    #[test]
+    fn reason_codes_round_trip() {
+        let k = key();
+        for d in Detail::ALL {
+            let m = Control {
+                session_id: SID,
+                ctr: 1,
+                body: Body::denied(d),
+            };
+            let u = Unverified::decode(&m.encode(&k).unwrap()).unwrap();
+            let Body::ReattachDenied { reason } = u.verify(&k).unwrap().body else {
+                panic!()
+            };
+            assert_eq!(Detail::from_code(reason), Some(d));
+        }
+        let Body::Close { reason } = Body::close(Reason::SessionTtlExpired) else {
+            panic!()
+        };
+        assert_eq!(Reason::from_code(reason), Some(Reason::SessionTtlExpired));
+    }
+
+    #[test]
+    fn wrong_key_fails_and_encode_refuses() {
+        let other = SessionKeys::derive(&[1; 32], &[3; 32]).mac_key();
+        for m in samples() {
+            let b = m.encode(&key()).unwrap();
+            let u = Unverified::decode(&b).unwrap();
+            assert!(matches!(u.verify(&other), Err(ProtoError::BadMac)));
+        }
+        let mut long = ReattachRequest::new(1, [0; 16], TransportKind::Other, b"").unwrap();
+        long.label = vec![b'y'; 33];
+        assert!(ReattachRequest::new(1, [0; 16], TransportKind::Other, &[0; 33]).is_err());
+        let m = Control {
+            session_id: SID,
+            ctr: 1,
+            body: Body::ReattachRequest(long),
+        };
+        assert!(matches!(m.encode(&key()), Err(ProtoError::BadLabel(_))));
+        let m = Control {
+            session_id: 0,
+            ctr: 1,
+            body: Body::Keepalive { ts_ms: 1 },
+        };
+        assert!(m.encode(&key()).is_err());
+    }
+
+    #[test]
+    fn malformed_requests() {
+        let k = key();
+        let m = &samples()[1]; // label "wlan0"
+        let b = m.encode(&k).unwrap();
+        let at_len = HEADER_LEN + 26;
+        let mut x = b.clone();
+        x[at_len] = 33;
+        assert!(matches!(
+            Unverified::decode(&x),
+            Err(ProtoError::BadLabel(_))
+        ));
+        x[at_len] = 4;
+        assert!(matches!(
+            Unverified::decode(&x),
+            Err(ProtoError::BadLabel(_))
+        ));
+        let mut x = b.clone();
+        x[HEADER_LEN + 24] = 2;
+        assert!(matches!(
+            Unverified::decode(&x),
+            Err(ProtoError::Malformed(_))
+        ));
+        let mut x = b.clone();
+        x[HEADER_LEN + 25] = 4;
+        assert!(matches!(
+            Unverified::decode(&x),
+            Err(ProtoError::Malformed(_))
+        ));
+        let mut x = b.clone();
+        x[2] = 1;
+        assert!(matches!(
+            Unverified::decode(&x),
+            Err(ProtoError::Malformed(_))
+        ));
+        // Handshake and data types are not session control messages.
+        for t in [msg_type::DATA, msg_type::HELLO, msg_type::CONFIRM] {
+            let mut x = b.clone();
+            x[1] = t;
+            assert!(Unverified::decode(&x).is_err());
+        }
+        let mut x = b.clone();
+        x.push(0);
+        assert!(Unverified::decode(&x).is_err());
+    }
+
+    #[test]
+    fn fuzz_every_control_message() {
+        let k = key();
+        for m in samples() {
+            let b = m.encode(&k).unwrap();
+            fuzz::authenticated(&b, |x| {
+                Unverified::decode(x)
+                    .and_then(|u| u.verify(&k).map(|_| ()))
+                    .is_ok()
+            });
+        }
+    }
+
+    /// Anti-amplification (DESIGN §3): until the peer's address is validated, no reply
+    /// is larger than the request that caused it. REATTACH_ACK (72) follows the
+    /// REATTACH_CONFIRM (68) that validated the candidate address, so it is exempt.
+    #[test]
+    fn pre_validation_replies_not_larger_than_requests() {
+        use ring::{rand::SystemRandom, signature::KeyPair as _};
+        let rng = SystemRandom::new();
+        let (gw, cl) = (
+            crate::proto::handshake::tests::keypair(),
+            crate::proto::handshake::tests::keypair(),
+        );
+        let gw_pub: [u8; 32] = gw.public_key().as_ref().try_into().unwrap();
+        let (_, hello) = ClientHandshake::start(&cl, &gw_pub, 1, &rng).unwrap();
+        let v = Hello::decode(&hello)
+            .unwrap()
+            .verify_signature(&gw_pub)
+            .unwrap();
+        let w = welcome(
+            &gw,
+            &v,
+            9,
+            1,
+            "fd00::1".parse().unwrap(),
+            Hint::default(),
+            1,
+            &rng,
+        )
+        .unwrap();
+        assert!(w.welcome.len() < hello.len());
+        let t = w.transcript;
+        let mk = w.keys.mac_key();
+        let confirm = crate::proto::Confirm::build(&mk, 9, 2, &t);
+        let established = crate::proto::Established::build(&mk, 9, 2, &t);
+        assert!(established.len() <= confirm.len());
+
+        let k = key();
+        let len = |body: Body| {
+            Control {
+                session_id: SID,
+                ctr: 1,
+                body,
+            }
+            .encode(&k)
+            .unwrap()
+            .len()
+        };
+        let smallest_request = len(Body::ReattachRequest(
+            ReattachRequest::new(1, [0; 16], TransportKind::Other, b"").unwrap(),
+        ));
+        assert_eq!(smallest_request, REATTACH_REQUEST_MIN_LEN);
+        assert!(len(Body::ReattachChallenge { challenge: [0; 16] }) <= smallest_request);
+        assert!(len(Body::denied(Detail::ProofInvalid)) <= smallest_request);
+        assert!(len(Body::KeepaliveAck { echo_ts_ms: 1 }) <= len(Body::Keepalive { ts_ms: 1 }));
+        assert!(len(Body::close(Reason::Closed)) <= smallest_request);
+    }
+}

@@ -1,0 +1,463 @@
+//! The exit node for real: a TUN device, UDP sockets and the protocol's crypto in a
+//! fresh namespace pair (gateway side ⇄ veth ⇄ exit). The test plays the gateway with
+//! the proto library: INSTALL over the link and its ACK, DATA carrying an inner UDP
+//! packet to a socket on the exit's tunnel address, the reply sealed back to the
+//! return endpoint; then replayed, forged, spoofed and post-REVOKE DATA and a
+//! wrong-key link frame, each dropped and counted.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket},
+    sync::{Arc, mpsc},
+    thread,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
+use jvpn_ctl::{
+    exit::{Config, Counters, CountersSnapshot, Exit},
+    proto::{
+        data::{self, DataKey},
+        link::{Dir, LinkCrypto, LinkMsg},
+    },
+};
+use jvpn_tests::{
+    netns::{Netns, veth},
+    require_root, unique,
+};
+
+const LINK_KEY: [u8; 32] = [0x4b; 32];
+const SID: u64 = 0x0e11_7a11_2233_4455;
+const C2X: [u8; 32] = [0xc2; 32];
+const X2C: [u8; 32] = [0x2c; 32];
+
+const GW: Ipv4Addr = Ipv4Addr::new(10, 77, 9, 1);
+const EXIT: Ipv4Addr = Ipv4Addr::new(10, 77, 9, 2);
+const EXIT_TUN: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
+const CLIENT_TUN: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 2);
+const DATA_PORT: u16 = 51821;
+const LINK_PORT: u16 = 51822;
+const RET_PORT: u16 = 51820;
+const ECHO_PORT: u16 = 7000;
+const CLIENT_PORT: u16 = 40000;
+const QUIET: Duration = Duration::from_millis(300);
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
+}
+
+/// Gateway-side namespace, exit namespace and the veth between them.
+fn lab() -> (Netns, Arc<Netns>) {
+    let gw = Netns::new(unique("jxg")).unwrap();
+    let exit = Arc::new(Netns::new(unique("jxx")).unwrap());
+    let (a, b) = (unique("xg"), unique("xx"));
+    veth(&gw, &a, &exit, &b).unwrap();
+    gw.ip(&["addr", "add", &format!("{GW}/24"), "dev", &a])
+        .unwrap();
+    exit.ip(&["addr", "add", &format!("{EXIT}/24"), "dev", &b])
+        .unwrap();
+    (gw, exit)
+}
+
+/// The exit, in-process on its own runtime inside the exit namespace; stopped and
+/// joined on drop (its TUN device goes with it).
+struct RunningExit {
+    counters: Arc<Counters>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<thread::JoinHandle<Result<CountersSnapshot, String>>>,
+}
+
+impl RunningExit {
+    fn start(ns: Arc<Netns>, config: Config) -> Self {
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = thread::spawn(move || {
+            ns.run(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                rt.block_on(async move {
+                    let exit = match Exit::bind(config).await {
+                        Ok(e) => e,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e.to_string()));
+                            return Err(e.to_string());
+                        }
+                    };
+                    let _ = ready_tx.send(Ok(exit.counters()));
+                    exit.run(async {
+                        let _ = stop_rx.await;
+                    })
+                    .await
+                    .map_err(|e| e.to_string())
+                })
+            })
+        });
+        let counters = ready_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("exit did not start in time")
+            .unwrap_or_else(|e| panic!("exit failed to start: {e}"));
+        RunningExit {
+            counters,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    fn stop(&mut self) -> Result<CountersSnapshot, String> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.thread.take() {
+            Some(t) => t.join().map_err(|_| "exit thread panicked".to_string())?,
+            None => Err("already stopped".into()),
+        }
+    }
+
+    fn counters(&self) -> CountersSnapshot {
+        self.counters.snapshot()
+    }
+
+    /// Waits until `pred` holds for the counters (packets are handled asynchronously).
+    fn wait_for(&self, what: &str, pred: impl Fn(&CountersSnapshot) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !pred(&self.counters()) {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {}",
+                self.counters()
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for RunningExit {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+fn bind(ns: &Netns, addr: SocketAddr) -> UdpSocket {
+    ns.run(|| {
+        let s = UdpSocket::bind(addr).unwrap();
+        s.set_read_timeout(Some(QUIET)).unwrap();
+        s
+    })
+}
+
+/// An inner IPv4/UDP packet, built (checksums included) by etherparse.
+fn udp_packet(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ipv4(src.0.octets(), dst.0.octets(), 64)
+        .udp(src.1, dst.1)
+        .write(&mut out, payload)
+        .unwrap();
+    out
+}
+
+/// (source, destination, payload) of an inner IPv4/UDP packet.
+fn parse_udp(pkt: &[u8]) -> Option<(SocketAddr, SocketAddr, Vec<u8>)> {
+    let sliced = SlicedPacket::from_ip(pkt).ok()?;
+    let (Some(NetSlice::Ipv4(ip)), Some(TransportSlice::Udp(udp))) = (sliced.net, sliced.transport)
+    else {
+        return None;
+    };
+    let h = ip.header();
+    Some((
+        SocketAddr::new(IpAddr::V4(h.source_addr()), udp.source_port()),
+        SocketAddr::new(IpAddr::V4(h.destination_addr()), udp.destination_port()),
+        udp.payload().to_vec(),
+    ))
+}
+
+fn seal_data(counter: u64, inner: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    data::seal(&DataKey::new(&C2X), SID, counter, inner, &mut out);
+    out
+}
+
+/// Sends a link message and returns the exit's answer, if any arrives.
+fn link_call(sock: &UdpSocket, link: &mut LinkCrypto, msg: &LinkMsg) -> Option<LinkMsg> {
+    sock.send_to(&link.seal(msg), SocketAddr::from((EXIT, LINK_PORT)))
+        .unwrap();
+    let mut buf = [0u8; 2048];
+    let n = sock.recv(&mut buf).ok()?;
+    Some(link.open(&buf[..n]).expect("an authentic ACK"))
+}
+
+fn recv_payload(sock: &UdpSocket) -> Option<(SocketAddr, Vec<u8>)> {
+    let mut buf = [0u8; 2048];
+    sock.recv_from(&mut buf)
+        .ok()
+        .map(|(n, from)| (from, buf[..n].to_vec()))
+}
+
+/// Waits for return DATA at the gateway's return socket and opens it with k_x2c;
+/// returns (counter, inner source, inner destination, payload) of the first UDP one.
+fn recv_return(sock: &UdpSocket) -> Option<(u64, SocketAddr, SocketAddr, Vec<u8>)> {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let key = DataKey::new(&X2C);
+    let mut buf = [0u8; 2048];
+    while Instant::now() < deadline {
+        let Ok((n, from)) = sock.recv_from(&mut buf) else {
+            continue;
+        };
+        assert_eq!(
+            from,
+            SocketAddr::from((EXIT, DATA_PORT)),
+            "return DATA source"
+        );
+        let (sid, ctr, plain) = data::open(&key, &mut buf[..n]).expect("sealed with k_x2c");
+        assert_eq!(sid, SID);
+        if let Some((src, dst, payload)) = parse_udp(plain) {
+            return Some((ctr, src, dst, payload));
+        }
+    }
+    None
+}
+
+#[test]
+fn exit_installs_decrypts_returns_and_drops() {
+    require_root!();
+    let (gw, exit_ns) = lab();
+    let config = Config::new(
+        SocketAddr::from((EXIT, DATA_PORT)),
+        SocketAddr::from((EXIT, LINK_PORT)),
+        LINK_KEY,
+        format!("{EXIT_TUN}/24").parse().unwrap(),
+    );
+    let tun_name = config.tun_name.clone();
+    let mut exit = RunningExit::start(exit_ns.clone(), config);
+
+    // The TUN device is up with the exit's tunnel address.
+    let shown = exit_ns
+        .ip(&["-o", "addr", "show", "dev", &tun_name])
+        .unwrap();
+    assert!(shown.contains(&format!("{EXIT_TUN}/24")), "{shown}");
+    let shown = exit_ns
+        .ip(&["-o", "link", "show", "dev", &tun_name])
+        .unwrap();
+    assert!(
+        shown.contains("mtu 1400") && shown.contains(",UP"),
+        "{shown}"
+    );
+
+    let link_sock = bind(&gw, SocketAddr::from((GW, 0)));
+    let ret_sock = bind(&gw, SocketAddr::from((GW, RET_PORT)));
+    let echo = bind(&exit_ns, SocketAddr::from((EXIT_TUN, ECHO_PORT)));
+    let mut link = LinkCrypto::new(&LINK_KEY, Dir::GatewayToExit, now_us());
+
+    // INSTALL → ACK.
+    let install = LinkMsg::Install {
+        session_id: SID,
+        tunnel_addr: IpAddr::V4(CLIENT_TUN),
+        c2x: C2X,
+        x2c: X2C,
+        ret: SocketAddr::from((GW, RET_PORT)),
+    };
+    assert_eq!(
+        link_call(&link_sock, &mut link, &install),
+        Some(LinkMsg::Ack {
+            session_id: SID,
+            acked_type: 1
+        })
+    );
+
+    // A link frame under another key is ignored: no ACK, counted, session intact.
+    let mut wrong = LinkCrypto::new(&[0x99; 32], Dir::GatewayToExit, now_us());
+    assert_eq!(
+        link_call(&link_sock, &mut wrong, &LinkMsg::Revoke { session_id: SID }),
+        None
+    );
+    exit.wait_for("link_bad_frames", |c| c.link_bad_frames == 1);
+
+    // DATA in: the inner UDP packet reaches the socket on the exit's tunnel address.
+    let client = (CLIENT_TUN, CLIENT_PORT);
+    let hello = udp_packet(client, (EXIT_TUN, ECHO_PORT), b"hello exit");
+    let first = seal_data(1, &hello);
+    ret_sock
+        .send_to(&first, SocketAddr::from((EXIT, DATA_PORT)))
+        .unwrap();
+    let (from, payload) = recv_payload(&echo).expect("inner packet delivered");
+    assert_eq!(payload, b"hello exit");
+    assert_eq!(from, SocketAddr::from(client));
+
+    // The reply is routed into the TUN device, sealed with k_x2c and sent to `ret`.
+    echo.send_to(b"pong", from).unwrap();
+    let (ctr, src, dst, payload) = recv_return(&ret_sock).expect("return DATA");
+    assert_eq!(ctr, 1, "first exit→client counter");
+    assert_eq!(src, SocketAddr::from((EXIT_TUN, ECHO_PORT)));
+    assert_eq!(dst, SocketAddr::from(client));
+    assert_eq!(payload, b"pong");
+
+    // An exact replay is dropped: counted, not delivered twice.
+    ret_sock
+        .send_to(&first, SocketAddr::from((EXIT, DATA_PORT)))
+        .unwrap();
+    exit.wait_for("data_replay", |c| c.data_replay == 1);
+    assert!(recv_payload(&echo).is_none(), "replay delivered");
+
+    // A forged tag is dropped and does not move the replay window.
+    let mut forged = seal_data(2, &udp_packet(client, (EXIT_TUN, ECHO_PORT), b"forged"));
+    *forged.last_mut().unwrap() ^= 0x01;
+    ret_sock
+        .send_to(&forged, SocketAddr::from((EXIT, DATA_PORT)))
+        .unwrap();
+    exit.wait_for("data_bad_tag", |c| c.data_bad_tag == 1);
+    assert!(recv_payload(&echo).is_none(), "forged packet delivered");
+
+    // A spoofed inner source is dropped.
+    let spoofed = udp_packet(
+        (Ipv4Addr::new(10, 99, 0, 7), CLIENT_PORT),
+        (EXIT_TUN, ECHO_PORT),
+        b"spoofed",
+    );
+    ret_sock
+        .send_to(&seal_data(3, &spoofed), SocketAddr::from((EXIT, DATA_PORT)))
+        .unwrap();
+    exit.wait_for("data_spoofed", |c| c.data_spoofed == 1);
+    assert!(recv_payload(&echo).is_none(), "spoofed packet delivered");
+
+    // Counter 2 (the forged one's) is still acceptable.
+    let second = udp_packet(client, (EXIT_TUN, ECHO_PORT), b"second");
+    ret_sock
+        .send_to(&seal_data(2, &second), SocketAddr::from((EXIT, DATA_PORT)))
+        .unwrap();
+    assert_eq!(recv_payload(&echo).expect("counter 2").1, b"second");
+
+    // REVOKE → ACK; the session is gone both ways.
+    assert_eq!(
+        link_call(&link_sock, &mut link, &LinkMsg::Revoke { session_id: SID }),
+        Some(LinkMsg::Ack {
+            session_id: SID,
+            acked_type: 2
+        })
+    );
+    let late = udp_packet(client, (EXIT_TUN, ECHO_PORT), b"late");
+    ret_sock
+        .send_to(&seal_data(4, &late), SocketAddr::from((EXIT, DATA_PORT)))
+        .unwrap();
+    exit.wait_for("data_unknown_session", |c| c.data_unknown_session == 1);
+    assert!(recv_payload(&echo).is_none(), "DATA after REVOKE delivered");
+    let before = exit.counters().tun_no_session;
+    echo.send_to(b"after revoke", from).unwrap();
+    exit.wait_for("tun_no_session", |c| c.tun_no_session > before);
+    assert!(recv_return(&ret_sock).is_none(), "return DATA after REVOKE");
+
+    let c = exit.stop().expect("exit ran cleanly");
+    assert_eq!(
+        (
+            c.link_installs,
+            c.link_revokes,
+            c.link_acks_sent,
+            c.link_bad_frames
+        ),
+        (1, 1, 2, 1),
+        "{c}"
+    );
+    assert_eq!((c.data_in, c.data_out), (2, 1), "{c}");
+    assert_eq!(
+        (
+            c.data_replay,
+            c.data_bad_tag,
+            c.data_spoofed,
+            c.data_unknown_session
+        ),
+        (1, 1, 1, 1),
+        "{c}"
+    );
+    assert_eq!(
+        (c.data_malformed, c.data_bad_inner, c.tun_write_errors),
+        (0, 0, 0),
+        "{c}"
+    );
+
+    // The TUN device went away with the exit.
+    assert!(
+        exit_ns.ip(&["link", "show", "dev", &tun_name]).is_err(),
+        "TUN device left behind"
+    );
+}
+
+#[test]
+fn exit_refuses_a_tunnel_address_in_use_and_bad_config() {
+    require_root!();
+    let (gw, exit_ns) = lab();
+    let mut config = Config::new(
+        SocketAddr::from((EXIT, DATA_PORT)),
+        SocketAddr::from((EXIT, LINK_PORT)),
+        LINK_KEY,
+        format!("{EXIT_TUN}/24").parse().unwrap(),
+    );
+    config.tun_name = unique("jvx");
+    config.mtu = 1300;
+    let exit = RunningExit::start(exit_ns.clone(), config.clone());
+    let shown = exit_ns
+        .ip(&["-o", "link", "show", "dev", &config.tun_name])
+        .unwrap();
+    assert!(shown.contains("mtu 1300"), "{shown}");
+
+    let link_sock = bind(&gw, SocketAddr::from((GW, 0)));
+    let mut link = LinkCrypto::new(&LINK_KEY, Dir::GatewayToExit, now_us());
+    let install = |sid, addr: Ipv4Addr, c2x| LinkMsg::Install {
+        session_id: sid,
+        tunnel_addr: IpAddr::V4(addr),
+        c2x,
+        x2c: X2C,
+        ret: SocketAddr::from((GW, RET_PORT)),
+    };
+    let ack = |sid| {
+        Some(LinkMsg::Ack {
+            session_id: sid,
+            acked_type: 1,
+        })
+    };
+    assert_eq!(
+        link_call(&link_sock, &mut link, &install(SID, CLIENT_TUN, C2X)),
+        ack(SID)
+    );
+    // A retransmitted INSTALL is acknowledged again.
+    assert_eq!(
+        link_call(&link_sock, &mut link, &install(SID, CLIENT_TUN, C2X)),
+        ack(SID)
+    );
+    // Another session asking for the same tunnel address gets no ACK.
+    assert_eq!(
+        link_call(
+            &link_sock,
+            &mut link,
+            &install(SID + 1, CLIENT_TUN, [1; 32])
+        ),
+        None
+    );
+    // Nor does one outside the pool or on the exit's own address.
+    for addr in [Ipv4Addr::new(10, 98, 0, 2), EXIT_TUN] {
+        assert_eq!(
+            link_call(&link_sock, &mut link, &install(SID + 2, addr, [2; 32])),
+            None
+        );
+    }
+    exit.wait_for("link_refused", |c| c.link_refused == 3);
+    assert_eq!(exit.counters().link_installs, 2);
+
+    // A second exit cannot take the same sockets or device name: a clear error.
+    let err = exit_ns.run(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(Exit::bind(config.clone()))
+            .err()
+            .expect("second exit must fail")
+            .to_string()
+    });
+    assert!(
+        err.contains(&config.tun_name) || err.contains("51821"),
+        "{err}"
+    );
+    drop(exit);
+}
