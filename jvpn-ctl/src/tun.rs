@@ -30,12 +30,14 @@ pub const DEFAULT_MTU: u32 = 1400;
 
 const TUN_PATH: &str = "/dev/net/tun";
 
+/// Each message carries its cause, so none is also a `source` (that would print it
+/// twice in `{:#}` chains).
 #[derive(Debug, thiserror::Error)]
 pub enum TunError {
     #[error("{TUN_PATH} is missing: is the `tun` kernel module loaded? (`modprobe tun`)")]
     DevMissing,
     #[error("opening {TUN_PATH}: {0}")]
-    Open(#[source] io::Error),
+    Open(io::Error),
     #[error("invalid TUN device name {0:?}: 1 to 15 bytes, no '/', ':', whitespace or NUL")]
     BadName(String),
     #[error("{what} {name} needs CAP_NET_ADMIN (run as root or grant the capability)")]
@@ -44,25 +46,20 @@ pub enum TunError {
     Busy(String),
     #[error("a network device named {0} already exists and is not a TUN device")]
     NotTun(String),
-    #[error("creating TUN device {name}: {source}")]
-    Create {
-        name: String,
-        #[source]
-        source: io::Error,
-    },
+    #[error("creating TUN device {name}: {error}")]
+    Create { name: String, error: io::Error },
     #[error("no network device named {0}")]
     NoSuchDevice(String),
-    #[error("{what} {name}: {source}")]
+    #[error("{what} {name}: {error}")]
     Netlink {
         what: &'static str,
         name: String,
-        #[source]
-        source: rtnetlink::Error,
+        error: rtnetlink::Error,
     },
     #[error("Tun::open must be called inside a tokio runtime")]
     NoRuntime,
     #[error("opening a netlink socket: {0}")]
-    NetlinkSocket(#[source] io::Error),
+    NetlinkSocket(io::Error),
     #[error("route {dest}/{prefix_len} via {name}: invalid prefix")]
     BadPrefix {
         name: String,
@@ -140,7 +137,7 @@ impl Tun {
                 Some(libc::EINVAL) if ifindex(name).is_ok() => TunError::NotTun(name.to_owned()),
                 _ => TunError::Create {
                     name: name.to_owned(),
-                    source: e,
+                    error: e,
                 },
             });
         }
@@ -152,7 +149,7 @@ impl Tun {
         let fd =
             unsafe { AsyncFd::register(OwnedFd::from(file)) }.map_err(|e| TunError::Create {
                 name: name.to_owned(),
-                source: e.into_parts().1,
+                error: e.into_parts().1,
             })?;
         Ok(Self {
             fd,
@@ -214,8 +211,8 @@ fn ifindex(name: &str) -> Result<u32, TunError> {
     }
 }
 
-fn netlink_err(what: &'static str, name: &str, source: rtnetlink::Error) -> TunError {
-    if let rtnetlink::Error::NetlinkError(m) = &source
+fn netlink_err(what: &'static str, name: &str, error: rtnetlink::Error) -> TunError {
+    if let rtnetlink::Error::NetlinkError(m) = &error
         && m.raw_code().abs() == libc::EPERM
     {
         return TunError::NeedsCapNetAdmin {
@@ -226,7 +223,7 @@ fn netlink_err(what: &'static str, name: &str, source: rtnetlink::Error) -> TunE
     TunError::Netlink {
         what,
         name: name.to_owned(),
-        source,
+        error,
     }
 }
 

@@ -29,3 +29,6 @@ macro_rules! require_root {
         }
     };
 }
+
+pub mod gwlab;
+pub mod tclient;

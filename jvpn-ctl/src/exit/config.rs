@@ -60,21 +60,22 @@ impl fmt::Debug for Config {
     }
 }
 
+/// Messages include their cause (no `source`, so `{:#}` does not repeat it).
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("reading {path}: {source}")]
+    #[error("reading {}: {error}", path.display())]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("{path}: {message}")]
+    #[error("{}: {message}", path.display())]
     Parse { path: PathBuf, message: String },
     #[error("{key}: missing (set it in the config file or with --{flag})")]
     Missing { key: &'static str, flag: String },
     #[error("{key}: {problem}")]
     Invalid { key: &'static str, problem: String },
     #[error("link_key_file: {0}")]
-    LinkKey(#[source] proto::ProtoError),
+    LinkKey(proto::ProtoError),
 }
 
 fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
@@ -93,9 +94,9 @@ fn need<T>(v: Option<T>, key: &'static str) -> Result<T, ConfigError> {
 
 impl ConfigFile {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.into(),
-            source,
+            error,
         })?;
         Self::parse(&text).map_err(|e| match e {
             ConfigError::Parse { message, .. } => ConfigError::Parse {
@@ -188,7 +189,7 @@ impl Config {
             return Err(invalid(
                 "tun_addr",
                 format!(
-                    "{a}: the prefix is the client pool and needs room for clients (at least a /30 or /126)"
+                    "{a}: the prefix is the client pool and needs room for clients (/30 or wider)"
                 ),
             ));
         }

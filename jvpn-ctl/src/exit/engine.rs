@@ -98,7 +98,10 @@ impl Engine {
             }
             LinkMsg::Ack { session_id, .. } => {
                 bump(&c.link_unexpected);
-                tracing::debug!(%from, session = format_args!("{session_id:#018x}"), "unexpected ACK on the link");
+                tracing::debug!(
+                    %from, session = format_args!("{session_id:#018x}"),
+                    "unexpected ACK on the link"
+                );
                 return None;
             }
         };
@@ -140,7 +143,10 @@ impl Engine {
         };
         if src != s.tunnel_addr {
             bump(&c.data_spoofed);
-            tracing::debug!(session = format_args!("{sid:#018x}"), %src, "spoofed inner source dropped");
+            tracing::debug!(
+                session = format_args!("{sid:#018x}"), %src,
+                "spoofed inner source dropped"
+            );
             return None;
         }
         Some(plain)

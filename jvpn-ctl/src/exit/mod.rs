@@ -38,25 +38,21 @@ use crate::tun::{self, Tun, TunError};
 use counters::bump;
 use engine::Engine;
 
+/// Messages include their cause (no `source`, so `{:#}` does not repeat it).
 #[derive(Debug, thiserror::Error)]
 pub enum ExitError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
     Tun(#[from] TunError),
-    #[error("binding the {what} socket to {addr}: {source}")]
+    #[error("binding the {what} socket to {addr}: {error}")]
     Bind {
         what: &'static str,
         addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("reading TUN device {name}: {source}")]
-    TunRead {
-        name: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("reading TUN device {name}: {error}")]
+    TunRead { name: String, error: std::io::Error },
 }
 
 /// Room for any packet: TUN reads up to the MTU (≤ 65535), UDP datagrams up to 64 KiB.
@@ -74,7 +70,7 @@ pub struct Exit {
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<UdpSocket, ExitError> {
     UdpSocket::bind(addr)
         .await
-        .map_err(|source| ExitError::Bind { what, addr, source })
+        .map_err(|error| ExitError::Bind { what, addr, error })
 }
 
 impl Exit {
@@ -170,9 +166,9 @@ impl Exit {
                             engine.sent(n, res);
                         }
                     }
-                    Err(source) => break Err(ExitError::TunRead {
+                    Err(error) => break Err(ExitError::TunRead {
                         name: config.tun_name.clone(),
-                        source,
+                        error,
                     }),
                 },
             }

@@ -256,7 +256,7 @@ impl Core {
         local: Option<SocketAddr>,
     ) -> Result<(), String> {
         let local = local.ok_or("no gateway address for the new binding")?;
-        let entry = self.map_entry(new, local, generation)?;
+        let entry = self.map_entry(new, local, generation, true)?;
         let got = self
             .dp
             .replace_session(id, &entry)
@@ -275,13 +275,14 @@ impl Core {
         client: SocketAddr,
         local: SocketAddr,
         generation: u32,
+        forwarding: bool,
     ) -> Result<SessionEntry, String> {
         if client.is_ipv4() != local.is_ipv4() {
             return Err(format!("{client} reached the gateway at {local}"));
         }
         Ok(SessionEntry {
             generation,
-            flags: FLAG_FORWARDING,
+            flags: if forwarding { FLAG_FORWARDING } else { 0 },
             client: endpoint(client),
             gw_client: endpoint(local),
             exit: endpoint(self.exit_data),

@@ -73,6 +73,17 @@ impl Core {
                 return bump(&mut self.counters.handshakes, "internal_error");
             }
         };
+        // The relay passes control messages only for sessions in its map, so the BIRTH
+        // session gets an entry now: not forwarding, with the HELLO's source as a
+        // provisional binding, until CONFIRM and the exit's ack turn it on.
+        let provisional = self
+            .map_entry(peer, local, 0, false)
+            .and_then(|entry| self.dp.insert_session(id, &entry).map_err(|e| e.to_string()));
+        if let Err(err) = provisional {
+            self.pool.release(tunnel);
+            tracing::error!("inserting a BIRTH session into the map: {err}");
+            return bump(&mut self.counters.handshakes, "datapath_error");
+        }
         let mac = keys.mac_key();
         self.sessions.insert(
             id,
@@ -155,16 +166,16 @@ impl Core {
         if e.session.state != State::Birth {
             return;
         }
-        let entry = match self.map_entry(peer, local, 1) {
+        let entry = match self.map_entry(peer, local, 1, true) {
             Ok(x) => x,
             Err(err) => {
                 tracing::warn!(session = %SessionId(id), "cannot bind: {err}");
                 return;
             }
         };
-        if let Err(err) = self.dp.insert_session(id, &entry) {
+        if let Err(err) = self.dp.replace_session(id, &entry) {
             // The session stays in BIRTH: a repeated CONFIRM retries, else it times out.
-            tracing::error!(session = %SessionId(id), "inserting the map entry: {err}");
+            tracing::error!(session = %SessionId(id), "enabling the map entry: {err}");
             return bump(&mut self.counters.handshakes, "datapath_error");
         }
         if let Some(e) = self.sessions.get_mut(&id) {
@@ -177,9 +188,6 @@ impl Core {
         if e.session.state == State::Attached {
             bump(&mut self.counters.handshakes, "established");
             self.send_established(id, local, peer);
-        } else {
-            // BIRTH timed out on this very tick: undo the insert.
-            let _ = self.dp.remove_session(id);
         }
     }
 

@@ -17,4 +17,5 @@ mod reattach;
 mod run;
 
 pub use config::{ConfigError, GatewayConfig};
+pub use pool::Pool;
 pub use run::{Clock, GatewayError, run};

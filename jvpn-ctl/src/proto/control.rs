@@ -4,7 +4,11 @@
 //! Decoding and verification are separate steps because the receiver only learns
 //! which key to use from the session id in the message, and because the state machine
 //! wants to see an unauthenticated REATTACH_REQUEST too (to count bad proofs per
-//! source). The MAC is checked over the bytes as received, never a re-encoding.
+//! source). A decoded [`Unverified`] keeps the bytes as received: the MAC is checked
+//! over those, never over a re-encoding.
+//!
+//! Messages are built either from a [`Control`] value or with the one-line builders
+//! (`control::keepalive_ack(..)`, ...), which produce the same bytes.
 
 use jvpn_common::wire::{HEADER_LEN, WireHeader, msg_type};
 use ring::hmac;
@@ -41,7 +45,11 @@ const _: () = assert!(REATTACH_CHALLENGE_LEN <= REATTACH_REQUEST_MIN_LEN);
 const _: () = assert!(REATTACH_DENIED_LEN <= REATTACH_REQUEST_MIN_LEN);
 const _: () = assert!(KEEPALIVE_ACK_LEN <= KEEPALIVE_LEN);
 
-/// The body of a REATTACH_REQUEST.
+// ---------------------------------------------------------------------------------
+// Bodies
+
+/// The body of a REATTACH_REQUEST (sent from the candidate transport; the header
+/// counter is the reattach sequence).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReattachRequest {
     pub ts_ms: u64,
@@ -87,7 +95,7 @@ pub enum Body {
         generation: u32,
         hint: Hint,
     },
-    /// `reason` is a [`Detail`] code (kept raw: unknown codes are still well-formed).
+    /// `reason` is a [`Detail`] code, kept raw: an unknown code is still well-formed.
     ReattachDenied {
         reason: u16,
     },
@@ -97,7 +105,7 @@ pub enum Body {
     KeepaliveAck {
         echo_ts_ms: u64,
     },
-    /// `reason` is a [`Reason`] code.
+    /// `reason` is a [`Reason`] code, kept raw.
     Close {
         reason: u16,
     },
@@ -159,7 +167,7 @@ impl Body {
     }
 }
 
-/// Label, and exact length (`None`: REATTACH_REQUEST, variable) of each control type.
+/// MAC label, name, and exact length (`None`: REATTACH_REQUEST, variable) per type.
 fn spec(ty: u8) -> Option<(&'static [u8], &'static str, Option<usize>)> {
     Some(match ty {
         msg_type::REATTACH_REQUEST => (&b"jvpn-reattach-v1"[..], "REATTACH_REQUEST", None),
@@ -194,12 +202,29 @@ fn spec(ty: u8) -> Option<(&'static [u8], &'static str, Option<usize>)> {
     })
 }
 
+fn label_of(ty: u8) -> &'static [u8] {
+    spec(ty).map(|s| s.0).unwrap_or_default()
+}
+
 fn compute_mac(key: &hmac::Key, label: &[u8], covered: &[u8]) -> hmac::Tag {
     let mut ctx = hmac::Context::with_key(key);
     ctx.update(label);
     ctx.update(covered);
     ctx.sign()
 }
+
+/// header ‖ fields ‖ MAC(label ‖ header ‖ fields).
+fn seal(key: &hmac::Key, ty: u8, session_id: u64, ctr: u64, fields: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + fields.len() + MAC_LEN);
+    out.extend_from_slice(&WireHeader::new(ty, session_id, ctr).to_bytes());
+    out.extend_from_slice(fields);
+    let tag = compute_mac(key, label_of(ty), &out);
+    out.extend_from_slice(tag.as_ref());
+    out
+}
+
+// ---------------------------------------------------------------------------------
+// Building
 
 /// A control message: header fields plus body.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -212,23 +237,122 @@ pub struct Control {
 
 impl Control {
     /// Encodes and MACs the message with `mac_key` ([`super::SessionKeys::mac_key`]).
-    /// Fails only for a label longer than [`MAX_LABEL`] or session id 0.
+    /// Fails only for a label longer than [`MAX_LABEL`].
     pub fn encode(&self, mac_key: &hmac::Key) -> Result<Vec<u8>, ProtoError> {
-        if self.session_id == 0 {
-            return Err(ProtoError::Malformed("control messages need a session id"));
-        }
-        let ty = self.body.msg_type();
-        let (label, _, _) = spec(ty).expect("every Body has a spec");
-        let mut out = Vec::with_capacity(MAX_LEN);
-        out.extend_from_slice(&WireHeader::new(ty, self.session_id, self.ctr).to_bytes());
-        self.body.encode_fields(&mut out)?;
-        let tag = compute_mac(mac_key, label, &out);
-        out.extend_from_slice(tag.as_ref());
-        Ok(out)
+        let mut fields = Vec::with_capacity(MAX_LEN);
+        self.body.encode_fields(&mut fields)?;
+        Ok(seal(
+            mac_key,
+            self.body.msg_type(),
+            self.session_id,
+            self.ctr,
+            &fields,
+        ))
     }
 }
 
-/// A well-formed control message whose MAC has not been checked.
+/// REATTACH_REQUEST (client, from the candidate transport; `ctr` = reattach sequence).
+pub fn reattach_request(
+    mac_key: &hmac::Key,
+    session_id: u64,
+    ctr: u64,
+    req: &ReattachRequest,
+) -> Result<Vec<u8>, ProtoError> {
+    let body = Body::ReattachRequest(req.clone());
+    Control {
+        session_id,
+        ctr,
+        body,
+    }
+    .encode(mac_key)
+}
+
+/// REATTACH_CHALLENGE (gateway → candidate).
+pub fn challenge(mac_key: &hmac::Key, session_id: u64, ctr: u64, challenge: &[u8; 16]) -> Vec<u8> {
+    seal(
+        mac_key,
+        msg_type::REATTACH_CHALLENGE,
+        session_id,
+        ctr,
+        challenge,
+    )
+}
+
+/// REATTACH_CONFIRM (client, from the candidate): echoes the challenge.
+pub fn reattach_confirm(
+    mac_key: &hmac::Key,
+    session_id: u64,
+    ctr: u64,
+    challenge: &[u8; 16],
+) -> Vec<u8> {
+    seal(
+        mac_key,
+        msg_type::REATTACH_CONFIRM,
+        session_id,
+        ctr,
+        challenge,
+    )
+}
+
+/// REATTACH_ACK (gateway → new binding).
+pub fn ack(
+    mac_key: &hmac::Key,
+    session_id: u64,
+    ctr: u64,
+    generation: u32,
+    hint: &Hint,
+) -> Vec<u8> {
+    let fields = [&generation.to_be_bytes()[..], &hint.to_bytes()].concat();
+    seal(mac_key, msg_type::REATTACH_ACK, session_id, ctr, &fields)
+}
+
+/// REATTACH_DENIED (gateway → candidate); `reason` is a [`Detail::code`].
+pub fn denied(mac_key: &hmac::Key, session_id: u64, ctr: u64, reason: u16) -> Vec<u8> {
+    seal(
+        mac_key,
+        msg_type::REATTACH_DENIED,
+        session_id,
+        ctr,
+        &reason.to_be_bytes(),
+    )
+}
+
+pub fn keepalive(mac_key: &hmac::Key, session_id: u64, ctr: u64, ts_ms: u64) -> Vec<u8> {
+    seal(
+        mac_key,
+        msg_type::KEEPALIVE,
+        session_id,
+        ctr,
+        &ts_ms.to_be_bytes(),
+    )
+}
+
+pub fn keepalive_ack(mac_key: &hmac::Key, session_id: u64, ctr: u64, echo_ts_ms: u64) -> Vec<u8> {
+    seal(
+        mac_key,
+        msg_type::KEEPALIVE_ACK,
+        session_id,
+        ctr,
+        &echo_ts_ms.to_be_bytes(),
+    )
+}
+
+/// CLOSE (either side); `reason` is a [`Reason::code`].
+pub fn close(mac_key: &hmac::Key, session_id: u64, ctr: u64, reason: u16) -> Vec<u8> {
+    seal(
+        mac_key,
+        msg_type::CLOSE,
+        session_id,
+        ctr,
+        &reason.to_be_bytes(),
+    )
+}
+
+// ---------------------------------------------------------------------------------
+// Decoding
+
+/// A well-formed control message whose MAC has not been checked yet. It keeps the
+/// bytes as received, which is what [`Unverified::verify`] authenticates.
 #[derive(Clone, Debug)]
 pub struct Unverified {
     msg: Control,
@@ -237,7 +361,8 @@ pub struct Unverified {
 }
 
 impl Unverified {
-    /// Parses a control message strictly (exact lengths, known kind and version).
+    /// Parses any session control message strictly (exact lengths, known kind and
+    /// version, zero flags).
     pub fn decode(bytes: &[u8]) -> Result<Unverified, ProtoError> {
         if bytes.len() < HEADER_LEN {
             return Err(ProtoError::Truncated {
@@ -287,23 +412,26 @@ impl Unverified {
             },
             None => Body::ReattachRequest(decode_request(bytes)?),
         };
+        let mut raw = [0u8; MAX_LEN];
+        raw[..bytes.len()].copy_from_slice(bytes);
         Ok(Unverified {
             msg: Control {
                 session_id: h.session_id(),
                 ctr: h.counter(),
                 body,
             },
-            raw: {
-                let mut raw = [0u8; MAX_LEN];
-                raw[..bytes.len()].copy_from_slice(bytes);
-                raw
-            },
+            raw,
             len: bytes.len(),
         })
     }
 
     pub fn session_id(&self) -> u64 {
         self.msg.session_id
+    }
+
+    /// The header counter (for REATTACH_REQUEST: the reattach sequence).
+    pub fn ctr(&self) -> u64 {
+        self.msg.ctr
     }
 
     /// The message's claims, not yet authenticated.
@@ -315,11 +443,16 @@ impl Unverified {
         self.msg
     }
 
+    /// The message exactly as received.
+    pub fn bytes(&self) -> &[u8] {
+        &self.raw[..self.len]
+    }
+
     /// Checks the MAC (constant time) over the bytes as received.
     pub fn verify(&self, mac_key: &hmac::Key) -> Result<&Control, ProtoError> {
-        let (label, _, _) = spec(self.msg.body.msg_type()).expect("decoded type has a spec");
-        let (covered, mac) = self.raw[..self.len].split_at(self.len - MAC_LEN);
-        let msg = [label, covered].concat();
+        // Decoding guarantees len ≥ header + MAC and a known type.
+        let (covered, mac) = self.bytes().split_at(self.len - MAC_LEN);
+        let msg = [label_of(self.msg.body.msg_type()), covered].concat();
         hmac::verify(mac_key, &msg, mac).map_err(|_| ProtoError::BadMac)?;
         Ok(&self.msg)
     }
@@ -373,13 +506,14 @@ mod tests {
         SessionKeys::derive(&[1; 32], &[2; 32]).mac_key()
     }
 
+    const HINT: Hint = Hint {
+        recovery_window_ms: 1,
+        keepalive_interval_ms: 2,
+        transport_loss_ttl_ms: 3,
+        session_ttl_s: 4,
+    };
+
     fn samples() -> Vec<Control> {
-        let hint = Hint {
-            recovery_window_ms: 1,
-            keepalive_interval_ms: 2,
-            transport_loss_ttl_ms: 3,
-            session_ttl_s: 4,
-        };
         let bodies = vec![
             Body::ReattachRequest(
                 ReattachRequest::new(1_700_000_000_123, [9; 16], TransportKind::Cellular, b"")
@@ -396,7 +530,7 @@ mod tests {
             Body::ReattachConfirm { challenge: [3; 16] },
             Body::ReattachAck {
                 generation: 7,
-                hint,
+                hint: HINT,
             },
             Body::denied(Detail::RateLimited),
             Body::Keepalive { ts_ms: 42 },
@@ -429,6 +563,8 @@ mod tests {
             assert_eq!(b.len(), expected, "{m:?}");
             let u = Unverified::decode(&b).unwrap();
             assert_eq!(u.session_id(), SID);
+            assert_eq!(u.ctr(), m.ctr);
+            assert_eq!(u.bytes(), &b[..]);
             assert_eq!(u.msg(), &m);
             assert_eq!(u.verify(&k).unwrap(), &m);
             assert_eq!(u.into_msg(), m);
@@ -437,57 +573,95 @@ mod tests {
         assert_eq!(REATTACH_REQUEST_MAX_LEN, 111);
     }
 
+    /// The one-line builders produce exactly what the generic encoder does.
+    #[test]
+    fn builders_match_encode() {
+        let k = key();
+        let (sid, ctr) = (SID, 9);
+        let req = ReattachRequest::new(5, [8; 16], TransportKind::Wifi, b"wlan0").unwrap();
+        let enc = |body| {
+            Control {
+                session_id: sid,
+                ctr,
+                body,
+            }
+            .encode(&k)
+            .unwrap()
+        };
+        let c = [3u8; 16];
+        assert_eq!(
+            reattach_request(&k, sid, ctr, &req).unwrap(),
+            enc(Body::ReattachRequest(req.clone()))
+        );
+        assert_eq!(
+            challenge(&k, sid, ctr, &c),
+            enc(Body::ReattachChallenge { challenge: c })
+        );
+        assert_eq!(
+            reattach_confirm(&k, sid, ctr, &c),
+            enc(Body::ReattachConfirm { challenge: c })
+        );
+        assert_eq!(
+            ack(&k, sid, ctr, 7, &HINT),
+            enc(Body::ReattachAck {
+                generation: 7,
+                hint: HINT
+            })
+        );
+        assert_eq!(
+            denied(&k, sid, ctr, 4),
+            enc(Body::ReattachDenied { reason: 4 })
+        );
+        assert_eq!(
+            keepalive(&k, sid, ctr, 1),
+            enc(Body::Keepalive { ts_ms: 1 })
+        );
+        assert_eq!(
+            keepalive_ack(&k, sid, ctr, 1),
+            enc(Body::KeepaliveAck { echo_ts_ms: 1 })
+        );
+        assert_eq!(close(&k, sid, ctr, 2), enc(Body::Close { reason: 2 }));
+    }
+
     #[test]
     fn reason_codes_round_trip() {
         let k = key();
         for d in Detail::ALL {
-            let m = Control {
-                session_id: SID,
-                ctr: 1,
-                body: Body::denied(d),
-            };
-            let u = Unverified::decode(&m.encode(&k).unwrap()).unwrap();
+            let u = Unverified::decode(&denied(&k, SID, 1, d.code())).unwrap();
             let Body::ReattachDenied { reason } = u.verify(&k).unwrap().body else {
-                panic!()
+                panic!("not a REATTACH_DENIED")
             };
             assert_eq!(Detail::from_code(reason), Some(d));
         }
         let Body::Close { reason } = Body::close(Reason::SessionTtlExpired) else {
-            panic!()
+            panic!("not a CLOSE")
         };
         assert_eq!(Reason::from_code(reason), Some(Reason::SessionTtlExpired));
     }
 
     #[test]
-    fn wrong_key_fails_and_encode_refuses() {
+    fn wrong_key_fails_and_encode_refuses_long_labels() {
         let other = SessionKeys::derive(&[1; 32], &[3; 32]).mac_key();
         for m in samples() {
             let b = m.encode(&key()).unwrap();
             let u = Unverified::decode(&b).unwrap();
             assert!(matches!(u.verify(&other), Err(ProtoError::BadMac)));
         }
+        assert!(ReattachRequest::new(1, [0; 16], TransportKind::Other, &[0; 33]).is_err());
         let mut long = ReattachRequest::new(1, [0; 16], TransportKind::Other, b"").unwrap();
         long.label = vec![b'y'; 33];
-        assert!(ReattachRequest::new(1, [0; 16], TransportKind::Other, &[0; 33]).is_err());
-        let m = Control {
-            session_id: SID,
-            ctr: 1,
-            body: Body::ReattachRequest(long),
-        };
-        assert!(matches!(m.encode(&key()), Err(ProtoError::BadLabel(_))));
-        let m = Control {
-            session_id: 0,
-            ctr: 1,
-            body: Body::Keepalive { ts_ms: 1 },
-        };
-        assert!(m.encode(&key()).is_err());
+        assert!(matches!(
+            reattach_request(&key(), SID, 1, &long),
+            Err(ProtoError::BadLabel(_))
+        ));
+        long.label = vec![b'y'; 300];
+        assert!(reattach_request(&key(), SID, 1, &long).is_err());
     }
 
     #[test]
     fn malformed_requests() {
         let k = key();
-        let m = &samples()[1]; // label "wlan0"
-        let b = m.encode(&k).unwrap();
+        let b = samples()[1].encode(&k).unwrap(); // label "wlan0"
         let at_len = HEADER_LEN + 26;
         let mut x = b.clone();
         x[at_len] = 33;
@@ -571,30 +745,17 @@ mod tests {
         )
         .unwrap();
         assert!(w.welcome.len() < hello.len());
-        let t = w.transcript;
         let mk = w.keys.mac_key();
-        let confirm = crate::proto::Confirm::build(&mk, 9, 2, &t);
-        let established = crate::proto::Established::build(&mk, 9, 2, &t);
+        let confirm = crate::proto::Confirm::build(&mk, 9, 2, &w.transcript);
+        let established = crate::proto::Established::build(&mk, 9, 2, &w.transcript);
         assert!(established.len() <= confirm.len());
 
         let k = key();
-        let len = |body: Body| {
-            Control {
-                session_id: SID,
-                ctr: 1,
-                body,
-            }
-            .encode(&k)
-            .unwrap()
-            .len()
-        };
-        let smallest_request = len(Body::ReattachRequest(
-            ReattachRequest::new(1, [0; 16], TransportKind::Other, b"").unwrap(),
-        ));
+        let req = ReattachRequest::new(1, [0; 16], TransportKind::Other, b"").unwrap();
+        let smallest_request = reattach_request(&k, SID, 1, &req).unwrap().len();
         assert_eq!(smallest_request, REATTACH_REQUEST_MIN_LEN);
-        assert!(len(Body::ReattachChallenge { challenge: [0; 16] }) <= smallest_request);
-        assert!(len(Body::denied(Detail::ProofInvalid)) <= smallest_request);
-        assert!(len(Body::KeepaliveAck { echo_ts_ms: 1 }) <= len(Body::Keepalive { ts_ms: 1 }));
-        assert!(len(Body::close(Reason::Closed)) <= smallest_request);
+        assert!(challenge(&k, SID, 1, &[0; 16]).len() <= smallest_request);
+        assert!(denied(&k, SID, 1, 1).len() <= smallest_request);
+        assert!(keepalive_ack(&k, SID, 1, 1).len() <= keepalive(&k, SID, 1, 1).len());
     }
 }

@@ -283,6 +283,32 @@ finish_message!(
     "ESTABLISHED"
 );
 
+/// Gateway: decodes a CONFIRM and checks that it belongs to `session_id` and carries
+/// the right MAC over `transcript`.
+pub fn verify_confirm(
+    mac_key: &hmac::Key,
+    session_id: u64,
+    transcript: &[u8; 32],
+    bytes: &[u8],
+) -> Result<Confirm, ProtoError> {
+    let c = Confirm::decode(bytes)?;
+    if c.session_id != session_id {
+        return Err(ProtoError::Malformed("CONFIRM for another session"));
+    }
+    c.verify(mac_key, transcript)?;
+    Ok(c)
+}
+
+/// Gateway: the ESTABLISHED reply (`ctr`: the gateway's next control counter).
+pub fn established(
+    mac_key: &hmac::Key,
+    session_id: u64,
+    ctr: u64,
+    transcript: &[u8; 32],
+) -> Vec<u8> {
+    Established::build(mac_key, session_id, ctr, transcript)
+}
+
 // ---------------------------------------------------------------------------------
 // Client side
 
@@ -468,10 +494,10 @@ pub(crate) mod tests {
 
         // CONFIRM → gateway, ESTABLISHED → client.
         assert_eq!(s.confirm.len(), CONFIRM_LEN);
-        let c = Confirm::decode(&s.confirm).unwrap();
-        assert_eq!(c.session_id, SID);
-        c.verify(&g.mac_key(), &welcomed.transcript).unwrap();
-        let e = Established::build(&g.mac_key(), SID, 2, &welcomed.transcript);
+        let c = verify_confirm(&g.mac_key(), SID, &welcomed.transcript, &s.confirm).unwrap();
+        assert_eq!((c.session_id, c.ctr), (SID, CONFIRM_CTR));
+        assert!(verify_confirm(&g.mac_key(), SID + 1, &welcomed.transcript, &s.confirm).is_err());
+        let e = established(&g.mac_key(), SID, 2, &welcomed.transcript);
         assert_eq!(e.len(), ESTABLISHED_LEN);
         s.verify_established(&e).unwrap();
         // The CONFIRM is not an ESTABLISHED (labels and type differ).
