@@ -27,6 +27,8 @@ use ring::{rand::SecureRandom as _, signature::Ed25519KeyPair};
 pub const EXIT_DATA: &str = "10.77.9.2:51821";
 pub const EXIT_LINK: &str = "10.77.9.2:51822";
 pub const EXIT_TUN: &str = "10.99.0.1";
+/// The gateway's Prometheus endpoint, inside its namespace.
+pub const METRICS: &str = "10.77.9.1:9851";
 
 /// Path of the `jvpn-ctl` binary next to the test executable.
 pub fn jvpn_ctl_bin() -> PathBuf {
@@ -36,7 +38,11 @@ pub fn jvpn_ctl_bin() -> PathBuf {
         .and_then(Path::parent)
         .expect("target/<profile>/deps")
         .join("jvpn-ctl");
-    assert!(bin.exists(), "{} missing: run `cargo xtask test`", bin.display());
+    assert!(
+        bin.exists(),
+        "{} missing: run `cargo xtask test`",
+        bin.display()
+    );
     bin
 }
 
@@ -73,7 +79,11 @@ impl GwLab {
         let mut link_key = [0u8; 32];
         ring::rand::SystemRandom::new().fill(&mut link_key).unwrap();
         fs::write(dir.join("link.key"), hex::encode(link_key)).unwrap();
-        fs::set_permissions(dir.join("link.key"), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        fs::set_permissions(
+            dir.join("link.key"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
         let socket = dir.join("jvpn.sock");
         fs::write(
             dir.join("exit.toml"),
@@ -93,6 +103,7 @@ event_log = "{d}/events.jsonl"
 control_socket = "{s}"
 pin_dir = "{p}"
 max_sessions = 1024
+metrics = "{METRICS}"
 [exit]
 data = "{EXIT_DATA}"
 link = "{EXIT_LINK}"
@@ -133,11 +144,31 @@ reserved = ["{EXIT_TUN}"]
             lab,
             dir,
         };
-        me.exit = Some(me.spawn(&me.lab.exit.name, "exit", &["exit", "--config"], "exit.toml"));
+        me.exit = Some(me.spawn(
+            &me.lab.exit.name,
+            "exit",
+            &["exit", "--config"],
+            "exit.toml",
+        ));
         // The gateway's key delivery needs the exit's link socket.
-        me.wait_for(|me| me.lab.exit.run(|| std::net::UdpSocket::bind(EXIT_LINK).is_err()), "exit link socket");
-        me.gateway = Some(me.spawn(&me.lab.gw.name, "gateway", &["gateway", "--config"], "gateway.toml"));
-        me.wait_for(|me| Client::connect(&me.socket).is_ok(), "gateway control socket");
+        me.wait_for(
+            |me| {
+                me.lab
+                    .exit
+                    .run(|| std::net::UdpSocket::bind(EXIT_LINK).is_err())
+            },
+            "exit link socket",
+        );
+        me.gateway = Some(me.spawn(
+            &me.lab.gw.name,
+            "gateway",
+            &["gateway", "--config"],
+            "gateway.toml",
+        ));
+        me.wait_for(
+            |me| Client::connect(&me.socket).is_ok(),
+            "gateway control socket",
+        );
         me
     }
 
@@ -168,9 +199,15 @@ reserved = ["{EXIT_TUN}"]
                 }
             }
             if let Some((name, status)) = died {
-                panic!("the {name} exited ({status}) while waiting for the {what}:\n{}", self.log(name));
+                panic!(
+                    "the {name} exited ({status}) while waiting for the {what}:\n{}",
+                    self.log(name)
+                );
             }
-            assert!(Instant::now() < deadline, "timed out waiting for the {what}");
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for the {what}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -204,20 +241,56 @@ reserved = ["{EXIT_TUN}"]
     }
 
     /// Waits until an event matching `pred` has been published.
-    pub fn wait_event(&self, what: &str, timeout: Duration, pred: impl Fn(&EventRecord) -> bool) -> EventRecord {
+    pub fn wait_event(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&EventRecord) -> bool,
+    ) -> EventRecord {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(e) = self.events().into_iter().find(|e| pred(e)) {
                 return e;
             }
-            assert!(Instant::now() < deadline, "no {what} event within {timeout:?}; events: {:#?}", self.events());
+            assert!(
+                Instant::now() < deadline,
+                "no {what} event within {timeout:?}; events: {:#?}",
+                self.events()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
     /// Sessions in the data plane's map (read through the pins).
     pub fn map_sessions(&self) -> usize {
-        Pinned::open(&self.lab.pins.0).map(|p| p.session_count()).unwrap_or(0)
+        Pinned::open(&self.lab.pins.0)
+            .map(|p| p.session_count())
+            .unwrap_or(0)
+    }
+
+    /// `GET /metrics` from inside the gateway's namespace.
+    pub fn metrics(&self) -> String {
+        use std::io::{Read as _, Write as _};
+        let mut s = self
+            .lab
+            .gw
+            .run(|| std::net::TcpStream::connect(METRICS))
+            .expect("connecting to the metrics endpoint");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    }
+
+    /// Runs `jvpn-ctl ARGS --socket <this lab's socket>`.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(jvpn_ctl_bin())
+            .args(args)
+            .arg("--socket")
+            .arg(&self.socket)
+            .output()
+            .unwrap()
     }
 
     pub fn gateway_alive(&mut self) -> bool {

@@ -65,11 +65,20 @@ impl TestClient {
     /// Binds both transports and establishes a session over `t`.
     pub fn connect(lab: &GwLab, t: Transport) -> Self {
         let socks = TRANSPORTS.map(|t| {
-            let s = lab.lab.client.run(|| UdpSocket::bind(t.client_addr())).unwrap();
+            let s = lab
+                .lab
+                .client
+                .run(|| UdpSocket::bind(t.client_addr()))
+                .unwrap();
             s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
             s
         });
-        let session = handshake(&socks[idx(t)], t.gw_addr(), &lab.client_id, &lab.gateway_pub);
+        let session = handshake(
+            &socks[idx(t)],
+            t.gw_addr(),
+            &lab.client_id,
+            &lab.gateway_pub,
+        );
         let mac = session.keys.mac_key();
         Self {
             c2x: DataKey::new(&session.keys.c2x),
@@ -125,12 +134,16 @@ impl TestClient {
             };
             let pkt = &mut buf[..n];
             if pkt.get(1) == Some(&msg_type::DATA) {
-                let (sid, _, inner) = proto::data::open(&self.x2c, pkt).expect("DATA from the exit authenticates");
+                let (sid, _, inner) =
+                    proto::data::open(&self.x2c, pkt).expect("DATA from the exit authenticates");
                 assert_eq!(sid, self.id());
                 return Reply::Data(inner.to_vec());
             }
             let u = Unverified::decode(pkt).expect("well-formed control message");
-            let m = u.verify(&self.mac).expect("control message MAC verifies").clone();
+            let m = u
+                .verify(&self.mac)
+                .expect("control message MAC verifies")
+                .clone();
             return Reply::Control(m);
         }
         Reply::Silence
@@ -142,7 +155,9 @@ impl TestClient {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.recv(t, left) {
-                Reply::Control(c) if !matches!(c.body, Body::KeepaliveAck { .. }) => return Some(c),
+                Reply::Control(c) if !matches!(c.body, Body::KeepaliveAck { .. }) => {
+                    return Some(c);
+                }
                 Reply::Silence => return None,
                 _ => {}
             }
@@ -165,7 +180,13 @@ impl TestClient {
 
     /// An inner IPv4/UDP packet from the tunnel address to `EXIT_TUN:port`, sealed.
     pub fn data(&mut self, port: u16, payload: &[u8]) -> Vec<u8> {
-        let inner = udp_packet(self.tunnel_addr(), EXIT_TUN.parse().unwrap(), 5555, port, payload);
+        let inner = udp_packet(
+            self.tunnel_addr(),
+            EXIT_TUN.parse().unwrap(),
+            5555,
+            port,
+            payload,
+        );
         self.data_ctr += 1;
         let mut out = Vec::new();
         proto::data::seal(&self.c2x, self.id(), self.data_ctr, &inner, &mut out);
@@ -186,7 +207,12 @@ impl TestClient {
     }
 }
 
-fn handshake(sock: &UdpSocket, gw: SocketAddr, id: &Ed25519KeyPair, gw_pub: &[u8; 32]) -> ClientSession {
+fn handshake(
+    sock: &UdpSocket,
+    gw: SocketAddr,
+    id: &Ed25519KeyPair,
+    gw_pub: &[u8; 32],
+) -> ClientSession {
     let rng = ring::rand::SystemRandom::new();
     let (mut hs, hello) = ClientHandshake::start(id, gw_pub, now_ms(), &rng).unwrap();
     let mut buf = [0u8; 2048];
@@ -199,7 +225,9 @@ fn handshake(sock: &UdpSocket, gw: SocketAddr, id: &Ed25519KeyPair, gw_pub: &[u8
         for _ in 0..40 {
             sock.send_to(&session.confirm, gw).unwrap();
             if let Ok((n, _)) = sock.recv_from(&mut buf) {
-                session.verify_established(&buf[..n]).expect("ESTABLISHED verifies");
+                session
+                    .verify_established(&buf[..n])
+                    .expect("ESTABLISHED verifies");
                 return session;
             }
         }
@@ -230,7 +258,8 @@ pub fn echo_server(lab: &GwLab, port: u16) -> std::thread::JoinHandle<()> {
         .exit
         .run(|| UdpSocket::bind((EXIT_TUN, port)))
         .expect("binding the echo server on the exit's TUN address");
-    sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
     std::thread::spawn(move || {
         let mut buf = [0u8; 2048];
         let idle_until = Instant::now() + Duration::from_secs(120);

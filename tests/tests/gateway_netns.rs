@@ -61,12 +61,21 @@ fn session_carries_data_and_keeps_its_id_across_a_reattach() {
     assert_eq!(s.tunnel_addr, c.tunnel_addr().to_string());
     assert_eq!(lab.map_sessions(), 1);
 
-    assert_eq!(c.echo(Wifi, ECHO, b"over wifi").as_deref(), Some(&b"over wifi"[..]));
+    assert_eq!(
+        c.echo(Wifi, ECHO, b"over wifi").as_deref(),
+        Some(&b"over wifi"[..])
+    );
 
     let ack = c.reattach(Lte).expect("an answer to the reattach");
-    assert!(matches!(ack.body, Body::ReattachAck { generation: 2, .. }), "{ack:?}");
+    assert!(
+        matches!(ack.body, Body::ReattachAck { generation: 2, .. }),
+        "{ack:?}"
+    );
     assert_eq!(ack.session_id, id);
-    assert_eq!(c.echo(Lte, ECHO, b"over lte").as_deref(), Some(&b"over lte"[..]));
+    assert_eq!(
+        c.echo(Lte, ECHO, b"over lte").as_deref(),
+        Some(&b"over lte"[..])
+    );
 
     let s = lab.session(id).unwrap();
     assert_eq!((s.state, s.generation), (State::Attached, 2));
@@ -105,7 +114,14 @@ fn session_carries_data_and_keeps_its_id_across_a_reattach() {
     let stale = c.data(ECHO, b"stale");
     c.send_raw(Wifi, &stale);
     assert_eq!(c.recv(Wifi, QUIET), Reply::Silence);
-    assert_eq!(lab.stats().xdp_drops.get("stale_binding").copied().unwrap_or(0), 1);
+    assert_eq!(
+        lab.stats()
+            .xdp_drops
+            .get("stale_binding")
+            .copied()
+            .unwrap_or(0),
+        1
+    );
 }
 
 #[test]
@@ -122,9 +138,11 @@ fn forged_replayed_and_stale_requests_change_nothing() {
     forged[n - 1] ^= 1;
     c.send_raw(Lte, &forged);
     assert_eq!(c.recv(Lte, QUIET), Reply::Silence);
-    lab.wait_event("proof_invalid", Duration::from_secs(2), |e| {
-        matches!(e, EventRecord::SecurityEvent { kind, .. } if kind == "proof_invalid")
-    });
+    lab.wait_event(
+        "proof_invalid",
+        Duration::from_secs(2),
+        |e| matches!(e, EventRecord::SecurityEvent { kind, .. } if kind == "proof_invalid"),
+    );
     assert_eq!(owned(&lab, id), owned_of(&before));
 
     // Stale timestamp (twice the freshness window old), fresh nonce and sequence.
@@ -157,13 +175,22 @@ fn forged_replayed_and_stale_requests_change_nothing() {
     c.send_raw(Wifi, &confirm);
     assert_eq!(c.recv(Wifi, QUIET), Reply::Silence);
     let now = lab.session(id).unwrap();
-    assert_eq!((now.version, now.generation, now.binding.clone()), (after.version, 2, after.binding.clone()));
+    assert_eq!(
+        (now.version, now.generation, now.binding.clone()),
+        (after.version, 2, after.binding.clone())
+    );
     assert_eq!(now.state, State::Attached);
 
     let kinds = security_kinds(&lab.events());
     assert_eq!(
         kinds,
-        ["proof_invalid", "freshness_expired", "replay", "replay", "proof_invalid"],
+        [
+            "proof_invalid",
+            "freshness_expired",
+            "replay",
+            "replay",
+            "proof_invalid"
+        ],
         "forged, stale, replay ×2, replayed confirm"
     );
     assert_eq!(switches(&lab.events(), id).len(), 2, "birth + one reattach");
@@ -194,7 +221,11 @@ fn switch_rate_excess_is_denied_and_degrades() {
     assert_eq!(r.body, Body::denied(Detail::RateLimited));
     let s = lab.session(id).unwrap();
     assert_eq!((s.state, s.generation), (State::Degraded, 3));
-    assert_eq!(s.binding.as_deref(), Some("10.77.1.2:40000"), "binding unchanged");
+    assert_eq!(
+        s.binding.as_deref(),
+        Some("10.77.1.2:40000"),
+        "binding unchanged"
+    );
     lab.wait_event("denied", Duration::from_secs(1), |e| {
         matches!(e, EventRecord::TransportSwitchDenied { detail: Detail::RateLimited, candidate, .. } if candidate == "10.77.2.2:40000")
     });
@@ -202,7 +233,14 @@ fn switch_rate_excess_is_denied_and_degrades() {
     // Traffic on the binding it kept brings it back.
     assert!(c.echo(Wifi, ECHO, b"still here").is_some());
     lab.wait_event("recovered", Duration::from_secs(2), |e| {
-        matches!(e, EventRecord::StateChange { to: State::Attached, reason: Reason::TransportRecovered, .. })
+        matches!(
+            e,
+            EventRecord::StateChange {
+                to: State::Attached,
+                reason: Reason::TransportRecovered,
+                ..
+            }
+        )
     });
 }
 
@@ -236,7 +274,9 @@ fn expired_recovery_window_terminates_and_tells_the_client() {
     let path: Vec<(State, State, Reason)> = ev
         .iter()
         .filter_map(|e| match e {
-            EventRecord::StateChange { from, to, reason, .. } => Some((*from, *to, *reason)),
+            EventRecord::StateChange {
+                from, to, reason, ..
+            } => Some((*from, *to, *reason)),
             _ => None,
         })
         .collect();
@@ -245,7 +285,11 @@ fn expired_recovery_window_terminates_and_tells_the_client() {
         [
             (State::Birth, State::Attached, Reason::BirthComplete),
             (State::Attached, State::Volatile, Reason::TransportVolatile),
-            (State::Volatile, State::Terminated, Reason::RecoveryWindowExpired),
+            (
+                State::Volatile,
+                State::Terminated,
+                Reason::RecoveryWindowExpired
+            ),
         ]
     );
     assert!(lab.session(id).is_none());
@@ -253,7 +297,11 @@ fn expired_recovery_window_terminates_and_tells_the_client() {
     // The exit forgot the keys: with the map entry gone nothing reaches it anyway, so
     // ask its log.
     std::thread::sleep(Duration::from_millis(300));
-    assert!(lab.log("exit").contains("revoke"), "exit log: {}", lab.log("exit"));
+    assert!(
+        lab.log("exit").contains("revoke"),
+        "exit log: {}",
+        lab.log("exit")
+    );
 }
 
 #[test]

@@ -64,12 +64,20 @@ fn effective(a: Args) -> anyhow::Result<(GatewayConfig, bool)> {
             };
             GatewayConfig::parse(&format!(
                 "interfaces = []\nidentity = {:?}\npeers = {:?}\n[exit]\ndata = \"{}\"\nlink = \"{}\"\nlink_key = {:?}\n[pool]\ncidr = \"{}\"\n",
-                a.identity.as_ref().ok_or_else(|| need("an identity key", "--identity"))?,
-                a.peers.as_ref().ok_or_else(|| need("a peers file", "--peers"))?,
+                a.identity
+                    .as_ref()
+                    .ok_or_else(|| need("an identity key", "--identity"))?,
+                a.peers
+                    .as_ref()
+                    .ok_or_else(|| need("a peers file", "--peers"))?,
                 a.exit.ok_or_else(|| need("the exit's address", "--exit"))?,
-                a.exit_link.ok_or_else(|| need("the exit's link address", "--exit-link"))?,
-                a.link_key.as_ref().ok_or_else(|| need("the link key", "--link-key"))?,
-                a.pool.ok_or_else(|| need("a tunnel address pool", "--pool"))?,
+                a.exit_link
+                    .ok_or_else(|| need("the exit's link address", "--exit-link"))?,
+                a.link_key
+                    .as_ref()
+                    .ok_or_else(|| need("the link key", "--link-key"))?,
+                a.pool
+                    .ok_or_else(|| need("a tunnel address pool", "--pool"))?,
             ))?
         }
     };
@@ -95,7 +103,10 @@ fn effective(a: Args) -> anyhow::Result<(GatewayConfig, bool)> {
 pub fn run(a: Args) -> anyhow::Result<()> {
     let (cfg, print) = effective(a)?;
     if print {
-        print!("{}", toml::to_string(&cfg).context("printing the configuration")?);
+        print!(
+            "{}",
+            toml::to_string(&cfg).context("printing the configuration")?
+        );
         return Ok(());
     }
     let rt = tokio::runtime::Builder::new_multi_thread()

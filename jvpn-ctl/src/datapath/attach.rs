@@ -41,11 +41,11 @@ impl std::fmt::Display for AttachMode {
 }
 
 fn attach_err(iface: &str) -> impl FnOnce(ProgramError) -> DatapathError + '_ {
-    move |source| match source {
+    move |cause| match cause {
         ProgramError::UnknownInterface { name } => DatapathError::NoSuchInterface(name),
-        source => DatapathError::Attach {
+        cause => DatapathError::Attach {
             iface: iface.to_string(),
-            source,
+            cause,
         },
     }
 }
@@ -170,12 +170,12 @@ fn ensure_forwarding(iface: &str) -> Result<(), DatapathError> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(DatapathError::NoSuchInterface(iface.to_string()));
             }
-            Err(source) => return Err(DatapathError::Io { what: path, source }),
+            Err(cause) => return Err(DatapathError::Io { what: path, cause }),
         };
         if cur.trim() != "1" {
-            std::fs::write(&path, "1").map_err(|source| DatapathError::Io {
+            std::fs::write(&path, "1").map_err(|cause| DatapathError::Io {
                 what: path.clone(),
-                source,
+                cause,
             })?;
             tracing::info!(%iface, "enabled net.{fam}.conf.{iface}.forwarding (needed by the XDP FIB lookup)");
         }

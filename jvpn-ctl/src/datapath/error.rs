@@ -12,34 +12,31 @@ pub enum DatapathError {
     #[error("interface `{0}` does not exist")]
     NoSuchInterface(String),
 
-    #[error("attaching XDP to `{iface}` failed: {source}")]
+    #[error("attaching XDP to `{iface}` failed: {cause}")]
     Attach {
         iface: String,
-        #[source]
-        source: aya::programs::ProgramError,
+        cause: aya::programs::ProgramError,
     },
 
     #[error("interface `{0}` has no jvpn XDP program attached by this pin directory")]
     NotAttached(String),
 
     #[error("loading the XDP object failed: {0}")]
-    Load(#[source] aya::EbpfError),
+    Load(aya::EbpfError),
 
-    #[error("loading program `{name}` failed: {source}")]
+    #[error("loading program `{name}` failed: {cause}")]
     Program {
         name: &'static str,
-        #[source]
-        source: aya::programs::ProgramError,
+        cause: aya::programs::ProgramError,
     },
 
     #[error("map `{0}` is missing from the XDP object")]
     MissingMap(&'static str),
 
-    #[error("map `{name}`: {source}")]
+    #[error("map `{name}`: {cause}")]
     Map {
         name: &'static str,
-        #[source]
-        source: aya::maps::MapError,
+        cause: aya::maps::MapError,
     },
 
     #[error(
@@ -68,10 +65,6 @@ pub enum DatapathError {
     )]
     GenerationMismatch { id: u64, wrote: u32, found: u32 },
 
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("{what}: {cause}")]
+    Io { what: String, cause: std::io::Error },
 }

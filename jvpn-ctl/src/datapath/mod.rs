@@ -132,12 +132,12 @@ impl Datapath {
         for name in [RELAY_PROGRAM, DROP_PROGRAM, PASS_PROGRAM] {
             xdp_mut(&mut ebpf, name)?
                 .load()
-                .map_err(|source| DatapathError::Program { name, source })?;
+                .map_err(|cause| DatapathError::Program { name, cause })?;
         }
         let map = |ebpf: &mut Ebpf, name: &'static str| {
             ebpf.take_map(name).ok_or(DatapathError::MissingMap(name))
         };
-        let map_err = |name| move |source| DatapathError::Map { name, source };
+        let map_err = |name| move |cause| DatapathError::Map { name, cause };
         let sessions = HashMap::try_from(map(&mut ebpf, SESSIONS)?).map_err(map_err(SESSIONS))?;
         let stats = PerCpuHashMap::try_from(map(&mut ebpf, SESSION_STATS)?)
             .map_err(map_err(SESSION_STATS))?;
@@ -215,17 +215,17 @@ impl Datapath {
         let zero = || {
             PerCpuValues::try_from(vec![SessionStats::default(); cpus]).expect("one value per CPU")
         };
-        retry_enomem(|| self.stats.insert(id, zero(), BPF_ANY)).map_err(|source| {
+        retry_enomem(|| self.stats.insert(id, zero(), BPF_ANY)).map_err(|cause| {
             DatapathError::Map {
                 name: SESSION_STATS,
-                source,
+                cause,
             }
         })?;
-        if let Err(source) = retry_enomem(|| self.sessions.insert(id, entry, BPF_NOEXIST)) {
+        if let Err(cause) = retry_enomem(|| self.sessions.insert(id, entry, BPF_NOEXIST)) {
             let _ = self.stats.remove(&id);
             return Err(DatapathError::Map {
                 name: SESSIONS,
-                source,
+                cause,
             });
         }
         Ok(())
@@ -264,9 +264,9 @@ impl Datapath {
         match self.sessions.get(&id, 0) {
             Ok(e) => Ok(Some(e)),
             Err(aya::maps::MapError::KeyNotFound) => Ok(None),
-            Err(source) => Err(DatapathError::Map {
+            Err(cause) => Err(DatapathError::Map {
                 name: SESSIONS,
-                source,
+                cause,
             }),
         }
     }
@@ -289,9 +289,9 @@ impl Datapath {
                 Ok(Some(total))
             }
             Err(aya::maps::MapError::KeyNotFound) => Ok(None),
-            Err(source) => Err(DatapathError::Map {
+            Err(cause) => Err(DatapathError::Map {
                 name: SESSION_STATS,
-                source,
+                cause,
             }),
         }
     }
@@ -306,10 +306,7 @@ fn sum_drops(map: &PerCpuArray<MapData, u64>) -> Result<Drops, DatapathError> {
     for (i, slot) in out.iter_mut().enumerate() {
         let per_cpu = map
             .get(&(i as u32), 0)
-            .map_err(|source| DatapathError::Map {
-                name: DROPS,
-                source,
-            })?;
+            .map_err(|cause| DatapathError::Map { name: DROPS, cause })?;
         *slot = per_cpu.iter().sum();
     }
     Ok(out)
@@ -321,9 +318,9 @@ fn session_err(id: u64, e: MapError) -> DatapathError {
         MapError::SyscallError(ref s) if s.io_error.raw_os_error() == Some(libc::ENOENT) => {
             DatapathError::NoSuchSession(id)
         }
-        source => DatapathError::Map {
+        cause => DatapathError::Map {
             name: SESSIONS,
-            source,
+            cause,
         },
     }
 }
@@ -367,9 +364,9 @@ fn validate(id: u64, e: &SessionEntry) -> Result<(), DatapathError> {
 }
 
 fn nr_cpus_checked() -> Result<usize, DatapathError> {
-    nr_cpus().map_err(|(what, source)| DatapathError::Io {
+    nr_cpus().map_err(|(what, cause)| DatapathError::Io {
         what: format!("counting CPUs ({what})"),
-        source,
+        cause,
     })
 }
 
@@ -377,8 +374,8 @@ fn xdp_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, Da
     ebpf.program_mut(name)
         .ok_or(DatapathError::Program {
             name,
-            source: ProgramError::UnexpectedProgramType,
+            cause: ProgramError::UnexpectedProgramType,
         })?
         .try_into()
-        .map_err(|source| DatapathError::Program { name, source })
+        .map_err(|cause| DatapathError::Program { name, cause })
 }

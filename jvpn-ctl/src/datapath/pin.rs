@@ -77,9 +77,9 @@ pub fn check_compatible(path: &Path, e: &Expect) -> Result<(), DatapathError> {
     if !path.exists() {
         return Ok(());
     }
-    let info = MapInfo::from_pin(path).map_err(|source| DatapathError::Map {
+    let info = MapInfo::from_pin(path).map_err(|cause| DatapathError::Map {
         name: e.name,
-        source,
+        cause,
     })?;
     let mut diffs = Vec::new();
     for (what, found, want) in [

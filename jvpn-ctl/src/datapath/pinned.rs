@@ -22,13 +22,13 @@ fn open(dir: &Path, name: &'static str) -> Result<MapData, DatapathError> {
             detail: "no pinned data plane here (is `jvpn-ctl datapath up` running or was it ever started?)".into(),
         });
     }
-    MapData::from_pin(&path).map_err(|source| DatapathError::Map { name, source })
+    MapData::from_pin(&path).map_err(|cause| DatapathError::Map { name, cause })
 }
 
 impl Pinned {
     pub fn open(dir: &Path) -> Result<Self, DatapathError> {
         privilege::check()?;
-        let map_err = |name| move |source| DatapathError::Map { name, source };
+        let map_err = |name| move |cause| DatapathError::Map { name, cause };
         Ok(Self {
             dir: dir.to_path_buf(),
             sessions: HashMap::try_from(Map::HashMap(open(dir, SESSIONS)?))

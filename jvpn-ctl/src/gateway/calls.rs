@@ -75,7 +75,9 @@ impl Core {
             .collect();
         let (mut up_p, mut up_b, mut down_p, mut down_b) = (0, 0, 0, 0);
         for (id, e) in &self.sessions {
-            *by_state.entry(e.session.state.name().to_string()).or_default() += 1;
+            *by_state
+                .entry(e.session.state.name().to_string())
+                .or_default() += 1;
             let st = self.stats_of(*id);
             up_p += st.up_packets;
             up_b += st.up_bytes;

@@ -134,9 +134,11 @@ impl GatewayConfig {
         if self.interfaces.is_empty() {
             return Err(invalid("interfaces", "at least one interface is needed"));
         }
-        if let Some(bad) = self.interfaces.iter().find(|i| {
-            i.is_empty() || i.len() >= libc::IFNAMSIZ || i.contains(['/', ' ', '\0'])
-        }) {
+        if let Some(bad) = self
+            .interfaces
+            .iter()
+            .find(|i| i.is_empty() || i.len() >= libc::IFNAMSIZ || i.contains(['/', ' ', '\0']))
+        {
             return Err(invalid(
                 "interfaces",
                 format!("{bad:?} is not a valid interface name"),
@@ -147,7 +149,10 @@ impl GatewayConfig {
         }
         for (key, a) in [("exit.data", self.exit.data), ("exit.link", self.exit.link)] {
             if a.port() == 0 || a.ip().is_unspecified() {
-                return Err(invalid(key, format!("{a} needs a concrete address and port")));
+                return Err(invalid(
+                    key,
+                    format!("{a} needs a concrete address and port"),
+                ));
             }
         }
         if self.exit.data == self.exit.link {
@@ -162,7 +167,12 @@ impl GatewayConfig {
         if net.prefix_len() > 30 {
             return Err(invalid("pool.cidr", "needs at least a /30"));
         }
-        if let Some(r) = self.pool.reserved.iter().find(|r| !self.pool.cidr.contains(*r)) {
+        if let Some(r) = self
+            .pool
+            .reserved
+            .iter()
+            .find(|r| !self.pool.cidr.contains(*r))
+        {
             return Err(invalid(
                 "pool.reserved",
                 format!("{r} is outside {}", self.pool.cidr),
@@ -204,7 +214,10 @@ max_switches_per_minute = 4
         c.validate().unwrap();
         assert_eq!(c.port, 51820);
         assert_eq!(c.policy.max_switches_per_minute, 4);
-        assert_eq!(c.policy.candidate_ttl_ms, Policy::default().candidate_ttl_ms);
+        assert_eq!(
+            c.policy.candidate_ttl_ms,
+            Policy::default().candidate_ttl_ms
+        );
         assert_eq!(c.control_socket, PathBuf::from(DEFAULT_SOCKET));
     }
 
@@ -224,10 +237,20 @@ max_switches_per_minute = 4
         assert!(e.to_string().contains("max_switches_per_minute"), "{e}");
         let mut c = GatewayConfig::parse(GOOD).unwrap();
         c.policy.candidate_ttl_ms = 0;
-        assert!(c.validate().unwrap_err().to_string().contains("candidate_ttl_ms"));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("candidate_ttl_ms")
+        );
         let mut c = GatewayConfig::parse(GOOD).unwrap();
         c.pool.reserved.push("10.1.1.1".parse().unwrap());
-        assert!(c.validate().unwrap_err().to_string().contains("pool.reserved"));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("pool.reserved")
+        );
         let mut c = GatewayConfig::parse(GOOD).unwrap();
         c.interfaces.clear();
         assert!(c.validate().unwrap_err().to_string().contains("interfaces"));

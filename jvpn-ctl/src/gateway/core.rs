@@ -238,7 +238,12 @@ impl Core {
                 Err(err) => {
                     tracing::warn!(session = %SessionId(id), "binding swap failed: {err}");
                     let orig = &self.sessions[&id].session;
-                    session::step(orig, &Event::SwapFailed { candidate: new }, &self.policy, now_ms)
+                    session::step(
+                        orig,
+                        &Event::SwapFailed { candidate: new },
+                        &self.policy,
+                        now_ms,
+                    )
                 }
             },
             None => step,
@@ -426,7 +431,9 @@ impl Core {
             Err(err) => tracing::error!(session = %SessionId(id), "removing the map entry: {err}"),
         }
         self.pool.release(e.tunnel);
-        let frame = self.link.send(crate::proto::LinkMsg::Revoke { session_id: id }, now_ms);
+        let frame = self
+            .link
+            .send(crate::proto::LinkMsg::Revoke { session_id: id }, now_ms);
         self.out.push(Outgoing::Link(frame));
     }
 
@@ -468,5 +475,8 @@ pub fn endpoint(a: SocketAddr) -> Endpoint {
 
 pub fn public_key(k: &Ed25519KeyPair) -> [u8; 32] {
     use ring::signature::KeyPair as _;
-    k.public_key().as_ref().try_into().expect("Ed25519 public keys are 32 bytes")
+    k.public_key()
+        .as_ref()
+        .try_into()
+        .expect("Ed25519 public keys are 32 bytes")
 }

@@ -87,7 +87,9 @@ impl Blacklist {
 
     /// The source is temporarily banned: its requests are dropped before any crypto.
     pub fn is_banned(&self, a: IpAddr, now_ms: u64) -> bool {
-        self.offenders.get(&a).is_some_and(|&(_, _, until)| until > now_ms)
+        self.offenders
+            .get(&a)
+            .is_some_and(|&(_, _, until)| until > now_ms)
     }
 
     /// Records an invalid proof; returns true if this one got the source banned.
@@ -132,7 +134,8 @@ mod tests {
         assert_eq!(c.insert([2; 16], 50, 100), NonceVerdict::Fresh);
         assert_eq!(c.insert([3; 16], 60, 100), NonceVerdict::Full);
         assert_eq!(c.insert([3; 16], 100, 100), NonceVerdict::Fresh);
-        assert_eq!(c.insert([1; 16], 101, 100), NonceVerdict::Fresh);
+        assert_eq!(c.insert([1; 16], 101, 100), NonceVerdict::Full);
+        assert_eq!(c.insert([1; 16], 150, 100), NonceVerdict::Fresh);
     }
 
     #[test]

@@ -18,7 +18,13 @@ use crate::{
 impl Core {
     /// HELLO: checked in the order of docs/protocol.md; every rejection is silent and
     /// leaves no state behind.
-    pub(super) fn on_hello(&mut self, local: SocketAddr, peer: SocketAddr, data: &[u8], now_ms: u64) {
+    pub(super) fn on_hello(
+        &mut self,
+        local: SocketAddr,
+        peer: SocketAddr,
+        data: &[u8],
+        now_ms: u64,
+    ) {
         let hello = match proto::handshake::Hello::decode(data) {
             Ok(h) => h,
             Err(_) => return bump(&mut self.counters.malformed, "hello"),
@@ -76,9 +82,11 @@ impl Core {
         // The relay passes control messages only for sessions in its map, so the BIRTH
         // session gets an entry now: not forwarding, with the HELLO's source as a
         // provisional binding, until CONFIRM and the exit's ack turn it on.
-        let provisional = self
-            .map_entry(peer, local, 0, false)
-            .and_then(|entry| self.dp.insert_session(id, &entry).map_err(|e| e.to_string()));
+        let provisional = self.map_entry(peer, local, 0, false).and_then(|entry| {
+            self.dp
+                .insert_session(id, &entry)
+                .map_err(|e| e.to_string())
+        });
         if let Err(err) = provisional {
             self.pool.release(tunnel);
             tracing::error!("inserting a BIRTH session into the map: {err}");

@@ -35,7 +35,10 @@ mod tests {
 
     #[test]
     fn allocates_lowest_free_and_skips_reserved() {
-        let mut p = Pool::new("10.99.0.0/29".parse().unwrap(), ["10.99.0.1".parse().unwrap()]);
+        let mut p = Pool::new(
+            "10.99.0.0/29".parse().unwrap(),
+            ["10.99.0.1".parse().unwrap()],
+        );
         let got: Vec<_> = std::iter::from_fn(|| p.allocate()).collect();
         let want: Vec<Ipv4Addr> = (2..=6).map(|i| Ipv4Addr::new(10, 99, 0, i)).collect();
         assert_eq!(got, want);

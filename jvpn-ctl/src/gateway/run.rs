@@ -77,7 +77,10 @@ impl Default for Clock {
 /// Runs the gateway until `shutdown` resolves. On the way out every session is
 /// closed (CLOSE to the client, keys revoked at the exit, map entry removed); the XDP
 /// links stay pinned (`jvpn-ctl datapath down` removes them).
-pub async fn run(cfg: GatewayConfig, shutdown: impl Future<Output = ()>) -> Result<(), GatewayError> {
+pub async fn run(
+    cfg: GatewayConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), GatewayError> {
     cfg.validate()?;
     let clock = Clock::new();
     let identity = proto::identity::load(&cfg.identity)?;
@@ -98,7 +101,10 @@ pub async fn run(cfg: GatewayConfig, shutdown: impl Future<Output = ()>) -> Resu
     });
     let pool = Pool::new(net, reserved);
     let gw_exit_ip = source_for(cfg.exit.data).map_err(|cause| GatewayError::Io {
-        what: format!("finding the local address toward the exit {}", cfg.exit.data),
+        what: format!(
+            "finding the local address toward the exit {}",
+            cfg.exit.data
+        ),
         cause,
     })?;
 
@@ -119,7 +125,9 @@ pub async fn run(cfg: GatewayConfig, shutdown: impl Future<Output = ()>) -> Resu
     }
     let orphans = purge_orphans(&mut dp);
     if orphans > 0 {
-        tracing::warn!("removed {orphans} map entries left by an earlier controller (no keys for them)");
+        tracing::warn!(
+            "removed {orphans} map entries left by an earlier controller (no keys for them)"
+        );
     }
 
     let (dg_tx, mut dg_rx) = mpsc::channel::<Datagram>(4096);
@@ -199,7 +207,10 @@ pub async fn run(cfg: GatewayConfig, shutdown: impl Future<Output = ()>) -> Resu
         flush(&mut core, &sockets, &link_sock, cfg.exit.link);
     }
     if core.link_pending() > 0 {
-        tracing::warn!("{} key revocations not acknowledged by the exit", core.link_pending());
+        tracing::warn!(
+            "{} key revocations not acknowledged by the exit",
+            core.link_pending()
+        );
     }
     tracing::info!("gateway stopped; closed {n} sessions");
     Ok(())

@@ -29,7 +29,7 @@ use jvpn_ctl::{
     datapath::{Datapath, DatapathConfig},
     gateway::{
         Pool,
-        core::{Core, CoreParams, Outgoing, endpoint},
+        core::{Core, CoreParams, Entry, Outgoing, endpoint},
     },
     lab::netns::PinDir,
     proto::{
@@ -125,7 +125,9 @@ const fn v4(a: [u8; 4], port: u16) -> SocketAddr {
 /// Client `i`'s address on its first transport (10.64.0.0/10), and after reattach
 /// round `r` (10.128.0.0/9, a new port each round).
 fn client_addr(i: usize, round: u16) -> SocketAddr {
-    let [_, b, c, d] = u32::try_from(i).expect("fewer than 2^22 clients").to_be_bytes();
+    let [_, b, c, d] = u32::try_from(i)
+        .expect("fewer than 2^22 clients")
+        .to_be_bytes();
     if round == 0 {
         v4([10, 64 | (b & 0x3f), c, d], 40_000)
     } else {
@@ -203,12 +205,8 @@ fn check_interrupted() -> anyhow::Result<()> {
 fn pin_to_one_cpu() -> anyhow::Result<usize> {
     // SAFETY: sched_getcpu has no preconditions.
     let cpu = unsafe { libc::sched_getcpu() };
-    let cpu = usize::try_from(cpu).map_err(|_| {
-        anyhow!(
-            "sched_getcpu: {}",
-            std::io::Error::last_os_error()
-        )
-    })?;
+    let cpu = usize::try_from(cpu)
+        .map_err(|_| anyhow!("sched_getcpu: {}", std::io::Error::last_os_error()))?;
     // SAFETY: cpu_set_t is plain data; CPU_ZERO/CPU_SET only write inside it, and
     // sched_setaffinity reads `size_of::<cpu_set_t>()` bytes of it.
     let rc = unsafe {
@@ -319,7 +317,9 @@ impl Bench {
                 Outgoing::Udp { local, peer, data } if local == GW_LOCAL && peer == *want => {
                     Ok(data)
                 }
-                other => Err(anyhow!("{what}: unexpected reply {other:?} (wanted UDP to {want})")),
+                other => Err(anyhow!(
+                    "{what}: unexpected reply {other:?} (wanted UDP to {want})"
+                )),
             })
             .collect()
     }
@@ -450,7 +450,8 @@ impl Bench {
             let ts = self.tick();
             let mut reqs = Vec::with_capacity(batch.len());
             for c in batch.iter_mut() {
-                let body = ReattachRequest::new(ts, random(&self.rng), TransportKind::Cellular, b"bench")?;
+                let body =
+                    ReattachRequest::new(ts, random(&self.rng), TransportKind::Cellular, b"bench")?;
                 let msg = Control {
                     session_id: c.session_id,
                     ctr: c.next_ctr,
@@ -477,7 +478,10 @@ impl Bench {
                 let Body::ReattachChallenge { challenge } = msg.body else {
                     bail!("client: wanted a REATTACH_CHALLENGE, got {:?}", msg.body);
                 };
-                ensure!(msg.session_id == c.session_id, "challenge for another session");
+                ensure!(
+                    msg.session_id == c.session_id,
+                    "challenge for another session"
+                );
                 let reply = Control {
                     session_id: c.session_id,
                     ctr: c.next_ctr,
@@ -500,7 +504,9 @@ impl Bench {
                 let msg = u.verify(&c.mac).context("client: ack MAC")?;
                 match msg.body {
                     Body::ReattachAck { generation, .. } if generation == want_gen => {}
-                    ref other => bail!("client: wanted REATTACH_ACK generation {want_gen}, got {other:?}"),
+                    ref other => {
+                        bail!("client: wanted REATTACH_ACK generation {want_gen}, got {other:?}")
+                    }
                 }
                 c.peer = *peer;
             }
@@ -693,21 +699,31 @@ fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
 
     // Warm-up (untimed, not counted), then the heap baseline.
     bench.handshakes(WARMUP, None, false)?;
-    ensure!(bench.core.link_pending() == 0, "link messages left unacknowledged");
+    ensure!(
+        bench.core.link_pending() == 0,
+        "link messages left unacknowledged"
+    );
     let mut clients: Vec<Client> = Vec::with_capacity(n);
     let heap_before = live();
 
     // 1. Handshakes.
     eprintln!("phase 1: {n} handshakes (HELLO → WELCOME → CONFIRM → INSTALL/ACK → ESTABLISHED)");
     let hs = bench.handshakes(n, Some(&mut clients), true)?;
-    ensure!(clients.len() == n, "{} of {n} handshakes established", clients.len());
+    ensure!(
+        clients.len() == n,
+        "{} of {n} handshakes established",
+        clients.len()
+    );
     ensure!(
         bench.core.session_count() == WARMUP + n,
         "the core holds {} sessions, expected {}",
         bench.core.session_count(),
         WARMUP + n
     );
-    ensure!(bench.core.link_pending() == 0, "link messages left unacknowledged");
+    ensure!(
+        bench.core.link_pending() == 0,
+        "link messages left unacknowledged"
+    );
     let handshake_us = us_per(hs.total(), n);
     eprintln!(
         "handshakes: {n} established, gateway {handshake_us:.1} µs each = {:.0}/s \
@@ -749,11 +765,13 @@ fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
         us_per(ra.second, reattaches)
     );
 
+    let entry_bytes = size_of::<(u64, Entry)>();
     let nonce_est = nonce_cache_bytes(WARMUP + n) as f64 / (WARMUP + n) as f64;
     eprintln!(
         "memory: {bytes_per_session:.0} controller heap bytes per session (requested sizes, \
          hash-table slack at this N included; of which ~{nonce_est:.0} B HELLO nonce cache, \
-         expiring after 2 × freshness window); kernel map bytes are measured separately"
+         expiring after 2 × freshness window; a session-table slot is {entry_bytes} B inline); \
+         kernel map bytes are measured separately"
     );
 
     let ctx = measure_context(&bench.rng, WARMUP + n)?;
@@ -786,6 +804,7 @@ fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
         "bytes_per_session_ctl": bytes_per_session.round(),
         "bytes_per_session_ctl_note": "controller heap only (requested sizes); kernel map bytes are measured elsewhere",
         "nonce_cache_bytes_per_session_est": nonce_est.round(),
+        "session_slot_bytes": entry_bytes,
         "sessions": n,
         "warmup_sessions": WARMUP,
         "context_us": {
