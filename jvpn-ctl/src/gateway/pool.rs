@@ -1,31 +1,50 @@
 //! The tunnel address pool: lowest free address first, released on termination.
+//!
+//! O(log n) per call: addresses above a high-water mark have never been handed out,
+//! and released ones wait in a set, so a burst of handshakes never scans the pool.
 
 use std::{collections::BTreeSet, net::Ipv4Addr};
 
 use ipnet::Ipv4Net;
 
 pub struct Pool {
-    net: Ipv4Net,
-    used: BTreeSet<u32>,
+    /// Next never-used address.
+    next: u32,
+    last: u32,
+    reserved: BTreeSet<u32>,
+    released: BTreeSet<u32>,
 }
 
 impl Pool {
     /// `reserved` addresses (and the network and broadcast addresses) are never handed out.
     pub fn new(net: Ipv4Net, reserved: impl IntoIterator<Item = Ipv4Addr>) -> Self {
-        let used = reserved.into_iter().map(u32::from).collect();
-        Self { net, used }
+        Self {
+            next: u32::from(net.network()) + 1,
+            last: u32::from(net.broadcast()) - 1,
+            reserved: reserved.into_iter().map(u32::from).collect(),
+            released: BTreeSet::new(),
+        }
     }
 
     pub fn allocate(&mut self) -> Option<Ipv4Addr> {
-        let first = u32::from(self.net.network()) + 1;
-        let last = u32::from(self.net.broadcast()) - 1;
-        let a = (first..=last).find(|a| !self.used.contains(a))?;
-        self.used.insert(a);
-        Some(Ipv4Addr::from(a))
+        if let Some(a) = self.released.pop_first() {
+            return Some(Ipv4Addr::from(a));
+        }
+        while self.next <= self.last {
+            let a = self.next;
+            self.next += 1;
+            if !self.reserved.contains(&a) {
+                return Some(Ipv4Addr::from(a));
+            }
+        }
+        None
     }
 
     pub fn release(&mut self, a: Ipv4Addr) {
-        self.used.remove(&u32::from(a));
+        let a = u32::from(a);
+        if a < self.next && !self.reserved.contains(&a) {
+            self.released.insert(a);
+        }
     }
 }
 
