@@ -181,8 +181,18 @@ impl Core {
     /// Runs timers, polls the data plane for traffic, retransmits link messages.
     pub fn tick(&mut self, now_ms: u64) {
         self.poll_traffic(now_ms);
-        let ids: Vec<u64> = self.sessions.keys().copied().collect();
-        for id in ids {
+        // Only sessions with a timer due: a scan without allocation, where stepping
+        // every session would clone a million of them per tick.
+        let policy = &self.policy;
+        let due: Vec<u64> = self
+            .sessions
+            .iter()
+            .filter(|(_, e)| {
+                session::next_deadline(&e.session, policy).is_some_and(|d| d <= now_ms)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
             self.drive(id, &Event::Tick, None, now_ms);
         }
         let (frames, gave_up) = self.link.due(now_ms);

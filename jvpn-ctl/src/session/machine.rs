@@ -374,3 +374,32 @@ impl Ctx {
         }
     }
 }
+
+/// The earliest instant at which [`Event::Tick`] can change `s` (`None`: never, the
+/// session is TERMINATED). Before it, a Tick is a no-op, so the controller ticks only
+/// the sessions that are due instead of all of them every period.
+pub fn next_deadline(s: &Session, p: &Policy) -> Option<u64> {
+    let mut d = s
+        .created_ms
+        .saturating_add(p.session_ttl_s.saturating_mul(1000));
+    match s.state {
+        State::Terminated => return None,
+        State::Birth => d = d.min(s.created_ms.saturating_add(p.handshake_timeout_ms)),
+        State::Attached => {
+            d = d.min(
+                s.last_rx_ms
+                    .saturating_add(p.transport_loss_ttl_ms)
+                    .saturating_add(1),
+            )
+        }
+        State::Volatile | State::Degraded | State::Recovering => {
+            if let Some(t) = s.left_attached_ms {
+                d = d.min(t.saturating_add(p.max_recovery_window_ms));
+            }
+            if let Some(k) = s.pending.as_ref().filter(|_| s.state == State::Recovering) {
+                d = d.min(k.expires_ms);
+            }
+        }
+    }
+    Some(d)
+}

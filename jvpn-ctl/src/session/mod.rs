@@ -13,6 +13,6 @@ mod proptests;
 #[cfg(test)]
 mod tests;
 
-pub use machine::step;
+pub use machine::{next_deadline, step};
 pub use policy::{Policy, PolicyError};
 pub use types::{Action, Candidate, Detail, Event, Notice, Reason, Request, Session, State, Step};

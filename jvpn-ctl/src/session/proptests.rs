@@ -467,6 +467,25 @@ fn drive(p: &Policy, start: u64, events: &[(Dt, Ev, bool)]) -> Result<(), TestCa
             .count() as u32;
         prop_assert!(committed.session.version >= s.version);
         s = committed.session;
+        // Before its deadline a Tick changes nothing (the controller relies on it).
+        match crate::session::next_deadline(&s, p) {
+            Some(d) if d > now => {
+                let t = step(&s, &Event::Tick, p, d - 1);
+                prop_assert!(
+                    t.session == s && t.actions.is_empty(),
+                    "tick before deadline {} acted",
+                    d
+                );
+                let t = step(&s, &Event::Tick, p, d);
+                prop_assert!(
+                    t.session != s || !t.actions.is_empty(),
+                    "tick at deadline {} did nothing",
+                    d
+                );
+            }
+            Some(_) => {}
+            None => prop_assert_eq!(s.state, State::Terminated),
+        }
         prop_assert_eq!(s.version, published_version);
         prop_assert!(!(ever_terminated && s.state != State::Terminated));
         ever_terminated |= s.state == State::Terminated;
