@@ -30,14 +30,9 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
     match cmd {
         Command::Show { id, json, socket } => {
             let id: SessionId = id.parse()?;
-            let data = socket.connect()?.request(&Request::Session { id })?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&data)?);
-                return Ok(());
+            if let Some(s) = socket.query::<SessionInfo>(&Request::Session { id }, json)? {
+                print!("{}", show(&s));
             }
-            let s: SessionInfo = serde_json::from_value(data)
-                .map_err(|e| anyhow::anyhow!("unexpected answer from the gateway: {e}"))?;
-            print!("{}", show(&s));
             Ok(())
         }
         Command::Kill { id, socket } => {

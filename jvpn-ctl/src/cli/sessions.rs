@@ -17,6 +17,23 @@ impl SocketArgs {
     pub fn connect(&self) -> anyhow::Result<Client> {
         Ok(Client::connect(&self.socket)?)
     }
+
+    /// Sends `req`; with `json`, prints the answer as JSON and returns `None`,
+    /// otherwise returns it decoded for a human rendering.
+    pub fn query<T: serde::de::DeserializeOwned>(
+        &self,
+        req: &Request,
+        json: bool,
+    ) -> anyhow::Result<Option<T>> {
+        let data = self.connect()?.request(req)?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&data)?);
+            return Ok(None);
+        }
+        serde_json::from_value(data)
+            .map(Some)
+            .map_err(|e| anyhow::anyhow!("unexpected answer from the gateway: {e}"))
+    }
 }
 
 #[derive(clap::Args)]
@@ -29,13 +46,12 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let data = args.socket.connect()?.request(&Request::Sessions)?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&data)?);
+    let Some(sessions) = args
+        .socket
+        .query::<Vec<SessionInfo>>(&Request::Sessions, args.json)?
+    else {
         return Ok(());
-    }
-    let sessions: Vec<SessionInfo> = serde_json::from_value(data)
-        .map_err(|e| anyhow::anyhow!("unexpected answer from the gateway: {e}"))?;
+    };
     if sessions.is_empty() {
         println!("no sessions");
         return Ok(());

@@ -19,13 +19,9 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let data = args.socket.connect()?.request(&Request::Stats)?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&data)?);
+    let Some(stats) = args.socket.query::<Stats>(&Request::Stats, args.json)? else {
         return Ok(());
-    }
-    let stats: Stats = serde_json::from_value(data)
-        .map_err(|e| anyhow::anyhow!("unexpected answer from the gateway: {e}"))?;
+    };
     print!("{}", render(&stats));
     Ok(())
 }

@@ -4,11 +4,11 @@
 
 use std::net::SocketAddr;
 
-use jvpn_common::wire::WireHeader;
+use jvpn_common::wire::{WireHeader, msg_type};
 
 use super::{core::Core, counters::bump};
 use crate::{
-    proto::{Body, Unverified},
+    proto::{Body, Control, Unverified},
     session::{Event, Request},
 };
 
@@ -20,6 +20,29 @@ fn decode(data: &[u8], want: u8) -> Option<Unverified> {
 }
 
 impl Core {
+    /// Decodes a control message of type `want` and checks its MAC under its session's
+    /// key: `(session id, message, MAC ok)`. `None` (counted) if it is malformed or its
+    /// session unknown.
+    fn open(
+        &mut self,
+        data: &[u8],
+        h: &WireHeader,
+        want: u8,
+        what: &str,
+    ) -> Option<(u64, Control, bool)> {
+        let Some(msg) = decode(data, want) else {
+            bump(&mut self.counters.malformed, what);
+            return None;
+        };
+        let id = h.session_id();
+        let Some(e) = self.sessions.get(&id) else {
+            bump(&mut self.counters.malformed, "unknown_session");
+            return None;
+        };
+        let mac_ok = msg.verify(&e.mac).is_ok();
+        Some((id, msg.into_msg(), mac_ok))
+    }
+
     pub(super) fn on_reattach_request(
         &mut self,
         local: SocketAddr,
@@ -28,29 +51,25 @@ impl Core {
         data: &[u8],
         now_ms: u64,
     ) {
-        use jvpn_common::wire::msg_type;
-        let Some(msg) = decode(data, msg_type::REATTACH_REQUEST) else {
-            return bump(&mut self.counters.malformed, "reattach_request");
-        };
-        let Body::ReattachRequest(req) = &msg.msg().body else {
-            unreachable!("decode() checked the type")
-        };
-        let id = h.session_id();
         if self.blacklist.is_banned(peer.ip(), now_ms) {
             // Dropped before any crypto: that is what the ban is for.
             return bump(&mut self.counters.reattach, "source_banned");
         }
-        let Some(e) = self.sessions.get(&id) else {
-            return bump(&mut self.counters.malformed, "unknown_session");
+        let Some((id, msg, proof_ok)) =
+            self.open(data, h, msg_type::REATTACH_REQUEST, "reattach_request")
+        else {
+            return;
         };
-        let proof_ok = msg.verify(&e.mac).is_ok();
+        let Body::ReattachRequest(req) = msg.body else {
+            unreachable!("open() checked the type")
+        };
         if !proof_ok && self.blacklist.invalid_proof(peer.ip(), now_ms) {
             tracing::warn!("{} banned for repeated invalid reattach proofs", peer.ip());
             self.security(Some(id), peer, "source_banned", now_ms);
         }
         let ev = Event::ReattachRequest(Request {
             from: peer,
-            seq: h.counter(),
+            seq: msg.ctr,
             ts_ms: req.ts_ms,
             nonce: req.nonce,
             proof_ok,
@@ -68,24 +87,39 @@ impl Core {
         data: &[u8],
         now_ms: u64,
     ) {
-        use jvpn_common::wire::msg_type;
-        let Some(msg) = decode(data, msg_type::REATTACH_CONFIRM) else {
-            return bump(&mut self.counters.malformed, "reattach_confirm");
+        let Some((id, msg, mac_ok)) =
+            self.open(data, h, msg_type::REATTACH_CONFIRM, "reattach_confirm")
+        else {
+            return;
         };
-        let Body::ReattachConfirm { challenge } = msg.msg().body else {
-            unreachable!("decode() checked the type")
+        let Body::ReattachConfirm { challenge } = msg.body else {
+            unreachable!("open() checked the type")
         };
-        let id = h.session_id();
-        let Some(e) = self.sessions.get(&id) else {
-            return bump(&mut self.counters.malformed, "unknown_session");
-        };
-        let mac_ok = msg.verify(&e.mac).is_ok();
         let ev = Event::ReattachConfirm {
             from: peer,
             challenge,
             mac_ok,
         };
         self.drive(id, &ev, Some(local), now_ms);
+    }
+
+    /// KEEPALIVE and CLOSE: a verified MAC and a counter above the last one accepted,
+    /// else `None` — they must neither fake liveness nor be reflected when replayed.
+    fn accept_ctl(
+        &mut self,
+        data: &[u8],
+        h: &WireHeader,
+        want: u8,
+        what: &str,
+    ) -> Option<(u64, Control)> {
+        let (id, msg, mac_ok) = self.open(data, h, want, what)?;
+        let e = self.sessions.get_mut(&id)?;
+        if !mac_ok || msg.ctr <= e.last_ctl_ctr {
+            bump(&mut self.counters.malformed, &format!("{what}_rejected"));
+            return None;
+        }
+        e.last_ctl_ctr = msg.ctr;
+        Some((id, msg))
     }
 
     pub(super) fn on_keepalive(
@@ -96,28 +130,16 @@ impl Core {
         data: &[u8],
         now_ms: u64,
     ) {
-        use jvpn_common::wire::msg_type;
-        let Some(msg) = decode(data, msg_type::KEEPALIVE) else {
-            return bump(&mut self.counters.malformed, "keepalive");
+        let Some((id, msg)) = self.accept_ctl(data, h, msg_type::KEEPALIVE, "keepalive") else {
+            return;
         };
-        let Body::Keepalive { ts_ms } = msg.msg().body else {
-            unreachable!("decode() checked the type")
+        let Body::Keepalive { ts_ms } = msg.body else {
+            unreachable!("open() checked the type")
         };
-        let id = h.session_id();
-        let Some(e) = self.sessions.get_mut(&id) else {
-            return bump(&mut self.counters.malformed, "unknown_session");
-        };
-        // Unverified or replayed keepalives are ignored: they must not fake liveness
-        // nor be reflected.
-        if msg.verify(&e.mac).is_err() || h.counter() <= e.last_ctl_ctr {
-            return bump(&mut self.counters.malformed, "keepalive_rejected");
-        }
-        e.last_ctl_ctr = h.counter();
-        let bound = e.session.binding == Some(peer);
         // Same size as the keepalive: no amplification, and every transport of the
         // client can measure its RTT.
         self.send_control(id, local, peer, Body::KeepaliveAck { echo_ts_ms: ts_ms });
-        if bound {
+        if self.sessions[&id].session.binding == Some(peer) {
             self.drive(id, &Event::BoundTraffic, Some(local), now_ms);
         }
     }
@@ -130,19 +152,15 @@ impl Core {
         data: &[u8],
         now_ms: u64,
     ) {
-        use jvpn_common::wire::msg_type;
-        let Some(msg) = decode(data, msg_type::CLOSE) else {
-            return bump(&mut self.counters.malformed, "close");
-        };
-        let id = h.session_id();
-        let Some(e) = self.sessions.get_mut(&id) else {
-            return bump(&mut self.counters.malformed, "unknown_session");
-        };
-        if msg.verify(&e.mac).is_err() || h.counter() <= e.last_ctl_ctr {
-            bump(&mut self.counters.malformed, "close_rejected");
-            return self.security(Some(id), peer, "proof_invalid", now_ms);
+        match self.accept_ctl(data, h, msg_type::CLOSE, "close") {
+            Some((id, _)) => self.drive(id, &Event::Close, Some(local), now_ms),
+            // Well-formed, for a live session, but forged or replayed.
+            None if self.sessions.contains_key(&h.session_id())
+                && decode(data, msg_type::CLOSE).is_some() =>
+            {
+                self.security(Some(h.session_id()), peer, "proof_invalid", now_ms)
+            }
+            None => {}
         }
-        e.last_ctl_ctr = h.counter();
-        self.drive(id, &Event::Close, Some(local), now_ms);
     }
 }

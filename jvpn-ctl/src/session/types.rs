@@ -57,28 +57,29 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason, in wire-code order.
+    pub const ALL: [Reason; 12] = [
+        Reason::BirthComplete,
+        Reason::BirthTimeout,
+        Reason::TransportVolatile,
+        Reason::ClientReportedLoss,
+        Reason::TransportRecovered,
+        Reason::ReattachStarted,
+        Reason::ReattachSuccess,
+        Reason::ReattachValidationFailed,
+        Reason::RecoveryWindowExpired,
+        Reason::SessionTtlExpired,
+        Reason::Closed,
+        Reason::Operator,
+    ];
+
     /// Wire code carried by CLOSE.
     pub fn code(self) -> u16 {
         self as u16 + 1
     }
 
     pub fn from_code(code: u16) -> Option<Self> {
-        use Reason::*;
-        const ALL: [Reason; 12] = [
-            BirthComplete,
-            BirthTimeout,
-            TransportVolatile,
-            ClientReportedLoss,
-            TransportRecovered,
-            ReattachStarted,
-            ReattachSuccess,
-            ReattachValidationFailed,
-            RecoveryWindowExpired,
-            SessionTtlExpired,
-            Closed,
-            Operator,
-        ];
-        ALL.get(usize::from(code).checked_sub(1)?).copied()
+        Self::ALL.get(usize::from(code).checked_sub(1)?).copied()
     }
 }
 
