@@ -28,6 +28,12 @@ pub struct Endpoint {
 
 const _: () = assert!(core::mem::size_of::<Endpoint>() == 24);
 
+impl From<core::net::SocketAddr> for Endpoint {
+    fn from(a: core::net::SocketAddr) -> Self {
+        Self::from_ip(a.ip(), a.port())
+    }
+}
+
 impl Endpoint {
     pub const fn v4(addr: [u8; 4], port: u16) -> Self {
         let mut a = [0u8; 16];
@@ -54,6 +60,13 @@ impl Endpoint {
 
     pub const fn port(&self) -> u16 {
         u16::from_be(self.port_be)
+    }
+
+    pub const fn from_ip(ip: core::net::IpAddr, port: u16) -> Self {
+        match ip {
+            core::net::IpAddr::V4(a) => Self::v4(a.octets(), port),
+            core::net::IpAddr::V6(a) => Self::v6(a.octets(), port),
+        }
     }
 
     pub const fn is_v4(&self) -> bool {

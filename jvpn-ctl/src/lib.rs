@@ -9,4 +9,5 @@ pub mod gateway;
 pub mod lab;
 pub mod proto;
 pub mod session;
+pub mod toml_file;
 pub mod tun;

@@ -164,40 +164,22 @@ impl Tun {
     /// Reads one packet into `buf`; returns its length (a packet longer than `buf` is
     /// truncated by the kernel, so size `buf` to the MTU or more).
     pub async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            let mut guard = self.fd.readable().await?;
-            let res = guard.try_io(|fd| {
+        self.fd
+            .async_io(tokio::io::Interest::READABLE, |fd| {
                 // SAFETY: reads at most buf.len() bytes into buf.
-                let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-                if n < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(n as usize)
-                }
-            });
-            if let Ok(r) = res {
-                return r;
-            }
-        }
+                cvt(unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) })
+            })
+            .await
     }
 
     /// Writes one IP packet to the kernel.
     pub async fn send(&self, pkt: &[u8]) -> io::Result<usize> {
-        loop {
-            let mut guard = self.fd.writable().await?;
-            let res = guard.try_io(|fd| {
+        self.fd
+            .async_io(tokio::io::Interest::WRITABLE, |fd| {
                 // SAFETY: reads pkt.len() bytes from pkt.
-                let n = unsafe { libc::write(fd.as_raw_fd(), pkt.as_ptr().cast(), pkt.len()) };
-                if n < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(n as usize)
-                }
-            });
-            if let Ok(r) = res {
-                return r;
-            }
-        }
+                cvt(unsafe { libc::write(fd.as_raw_fd(), pkt.as_ptr().cast(), pkt.len()) })
+            })
+            .await
     }
 }
 
@@ -289,6 +271,11 @@ pub async fn add_route(name: &str, dest: IpAddr, prefix_len: u8) -> Result<(), T
             .map_err(|e| netlink_err("adding a route via", name, e))
     })
     .await
+}
+
+/// A `read`/`write` return value as a result (negative: errno).
+fn cvt(n: isize) -> io::Result<usize> {
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
 }
 
 #[cfg(test)]

@@ -25,10 +25,7 @@ pub fn v6(s: &str) -> IpAddr {
     IpAddr::V6(s.parse::<Ipv6Addr>().unwrap())
 }
 pub fn ep(a: IpAddr, port: u16) -> Endpoint {
-    match a {
-        IpAddr::V4(a) => Endpoint::v4(a.octets(), port),
-        IpAddr::V6(a) => Endpoint::v6(a.octets(), port),
-    }
+    Endpoint::from_ip(a, port)
 }
 
 pub struct Lab {

@@ -10,16 +10,7 @@ use jvpn_tests::{
 };
 
 fn jvpn_ctl() -> Command {
-    // target/<profile>/deps/<test> -> target/<profile>/jvpn-ctl (built by `cargo test
-    // --workspace` / `cargo xtask test`).
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().unwrap().parent().unwrap().join("jvpn-ctl");
-    assert!(
-        bin.exists(),
-        "{} missing: run `cargo xtask test`",
-        bin.display()
-    );
-    Command::new(bin)
+    Command::new(jvpn_tests::gwlab::jvpn_ctl_bin())
 }
 
 fn fails_with(out: Output, needle: &str) {

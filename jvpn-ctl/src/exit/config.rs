@@ -63,13 +63,8 @@ impl fmt::Debug for Config {
 /// Messages include their cause (no `source`, so `{:#}` does not repeat it).
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("reading {}: {error}", path.display())]
-    Read {
-        path: PathBuf,
-        error: std::io::Error,
-    },
-    #[error("{}: {message}", path.display())]
-    Parse { path: PathBuf, message: String },
+    #[error(transparent)]
+    File(#[from] crate::toml_file::TomlError),
     #[error("{key}: missing (set it in the config file or with --{flag})")]
     Missing { key: &'static str, flag: String },
     #[error("{key}: {problem}")]
@@ -94,25 +89,12 @@ fn need<T>(v: Option<T>, key: &'static str) -> Result<T, ConfigError> {
 
 impl ConfigFile {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
-            path: path.into(),
-            error,
-        })?;
-        Self::parse(&text).map_err(|e| match e {
-            ConfigError::Parse { message, .. } => ConfigError::Parse {
-                path: path.into(),
-                message,
-            },
-            other => other,
-        })
+        Ok(crate::toml_file::load(path)?)
     }
 
-    /// Parses TOML; the toml crate's messages name the offending key and line.
+    /// Parses TOML; the messages name the offending key and line.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: PathBuf::from("<config>"),
-            message: e.to_string().trim_end().replace('\n', " "),
-        })
+        Ok(crate::toml_file::parse(text)?)
     }
 
     /// Keys set in `over` replace those in `self`.

@@ -86,13 +86,8 @@ fn default_attach() -> String {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("reading {path}: {cause}")]
-    Read {
-        path: PathBuf,
-        cause: std::io::Error,
-    },
-    #[error("{path}: {message}")]
-    Parse { path: PathBuf, message: String },
+    #[error(transparent)]
+    File(#[from] crate::toml_file::TomlError),
     #[error("{key}: {problem}")]
     Invalid { key: String, problem: String },
     #[error(transparent)]
@@ -108,25 +103,12 @@ fn invalid(key: &str, problem: impl Into<String>) -> ConfigError {
 
 impl GatewayConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
-            path: path.into(),
-            cause,
-        })?;
-        Self::parse(&text).map_err(|e| match e {
-            ConfigError::Parse { message, .. } => ConfigError::Parse {
-                path: path.into(),
-                message,
-            },
-            other => other,
-        })
+        Ok(crate::toml_file::load(path)?)
     }
 
-    /// Parses TOML; the toml crate's messages name the offending key and line.
+    /// Parses TOML; the messages name the offending key and line.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: PathBuf::from("<config>"),
-            message: e.to_string().trim_end().replace('\n', " "),
-        })
+        Ok(crate::toml_file::parse(text)?)
     }
 
     /// Checks what serde cannot: ranges and relations between values.

@@ -10,7 +10,7 @@ use std::{
     net::{Ipv4Addr, SocketAddr},
 };
 
-use jvpn_common::maps::{Endpoint, FLAG_FORWARDING, SessionEntry, SessionStats};
+use jvpn_common::maps::{FLAG_FORWARDING, SessionEntry, SessionStats};
 use ring::{rand::SecureRandom as _, signature::Ed25519KeyPair};
 
 use super::{
@@ -107,7 +107,7 @@ const HELLO_NONCES: usize = 1 << 20;
 
 impl Core {
     pub fn new(p: CoreParams, dp: Datapath, bus: EventBus, now_ms: u64) -> Self {
-        let gateway_pub = public_key(&p.identity);
+        let gateway_pub = crate::proto::identity::public_key(&p.identity);
         let blacklist = Blacklist::new(
             p.policy.blacklist.clone(),
             p.policy.auto_blacklist_after,
@@ -298,10 +298,10 @@ impl Core {
         Ok(SessionEntry {
             generation,
             flags: if forwarding { FLAG_FORWARDING } else { 0 },
-            client: endpoint(client),
-            gw_client: endpoint(local),
-            exit: endpoint(self.exit_data),
-            gw_exit: endpoint(self.gw_exit),
+            client: client.into(),
+            gw_client: local.into(),
+            exit: self.exit_data.into(),
+            gw_exit: self.gw_exit.into(),
         })
     }
 
@@ -474,19 +474,4 @@ fn swap_of(step: &Step) -> Option<(SocketAddr, u32)> {
         Action::SwapBinding { new, generation } => Some((new, generation)),
         _ => None,
     })
-}
-
-pub fn endpoint(a: SocketAddr) -> Endpoint {
-    match a {
-        SocketAddr::V4(v4) => Endpoint::v4(v4.ip().octets(), v4.port()),
-        SocketAddr::V6(v6) => Endpoint::v6(v6.ip().octets(), v6.port()),
-    }
-}
-
-pub fn public_key(k: &Ed25519KeyPair) -> [u8; 32] {
-    use ring::signature::KeyPair as _;
-    k.public_key()
-        .as_ref()
-        .try_into()
-        .expect("Ed25519 public keys are 32 bytes")
 }

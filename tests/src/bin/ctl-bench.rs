@@ -29,7 +29,7 @@ use jvpn_ctl::{
     datapath::{Datapath, DatapathConfig},
     gateway::{
         Pool,
-        core::{Core, CoreParams, Entry, Outgoing, endpoint},
+        core::{Core, CoreParams, Entry, Outgoing},
     },
     lab::netns::PinDir,
     proto::{
@@ -531,7 +531,7 @@ impl Bench {
                 .get(&c.session_id, 0)
                 .with_context(|| format!("map entry of {}", SessionId(c.session_id)))?;
             ensure!(
-                e.generation == generation && e.client == endpoint(c.peer),
+                e.generation == generation && e.client == c.peer.into(),
                 "map entry of {}: generation {} (want {generation}), binding {:?} (want {})",
                 SessionId(c.session_id),
                 e.generation,
