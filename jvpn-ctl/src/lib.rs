@@ -1,7 +1,10 @@
 //! Jumping VPN userspace: the data-plane loader and map owner ([`datapath`]), the
 //! protocol ([`proto`]), the session state machine ([`session`]), the gateway
-//! controller ([`gateway`]), the exit ([`exit`]) and the control API ([`control`]).
+//! controller ([`gateway`]), the exit ([`exit`]), the client agent ([`client`]), the
+//! control API ([`control`]) and the namespace labs ([`lab`]).
 
+pub mod client;
+pub mod clock;
 pub mod control;
 pub mod datapath;
 pub mod exit;

@@ -30,5 +30,6 @@ macro_rules! require_root {
     };
 }
 
+pub mod agent;
 pub mod gwlab;
 pub mod tclient;

@@ -43,7 +43,7 @@ pub enum Reply {
 }
 
 pub struct TestClient {
-    pub socks: [UdpSocket; 2],
+    pub socks: [UdpSocket; 3],
     pub session: ClientSession,
     pub mac: ring::hmac::Key,
     c2x: DataKey,
@@ -52,12 +52,13 @@ pub struct TestClient {
     pub ctr: u64,
 }
 
-pub const TRANSPORTS: [Transport; 2] = [Transport::Wifi, Transport::Lte];
+pub const TRANSPORTS: [Transport; 3] = Transport::ALL;
 
 fn idx(t: Transport) -> usize {
     match t {
         Transport::Wifi => 0,
         Transport::Lte => 1,
+        Transport::Lte6 => 2,
     }
 }
 

@@ -107,7 +107,7 @@ fn session_carries_data_and_keeps_its_id_across_a_reattach() {
         ]
     );
     // The event log on disk has the same events.
-    let log = std::fs::read_to_string(lab.dir.join("events.jsonl")).unwrap();
+    let log = std::fs::read_to_string(lab.dir.join("gateway-events.jsonl")).unwrap();
     assert_eq!(log.lines().count(), ev.len(), "{log}");
 
     // DATA still sent from the old transport is the relay's stale_binding drop.

@@ -31,21 +31,6 @@ pub struct Args {
     mtu: Option<u32>,
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        tracing::error!("cannot install SIGINT/SIGTERM handlers; stop the exit with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-    }
-}
-
 pub fn run(args: Args) -> anyhow::Result<()> {
     let file = match &args.config {
         Some(path) => ConfigFile::load(path)?,
@@ -69,7 +54,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .context("starting the tokio runtime")?;
     rt.block_on(async {
         let exit = exit::Exit::bind(config).await?;
-        exit.run(shutdown_signal()).await
+        exit.run(super::shutdown_signal()).await
     })
     .context("exit")?;
     Ok(())

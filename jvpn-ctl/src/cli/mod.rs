@@ -1,5 +1,6 @@
 //! Command-line verbs, one file each.
 
+mod client;
 mod datapath;
 mod demo;
 mod exit;
@@ -31,6 +32,9 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the client agent (TUN, transports, reattach); `client status` and
+    /// `client move TRANSPORT` talk to a running one.
+    Client(client::Args),
     /// Load, attach, inspect or remove the XDP data plane.
     Datapath {
         #[command(subcommand)]
@@ -80,6 +84,7 @@ struct PinArgs {
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Client(args) => client::run(args),
         Command::Datapath { command } => datapath::run(command),
         Command::Demo(args) => demo::run(args),
         Command::Exit(args) => exit::run(args),
@@ -92,5 +97,21 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Events(args) => events::run(args),
         Command::Stats(args) => stats::run(args),
         Command::Policy { command } => policy::run(command),
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM (the daemons' shutdown).
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        tracing::error!("cannot install SIGINT/SIGTERM handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
     }
 }

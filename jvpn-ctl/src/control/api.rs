@@ -94,6 +94,11 @@ pub enum Request {
         #[serde(default)]
         follow: bool,
     },
+    /// Client agent only: `data` is a [`crate::client::ClientStatus`].
+    Status,
+    /// Client agent only: move the session to the named transport now (a planned
+    /// reattach); `data` is `null`.
+    Move { transport: String },
 }
 
 /// One response line: `{"ok":true,"data":...}` or `{"ok":false,"error":"..."}`.

@@ -412,6 +412,7 @@ pub(crate) mod tests {
                     Request::Stats => Response::ok(&crate::control::api::Stats::default()),
                     Request::Policy => Response::ok(&crate::session::Policy::default()),
                     Request::Events { .. } => Response::error("events reached the core"),
+                    Request::Status | Request::Move { .. } => Response::error("not a client"),
                 };
                 let _ = call.reply.send(response);
             }

@@ -193,6 +193,18 @@ impl Datapath {
         Ok(used)
     }
 
+    /// Attaches another program of the object and pins its link under the pin
+    /// directory, so it outlives this process (a lab left running).
+    pub fn attach_pinned(
+        &mut self,
+        program: &'static str,
+        iface: &str,
+        mode: AttachMode,
+    ) -> Result<AttachMode, DatapathError> {
+        let dir = self.cfg.pin_dir.clone();
+        attach::attach(xdp_mut(&mut self.ebpf, program)?, &dir, iface, mode)
+    }
+
     /// Attaches another program of the object (benchmarks, redirect targets). Not pinned:
     /// it is detached when the `Datapath` is dropped.
     pub fn attach_unpinned(

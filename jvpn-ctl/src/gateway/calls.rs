@@ -38,6 +38,9 @@ impl Core {
             Request::Stats => Response::ok(&self.stats(now_ms)),
             Request::Policy => Response::ok(&self.policy),
             Request::Events { .. } => Response::error("events are served by the control server"),
+            Request::Status | Request::Move { .. } => Response::error(
+                "this is a gateway's control socket; `client status` and `client move` talk to a client agent's",
+            ),
         }
     }
 

@@ -25,7 +25,7 @@ use crate::{
         events::EventBus,
     },
     datapath::Datapath,
-    proto::{Body, Control, Peers, SessionKeys},
+    proto::{Body, Control, CtlWindow, Peers, SessionKeys},
     session::{self, Action, Event, Notice, Policy, Session, State, Step},
 };
 
@@ -69,8 +69,8 @@ pub struct Entry {
     pub local: SocketAddr,
     /// CONFIRM verified from (peer, local); waiting for the exit's acknowledgement.
     pub confirming: Option<(SocketAddr, SocketAddr)>,
-    /// Highest control counter accepted on KEEPALIVE / CLOSE.
-    pub last_ctl_ctr: u64,
+    /// Control counters accepted on KEEPALIVE / CLOSE.
+    pub ctl_window: CtlWindow,
     /// Uplink packets seen in `SESSION_STATS` at the last poll.
     pub seen_up: u64,
 }

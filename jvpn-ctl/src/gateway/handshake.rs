@@ -104,7 +104,7 @@ impl Core {
                 tunnel,
                 local,
                 confirming: None,
-                last_ctl_ctr: 0,
+                ctl_window: crate::proto::CtlWindow::default(),
                 seen_up: 0,
             },
         );

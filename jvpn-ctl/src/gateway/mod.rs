@@ -18,4 +18,4 @@ mod run;
 
 pub use config::{ConfigError, GatewayConfig};
 pub use pool::Pool;
-pub use run::{Clock, GatewayError, run};
+pub use run::{GatewayError, run};

@@ -103,7 +103,8 @@ impl Core {
         self.drive(id, &ev, Some(local), now_ms);
     }
 
-    /// KEEPALIVE and CLOSE: a verified MAC and a counter above the last one accepted,
+    /// KEEPALIVE and CLOSE: a verified MAC and a counter not seen before (reordering
+    /// across the client's transports is tolerated, see [`crate::proto::CtlWindow`]),
     /// else `None` — they must neither fake liveness nor be reflected when replayed.
     fn accept_ctl(
         &mut self,
@@ -114,11 +115,10 @@ impl Core {
     ) -> Option<(u64, Control)> {
         let (id, msg, mac_ok) = self.open(data, h, want, what)?;
         let e = self.sessions.get_mut(&id)?;
-        if !mac_ok || msg.ctr <= e.last_ctl_ctr {
+        if !mac_ok || !e.ctl_window.update(msg.ctr) {
             bump(&mut self.counters.malformed, &format!("{what}_rejected"));
             return None;
         }
-        e.last_ctl_ctr = msg.ctr;
         Some((id, msg))
     }
 

@@ -6,7 +6,7 @@ use std::{
     future::Future,
     net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::Arc,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use ipnet::IpNet;
@@ -19,6 +19,7 @@ use super::{
     pool::Pool,
 };
 use crate::{
+    clock::Clock,
     control::{self, events::EventBus},
     datapath::{AttachMode, Datapath, DatapathConfig, DatapathError},
     proto::{self, Peers, ProtoError},
@@ -40,38 +41,6 @@ pub enum GatewayError {
     Control(#[from] control::ControlError),
     #[error("{what}: {cause}")]
     Io { what: String, cause: std::io::Error },
-}
-
-/// The gateway's notion of time: wall-clock milliseconds at start plus monotonic time
-/// since, so timers never jump with the system clock while timestamps stay comparable
-/// with the clients' wall clocks.
-#[derive(Clone, Copy)]
-pub struct Clock {
-    wall_ms: u64,
-    start: Instant,
-}
-
-impl Clock {
-    pub fn new() -> Self {
-        let wall_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        Self {
-            wall_ms,
-            start: Instant::now(),
-        }
-    }
-
-    pub fn now_ms(&self) -> u64 {
-        self.wall_ms + self.start.elapsed().as_millis() as u64
-    }
-}
-
-impl Default for Clock {
-    fn default() -> Self {
-        Self::new()
-    }
 }
 
 /// Runs the gateway until `shutdown` resolves. On the way out every session is

@@ -4,12 +4,13 @@
 //! ```text
 //! client: c-wifi 10.77.1.2/24 ── g-wifi 10.77.1.1/24 :gateway
 //!         c-lte  10.77.2.2/24 ── g-lte  10.77.2.1/24
+//!                fd77:2::2/64      fd77:2::1/64       (the IPv6 transport)
 //! gateway: g-exit 10.77.9.1/24 ── x-gw  10.77.9.2/24 :exit
 //! ```
 
 use std::{
     io::Result,
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4},
 };
 
 use jvpn_common::maps::{Endpoint, FLAG_FORWARDING, SessionEntry};
@@ -31,30 +32,53 @@ fn sa(a: [u8; 4], port: u16) -> SocketAddr {
     SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::from(a), port))
 }
 
-/// One of the client's two links.
+/// One of the client's transports: Wi-Fi, and LTE over IPv4 or IPv6 (one link).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Transport {
     Wifi,
     Lte,
+    Lte6,
 }
 
+const LTE6_CLIENT: Ipv6Addr = Ipv6Addr::new(0xfd77, 2, 0, 0, 0, 0, 0, 2);
+const LTE6_GW: Ipv6Addr = Ipv6Addr::new(0xfd77, 2, 0, 0, 0, 0, 0, 1);
+
 impl Transport {
+    pub const ALL: [Transport; 3] = [Transport::Wifi, Transport::Lte, Transport::Lte6];
+
     /// (client address, gateway address) on this link.
-    const fn addrs(self) -> ([u8; 4], [u8; 4]) {
+    fn ips(self) -> (IpAddr, IpAddr) {
         match self {
-            Self::Wifi => ([10, 77, 1, 2], [10, 77, 1, 1]),
-            Self::Lte => ([10, 77, 2, 2], [10, 77, 2, 1]),
+            Self::Wifi => ([10, 77, 1, 2].into(), [10, 77, 1, 1].into()),
+            Self::Lte => ([10, 77, 2, 2].into(), [10, 77, 2, 1].into()),
+            Self::Lte6 => (LTE6_CLIENT.into(), LTE6_GW.into()),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Wifi => "wifi",
+            Self::Lte => "lte",
+            Self::Lte6 => "lte6",
+        }
+    }
+
+    /// The client-side interface this transport leaves through.
+    pub fn client_dev(self) -> &'static str {
+        match self {
+            Self::Wifi => "c-wifi",
+            Self::Lte | Self::Lte6 => "c-lte",
         }
     }
 
     /// Where the client sends from on this link (its binding when bound here).
     pub fn client_addr(self) -> SocketAddr {
-        sa(self.addrs().0, CLIENT_PORT)
+        SocketAddr::new(self.ips().0, CLIENT_PORT)
     }
 
     /// The gateway's jvpn socket address on this link.
     pub fn gw_addr(self) -> SocketAddr {
-        sa(self.addrs().1, PORT)
+        SocketAddr::new(self.ips().1, PORT)
     }
 }
 
@@ -69,12 +93,11 @@ pub fn gw_exit_addr() -> SocketAddr {
 
 /// The forwarding entry of a session whose client is bound on `t`.
 pub fn session_entry(t: Transport, generation: u32) -> SessionEntry {
-    let (client, gw) = t.addrs();
     SessionEntry {
         generation,
         flags: FLAG_FORWARDING,
-        client: Endpoint::v4(client, CLIENT_PORT),
-        gw_client: Endpoint::v4(gw, PORT),
+        client: Endpoint::from(t.client_addr()),
+        gw_client: Endpoint::from(t.gw_addr()),
         exit: Endpoint::v4(EXIT, EXIT_PORT),
         gw_exit: Endpoint::v4(GW_EXIT, PORT),
     }
@@ -110,6 +133,16 @@ impl GatewayLab {
         ] {
             ns.ip(&["addr", "add", addr, "dev", dev])?;
         }
+        // No duplicate address detection: the addresses are usable at once, also
+        // after the link has been down and up again.
+        for (ns, addr) in [(&lab.client, "fd77:2::2/64"), (&lab.gw, "fd77:2::1/64")] {
+            let dev = if ns.name == lab.client.name {
+                "c-lte"
+            } else {
+                "g-lte"
+            };
+            ns.ip(&["-6", "addr", "add", addr, "dev", dev, "nodad"])?;
+        }
         // Locally sent packets leave a veth with a partial checksum (TX offload) that
         // only the kernel's forwarding path completes; XDP sees the frame as it is. A
         // remote host's packets always carry full checksums, so the senders compute them.
@@ -125,6 +158,7 @@ impl GatewayLab {
         for (addr, peer, peer_dev, dev) in [
             ("10.77.1.2", &lab.client, "c-wifi", "g-wifi"),
             ("10.77.2.2", &lab.client, "c-lte", "g-lte"),
+            ("fd77:2::2", &lab.client, "c-lte", "g-lte"),
             ("10.77.9.2", &lab.exit, "x-gw", "g-exit"),
         ] {
             let mac = peer.mac_str(peer_dev)?;

@@ -4,6 +4,8 @@
 
 pub mod gateway;
 pub mod netns;
+pub mod stack;
+pub mod traffic;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 

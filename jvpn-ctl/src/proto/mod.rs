@@ -5,6 +5,7 @@
 //! pass time and randomness in and decide what a verified message means.
 
 pub mod control;
+pub mod ctl_window;
 pub mod data;
 mod error;
 mod fields;
@@ -17,6 +18,7 @@ mod keys;
 pub mod link;
 
 pub use control::{Body, Control, ReattachRequest, Unverified};
+pub use ctl_window::CtlWindow;
 pub use data::{DataKey, ReplayWindow};
 pub use error::ProtoError;
 pub use fields::{ADDR_LEN, HINT_LEN, Hint, TransportKind};

@@ -1,0 +1,284 @@
+//! Client agent configuration: TOML, then command-line overrides, then validation.
+//!
+//! ```toml
+//! identity = "/etc/jvpn/client.key"
+//! gateway_public_key = "3b6a27bc…"        # 64 hex characters (`jvpn-ctl pubkey`)
+//! tun_name = "jvpn0"
+//! routes = ["10.99.0.0/24"]               # sent through the tunnel
+//!
+//! [[transport]]                           # most preferred first
+//! name = "wifi"
+//! kind = "wifi"                           # wifi | cellular | ethernet
+//! bind = "192.0.2.10:40000"               # source address (port 0: any)
+//! interface = "wlan0"                     # optional: SO_BINDTODEVICE
+//! gateway = "198.51.100.1:51820"
+//! ```
+//!
+//! Unknown keys and invalid values are errors that name the key.
+
+use std::{
+    collections::HashSet,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::{proto::TransportKind, tun};
+
+pub const DEFAULT_SOCKET: &str = "/run/jvpn/client.sock";
+pub const DEFAULT_TUN_NAME: &str = "jvpn0";
+
+/// The kind of a transport, as the gateway is told in REATTACH_REQUEST.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Wifi,
+    Cellular,
+    Ethernet,
+}
+
+impl Kind {
+    pub fn wire(self) -> TransportKind {
+        match self {
+            Kind::Wifi => TransportKind::Wifi,
+            Kind::Cellular => TransportKind::Cellular,
+            Kind::Ethernet => TransportKind::Ethernet,
+        }
+    }
+}
+
+/// One way to reach the gateway.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransportConfig {
+    /// Short name used in events, status and `jvpn-ctl client move`.
+    pub name: String,
+    pub kind: Kind,
+    /// Local source address; the port may be 0 (any).
+    pub bind: SocketAddr,
+    /// Interface the socket is tied to (SO_BINDTODEVICE), so its packets never leave
+    /// through another link when routes change.
+    #[serde(default)]
+    pub interface: Option<String>,
+    /// The gateway's address on this transport (same family as `bind`).
+    pub gateway: SocketAddr,
+}
+
+/// Thresholds that make the bound transport VOLATILE, and the move-back rule.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// Lost keepalives among the last [`super::health::WINDOW`] probes.
+    pub max_loss_pct: u32,
+    pub max_rtt_ms: u32,
+    pub max_jitter_ms: u32,
+    /// Silence on the bound transport after which it is VOLATILE (before it is DEAD
+    /// at the gateway's `transport_loss_ttl_ms`). 0: twice the keepalive interval.
+    pub volatile_after_ms: u64,
+    /// A more preferred transport must have been healthy this long before the
+    /// session moves back to it.
+    pub return_after_ms: u64,
+    /// How long one reattach exchange may take before the next candidate is tried.
+    pub attempt_timeout_ms: u64,
+    /// Overrides the gateway's keepalive interval / loss TTL hints (0: use the hint).
+    pub keepalive_interval_ms: u64,
+    pub transport_loss_ttl_ms: u64,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            max_loss_pct: 20,
+            max_rtt_ms: 1_000,
+            max_jitter_ms: 300,
+            volatile_after_ms: 0,
+            return_after_ms: 2_000,
+            attempt_timeout_ms: 500,
+            keepalive_interval_ms: 0,
+            transport_loss_ttl_ms: 0,
+        }
+    }
+}
+
+/// The file as written; flags fill or override it, then [`ClientConfig::validate`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    pub identity: PathBuf,
+    /// The gateway's Ed25519 public key, 64 hex characters.
+    pub gateway_public_key: String,
+    #[serde(default = "default_tun")]
+    pub tun_name: String,
+    #[serde(default = "default_mtu")]
+    pub mtu: u32,
+    /// Destinations routed into the tunnel.
+    #[serde(default)]
+    pub routes: Vec<IpNet>,
+    #[serde(default = "default_socket")]
+    pub control_socket: PathBuf,
+    /// JSON-lines event log (the gateway's event format).
+    #[serde(default)]
+    pub event_log: Option<PathBuf>,
+    /// After the gateway TERMINATES the session, establish a new one (and say so).
+    #[serde(default = "yes")]
+    pub reconnect: bool,
+    #[serde(rename = "transport")]
+    pub transports: Vec<TransportConfig>,
+    #[serde(default)]
+    pub health: HealthConfig,
+}
+
+fn default_tun() -> String {
+    DEFAULT_TUN_NAME.into()
+}
+fn default_mtu() -> u32 {
+    tun::DEFAULT_MTU
+}
+fn default_socket() -> PathBuf {
+    DEFAULT_SOCKET.into()
+}
+fn yes() -> bool {
+    true
+}
+
+/// Messages include their cause (no `source`, so `{:#}` does not repeat it).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(transparent)]
+    File(#[from] crate::toml_file::TomlError),
+    #[error("{key}: {problem}")]
+    Invalid { key: String, problem: String },
+}
+
+fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        problem: problem.into(),
+    }
+}
+
+impl ClientConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Ok(crate::toml_file::load(path)?)
+    }
+
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        Ok(crate::toml_file::parse(text)?)
+    }
+
+    /// The gateway key as bytes.
+    pub fn gateway_key(&self) -> Result<[u8; 32], ConfigError> {
+        crate::proto::identity::parse_public(&self.gateway_public_key)
+            .map_err(|e| invalid("gateway_public_key", e.to_string()))
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.gateway_key()?;
+        if self.transports.is_empty() {
+            return Err(invalid("transport", "at least one [[transport]] is needed"));
+        }
+        let mut names = HashSet::new();
+        for (i, t) in self.transports.iter().enumerate() {
+            let key = |k: &str| format!("transport[{i}].{k}");
+            if t.name.is_empty() || t.name.len() > 32 || t.name.contains(char::is_whitespace) {
+                return Err(invalid(key("name"), "1 to 32 characters, no spaces"));
+            }
+            if !names.insert(t.name.as_str()) {
+                return Err(invalid(key("name"), format!("{:?} is used twice", t.name)));
+            }
+            if t.bind.is_ipv4() != t.gateway.is_ipv4() {
+                return Err(invalid(
+                    key("gateway"),
+                    format!("{} is not the same family as bind {}", t.gateway, t.bind),
+                ));
+            }
+            if t.gateway.port() == 0 || t.gateway.ip().is_unspecified() {
+                return Err(invalid(key("gateway"), "needs an address and a port"));
+            }
+            if let Some(dev) = &t.interface
+                && (dev.is_empty() || dev.len() > 15)
+            {
+                return Err(invalid(key("interface"), "1 to 15 characters"));
+            }
+        }
+        if !(576..=9000).contains(&self.mtu) {
+            return Err(invalid("mtu", "must be between 576 and 9000"));
+        }
+        let h = &self.health;
+        if h.max_loss_pct > 100 {
+            return Err(invalid("health.max_loss_pct", "is a percentage (0..=100)"));
+        }
+        for (k, v) in [
+            ("health.return_after_ms", h.return_after_ms),
+            ("health.attempt_timeout_ms", h.attempt_timeout_ms),
+        ] {
+            if v == 0 {
+                return Err(invalid(k, "must be positive"));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn transport_index(&self, name: &str) -> Option<usize> {
+        self.transports.iter().position(|t| t.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "3b6a27bcceb6a42d62a3a8d02a6f0d73653215771de243a63ac048a18b59da29";
+
+    fn text(extra: &str) -> String {
+        format!(
+            "identity = \"/k\"\ngateway_public_key = \"{KEY}\"\n{extra}\n\
+             [[transport]]\nname = \"wifi\"\nkind = \"wifi\"\nbind = \"10.0.0.2:0\"\ngateway = \"10.0.0.1:51820\"\n"
+        )
+    }
+
+    #[test]
+    fn defaults_and_a_valid_file() {
+        let c = ClientConfig::parse(&text("")).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.tun_name, DEFAULT_TUN_NAME);
+        assert!(c.reconnect);
+        assert_eq!(c.health, HealthConfig::default());
+        assert_eq!(c.transport_index("wifi"), Some(0));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let unknown = ClientConfig::parse(&text("colour = 1")).unwrap_err();
+        assert!(unknown.to_string().contains("colour"), "{unknown}");
+        let bad_kind =
+            ClientConfig::parse(&text("").replace("\"wifi\"\nbind", "\"carrier-pigeon\"\nbind"))
+                .unwrap_err();
+        assert!(
+            bad_kind.to_string().contains("carrier-pigeon"),
+            "{bad_kind}"
+        );
+        let mut c = ClientConfig::parse(&text("")).unwrap();
+        c.transports[0].gateway = "[fd00::1]:51820".parse().unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.starts_with("transport[0].gateway:"), "{e}");
+        let mut c = ClientConfig::parse(&text("")).unwrap();
+        c.transports.push(c.transports[0].clone());
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("used twice"), "{e}");
+        let mut c = ClientConfig::parse(&text("")).unwrap();
+        c.gateway_public_key = "abc".into();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.starts_with("gateway_public_key:"), "{e}");
+        let mut c = ClientConfig::parse(&text("")).unwrap();
+        c.transports.clear();
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .starts_with("transport:")
+        );
+    }
+}

@@ -1,0 +1,1019 @@
+//! The client agent's logic: handshake, tunnel crypto, transport health, and
+//! reattach, as synchronous code with time as an input. The I/O shell
+//! ([`super::run`]) feeds it datagrams, TUN packets and ticks, and carries out what
+//! it queues in [`Core::out`].
+//!
+//! Session states mirror the gateway's (DESIGN §4) from the client's side:
+//!
+//! | from | when | to | reason |
+//! |---|---|---|---|
+//! | BIRTH | ESTABLISHED verified | ATTACHED | birth_complete |
+//! | ATTACHED | bound transport over a threshold or silent | VOLATILE | transport_volatile |
+//! | VOLATILE, DEGRADED | bound transport healthy again | ATTACHED | transport_recovered |
+//! | VOLATILE, DEGRADED | bound transport DEAD, a candidate to try | RECOVERING | reattach_started |
+//! | ATTACHED | a more preferred transport healthy for `return_after_ms`, or `client move` | RECOVERING | reattach_started |
+//! | RECOVERING | REATTACH_ACK | ATTACHED | reattach_success |
+//! | RECOVERING | REATTACH_DENIED, or no answer within `attempt_timeout_ms` | DEGRADED | reattach_validation_failed (+detail) |
+//! | any | CLOSE from the gateway; recovery window or session TTL over | TERMINATED | the CLOSE's reason / recovery_window_expired / session_ttl_expired |
+//!
+//! Refusals are obeyed: a DENIED candidate backs off (rate limits back off the whole
+//! session), and nothing ever falls back silently to a fresh session. Only after
+//! TERMINATED does the agent start a new one, if `reconnect` is set, and it says so.
+
+use std::net::{IpAddr, SocketAddr};
+
+use jvpn_common::wire::msg_type;
+use ring::{
+    hmac,
+    rand::{SecureRandom as _, SystemRandom},
+    signature::Ed25519KeyPair,
+};
+
+use super::{
+    config::{ClientConfig, HealthConfig, TransportConfig},
+    health::{Health, Status, Thresholds},
+    status::{ClientStatus, Counters, SwitchRecord, TransportStatus},
+};
+use crate::{
+    control::api::{EventRecord, SessionId},
+    proto::{
+        self, Body, ClientHandshake, ClientSession, Control, CtlWindow, DataKey, Hint,
+        ReattachRequest, ReplayWindow, Unverified,
+    },
+    session::{Detail, Reason, State},
+};
+
+/// HELLO retransmission period, and HELLOs per transport before the next is tried.
+const HELLO_EVERY_MS: u64 = 1_000;
+const HELLOS_PER_TRANSPORT: u32 = 3;
+/// In-flight handshakes kept (a late WELCOME for an earlier HELLO is still usable).
+const MAX_HANDSHAKES: usize = 4;
+const CONFIRM_EVERY_MS: u64 = 250;
+const CONFIRM_GIVE_UP_MS: u64 = 10_000;
+/// Pause before a new session after TERMINATED.
+const RECONNECT_AFTER_MS: u64 = 1_000;
+/// Grace after the session TTL for the gateway's CLOSE before the client ends it.
+const TTL_GRACE_MS: u64 = 5_000;
+/// Back-off after refusals.
+const BACKOFF_CANDIDATE_MS: u64 = 2_000;
+const BACKOFF_BLACKLISTED_MS: u64 = 60_000;
+const BACKOFF_RATE_FIRST_MS: u64 = 1_000;
+const BACKOFF_RATE_MAX_MS: u64 = 16_000;
+
+/// What the shell must do.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Out {
+    /// Send on transport `transport` to its gateway address.
+    Udp {
+        transport: usize,
+        data: Vec<u8>,
+    },
+    /// Write an inner packet to the TUN device.
+    Tun(Vec<u8>),
+    /// A session is up: give the TUN this address (and the configured routes).
+    TunUp(IpAddr),
+    Event(EventRecord),
+    /// The session is TERMINATED and `reconnect` is off: stop.
+    Exit(Reason),
+}
+
+/// One transport and what the agent knows about it.
+struct Link {
+    cfg: TransportConfig,
+    /// The socket's actual local address (the binding the gateway sees).
+    local: String,
+    health: Health,
+    status: Status,
+    healthy_for_ms: u64,
+    last_probe_ms: Option<u64>,
+    backoff_until: u64,
+}
+
+struct Attempt {
+    candidate: usize,
+    awaiting_ack: bool,
+    /// Last message of the exchange sent at.
+    sent_ms: u64,
+    started_ms: u64,
+    planned: bool,
+}
+
+struct Connecting {
+    transport: usize,
+    handshakes: Vec<ClientHandshake>,
+    hellos_on_transport: u32,
+    last_hello_ms: u64,
+    /// WELCOME verified; CONFIRM being sent until ESTABLISHED.
+    confirming: Option<(ClientSession, u64)>,
+}
+
+struct Session {
+    id: u64,
+    mac: hmac::Key,
+    c2x: DataKey,
+    x2c: DataKey,
+    tunnel: IpAddr,
+    hint: Hint,
+    state: State,
+    version: u64,
+    bound: usize,
+    generation: u32,
+    ctl_ctr: u64,
+    data_ctr: u64,
+    rx_window: ReplayWindow,
+    gw_ctl: CtlWindow,
+    attempt: Option<Attempt>,
+    /// When the bound transport was declared DEAD (start of a recovery).
+    dead_since: Option<u64>,
+    left_attached_ms: Option<u64>,
+    created_ms: u64,
+    /// Reattach attempts since the session last left ATTACHED (for the record).
+    tries: u32,
+    rate_backoff_ms: u64,
+    rate_backoff_until: u64,
+    switches: u64,
+    last_switch: Option<SwitchRecord>,
+    /// Operator-requested move, served on the next tick.
+    move_to: Option<usize>,
+}
+
+enum Phase {
+    Connecting(Box<Connecting>),
+    Up(Box<Session>),
+    /// TERMINATED; a new session starts at `reconnect_at` if reconnecting.
+    Ended {
+        reconnect_at: Option<u64>,
+    },
+}
+
+pub struct Core {
+    links: Vec<Link>,
+    health: HealthConfig,
+    identity: Ed25519KeyPair,
+    gateway_pub: [u8; 32],
+    reconnect: bool,
+    phase: Phase,
+    rng: SystemRandom,
+    counters: Counters,
+    established: u64,
+    /// Last state reported, for status while connecting or ended.
+    last_state: State,
+    pub out: Vec<Out>,
+}
+
+impl Core {
+    pub fn new(
+        cfg: &ClientConfig,
+        identity: Ed25519KeyPair,
+        gateway_pub: [u8; 32],
+        now_ms: u64,
+    ) -> Self {
+        let links = cfg
+            .transports
+            .iter()
+            .map(|t| Link {
+                local: t.bind.to_string(),
+                cfg: t.clone(),
+                health: Health::new(now_ms),
+                status: Status::Unknown,
+                healthy_for_ms: 0,
+                last_probe_ms: None,
+                backoff_until: 0,
+            })
+            .collect();
+        let mut core = Self {
+            links,
+            health: cfg.health.clone(),
+            identity,
+            gateway_pub,
+            reconnect: cfg.reconnect,
+            phase: Phase::Ended { reconnect_at: None },
+            rng: SystemRandom::new(),
+            counters: Counters::default(),
+            established: 0,
+            last_state: State::Birth,
+            out: Vec::new(),
+        };
+        core.connect(0, now_ms);
+        core
+    }
+
+    /// The shell reports the socket's real local address (port 0 resolved).
+    pub fn set_local(&mut self, transport: usize, local: SocketAddr) {
+        self.links[transport].local = local.to_string();
+    }
+
+    pub fn session_id(&self) -> Option<u64> {
+        match &self.phase {
+            Phase::Up(s) => Some(s.id),
+            _ => None,
+        }
+    }
+
+    pub fn note_send_error(&mut self) {
+        self.counters.send_errors += 1;
+    }
+
+    // -----------------------------------------------------------------------------
+    // Handshake
+
+    fn connect(&mut self, first: usize, now_ms: u64) {
+        self.phase = Phase::Connecting(Box::new(Connecting {
+            transport: first,
+            handshakes: Vec::new(),
+            hellos_on_transport: 0,
+            last_hello_ms: 0,
+            confirming: None,
+        }));
+        self.last_state = State::Birth;
+        self.send_hello(now_ms);
+    }
+
+    fn send_hello(&mut self, now_ms: u64) {
+        let Phase::Connecting(c) = &mut self.phase else {
+            return;
+        };
+        if c.hellos_on_transport >= HELLOS_PER_TRANSPORT {
+            c.transport = (c.transport + 1) % self.links.len();
+            c.hellos_on_transport = 0;
+        }
+        // A fresh HELLO each time: the gateway refuses a repeated one as a replay.
+        match ClientHandshake::start(&self.identity, &self.gateway_pub, now_ms, &self.rng) {
+            Ok((hs, hello)) => {
+                if c.handshakes.len() == MAX_HANDSHAKES {
+                    c.handshakes.remove(0);
+                }
+                c.handshakes.push(hs);
+                c.hellos_on_transport += 1;
+                c.last_hello_ms = now_ms;
+                let transport = c.transport;
+                tracing::debug!("HELLO over {}", self.links[transport].cfg.name);
+                self.out.push(Out::Udp {
+                    transport,
+                    data: hello,
+                });
+            }
+            Err(e) => tracing::error!("building HELLO: {e}"),
+        }
+    }
+
+    fn on_handshake_msg(&mut self, t: usize, data: &[u8], now_ms: u64) {
+        let Phase::Connecting(c) = &mut self.phase else {
+            return;
+        };
+        match data.get(1) {
+            Some(&msg_type::WELCOME) if c.confirming.is_none() => {
+                let Some(session) = c
+                    .handshakes
+                    .iter_mut()
+                    .find_map(|hs| hs.on_welcome(data).ok())
+                else {
+                    self.counters.ctl_rejected += 1;
+                    return;
+                };
+                tracing::info!(
+                    "WELCOME over {}: session {:016x}, tunnel address {}",
+                    self.links[t].cfg.name,
+                    session.session_id,
+                    session.tunnel_addr
+                );
+                c.transport = t;
+                self.out.push(Out::Udp {
+                    transport: t,
+                    data: session.confirm.clone(),
+                });
+                c.confirming = Some((session, now_ms));
+            }
+            Some(&msg_type::ESTABLISHED) => {
+                let ok = c
+                    .confirming
+                    .as_ref()
+                    .is_some_and(|(s, _)| s.verify_established(data).is_ok());
+                if !ok {
+                    self.counters.ctl_rejected += 1;
+                    return;
+                }
+                let t = c.transport;
+                let Some((session, _)) = c.confirming.take() else {
+                    return;
+                };
+                self.established(session, t, now_ms);
+            }
+            _ => {}
+        }
+    }
+
+    fn established(&mut self, cs: ClientSession, t: usize, now_ms: u64) {
+        self.established += 1;
+        let s = Session {
+            id: cs.session_id,
+            mac: cs.keys.mac_key(),
+            c2x: DataKey::new(&cs.keys.c2x),
+            x2c: DataKey::new(&cs.keys.x2c),
+            tunnel: cs.tunnel_addr,
+            hint: cs.hint,
+            state: State::Birth,
+            version: 0,
+            bound: t,
+            generation: 1,
+            ctl_ctr: cs.next_ctr,
+            data_ctr: 0,
+            rx_window: ReplayWindow::new(),
+            gw_ctl: CtlWindow::default(),
+            attempt: None,
+            dead_since: None,
+            left_attached_ms: None,
+            created_ms: now_ms,
+            tries: 0,
+            rate_backoff_ms: 0,
+            rate_backoff_until: 0,
+            switches: 0,
+            last_switch: None,
+            move_to: None,
+        };
+        for l in &mut self.links {
+            l.health.reset(now_ms);
+            l.last_probe_ms = None;
+            l.backoff_until = 0;
+        }
+        self.links[t].health.on_rx(now_ms);
+        self.out.push(Out::TunUp(s.tunnel));
+        self.phase = Phase::Up(Box::new(s));
+        self.go(State::Attached, Reason::BirthComplete, None, now_ms);
+        let local = self.links[t].local.clone();
+        self.emit_switch(None, local, 1, now_ms);
+        // Probe every transport right away so standby health is known early.
+        self.probe_all(now_ms, true);
+    }
+
+    // -----------------------------------------------------------------------------
+    // Input
+
+    /// A datagram received on transport `t` (from its gateway address).
+    pub fn on_datagram(&mut self, t: usize, data: &[u8], now_ms: u64) {
+        match data.get(1) {
+            Some(&msg_type::DATA) => self.on_data(t, data, now_ms),
+            Some(&msg_type::WELCOME | &msg_type::ESTABLISHED) => {
+                self.on_handshake_msg(t, data, now_ms)
+            }
+            _ => self.on_control(t, data, now_ms),
+        }
+    }
+
+    fn on_data(&mut self, t: usize, data: &[u8], now_ms: u64) {
+        let Phase::Up(s) = &mut self.phase else {
+            return;
+        };
+        let mut buf = data.to_vec();
+        let Ok((sid, ctr, inner)) = proto::data::open(&s.x2c, &mut buf) else {
+            self.counters.rx_bad += 1;
+            return;
+        };
+        if sid != s.id {
+            self.counters.rx_bad += 1;
+            return;
+        }
+        if !s.rx_window.update(ctr) {
+            self.counters.rx_replayed += 1;
+            return;
+        }
+        self.counters.rx_packets += 1;
+        self.counters.rx_bytes += inner.len() as u64;
+        self.out.push(Out::Tun(inner.to_vec()));
+        self.links[t].health.on_rx(now_ms);
+    }
+
+    fn on_control(&mut self, t: usize, data: &[u8], now_ms: u64) {
+        let Phase::Up(s) = &mut self.phase else {
+            return;
+        };
+        let Ok(u) = Unverified::decode(data) else {
+            self.counters.ctl_rejected += 1;
+            return;
+        };
+        if u.session_id() != s.id {
+            self.counters.ctl_rejected += 1;
+            return;
+        }
+        let kind = match u.verify(&s.mac) {
+            Err(_) => Some("proof_invalid"),
+            Ok(_) if !s.gw_ctl.update(u.ctr()) => Some("replay"),
+            Ok(_) => None,
+        };
+        if let Some(kind) = kind {
+            self.counters.ctl_rejected += 1;
+            let ev = EventRecord::SecurityEvent {
+                ts_ms: now_ms,
+                session_id: Some(SessionId(s.id)),
+                source: self.links[t].cfg.gateway.to_string(),
+                kind: kind.into(),
+            };
+            self.out.push(Out::Event(ev));
+            return;
+        }
+        let msg = u.into_msg();
+        self.links[t].health.on_rx(now_ms);
+        match msg.body {
+            Body::KeepaliveAck { echo_ts_ms } => {
+                self.links[t].health.on_probe_ack(echo_ts_ms, now_ms);
+            }
+            Body::ReattachChallenge { challenge } => self.on_challenge(t, challenge, now_ms),
+            Body::ReattachAck { generation, hint } => self.on_ack(t, generation, hint, now_ms),
+            Body::ReattachDenied { reason } => {
+                let detail = Detail::from_code(reason).unwrap_or(Detail::OwnershipAmbiguous);
+                self.on_denied(t, detail, now_ms);
+            }
+            Body::Close { reason } => {
+                let reason = Reason::from_code(reason).unwrap_or(Reason::Closed);
+                tracing::warn!("the gateway closed the session: {reason:?}");
+                self.terminate(reason, now_ms);
+            }
+            // Client-to-gateway messages reflected back at us: ignore.
+            Body::ReattachRequest(_) | Body::ReattachConfirm { .. } | Body::Keepalive { .. } => {}
+        }
+    }
+
+    /// An inner packet from the TUN device.
+    pub fn on_tun(&mut self, pkt: &[u8]) {
+        let Phase::Up(s) = &mut self.phase else {
+            self.counters.tx_no_session += 1;
+            return;
+        };
+        s.data_ctr += 1;
+        let mut data = Vec::with_capacity(pkt.len() + 64);
+        proto::data::seal(&s.c2x, s.id, s.data_ctr, pkt, &mut data);
+        self.counters.tx_packets += 1;
+        self.counters.tx_bytes += pkt.len() as u64;
+        // Always over the binding: a packet from any other transport would be
+        // dropped by the relay, and nothing else is allowed to carry tunnel traffic.
+        self.out.push(Out::Udp {
+            transport: s.bound,
+            data,
+        });
+    }
+
+    /// Operator request: move to the transport named `name` now (a planned reattach).
+    pub fn request_move(&mut self, name: &str) -> Result<(), String> {
+        let Some(i) = self.links.iter().position(|l| l.cfg.name == name) else {
+            let names: Vec<_> = self.links.iter().map(|l| l.cfg.name.as_str()).collect();
+            return Err(format!(
+                "no transport {name:?} (configured: {})",
+                names.join(", ")
+            ));
+        };
+        let Phase::Up(s) = &mut self.phase else {
+            return Err("no session is up".into());
+        };
+        if s.bound == i {
+            return Err(format!("already bound to {name}"));
+        }
+        if s.attempt.is_some() {
+            return Err("a reattach is already under way".into());
+        }
+        s.move_to = Some(i);
+        Ok(())
+    }
+
+    /// Ends the session on the agent's own initiative (shutdown): CLOSE to the gateway.
+    pub fn close(&mut self, now_ms: u64) {
+        if let Phase::Up(s) = &mut self.phase {
+            s.ctl_ctr += 1;
+            let msg = Control {
+                session_id: s.id,
+                ctr: s.ctl_ctr,
+                body: Body::close(Reason::Closed),
+            }
+            .encode(&s.mac);
+            let bound = s.bound;
+            if let Ok(data) = msg {
+                self.out.push(Out::Udp {
+                    transport: bound,
+                    data,
+                });
+            }
+            self.reconnect = false;
+            self.terminate(Reason::Closed, now_ms);
+        }
+    }
+
+    // -----------------------------------------------------------------------------
+    // Time
+
+    pub fn tick(&mut self, now_ms: u64) {
+        match &mut self.phase {
+            Phase::Connecting(c) => {
+                if let Some((session, since)) = &c.confirming {
+                    if now_ms.saturating_sub(*since) > CONFIRM_GIVE_UP_MS {
+                        tracing::warn!("no ESTABLISHED after CONFIRM; starting over");
+                        let first = c.transport;
+                        self.connect(first, now_ms);
+                    } else {
+                        let data = session.confirm.clone();
+                        let transport = c.transport;
+                        if now_ms.saturating_sub(c.last_hello_ms) >= CONFIRM_EVERY_MS {
+                            c.last_hello_ms = now_ms;
+                            self.out.push(Out::Udp { transport, data });
+                        }
+                    }
+                } else if now_ms.saturating_sub(c.last_hello_ms) >= HELLO_EVERY_MS {
+                    self.send_hello(now_ms);
+                }
+            }
+            Phase::Ended { reconnect_at } => {
+                if let Some(at) = *reconnect_at
+                    && now_ms >= at
+                {
+                    tracing::warn!("establishing a NEW session (the old one is TERMINATED)");
+                    self.connect(0, now_ms);
+                }
+            }
+            Phase::Up(_) => self.tick_session(now_ms),
+        }
+    }
+
+    fn thresholds(&self, hint: &Hint) -> (Thresholds, u64) {
+        let h = &self.health;
+        let pick = |own: u64, hint: u32| if own > 0 { own } else { u64::from(hint).max(1) };
+        let keepalive = pick(h.keepalive_interval_ms, hint.keepalive_interval_ms);
+        let loss_ttl = pick(h.transport_loss_ttl_ms, hint.transport_loss_ttl_ms);
+        let volatile_after = if h.volatile_after_ms > 0 {
+            h.volatile_after_ms
+        } else {
+            (2 * keepalive).min(loss_ttl)
+        };
+        let t = Thresholds {
+            max_loss_pct: h.max_loss_pct,
+            max_rtt_ms: h.max_rtt_ms,
+            max_jitter_ms: h.max_jitter_ms,
+            volatile_after_ms: volatile_after,
+            loss_ttl_ms: loss_ttl,
+            probe_timeout_ms: keepalive.max(2 * u64::from(h.max_rtt_ms)),
+        };
+        (t, keepalive)
+    }
+
+    fn probe_all(&mut self, now_ms: u64, force: bool) {
+        let Phase::Up(s) = &self.phase else {
+            return;
+        };
+        let keepalive = self.thresholds(&s.hint).1;
+        let Phase::Up(s) = &mut self.phase else {
+            return;
+        };
+        for (i, l) in self.links.iter_mut().enumerate() {
+            let due = force
+                || l.last_probe_ms
+                    .is_none_or(|t| now_ms.saturating_sub(t) >= keepalive);
+            if !due {
+                continue;
+            }
+            // Distinct timestamps per transport would not be needed (acks are
+            // matched per transport), but a probe must never repeat on one.
+            let ts = match l.last_probe_ms {
+                Some(t) if t >= now_ms => t + 1,
+                _ => now_ms,
+            };
+            s.ctl_ctr += 1;
+            let msg = Control {
+                session_id: s.id,
+                ctr: s.ctl_ctr,
+                body: Body::Keepalive { ts_ms: ts },
+            }
+            .encode(&s.mac);
+            if let Ok(data) = msg {
+                l.last_probe_ms = Some(ts);
+                l.health.on_probe_sent(ts);
+                self.counters.keepalives_sent += 1;
+                self.out.push(Out::Udp { transport: i, data });
+            }
+        }
+    }
+
+    fn tick_session(&mut self, now_ms: u64) {
+        let Phase::Up(s) = &self.phase else {
+            return;
+        };
+        let (th, _) = self.thresholds(&s.hint);
+        let created = s.created_ms;
+        let ttl_ms = u64::from(s.hint.session_ttl_s).saturating_mul(1000);
+        let window = u64::from(s.hint.recovery_window_ms);
+        let left = s.left_attached_ms;
+        self.probe_all(now_ms, false);
+        for l in &mut self.links {
+            let (st, healthy_for) = l.health.evaluate(now_ms, &th);
+            l.status = st;
+            l.healthy_for_ms = healthy_for;
+        }
+        // The gateway ends the session with CLOSE; these catch a CLOSE that was lost.
+        if now_ms >= created.saturating_add(ttl_ms).saturating_add(TTL_GRACE_MS) {
+            return self.terminate(Reason::SessionTtlExpired, now_ms);
+        }
+        if left.is_some_and(|t| now_ms.saturating_sub(t) >= window.saturating_add(TTL_GRACE_MS)) {
+            return self.terminate(Reason::RecoveryWindowExpired, now_ms);
+        }
+        self.attempt_timeout(now_ms);
+        let Phase::Up(s) = &self.phase else {
+            return;
+        };
+        let bound = s.bound;
+        let bound_status = self.links[bound].status;
+        match s.state {
+            State::Attached => match bound_status {
+                Status::Volatile => {
+                    self.go(State::Volatile, Reason::TransportVolatile, None, now_ms)
+                }
+                Status::Dead => {
+                    self.go(State::Volatile, Reason::TransportVolatile, None, now_ms);
+                    self.recover(now_ms);
+                }
+                Status::Healthy | Status::Unknown => self.maybe_move(now_ms),
+            },
+            State::Volatile | State::Degraded => match bound_status {
+                Status::Healthy => {
+                    self.set_dead_since(None);
+                    self.go(State::Attached, Reason::TransportRecovered, None, now_ms)
+                }
+                Status::Dead => self.recover(now_ms),
+                Status::Volatile | Status::Unknown => {}
+            },
+            State::Recovering | State::Birth | State::Terminated => {}
+        }
+    }
+
+    fn set_dead_since(&mut self, v: Option<u64>) {
+        if let Phase::Up(s) = &mut self.phase {
+            s.dead_since = v;
+        }
+    }
+
+    /// The bound transport is DEAD: try the best candidate that is not backing off.
+    fn recover(&mut self, now_ms: u64) {
+        let Phase::Up(s) = &mut self.phase else {
+            return;
+        };
+        if s.dead_since.is_none() {
+            s.dead_since = Some(now_ms);
+            tracing::warn!(
+                "transport {} is DEAD (silent for the loss TTL)",
+                self.links[s.bound].cfg.name
+            );
+        }
+        if now_ms < s.rate_backoff_until {
+            return;
+        }
+        let bound = s.bound;
+        let rank = |st: Status| match st {
+            Status::Healthy => 0,
+            Status::Volatile => 1,
+            Status::Unknown => 2,
+            Status::Dead => 3,
+        };
+        let best = (0..self.links.len())
+            .filter(|&i| i != bound && now_ms >= self.links[i].backoff_until)
+            .min_by_key(|&i| (rank(self.links[i].status), i));
+        if let Some(c) = best {
+            self.start_attempt(c, false, now_ms);
+        }
+    }
+
+    /// In ATTACHED: an operator move, or back to a more preferred transport that has
+    /// been healthy for `return_after_ms`.
+    fn maybe_move(&mut self, now_ms: u64) {
+        let Phase::Up(s) = &mut self.phase else {
+            return;
+        };
+        if let Some(c) = s.move_to.take() {
+            return self.start_attempt(c, true, now_ms);
+        }
+        if now_ms < s.rate_backoff_until {
+            return;
+        }
+        let bound = s.bound;
+        let ret = self.health.return_after_ms;
+        let better = (0..bound).find(|&i| {
+            let l = &self.links[i];
+            l.status == Status::Healthy && l.healthy_for_ms >= ret && now_ms >= l.backoff_until
+        });
+        if let Some(c) = better {
+            self.start_attempt(c, true, now_ms);
+        }
+    }
+
+    fn start_attempt(&mut self, c: usize, planned: bool, now_ms: u64) {
+        let Phase::Up(s) = &mut self.phase else {
+            return;
+        };
+        let mut nonce = [0u8; 16];
+        if self.rng.fill(&mut nonce).is_err() {
+            tracing::error!("no randomness for a reattach nonce");
+            return;
+        }
+        let l = &self.links[c];
+        let req =
+            match ReattachRequest::new(now_ms, nonce, l.cfg.kind.wire(), l.cfg.name.as_bytes()) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!("building REATTACH_REQUEST: {e}");
+                    return;
+                }
+            };
+        s.ctl_ctr += 1;
+        let Ok(data) = (Control {
+            session_id: s.id,
+            ctr: s.ctl_ctr,
+            body: Body::ReattachRequest(req),
+        })
+        .encode(&s.mac) else {
+            return;
+        };
+        s.tries += 1;
+        s.attempt = Some(Attempt {
+            candidate: c,
+            awaiting_ack: false,
+            sent_ms: now_ms,
+            started_ms: now_ms,
+            planned,
+        });
+        self.counters.reattach_attempts += 1;
+        tracing::info!(
+            "reattach over {} ({})",
+            l.cfg.name,
+            if planned { "planned move" } else { "recovery" }
+        );
+        self.out.push(Out::Udp { transport: c, data });
+        self.go(State::Recovering, Reason::ReattachStarted, None, now_ms);
+    }
+
+    fn attempt_timeout(&mut self, now_ms: u64) {
+        let Phase::Up(s) = &mut self.phase else {
+            return;
+        };
+        let Some(a) = &s.attempt else {
+            return;
+        };
+        if now_ms.saturating_sub(a.sent_ms) < self.health.attempt_timeout_ms {
+            return;
+        }
+        let c = a.candidate;
+        self.counters.reattach_timeouts += 1;
+        tracing::warn!(
+            "reattach over {} unanswered after {} ms",
+            self.links[c].cfg.name,
+            self.health.attempt_timeout_ms
+        );
+        self.links[c].backoff_until = now_ms + self.health.attempt_timeout_ms;
+        self.attempt_failed(c, Detail::TransportTtl, now_ms);
+    }
+
+    fn attempt_failed(&mut self, c: usize, detail: Detail, now_ms: u64) {
+        let Phase::Up(s) = &mut self.phase else {
+            return;
+        };
+        let candidate = self.links[c].local.clone();
+        let ev = EventRecord::TransportSwitchDenied {
+            ts_ms: now_ms,
+            session_id: SessionId(s.id),
+            candidate,
+            detail,
+        };
+        self.out.push(Out::Event(ev));
+        self.go(
+            State::Degraded,
+            Reason::ReattachValidationFailed,
+            Some(detail),
+            now_ms,
+        );
+    }
+
+    fn attempt_for(&mut self, t: usize) -> Option<&mut Attempt> {
+        match &mut self.phase {
+            Phase::Up(s) => s.attempt.as_mut().filter(|a| a.candidate == t),
+            _ => None,
+        }
+    }
+
+    fn on_challenge(&mut self, t: usize, challenge: [u8; 16], now_ms: u64) {
+        let Some(a) = self.attempt_for(t) else {
+            return;
+        };
+        if a.awaiting_ack {
+            return;
+        }
+        a.awaiting_ack = true;
+        a.sent_ms = now_ms;
+        let Phase::Up(s) = &mut self.phase else {
+            return;
+        };
+        s.ctl_ctr += 1;
+        if let Ok(data) = (Control {
+            session_id: s.id,
+            ctr: s.ctl_ctr,
+            body: Body::ReattachConfirm { challenge },
+        })
+        .encode(&s.mac)
+        {
+            self.out.push(Out::Udp { transport: t, data });
+        }
+    }
+
+    fn on_ack(&mut self, t: usize, generation: u32, hint: Hint, now_ms: u64) {
+        match self.attempt_for(t) {
+            Some(a) if a.awaiting_ack => {}
+            _ => return,
+        }
+        let Phase::Up(s) = &mut self.phase else {
+            return;
+        };
+        let Some(a) = s.attempt.take() else {
+            return;
+        };
+        let old = s.bound;
+        let last_heard = now_ms.saturating_sub(self.links[old].health.silence_ms(now_ms));
+        let (silent_ms, detection_ms) = if a.planned {
+            (0, 0)
+        } else {
+            (
+                now_ms.saturating_sub(last_heard),
+                s.dead_since.map_or(0, |d| d.saturating_sub(last_heard)),
+            )
+        };
+        s.bound = t;
+        s.generation = generation;
+        s.hint = hint;
+        s.switches += 1;
+        s.rate_backoff_ms = 0;
+        s.dead_since = None;
+        s.last_switch = Some(SwitchRecord {
+            from: self.links[old].cfg.name.clone(),
+            to: self.links[t].cfg.name.clone(),
+            generation,
+            planned: a.planned,
+            silent_ms,
+            detection_ms,
+            exchange_ms: now_ms.saturating_sub(a.started_ms),
+            attempts: s.tries,
+        });
+        tracing::info!(
+            "bound to {} (generation {generation}); transport {} retired",
+            self.links[t].cfg.name,
+            self.links[old].cfg.name
+        );
+        self.links[t].backoff_until = 0;
+        self.go(State::Attached, Reason::ReattachSuccess, None, now_ms);
+        let (old_local, new_local) = (self.links[old].local.clone(), self.links[t].local.clone());
+        self.emit_switch(Some(old_local), new_local, generation, now_ms);
+    }
+
+    fn on_denied(&mut self, t: usize, detail: Detail, now_ms: u64) {
+        if self.attempt_for(t).is_none() {
+            return;
+        }
+        self.counters.reattach_denied += 1;
+        let Phase::Up(s) = &mut self.phase else {
+            return;
+        };
+        match detail {
+            Detail::RateLimited => {
+                s.rate_backoff_ms =
+                    (s.rate_backoff_ms * 2).clamp(BACKOFF_RATE_FIRST_MS, BACKOFF_RATE_MAX_MS);
+                s.rate_backoff_until = now_ms + s.rate_backoff_ms;
+            }
+            Detail::Blacklisted => self.links[t].backoff_until = now_ms + BACKOFF_BLACKLISTED_MS,
+            _ => self.links[t].backoff_until = now_ms + BACKOFF_CANDIDATE_MS,
+        }
+        tracing::warn!(
+            "reattach over {} DENIED: {detail:?}; backing off",
+            self.links[t].cfg.name
+        );
+        self.attempt_failed(t, detail, now_ms);
+    }
+
+    // -----------------------------------------------------------------------------
+    // Transitions and events
+
+    fn go(&mut self, to: State, reason: Reason, detail: Option<Detail>, now_ms: u64) {
+        let Phase::Up(s) = &mut self.phase else {
+            return;
+        };
+        let from = s.state;
+        if from == to {
+            return;
+        }
+        if to == State::Attached {
+            s.left_attached_ms = None;
+            s.tries = 0;
+        } else if from == State::Attached || from == State::Birth {
+            s.left_attached_ms = Some(now_ms);
+        }
+        if to != State::Recovering {
+            s.attempt = None;
+        }
+        s.state = to;
+        s.version += 1;
+        self.last_state = to;
+        tracing::info!(
+            "session {:016x}: {} → {} ({reason:?}{})",
+            s.id,
+            from.name(),
+            to.name(),
+            detail.map(|d| format!(", {d:?}")).unwrap_or_default()
+        );
+        let ev = EventRecord::StateChange {
+            ts_ms: now_ms,
+            session_id: SessionId(s.id),
+            from,
+            to,
+            reason,
+            detail,
+            version: s.version,
+        };
+        self.out.push(Out::Event(ev));
+    }
+
+    fn emit_switch(&mut self, old: Option<String>, new: String, generation: u32, now_ms: u64) {
+        if let Phase::Up(s) = &self.phase {
+            let ev = EventRecord::TransportSwitch {
+                ts_ms: now_ms,
+                session_id: SessionId(s.id),
+                old,
+                new,
+                generation,
+            };
+            self.out.push(Out::Event(ev));
+        }
+    }
+
+    fn terminate(&mut self, reason: Reason, now_ms: u64) {
+        if !matches!(self.phase, Phase::Up(_)) {
+            return;
+        }
+        self.go(State::Terminated, reason, None, now_ms);
+        if let Phase::Up(s) = &self.phase {
+            tracing::warn!("session {:016x} TERMINATED ({reason:?})", s.id);
+        }
+        let reconnect = self.reconnect;
+        self.phase = Phase::Ended {
+            reconnect_at: reconnect.then(|| now_ms + RECONNECT_AFTER_MS),
+        };
+        if reconnect {
+            tracing::warn!(
+                "a new session will be established in {RECONNECT_AFTER_MS} ms (new keys, \
+                 possibly a new tunnel address)"
+            );
+        } else {
+            self.out.push(Out::Exit(reason));
+        }
+    }
+
+    // -----------------------------------------------------------------------------
+    // Status
+
+    pub fn status(&self, now_ms: u64) -> ClientStatus {
+        let s = match &self.phase {
+            Phase::Up(s) => Some(&**s),
+            _ => None,
+        };
+        let backoff_all = s.map_or(0, |s| s.rate_backoff_until);
+        let th = s.map(|s| self.thresholds(&s.hint).0);
+        ClientStatus {
+            session_id: s.map(|s| SessionId(s.id)),
+            state: s.map_or(self.last_state, |s| s.state),
+            version: s.map_or(0, |s| s.version),
+            tunnel_addr: s.map(|s| s.tunnel.to_string()),
+            bound: s.map(|s| self.links[s.bound].cfg.name.clone()),
+            generation: s.map_or(0, |s| s.generation),
+            age_s: s.map_or(0, |s| now_ms.saturating_sub(s.created_ms) / 1000),
+            switches: s.map_or(0, |s| s.switches),
+            sessions_established: self.established,
+            reattach: s.and_then(|s| s.attempt.as_ref()).and_then(|a| {
+                self.links.get(a.candidate).map(|l| {
+                    format!(
+                        "{} (awaiting {})",
+                        l.cfg.name,
+                        if a.awaiting_ack { "ack" } else { "challenge" }
+                    )
+                })
+            }),
+            last_switch: s.and_then(|s| s.last_switch.clone()),
+            transports: self
+                .links
+                .iter()
+                .enumerate()
+                .map(|(i, l)| TransportStatus {
+                    name: l.cfg.name.clone(),
+                    kind: format!("{:?}", l.cfg.kind).to_lowercase(),
+                    local: l.local.clone(),
+                    gateway: l.cfg.gateway.to_string(),
+                    bound: s.is_some_and(|s| s.bound == i),
+                    health: l.status,
+                    rtt_ms: l.health.rtt_ms(),
+                    jitter_ms: l.health.jitter_ms(),
+                    loss_pct: th.map_or(0, |th| l.health.loss_pct(now_ms, &th)),
+                    silence_ms: l.health.silence_ms(now_ms),
+                    backoff_ms: l.backoff_until.max(backoff_all).saturating_sub(now_ms),
+                })
+                .collect(),
+            counters: self.counters.clone(),
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! The client agent's I/O shell: one UDP socket per transport, the TUN device, the
+//! control socket and a tick, all feeding the synchronous [`Core`].
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use tokio::{net::UdpSocket, sync::mpsc};
+
+use super::{
+    config::{ClientConfig, ConfigError},
+    core::{Core, Out},
+};
+use crate::{
+    clock::Clock,
+    control::{
+        self,
+        api::{Request, Response},
+        events::EventBus,
+    },
+    proto::{self, ProtoError},
+    session::Reason,
+    tun::{self, Tun, TunError},
+};
+
+/// Timer resolution of health checks, keepalives and reattach timeouts.
+const TICK: Duration = Duration::from_millis(10);
+
+/// Messages include their cause (no `source`, so `{:#}` does not repeat it).
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("identity: {0}")]
+    Identity(ProtoError),
+    #[error(transparent)]
+    Tun(#[from] TunError),
+    #[error(transparent)]
+    Control(#[from] control::ControlError),
+    #[error("transport {name}: {what}: {cause}")]
+    Transport {
+        name: String,
+        what: &'static str,
+        cause: std::io::Error,
+    },
+    #[error("the session was TERMINATED ({0:?}) and reconnect is off")]
+    Terminated(Reason),
+}
+
+struct Sockets {
+    socks: Vec<Arc<UdpSocket>>,
+    gateways: Vec<SocketAddr>,
+}
+
+async fn bind_transports(
+    cfg: &ClientConfig,
+    tx: mpsc::Sender<(usize, Vec<u8>)>,
+) -> Result<Sockets, ClientError> {
+    let mut socks = Vec::new();
+    for (i, t) in cfg.transports.iter().enumerate() {
+        let err = |what, cause| ClientError::Transport {
+            name: t.name.clone(),
+            what,
+            cause,
+        };
+        let sock = UdpSocket::bind(t.bind)
+            .await
+            .map_err(|e| err("binding its source address", e))?;
+        if let Some(dev) = &t.interface {
+            sock.bind_device(Some(dev.as_bytes()))
+                .map_err(|e| err("binding to its interface", e))?;
+        }
+        let sock = Arc::new(sock);
+        spawn_reader(i, sock.clone(), t.gateway, tx.clone());
+        socks.push(sock);
+    }
+    Ok(Sockets {
+        socks,
+        gateways: cfg.transports.iter().map(|t| t.gateway).collect(),
+    })
+}
+
+/// Forwards what the gateway sends on one transport; anything from another source
+/// is not the gateway and is ignored.
+fn spawn_reader(
+    i: usize,
+    sock: Arc<UdpSocket>,
+    gateway: SocketAddr,
+    tx: mpsc::Sender<(usize, Vec<u8>)>,
+) {
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65_536];
+        loop {
+            match sock.recv_from(&mut buf).await {
+                Ok((n, from)) if from == gateway => {
+                    if tx.send((i, buf[..n].to_vec())).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(_) => {}
+                // ICMP errors surface here (e.g. the link went away); keep reading.
+                Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        }
+    });
+}
+
+/// Runs the agent until `shutdown` resolves (then the session is CLOSEd) or the
+/// session ends without `reconnect`.
+pub async fn run(cfg: ClientConfig, shutdown: impl Future<Output = ()>) -> Result<(), ClientError> {
+    cfg.validate()?;
+    let gateway_pub = cfg.gateway_key()?;
+    let identity = proto::identity::load(&cfg.identity).map_err(ClientError::Identity)?;
+    let clock = Clock::new();
+    let tun = Tun::open(&cfg.tun_name)?;
+    let (dg_tx, mut dg_rx) = mpsc::channel(4096);
+    let sockets = bind_transports(&cfg, dg_tx).await?;
+
+    let bus = EventBus::new(4096);
+    let _sink = match &cfg.event_log {
+        Some(p) => Some(control::events::spawn_file_sink(p.clone(), &bus)?),
+        None => None,
+    };
+    let (call_tx, mut call_rx) = mpsc::channel::<control::server::Call>(64);
+    let _server = control::server::serve(&cfg.control_socket, call_tx, bus.clone()).await?;
+
+    let mut core = Core::new(&cfg, identity, gateway_pub, clock.now_ms());
+    for (i, s) in sockets.socks.iter().enumerate() {
+        if let Ok(local) = s.local_addr() {
+            core.set_local(i, local);
+        }
+    }
+    tracing::info!(
+        "client agent up: TUN {}, transports {}; control socket {}",
+        tun.name(),
+        cfg.transports
+            .iter()
+            .map(|t| format!("{} {}→{}", t.name, t.bind, t.gateway))
+            .collect::<Vec<_>>()
+            .join(", "),
+        cfg.control_socket.display()
+    );
+
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut buf = vec![0u8; 65_536];
+    tokio::pin!(shutdown);
+    let outcome = loop {
+        tokio::select! {
+            biased;
+            () = &mut shutdown => break Ok(()),
+            Some(c) = call_rx.recv() => {
+                let resp = match &c.request {
+                    Request::Status => Response::ok(&core.status(clock.now_ms())),
+                    Request::Move { transport } => match core.request_move(transport) {
+                        Ok(()) => Response::ok(&serde_json::Value::Null),
+                        Err(e) => Response::error(e),
+                    },
+                    _ => Response::error(
+                        "this is a client agent's control socket: it answers `client status`, \
+                         `client move` and `events`",
+                    ),
+                };
+                let _ = c.reply.send(resp);
+            }
+            Some((i, d)) = dg_rx.recv() => core.on_datagram(i, &d, clock.now_ms()),
+            r = tun.recv(&mut buf) => match r {
+                Ok(n) => core.on_tun(&buf[..n]),
+                Err(e) => tracing::warn!("reading {}: {e}", tun.name()),
+            },
+            _ = tick.tick() => core.tick(clock.now_ms()),
+        }
+        if let Err(e) = flush(&mut core, &sockets, &tun, &cfg, &bus).await {
+            break Err(e);
+        }
+    };
+    if outcome.is_ok() {
+        core.close(clock.now_ms());
+        let _ = flush(&mut core, &sockets, &tun, &cfg, &bus).await;
+        tracing::info!("client agent stopped");
+    }
+    // Let the file sink write the last events.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    outcome
+}
+
+async fn flush(
+    core: &mut Core,
+    sockets: &Sockets,
+    tun: &Tun,
+    cfg: &ClientConfig,
+    bus: &EventBus,
+) -> Result<(), ClientError> {
+    for o in std::mem::take(&mut core.out) {
+        match o {
+            Out::Udp { transport, data } => {
+                let sent = sockets.socks[transport].try_send_to(&data, sockets.gateways[transport]);
+                if sent.is_err() {
+                    core.note_send_error();
+                }
+            }
+            Out::Tun(pkt) => {
+                if let Err(e) = tun.send(&pkt).await {
+                    tracing::debug!("writing to {}: {e}", tun.name());
+                }
+            }
+            Out::TunUp(addr) => {
+                let prefix = if addr.is_ipv4() { 32 } else { 128 };
+                tun::configure(&cfg.tun_name, addr, prefix, cfg.mtu).await?;
+                for r in &cfg.routes {
+                    tun::add_route(&cfg.tun_name, r.network(), r.prefix_len()).await?;
+                }
+                tracing::info!("{} is up with {addr}", cfg.tun_name);
+            }
+            Out::Event(ev) => bus.emit(ev),
+            Out::Exit(reason) => return Err(ClientError::Terminated(reason)),
+        }
+    }
+    Ok(())
+}

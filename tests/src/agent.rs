@@ -1,0 +1,127 @@
+//! The real client agent (`jvpn-ctl client`) in the lab, with the gateway and exit:
+//! start it, read its status and events, take its links down and up, and run tunnel
+//! traffic through its TUN.
+
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use jvpn_ctl::{
+    client::ClientStatus,
+    control::api::{EventRecord, Request},
+    lab::{
+        gateway::Transport,
+        traffic::{EchoServer, Stream},
+    },
+    session::State,
+};
+
+use crate::gwlab::{EXIT_TUN, GwLab};
+
+/// Fast timers so that deaths and recoveries take well under a second.
+pub const FAST_POLICY: &str = "keepalive_interval_ms = 100\ntransport_loss_ttl_ms = 500\n\
+candidate_ttl_ms = 1000\nmax_recovery_window_ms = 10000\n";
+
+/// Client health settings matching [`FAST_POLICY`].
+pub const FAST_HEALTH: &str = "[health]\nreturn_after_ms = 1000\nattempt_timeout_ms = 400\n";
+
+pub const ECHO_PORT: u16 = 7000;
+
+pub struct AgentLab {
+    pub gw: GwLab,
+    pub echo: EchoServer,
+}
+
+impl std::ops::Deref for AgentLab {
+    type Target = GwLab;
+    fn deref(&self) -> &GwLab {
+        &self.gw
+    }
+}
+
+impl std::ops::DerefMut for AgentLab {
+    fn deref_mut(&mut self) -> &mut GwLab {
+        &mut self.gw
+    }
+}
+
+impl AgentLab {
+    /// Gateway + exit with `policy` (appended to [`FAST_POLICY`]), an echo server
+    /// on the exit's tunnel address, and the client agent over `transports` (most
+    /// preferred first) with `client_extra` in its configuration; waits for ATTACHED.
+    pub fn start(tag: &str, policy: &str, transports: &[Transport], client_extra: &str) -> Self {
+        let mut gw = GwLab::start(tag, &format!("{FAST_POLICY}{policy}"));
+        let echo = EchoServer::start(&gw.lab.exit, echo_addr()).expect("echo server");
+        let cfg = gw.client_config(transports, client_extra);
+        gw.start_client(&cfg).expect("starting the client agent");
+        let me = Self { gw, echo };
+        me.wait_status("the session to be ATTACHED", Duration::from_secs(10), |s| {
+            s.state == State::Attached
+        });
+        me
+    }
+
+    pub fn status(&self) -> ClientStatus {
+        let v = self
+            .gw
+            .client()
+            .and_then(|mut c| c.request(&Request::Status).map_err(std::io::Error::other))
+            .expect("client status");
+        serde_json::from_value(v).expect("a ClientStatus")
+    }
+
+    pub fn wait_status(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&ClientStatus) -> bool,
+    ) -> ClientStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let s = self.status();
+            if pred(&s) {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; client status: {s:#?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn client_events(&self) -> Vec<EventRecord> {
+        self.gw
+            .client()
+            .and_then(|mut c| c.events().map_err(std::io::Error::other))
+            .expect("client events")
+    }
+
+    /// Takes the client side of `t`'s link down or up.
+    pub fn link(&self, t: Transport, up: bool) {
+        self.gw
+            .lab
+            .client
+            .ip(&[
+                "link",
+                "set",
+                t.client_dev(),
+                if up { "up" } else { "down" },
+            ])
+            .expect("ip link set");
+    }
+
+    /// A numbered UDP stream through the tunnel to the exit's echo server.
+    pub fn stream(&self, interval: Duration) -> Stream {
+        Stream::start(&self.gw.lab.client, echo_addr(), interval).expect("stream")
+    }
+
+    pub fn session_id(&self) -> u64 {
+        self.status().session_id.expect("a session").0
+    }
+}
+
+pub fn echo_addr() -> SocketAddr {
+    SocketAddr::new(EXIT_TUN.parse().unwrap(), ECHO_PORT)
+}
