@@ -41,12 +41,25 @@ enum Verb {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
-    /// Bootstrap, build, then run jvpn-ctl as root with ARGS (default: `jvpn-ctl demo`)
+    /// Bootstrap, build, then run the lab scenario as root (`-- --keep` leaves the lab
+    /// up; `-- --iface IFACE [--config FILE]` runs the gateway on a real interface;
+    /// `-- VERB ARGS` runs `jvpn-ctl VERB ARGS`)
     Run {
-        /// Arguments for jvpn-ctl
+        /// --keep | --iface IFACE [--config FILE] | VERB ARGS
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// Labs left by `cargo xtask run -- --keep`
+    Lab {
+        #[command(subcommand)]
+        command: LabCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum LabCommand {
+    /// Remove every lab left running (processes, namespaces, pins, state)
+    Down,
 }
 
 fn main() -> ExitCode {
@@ -56,6 +69,9 @@ fn main() -> ExitCode {
         Verb::Build { release } => build::run(release),
         Verb::Test { args } => test::run(&args),
         Verb::Run { args } => run::run(&args),
+        Verb::Lab {
+            command: LabCommand::Down,
+        } => run::lab_down(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,6 +6,7 @@ mod demo;
 mod exit;
 mod gateway;
 mod keygen;
+mod lab;
 mod peers;
 mod pubkey;
 // Control-socket verbs; each takes --socket PATH (default /run/jvpn/jvpn.sock).
@@ -49,6 +50,11 @@ enum Command {
     /// Run the gateway: attach the XDP relay and run the controller (handshakes,
     /// sessions, validated reattach, control socket, events, metrics).
     Gateway(gateway::Args),
+    /// The lab behind `cargo xtask run`: `lab run [--keep]`, `lab down`.
+    Lab {
+        #[command(subcommand)]
+        command: lab::Command,
+    },
     /// Create an Ed25519 identity file and print its public key.
     Keygen(keygen::Args),
     /// Print the public key of an identity file.
@@ -90,6 +96,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Exit(args) => exit::run(args),
         Command::Gateway(args) => gateway::run(args),
         Command::Keygen(args) => keygen::run(args),
+        Command::Lab { command } => lab::run(command),
         Command::Pubkey(args) => pubkey::run(args),
         Command::Peers(args) => peers::run(args),
         Command::Sessions(args) => sessions::run(args),

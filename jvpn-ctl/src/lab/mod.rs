@@ -2,8 +2,10 @@
 //! by `jvpn-ctl demo` and by the tests. Every name is unique per process and call, and
 //! every guard removes what it created when dropped.
 
+pub mod capture;
 pub mod gateway;
 pub mod netns;
+pub mod scenario;
 pub mod stack;
 pub mod traffic;
 

@@ -14,6 +14,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use std::os::unix::process::CommandExt as _;
+
 use ring::rand::SecureRandom as _;
 use serde::{Deserialize, Serialize};
 
@@ -215,6 +217,9 @@ reserved = ["{EXIT_TUN}"]
                 std::env::var("JVPN_LOG").unwrap_or("info".into()),
             )
             .stdin(Stdio::null())
+            // Their own process group: a Ctrl-C reaches the lab's owner, which stops
+            // them in order (client first, so it can CLOSE its session).
+            .process_group(0)
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()

@@ -1,0 +1,66 @@
+//! `jvpn-ctl lab run|down`: the scenario of `cargo xtask run`, and removing labs left
+//! by `--keep`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context as _;
+use jvpn_ctl::lab::{scenario, stack};
+
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// Build the lab, run gateway, exit and client agent with tunnel traffic, and
+    /// watch the session survive the loss of its transport; prints a timeline and a
+    /// summary, then removes everything (also on Ctrl-C).
+    Run {
+        /// Leave the lab running (with instructions) instead of running the scenario.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Remove every lab left running by `lab run --keep`.
+    Down,
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+pub fn run(cmd: Command) -> anyhow::Result<()> {
+    match cmd {
+        Command::Down => {
+            let done = stack::down_all().context("removing the labs")?;
+            if done.is_empty() {
+                println!("no lab is running");
+            }
+            for d in done {
+                println!("{d}");
+            }
+            Ok(())
+        }
+        Command::Run { keep } => {
+            // SAFETY: the handler only stores to an atomic.
+            unsafe {
+                libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+                libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+            }
+            let bin = std::env::current_exe().context("locating jvpn-ctl")?;
+            match scenario::run(&bin, keep, &INTERRUPTED) {
+                Ok(Some(summary)) => {
+                    print!("{}", scenario::render(&summary));
+                    anyhow::ensure!(
+                        summary.session_unchanged && summary.replayed_delivered == 0,
+                        "the scenario's guarantees did not hold (see the summary)"
+                    );
+                    println!("\nLab removed.");
+                    Ok(())
+                }
+                Ok(None) => Ok(()),
+                Err(e) if INTERRUPTED.load(Ordering::SeqCst) => {
+                    anyhow::bail!("interrupted ({e}); the lab has been removed")
+                }
+                Err(e) => Err(e).context("lab scenario failed; the lab has been removed"),
+            }
+        }
+    }
+}

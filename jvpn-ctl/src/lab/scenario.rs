@@ -1,0 +1,456 @@
+//! The scenario behind `cargo xtask run`: a VPN session surviving the loss of its
+//! transport, shown in the lab with every real part (XDP relay, controller, exit,
+//! client agent, TUN devices) and steady tunnel traffic.
+//!
+//! Wi-Fi dies → the client reattaches over LTE → Wi-Fi returns → the client moves back
+//! → LTE loses IPv4 and Wi-Fi dies again → reattach over LTE's IPv6 (cross-family) →
+//! Wi-Fi returns → back to Wi-Fi (IPv6 → IPv4). While Wi-Fi is up but not bound,
+//! frames it carried earlier are replayed on it: the relay must deliver none.
+
+use std::{
+    io::{Error, Result},
+    path::Path,
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use super::{
+    capture::{self, Capture},
+    gateway::Transport::{self, Lte, Lte6, Wifi},
+    stack::{EXIT_TUN, Stack},
+    traffic::{EchoServer, Stream, StreamReport},
+};
+use crate::{
+    client::{ClientStatus, SwitchRecord},
+    control::api::{EventRecord, Request, SessionInfo, unix_ms},
+    datapath::Pinned,
+};
+
+/// Lab timers: fast enough to watch, slow enough to read (the production defaults
+/// are 1 s keepalives and a 3 s loss TTL).
+pub const POLICY: &str = "keepalive_interval_ms = 100\ntransport_loss_ttl_ms = 500\n\
+candidate_ttl_ms = 1000\nmax_recovery_window_ms = 15000\nmax_switches_per_minute = 10\n";
+const HEALTH: &str = "[health]\nreturn_after_ms = 1000\nattempt_timeout_ms = 400\n";
+const ECHO_PORT: u16 = 7000;
+/// One stream packet every 2 ms: the interruption is measured to ±2 ms.
+const STREAM_EVERY: Duration = Duration::from_millis(2);
+const REPLAYED: usize = 20;
+
+/// Everything the summary shows.
+#[derive(Debug)]
+pub struct Summary {
+    pub session_id: Option<String>,
+    pub session_unchanged: bool,
+    pub switches: Vec<Switch>,
+    pub stream: StreamReport,
+    pub exit_duplicates: u64,
+    pub replayed: usize,
+    pub replayed_delivered: usize,
+    pub stale_drops: u64,
+    pub wall: Duration,
+}
+
+#[derive(Debug)]
+pub struct Switch {
+    pub record: SwitchRecord,
+    /// The longest gap in the echo stream around the switch (ms).
+    pub interruption_ms: f64,
+}
+
+/// Prints one timeline line: seconds since `t0` (Unix ms), who, what.
+fn line(t0: u64, at_ms: u64, who: &str, what: &str) {
+    let t = at_ms.saturating_sub(t0) as f64 / 1000.0;
+    println!("{t:8.3}s  {who:<8} {what}");
+}
+
+fn describe(e: &EventRecord) -> Option<String> {
+    Some(match e {
+        EventRecord::StateChange {
+            from,
+            to,
+            reason,
+            detail,
+            ..
+        } => format!(
+            "{} → {}  {}{}",
+            from.name(),
+            to.name(),
+            serde_json::to_value(reason).ok()?.as_str()?,
+            detail
+                .and_then(|d| serde_json::to_value(d).ok())
+                .and_then(|d| d.as_str().map(|s| format!(" ({s})")))
+                .unwrap_or_default()
+        ),
+        EventRecord::TransportSwitch {
+            old,
+            new,
+            generation,
+            ..
+        } => format!(
+            "binding {} → {new} (generation {generation})",
+            old.as_deref().unwrap_or("none")
+        ),
+        EventRecord::TransportSwitchDenied {
+            candidate, detail, ..
+        } => format!(
+            "switch to {candidate} DENIED ({})",
+            serde_json::to_value(detail).ok()?.as_str()?
+        ),
+        EventRecord::SecurityEvent { source, kind, .. } => {
+            format!("SECURITY {kind} from {source}")
+        }
+    })
+}
+
+/// Prints `socket`'s events as they happen, until the socket goes away.
+fn follow(socket: &Path, who: &'static str, t0: u64) {
+    let socket = socket.to_path_buf();
+    std::thread::spawn(move || {
+        if let Ok(c) = crate::control::Client::connect(&socket) {
+            let _ = c.follow(|e| {
+                if let Some(d) = describe(&e) {
+                    line(t0, e.ts_ms(), who, &d);
+                }
+                true
+            });
+        }
+    });
+}
+
+struct Run<'a> {
+    stack: Stack,
+    t0: u64,
+    stop: &'a AtomicBool,
+}
+
+impl Run<'_> {
+    fn say(&self, what: &str) {
+        line(self.t0, unix_ms(), "lab", what);
+    }
+
+    fn sleep(&self, d: Duration) -> Result<()> {
+        let end = Instant::now() + d;
+        while Instant::now() < end {
+            if self.stop.load(Ordering::Relaxed) {
+                return Err(Error::other("interrupted"));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
+    }
+
+    fn status(&self) -> Result<ClientStatus> {
+        let v = self
+            .stack
+            .client()?
+            .request(&Request::Status)
+            .map_err(Error::other)?;
+        serde_json::from_value(v).map_err(Error::other)
+    }
+
+    fn wait_bound(&self, t: Transport, within: Duration) -> Result<ClientStatus> {
+        let end = Instant::now() + within;
+        loop {
+            let s = self.status()?;
+            if s.bound.as_deref() == Some(t.name()) && s.reattach.is_none() {
+                return Ok(s);
+            }
+            if Instant::now() > end {
+                return Err(Error::other(format!(
+                    "the session did not move to {} within {within:?} (client: {:?}, bound {:?})",
+                    t.name(),
+                    s.state,
+                    s.bound
+                )));
+            }
+            self.sleep(Duration::from_millis(10))?;
+        }
+    }
+
+    fn link(&self, t: Transport, up: bool) -> Result<()> {
+        let dev = t.client_dev();
+        self.stack
+            .lab
+            .client
+            .ip(&["link", "set", dev, if up { "up" } else { "down" }])?;
+        Ok(())
+    }
+
+    fn lte_ipv4(&self, present: bool) -> Result<()> {
+        let verb = if present { "add" } else { "del" };
+        self.stack
+            .lab
+            .client
+            .ip(&["addr", verb, "10.77.2.2/24", "dev", "c-lte"])?;
+        Ok(())
+    }
+
+    fn stale_drops(&self) -> u64 {
+        Pinned::open(&self.stack.lab.pins.0)
+            .and_then(|p| p.drops())
+            .map(|d| d[jvpn_common::counters::STALE_BINDING as usize])
+            .unwrap_or(0)
+    }
+}
+
+/// Builds the lab, runs the scenario, prints the timeline; the lab is torn down when
+/// this returns (also on error or interruption), unless `keep`.
+pub fn run(bin: &Path, keep: bool, stop: &AtomicBool) -> Result<Option<Summary>> {
+    let started = Instant::now();
+    let t0 = unix_ms();
+    println!("{:>9}  {:<8} what", "time", "who");
+    line(
+        t0,
+        t0,
+        "lab",
+        "building namespaces and veths, attaching XDP, starting exit and gateway",
+    );
+    let mut stack = Stack::start("jvl", Path::new("/run/jvpn-lab"), bin, POLICY)?;
+    follow(&stack.socket, "gateway", t0);
+    let echo = EchoServer::start(
+        &stack.lab.exit,
+        (
+            EXIT_TUN.parse::<std::net::IpAddr>().map_err(Error::other)?,
+            ECHO_PORT,
+        )
+            .into(),
+    )?;
+    let cfg = stack.client_config(&[Wifi, Lte, Lte6], HEALTH);
+    line(
+        t0,
+        unix_ms(),
+        "lab",
+        "starting the client agent (wifi, then lte, then lte6)",
+    );
+    stack.start_client(&cfg)?;
+    follow(&stack.client_socket, "client", t0);
+    let run = Run { stack, t0, stop };
+    let end = Instant::now() + Duration::from_secs(10);
+    let first = loop {
+        let s = run.status()?;
+        if s.session_id.is_some() && s.bound.is_some() {
+            break s;
+        }
+        if Instant::now() > end {
+            return Err(Error::other("no session within 10 s; see the client log"));
+        }
+        run.sleep(Duration::from_millis(20))?;
+    };
+    if keep {
+        print_keep(&run.stack, &first);
+        let Run { stack, .. } = run;
+        std::mem::forget(echo);
+        stack.detach()?;
+        return Ok(None);
+    }
+    let wifi_cap = Capture::start(&run.stack.lab.client, "c-wifi")?;
+    let exit_cap = Capture::start(&run.stack.lab.exit, "x-gw")?;
+    let stream_t0 = unix_ms();
+    let stream = Stream::start(
+        &run.stack.lab.client,
+        (
+            EXIT_TUN.parse::<std::net::IpAddr>().map_err(Error::other)?,
+            ECHO_PORT,
+        )
+            .into(),
+        STREAM_EVERY,
+    )?;
+    run.say(&format!(
+        "tunnel traffic: a UDP packet every {} ms to {EXIT_TUN}:{ECHO_PORT}, echoed back",
+        STREAM_EVERY.as_millis()
+    ));
+    let mut records = Vec::new();
+    let mut replayed = 0;
+    let mut replayed_delivered = 0;
+    let drops_before = run.stale_drops();
+
+    run.sleep(Duration::from_secs(2))?;
+    run.say("✂ Wi-Fi link dies (ip link set c-wifi down)");
+    run.link(Wifi, false)?;
+    records.extend(run.wait_bound(Lte, Duration::from_secs(8))?.last_switch);
+
+    run.sleep(Duration::from_millis(1500))?;
+    run.say("Wi-Fi link is back (ip link set c-wifi up)");
+    run.link(Wifi, true)?;
+    let (n, d) = replay_wifi(&run, &wifi_cap, &exit_cap)?;
+    (replayed, replayed_delivered) = (replayed + n, replayed_delivered + d);
+    records.extend(run.wait_bound(Wifi, Duration::from_secs(8))?.last_switch);
+
+    run.sleep(Duration::from_millis(1500))?;
+    run.say("LTE loses IPv4 (IPv6-only from now on: ip addr del 10.77.2.2/24 dev c-lte)");
+    run.lte_ipv4(false)?;
+    run.sleep(Duration::from_millis(1000))?;
+    run.say("✂ Wi-Fi link dies again");
+    run.link(Wifi, false)?;
+    records.extend(run.wait_bound(Lte6, Duration::from_secs(8))?.last_switch);
+
+    run.sleep(Duration::from_millis(1500))?;
+    run.say("Wi-Fi is back, LTE has IPv4 again");
+    run.link(Wifi, true)?;
+    run.lte_ipv4(true)?;
+    let (n, d) = replay_wifi(&run, &wifi_cap, &exit_cap)?;
+    (replayed, replayed_delivered) = (replayed + n, replayed_delivered + d);
+    records.extend(run.wait_bound(Wifi, Duration::from_secs(8))?.last_switch);
+
+    run.sleep(Duration::from_millis(1500))?;
+    let report = stream.finish(Duration::from_millis(300));
+    run.say("stopping traffic; tearing down");
+    let last = run.status()?;
+    let gw: Vec<SessionInfo> = run.stack.gateway()?.sessions().map_err(Error::other)?;
+    let switches = records
+        .into_iter()
+        .map(|record| Switch {
+            interruption_ms: 0.0,
+            record,
+        })
+        .collect();
+    let mut summary = Summary {
+        session_id: first.session_id.map(|i| i.to_string()),
+        session_unchanged: last.session_id == first.session_id
+            && last.sessions_established == 1
+            && gw.len() == 1
+            && Some(gw[0].id) == first.session_id,
+        switches,
+        exit_duplicates: echo.counts().1,
+        stream: report,
+        replayed,
+        replayed_delivered,
+        stale_drops: run.stale_drops().saturating_sub(drops_before),
+        wall: started.elapsed(),
+    };
+    attribute_gaps(&mut summary, &run, stream_t0)?;
+    Ok(Some(summary))
+}
+
+/// Matches each switch with the stream's outage around it, from the gateway's
+/// TRANSPORT_SWITCH times.
+fn attribute_gaps(s: &mut Summary, run: &Run, stream_t0: u64) -> Result<()> {
+    let events = run.stack.gateway()?.events().map_err(Error::other)?;
+    let times: Vec<u64> = events
+        .iter()
+        .filter_map(|e| match e {
+            EventRecord::TransportSwitch {
+                ts_ms,
+                old: Some(_),
+                ..
+            } => Some(*ts_ms),
+            _ => None,
+        })
+        .collect();
+    for (sw, at) in s.switches.iter_mut().zip(times) {
+        let at = at.saturating_sub(stream_t0) as f64;
+        sw.interruption_ms = s
+            .stream
+            .gaps
+            .iter()
+            .filter(|(start, len)| *start <= at + 20.0 && start + len >= at - 20.0)
+            .map(|(_, len)| *len)
+            .fold(0.0, f64::max);
+    }
+    Ok(())
+}
+
+/// Replays DATA frames that Wi-Fi carried while it was bound, now that it is not:
+/// returns (replayed, delivered to the exit's link).
+fn replay_wifi(run: &Run, wifi: &Capture, exit: &Capture) -> Result<(usize, usize)> {
+    let old: Vec<Vec<u8>> = wifi
+        .frames()
+        .into_iter()
+        .filter(|f| f.outgoing && f.is_data())
+        .take(REPLAYED)
+        .map(|f| f.bytes)
+        .collect();
+    if old.is_empty() {
+        return Ok((0, 0));
+    }
+    let s = run.status()?;
+    if s.bound.as_deref() == Some("wifi") {
+        return Ok((0, 0));
+    }
+    let since = Instant::now();
+    capture::inject(
+        &run.stack.lab.client,
+        "c-wifi",
+        &old,
+        Duration::from_millis(1),
+    )?;
+    std::thread::sleep(Duration::from_millis(20));
+    let delivered = capture::delivered(&old, &exit.frames(), since);
+    run.say(&format!(
+        "replayed {} earlier Wi-Fi DATA frames on the unbound Wi-Fi link: {delivered} delivered",
+        old.len()
+    ));
+    Ok((old.len(), delivered))
+}
+
+fn print_keep(stack: &Stack, s: &ClientStatus) {
+    let bin = std::env::current_exe().unwrap_or_else(|_| "jvpn-ctl".into());
+    let b = bin.display();
+    let gw = stack.socket.display();
+    let cl = stack.client_socket.display();
+    println!(
+        "\nThe lab is up and stays up. Session {} is bound to {}.\n\n\
+         Look around:\n  {b} sessions --socket {gw}\n  {b} events --follow --socket {gw}\n  \
+         {b} stats --socket {gw}\n  {b} client status --socket {cl}\n\n\
+         Take Wi-Fi down and watch the session move (then bring it back):\n  \
+         ip -n {c} link set c-wifi down\n  ip -n {c} link set c-wifi up\n  \
+         {b} client move lte6 --socket {cl}\n\n\
+         Traffic through the tunnel (an echo server listens on {EXIT_TUN}:{ECHO_PORT}):\n  \
+         ip netns exec {c} ping -c3 {EXIT_TUN}   # if ping is installed\n\n\
+         Logs and configuration: {d}\nRemove it all: cargo xtask lab down   (or: {b} lab down)",
+        s.session_id.map(|i| i.to_string()).unwrap_or_default(),
+        s.bound.clone().unwrap_or_default(),
+        c = stack.lab.client.name,
+        d = stack.dir.display(),
+    );
+}
+
+/// The summary as printed at the end.
+pub fn render(s: &Summary) -> String {
+    let mut out = String::from("\nSummary\n");
+    out.push_str(&format!(
+        "  session       {} — {}\n",
+        s.session_id.as_deref().unwrap_or("-"),
+        if s.session_unchanged {
+            "unchanged through every switch"
+        } else {
+            "CHANGED (a new session was established)"
+        }
+    ));
+    out.push_str(&format!("  switches      {}\n", s.switches.len()));
+    out.push_str("      from → to      kind       interruption   detection   exchange\n");
+    for (i, w) in s.switches.iter().enumerate() {
+        let r = &w.record;
+        out.push_str(&format!(
+            "   {}  {:<5}→ {:<6}  {:<9} {:>9.0} ms   {:>6} ms   {:>5} ms\n",
+            i + 1,
+            r.from,
+            r.to,
+            if r.planned { "planned" } else { "recovery" },
+            w.interruption_ms,
+            r.detection_ms,
+            r.exchange_ms
+        ));
+    }
+    let st = &s.stream;
+    let lost = st.sent.saturating_sub(st.echoed);
+    out.push_str(&format!(
+        "  tunnel        {} packets sent, {} echoed back, {} lost ({:.2}%), {} duplicates\n",
+        st.sent,
+        st.echoed,
+        lost,
+        if st.sent > 0 {
+            lost as f64 * 100.0 / st.sent as f64
+        } else {
+            0.0
+        },
+        st.duplicate_echoes + s.exit_duplicates
+    ));
+    out.push_str(&format!(
+        "  non-bound     {} frames replayed on the unbound Wi-Fi: {} delivered (must be 0); \
+         XDP stale_binding drops +{}\n",
+        s.replayed, s.replayed_delivered, s.stale_drops
+    ));
+    out.push_str(&format!("  wall time     {:.1} s\n", s.wall.as_secs_f64()));
+    out
+}
