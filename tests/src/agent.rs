@@ -51,7 +51,18 @@ impl AgentLab {
     /// on the exit's tunnel address, and the client agent over `transports` (most
     /// preferred first) with `client_extra` in its configuration; waits for ATTACHED.
     pub fn start(tag: &str, policy: &str, transports: &[Transport], client_extra: &str) -> Self {
-        let mut gw = GwLab::start(tag, &format!("{FAST_POLICY}{policy}"));
+        // The test's keys replace the fast defaults (TOML refuses a key twice).
+        let keys: Vec<&str> = policy
+            .lines()
+            .filter_map(|l| l.split('=').next())
+            .map(str::trim)
+            .collect();
+        let fast: String = FAST_POLICY
+            .lines()
+            .filter(|l| !keys.contains(&l.split('=').next().unwrap_or("").trim()))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let mut gw = GwLab::start(tag, &format!("{fast}{policy}"));
         let echo = EchoServer::start(&gw.lab.exit, echo_addr()).expect("echo server");
         let cfg = gw.client_config(transports, client_extra);
         gw.start_client(&cfg).expect("starting the client agent");
@@ -98,6 +109,15 @@ impl AgentLab {
             .expect("client events")
     }
 
+    /// The agent's event log on disk (readable after it stopped).
+    pub fn client_events_from_log(&self) -> Vec<EventRecord> {
+        std::fs::read_to_string(self.gw.dir.join("client-events.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("an event line"))
+            .collect()
+    }
+
     /// Takes the client side of `t`'s link down or up.
     pub fn link(&self, t: Transport, up: bool) {
         self.gw
@@ -119,6 +139,62 @@ impl AgentLab {
 
     pub fn session_id(&self) -> u64 {
         self.status().session_id.expect("a session").0
+    }
+
+    /// `jvpn-ctl client move NAME` through the agent's socket.
+    pub fn move_to(&self, t: Transport) {
+        self.gw
+            .client()
+            .and_then(|mut c| {
+                c.request(&Request::Move {
+                    transport: t.name().into(),
+                })
+                .map_err(std::io::Error::other)
+            })
+            .expect("client move");
+    }
+
+    /// Waits until the agent is ATTACHED over `t` with no reattach under way.
+    pub fn wait_bound(&self, t: Transport, timeout: Duration) -> ClientStatus {
+        self.wait_status(
+            &format!("the session bound to {}", t.name()),
+            timeout,
+            |s| {
+                s.bound.as_deref() == Some(t.name())
+                    && s.state == State::Attached
+                    && s.reattach.is_none()
+            },
+        )
+    }
+
+    /// The relay's `stale_binding` drop counter.
+    pub fn stale_drops(&self) -> u64 {
+        self.gw
+            .stats()
+            .xdp_drops
+            .get("stale_binding")
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// (state, version, generation, binding) of the session at the gateway.
+    pub fn gw_view(&self, id: u64) -> (State, u64, u32, Option<String>) {
+        let s = self.gw.session(id).expect("session at the gateway");
+        (s.state, s.version, s.generation, s.binding)
+    }
+
+    /// A socket for an attacker on the LTE network (10.77.2.3, another address than
+    /// the client's), in the client namespace.
+    pub fn attacker(&self) -> std::net::UdpSocket {
+        let ns = &self.gw.lab.client;
+        ns.ip(&["addr", "add", "10.77.2.3/24", "dev", "c-lte"])
+            .expect("attacker address");
+        let s = ns
+            .run(|| std::net::UdpSocket::bind("10.77.2.3:0"))
+            .expect("attacker socket");
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        s
     }
 }
 

@@ -3,14 +3,20 @@
 
 use std::time::Duration;
 
+use jvpn_common::wire::msg_type;
 use jvpn_ctl::{
     control::api::EventRecord,
-    lab::gateway::Transport::{Lte, Lte6, Wifi},
-    session::{Reason, State},
+    lab::{
+        capture::{self, Capture},
+        gateway::Transport::{Lte, Lte6, Wifi},
+    },
+    proto::{Body, Control, ReattachRequest, TransportKind},
+    session::{Detail, Reason, State},
 };
 use jvpn_tests::{
     agent::{AgentLab, FAST_HEALTH},
     require_root,
+    tclient::now_ms,
 };
 
 const TICK: Duration = Duration::from_millis(5);
@@ -122,4 +128,402 @@ fn cross_family_reattach() {
     let (_, dup) = lab.echo.counts();
     assert_eq!(dup, 0);
     let _ = Lte;
+}
+
+fn gw_switches(events: &[EventRecord], id: u64) -> Vec<u32> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            EventRecord::TransportSwitch {
+                session_id,
+                generation,
+                ..
+            } if session_id.0 == id => Some(*generation),
+            _ => None,
+        })
+        .collect()
+}
+
+fn security(events: &[EventRecord]) -> Vec<(String, String)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            EventRecord::SecurityEvent { kind, source, .. } => Some((kind.clone(), source.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// 4. A captured REATTACH_REQUEST replayed by an attacker from another address:
+///    rejected, no state change, SECURITY_EVENT.
+#[test]
+fn replayed_reattach_request_is_rejected() {
+    require_root!();
+    let lab = AgentLab::start("ar", "", &[Wifi, Lte], FAST_HEALTH);
+    let id = lab.session_id();
+    let cap = Capture::start(&lab.lab.client, "c-lte").unwrap();
+    lab.move_to(Lte);
+    lab.wait_bound(Lte, Duration::from_secs(3));
+    let req = cap
+        .frames()
+        .into_iter()
+        .find(|f| f.outgoing && f.msg_type() == Some(msg_type::REATTACH_REQUEST))
+        .expect("the agent's REATTACH_REQUEST was captured");
+    let before = lab.gw_view(id);
+    let attacker = lab.attacker();
+    attacker
+        .send_to(req.payload().unwrap(), Lte.gw_addr())
+        .unwrap();
+    let mut buf = [0u8; 256];
+    assert!(
+        attacker.recv_from(&mut buf).is_err(),
+        "the attacker gets no answer"
+    );
+    assert_eq!(lab.gw_view(id), before, "nothing changed");
+    let sec = security(&lab.events());
+    assert!(
+        sec.iter()
+            .any(|(k, src)| k == "replay" && src.starts_with("10.77.2.3:")),
+        "{sec:?}"
+    );
+    assert_eq!(lab.status().bound.as_deref(), Some("lte"));
+}
+
+/// 5. A forged proof: silence, no state change.
+#[test]
+fn forged_proof_gets_silence() {
+    require_root!();
+    let lab = AgentLab::start("ap", "", &[Wifi, Lte], FAST_HEALTH);
+    let id = lab.session_id();
+    let before = lab.gw_view(id);
+    let attacker = lab.attacker();
+    let wrong_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &[7u8; 32]);
+    let req = ReattachRequest::new(now_ms(), [9u8; 16], TransportKind::Cellular, b"evil").unwrap();
+    let forged = Control {
+        session_id: id,
+        ctr: 1 << 40,
+        body: Body::ReattachRequest(req),
+    }
+    .encode(&wrong_key)
+    .unwrap();
+    attacker.send_to(&forged, Lte.gw_addr()).unwrap();
+    let mut buf = [0u8; 256];
+    assert!(attacker.recv_from(&mut buf).is_err(), "silence");
+    assert_eq!(lab.gw_view(id), before);
+    let sec = security(&lab.events());
+    assert!(
+        sec.iter()
+            .any(|(k, src)| k == "proof_invalid" && src.starts_with("10.77.2.3:")),
+        "{sec:?}"
+    );
+    assert_eq!(lab.status().bound.as_deref(), Some("wifi"));
+}
+
+/// 6. Switch rate exceeded: DENIED rate_limited, DEGRADED; a later reattach inside the
+///    recovery window succeeds (the window of the rate limit is 60 s, so this test
+///    takes a minute).
+#[test]
+fn rate_limited_then_later_reattach_succeeds() {
+    require_root!();
+    let lab = AgentLab::start(
+        "aq",
+        "max_switches_per_minute = 1\nmax_recovery_window_ms = 90000\n",
+        &[Wifi, Lte],
+        FAST_HEALTH,
+    );
+    let id = lab.session_id();
+    lab.move_to(Lte);
+    lab.wait_bound(Lte, Duration::from_secs(3));
+    // LTE dies: the only way out is a second switch within the minute.
+    lab.link(Lte, false);
+    let denied = lab
+        .gw
+        .wait_event("rate_limited denial", Duration::from_secs(5), |e| {
+            matches!(
+                e,
+                EventRecord::TransportSwitchDenied {
+                    detail: Detail::RateLimited,
+                    ..
+                }
+            )
+        });
+    let _ = denied;
+    let gw = lab.session(id).unwrap();
+    assert_eq!(gw.state, State::Degraded);
+    assert_eq!(
+        gw.binding.as_deref(),
+        Some("10.77.2.2:40000"),
+        "binding kept"
+    );
+    let client_states = state_path(&lab.client_events());
+    assert!(
+        client_states.contains(&(State::Degraded, Reason::ReattachValidationFailed)),
+        "{client_states:?}"
+    );
+    // The agent backs off and retries; once the minute has passed, it succeeds.
+    let s = lab.wait_bound(Wifi, Duration::from_secs(80));
+    assert_eq!(s.session_id.map(|i| i.0), Some(id));
+    assert_eq!(lab.session(id).unwrap().state, State::Attached);
+    assert_eq!(gw_switches(&lab.events(), id), [1, 2, 3]);
+}
+
+/// 7. Recovery window expires: TERMINATED, map entry gone, exit keys revoked, client
+///    told.
+#[test]
+fn recovery_window_expiry_terminates_and_tells_the_client() {
+    require_root!();
+    let lab = AgentLab::start(
+        "aw",
+        "max_recovery_window_ms = 1500\n",
+        &[Wifi],
+        &format!("reconnect = false\n{FAST_HEALTH}"),
+    );
+    let id = lab.session_id();
+    assert_eq!(lab.map_sessions(), 1);
+    // The uplink breaks (the client's frames go to a MAC nobody has) while the
+    // downlink still works, so the gateway's CLOSE can reach the client.
+    lab.lab
+        .client
+        .ip(&[
+            "neigh",
+            "replace",
+            "10.77.1.1",
+            "lladdr",
+            "02:00:00:00:00:01",
+            "dev",
+            "c-wifi",
+            "nud",
+            "permanent",
+        ])
+        .unwrap();
+    lab.gw
+        .wait_event("TERMINATED", Duration::from_secs(5), |e| {
+            matches!(
+                e,
+                EventRecord::StateChange {
+                    to: State::Terminated,
+                    ..
+                }
+            )
+        });
+    let path: Vec<_> = state_path(&lab.events());
+    assert_eq!(
+        path,
+        [
+            (State::Attached, Reason::BirthComplete),
+            (State::Volatile, Reason::TransportVolatile),
+            (State::Terminated, Reason::RecoveryWindowExpired)
+        ]
+    );
+    assert!(lab.session(id).is_none());
+    assert_eq!(lab.map_sessions(), 0, "map entry removed");
+    wait_exit(&lab, "client");
+    let client_log = lab.log("client");
+    assert!(
+        client_log.contains("the gateway closed the session: RecoveryWindowExpired"),
+        "{client_log}"
+    );
+    assert!(lab.log("exit").contains("revoke"), "{}", lab.log("exit"));
+}
+
+/// Waits for the agent to stop on its own (the log's last word when `reconnect` is off).
+fn wait_exit(lab: &AgentLab, name: &str) {
+    for _ in 0..300 {
+        if lab.log(name).contains("reconnect is off") {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("the {name} did not stop; log:\n{}", lab.log(name));
+}
+
+/// 8. Session TTL expiry: the gateway ends the session, the agent says so and, with
+///    `reconnect` on (the default), establishes a new one.
+#[test]
+fn session_ttl_expiry_then_a_new_session() {
+    require_root!();
+    let lab = AgentLab::start("at", "session_ttl_s = 2\n", &[Wifi, Lte], FAST_HEALTH);
+    let first = lab.session_id();
+    let s = lab.wait_status("a second session", Duration::from_secs(8), |s| {
+        s.sessions_established == 2 && s.state == State::Attached
+    });
+    let second = s.session_id.unwrap().0;
+    assert_ne!(first, second, "a NEW session, not a silent resumption");
+    let ev = lab.client_events();
+    assert!(
+        ev.iter().any(|e| matches!(e,
+            EventRecord::StateChange { session_id, to: State::Terminated, reason: Reason::SessionTtlExpired, .. }
+            if session_id.0 == first)),
+        "{ev:#?}"
+    );
+    assert!(lab.log("client").contains("establishing a NEW session"));
+    assert!(lab.session(first).is_none());
+}
+
+/// 9. After a switch, frames still sent from the old transport are dropped by XDP
+///    (counter rises) and none reaches the exit.
+#[test]
+fn old_transport_frames_are_dropped_after_a_switch() {
+    require_root!();
+    let lab = AgentLab::start("as", "", &[Wifi, Lte], FAST_HEALTH);
+    let wifi = Capture::start(&lab.lab.client, "c-wifi").unwrap();
+    let exit = Capture::start(&lab.lab.exit, "x-gw").unwrap();
+    let stream = lab.stream(TICK);
+    std::thread::sleep(Duration::from_millis(500));
+    lab.move_to(Lte);
+    lab.wait_bound(Lte, Duration::from_secs(3));
+    let old: Vec<Vec<u8>> = wifi
+        .frames()
+        .into_iter()
+        .filter(|f| f.outgoing && f.is_data())
+        .take(50)
+        .map(|f| f.bytes)
+        .collect();
+    assert_eq!(old.len(), 50, "captured the agent's DATA on Wi-Fi");
+    let drops = lab.stale_drops();
+    let since = std::time::Instant::now();
+    capture::inject(&lab.lab.client, "c-wifi", &old, Duration::from_millis(1)).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    drop(stream);
+    assert_eq!(capture::delivered(&old, &exit.frames(), since), 0);
+    assert!(
+        lab.stale_drops() >= drops + 50,
+        "{} → {}",
+        drops,
+        lab.stale_drops()
+    );
+}
+
+/// 10. Atomicity under load: 50 switches back and forth under continuous traffic.
+#[test]
+fn fifty_switches_under_load() {
+    require_root!();
+    let lab = AgentLab::start(
+        "al",
+        "max_switches_per_minute = 1000\n",
+        &[Wifi, Lte],
+        "[health]\nreturn_after_ms = 3600000\n",
+    );
+    let id = lab.session_id();
+    let caps = [
+        Capture::start(&lab.lab.client, "c-wifi").unwrap(),
+        Capture::start(&lab.lab.client, "c-lte").unwrap(),
+    ];
+    let exit = Capture::start(&lab.lab.exit, "x-gw").unwrap();
+    let stream = lab.stream(Duration::from_millis(2));
+    // (frame, when it was re-sent): its original went through before that.
+    let mut injected: Vec<(Vec<u8>, std::time::Instant)> = Vec::new();
+    for i in 0..50 {
+        let (from, to) = if i % 2 == 0 { (0, Lte) } else { (1, Wifi) };
+        std::thread::sleep(Duration::from_millis(40));
+        lab.move_to(to);
+        lab.wait_bound(to, Duration::from_secs(3));
+        // One frame the old transport carried, re-sent on it now that it is unbound.
+        if let Some(f) = caps[from]
+            .frames()
+            .into_iter()
+            .rev()
+            .find(|f| f.outgoing && f.is_data())
+        {
+            let at = std::time::Instant::now();
+            let dev = if from == 0 { "c-wifi" } else { "c-lte" };
+            capture::inject(
+                &lab.lab.client,
+                dev,
+                std::slice::from_ref(&f.bytes),
+                Duration::ZERO,
+            )
+            .unwrap();
+            injected.push((f.bytes, at));
+        }
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let r = stream.finish(Duration::from_millis(300));
+    assert!(injected.len() >= 45, "{}", injected.len());
+    let seen = exit.frames();
+    let delivered: usize = injected
+        .iter()
+        .map(|(f, at)| capture::delivered(std::slice::from_ref(f), &seen, *at))
+        .sum();
+    assert_eq!(
+        delivered, 0,
+        "a frame from a non-bound transport was delivered"
+    );
+    let (_, dup) = lab.echo.counts();
+    assert_eq!((dup, r.duplicate_echoes), (0, 0), "no duplicate delivered");
+    assert!(r.echoed > r.sent * 9 / 10, "{r:?}");
+    let s = lab.status();
+    assert_eq!(s.session_id.map(|i| i.0), Some(id));
+    assert_eq!(s.switches, 50);
+    let want: Vec<u32> = (1..=51).collect();
+    assert_eq!(
+        gw_switches(&lab.events(), id),
+        want,
+        "one TRANSPORT_SWITCH per switch"
+    );
+    assert_eq!(gw_switches(&lab.client_events(), id), want);
+    eprintln!("50 switches under load: {r:?}");
+}
+
+/// 11. Blacklisted candidate transport: denied.
+#[test]
+fn blacklisted_candidate_is_denied() {
+    require_root!();
+    let lab = AgentLab::start(
+        "ak",
+        "blacklist = [\"10.77.2.0/24\"]\n",
+        &[Wifi, Lte],
+        FAST_HEALTH,
+    );
+    let id = lab.session_id();
+    lab.link(Wifi, false);
+    lab.wait_status("the denial", Duration::from_secs(5), |s| {
+        s.transports[1].backoff_ms > 10_000
+    });
+    let ev = lab.client_events();
+    assert!(
+        ev.iter().any(|e| matches!(e, EventRecord::TransportSwitchDenied { detail: Detail::Blacklisted, candidate, .. } if candidate == "10.77.2.2:40000")),
+        "{ev:#?}"
+    );
+    let gw = lab.session(id).unwrap();
+    assert_eq!(
+        gw.binding.as_deref(),
+        Some("10.77.1.2:40000"),
+        "binding kept"
+    );
+    assert_eq!(gw.generation, 1);
+}
+
+/// 12. Operator `jvpn-ctl session kill`: TERMINATED, client told, map entry gone.
+#[test]
+fn operator_kill_tells_the_client() {
+    require_root!();
+    let lab = AgentLab::start(
+        "ao",
+        "",
+        &[Wifi, Lte],
+        &format!("reconnect = false\n{FAST_HEALTH}"),
+    );
+    let id = lab.session_id();
+    let out = lab.cli(&["session", "kill", &format!("{id:016x}")]);
+    assert!(out.status.success(), "{out:?}");
+    wait_exit(&lab, "client");
+    assert!(
+        lab.log("client")
+            .contains("the gateway closed the session: Operator")
+    );
+    assert!(lab.session(id).is_none());
+    assert_eq!(lab.map_sessions(), 0);
+    let ev = lab.client_events_from_log();
+    assert!(
+        ev.iter().any(|e| matches!(
+            e,
+            EventRecord::StateChange {
+                to: State::Terminated,
+                reason: Reason::Operator,
+                ..
+            }
+        )),
+        "{ev:#?}"
+    );
 }

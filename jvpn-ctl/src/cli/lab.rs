@@ -16,8 +16,11 @@ pub enum Command {
         #[arg(long)]
         keep: bool,
     },
-    /// Remove every lab left running by `lab run --keep`.
-    Down,
+    /// Remove the labs left running by `lab run --keep` (all, or the one named).
+    Down {
+        /// The lab's name (its state file's name under /run/jvpn-lab).
+        name: Option<String>,
+    },
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -28,8 +31,8 @@ extern "C" fn on_signal(_: libc::c_int) {
 
 pub fn run(cmd: Command) -> anyhow::Result<()> {
     match cmd {
-        Command::Down => {
-            let done = stack::down_all().context("removing the labs")?;
+        Command::Down { name } => {
+            let done = stack::down(name.as_deref()).context("removing the labs")?;
             if done.is_empty() {
                 println!("no lab is running");
             }

@@ -239,8 +239,9 @@ pub fn run(bin: &Path, keep: bool, stop: &AtomicBool) -> Result<Option<Summary>>
     if keep {
         print_keep(&run.stack, &first);
         let Run { stack, .. } = run;
-        std::mem::forget(echo);
-        stack.detach()?;
+        drop(echo);
+        let state = stack.detach()?;
+        println!("(lab state: {})", state.display());
         return Ok(None);
     }
     let wifi_cap = Capture::start(&run.stack.lab.client, "c-wifi")?;
@@ -395,7 +396,7 @@ fn print_keep(stack: &Stack, s: &ClientStatus) {
          Take Wi-Fi down and watch the session move (then bring it back):\n  \
          ip -n {c} link set c-wifi down\n  ip -n {c} link set c-wifi up\n  \
          {b} client move lte6 --socket {cl}\n\n\
-         Traffic through the tunnel (an echo server listens on {EXIT_TUN}:{ECHO_PORT}):\n  \
+         Traffic through the tunnel goes to the exit's tunnel address {EXIT_TUN}, e.g.:\n  \
          ip netns exec {c} ping -c3 {EXIT_TUN}   # if ping is installed\n\n\
          Logs and configuration: {d}\nRemove it all: cargo xtask lab down   (or: {b} lab down)",
         s.session_id.map(|i| i.to_string()).unwrap_or_default(),

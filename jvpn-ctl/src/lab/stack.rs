@@ -4,7 +4,7 @@
 //!
 //! Everything is stopped and removed when the [`Stack`] is dropped, also on a failed
 //! test or an interrupted run, unless it was [`Stack::detach`]ed (`--keep`); then
-//! [`down_all`] (`jvpn-ctl lab down`) removes it later from its state file.
+//! [`down`] (`jvpn-ctl lab down`) removes it later from its state file.
 
 use std::{
     fs,
@@ -338,16 +338,19 @@ impl Drop for Stack {
     }
 }
 
-/// Removes every lab left by `--keep`: stops its processes, deletes its namespaces,
-/// pins and state. Returns what was removed, one line per lab.
-pub fn down_all() -> Result<Vec<String>> {
+/// Removes the labs left by `--keep` (all of them, or the one named `only`): stops
+/// their processes, deletes their namespaces, pins and state. Returns what was
+/// removed, one line per lab.
+pub fn down(only: Option<&str>) -> Result<Vec<String>> {
     let mut done = Vec::new();
     let Ok(entries) = fs::read_dir(STATE_ROOT) else {
         return Ok(done);
     };
     for e in entries.flatten() {
         let path = e.path();
-        if path.extension().is_none_or(|x| x != "json") {
+        if path.extension().is_none_or(|x| x != "json")
+            || only.is_some_and(|n| path.file_stem().is_none_or(|s| s != n))
+        {
             continue;
         }
         let state: LabState = serde_json::from_str(&fs::read_to_string(&path)?)
