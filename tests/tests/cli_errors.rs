@@ -128,3 +128,49 @@ fn a_closed_stdout_ends_quietly() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(stderr.is_empty(), "{stderr}");
 }
+
+#[test]
+fn client_configuration_errors_name_the_problem() {
+    let dir = std::env::temp_dir().join(jvpn_tests::unique("jvpn-cc-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("client.toml");
+    fails_with(
+        jvpn_ctl().args(["client"]).output().unwrap(),
+        "--config FILE is required",
+    );
+    fails_with(
+        jvpn_ctl()
+            .args(["client", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap(),
+        "client.toml",
+    );
+    let key = "3b6a27bcceb6a42d62a3a8d02a6f0d73653215771de243a63ac048a18b59da29";
+    std::fs::write(
+        &cfg,
+        format!(
+            "identity = \"/nonexistent\"\ngateway_public_key = \"{key}\"\n\
+             [[transport]]\nname = \"wifi\"\nkind = \"wifi\"\nbind = \"10.0.0.2:0\"\n\
+             gateway = \"[fd00::1]:51820\"\n"
+        ),
+    )
+    .unwrap();
+    fails_with(
+        jvpn_ctl()
+            .args(["client", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap(),
+        "transport[0].gateway",
+    );
+    fails_with(
+        jvpn_ctl()
+            .args(["client", "status", "--socket"])
+            .arg(dir.join("nothing.sock"))
+            .output()
+            .unwrap(),
+        "nothing.sock",
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
