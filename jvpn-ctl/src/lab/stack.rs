@@ -304,8 +304,7 @@ reserved = ["{EXIT_TUN}"]
         self.procs.clear();
         std::mem::forget(self.peers.take());
         std::mem::forget(self.peer_pins.take());
-        let me = std::mem::ManuallyDrop::new(self);
-        let _ = &me.lab;
+        let _ = std::mem::ManuallyDrop::new(self);
         Ok(path)
     }
 }
