@@ -9,7 +9,7 @@ use std::{
 
 use jvpn_ctl::{
     client::ClientStatus,
-    control::api::{EventRecord, Request},
+    control::api::EventRecord,
     lab::{
         gateway::Transport,
         traffic::{EchoServer, Stream},
@@ -74,12 +74,10 @@ impl AgentLab {
     }
 
     pub fn status(&self) -> ClientStatus {
-        let v = self
-            .gw
+        self.gw
             .client()
-            .and_then(|mut c| c.request(&Request::Status).map_err(std::io::Error::other))
-            .expect("client status");
-        serde_json::from_value(v).expect("a ClientStatus")
+            .and_then(|mut c| c.client_status().map_err(std::io::Error::other))
+            .expect("client status")
     }
 
     pub fn wait_status(
@@ -145,12 +143,7 @@ impl AgentLab {
     pub fn move_to(&self, t: Transport) {
         self.gw
             .client()
-            .and_then(|mut c| {
-                c.request(&Request::Move {
-                    transport: t.name().into(),
-                })
-                .map_err(std::io::Error::other)
-            })
+            .and_then(|mut c| c.move_to(t.name()).map_err(std::io::Error::other))
             .expect("client move");
     }
 

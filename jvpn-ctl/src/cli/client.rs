@@ -75,9 +75,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     match args.command {
         Some(Command::Status { json, socket }) => status(&socket.socket, json),
         Some(Command::Move { transport, socket }) => {
-            Client::connect(&socket.socket)?.request(&Request::Move {
-                transport: transport.clone(),
-            })?;
+            Client::connect(&socket.socket)?.move_to(&transport)?;
             println!("moving to {transport}: watch `jvpn-ctl client status`");
             Ok(())
         }

@@ -137,6 +137,21 @@ struct Session {
     move_to: Option<usize>,
 }
 
+impl Session {
+    /// The next control message of this session, MACed (`None` only if encoding
+    /// fails, which a well-formed body never does).
+    fn control(&mut self, body: Body) -> Option<Vec<u8>> {
+        self.ctl_ctr += 1;
+        Control {
+            session_id: self.id,
+            ctr: self.ctl_ctr,
+            body,
+        }
+        .encode(&self.mac)
+        .ok()
+    }
+}
+
 enum Phase {
     Connecting(Box<Connecting>),
     Up(Box<Session>),
@@ -477,15 +492,9 @@ impl Core {
     /// Ends the session on the agent's own initiative (shutdown): CLOSE to the gateway.
     pub fn close(&mut self, now_ms: u64) {
         if let Phase::Up(s) = &mut self.phase {
-            s.ctl_ctr += 1;
-            let msg = Control {
-                session_id: s.id,
-                ctr: s.ctl_ctr,
-                body: Body::close(Reason::Closed),
-            }
-            .encode(&s.mac);
+            let msg = s.control(Body::close(Reason::Closed));
             let bound = s.bound;
-            if let Ok(data) = msg {
+            if let Some(data) = msg {
                 self.out.push(Out::Udp {
                     transport: bound,
                     data,
@@ -573,14 +582,7 @@ impl Core {
                 Some(t) if t >= now_ms => t + 1,
                 _ => now_ms,
             };
-            s.ctl_ctr += 1;
-            let msg = Control {
-                session_id: s.id,
-                ctr: s.ctl_ctr,
-                body: Body::Keepalive { ts_ms: ts },
-            }
-            .encode(&s.mac);
-            if let Ok(data) = msg {
+            if let Some(data) = s.control(Body::Keepalive { ts_ms: ts }) {
                 l.last_probe_ms = Some(ts);
                 l.health.on_probe_sent(ts);
                 self.counters.keepalives_sent += 1;
@@ -717,13 +719,7 @@ impl Core {
                     return;
                 }
             };
-        s.ctl_ctr += 1;
-        let Ok(data) = (Control {
-            session_id: s.id,
-            ctr: s.ctl_ctr,
-            body: Body::ReattachRequest(req),
-        })
-        .encode(&s.mac) else {
+        let Some(data) = s.control(Body::ReattachRequest(req)) else {
             return;
         };
         s.tries += 1;
@@ -804,14 +800,7 @@ impl Core {
         let Phase::Up(s) = &mut self.phase else {
             return;
         };
-        s.ctl_ctr += 1;
-        if let Ok(data) = (Control {
-            session_id: s.id,
-            ctr: s.ctl_ctr,
-            body: Body::ReattachConfirm { challenge },
-        })
-        .encode(&s.mac)
-        {
+        if let Some(data) = s.control(Body::ReattachConfirm { challenge }) {
             self.out.push(Out::Udp { transport: t, data });
         }
     }

@@ -136,6 +136,19 @@ impl Client {
         self.typed(&Request::Policy)
     }
 
+    /// A client agent's status (`jvpn-ctl client status`).
+    pub fn client_status(&mut self) -> Result<crate::client::ClientStatus, ControlError> {
+        self.typed(&Request::Status)
+    }
+
+    /// Asks a client agent to move its session to `transport` now.
+    pub fn move_to(&mut self, transport: &str) -> Result<(), ControlError> {
+        self.request(&Request::Move {
+            transport: transport.into(),
+        })
+        .map(drop)
+    }
+
     /// The gateway's recent events, oldest first.
     pub fn events(&mut self) -> Result<Vec<EventRecord>, ControlError> {
         self.typed(&Request::Events { follow: false })

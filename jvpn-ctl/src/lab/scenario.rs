@@ -22,7 +22,7 @@ use super::{
 };
 use crate::{
     client::{ClientStatus, SwitchRecord},
-    control::api::{EventRecord, Request, SessionInfo, unix_ms},
+    control::api::{EventRecord, SessionInfo, unix_ms},
     datapath::Pinned,
 };
 
@@ -140,12 +140,7 @@ impl Run<'_> {
     }
 
     fn status(&self) -> Result<ClientStatus> {
-        let v = self
-            .stack
-            .client()?
-            .request(&Request::Status)
-            .map_err(Error::other)?;
-        serde_json::from_value(v).map_err(Error::other)
+        self.stack.client()?.client_status().map_err(Error::other)
     }
 
     fn wait_bound(&self, t: Transport, within: Duration) -> Result<ClientStatus> {
