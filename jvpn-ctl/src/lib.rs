@@ -2,6 +2,7 @@
 //! protocol ([`proto`]), the session state machine ([`session`]), the gateway
 //! controller ([`gateway`]), the exit ([`exit`]) and the control API ([`control`]).
 
+pub mod bench;
 pub mod control;
 pub mod datapath;
 pub mod exit;
