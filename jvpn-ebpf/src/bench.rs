@@ -110,9 +110,11 @@ static SINK_MODE: Global<u8> = Global::new(sink_mode::COUNT);
 #[map]
 static SINK_STATS: PerCpuArray<SinkStats> = PerCpuArray::with_max_entries(1, 0);
 
-/// DATA frames per session id (per CPU); capacity set at load.
+/// DATA frames per session id (per CPU). Preallocated (no allocation per frame); the
+/// sink sets the capacity at load. One entry here, so that loading the object for the
+/// relay does not allocate it.
 #[map]
-static SINK_SESSIONS: PerCpuHashMap<u64, u64> = PerCpuHashMap::with_max_entries(65_536, 0);
+static SINK_SESSIONS: PerCpuHashMap<u64, u64> = PerCpuHashMap::with_max_entries(1, 0);
 
 /// Counts and drops every frame. In the parse modes it also checks each frame with
 /// the relay's own parser (`relay::parse`) and counts valid DATA, per session too in

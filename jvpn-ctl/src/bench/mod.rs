@@ -12,15 +12,13 @@ pub mod sink;
 use aya::{EbpfLoader, programs::Xdp};
 pub use error::BenchError;
 
-/// A loader for the jvpn object as the benchmark tools use it: nothing pinned; the
-/// relay's maps, which come with the object but stay unused here, and the sink's
-/// per-session map get one entry (callers may raise the latter).
+/// A loader for the jvpn object as the benchmark tools use it: nothing pinned, and the
+/// relay's maps, which come with the object but stay unused here, get one entry.
 fn loader<'a>() -> EbpfLoader<'a> {
     let mut loader = EbpfLoader::new();
     loader
         .map_max_entries("SESSIONS", 1)
-        .map_max_entries("SESSION_STATS", 1)
-        .map_max_entries("SINK_SESSIONS", 1);
+        .map_max_entries("SESSION_STATS", 1);
     loader
 }
 
