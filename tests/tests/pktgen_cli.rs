@@ -228,6 +228,28 @@ fn payloads_over_the_mtu_and_missing_macs_are_named() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Past the MTU check, the page that live-frames mode puts each frame in.
+    pair.generator
+        .ip(&["link", "set", GEN_IF, "mtu", "4000"])
+        .unwrap();
+    one_line_error(
+        &run(&[
+            &[
+                "--src",
+                "10.201.0.1",
+                "--dst",
+                "10.201.0.2",
+                "--payload",
+                "3367",
+            ][..],
+            &mac,
+        ]
+        .concat()),
+        "frames of 3409 bytes are too long for the kernel's live-frames mode (at most 3408",
+    );
+    pair.generator
+        .ip(&["link", "set", GEN_IF, "mtu", "1500"])
+        .unwrap();
     // Without --dst-mac, the neighbour table is asked; it has no entry.
     one_line_error(
         &run(&["--src", "10.201.0.1", "--dst", "10.201.0.99"]),

@@ -29,7 +29,7 @@ pub enum BenchError {
     },
 
     #[error(
-        "frames of {len} bytes are too long for the kernel's live-frames mode (at most {max}: one page less headroom)"
+        "frames of {len} bytes are too long for the kernel's live-frames mode (at most {max}: one page less the kernel's headroom)"
     )]
     FrameTooLong { len: usize, max: usize },
 
