@@ -22,7 +22,16 @@ pub const RELAY_TTL: u8 = 64;
 /// # Safety
 /// Implementors must be `#[repr(C)]`, have alignment 1, no padding, and accept any
 /// bit pattern.
-pub unsafe trait Wire: Copy {}
+pub unsafe trait Wire: Copy {
+    /// The bytes as they go on the wire.
+    #[inline(always)]
+    fn as_bytes(&self) -> &[u8] {
+        // SAFETY: `Wire` types are plain bytes without padding (trait contract).
+        unsafe {
+            core::slice::from_raw_parts((self as *const Self).cast(), core::mem::size_of::<Self>())
+        }
+    }
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

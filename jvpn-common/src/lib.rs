@@ -6,6 +6,7 @@
 //! size checks, because the kernel copies them byte for byte between the two sides.
 #![no_std]
 
+pub mod bench;
 pub mod counters;
 pub mod csum;
 pub mod frame;

@@ -3,6 +3,7 @@
 //! controller ([`gateway`]), the exit ([`exit`]), the client agent ([`client`]), the
 //! control API ([`control`]) and the namespace labs ([`lab`]).
 
+pub mod bench;
 pub mod client;
 pub mod clock;
 pub mod control;

@@ -9,7 +9,18 @@ fn main() -> std::process::ExitCode {
     // reader goes away, instead of panicking on a failed print.
     // SAFETY: restoring a default disposition before any thread starts.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
-    let args = cli::Cli::parse();
+    let args = match cli::Cli::try_parse() {
+        Ok(args) => args,
+        // Bad arguments: one line naming the problem (clap's usage block and tip are
+        // left out; `--help` shows the usage).
+        Err(e) => match cli::one_line(&e) {
+            Some(line) => {
+                eprintln!("{line}");
+                return std::process::ExitCode::from(2);
+            }
+            None => e.exit(),
+        },
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("JVPN_LOG")

@@ -5,6 +5,10 @@
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 #[cfg(target_arch = "bpf")]
+mod bench;
+#[cfg(target_arch = "bpf")]
+mod ctx;
+#[cfg(target_arch = "bpf")]
 mod relay;
 
 #[cfg(not(target_arch = "bpf"))]

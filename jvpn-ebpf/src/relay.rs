@@ -1,3 +1,4 @@
+use crate::ctx::Ctx;
 use aya_ebpf::{
     Global,
     bindings::{
@@ -15,8 +16,7 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use jvpn_common::{
     DEFAULT_MAX_SESSIONS, DEFAULT_PORT, counters,
-    frame::Frame,
-    headers::{OuterV4, OuterV6, Wire},
+    headers::{OuterV4, OuterV6},
     maps::{AF_INET, SessionEntry, SessionStats},
     relay::{self, Direction, Parsed, Steer, Verdict},
     wire::Kind,
@@ -51,37 +51,6 @@ const FIB_NO_NEIGH: i64 = 7;
 const FIB_FRAG_NEEDED: i64 = 8;
 const AF_INET_SYS: u8 = 2;
 const AF_INET6_SYS: u8 = 10;
-
-struct Ctx<'a>(&'a XdpContext);
-
-impl Frame for Ctx<'_> {
-    #[inline(always)]
-    fn len(&self) -> usize {
-        self.0.data_end() - self.0.data()
-    }
-
-    #[inline(always)]
-    fn at<T: Wire>(&self, off: usize) -> Option<&T> {
-        let start = self.0.data();
-        if start + off + core::mem::size_of::<T>() > self.0.data_end() {
-            return None;
-        }
-        // SAFETY: bounds checked against data_end just above; T has alignment 1.
-        Some(unsafe { &*((start + off) as *const T) })
-    }
-}
-
-impl Ctx<'_> {
-    /// Writable pointer to a `T` at `off`, bounds-checked like [`Frame::at`].
-    #[inline(always)]
-    fn at_mut<T: Wire>(&self, off: usize) -> Option<*mut T> {
-        let start = self.0.data();
-        if start + off + core::mem::size_of::<T>() > self.0.data_end() {
-            return None;
-        }
-        Some((start + off) as *mut T)
-    }
-}
 
 #[inline(always)]
 fn count(reason: u32) {

@@ -4,6 +4,7 @@
 
 pub mod frames;
 pub mod packet_lab;
+pub mod pktgen_lab;
 pub mod testrun;
 
 pub use jvpn_ctl::lab::{netns, unique};

@@ -8,7 +8,9 @@ mod gateway;
 mod keygen;
 mod lab;
 mod peers;
+mod pktgen;
 mod pubkey;
+mod sink;
 // Control-socket verbs; each takes --socket PATH (default /run/jvpn/jvpn.sock).
 mod events;
 mod policy;
@@ -78,6 +80,12 @@ enum Command {
         #[command(subcommand)]
         command: policy::Command,
     },
+    /// Send jvpn DATA frames for N sessions out of an interface (XDP live frames), at
+    /// a rate or flat out, for a count or a duration; prints pps and a summary.
+    Pktgen(pktgen::Args),
+    /// Count and drop every frame arriving on an interface (XDP); prints pps and a
+    /// summary (the receiving end for `pktgen`).
+    Sink(sink::Args),
 }
 
 /// Where maps and links are pinned.
@@ -104,6 +112,95 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Events(args) => events::run(args),
         Command::Stats(args) => stats::run(args),
         Command::Policy { command } => policy::run(command),
+        Command::Pktgen(args) => pktgen::run(args),
+        Command::Sink(args) => sink::run(args),
+    }
+}
+
+/// A positive number of seconds, at most a day.
+fn parse_secs(s: &str) -> Result<std::time::Duration, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of seconds"))?;
+    if !(v > 0.0 && v <= 86_400.0) {
+        return Err(format!("{s} seconds is outside (0, 86400]"));
+    }
+    Ok(std::time::Duration::from_secs_f64(v))
+}
+
+/// 1234567 → "1,234,567"
+fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::with_capacity(s.len() + s.len() / 3);
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A clap error as one line: the message and its details, without the usage block
+/// and the `--help` tip (help and version output are left as they are).
+pub fn one_line(e: &clap::Error) -> Option<String> {
+    use clap::error::ErrorKind::{
+        DisplayHelp, DisplayHelpOnMissingArgumentOrSubcommand, DisplayVersion,
+    };
+    if matches!(
+        e.kind(),
+        DisplayHelp | DisplayHelpOnMissingArgumentOrSubcommand | DisplayVersion
+    ) {
+        return None;
+    }
+    let text = e.render().to_string();
+    let body = text
+        .split("\n\nUsage:")
+        .next()
+        .unwrap_or(&text)
+        .split("\n\nFor more information")
+        .next()
+        .unwrap_or(&text);
+    let words: Vec<&str> = body.split_whitespace().collect();
+    Some(words.join(" "))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    #[test]
+    fn errors_render_as_one_line() {
+        let bad = |args: &[&str]| {
+            let e = Cli::try_parse_from(args.iter().copied())
+                .err()
+                .expect("an error");
+            one_line(&e).expect("not help")
+        };
+        let e = bad(&[
+            "jvpn-ctl", "pktgen", "--iface", "x", "--src", "10.0.0.1", "--dst", "10.0.0.2",
+            "--count", "1", "--rate", "fast",
+        ]);
+        assert!(
+            e.starts_with("error: invalid value 'fast' for '--rate <PPS>'"),
+            "{e}"
+        );
+        assert!(!e.contains('\n'), "{e}");
+        let e = bad(&["jvpn-ctl", "datapath", "up"]);
+        assert!(e.contains("--iface"), "{e}");
+        assert!(!e.contains('\n') && !e.contains("Usage"), "{e}");
+        let help = Cli::try_parse_from(["jvpn-ctl", "--help"]).err().unwrap();
+        assert!(one_line(&help).is_none());
+    }
+
+    #[test]
+    fn thousands_separators() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(1234567), "1,234,567");
     }
 }
 

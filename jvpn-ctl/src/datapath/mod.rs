@@ -27,6 +27,7 @@ use jvpn_common::{
     maps::{SessionEntry, SessionStats},
 };
 pub use pinned::Pinned;
+pub use privilege::check as check_privilege;
 
 /// The XDP object built by `build.rs` from `jvpn-ebpf`.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/jvpn"));

@@ -1,0 +1,33 @@
+//! Benchmark tools (docs/bench.md): the traffic generator behind `jvpn-ctl pktgen`
+//! ([`pktgen`], with its frame builder [`frame`]) and the counting sink behind
+//! `jvpn-ctl sink` ([`sink`]). Both are programs of the jvpn XDP object.
+
+pub mod cpus;
+mod error;
+pub mod frame;
+pub mod netif;
+pub mod pktgen;
+pub mod sink;
+
+use aya::{EbpfLoader, programs::Xdp};
+pub use error::BenchError;
+
+/// A loader for the jvpn object as the benchmark tools use it: nothing pinned, and the
+/// relay's maps, which come with the object but stay unused here, get one entry.
+fn loader<'a>() -> EbpfLoader<'a> {
+    let mut loader = EbpfLoader::new();
+    loader
+        .map_max_entries("SESSIONS", 1)
+        .map_max_entries("SESSION_STATS", 1);
+    loader
+}
+
+fn program_mut<'a>(ebpf: &'a mut aya::Ebpf, name: &'static str) -> Result<&'a mut Xdp, BenchError> {
+    ebpf.program_mut(name)
+        .ok_or(BenchError::Program {
+            name,
+            cause: aya::programs::ProgramError::UnexpectedProgramType,
+        })?
+        .try_into()
+        .map_err(|cause| BenchError::Program { name, cause })
+}

@@ -1,0 +1,127 @@
+//! The counting sink: `xdp_sink` on the receiving end of a path under test counts
+//! every frame (per CPU, optionally per session) and drops it. On a veth it also
+//! serves as the XDP program that native redirects into the veth need on the peer.
+
+use std::collections::BTreeMap;
+
+use aya::{
+    Ebpf,
+    maps::{MapData, PerCpuArray, PerCpuHashMap},
+    programs::XdpMode,
+};
+use jvpn_common::bench::{SinkStats, sink_mode};
+
+use super::{BenchError, netif, program_mut};
+use crate::datapath::AttachMode;
+
+pub const SINK_PROGRAM: &str = "xdp_sink";
+const STATS_MAP: &str = "SINK_STATS";
+const SESSIONS_MAP: &str = "SINK_SESSIONS";
+
+/// What the sink does with each frame besides counting and dropping it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SinkMode {
+    /// Nothing: the cheapest receiver.
+    Count,
+    /// Parse it with the relay's parser and count valid DATA to the port.
+    Parse,
+    /// Also count DATA per session id, for up to `capacity` sessions.
+    PerSession { capacity: u32 },
+}
+
+pub struct Sink {
+    ebpf: Ebpf,
+    iface: String,
+}
+
+impl Sink {
+    /// Loads the sink and attaches it to `iface` (in the calling thread's namespace).
+    /// It stays attached until the `Sink` is dropped.
+    pub fn attach(
+        iface: &str,
+        port: u16,
+        mode: SinkMode,
+        attach: AttachMode,
+    ) -> Result<Self, BenchError> {
+        netif::ifindex(iface)?;
+        crate::datapath::check_privilege()?;
+        let (code, capacity) = match mode {
+            SinkMode::Count => (sink_mode::COUNT, 1),
+            SinkMode::Parse => (sink_mode::PARSE, 1),
+            SinkMode::PerSession { capacity } => (sink_mode::PER_SESSION, capacity.max(1)),
+        };
+        let mut loader = super::loader();
+        loader
+            .map_max_entries(SESSIONS_MAP, capacity)
+            .override_global("SINK_PORT", &port, true)
+            .override_global("SINK_MODE", &code, true);
+        let mut ebpf = loader
+            .load(crate::datapath::EBPF_OBJECT)
+            .map_err(BenchError::Load)?;
+        let prog = program_mut(&mut ebpf, SINK_PROGRAM)?;
+        prog.load().map_err(|cause| BenchError::Program {
+            name: SINK_PROGRAM,
+            cause,
+        })?;
+        let xdp_mode = match attach {
+            AttachMode::Native => XdpMode::Driver,
+            AttachMode::Skb => XdpMode::Skb,
+        };
+        prog.attach(iface, xdp_mode).map_err(|cause| match cause {
+            aya::programs::ProgramError::UnknownInterface { name } => {
+                BenchError::NoSuchInterface(name)
+            }
+            cause => BenchError::Attach {
+                program: SINK_PROGRAM,
+                iface: iface.to_string(),
+                cause,
+            },
+        })?;
+        Ok(Self {
+            ebpf,
+            iface: iface.to_string(),
+        })
+    }
+
+    pub fn iface(&self) -> &str {
+        &self.iface
+    }
+
+    /// Counters summed over CPUs.
+    pub fn stats(&self) -> Result<SinkStats, BenchError> {
+        let map = self
+            .ebpf
+            .map(STATS_MAP)
+            .ok_or(BenchError::MissingMap(STATS_MAP))?;
+        let map_err = |cause| BenchError::Map {
+            name: STATS_MAP,
+            cause,
+        };
+        let arr: PerCpuArray<&MapData, SinkStats> = PerCpuArray::try_from(map).map_err(map_err)?;
+        let mut total = SinkStats::default();
+        arr.get(&0, 0)
+            .map_err(map_err)?
+            .iter()
+            .for_each(|s| total.merge(s));
+        Ok(total)
+    }
+
+    /// DATA frames per session id, summed over CPUs (per-session mode; empty otherwise).
+    pub fn sessions(&self) -> Result<BTreeMap<u64, u64>, BenchError> {
+        let map = self
+            .ebpf
+            .map(SESSIONS_MAP)
+            .ok_or(BenchError::MissingMap(SESSIONS_MAP))?;
+        let map_err = |cause| BenchError::Map {
+            name: SESSIONS_MAP,
+            cause,
+        };
+        let h: PerCpuHashMap<&MapData, u64, u64> = PerCpuHashMap::try_from(map).map_err(map_err)?;
+        let mut out = BTreeMap::new();
+        for item in h.iter() {
+            let (sid, per_cpu) = item.map_err(map_err)?;
+            out.insert(sid, per_cpu.iter().sum());
+        }
+        Ok(out)
+    }
+}
