@@ -1,0 +1,363 @@
+//! Reads the benchmark's results JSON (schema 1) into the tables the report and the
+//! plots show. A partial run may lack any key or hold null in it, so every figure is
+//! an `Option` and nothing here fails: what is missing is shown as missing.
+
+use serde_json::Value;
+
+/// The results schema this renderer understands.
+pub const SCHEMA: u64 = 1;
+
+/// The number at `path` (object keys), if it is one.
+pub fn num(v: &Value, path: &[&str]) -> Option<f64> {
+    path.iter()
+        .try_fold(v, |v, key| v.get(key))?
+        .as_f64()
+        .filter(|x| x.is_finite())
+}
+
+/// The string at `path`, if it is one.
+pub fn text<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
+    path.iter().try_fold(v, |v, key| v.get(key))?.as_str()
+}
+
+/// A whole, non-negative number (a payload size, a session count).
+fn whole(v: &Value) -> Option<u64> {
+    v.as_u64().or_else(|| {
+        v.as_f64()
+            .filter(|x| x.fract() == 0.0 && (0.0..9.0e15).contains(x))
+            .map(|x| x as u64)
+    })
+}
+
+/// A benchmark mode, in the order the report lists them.
+pub struct ModeName {
+    pub key: &'static str,
+    /// The row name in REPORT.md.
+    pub name: &'static str,
+    /// Two short lines under its bars in the plot.
+    pub label: [&'static str; 2],
+    /// The results key of its 64-byte, 1,000-session headline figure.
+    pub headline: &'static str,
+}
+
+pub const MODES: [ModeName; 6] = [
+    ModeName {
+        key: "drop",
+        name: "XDP_DROP (ceiling)",
+        label: ["XDP_DROP", "(ceiling)"],
+        headline: "drop_pps",
+    },
+    ModeName {
+        key: "fwd",
+        name: "XDP redirect forwarder (ceiling)",
+        label: ["XDP redirect", "(ceiling)"],
+        headline: "fwd_pps",
+    },
+    ModeName {
+        key: "relay_1k",
+        name: "jvpn relay, 1k sessions",
+        label: ["jvpn relay", "1k sessions"],
+        headline: "relay_pps",
+    },
+    ModeName {
+        key: "relay_1m",
+        name: "jvpn relay, 1M sessions",
+        label: ["jvpn relay", "1M sessions"],
+        headline: "relay_1m_pps",
+    },
+    ModeName {
+        key: "userspace_relay",
+        name: "userspace relay (recvmmsg/sendmmsg)",
+        label: ["userspace relay", "(mmsg)"],
+        headline: "userspace_relay_pps",
+    },
+    ModeName {
+        key: "kernel_fwd",
+        name: "kernel IP forwarding",
+        label: ["kernel IP", "forwarding"],
+        headline: "kernel_fwd_pps",
+    },
+];
+
+/// The payload the headline keys were measured with.
+const HEADLINE_PAYLOAD: u64 = 64;
+
+pub struct Payload {
+    pub bytes: u64,
+    pub frame_bytes: Option<u64>,
+}
+
+pub struct ModeRow {
+    pub name: String,
+    pub label: [String; 2],
+    /// Packets per second, one per payload of [`Throughput::payloads`].
+    pub pps: Vec<Option<f64>>,
+}
+
+/// Packets per second by mode (rows) and payload size (columns).
+pub struct Throughput {
+    pub payloads: Vec<Payload>,
+    pub rows: Vec<ModeRow>,
+}
+
+impl Throughput {
+    pub fn read(results: &Value) -> Self {
+        let entries: &[Value] = results
+            .get("pps")
+            .and_then(Value::as_array)
+            .map_or(&[], Vec::as_slice);
+        let entry_payload = |e: &Value| e.get("payload").and_then(whole);
+
+        // Columns: every payload an entry or the setup names, and the headline one
+        // when any headline figure exists.
+        let mut sizes: Vec<u64> = entries.iter().filter_map(entry_payload).collect();
+        if let Some(list) = results.pointer("/setup/payloads").and_then(Value::as_array) {
+            sizes.extend(list.iter().filter_map(whole));
+        }
+        if MODES.iter().any(|m| num(results, &[m.headline]).is_some()) {
+            sizes.push(HEADLINE_PAYLOAD);
+        }
+        sizes.sort_unstable();
+        sizes.dedup();
+        let payloads = sizes
+            .iter()
+            .map(|&bytes| Payload {
+                bytes,
+                frame_bytes: entries
+                    .iter()
+                    .filter(|e| entry_payload(e) == Some(bytes))
+                    .find_map(|e| e.get("frame_bytes").and_then(whole)),
+            })
+            .collect();
+
+        let lookup = |mode: &str, payload: u64| {
+            entries
+                .iter()
+                .filter(|e| e.get("mode").and_then(Value::as_str) == Some(mode))
+                .filter(|e| entry_payload(e) == Some(payload))
+                .find_map(|e| num(e, &["pps"]))
+        };
+        let mut rows: Vec<ModeRow> = MODES
+            .iter()
+            .map(|m| ModeRow {
+                name: m.name.into(),
+                label: m.label.map(str::to_owned),
+                pps: sizes
+                    .iter()
+                    .map(|&p| {
+                        lookup(m.key, p).or_else(|| {
+                            (p == HEADLINE_PAYLOAD)
+                                .then(|| num(results, &[m.headline]))
+                                .flatten()
+                        })
+                    })
+                    .collect(),
+            })
+            .collect();
+        // A mode this renderer does not know still gets a row, under its own name.
+        let mut unknown: Vec<&str> = Vec::new();
+        for mode in entries.iter().filter_map(|e| e.get("mode")?.as_str()) {
+            if !MODES.iter().any(|m| m.key == mode) && !unknown.contains(&mode) {
+                unknown.push(mode);
+            }
+        }
+        rows.extend(unknown.into_iter().map(|mode| ModeRow {
+            name: mode.into(),
+            label: [mode.into(), String::new()],
+            pps: sizes.iter().map(|&p| lookup(mode, p)).collect(),
+        }));
+        Self { payloads, rows }
+    }
+
+    pub fn has_data(&self) -> bool {
+        self.rows.iter().flat_map(|r| &r.pps).any(Option::is_some)
+    }
+}
+
+/// One line of the raw counts behind the throughput table.
+pub struct PpsEntry {
+    pub mode: String,
+    pub payload: Option<u64>,
+    pub frame_bytes: Option<u64>,
+    pub pps: Option<f64>,
+    pub sent: Option<f64>,
+    pub received: Option<f64>,
+    pub seconds: Option<f64>,
+}
+
+pub fn pps_entries(results: &Value) -> Vec<PpsEntry> {
+    let Some(entries) = results.get("pps").and_then(Value::as_array) else {
+        return Vec::new();
+    };
+    entries
+        .iter()
+        .map(|e| PpsEntry {
+            mode: text(e, &["mode"]).unwrap_or("?").into(),
+            payload: e.get("payload").and_then(whole),
+            frame_bytes: e.get("frame_bytes").and_then(whole),
+            pps: num(e, &["pps"]),
+            sent: num(e, &["sent"]),
+            received: num(e, &["received"]),
+            seconds: num(e, &["seconds"]),
+        })
+        .collect()
+}
+
+/// Nanoseconds per packet by session-table size, for the relay and for XDP_DROP.
+pub struct NsPerPkt {
+    /// Ascending.
+    pub sessions: Vec<u64>,
+    pub relay: Vec<Option<f64>>,
+    pub drop: Vec<Option<f64>>,
+}
+
+impl NsPerPkt {
+    pub fn read(results: &Value) -> Self {
+        let series = |name: &str| results.get("ns_per_pkt").and_then(|n| n.get(name));
+        let mut sessions: Vec<u64> = ["relay", "drop"]
+            .iter()
+            .filter_map(|s| series(s)?.as_object())
+            .flat_map(|o| o.keys().filter_map(|k| k.parse().ok()))
+            .collect();
+        sessions.sort_unstable();
+        sessions.dedup();
+        let values = |name: &str| {
+            sessions
+                .iter()
+                .map(|n| series(name).and_then(|s| num(s, &[&n.to_string()])))
+                .collect()
+        };
+        Self {
+            relay: values("relay"),
+            drop: values("drop"),
+            sessions,
+        }
+    }
+
+    pub fn has_data(&self) -> bool {
+        self.relay.iter().chain(&self.drop).any(Option::is_some)
+    }
+}
+
+/// Reattach round-trip samples and their percentiles.
+pub struct Rtt {
+    /// Ascending.
+    pub samples: Vec<f64>,
+    pub p50: Option<f64>,
+    pub p99: Option<f64>,
+}
+
+impl Rtt {
+    /// The percentiles are the benchmark's own when it wrote them, else computed from
+    /// the samples.
+    pub fn read(results: &Value) -> Self {
+        let mut samples: Vec<f64> = results
+            .get("reattach_rtt_us")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_f64)
+                    .filter(|x| x.is_finite())
+                    .collect()
+            })
+            .unwrap_or_default();
+        samples.sort_by(f64::total_cmp);
+        Self {
+            p50: num(results, &["reattach_rtt_us_p50"]).or_else(|| percentile(&samples, 50.0)),
+            p99: num(results, &["reattach_rtt_us_p99"]).or_else(|| percentile(&samples, 99.0)),
+            samples,
+        }
+    }
+}
+
+/// The nearest-rank percentile of ascending `sorted`.
+pub fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = (p / 100.0 * sorted.len() as f64).ceil() as usize;
+    Some(sorted[rank.clamp(1, sorted.len()) - 1])
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn numbers_are_optional() {
+        let v = json!({"a": 1, "b": null, "c": "x", "d": {"e": 2.5}});
+        assert_eq!(num(&v, &["a"]), Some(1.0));
+        assert_eq!(num(&v, &["b"]), None);
+        assert_eq!(num(&v, &["c"]), None);
+        assert_eq!(num(&v, &["d", "e"]), Some(2.5));
+        assert_eq!(num(&v, &["d", "x"]), None);
+        assert_eq!(num(&json!([1]), &["a"]), None);
+    }
+
+    #[test]
+    fn throughput_table() {
+        let v = json!({
+            "setup": {"payloads": [1400, 64]},
+            "fwd_pps": 4.2e6,
+            "pps": [
+                {"mode": "drop", "payload": 64, "frame_bytes": 106, "pps": 7.1e6},
+                {"mode": "drop", "payload": 1400, "frame_bytes": 1442, "pps": null},
+                {"mode": "relay_1k", "payload": 1400, "pps": 1.0e6},
+                {"mode": "new<mode>", "payload": 64, "pps": 5.0},
+                {"payload": 64, "pps": 1.0},
+            ],
+        });
+        let t = Throughput::read(&v);
+        let sizes: Vec<_> = t
+            .payloads
+            .iter()
+            .map(|p| (p.bytes, p.frame_bytes))
+            .collect();
+        assert_eq!(sizes, [(64, Some(106)), (1400, Some(1442))]);
+        assert_eq!(t.rows.len(), 7);
+        assert_eq!(t.rows[0].pps, [Some(7.1e6), None]);
+        // The headline key fills the 64-byte cell the array lacks.
+        assert_eq!(t.rows[1].pps, [Some(4.2e6), None]);
+        assert_eq!(t.rows[2].pps, [None, Some(1.0e6)]);
+        assert_eq!(t.rows[6].name, "new<mode>");
+        assert_eq!(t.rows[6].pps, [Some(5.0), None]);
+        assert!(t.has_data());
+
+        let empty = Throughput::read(&json!({}));
+        assert!(empty.payloads.is_empty());
+        assert_eq!(empty.rows.len(), MODES.len());
+        assert!(!empty.has_data());
+    }
+
+    #[test]
+    fn ns_per_pkt_and_rtt() {
+        let v = json!({
+            "ns_per_pkt": {"relay": {"1000000": 45.0, "1000": 40.1, "bad": 1}, "drop": {"1000": 26.0}},
+            "reattach_rtt_us": [5, 1, 4, 2, 3, "x", null],
+            "reattach_rtt_us_p99": 4.5,
+        });
+        let n = NsPerPkt::read(&v);
+        assert_eq!(n.sessions, [1000, 1_000_000]);
+        assert_eq!(n.relay, [Some(40.1), Some(45.0)]);
+        assert_eq!(n.drop, [Some(26.0), None]);
+        let r = Rtt::read(&v);
+        assert_eq!(r.samples, [1.0, 2.0, 3.0, 4.0, 5.0]);
+        assert_eq!(r.p50, Some(3.0));
+        assert_eq!(r.p99, Some(4.5));
+        assert!(!NsPerPkt::read(&json!({"ns_per_pkt": 3})).has_data());
+        assert_eq!(Rtt::read(&json!({})).p50, None);
+    }
+
+    #[test]
+    fn percentiles() {
+        let s: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&s, 50.0), Some(50.0));
+        assert_eq!(percentile(&s, 99.0), Some(99.0));
+        assert_eq!(percentile(&s, 100.0), Some(100.0));
+        assert_eq!(percentile(&s, 0.0), Some(1.0));
+        assert_eq!(percentile(&[7.0], 99.0), Some(7.0));
+        assert_eq!(percentile(&[], 50.0), None);
+    }
+}

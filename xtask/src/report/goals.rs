@@ -1,0 +1,254 @@
+//! The benchmark's pass/fail goals. REPORT.md tabulates them and `cargo xtask bench`
+//! prints them on the terminal, so both read the same list.
+
+use std::fmt;
+
+use serde_json::Value;
+
+use super::{data, format};
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Cmp {
+    AtLeast,
+    AtMost,
+    Equal,
+}
+
+/// One goal: a results key, how it must compare, and how to show it.
+#[derive(Debug)]
+struct Spec {
+    key: &'static str,
+    what: &'static str,
+    cmp: Cmp,
+    threshold: f64,
+    unit: &'static str,
+    decimals: usize,
+}
+
+const SPECS: [Spec; 8] = [
+    Spec {
+        key: "relay_over_fwd",
+        what: "relay throughput / plain XDP redirect forwarder",
+        cmp: Cmp::AtLeast,
+        threshold: 0.85,
+        unit: "",
+        decimals: 2,
+    },
+    Spec {
+        key: "relay_over_drop",
+        what: "relay throughput / XDP_DROP",
+        cmp: Cmp::AtLeast,
+        threshold: 0.5,
+        unit: "",
+        decimals: 2,
+    },
+    Spec {
+        key: "relay_over_userspace",
+        what: "relay throughput / userspace relay",
+        cmp: Cmp::AtLeast,
+        threshold: 5.0,
+        unit: "",
+        decimals: 2,
+    },
+    Spec {
+        key: "relay_minus_drop_ns",
+        what: "relay's cost per packet over XDP_DROP",
+        cmp: Cmp::AtMost,
+        threshold: 30.0,
+        unit: " ns",
+        decimals: 1,
+    },
+    Spec {
+        key: "relay_1m_over_1k",
+        what: "relay time per packet, 1M sessions / 1k",
+        cmp: Cmp::AtMost,
+        threshold: 1.5,
+        unit: "",
+        decimals: 2,
+    },
+    Spec {
+        key: "swap_misrouted",
+        what: "packets sent to a stale binding during swaps",
+        cmp: Cmp::Equal,
+        threshold: 0.0,
+        unit: "",
+        decimals: 0,
+    },
+    Spec {
+        key: "swap_lost",
+        what: "packets lost during swaps",
+        cmp: Cmp::Equal,
+        threshold: 0.0,
+        unit: "",
+        decimals: 0,
+    },
+    Spec {
+        key: "swap_us_p99",
+        what: "binding swap time, p99",
+        cmp: Cmp::AtMost,
+        threshold: 50.0,
+        unit: " µs",
+        decimals: 1,
+    },
+];
+
+/// A goal checked against one run.
+#[derive(Debug)]
+pub struct Goal {
+    /// The results key, e.g. `relay_over_fwd`.
+    pub name: &'static str,
+    /// e.g. `≥ 0.85`, `≤ 30 ns`, `= 0`.
+    pub target: String,
+    pub value: Option<f64>,
+    /// `None` when the value is missing.
+    pub met: Option<bool>,
+    spec: &'static Spec,
+}
+
+/// The goals, in their fixed order, checked against `results`.
+pub fn goals(results: &Value) -> Vec<Goal> {
+    SPECS
+        .iter()
+        .map(|spec| {
+            let value = data::num(results, &[spec.key]);
+            let sign = match spec.cmp {
+                Cmp::AtLeast => "≥",
+                Cmp::AtMost => "≤",
+                Cmp::Equal => "=",
+            };
+            Goal {
+                name: spec.key,
+                target: format!("{sign} {}{}", spec.threshold, spec.unit),
+                value,
+                met: value.map(|v| match spec.cmp {
+                    Cmp::AtLeast => v >= spec.threshold,
+                    Cmp::AtMost => v <= spec.threshold,
+                    Cmp::Equal => v == spec.threshold,
+                }),
+                spec,
+            }
+        })
+        .collect()
+}
+
+impl Goal {
+    /// What the goal is about, in words.
+    pub fn what(&self) -> &'static str {
+        self.spec.what
+    }
+
+    /// The measured value with the goal's precision and unit, or "—".
+    pub fn measured(&self) -> String {
+        match self.value {
+            Some(v) => format!("{v:.*}{}", self.spec.decimals, self.spec.unit),
+            None => format::MISSING.into(),
+        }
+    }
+
+    /// `✅ met`, `❌ missed by 0.07`, or `— not measured`.
+    pub fn verdict(&self) -> String {
+        let (Some(met), Some(v)) = (self.met, self.value) else {
+            return format!("{} not measured", format::MISSING);
+        };
+        if met {
+            return "✅ met".into();
+        }
+        let off = (v - self.spec.threshold).abs();
+        let decimals = self.spec.decimals;
+        let shown = format!("{off:.decimals$}");
+        // A value just past the line would otherwise read "missed by 0.00".
+        if shown.trim_start_matches(['0', '.']).is_empty() {
+            let least = 10f64.powi(-(decimals as i32));
+            format!("❌ missed by < {least:.decimals$}{}", self.spec.unit)
+        } else {
+            format!("❌ missed by {shown}{}", self.spec.unit)
+        }
+    }
+}
+
+/// One terminal line: `✅ met  relay_over_fwd = 0.93 (goal ≥ 0.85)`.
+impl fmt::Display for Goal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}  {} = {} (goal {})",
+            self.verdict(),
+            self.name,
+            self.measured(),
+            self.target
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn goal<'a>(gs: &'a [Goal], name: &str) -> &'a Goal {
+        gs.iter().find(|g| g.name == name).unwrap()
+    }
+
+    #[test]
+    fn names_and_targets_in_order() {
+        let gs = goals(&json!({}));
+        let listed: Vec<(&str, &str)> = gs.iter().map(|g| (g.name, g.target.as_str())).collect();
+        assert_eq!(
+            listed,
+            [
+                ("relay_over_fwd", "≥ 0.85"),
+                ("relay_over_drop", "≥ 0.5"),
+                ("relay_over_userspace", "≥ 5"),
+                ("relay_minus_drop_ns", "≤ 30 ns"),
+                ("relay_1m_over_1k", "≤ 1.5"),
+                ("swap_misrouted", "= 0"),
+                ("swap_lost", "= 0"),
+                ("swap_us_p99", "≤ 50 µs"),
+            ]
+        );
+        for g in &gs {
+            assert_eq!((g.value, g.met), (None, None), "{}", g.name);
+            assert_eq!(g.verdict(), "— not measured");
+            assert_eq!(g.measured(), "—");
+        }
+    }
+
+    #[test]
+    fn boundaries_count_as_met() {
+        let gs = goals(&json!({
+            "relay_over_fwd": 0.85, "relay_over_drop": 0.5, "relay_over_userspace": 5,
+            "relay_minus_drop_ns": 30, "relay_1m_over_1k": 1.5, "swap_misrouted": 0,
+            "swap_lost": 0.0, "swap_us_p99": 50.0,
+        }));
+        for g in &gs {
+            assert_eq!(g.met, Some(true), "{}", g.name);
+            assert_eq!(g.verdict(), "✅ met");
+        }
+    }
+
+    #[test]
+    fn misses_say_by_how_much() {
+        let gs = goals(&json!({
+            "relay_over_fwd": 0.78, "relay_over_drop": 0.4999, "relay_over_userspace": 9.75,
+            "relay_minus_drop_ns": 30.04, "relay_1m_over_1k": 1.62, "swap_misrouted": 3,
+            "swap_lost": null, "swap_us_p99": "fast",
+        }));
+        let g = |n| goal(&gs, n);
+        assert_eq!(g("relay_over_fwd").met, Some(false));
+        assert_eq!(g("relay_over_fwd").verdict(), "❌ missed by 0.07");
+        assert_eq!(g("relay_over_drop").verdict(), "❌ missed by < 0.01");
+        assert_eq!(g("relay_over_userspace").verdict(), "✅ met");
+        assert_eq!(g("relay_minus_drop_ns").verdict(), "❌ missed by < 0.1 ns");
+        assert_eq!(g("relay_minus_drop_ns").measured(), "30.0 ns");
+        assert_eq!(g("relay_1m_over_1k").verdict(), "❌ missed by 0.12");
+        assert_eq!(g("swap_misrouted").verdict(), "❌ missed by 3");
+        assert_eq!(g("swap_misrouted").measured(), "3");
+        assert_eq!((g("swap_lost").value, g("swap_lost").met), (None, None));
+        assert_eq!((g("swap_us_p99").value, g("swap_us_p99").met), (None, None));
+        assert_eq!(
+            g("relay_over_fwd").to_string(),
+            "❌ missed by 0.07  relay_over_fwd = 0.78 (goal ≥ 0.85)"
+        );
+    }
+}

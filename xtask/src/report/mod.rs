@@ -1,0 +1,269 @@
+//! The benchmark report: `cargo xtask bench` writes its results as JSON (schema 1) and
+//! this turns them into `REPORT.md` with three SVG plots beside it. The plots are
+//! hand-written SVG rather than a plotting crate's, to keep xtask quick to compile.
+//! A partial run (a phase failed or was skipped) still renders: whatever is missing
+//! shows as "—", and a plot without data says so.
+
+mod data;
+mod format;
+mod goals;
+mod markdown;
+mod plots;
+mod svg;
+#[cfg(test)]
+mod xml_check;
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::Value;
+
+// `Goal` is named by the caller, bench.rs, which is not written yet.
+#[allow(unused_imports)]
+pub use goals::{Goal, goals};
+
+/// The plots' directory under the output directory, as REPORT.md links it.
+const PLOTS: &str = "plots";
+
+/// Writes `out_dir/REPORT.md` and `out_dir/plots/{pps,ns_per_pkt,reattach_rtt}.svg`
+/// from a results JSON; `json_name` is how REPORT.md refers to the JSON file (a path
+/// relative to `out_dir`). Returns the files written.
+pub fn render(results: &Value, json_name: &str, out_dir: &Path) -> Result<Vec<PathBuf>> {
+    // A later schema may mean something else by the same keys; missing is fine.
+    if let Some(schema) = results.get("schema").filter(|s| !s.is_null())
+        && schema.as_u64() != Some(data::SCHEMA)
+    {
+        bail!(
+            "results schema {schema}, but this report renders schema {}",
+            data::SCHEMA
+        );
+    }
+    let plots = out_dir.join(PLOTS);
+    fs::create_dir_all(&plots).with_context(|| format!("creating {}", plots.display()))?;
+    let files = [
+        (
+            out_dir.join("REPORT.md"),
+            markdown::report(results, json_name),
+        ),
+        (
+            plots.join("pps.svg"),
+            plots::pps(&data::Throughput::read(results)),
+        ),
+        (
+            plots.join("ns_per_pkt.svg"),
+            plots::ns_per_pkt(&data::NsPerPkt::read(results)),
+        ),
+        (
+            plots.join("reattach_rtt.svg"),
+            plots::reattach_rtt(&data::Rtt::read(results)),
+        ),
+    ];
+    files
+        .into_iter()
+        .map(|(path, text)| {
+            fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+            Ok(path)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        sync::atomic::{AtomicU32, Ordering},
+        time::{SystemTime, UNIX_EPOCH},
+    };
+
+    use serde_json::json;
+
+    use super::*;
+
+    /// A fresh directory under the system temp dir, removed when dropped.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new() -> Self {
+            static N: AtomicU32 = AtomicU32::new(0);
+            let nanos = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+            let dir = std::env::temp_dir().join(format!(
+                "xtask-report-{}-{nanos}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            fs::create_dir(&dir).unwrap();
+            Self(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// The example of the task description, with a full `pps` array and RTT samples.
+    fn example() -> Value {
+        let modes = [
+            ("drop", 7.1e6, 2.0e6),
+            ("fwd", 4.2e6, 1.9e6),
+            ("relay_1k", 3.9e6, 1.8e6),
+            ("relay_1m", 3.7e6, 1.7e6),
+            ("userspace_relay", 0.4e6, 0.35e6),
+            ("kernel_fwd", 0.9e6, 0.8e6),
+        ];
+        let pps: Vec<Value> = modes
+            .iter()
+            .flat_map(|&(mode, small, large)| {
+                [(64, 106, small), (1400, 1442, large)].map(|(payload, frame, pps)| {
+                    json!({"mode": mode, "payload": payload, "frame_bytes": frame, "pps": pps,
+                           "sent": pps * 5.0, "received": pps * 5.0, "seconds": 5.0})
+                })
+            })
+            .collect();
+        // A deterministic long-tailed spread: p50 480 µs, p99 about 900 µs.
+        let rtt: Vec<f64> = (0..2000u32)
+            .map(|i| {
+                let u = (f64::from(i * 7919 % 2000) + 0.5) / 2000.0;
+                let tail = ((1.0 - u).powf(-0.25) - 1.0) / (2f64.powf(0.25) - 1.0);
+                (440.0 + 40.0 * tail).round()
+            })
+            .collect();
+        json!({
+            "schema": 1, "quick": false, "started_unix": 1_795_000_000, "seconds": 512.3,
+            "machine": {"cpu_model": "AMD EPYC 7B13", "cores": 2, "kernel": "6.18.0",
+                        "memory_bytes": 25_769_803_776_u64},
+            "setup": {"generator_cpus": [0], "phase_seconds": 5.0, "rounds": 3,
+                      "family": "ipv4", "payloads": [64, 1400]},
+            "drop_pps": 7.1e6, "fwd_pps": 4.2e6, "relay_pps": 3.9e6, "relay_1m_pps": 3.7e6,
+            "userspace_relay_pps": 0.4e6, "kernel_fwd_pps": 0.9e6,
+            "relay_over_drop": 0.55, "relay_over_fwd": 0.93, "relay_over_userspace": 9.75,
+            "pps": pps,
+            "ns_per_pkt": {"relay": {"1000": 40.1, "65536": 41.0, "1000000": 45.0},
+                           "drop": {"1000": 26.0, "65536": 26.1, "1000000": 26.0}},
+            "relay_minus_drop_ns": 14.1, "relay_1m_over_1k": 1.12,
+            "swap_us_p50": 2.1, "swap_us_p99": 6.3, "swap_us_max": 40.0, "swaps": 10000,
+            "swap_misrouted": 0, "swap_lost": 0, "swap_sent": 2_000_000,
+            "swap_received": 2_000_000,
+            "handshakes_per_s": 5400, "reattaches_per_s": 9800,
+            "reattach_rtt_us_p50": 480, "reattach_rtt_us_p99": 900, "reattach_rtt_us": rtt,
+            "bytes_per_session_kernel": 420.0, "bytes_per_session_ctl": 1100.0,
+        })
+    }
+
+    fn render_into(results: &Value) -> (TempDir, Vec<PathBuf>) {
+        let dir = TempDir::new();
+        let out = dir.0.join("out");
+        let files = render(results, "results.json", &out).unwrap();
+        let names: Vec<PathBuf> = files
+            .iter()
+            .map(|f| f.strip_prefix(&out).unwrap().to_path_buf())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "REPORT.md",
+                "plots/pps.svg",
+                "plots/ns_per_pkt.svg",
+                "plots/reattach_rtt.svg"
+            ]
+            .map(PathBuf::from)
+        );
+        for f in &files {
+            assert!(f.is_file(), "{}", f.display());
+            if f.extension().is_some_and(|e| e == "svg") {
+                let doc = fs::read_to_string(f).unwrap();
+                xml_check::check(&doc).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+            }
+        }
+        (dir, files)
+    }
+
+    #[test]
+    fn renders_the_full_example() {
+        let (_dir, files) = render_into(&example());
+        let md = fs::read_to_string(&files[0]).unwrap();
+        for want in [
+            "(full run) from a run started 2026-11-18 11:06 UTC, which took 8m32s",
+            "[results.json](results.json)",
+            "**Machine:** AMD EPYC 7B13, 2 cores, Linux 6.18.0, 24.0 GiB RAM.",
+            "**8 of 8 goals met**.",
+            "| relay throughput / plain XDP redirect forwarder (`relay_over_fwd`) | ≥ 0.85 | 0.93 | ✅ met |",
+            "| mode | 64 B payload (106 B frame) | 1400 B payload (1442 B frame) |",
+            "| XDP_DROP (ceiling) | 7.10 | 2.00 |",
+            "| userspace relay (recvmmsg/sendmmsg) | 0.40 | 0.35 |",
+            "| relay_1m | 64 | 106 | 3,700,000 | 18,500,000 | 18,500,000 | 5.0 |",
+            "| 65,536 | 41.0 | 26.1 | 14.9 |",
+            "| swap time p50 / p99 / max | 2.1 µs / 6.3 µs / 40.0 µs |",
+            "| reattach round trip p50 / p99 | 480.0 µs / 900.0 µs |",
+            "| round-trip samples | 2,000 |",
+            "| for 1,000,000 sessions | 1.4 GiB |",
+            "![Throughput by mode](plots/pps.svg)",
+            "](plots/ns_per_pkt.svg)",
+            "](plots/reattach_rtt.svg)",
+            "not comparable",
+        ] {
+            assert!(md.contains(want), "missing {want:?} in\n{md}");
+        }
+        // Only the footer explaining "—": nothing is missing.
+        assert_eq!(md.matches('—').count(), 1, "{md}");
+        let rtt = fs::read_to_string(&files[3]).unwrap();
+        assert!(rtt.contains("p50 480.0 µs") && rtt.contains("p99 900.0 µs"));
+        assert!(!rtt.contains("no data"));
+    }
+
+    #[test]
+    fn renders_partial_and_empty_results() {
+        let (_dir, files) = render_into(&json!({}));
+        let md = fs::read_to_string(&files[0]).unwrap();
+        assert!(md.contains("**0 of 8 goals met**, 8 not measured."));
+        for plot in &files[1..] {
+            assert!(fs::read_to_string(plot).unwrap().contains("no data"));
+        }
+
+        let mut partial = example();
+        let obj = partial.as_object_mut().unwrap();
+        for key in [
+            "swap_us_p99",
+            "ns_per_pkt",
+            "reattach_rtt_us",
+            "machine",
+            "started_unix",
+        ] {
+            obj.remove(key);
+        }
+        obj.insert("relay_over_fwd".into(), Value::Null);
+        obj.insert("quick".into(), json!(true));
+        obj["pps"].as_array_mut().unwrap().truncate(3);
+        let (_dir, files) = render_into(&partial);
+        let md = fs::read_to_string(&files[0]).unwrap();
+        assert!(md.contains("**6 of 8 goals met**, 2 not measured."), "{md}");
+        assert!(
+            md.contains("| jvpn relay, 1M sessions | 3.70 | — |"),
+            "{md}"
+        );
+        assert!(md.contains("date unknown"));
+        assert!(md.contains("> **Quick run: a smoke check.**"));
+        let ns = fs::read_to_string(&files[2]).unwrap();
+        assert!(ns.contains("no data"));
+        let rtt = fs::read_to_string(&files[3]).unwrap();
+        assert!(rtt.contains("no data"));
+
+        // Not even an object.
+        render_into(&json!([1, 2]));
+        render_into(&Value::Null);
+    }
+
+    #[test]
+    fn refuses_another_schema() {
+        let dir = TempDir::new();
+        let err = render(&json!({"schema": 2}), "r.json", &dir.0).unwrap_err();
+        assert!(err.to_string().contains("schema 2"), "{err}");
+        assert!(!dir.0.join("REPORT.md").exists());
+        render(&json!({"schema": null}), "r.json", &dir.0).unwrap();
+    }
+}

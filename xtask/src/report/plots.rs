@@ -1,0 +1,394 @@
+//! The three plots of REPORT.md, as SVG text. Each has a "no data" form, so a partial
+//! run still gets every file the report links to.
+
+use super::{
+    data::{self, NsPerPkt, Rtt, Throughput},
+    format,
+    svg::{self, Anchor, Area, GRID, INK, MUTED, PALETTE, Svg, Ticks},
+};
+
+/// Grouped bars: one group per mode, one bar per payload size, in Mpps.
+pub fn pps(t: &Throughput) -> String {
+    const TITLE: &str = "Throughput by mode (higher is better)";
+    if !t.has_data() {
+        return svg::no_data(TITLE, "the run measured no throughput");
+    }
+    let area = Area::DEFAULT;
+    let mut svg = Svg::new(TITLE);
+    let max = t
+        .rows
+        .iter()
+        .flat_map(|r| r.pps.iter().flatten())
+        .fold(0.0, |m: f64, &p| m.max(p / 1e6));
+    // Headroom above the tallest bar for its value.
+    let ticks = Ticks::from_zero(max * 1.1, 5);
+    let y = svg::y_axis(&mut svg, area, ticks, "million packets per second (Mpps)");
+
+    let group = area.width() / t.rows.len() as f64;
+    let bar = group * 0.8 / t.payloads.len() as f64;
+    let value_size = if bar >= 30.0 { 11.0 } else { 9.0 };
+    for (i, row) in t.rows.iter().enumerate() {
+        let gx = area.left + group * i as f64;
+        for (j, pps) in row.pps.iter().enumerate() {
+            let x = gx + group * 0.1 + bar * j as f64;
+            let cx = x + bar / 2.0;
+            match pps {
+                Some(p) => {
+                    let top = y(p / 1e6).min(area.bottom);
+                    let colour = PALETTE[j % PALETTE.len()];
+                    svg.rect(x + 1.0, top, bar - 2.0, area.bottom - top, colour);
+                    let value = format::mpps(Some(*p));
+                    svg.text(cx, top - 4.0, value_size, Anchor::Middle, &value, INK);
+                }
+                // Missing, not zero.
+                None => svg.text(
+                    cx,
+                    area.bottom - 4.0,
+                    value_size,
+                    Anchor::Middle,
+                    format::MISSING,
+                    MUTED,
+                ),
+            }
+        }
+        let cx = gx + group / 2.0;
+        svg.text(
+            cx,
+            area.bottom + 17.0,
+            12.0,
+            Anchor::Middle,
+            &row.label[0],
+            INK,
+        );
+        svg.text(
+            cx,
+            area.bottom + 31.0,
+            11.0,
+            Anchor::Middle,
+            &row.label[1],
+            MUTED,
+        );
+    }
+    svg::axes(&mut svg, area);
+    let items: Vec<(&str, String)> = t
+        .payloads
+        .iter()
+        .enumerate()
+        .map(|(j, p)| {
+            let label = match p.frame_bytes {
+                Some(f) => format!("{} B payload ({f} B frame)", p.bytes),
+                None => format!("{} B payload", p.bytes),
+            };
+            (PALETTE[j % PALETTE.len()], label)
+        })
+        .collect();
+    svg::legend(&mut svg, area, &items);
+    svg.finish()
+}
+
+/// Lines over a log-scaled session axis: relay and XDP_DROP, ns/packet from zero.
+pub fn ns_per_pkt(n: &NsPerPkt) -> String {
+    const TITLE: &str = "Time per packet vs. sessions in the table (lower is better)";
+    if !n.has_data() {
+        return svg::no_data(TITLE, "the run measured no time per packet");
+    }
+    let area = Area::DEFAULT;
+    let mut svg = Svg::new(TITLE);
+    let logs: Vec<f64> = n
+        .sessions
+        .iter()
+        .map(|&s| (s.max(1) as f64).log10())
+        .collect();
+    let (lo, hi) = (logs[0] - 0.3, logs[logs.len() - 1] + 0.3);
+    let x = |lg: f64| area.left + (lg - lo) / (hi - lo) * area.width();
+    let max = n
+        .relay
+        .iter()
+        .chain(&n.drop)
+        .flatten()
+        .fold(0.0, |m: f64, &v| m.max(v));
+    let y = svg::y_axis(
+        &mut svg,
+        area,
+        Ticks::from_zero(max * 1.15, 5),
+        "nanoseconds per packet",
+    );
+
+    // Each measured session count is labelled; decades get a faint line, and a label
+    // where it does not crowd a measured one.
+    let data_x: Vec<f64> = logs.iter().map(|&lg| x(lg)).collect();
+    for decade in (lo.ceil() as i32).max(0)..=(hi.floor() as i32).min(18) {
+        let px = x(f64::from(decade));
+        svg.line((px, area.top), (px, area.bottom), GRID, 1.0);
+        if data_x.iter().all(|&dx| (dx - px).abs() > 48.0) {
+            let label = format::short_count(10u64.pow(decade as u32));
+            svg.text(px, area.bottom + 18.0, 11.0, Anchor::Middle, &label, MUTED);
+        }
+    }
+    for (&px, &s) in data_x.iter().zip(&n.sessions) {
+        svg.line((px, area.bottom), (px, area.bottom + 5.0), INK, 1.0);
+        svg.text(
+            px,
+            area.bottom + 18.0,
+            12.0,
+            Anchor::Middle,
+            &format::short_count(s),
+            INK,
+        );
+    }
+
+    let series = [
+        ("jvpn relay", &n.relay, &n.drop, PALETTE[3]),
+        ("XDP_DROP", &n.drop, &n.relay, PALETTE[0]),
+    ];
+    for (_, values, other, colour) in series {
+        let points: Vec<((f64, f64), f64, Option<f64>)> = data_x
+            .iter()
+            .zip(values.iter().zip(other.iter()))
+            .filter_map(|(&px, (v, o))| v.map(|v| ((px, y(v)), v, *o)))
+            .collect();
+        let line: Vec<(f64, f64)> = points.iter().map(|(p, _, _)| *p).collect();
+        if line.len() > 1 {
+            svg.polyline(&line, colour, 2.0);
+        }
+        for ((px, py), v, other) in points {
+            svg.circle((px, py), 4.0, colour);
+            // The upper series is labelled above its points, the lower one below.
+            let dy = if other.is_some_and(|o| o > v) {
+                18.0
+            } else {
+                -9.0
+            };
+            svg.text(
+                px,
+                py + dy,
+                11.0,
+                Anchor::Middle,
+                &format!("{v:.1}"),
+                colour,
+            );
+        }
+    }
+    svg::axes(&mut svg, area);
+    svg::x_title(&mut svg, area, "sessions in the table (log scale)");
+    // A series without a single value is left out, legend included.
+    let items: Vec<(&str, String)> = series
+        .iter()
+        .filter(|s| s.1.iter().any(Option::is_some))
+        .map(|s| (s.3, s.0.to_string()))
+        .collect();
+    svg::legend(&mut svg, area, &items);
+    svg.finish()
+}
+
+/// A histogram of the reattach round-trip samples with p50 and p99 marked.
+pub fn reattach_rtt(r: &Rtt) -> String {
+    let samples = &r.samples;
+    if samples.is_empty() {
+        return svg::no_data(
+            "Reattach round trip",
+            "the run recorded no reattach round-trip samples",
+        );
+    }
+    let title = format!(
+        "Reattach round trip ({} samples)",
+        format::thousands(samples.len() as f64)
+    );
+    let area = Area::DEFAULT;
+    let mut svg = Svg::new(&title);
+
+    // Bins: about √n of them (5..=40) of a round width. A long tail beyond twice the
+    // p99 is cut at 1.5 × p99 and counted in a note, so the body stays readable.
+    let (lo, max) = (samples[0], samples[samples.len() - 1]);
+    let p99 = data::percentile(samples, 99.0).unwrap_or(max);
+    let hi = if p99 > 0.0 && max > 2.0 * p99 {
+        1.5 * p99
+    } else {
+        max
+    };
+    let target = (samples.len() as f64).sqrt().ceil().clamp(5.0, 40.0);
+    let width = if hi > lo {
+        svg::nice_step((hi - lo) / target)
+    } else {
+        svg::nice_step(lo.abs().max(1.0) * 0.05)
+    };
+    let start = (lo / width).floor() * width;
+    let bins = ((hi - start) / width).floor().max(0.0) as usize + 1;
+    let mut counts = vec![0usize; bins];
+    let mut overflow = 0;
+    for &s in samples {
+        match counts.get_mut(((s - start) / width).floor() as usize) {
+            Some(c) => *c += 1,
+            None => overflow += 1,
+        }
+    }
+    let end = start + width * bins as f64;
+
+    let xt = Ticks::covering(start, end, 6);
+    let (x0, x1) = (xt.min, xt.max());
+    let x = |v: f64| area.left + (v - x0) / (x1 - x0) * area.width();
+    let top = counts.iter().copied().max().unwrap_or(0) as f64 * 1.1;
+    let mut yt = Ticks::from_zero(top, 5);
+    if yt.step < 1.0 {
+        // Counts are whole.
+        yt = Ticks::covering(0.0, top.ceil().max(1.0), top.ceil().max(1.0) as usize);
+    }
+    let y_title = format!("samples per {} µs bin", trim(width));
+    let y = svg::y_axis(&mut svg, area, yt, &y_title);
+    for (i, &c) in counts.iter().enumerate() {
+        if c > 0 {
+            let (bx0, bx1) = (
+                x(start + width * i as f64),
+                x(start + width * (i + 1) as f64),
+            );
+            let ty = y(c as f64);
+            svg.rect(
+                bx0 + 0.5,
+                ty,
+                (bx1 - bx0 - 1.0).max(1.0),
+                area.bottom - ty,
+                "#8cb2d9",
+            );
+        }
+    }
+    for i in 0..xt.count {
+        let px = x(xt.value(i));
+        svg.line((px, area.bottom), (px, area.bottom + 5.0), INK, 1.0);
+        svg.text(
+            px,
+            area.bottom + 18.0,
+            12.0,
+            Anchor::Middle,
+            &xt.label(i),
+            INK,
+        );
+    }
+    // p50 labelled left of its line and p99 right of it where they fit, on separate rows.
+    let marks = [
+        ("p50", r.p50, PALETTE[0], 12.0, false),
+        ("p99", r.p99, PALETTE[3], 28.0, true),
+    ];
+    for (name, value, colour, dy, right) in marks {
+        let Some(v) = value.filter(|v| (x0..=x1).contains(v)) else {
+            continue;
+        };
+        let px = x(v);
+        svg.dashed((px, area.top), (px, area.bottom), colour, 2.0);
+        let label = format!("{name} {}", format::micros(Some(v)));
+        let w = label.chars().count() as f64 * 6.8;
+        let right = if right {
+            px + 5.0 + w <= svg::WIDTH
+        } else {
+            px - 5.0 - w < area.left
+        };
+        let (lx, anchor) = if right {
+            (px + 5.0, Anchor::Start)
+        } else {
+            (px - 5.0, Anchor::End)
+        };
+        svg.text(lx, area.top + dy, 12.0, anchor, &label, colour);
+    }
+    if overflow > 0 {
+        let note = format!(
+            "{} sample{} ≥ {} µs not shown (max {})",
+            format::thousands(overflow as f64),
+            if overflow == 1 { "" } else { "s" },
+            trim(end),
+            format::micros(Some(max))
+        );
+        svg.text(area.right, area.top - 12.0, 12.0, Anchor::End, &note, MUTED);
+    }
+    svg::axes(&mut svg, area);
+    svg::x_title(&mut svg, area, "reattach round trip (µs)");
+    svg.finish()
+}
+
+/// A round number without trailing zeros: `20`, `2.5`, `0.05`.
+fn trim(v: f64) -> String {
+    let s = format!("{v:.6}");
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::{super::xml_check, *};
+
+    #[test]
+    fn plots_are_xml_and_show_their_data() {
+        let v = json!({
+            "pps": [
+                {"mode": "drop", "payload": 64, "frame_bytes": 106, "pps": 7.1e6},
+                {"mode": "relay_1k", "payload": 1400, "frame_bytes": 1442, "pps": 1.25e6},
+                {"mode": "a<b&c", "payload": 64, "pps": 1.0e6},
+            ],
+            "ns_per_pkt": {"relay": {"1000": 40.1, "1000000": 45.0}, "drop": {"1000": 26.0}},
+            "reattach_rtt_us": [470, 480, 481, 490, 900, 100000],
+        });
+        let mut tail = v.clone();
+        let mut samples: Vec<u32> = (0..200).map(|i| 470 + i % 21).collect();
+        samples.push(100_000);
+        tail["reattach_rtt_us"] = json!(samples);
+        let pps = pps(&Throughput::read(&v));
+        xml_check::check(&pps).unwrap();
+        assert!(pps.contains(">7.10<") && pps.contains(">1.25<") && pps.contains("a&lt;b&amp;c"));
+        assert!(pps.contains("64 B payload (106 B frame)"));
+        let ns = ns_per_pkt(&NsPerPkt::read(&v));
+        xml_check::check(&ns).unwrap();
+        assert!(ns.contains(">40.1<") && ns.contains(">1M<") && ns.contains(">1k<"));
+        assert!(ns.contains(">XDP_DROP<"));
+        let relay_only = json!({"ns_per_pkt": {"relay": {"1000": 40.1}, "drop": {}}});
+        let ns = ns_per_pkt(&NsPerPkt::read(&relay_only));
+        xml_check::check(&ns).unwrap();
+        assert!(
+            ns.contains(">jvpn relay<") && !ns.contains(">XDP_DROP<"),
+            "{ns}"
+        );
+        let rtt = reattach_rtt(&Rtt::read(&v));
+        xml_check::check(&rtt).unwrap();
+        assert!(rtt.contains("6 samples"), "{rtt}");
+        assert!(rtt.contains("p50 481.0 µs"), "{rtt}");
+        // Six samples: the p99 is the maximum, nothing is cut.
+        assert!(
+            rtt.contains("p99 100000.0 µs") && !rtt.contains("not shown"),
+            "{rtt}"
+        );
+        let rtt = reattach_rtt(&Rtt::read(&tail));
+        xml_check::check(&rtt).unwrap();
+        assert!(
+            rtt.contains("1 sample ≥ 740 µs not shown (max 100000.0 µs)"),
+            "{rtt}"
+        );
+    }
+
+    #[test]
+    fn odd_inputs_still_draw() {
+        for v in [
+            json!({}),
+            json!({"reattach_rtt_us": [5]}),
+            json!({"reattach_rtt_us": [0, 0, 0]}),
+            json!({"reattach_rtt_us": [-3, 2]}),
+            json!({"ns_per_pkt": {"relay": {"0": 1.0}}}),
+            json!({"ns_per_pkt": {"drop": {"1000": 0.0}}}),
+            json!({"pps": [{"mode": "drop", "payload": 64, "pps": 0}]}),
+        ] {
+            for doc in [
+                pps(&Throughput::read(&v)),
+                ns_per_pkt(&NsPerPkt::read(&v)),
+                reattach_rtt(&Rtt::read(&v)),
+            ] {
+                xml_check::check(&doc).unwrap_or_else(|e| panic!("{v}: {e}\n{doc}"));
+                assert!(!doc.contains("NaN") && !doc.contains("inf\""), "{v}: {doc}");
+            }
+        }
+        assert!(reattach_rtt(&Rtt::read(&json!({}))).contains("no data"));
+    }
+
+    #[test]
+    fn trims() {
+        assert_eq!(trim(20.0), "20");
+        assert_eq!(trim(2.5), "2.5");
+        assert_eq!(trim(0.05), "0.05");
+    }
+}
