@@ -102,6 +102,9 @@ pub struct OuterV6 {
     pub udp: UdpHdr,
 }
 
+// SAFETY: byte arrays: alignment 1, no padding, any bit pattern.
+unsafe impl<const N: usize> Wire for [u8; N] {}
+
 macro_rules! wire {
     ($($t:ty = $n:expr),* $(,)?) => {$(
         const _: () = assert!(core::mem::size_of::<$t>() == $n);

@@ -8,13 +8,17 @@ use aya_ebpf::{
         BPF_NOEXIST,
         xdp_action::{XDP_ABORTED, XDP_DROP, XDP_TX},
     },
+    helpers::{bpf_ktime_get_ns, bpf_redirect},
     macros::{map, xdp},
     maps::{Array, PerCpuArray, PerCpuHashMap},
     programs::XdpContext,
 };
 use jvpn_common::{
     DEFAULT_PORT,
-    bench::{PktgenConfig, PktgenState, SinkStats, payload_offset, sink_mode, udp_offset},
+    bench::{
+        MISROUTE_WINDOWS, MisrouteWindow, PktgenConfig, PktgenState, SinkStats, TEMPLATE_LEN,
+        header_len, payload_offset, sink_mode, udp_offset,
+    },
     csum,
     frame::Frame,
     headers::UdpHdr,
@@ -61,9 +65,20 @@ pub fn jvpn_pktgen(ctx: XdpContext) -> u32 {
         }
     }
     let sid = cfg.first_id.wrapping_add(state.next);
+    let st = Stamp {
+        sid,
+        time: cfg.stamp_time != 0,
+        sport: cfg.src_port(state.next),
+    };
     let stamped = match cfg.family {
-        AF_INET => stamp::<{ udp_offset(AF_INET) }, { payload_offset(AF_INET) }>(&ctx, sid),
-        AF_INET6 => stamp::<{ udp_offset(AF_INET6) }, { payload_offset(AF_INET6) }>(&ctx, sid),
+        AF_INET => {
+            restore::<{ header_len(AF_INET) }>(&ctx, &cfg.header)
+                && stamp::<{ udp_offset(AF_INET) }, { payload_offset(AF_INET) }>(&ctx, &st)
+        }
+        AF_INET6 => {
+            restore::<{ header_len(AF_INET6) }>(&ctx, &cfg.header)
+                && stamp::<{ udp_offset(AF_INET6) }, { payload_offset(AF_INET6) }>(&ctx, &st)
+        }
         _ => false,
     };
     if !stamped {
@@ -78,23 +93,60 @@ pub fn jvpn_pktgen(ctx: XdpContext) -> u32 {
     XDP_TX
 }
 
-/// Writes `sid` into the jvpn header at `PAYLOAD` and updates the UDP checksum at
-/// `UDP` (left alone when it is 0: an IPv4 datagram without a checksum).
+/// Writes the template's first `N` bytes (the headers) over the frame.
 #[inline(always)]
-fn stamp<const UDP: usize, const PAYLOAD: usize>(ctx: &XdpContext, sid: u64) -> bool {
+fn restore<const N: usize>(ctx: &XdpContext, header: &[u8; TEMPLATE_LEN]) -> bool {
+    let Some(dst) = Ctx(ctx).at_mut::<[u8; N]>(0) else {
+        return false;
+    };
+    // SAFETY: `dst` was bounds-checked for N bytes; N <= TEMPLATE_LEN (const-checked by
+    // the callers' offsets); the map value and the frame do not overlap.
+    unsafe { core::ptr::copy_nonoverlapping(header.as_ptr(), dst.cast::<u8>(), N) };
+    true
+}
+
+/// What one frame gets: its session id, optionally its send time (into the jvpn
+/// counter) and a source port.
+struct Stamp {
+    sid: u64,
+    time: bool,
+    sport: Option<u16>,
+}
+
+/// Writes a [`Stamp`] into the UDP header at `UDP` and the jvpn header at `PAYLOAD`,
+/// updating the UDP checksum (left alone when it is 0: an IPv4 datagram without one).
+#[inline(always)]
+fn stamp<const UDP: usize, const PAYLOAD: usize>(ctx: &XdpContext, st: &Stamp) -> bool {
     let f = Ctx(ctx);
     let (Some(udp), Some(hdr)) = (f.at_mut::<UdpHdr>(UDP), f.at_mut::<WireHeader>(PAYLOAD)) else {
         return false;
     };
-    let new = sid.to_be_bytes();
+    let new = st.sid.to_be_bytes();
     // SAFETY: both pointers were bounds-checked by `at_mut`; the frame is ours.
     unsafe {
         let old = (*hdr).session_id;
         (*hdr).session_id = new;
-        let check = u16::from_be_bytes((*udp).check);
+        let mut check = u16::from_be_bytes((*udp).check);
         if check != 0 {
-            (*udp).check = csum::udp_replace(check, &old, &new).to_be_bytes();
+            check = csum::udp_replace(check, &old, &new);
         }
+        if let Some(port) = st.sport {
+            let old = (*udp).sport;
+            let new = port.to_be_bytes();
+            (*udp).sport = new;
+            if check != 0 {
+                check = csum::udp_replace(check, &old, &new);
+            }
+        }
+        if st.time {
+            let old = (*hdr).counter;
+            let new = bpf_ktime_get_ns().to_be_bytes();
+            (*hdr).counter = new;
+            if check != 0 {
+                check = csum::udp_replace(check, &old, &new);
+            }
+        }
+        (*udp).check = check.to_be_bytes();
     }
     true
 }
@@ -139,10 +191,53 @@ pub fn xdp_sink(ctx: XdpContext) -> u32 {
             if mode == sink_mode::PER_SESSION && !count_session(p.session_id) {
                 stats.untracked += 1;
             }
+            if mode == sink_mode::MISROUTE && misrouted(&f, p.family, p.session_id, &p.dst) {
+                stats.misrouted += 1;
+            }
         }
         _ => stats.not_data += 1,
     }
     XDP_DROP
+}
+
+/// Open and closed misroute windows (see [`MisrouteWindow`]); written by userspace.
+#[map]
+static SINK_WINDOWS: Array<MisrouteWindow> = Array::with_max_entries(MISROUTE_WINDOWS, 0);
+
+/// Whether this DATA frame, by its send time (the generator's stamp in the counter),
+/// falls in a misroute window for its destination. Relayed frames have fresh outer
+/// headers without options or tags, so the jvpn header is at a fixed offset.
+#[inline(always)]
+fn misrouted(f: &Ctx<'_>, family: u8, sid: u64, dst: &[u8; 16]) -> bool {
+    let hdr = match family {
+        AF_INET => f.at::<WireHeader>(payload_offset(AF_INET)),
+        _ => f.at::<WireHeader>(payload_offset(AF_INET6)),
+    };
+    let Some(hdr) = hdr else {
+        return false;
+    };
+    let sent = u64::from_be_bytes(hdr.counter);
+    for i in 0..MISROUTE_WINDOWS {
+        if let Some(w) = SINK_WINDOWS.get(i)
+            && w.contains(sid, sent, dst)
+        {
+            return true;
+        }
+    }
+    false
+}
+
+/// Egress interface of `bench_fwd`; set at load.
+#[unsafe(no_mangle)]
+static FWD_IFINDEX: Global<u32> = Global::new(0);
+
+/// The trivial forwarder, a path ceiling for the benchmark: redirects every frame,
+/// unmodified, out of `FWD_IFINDEX`. The most any forwarding program can do on the
+/// path, with none of the relay's parsing, lookup or rewrite.
+#[xdp]
+pub fn bench_fwd(_ctx: XdpContext) -> u32 {
+    // SAFETY: a plain helper call; an invalid ifindex makes the redirect fail.
+    unsafe { bpf_redirect(FWD_IFINDEX.load(), 0) as u32 }
 }
 
 /// Adds one to the session's counter on this CPU; false if the map is full.

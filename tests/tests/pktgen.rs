@@ -64,6 +64,8 @@ fn the_program_stamps_session_ids_and_keeps_checksums_valid() {
             rate: None,
             limit: Limit::Count(1),
             batch: DEFAULT_BATCH,
+            stamp_time: false,
+            src_ports: None,
         })
         .unwrap();
         let template = g.frame().to_vec();

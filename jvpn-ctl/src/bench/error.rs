@@ -55,6 +55,8 @@ pub enum BenchError {
 
     #[error("map `{0}` is missing from the XDP object")]
     MissingMap(&'static str),
+    #[error("{0}")]
+    Invalid(String),
 
     #[error(transparent)]
     Datapath(#[from] DatapathError),

@@ -1,7 +1,9 @@
 //! Benchmark tools (docs/bench.md): the traffic generator behind `jvpn-ctl pktgen`
 //! ([`pktgen`], with its frame builder [`frame`]) and the counting sink behind
-//! `jvpn-ctl sink` ([`sink`]). Both are programs of the jvpn XDP object.
+//! `jvpn-ctl sink` ([`sink`]), and the trivial forwarder the benchmark uses as a path
+//! ceiling ([`attached`]). All are programs of the jvpn XDP object.
 
+pub mod attached;
 pub mod cpus;
 mod error;
 pub mod frame;
@@ -9,8 +11,13 @@ pub mod netif;
 pub mod pktgen;
 pub mod sink;
 
-use aya::{EbpfLoader, programs::Xdp};
+use aya::{
+    EbpfLoader,
+    programs::{Xdp, XdpMode},
+};
 pub use error::BenchError;
+
+use crate::datapath::AttachMode;
 
 /// A loader for the jvpn object as the benchmark tools use it: nothing pinned, and the
 /// relay's maps, which come with the object but stay unused here, get one entry.
@@ -30,4 +37,26 @@ fn program_mut<'a>(ebpf: &'a mut aya::Ebpf, name: &'static str) -> Result<&'a mu
         })?
         .try_into()
         .map_err(|cause| BenchError::Program { name, cause })
+}
+
+/// Attaches a loaded program to `iface` until the object is dropped.
+fn attach(
+    prog: &mut Xdp,
+    name: &'static str,
+    iface: &str,
+    mode: AttachMode,
+) -> Result<(), BenchError> {
+    let xdp_mode = match mode {
+        AttachMode::Native => XdpMode::Driver,
+        AttachMode::Skb => XdpMode::Skb,
+    };
+    prog.attach(iface, xdp_mode).map_err(|cause| match cause {
+        aya::programs::ProgramError::UnknownInterface { name } => BenchError::NoSuchInterface(name),
+        cause => BenchError::Attach {
+            program: name,
+            iface: iface.to_string(),
+            cause,
+        },
+    })?;
+    Ok(())
 }

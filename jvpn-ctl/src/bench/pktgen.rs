@@ -20,7 +20,7 @@ use aya::{
     maps::{Array, MapData, PerCpuArray},
     programs::{ProgramError, TestRun as _, TestRunAttrs, TestRunOptions, Xdp},
 };
-use jvpn_common::bench::{PktgenConfig, PktgenState};
+use jvpn_common::bench::{PktgenConfig, PktgenState, TEMPLATE_LEN, header_len};
 
 use super::{
     BenchError,
@@ -74,6 +74,11 @@ pub struct Options {
     pub limit: Limit,
     /// Frames per batch inside a run (1..=[`MAX_BATCH`]).
     pub batch: u32,
+    /// Write each frame's send time (CLOCK_MONOTONIC ns) into its jvpn counter.
+    pub stamp_time: bool,
+    /// Vary the source port: session index `i` sends from `src.port() + i % n` (`n` a
+    /// power of two, 2..=32768, with room above the base port). `None`: one port.
+    pub src_ports: Option<u16>,
 }
 
 /// One progress report (about once a second).
@@ -123,6 +128,9 @@ impl Generator {
     pub fn new(opts: Options) -> Result<Self, BenchError> {
         opts.frame.validate()?;
         validate_sessions(opts.frame.session_id, opts.sessions)?;
+        if let Some(n) = opts.src_ports {
+            validate_src_ports(opts.frame.src.port(), n)?;
+        }
         if opts.batch == 0 || opts.batch > MAX_BATCH {
             return Err(BenchError::BadBatch(opts.batch));
         }
@@ -159,7 +167,16 @@ impl Generator {
             first_id: opts.frame.session_id,
             n_sessions: opts.sessions,
             family: opts.frame.family(),
-            _pad: [0; 7],
+            stamp_time: u8::from(opts.stamp_time),
+            src_port_mask: opts.src_ports.map_or(0, |n| n - 1),
+            src_port_base: opts.frame.src.port(),
+            _pad: [0; 2],
+            header: {
+                let mut h = [0u8; TEMPLATE_LEN];
+                let n = header_len(opts.frame.family());
+                h[..n].copy_from_slice(&frame[..n]);
+                h
+            },
         };
         let map = ebpf
             .map_mut(CONFIG_MAP)
@@ -538,6 +555,21 @@ fn xdp_md(len: usize, ifindex: u32) -> [u8; 24] {
 }
 
 /// Session ids `first .. first + n` must all be valid DATA ids: nonzero, no wrap.
+/// `n` source ports from `base`: a power of two from 2 to 32768 that fits below 65536.
+pub fn validate_src_ports(base: u16, n: u16) -> Result<(), BenchError> {
+    if !(2..=32768).contains(&n) || !n.is_power_of_two() {
+        return Err(BenchError::Invalid(format!(
+            "--src-ports {n}: must be a power of two from 2 to 32768"
+        )));
+    }
+    if u32::from(base) + u32::from(n) > 65536 {
+        return Err(BenchError::Invalid(format!(
+            "--src-ports {n} from source port {base} would pass port 65535"
+        )));
+    }
+    Ok(())
+}
+
 pub fn validate_sessions(first: u64, n: u64) -> Result<(), BenchError> {
     if n == 0 {
         return Err(BenchError::BadSessions(

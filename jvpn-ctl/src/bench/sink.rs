@@ -6,10 +6,9 @@ use std::collections::BTreeMap;
 
 use aya::{
     Ebpf,
-    maps::{MapData, PerCpuArray, PerCpuHashMap},
-    programs::XdpMode,
+    maps::{Array, MapData, PerCpuArray, PerCpuHashMap},
 };
-use jvpn_common::bench::{SinkStats, sink_mode};
+use jvpn_common::bench::{MISROUTE_WINDOWS, MisrouteWindow, SinkStats, sink_mode};
 
 use super::{BenchError, netif, program_mut};
 use crate::datapath::AttachMode;
@@ -17,6 +16,7 @@ use crate::datapath::AttachMode;
 pub const SINK_PROGRAM: &str = "xdp_sink";
 const STATS_MAP: &str = "SINK_STATS";
 const SESSIONS_MAP: &str = "SINK_SESSIONS";
+const WINDOWS_MAP: &str = "SINK_WINDOWS";
 
 /// What the sink does with each frame besides counting and dropping it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,6 +27,9 @@ pub enum SinkMode {
     Parse,
     /// Also count DATA per session id, for up to `capacity` sessions.
     PerSession { capacity: u32 },
+    /// Parse, and count DATA frames that fall in a misroute window
+    /// ([`Sink::set_window`]) as `misrouted`.
+    Misroute,
 }
 
 pub struct Sink {
@@ -49,6 +52,7 @@ impl Sink {
             SinkMode::Count => (sink_mode::COUNT, 1),
             SinkMode::Parse => (sink_mode::PARSE, 1),
             SinkMode::PerSession { capacity } => (sink_mode::PER_SESSION, capacity.max(1)),
+            SinkMode::Misroute => (sink_mode::MISROUTE, 1),
         };
         let mut loader = super::loader();
         loader
@@ -63,20 +67,7 @@ impl Sink {
             name: SINK_PROGRAM,
             cause,
         })?;
-        let xdp_mode = match attach {
-            AttachMode::Native => XdpMode::Driver,
-            AttachMode::Skb => XdpMode::Skb,
-        };
-        prog.attach(iface, xdp_mode).map_err(|cause| match cause {
-            aya::programs::ProgramError::UnknownInterface { name } => {
-                BenchError::NoSuchInterface(name)
-            }
-            cause => BenchError::Attach {
-                program: SINK_PROGRAM,
-                iface: iface.to_string(),
-                cause,
-            },
-        })?;
+        super::attach(prog, SINK_PROGRAM, iface, attach)?;
         Ok(Self {
             ebpf,
             iface: iface.to_string(),
@@ -104,6 +95,25 @@ impl Sink {
             .iter()
             .for_each(|s| total.merge(s));
         Ok(total)
+    }
+
+    /// Writes misroute window `slot` (0..[`MISROUTE_WINDOWS`]); misroute mode.
+    pub fn set_window(&mut self, slot: u32, w: &MisrouteWindow) -> Result<(), BenchError> {
+        if slot >= MISROUTE_WINDOWS {
+            return Err(BenchError::Invalid(format!(
+                "misroute window {slot} out of range (0..{MISROUTE_WINDOWS})"
+            )));
+        }
+        let map = self
+            .ebpf
+            .map_mut(WINDOWS_MAP)
+            .ok_or(BenchError::MissingMap(WINDOWS_MAP))?;
+        let map_err = |cause| BenchError::Map {
+            name: WINDOWS_MAP,
+            cause,
+        };
+        let mut arr: Array<&mut MapData, MisrouteWindow> = Array::try_from(map).map_err(map_err)?;
+        arr.set(slot, w, 0).map_err(map_err)
     }
 
     /// DATA frames per session id, summed over CPUs (per-session mode; empty otherwise).

@@ -72,6 +72,13 @@ pub struct Args {
     /// Frames per batch inside the kernel (1..=256).
     #[arg(long, default_value_t = DEFAULT_BATCH)]
     batch: u32,
+    /// Write each frame's send time (CLOCK_MONOTONIC ns) into its jvpn counter.
+    #[arg(long)]
+    stamp_time: bool,
+    /// Vary the source port over N ports from --src-port (session i uses
+    /// src-port + i % N; N a power of two), like N clients.
+    #[arg(long, value_name = "N")]
+    src_ports: Option<u16>,
     /// Print the summary as one JSON object (progress lines go to stderr).
     #[arg(long)]
     json: bool,
@@ -153,6 +160,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         rate: args.rate,
         limit,
         batch: args.batch,
+        stamp_time: args.stamp_time,
+        src_ports: args.src_ports,
     };
     let generator = Generator::new(gen_opts)?;
 

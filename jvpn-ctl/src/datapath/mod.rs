@@ -284,6 +284,19 @@ impl Datapath {
         }
     }
 
+    /// Kernel memory of the session maps (`SESSIONS` + `SESSION_STATS`), as the kernel
+    /// accounts it (`memlock` in the maps' fdinfo: the hash table and buckets plus, for
+    /// these non-preallocated maps, the elements actually allocated).
+    pub fn session_map_bytes(&self) -> Result<u64, DatapathError> {
+        let mut total = 0;
+        for name in [SESSIONS, SESSION_STATS] {
+            let map = aya::maps::MapData::from_pin(self.cfg.pin_dir.join(name))
+                .map_err(|cause| DatapathError::Map { name, cause })?;
+            total += memlock(&map).ok_or(DatapathError::MissingMap(name))?;
+        }
+        Ok(total)
+    }
+
     /// Ids of every session in the map.
     pub fn session_ids(&self) -> Vec<u64> {
         self.sessions.keys().filter_map(Result::ok).collect()
@@ -391,4 +404,14 @@ fn xdp_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, Da
         })?
         .try_into()
         .map_err(|cause| DatapathError::Program { name, cause })
+}
+
+/// The `memlock:` line of a map's fdinfo.
+fn memlock(map: &aya::maps::MapData) -> Option<u64> {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    let fd = map.fd().as_fd().as_raw_fd();
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("memlock:"))
+        .and_then(|v| v.trim().parse().ok())
 }

@@ -1,0 +1,254 @@
+//! `cargo xtask bench` (docs/bench.md): every figure of the benchmark suite measured
+//! in one run, on one path, with the same packets: path ceilings, the jvpn relay, the
+//! baselines a user would pick instead, per-packet cost, the binding swap, the
+//! controller and memory. Writes one JSON object; `cargo xtask bench` renders the
+//! report from it.
+
+mod control;
+mod cost;
+mod machine;
+mod progress;
+pub mod sessions;
+mod swap;
+mod throughput;
+pub mod topo;
+
+use std::{
+    path::PathBuf,
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context as _, Result, bail};
+use jvpn_ctl::{
+    datapath::{Datapath, DatapathConfig},
+    lab::netns::PinDir,
+};
+use serde_json::{Map, Value, json};
+
+/// Set by SIGINT/SIGTERM: phases stop at the next step and the run unwinds, removing
+/// its namespaces.
+pub static STOP: AtomicBool = AtomicBool::new(false);
+
+pub fn stopped() -> Result<()> {
+    if STOP.load(Ordering::Relaxed) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+/// The phases, in the order they run.
+pub const PHASES: [&str; 5] = ["cost", "throughput", "swap", "controller", "reattach"];
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub quick: bool,
+    pub json: PathBuf,
+    /// CPUs the generator sends from (one thread each).
+    pub gen_cpus: Vec<usize>,
+    /// CPUs of the userspace relay's workers (one thread each).
+    pub relay_cpus: Vec<usize>,
+    /// Phases to leave out.
+    pub skip: Vec<String>,
+}
+
+/// Sizes of a run: full, or `--quick` (every phase, briefly: a smoke check).
+#[derive(Clone, Copy, Debug)]
+pub struct Profile {
+    pub seconds: f64,
+    pub rounds: usize,
+    pub payloads: [usize; 2],
+    pub small_sessions: u64,
+    pub big_sessions: u64,
+    pub cost_repeat: u32,
+    pub cost_rounds: usize,
+    pub swaps: u32,
+    pub ctl_sessions: u64,
+    pub moves: usize,
+}
+
+impl Profile {
+    pub fn new(quick: bool) -> Self {
+        let full = Self {
+            seconds: 3.0,
+            rounds: 3,
+            payloads: [64, 1400],
+            small_sessions: 1_000,
+            big_sessions: 1_000_000,
+            cost_repeat: 2_000_000,
+            cost_rounds: 5,
+            swaps: 10_000,
+            ctl_sessions: 1_000_000,
+            moves: 200,
+        };
+        if quick {
+            Self {
+                seconds: 0.5,
+                rounds: 1,
+                cost_repeat: 100_000,
+                cost_rounds: 3,
+                swaps: 1_000,
+                ctl_sessions: 2_000,
+                moves: 10,
+                ..full
+            }
+        } else {
+            full
+        }
+    }
+}
+
+/// Shared by the phases: the path, the two loaded data planes (1,000 sessions and
+/// 1,000,000), and the results so far.
+pub struct Bench {
+    pub opts: Options,
+    pub profile: Profile,
+    pub topo: topo::Topology,
+    pub small: Datapath,
+    pub big: Datapath,
+    big_filled: u64,
+    pub pins: [PinDir; 2],
+    out: Map<String, Value>,
+}
+
+impl Bench {
+    fn set(&mut self, key: &str, v: impl Into<Value>) {
+        self.out.insert(key.to_string(), v.into());
+    }
+
+    fn get_f64(&self, key: &str) -> Option<f64> {
+        self.out.get(key).and_then(Value::as_f64)
+    }
+
+    /// Fills the big data plane up to `n` sessions.
+    fn fill_big(&mut self, n: u64, phase: &progress::Phase) -> Result<()> {
+        let start = Instant::now();
+        while self.big_filled < n {
+            if self.big_filled % 65_536 == 0 {
+                stopped()?;
+                phase.live(format!("installing sessions: {}", self.big_filled));
+            }
+            let i = self.big_filled;
+            self.big
+                .insert_session(sessions::id(i), &sessions::entry(i))
+                .with_context(|| format!("inserting session {i}"))?;
+            self.big_filled += 1;
+        }
+        phase.say(format!(
+            "{n} sessions installed ({:.1} s)",
+            start.elapsed().as_secs_f64()
+        ));
+        Ok(())
+    }
+}
+
+fn load_datapath(pins: &PinDir, max: u64) -> Result<Datapath> {
+    Ok(Datapath::load(DatapathConfig {
+        max_sessions: u32::try_from(max).context("session count")?,
+        pin_dir: pins.0.clone(),
+        port: topo::GW_PORT,
+        debug_log: false,
+    })?)
+}
+
+/// Runs every phase not skipped. A failing phase is recorded under `errors` and the
+/// others still run; the JSON is written either way. Returns the results and whether
+/// every phase succeeded.
+pub fn run(opts: Options) -> Result<(Value, bool)> {
+    let profile = Profile::new(opts.quick);
+    let started = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let t0 = Instant::now();
+    let queues = opts.gen_cpus.len().max(opts.relay_cpus.len());
+    let topo = topo::Topology::build(queues).context("building the namespaces")?;
+    let pins = [PinDir::new("bench-s"), PinDir::new("bench-b")];
+    let small = load_datapath(&pins[0], profile.small_sessions + 1024)?;
+    let big = load_datapath(&pins[1], profile.big_sessions)?;
+    let mut b = Bench {
+        opts: opts.clone(),
+        profile,
+        topo,
+        small,
+        big,
+        big_filled: 0,
+        pins,
+        out: Map::new(),
+    };
+    for i in 0..profile.small_sessions {
+        b.small
+            .insert_session(sessions::id(i), &sessions::entry(i))?;
+    }
+    b.set("schema", 1);
+    b.set("quick", opts.quick);
+    b.set("started_unix", started);
+    b.set("machine", machine::describe());
+    b.set(
+        "setup",
+        json!({
+            "generator_cpus": opts.gen_cpus,
+            "userspace_relay_cpus": opts.relay_cpus,
+            "phase_seconds": profile.seconds,
+            "rounds": profile.rounds,
+            "family": "ipv4",
+            "payloads": profile.payloads,
+            "sessions": profile.small_sessions,
+            "big_sessions": profile.big_sessions,
+        }),
+    );
+    let mut errors = Map::new();
+    for phase in PHASES {
+        if opts.skip.iter().any(|s| s == phase) {
+            eprintln!("== {phase}: skipped (--skip)");
+            continue;
+        }
+        let result = match phase {
+            "cost" => cost::run(&mut b),
+            "throughput" => throughput::run(&mut b),
+            "swap" => swap::run(&mut b),
+            "controller" => control::controller(&mut b),
+            _ => control::reattach_rtt(&mut b),
+        };
+        if let Err(e) = result {
+            eprintln!("== {phase}: FAILED: {e:#}");
+            errors.insert(phase.to_string(), format!("{e:#}").into());
+            if STOP.load(Ordering::Relaxed) {
+                break;
+            }
+        }
+    }
+    derive_ratios(&mut b);
+    let ok = errors.is_empty();
+    b.set("errors", errors);
+    b.set("seconds", (t0.elapsed().as_secs_f64() * 10.0).round() / 10.0);
+    Ok((Value::Object(std::mem::take(&mut b.out)), ok))
+}
+
+fn derive_ratios(b: &mut Bench) {
+    let ratio = |a: Option<f64>, d: Option<f64>| match (a, d) {
+        (Some(a), Some(d)) if d > 0.0 => Some((a / d * 1000.0).round() / 1000.0),
+        _ => None,
+    };
+    let relay = b.get_f64("relay_pps");
+    for (key, base) in [
+        ("relay_over_drop", "drop_pps"),
+        ("relay_over_fwd", "fwd_pps"),
+        ("relay_over_userspace", "userspace_relay_pps"),
+    ] {
+        let r = ratio(relay, b.get_f64(base));
+        b.set(key, r);
+    }
+}
+
+/// The relay's drop counters that grew between two readings, by reason name.
+fn drops_delta(before: &jvpn_ctl::datapath::Drops, after: &jvpn_ctl::datapath::Drops) -> Value {
+    let mut m = Map::new();
+    for (i, (a, b)) in after.iter().zip(before).enumerate() {
+        if a > b {
+            let name = jvpn_common::counters::name(i as u32);
+            m.insert(name.to_string(), (a - b).into());
+        }
+    }
+    Value::Object(m)
+}

@@ -1,0 +1,239 @@
+//! The binding swap under load. One session's client binding alternates between two
+//! addresses in the sink namespace (A and B) while the generator, playing the exit,
+//! sends that session's DATA through the relay toward the client at a steady rate.
+//! Timed: each `Datapath::replace_session` (the controller's swap: one `BPF_EXIST`
+//! update and the read-back), p50/p99/max.
+//!
+//! Misrouting: the generator stamps each frame's send time into its jvpn counter
+//! (`--stamp-time`); after swap `i` returns at `T_i`, the sink gets a window "frames
+//! sent from `T_i` until the next swap back must not arrive at the old address". A
+//! frame counted there was looked up by the relay after the swap had returned and
+//! still went to the old binding. (The window is written a syscall after `T_i`; a
+//! misrouted frame that reached the sink within that microsecond would be missed.)
+//! Loss: frames the generator sent − frames the sink received, over the whole phase.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, ensure};
+use jvpn_common::{
+    bench::{MISROUTE_WINDOWS, MisrouteWindow},
+    maps::{Endpoint, FLAG_FORWARDING, SessionEntry},
+};
+use jvpn_ctl::{
+    bench::{
+        frame::FrameSpec,
+        pktgen::{DEFAULT_BATCH, Generator, Limit, Options},
+        sink::{Sink, SinkMode},
+    },
+    datapath::{AttachMode, detach},
+};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::{Bench, progress::Phase, stopped, topo};
+
+const SESSION: u64 = 0x5a5a_0001;
+/// Frames per second of the swapped session's traffic: steady, well below what the
+/// path carries, so that any loss is the swap's.
+const RATE: u64 = 1_000_000;
+/// Time between swaps, so the traffic reaches each binding in between.
+const DWELL: Duration = Duration::from_micros(100);
+
+fn mono_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer; CLOCK_MONOTONIC is what bpf_ktime_get_ns reads.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn binding(ip: std::net::Ipv4Addr) -> Endpoint {
+    Endpoint::v4(ip.octets(), topo::CLIENT_PORT)
+}
+
+fn entry(client: Endpoint, generation: u32) -> SessionEntry {
+    SessionEntry {
+        generation,
+        flags: FLAG_FORWARDING,
+        client,
+        gw_client: Endpoint::v4(topo::GW_OUT_IP.octets(), topo::GW_PORT),
+        exit: Endpoint::v4(topo::GEN_IP.octets(), topo::EXIT_PORT),
+        gw_exit: Endpoint::v4(topo::GW_IN_IP.octets(), topo::GW_PORT),
+    }
+}
+
+fn pct(sorted: &[u64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i] as f64 / 1000.0
+}
+
+pub fn run(b: &mut Bench) -> Result<()> {
+    let n = b.profile.swaps;
+    let phase = Phase::new("swap", u64::from(n));
+    let mut sink = b.topo.sink.run(|| {
+        Sink::attach(topo::SINK_IF, topo::CLIENT_PORT, SinkMode::Misroute, AttachMode::Native)
+    })?;
+    let (a, bb) = (binding(topo::SINK_IP), binding(topo::SINK_IP_B));
+    b.small.insert_session(SESSION, &entry(a, 1))?;
+    let pins = b.pins[0].0.clone();
+    let result = swap_under_load(b, &mut sink, &phase, a, bb);
+    let _ = b.topo.gw.run(|| detach(&pins, topo::GW_IN));
+    let _ = b.small.remove_session(SESSION);
+    let r = result?;
+    phase.done(format!(
+        "{n} swaps: p50 {:.1} µs, p99 {:.1} µs; {} misrouted, {} lost of {} frames",
+        r.p50, r.p99, r.misrouted, r.lost, r.sent
+    ));
+    Ok(())
+}
+
+struct Outcome {
+    p50: f64,
+    p99: f64,
+    misrouted: u64,
+    lost: u64,
+    sent: u64,
+}
+
+fn swap_under_load(
+    b: &mut Bench,
+    sink: &mut Sink,
+    phase: &Phase,
+    a: Endpoint,
+    bb: Endpoint,
+) -> Result<Outcome> {
+    let n = b.profile.swaps;
+    let Bench {
+        topo: t,
+        small,
+        opts,
+        ..
+    } = b;
+    t.gw.run(|| small.attach(topo::GW_IN, AttachMode::Native))?;
+    let gen_opts = Options {
+        iface: topo::GEN_IF.into(),
+        frame: FrameSpec {
+            src_mac: t.gen_mac,
+            dst_mac: t.gw_in_mac,
+            src: topo::v4(topo::GEN_IP, topo::EXIT_PORT),
+            dst: topo::v4(topo::GW_IN_IP, topo::GW_PORT),
+            payload_len: 64,
+            session_id: SESSION,
+        },
+        sessions: 1,
+        cpus: opts.gen_cpus.clone(),
+        rate: Some(RATE),
+        limit: Limit::Duration(Duration::from_secs(3600)),
+        batch: DEFAULT_BATCH,
+        stamp_time: true,
+        src_ports: None,
+    };
+    // The swapping thread stays off the generator's CPUs when it can.
+    // The swapping thread runs on the generator's CPU: its clock (CLOCK_MONOTONIC
+    // after the swap returned) and the generator's stamps (bpf_ktime_get_ns) are then
+    // read on one CPU, so "sent after the swap returned" is causal. Across CPUs this
+    // VM's clocks disagree by a few microseconds, which shows up as frames "sent after"
+    // a swap that the relay in fact handled before it (docs/bench.md).
+    // JVPN_SWAP_CPU=N overrides it.
+    let swap_cpu = match std::env::var("JVPN_SWAP_CPU") {
+        Ok(c) => Some(c.parse().context("JVPN_SWAP_CPU")?),
+        Err(_) => opts.gen_cpus.first().copied(),
+    };
+    let before = sink.stats()?;
+    let drops_before = small.drops()?;
+    let gen_stop = AtomicBool::new(false);
+    let (lat, summary) = std::thread::scope(|s| -> Result<_> {
+        let generator = s.spawn(|| {
+            t.gen_ns.run(|| -> Result<_> {
+                let g = Generator::new(gen_opts)?;
+                Ok(g.run(&gen_stop, |_| {})?)
+            })
+        });
+        let swapped = (|| -> Result<Vec<u64>> {
+            if let Some(c) = swap_cpu {
+                jvpn_ctl::bench::cpus::pin_current_thread(c)?;
+            }
+            // Traffic flowing to A before the first swap.
+            let t0 = Instant::now();
+            while sink.stats()?.data - before.data < 1000 {
+                stopped()?;
+                ensure!(
+                    t0.elapsed() < Duration::from_secs(5),
+                    "no traffic reached the sink through the relay"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let mut lat = Vec::with_capacity(n as usize);
+            let (mut cur, mut other) = (a, bb);
+            let mut prev_window: Option<(u32, MisrouteWindow)> = None;
+            for i in 1..=n {
+                if i % 256 == 0 {
+                    stopped()?;
+                    phase.live(format!("{i} swaps"));
+                }
+                let started = mono_ns();
+                // Close the window of the address we swap back to.
+                if let Some((slot, mut w)) = prev_window.take() {
+                    w.to_ns = started;
+                    sink.set_window(slot, &w)?;
+                }
+                let t = Instant::now();
+                small
+                    .replace_session(SESSION, &entry(other, i + 1))
+                    .with_context(|| format!("swap {i}"))?;
+                lat.push(t.elapsed().as_nanos() as u64);
+                let returned = mono_ns();
+                let slot = i % MISROUTE_WINDOWS;
+                let w = MisrouteWindow {
+                    session_id: SESSION,
+                    from_ns: returned,
+                    to_ns: u64::MAX,
+                    dst: cur.addr,
+                };
+                sink.set_window(slot, &w)?;
+                prev_window = Some((slot, w));
+                std::mem::swap(&mut cur, &mut other);
+                while mono_ns() - returned < DWELL.as_nanos() as u64 {
+                    std::hint::spin_loop();
+                }
+                phase.step();
+            }
+            // Let the last binding carry traffic a little, then stop.
+            std::thread::sleep(Duration::from_millis(20));
+            Ok(lat)
+        })();
+        gen_stop.store(true, Ordering::Relaxed);
+        let summary = generator
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e))?;
+        Ok((swapped?, summary))
+    })?;
+    std::thread::sleep(Duration::from_millis(50));
+    let after = sink.stats()?;
+    let drops = super::drops_delta(&drops_before, &b.small.drops()?);
+    let mut sorted = lat.clone();
+    sorted.sort_unstable();
+    let received = after.data - before.data;
+    let misrouted = after.misrouted - before.misrouted;
+    let lost = summary.sent.saturating_sub(received);
+    let out = Outcome {
+        p50: pct(&sorted, 0.50),
+        p99: pct(&sorted, 0.99),
+        misrouted,
+        lost,
+        sent: summary.sent,
+    };
+    b.set("swaps", n);
+    b.set("swap_us_p50", (out.p50 * 10.0).round() / 10.0);
+    b.set("swap_us_p99", (out.p99 * 10.0).round() / 10.0);
+    b.set("swap_us_max", pct(&sorted, 1.0));
+    b.set("swap_misrouted", misrouted);
+    b.set("swap_lost", lost);
+    b.set("swap_sent", summary.sent);
+    b.set("swap_received", received);
+    b.set("swap_rate_pps", RATE);
+    b.set("swap_veth_refused", summary.veth_xmit_errors);
+    b.set("swap_relay_drops", drops);
+    Ok(out)
+}

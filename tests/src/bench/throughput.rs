@@ -1,0 +1,261 @@
+//! Packets per second through the gateway namespace, flat out, for every mode and
+//! payload size, with the same generator (the `--cpus` of the run), the same frames
+//! and the same sink. Rounds interleave the modes so that each sees the same machine;
+//! the figure is the median over rounds. Rate = DATA frames the sink counted ÷ the
+//! generator's run time (for `XDP_DROP`, frames the gateway's veth accepted).
+
+use std::{collections::HashMap, path::Path, time::Duration};
+
+use anyhow::{Context as _, Result};
+use jvpn_ctl::{
+    bench::{
+        attached::Attached,
+        frame::FrameSpec,
+        pktgen::{DEFAULT_BATCH, Generator, Limit, Options},
+        sink::{Sink, SinkMode},
+    },
+    datapath::{AttachMode, DROP_PROGRAM, PASS_PROGRAM, detach},
+};
+use serde_json::{Value, json};
+
+use super::{Bench, STOP, progress::Phase, sessions, stopped, topo};
+use crate::uspace_relay::{RelayConfig, UserspaceRelay};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Drop,
+    Fwd,
+    Relay1k,
+    Relay1m,
+    Userspace,
+    KernelFwd,
+}
+
+impl Mode {
+    pub const ALL: [Mode; 6] = [
+        Mode::Drop,
+        Mode::Fwd,
+        Mode::Relay1k,
+        Mode::Relay1m,
+        Mode::Userspace,
+        Mode::KernelFwd,
+    ];
+
+    pub fn key(self) -> &'static str {
+        match self {
+            Mode::Drop => "drop",
+            Mode::Fwd => "fwd",
+            Mode::Relay1k => "relay_1k",
+            Mode::Relay1m => "relay_1m",
+            Mode::Userspace => "userspace_relay",
+            Mode::KernelFwd => "kernel_fwd",
+        }
+    }
+
+    /// The headline key of its 64-byte figure.
+    fn headline(self) -> &'static str {
+        match self {
+            Mode::Drop => "drop_pps",
+            Mode::Fwd => "fwd_pps",
+            Mode::Relay1k => "relay_pps",
+            Mode::Relay1m => "relay_1m_pps",
+            Mode::Userspace => "userspace_relay_pps",
+            Mode::KernelFwd => "kernel_fwd_pps",
+        }
+    }
+}
+
+/// What runs in the gateway namespace while a mode is measured; undone on drop.
+enum Gate<'a> {
+    Program(#[allow(dead_code)] Attached),
+    Relay { pins: &'a Path },
+    Userspace(#[allow(dead_code)] Attached, Option<UserspaceRelay>),
+}
+
+impl Drop for Gate<'_> {
+    fn drop(&mut self) {
+        match self {
+            Gate::Relay { pins } => {
+                let _ = detach(pins, topo::GW_IN);
+            }
+            Gate::Userspace(_, relay) => {
+                if let Some(r) = relay.take() {
+                    r.stop();
+                }
+            }
+            Gate::Program(_) => {}
+        }
+    }
+}
+
+struct Sample {
+    pps: f64,
+    sent: u64,
+    received: u64,
+    seconds: f64,
+}
+
+pub fn run(b: &mut Bench) -> Result<()> {
+    let p = b.profile;
+    if b.big_filled < p.big_sessions {
+        let phase = Phase::new("fill", 1);
+        b.fill_big(p.big_sessions, &phase)?;
+        phase.done(format!("{} sessions", b.big_filled));
+    }
+    let steps = (p.rounds * p.payloads.len() * Mode::ALL.len()) as u64;
+    let phase = Phase::new("throughput", steps);
+    let sink = b.topo.sink.run(|| {
+        Sink::attach(topo::SINK_IF, topo::EXIT_PORT, SinkMode::Parse, AttachMode::Native)
+    })?;
+    let table: HashMap<u64, _> = (0..p.small_sessions)
+        .map(|i| (sessions::id(i), sessions::entry(i)))
+        .collect();
+    // (mode, payload) → samples over rounds
+    let mut samples: Vec<(Mode, usize, Vec<Sample>)> = Vec::new();
+    for m in Mode::ALL {
+        for &pl in &p.payloads {
+            samples.push((m, pl, Vec::new()));
+        }
+    }
+    for round in 0..p.rounds {
+        for (m, pl, got) in samples.iter_mut() {
+            stopped()?;
+            phase.say(format!("round {}: {} {pl} B", round + 1, m.key()));
+            let s = measure(b, &sink, &table, *m, *pl, &phase)
+                .with_context(|| format!("{} with {pl}-byte payloads", m.key()))?;
+            phase.say(format!(
+                "round {}: {} {pl} B: {:.2} Mpps",
+                round + 1,
+                m.key(),
+                s.pps / 1e6
+            ));
+            got.push(s);
+            phase.step();
+        }
+    }
+    let mut rows = Vec::new();
+    for (m, pl, got) in &samples {
+        let mut pps: Vec<f64> = got.iter().map(|s| s.pps).collect();
+        pps.sort_by(f64::total_cmp);
+        let med = pps[pps.len() / 2];
+        let mid = got
+            .iter()
+            .min_by(|a, c| (a.pps - med).abs().total_cmp(&(c.pps - med).abs()))
+            .expect("at least one round");
+        let frame_bytes = 14 + 20 + 8 + pl;
+        rows.push(json!({
+            "mode": m.key(), "payload": pl, "frame_bytes": frame_bytes,
+            "pps": med.round(), "sent": mid.sent, "received": mid.received,
+            "seconds": (mid.seconds * 1000.0).round() / 1000.0,
+            "rounds_pps": pps.iter().map(|v| v.round()).collect::<Vec<_>>(),
+        }));
+        if *pl == p.payloads[0] {
+            b.set(m.headline(), med.round());
+        }
+    }
+    b.set("pps", Value::Array(rows));
+    phase.done(format!(
+        "relay {:.2} Mpps, drop {:.2}, fwd {:.2}, userspace {:.2}, kernel {:.2} (64 B)",
+        b.get_f64("relay_pps").unwrap_or(0.0) / 1e6,
+        b.get_f64("drop_pps").unwrap_or(0.0) / 1e6,
+        b.get_f64("fwd_pps").unwrap_or(0.0) / 1e6,
+        b.get_f64("userspace_relay_pps").unwrap_or(0.0) / 1e6,
+        b.get_f64("kernel_fwd_pps").unwrap_or(0.0) / 1e6,
+    ));
+    Ok(())
+}
+
+fn measure(
+    b: &mut Bench,
+    sink: &Sink,
+    table: &HashMap<u64, jvpn_common::maps::SessionEntry>,
+    mode: Mode,
+    payload: usize,
+    phase: &Phase,
+) -> Result<Sample> {
+    let gw_path = topo::Topology::netns_path(&b.topo.gw);
+    let relay_cpus = b.opts.relay_cpus.clone();
+    let gen_cpus = b.opts.gen_cpus.clone();
+    let seconds = b.profile.seconds;
+    let pins = [b.pins[0].0.clone(), b.pins[1].0.clone()];
+    let Bench {
+        topo: t, small, big, ..
+    } = b;
+    let native = AttachMode::Native;
+    let gate = t.gw.run(|| -> Result<Gate<'_>> {
+        Ok(match mode {
+            Mode::Drop => Gate::Program(Attached::program(DROP_PROGRAM, topo::GW_IN, native)?),
+            Mode::Fwd => Gate::Program(Attached::forwarder(topo::GW_IN, topo::GW_OUT, native)?),
+            Mode::Relay1k => {
+                small.attach(topo::GW_IN, native)?;
+                Gate::Relay { pins: &pins[0] }
+            }
+            Mode::Relay1m => {
+                big.attach(topo::GW_IN, native)?;
+                Gate::Relay { pins: &pins[1] }
+            }
+            Mode::KernelFwd => Gate::Program(Attached::program(PASS_PROGRAM, topo::GW_IN, native)?),
+            Mode::Userspace => {
+                let pass = Attached::program(PASS_PROGRAM, topo::GW_IN, native)?;
+                let relay = UserspaceRelay::start(
+                    RelayConfig {
+                        netns: Some(gw_path.clone()),
+                        cpus: relay_cpus.clone(),
+                        batch: 64,
+                    },
+                    table.clone(),
+                )?;
+                Gate::Userspace(pass, Some(relay))
+            }
+        })
+    })?;
+    let n_sessions = if mode == Mode::Relay1m {
+        big.session_count() as u64
+    } else {
+        table.len() as u64
+    };
+    let dst = if mode == Mode::KernelFwd {
+        topo::v4(topo::SINK_IP, topo::EXIT_PORT)
+    } else {
+        topo::v4(topo::GW_IN_IP, topo::GW_PORT)
+    };
+    let opts = Options {
+        iface: topo::GEN_IF.into(),
+        frame: FrameSpec {
+            src_mac: t.gen_mac,
+            dst_mac: t.gw_in_mac,
+            src: topo::v4(topo::GEN_IP, topo::CLIENT_PORT),
+            dst,
+            payload_len: payload,
+            session_id: sessions::id(0),
+        },
+        sessions: n_sessions,
+        cpus: gen_cpus,
+        rate: None,
+        limit: Limit::Duration(Duration::from_secs_f64(seconds)),
+        batch: DEFAULT_BATCH,
+        stamp_time: false,
+        src_ports: Some(sessions::SRC_PORTS),
+    };
+    let before = sink.stats()?;
+    let summary = t.gen_ns.run(|| -> Result<_> {
+        let g = Generator::new(opts)?;
+        Ok(g.run(&STOP, |pr| phase.live(format!("{:.2} Mpps", pr.pps / 1e6)))?)
+    })?;
+    // Frames still in rings when the generator stopped.
+    std::thread::sleep(Duration::from_millis(50));
+    let after = sink.stats()?;
+    drop(gate);
+    stopped()?;
+    let received = if mode == Mode::Drop {
+        summary.veth_xmit.unwrap_or(summary.sent)
+    } else {
+        after.data - before.data
+    };
+    Ok(Sample {
+        pps: received as f64 / summary.seconds.max(1e-9),
+        sent: summary.sent,
+        received,
+        seconds: summary.seconds,
+    })
+}
