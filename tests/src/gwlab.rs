@@ -3,7 +3,7 @@
 //! conveniences. The daemons' logs are printed when a test fails.
 
 use std::{
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::Command,
     time::{Duration, Instant},
 };
@@ -20,14 +20,17 @@ use jvpn_ctl::{
 };
 use ring::signature::Ed25519KeyPair;
 
-/// Path of the `jvpn-ctl` binary next to the test executable.
+/// Path of the `jvpn-ctl` binary of the same build: next to a binary of this crate
+/// (`target/<profile>/`), or one level up from a test executable (`.../deps/`).
 pub fn jvpn_ctl_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps")
-        .join("jvpn-ctl");
+    let dir = exe.parent().expect("target/<profile>[/deps]");
+    let beside = dir.join("jvpn-ctl");
+    let bin = if beside.is_file() {
+        beside
+    } else {
+        dir.parent().unwrap_or(dir).join("jvpn-ctl")
+    };
     assert!(
         bin.exists(),
         "{} missing: run `cargo xtask test`",

@@ -2,6 +2,7 @@
 //! veth pairs that clean up after themselves, frames built by an independent
 //! implementation (etherparse), and a `BPF_PROG_TEST_RUN` wrapper.
 
+pub mod bench;
 pub mod frames;
 pub mod packet_lab;
 pub mod pktgen_lab;
@@ -34,3 +35,4 @@ macro_rules! require_root {
 pub mod agent;
 pub mod gwlab;
 pub mod tclient;
+pub mod uspace_relay;

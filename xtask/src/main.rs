@@ -1,18 +1,17 @@
 //! `cargo xtask`: the one entry point to bootstrap, build, test and run Jumping VPN.
 //! See docs/toolchain.md for what bootstrap installs and why.
 
+mod bench;
 mod bootstrap;
 mod bpf_linker;
 mod build;
 mod packages;
-// Called by `cargo xtask bench` (bench.rs), which is not written yet.
-#[allow(dead_code)]
 mod report;
 mod run;
 mod test;
 mod util;
 
-use std::{ffi::OsString, process::ExitCode};
+use std::{ffi::OsString, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 
@@ -52,6 +51,26 @@ enum Verb {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// Bootstrap, release build, then the benchmark suite as root: bench/results/*.json,
+    /// bench/REPORT.md and bench/plots/ (docs/bench.md)
+    Bench {
+        /// Every phase briefly (< 3 min): a smoke check; its report goes to
+        /// bench/results/quick/
+        #[arg(long)]
+        quick: bool,
+        /// Results file [default: bench/results/<UTC time>.json]
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+        /// Directory for REPORT.md and plots/ [default: bench/]
+        #[arg(long, value_name = "DIR")]
+        report: Option<PathBuf>,
+        /// Generator CPUs, e.g. 0 or 0,1 [default: the first allowed CPU]
+        #[arg(long, value_name = "LIST")]
+        cpus: Option<String>,
+        /// Phases to leave out: cost, throughput, swap, controller, reattach
+        #[arg(long, value_name = "LIST")]
+        skip: Option<String>,
+    },
     /// Labs left by `cargo xtask run -- --keep`
     Lab {
         #[command(subcommand)]
@@ -72,6 +91,27 @@ fn main() -> ExitCode {
         Verb::Build { release } => build::run(release),
         Verb::Test { args } => test::run(&args),
         Verb::Run { args } => run::run(&args),
+        Verb::Bench {
+            quick,
+            json,
+            report,
+            cpus,
+            skip,
+        } => {
+            let mut extra: Vec<OsString> = Vec::new();
+            if let Some(c) = cpus {
+                extra.extend(["--cpus".into(), c.into()]);
+            }
+            if let Some(s) = skip {
+                extra.extend(["--skip".into(), s.into()]);
+            }
+            bench::run(bench::Args {
+                quick,
+                json,
+                report,
+                extra,
+            })
+        }
         Verb::Lab {
             command: LabCommand::Down,
         } => run::lab_down(),

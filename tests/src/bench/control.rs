@@ -12,8 +12,8 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
-use jvpn_ctl::lab::{capture::Capture, gateway::Transport};
 use jvpn_common::wire::msg_type;
+use jvpn_ctl::lab::{capture::Capture, gateway::Transport};
 use serde_json::Value;
 
 use super::{Bench, progress::Phase, stopped};
@@ -49,7 +49,11 @@ pub fn controller(b: &mut Bench) -> Result<()> {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let v: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
         .context("ctl-bench printed no JSON")?;
-    for key in ["handshakes_per_s", "reattaches_per_s", "bytes_per_session_ctl"] {
+    for key in [
+        "handshakes_per_s",
+        "reattaches_per_s",
+        "bytes_per_session_ctl",
+    ] {
         b.set(key, v.get(key).cloned().unwrap_or(Value::Null));
     }
     b.set("ctl_bench", v.clone());

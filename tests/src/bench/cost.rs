@@ -43,7 +43,10 @@ pub fn run(b: &mut Bench) -> Result<()> {
     for &n in &counts {
         b.fill_big(n, &phase)?;
         stopped()?;
-        phase.say(format!("{n} sessions: {} x {} runs", p.cost_rounds, p.cost_repeat));
+        phase.say(format!(
+            "{n} sessions: {} x {} runs",
+            p.cost_rounds, p.cost_repeat
+        ));
         let Bench { topo, big, .. } = b;
         let (r, d) = topo.gw.run(|| -> Result<(f64, f64)> {
             let action = test_run(big.program(RELAY_PROGRAM)?, &frame, ingress).action;
@@ -53,8 +56,18 @@ pub fn run(b: &mut Bench) -> Result<()> {
             );
             let (mut relay, mut drop) = (Vec::new(), Vec::new());
             for _ in 0..p.cost_rounds {
-                relay.push(ns_per_run(big.program(RELAY_PROGRAM)?, &frame, ingress, p.cost_repeat));
-                drop.push(ns_per_run(big.program(DROP_PROGRAM)?, &frame, ingress, p.cost_repeat));
+                relay.push(ns_per_run(
+                    big.program(RELAY_PROGRAM)?,
+                    &frame,
+                    ingress,
+                    p.cost_repeat,
+                ));
+                drop.push(ns_per_run(
+                    big.program(DROP_PROGRAM)?,
+                    &frame,
+                    ingress,
+                    p.cost_repeat,
+                ));
             }
             Ok((median(relay), median(drop)))
         })?;
@@ -63,11 +76,15 @@ pub fn run(b: &mut Bench) -> Result<()> {
         phase.say(format!("{n} sessions: relay {r:.1} ns, drop {d:.1} ns"));
         phase.step();
     }
-    let at = |m: &Map<String, serde_json::Value>, n: u64| m.get(&n.to_string()).and_then(|v| v.as_f64());
+    let at =
+        |m: &Map<String, serde_json::Value>, n: u64| m.get(&n.to_string()).and_then(|v| v.as_f64());
     let (r1k, d1k) = (at(&relay_ns, 1_000), at(&drop_ns, 1_000));
     let r1m = at(&relay_ns, 1_000_000);
     b.set("ns_per_pkt", json!({ "relay": relay_ns, "drop": drop_ns }));
-    b.set("relay_minus_drop_ns", r1k.zip(d1k).map(|(r, d)| round1(r - d)));
+    b.set(
+        "relay_minus_drop_ns",
+        r1k.zip(d1k).map(|(r, d)| round1(r - d)),
+    );
     b.set(
         "relay_1m_over_1k",
         r1m.zip(r1k).map(|(m, k)| (m / k * 1000.0).round() / 1000.0),

@@ -124,7 +124,7 @@ impl Bench {
     fn fill_big(&mut self, n: u64, phase: &progress::Phase) -> Result<()> {
         let start = Instant::now();
         while self.big_filled < n {
-            if self.big_filled % 65_536 == 0 {
+            if self.big_filled.is_multiple_of(65_536) {
                 stopped()?;
                 phase.live(format!("installing sessions: {}", self.big_filled));
             }
@@ -221,7 +221,10 @@ pub fn run(opts: Options) -> Result<(Value, bool)> {
     derive_ratios(&mut b);
     let ok = errors.is_empty();
     b.set("errors", errors);
-    b.set("seconds", (t0.elapsed().as_secs_f64() * 10.0).round() / 10.0);
+    b.set(
+        "seconds",
+        (t0.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+    );
     Ok((Value::Object(std::mem::take(&mut b.out)), ok))
 }
 

@@ -72,7 +72,12 @@ pub fn run(b: &mut Bench) -> Result<()> {
     let n = b.profile.swaps;
     let phase = Phase::new("swap", u64::from(n));
     let mut sink = b.topo.sink.run(|| {
-        Sink::attach(topo::SINK_IF, topo::CLIENT_PORT, SinkMode::Misroute, AttachMode::Native)
+        Sink::attach(
+            topo::SINK_IF,
+            topo::CLIENT_PORT,
+            SinkMode::Misroute,
+            AttachMode::Native,
+        )
     })?;
     let (a, bb) = (binding(topo::SINK_IP), binding(topo::SINK_IP_B));
     b.small.insert_session(SESSION, &entry(a, 1))?;
@@ -168,7 +173,7 @@ fn swap_under_load(
             let (mut cur, mut other) = (a, bb);
             let mut prev_window: Option<(u32, MisrouteWindow)> = None;
             for i in 1..=n {
-                if i % 256 == 0 {
+                if i.is_multiple_of(256) {
                     stopped()?;
                     phase.live(format!("{i} swaps"));
                 }

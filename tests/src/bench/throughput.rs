@@ -105,7 +105,12 @@ pub fn run(b: &mut Bench) -> Result<()> {
     let steps = (p.rounds * p.payloads.len() * Mode::ALL.len()) as u64;
     let phase = Phase::new("throughput", steps);
     let sink = b.topo.sink.run(|| {
-        Sink::attach(topo::SINK_IF, topo::EXIT_PORT, SinkMode::Parse, AttachMode::Native)
+        Sink::attach(
+            topo::SINK_IF,
+            topo::EXIT_PORT,
+            SinkMode::Parse,
+            AttachMode::Native,
+        )
     })?;
     let table: HashMap<u64, _> = (0..p.small_sessions)
         .map(|i| (sessions::id(i), sessions::entry(i)))
@@ -179,7 +184,10 @@ fn measure(
     let seconds = b.profile.seconds;
     let pins = [b.pins[0].0.clone(), b.pins[1].0.clone()];
     let Bench {
-        topo: t, small, big, ..
+        topo: t,
+        small,
+        big,
+        ..
     } = b;
     let native = AttachMode::Native;
     let gate = t.gw.run(|| -> Result<Gate<'_>> {

@@ -50,9 +50,26 @@ impl Topology {
         let q = queues.max(1).to_string();
         for (a, ns_a, b, ns_b) in [(GEN_IF, &gen_ns, GW_IN, &gw), (GW_OUT, &gw, SINK_IF, &sink)] {
             ip(&[
-                "link", "add", a, "netns", &ns_a.name, "numtxqueues", &q, "numrxqueues", &q,
-                "type", "veth", "peer", "name", b, "netns", &ns_b.name, "numtxqueues", &q,
-                "numrxqueues", &q,
+                "link",
+                "add",
+                a,
+                "netns",
+                &ns_a.name,
+                "numtxqueues",
+                &q,
+                "numrxqueues",
+                &q,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                b,
+                "netns",
+                &ns_b.name,
+                "numtxqueues",
+                &q,
+                "numrxqueues",
+                &q,
             ])
             .with_context(|| format!("creating veth {a}/{b}"))?;
         }
@@ -65,7 +82,12 @@ impl Topology {
         addr(&gw, GW_OUT, GW_OUT_IP)?;
         addr(&sink, SINK_IF, SINK_IP)?;
         addr(&sink, SINK_IF, SINK_IP_B)?;
-        for (ns, dev) in [(&gen_ns, GEN_IF), (&gw, GW_IN), (&gw, GW_OUT), (&sink, SINK_IF)] {
+        for (ns, dev) in [
+            (&gen_ns, GEN_IF),
+            (&gw, GW_IN),
+            (&gw, GW_OUT),
+            (&sink, SINK_IF),
+        ] {
             ns.ip(&["link", "set", dev, "up"])?;
         }
         let topo = Self {
@@ -85,7 +107,14 @@ impl Topology {
             (GEN_IP, GW_IN, &topo.gen_mac),
         ] {
             topo.gw.ip(&[
-                "neigh", "replace", &dst.to_string(), "lladdr", &mac(m), "dev", dev, "nud",
+                "neigh",
+                "replace",
+                &dst.to_string(),
+                "lladdr",
+                &mac(m),
+                "dev",
+                dev,
+                "nud",
                 "permanent",
             ])?;
         }

@@ -10,7 +10,10 @@ use jvpn_ctl::bench::cpus;
 use jvpn_tests::bench::{self, Options, PHASES, STOP};
 
 #[derive(Parser)]
-#[command(name = "jvpn-bench", about = "Jumping VPN benchmark suite (needs root)")]
+#[command(
+    name = "jvpn-bench",
+    about = "Jumping VPN benchmark suite (needs root)"
+)]
 struct Args {
     /// Every phase, briefly: a smoke check (figures not comparable).
     #[arg(long)]

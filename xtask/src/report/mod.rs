@@ -22,8 +22,8 @@ use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
 
 // `Goal` is named by the caller, bench.rs, which is not written yet.
-#[allow(unused_imports)]
-pub use goals::{Goal, goals};
+pub use format::civil;
+pub use goals::goals;
 
 /// The plots' directory under the output directory, as REPORT.md links it.
 const PLOTS: &str = "plots";
