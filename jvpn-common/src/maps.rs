@@ -73,6 +73,18 @@ impl Endpoint {
         self.family == AF_INET
     }
 
+    /// The reverse of `Endpoint::from(SocketAddr)`; `None` for a family that is
+    /// neither [`AF_INET`] nor [`AF_INET6`] (a map value nobody should have written).
+    pub const fn socket_addr(&self) -> Option<core::net::SocketAddr> {
+        let a = &self.addr;
+        let ip = match self.family {
+            AF_INET => core::net::IpAddr::V4(core::net::Ipv4Addr::new(a[0], a[1], a[2], a[3])),
+            AF_INET6 => core::net::IpAddr::V6(core::net::Ipv6Addr::from_octets(*a)),
+            _ => return None,
+        };
+        Some(core::net::SocketAddr::new(ip, self.port()))
+    }
+
     pub const fn is_valid(&self) -> bool {
         let v4_tail_zero = {
             let mut i = 4;
@@ -185,6 +197,17 @@ mod tests {
             Endpoint::v4([1, 2, 3, 4], 0x1234).port_be.to_ne_bytes(),
             [0x12, 0x34]
         );
+    }
+
+    #[test]
+    fn socket_addr_round_trips() {
+        for s in ["10.1.2.3:51820", "[fd00::1]:40000", "[::ffff:10.0.0.1]:7"] {
+            let a: core::net::SocketAddr = s.parse().unwrap();
+            assert_eq!(Endpoint::from(a).socket_addr(), Some(a), "{s}");
+        }
+        let mut e = Endpoint::v4([10, 0, 0, 1], 5);
+        e.family = 0;
+        assert_eq!(e.socket_addr(), None);
     }
 
     #[test]
