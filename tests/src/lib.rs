@@ -36,4 +36,3 @@ macro_rules! require_root {
 pub mod agent;
 pub mod gwlab;
 pub mod tclient;
-pub mod uspace_relay;
