@@ -165,7 +165,7 @@ pub fn run(opts: Options) -> Result<(Value, bool)> {
     let topo = topo::Topology::build(queues).context("building the namespaces")?;
     let pins = [PinDir::new("bench-s"), PinDir::new("bench-b")];
     let small = load_datapath(&pins[0], profile.small_sessions + 1024)?;
-    let big = load_datapath(&pins[1], profile.big_sessions)?;
+    let big = load_datapath(&pins[1], profile.big_sessions + 1024)?;
     let mut b = Bench {
         opts: opts.clone(),
         profile,

@@ -203,6 +203,7 @@ fn measure(
     let gen_cpus = b.opts.gen_cpus.clone();
     let seconds = b.profile.seconds;
     let pins = [b.pins[0].0.clone(), b.pins[1].0.clone()];
+    let big_sessions = b.big_filled;
     let Bench {
         topo: t,
         small,
@@ -238,7 +239,7 @@ fn measure(
         })
     })?;
     let n_sessions = if mode == Mode::Relay1m {
-        big.session_count() as u64
+        big_sessions
     } else {
         table.len() as u64
     };
