@@ -37,14 +37,12 @@ static PKTGEN_CONFIG: Array<PktgenConfig> = Array::with_max_entries(1, 0);
 #[map]
 static PKTGEN_STATE: PerCpuArray<PktgenState> = PerCpuArray::with_max_entries(1, 0);
 
-/// The traffic generator. Run on a template DATA frame built by userspace, it gives
-/// each frame the next session id of this CPU's cycle (`first_id + next`), keeps the
-/// UDP checksum valid with an RFC 1624 update, and sends the frame out of the run's
-/// ingress interface (`XDP_TX`).
-///
-/// Live-frames mode recycles pages without restoring their contents, so a frame may
-/// carry the id a previous run wrote: the update starts from what the frame holds,
-/// not from the template, and stays exact either way.
+/// The traffic generator. Run on a template DATA frame built by userspace, it writes
+/// the template's headers over the frame (live-frames mode recycles pages with
+/// whatever the path left in them, e.g. a relay's rewritten headers), gives it the
+/// next session id of this CPU's cycle (`first_id + next`), keeps the UDP checksum
+/// valid with an RFC 1624 update from the template's values, and sends it out of the
+/// run's ingress interface (`XDP_TX`).
 #[xdp]
 pub fn jvpn_pktgen(ctx: XdpContext) -> u32 {
     let Some(state) = PKTGEN_STATE.get_ptr_mut(0) else {
