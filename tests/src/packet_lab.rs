@@ -67,18 +67,7 @@ pub fn lab() -> Lab {
         ("10.10.9.2", EXIT_MAC, "x0"),
         ("fd00:9::2", EXIT_MAC, "x0"),
     ] {
-        ns.ip(&[
-            "neigh",
-            "replace",
-            addr,
-            "lladdr",
-            &mac(m),
-            "dev",
-            dev,
-            "nud",
-            "permanent",
-        ])
-        .unwrap();
+        ns.neigh_permanent(addr, &mac(m), dev).unwrap();
     }
     let c0 = ns.ifindex("c0").unwrap();
     let x0 = ns.ifindex("x0").unwrap();

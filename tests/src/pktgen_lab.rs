@@ -6,7 +6,7 @@
 use std::process::{Command, Output};
 
 use crate::{
-    netns::{Netns, ip},
+    netns::{Netns, veth_queues},
     unique,
 };
 
@@ -37,30 +37,7 @@ impl Pair {
         let peer = Netns::new(unique(&format!("{tag}p"))).unwrap();
         let cpus = test_cpus();
         // One receive queue per sending CPU: a veth picks the ring by CPU.
-        let q = cpus.len().to_string();
-        ip(&[
-            "link",
-            "add",
-            GEN_IF,
-            "netns",
-            &generator.name,
-            "numtxqueues",
-            &q,
-            "numrxqueues",
-            &q,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            PEER_IF,
-            "netns",
-            &peer.name,
-            "numtxqueues",
-            &q,
-            "numrxqueues",
-            &q,
-        ])
-        .unwrap();
+        veth_queues(&generator, GEN_IF, &peer, PEER_IF, cpus.len()).unwrap();
         for (ns, dev, a4, a6) in [
             (&generator, GEN_IF, GEN_V4, GEN_V6),
             (&peer, PEER_IF, PEER_V4, PEER_V6),

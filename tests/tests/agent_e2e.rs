@@ -284,17 +284,7 @@ fn recovery_window_expiry_terminates_and_tells_the_client() {
     // downlink still works, so the gateway's CLOSE can reach the client.
     lab.lab
         .client
-        .ip(&[
-            "neigh",
-            "replace",
-            "10.77.1.1",
-            "lladdr",
-            "02:00:00:00:00:01",
-            "dev",
-            "c-wifi",
-            "nud",
-            "permanent",
-        ])
+        .neigh_permanent("10.77.1.1", "02:00:00:00:00:01", "c-wifi")
         .unwrap();
     lab.gw
         .wait_event("TERMINATED", Duration::from_secs(5), |e| {

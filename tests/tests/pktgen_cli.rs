@@ -257,17 +257,7 @@ fn payloads_over_the_mtu_and_missing_macs_are_named() {
     );
     // With an entry, that MAC is used.
     pair.generator
-        .ip(&[
-            "neigh",
-            "replace",
-            "10.201.0.99",
-            "lladdr",
-            "02:00:00:00:00:99",
-            "dev",
-            GEN_IF,
-            "nud",
-            "permanent",
-        ])
+        .neigh_permanent("10.201.0.99", "02:00:00:00:00:99", GEN_IF)
         .unwrap();
     let out = run(&["--src", "10.201.0.1", "--dst", "10.201.0.99"]);
     assert!(

@@ -4,7 +4,7 @@
 
 use aya::Ebpf;
 
-use super::{BenchError, netif, program_mut};
+use super::{BenchError, netif};
 use crate::datapath::AttachMode;
 
 /// Redirects every frame, unmodified, out of another interface: the ceiling for any
@@ -39,19 +39,9 @@ impl Attached {
         mode: AttachMode,
         fwd_ifindex: u32,
     ) -> Result<Self, BenchError> {
-        netif::ifindex(iface)?;
-        crate::datapath::check_privilege()?;
         let mut loader = super::loader();
         loader.override_global("FWD_IFINDEX", &fwd_ifindex, true);
-        let mut ebpf = loader
-            .load(crate::datapath::EBPF_OBJECT)
-            .map_err(BenchError::Load)?;
-        let prog = program_mut(&mut ebpf, program)?;
-        prog.load().map_err(|cause| BenchError::Program {
-            name: program,
-            cause,
-        })?;
-        super::attach(prog, program, iface, mode)?;
+        let ebpf = super::load_attached(&mut loader, program, iface, mode)?;
         Ok(Self { _ebpf: ebpf })
     }
 }

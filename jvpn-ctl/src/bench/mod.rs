@@ -39,6 +39,28 @@ fn program_mut<'a>(ebpf: &'a mut aya::Ebpf, name: &'static str) -> Result<&'a mu
         .map_err(|cause| BenchError::Program { name, cause })
 }
 
+/// Loads the object with `loader`, loads `program` and attaches it to `iface` (in the
+/// calling thread's namespace); it stays attached until the returned object is dropped.
+fn load_attached(
+    loader: &mut EbpfLoader<'_>,
+    program: &'static str,
+    iface: &str,
+    mode: AttachMode,
+) -> Result<aya::Ebpf, BenchError> {
+    netif::ifindex(iface)?;
+    crate::datapath::check_privilege()?;
+    let mut ebpf = loader
+        .load(crate::datapath::EBPF_OBJECT)
+        .map_err(BenchError::Load)?;
+    let prog = program_mut(&mut ebpf, program)?;
+    prog.load().map_err(|cause| BenchError::Program {
+        name: program,
+        cause,
+    })?;
+    attach(prog, program, iface, mode)?;
+    Ok(ebpf)
+}
+
 /// Attaches a loaded program to `iface` until the object is dropped.
 fn attach(
     prog: &mut Xdp,

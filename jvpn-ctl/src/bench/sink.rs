@@ -10,7 +10,7 @@ use aya::{
 };
 use jvpn_common::bench::{MISROUTE_WINDOWS, MisrouteWindow, SinkStats, sink_mode};
 
-use super::{BenchError, netif, program_mut};
+use super::BenchError;
 use crate::datapath::AttachMode;
 
 pub const SINK_PROGRAM: &str = "xdp_sink";
@@ -46,8 +46,6 @@ impl Sink {
         mode: SinkMode,
         attach: AttachMode,
     ) -> Result<Self, BenchError> {
-        netif::ifindex(iface)?;
-        crate::datapath::check_privilege()?;
         let (code, capacity) = match mode {
             SinkMode::Count => (sink_mode::COUNT, 1),
             SinkMode::Parse => (sink_mode::PARSE, 1),
@@ -59,15 +57,7 @@ impl Sink {
             .map_max_entries(SESSIONS_MAP, capacity)
             .override_global("SINK_PORT", &port, true)
             .override_global("SINK_MODE", &code, true);
-        let mut ebpf = loader
-            .load(crate::datapath::EBPF_OBJECT)
-            .map_err(BenchError::Load)?;
-        let prog = program_mut(&mut ebpf, SINK_PROGRAM)?;
-        prog.load().map_err(|cause| BenchError::Program {
-            name: SINK_PROGRAM,
-            cause,
-        })?;
-        super::attach(prog, SINK_PROGRAM, iface, attach)?;
+        let ebpf = super::load_attached(&mut loader, SINK_PROGRAM, iface, attach)?;
         Ok(Self {
             ebpf,
             iface: iface.to_string(),

@@ -162,17 +162,7 @@ impl GatewayLab {
             ("10.77.9.2", &lab.exit, "x-gw", "g-exit"),
         ] {
             let mac = peer.mac_str(peer_dev)?;
-            lab.gw.ip(&[
-                "neigh",
-                "replace",
-                addr,
-                "lladdr",
-                &mac,
-                "dev",
-                dev,
-                "nud",
-                "permanent",
-            ])?;
+            lab.gw.neigh_permanent(addr, &mac, dev)?;
         }
         Ok(lab)
     }

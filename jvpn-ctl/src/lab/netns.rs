@@ -98,6 +98,23 @@ impl Netns {
         Ok(mac)
     }
 
+    /// A permanent neighbour entry: `addr` is at `mac` on `dev` (no ARP/ND on a
+    /// measured or replayed path).
+    pub fn neigh_permanent(&self, addr: &str, mac: &str, dev: &str) -> Result<()> {
+        self.ip(&[
+            "neigh",
+            "replace",
+            addr,
+            "lladdr",
+            mac,
+            "dev",
+            dev,
+            "nud",
+            "permanent",
+        ])
+        .map(drop)
+    }
+
     /// The MAC as `aa:bb:cc:dd:ee:ff`.
     pub fn mac_str(&self, iface: &str) -> Result<String> {
         Ok(self
@@ -127,6 +144,36 @@ pub fn veth(ns_a: &Netns, a: &str, ns_b: &Netns, b: &str) -> Result<()> {
     ns_a.ip(&["link", "set", a, "up"])?;
     ns_b.ip(&["link", "set", b, "up"])?;
     Ok(())
+}
+
+/// A veth pair like [`veth`], with `queues` transmit and receive queues on both ends
+/// (a veth picks the peer's receive ring by the sending CPU, so one queue per sending
+/// CPU keeps CPUs off each other's rings). Left down, for the caller to address.
+pub fn veth_queues(ns_a: &Netns, a: &str, ns_b: &Netns, b: &str, queues: usize) -> Result<()> {
+    let q = queues.max(1).to_string();
+    ip(&[
+        "link",
+        "add",
+        a,
+        "netns",
+        &ns_a.name,
+        "numtxqueues",
+        &q,
+        "numrxqueues",
+        &q,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        b,
+        "netns",
+        &ns_b.name,
+        "numtxqueues",
+        &q,
+        "numrxqueues",
+        &q,
+    ])
+    .map(drop)
 }
 
 /// A pin directory on bpffs for one test, removed on drop.

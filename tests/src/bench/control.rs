@@ -16,7 +16,7 @@ use jvpn_common::wire::msg_type;
 use jvpn_ctl::lab::{capture::Capture, gateway::Transport};
 use serde_json::Value;
 
-use super::{Bench, progress::Phase, stopped};
+use super::{Bench, percentile, progress::Phase, stopped};
 use crate::agent::AgentLab;
 
 pub fn controller(b: &mut Bench) -> Result<()> {
@@ -119,8 +119,7 @@ pub fn reattach_rtt(b: &mut Bench) -> Result<()> {
         rtts.len()
     );
     rtts.sort_by(f64::total_cmp);
-    let pct = |p: f64| rtts[((rtts.len() - 1) as f64 * p).round() as usize];
-    let (p50, p99) = (pct(0.5), pct(0.99));
+    let (p50, p99) = (percentile(&rtts, 0.5), percentile(&rtts, 0.99));
     b.set("reattach_rtt_us_p50", p50.round());
     b.set("reattach_rtt_us_p99", p99.round());
     b.set(

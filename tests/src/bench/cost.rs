@@ -21,7 +21,7 @@ const PROBE_ID: u64 = 0x00c0_ffee_0000_0001;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    super::percentile(&v, 0.5)
 }
 
 pub fn run(b: &mut Bench) -> Result<()> {

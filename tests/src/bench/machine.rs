@@ -2,13 +2,18 @@
 
 use serde_json::{Value, json};
 
-pub fn describe() -> Value {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
+/// The CPU's model name from /proc/cpuinfo.
+pub fn cpu_model() -> Option<String> {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()?
         .lines()
         .find_map(|l| l.strip_prefix("model name"))
         .and_then(|l| l.split_once(':'))
-        .map(|(_, m)| m.trim().to_string());
+        .map(|(_, m)| m.trim().to_string())
+}
+
+pub fn describe() -> Value {
+    let model = cpu_model();
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_string())
         .ok();

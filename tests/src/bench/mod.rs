@@ -6,7 +6,7 @@
 
 mod control;
 mod cost;
-mod machine;
+pub mod machine;
 mod progress;
 pub mod sessions;
 mod swap;
@@ -35,6 +35,25 @@ pub fn stopped() -> Result<()> {
         bail!("interrupted");
     }
     Ok(())
+}
+
+extern "C" fn on_stop_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::Relaxed);
+}
+
+/// SIGINT and SIGTERM set [`STOP`] instead of killing the process, so a run ends at
+/// its next step through the normal cleanup.
+pub fn catch_stop_signals() {
+    let handler: extern "C" fn(libc::c_int) = on_stop_signal;
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { libc::signal(sig, handler as libc::sighandler_t) };
+    }
+}
+
+/// The value at quantile `q` (0..=1) of sorted samples (nearest rank).
+pub fn percentile<T: Copy>(sorted: &[T], q: f64) -> T {
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
 
 /// The phases, in the order they run.

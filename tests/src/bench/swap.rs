@@ -29,7 +29,7 @@ use jvpn_ctl::{
 };
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::{Bench, progress::Phase, stopped, topo};
+use super::{Bench, cost::round1, progress::Phase, stopped, topo};
 
 const SESSION: u64 = 0x5a5a_0001;
 /// Frames per second of the swapped session's traffic: steady, well below what the
@@ -63,9 +63,9 @@ fn entry(client: Endpoint, generation: u32) -> SessionEntry {
     }
 }
 
-fn pct(sorted: &[u64], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i] as f64 / 1000.0
+/// Microseconds at quantile `q` of sorted nanosecond samples.
+fn pct(sorted: &[u64], q: f64) -> f64 {
+    super::percentile(sorted, q) as f64 / 1000.0
 }
 
 pub fn run(b: &mut Bench) -> Result<()> {
@@ -148,7 +148,7 @@ fn swap_under_load(
     let before = sink.stats()?;
     let drops_before = small.drops()?;
     let gen_stop = AtomicBool::new(false);
-    let (lat, summary) = std::thread::scope(|s| -> Result<_> {
+    let (mut lat, summary) = std::thread::scope(|s| -> Result<_> {
         let generator = s.spawn(|| {
             t.gen_ns.run(|| -> Result<_> {
                 let g = Generator::new(gen_opts)?;
@@ -217,8 +217,8 @@ fn swap_under_load(
     std::thread::sleep(Duration::from_millis(50));
     let after = sink.stats()?;
     let drops = super::drops_delta(&drops_before, &b.small.drops()?);
-    let mut sorted = lat.clone();
-    sorted.sort_unstable();
+    lat.sort_unstable();
+    let sorted = lat;
     let received = after.data - before.data;
     let misrouted = after.misrouted - before.misrouted;
     let lost = summary.sent.saturating_sub(received);
@@ -230,8 +230,8 @@ fn swap_under_load(
         sent: summary.sent,
     };
     b.set("swaps", n);
-    b.set("swap_us_p50", (out.p50 * 10.0).round() / 10.0);
-    b.set("swap_us_p99", (out.p99 * 10.0).round() / 10.0);
+    b.set("swap_us_p50", round1(out.p50));
+    b.set("swap_us_p99", round1(out.p99));
     b.set("swap_us_max", pct(&sorted, 1.0));
     b.set("swap_misrouted", misrouted);
     b.set("swap_lost", lost);

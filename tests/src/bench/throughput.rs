@@ -65,31 +65,30 @@ impl Mode {
     }
 }
 
-/// What runs in the gateway namespace while a mode is measured; undone on drop.
+/// What runs in the gateway namespace while a mode is measured; undone on drop (the
+/// program objects detach and the userspace relay stops when dropped).
 enum Gate<'a> {
     Program(#[allow(dead_code)] Attached),
-    Relay { pins: &'a Path },
-    Userspace(#[allow(dead_code)] Attached, Option<UserspaceRelay>),
+    Relay {
+        pins: &'a Path,
+    },
+    Userspace(
+        #[allow(dead_code)] Attached,
+        #[allow(dead_code)] UserspaceRelay,
+    ),
 }
 
 impl Drop for Gate<'_> {
     fn drop(&mut self) {
-        match self {
-            Gate::Relay { pins } => {
-                let _ = detach(pins, topo::GW_IN);
-            }
-            Gate::Userspace(_, relay) => {
-                if let Some(r) = relay.take() {
-                    r.stop();
-                }
-            }
-            Gate::Program(_) => {}
+        if let Gate::Relay { pins } = self {
+            let _ = detach(pins, topo::GW_IN);
         }
     }
 }
 
 struct Sample {
     pps: f64,
+    frame_bytes: usize,
     sent: u64,
     received: u64,
     seconds: f64,
@@ -158,14 +157,13 @@ pub fn run(b: &mut Bench) -> Result<()> {
         }
         let mut pps: Vec<f64> = got.iter().map(|s| s.pps).collect();
         pps.sort_by(f64::total_cmp);
-        let med = pps[pps.len() / 2];
+        let med = super::percentile(&pps, 0.5);
         let mid = got
             .iter()
             .min_by(|a, c| (a.pps - med).abs().total_cmp(&(c.pps - med).abs()))
             .expect("at least one round");
-        let frame_bytes = 14 + 20 + 8 + pl;
         rows.push(json!({
-            "mode": m.key(), "payload": pl, "frame_bytes": frame_bytes,
+            "mode": m.key(), "payload": pl, "frame_bytes": mid.frame_bytes,
             "pps": med.round(), "sent": mid.sent, "received": mid.received,
             "seconds": (mid.seconds * 1000.0).round() / 1000.0,
             "rounds_pps": pps.iter().map(|v| v.round()).collect::<Vec<_>>(),
@@ -234,7 +232,7 @@ fn measure(
                     },
                     table.clone(),
                 )?;
-                Gate::Userspace(pass, Some(relay))
+                Gate::Userspace(pass, relay)
             }
         })
     })?;
@@ -285,6 +283,7 @@ fn measure(
     };
     Ok(Sample {
         pps: received as f64 / summary.seconds.max(1e-9),
+        frame_bytes: summary.frame_bytes,
         sent: summary.sent,
         received,
         seconds: summary.seconds,

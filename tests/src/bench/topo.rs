@@ -7,7 +7,7 @@
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use anyhow::{Context as _, Result};
-use jvpn_ctl::lab::netns::{Netns, ip};
+use jvpn_ctl::lab::netns::{Netns, veth_queues};
 
 use crate::unique;
 
@@ -47,31 +47,9 @@ impl Topology {
         let gen_ns = Netns::new(unique("jbg"))?;
         let gw = Netns::new(unique("jbw"))?;
         let sink = Netns::new(unique("jbs"))?;
-        let q = queues.max(1).to_string();
         for (a, ns_a, b, ns_b) in [(GEN_IF, &gen_ns, GW_IN, &gw), (GW_OUT, &gw, SINK_IF, &sink)] {
-            ip(&[
-                "link",
-                "add",
-                a,
-                "netns",
-                &ns_a.name,
-                "numtxqueues",
-                &q,
-                "numrxqueues",
-                &q,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                b,
-                "netns",
-                &ns_b.name,
-                "numtxqueues",
-                &q,
-                "numrxqueues",
-                &q,
-            ])
-            .with_context(|| format!("creating veth {a}/{b}"))?;
+            veth_queues(ns_a, a, ns_b, b, queues)
+                .with_context(|| format!("creating veth {a}/{b}"))?;
         }
         let addr = |ns: &Netns, dev: &str, a: Ipv4Addr| -> Result<()> {
             ns.ip(&["addr", "add", &format!("{a}/24"), "dev", dev])?;
@@ -106,29 +84,10 @@ impl Topology {
             (SINK_IP_B, GW_OUT, &topo.sink_mac),
             (GEN_IP, GW_IN, &topo.gen_mac),
         ] {
-            topo.gw.ip(&[
-                "neigh",
-                "replace",
-                &dst.to_string(),
-                "lladdr",
-                &mac(m),
-                "dev",
-                dev,
-                "nud",
-                "permanent",
-            ])?;
+            topo.gw.neigh_permanent(&dst.to_string(), &mac(m), dev)?;
         }
-        topo.gen_ns.ip(&[
-            "neigh",
-            "replace",
-            &GW_IN_IP.to_string(),
-            "lladdr",
-            &mac(&topo.gw_in_mac),
-            "dev",
-            GEN_IF,
-            "nud",
-            "permanent",
-        ])?;
+        topo.gen_ns
+            .neigh_permanent(&GW_IN_IP.to_string(), &mac(&topo.gw_in_mac), GEN_IF)?;
         topo.gw.sysctl("net.ipv4.ip_forward", "1")?;
         Ok(topo)
     }

@@ -18,7 +18,7 @@ use std::{
     collections::{HashMap, VecDeque},
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     path::Path,
-    sync::atomic::{AtomicBool, AtomicIsize, Ordering::Relaxed},
+    sync::atomic::{AtomicIsize, Ordering::Relaxed},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -181,58 +181,14 @@ fn parse_args() -> Result<Args, String> {
     Ok(a)
 }
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    INTERRUPTED.store(true, Relaxed);
-}
-
-/// Ctrl-C / SIGTERM end the run at the next batch, through the normal cleanup.
-fn catch_signals() {
-    let handler: extern "C" fn(libc::c_int) = on_signal;
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe { libc::signal(sig, handler as libc::sighandler_t) };
-    }
-}
-
-fn check_interrupted() -> anyhow::Result<()> {
-    ensure!(!INTERRUPTED.load(Relaxed), "interrupted");
-    Ok(())
-}
-
-/// Pins this process to the CPU it is running on; returns that CPU.
+/// Pins this (single-threaded) process to the CPU it is running on; returns that CPU.
 fn pin_to_one_cpu() -> anyhow::Result<usize> {
     // SAFETY: sched_getcpu has no preconditions.
     let cpu = unsafe { libc::sched_getcpu() };
     let cpu = usize::try_from(cpu)
         .map_err(|_| anyhow!("sched_getcpu: {}", std::io::Error::last_os_error()))?;
-    // SAFETY: cpu_set_t is plain data; CPU_ZERO/CPU_SET only write inside it, and
-    // sched_setaffinity reads `size_of::<cpu_set_t>()` bytes of it.
-    let rc = unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_ZERO(&mut set);
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set)
-    };
-    ensure!(
-        rc == 0,
-        "sched_setaffinity to CPU {cpu}: {}",
-        std::io::Error::last_os_error()
-    );
+    jvpn_ctl::bench::cpus::pin_current_thread(cpu)?;
     Ok(cpu)
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, m)| m.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown".to_string())
 }
 
 fn wall_ms() -> u64 {
@@ -336,7 +292,7 @@ impl Bench {
         let mut done = 0;
         let mut next_report = 1;
         while done < n {
-            check_interrupted()?;
+            jvpn_tests::bench::stopped()?;
             let b = BATCH.min(n - done);
             let first = self.created;
             let peers: Vec<SocketAddr> = (first..first + b).map(|i| client_addr(i, 0)).collect();
@@ -442,7 +398,7 @@ impl Bench {
         let mut steps = Steps::default();
         let want_gen = u32::from(round) + 1;
         for batch in clients.chunks_mut(BATCH) {
-            check_interrupted()?;
+            jvpn_tests::bench::stopped()?;
             let peers: Vec<SocketAddr> =
                 batch.iter().map(|c| client_addr(c.index, round)).collect();
 
@@ -640,7 +596,7 @@ fn measure_context(rng: &SystemRandom, n: usize) -> anyhow::Result<Context> {
 fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
     let n = args.sessions;
     let cpu = pin_to_one_cpu()?;
-    let model = cpu_model();
+    let model = jvpn_tests::bench::machine::cpu_model().unwrap_or_else(|| "unknown".into());
     eprintln!("ctl-bench: {n} sessions, pinned to CPU {cpu} ({model})");
     let rng = SystemRandom::new();
 
@@ -830,7 +786,7 @@ fn main() {
         eprintln!("ctl-bench: needs root (loads BPF maps under /sys/fs/bpf)");
         std::process::exit(1);
     }
-    catch_signals();
+    jvpn_tests::bench::catch_stop_signals();
     match run(&args) {
         Ok(v) => println!("{v}"),
         Err(e) => {

@@ -32,18 +32,6 @@ struct Args {
     skip: Vec<String>,
 }
 
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::Relaxed);
-}
-
-fn catch_signals() {
-    let handler: extern "C" fn(libc::c_int) = on_signal;
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe { libc::signal(sig, handler as libc::sighandler_t) };
-    }
-}
-
 fn cpu_list(arg: Option<&str>, default: Vec<usize>) -> Result<Vec<usize>> {
     let list = match arg {
         Some(s) => cpus::parse(s)?,
@@ -71,7 +59,7 @@ fn main_inner(args: Args) -> Result<bool> {
     if let Some(dir) = opts.json.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    catch_signals();
+    bench::catch_stop_signals();
     let (results, ok) = bench::run(opts.clone())?;
     let text = serde_json::to_string_pretty(&results)?;
     std::fs::write(&opts.json, text + "\n")
