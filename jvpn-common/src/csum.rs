@@ -60,23 +60,25 @@ pub fn ipv4_header(hdr: &[u8; 20]) -> u16 {
 
 /// What changes between the incoming and outgoing UDP pseudo-header and header.
 ///
-/// Addresses are 16-byte arrays (IPv4 in the first four, zeros after): zero words add
-/// nothing to a ones' complement sum, so one formula covers IPv4, IPv6 and mixed
-/// rewrites. The UDP length and protocol sum to the same value in the IPv4 and IPv6
-/// pseudo-headers, so they do not appear.
-pub struct Rewrite<'a> {
-    pub old_src: &'a [u8; 16],
-    pub old_dst: &'a [u8; 16],
+/// Addresses are `N`-byte arrays. With `N` = 16, IPv4 sits in the first four bytes
+/// with zeros after: zero words add nothing to a ones' complement sum, so one formula
+/// covers IPv4, IPv6 and mixed rewrites. `N` = 4 is the same sum without the zero
+/// words, for an IPv4-only rewrite (a quarter of the work in the fast path). The UDP
+/// length and protocol sum to the same value in the IPv4 and IPv6 pseudo-headers, so
+/// they do not appear.
+pub struct Rewrite<'a, const N: usize> {
+    pub old_src: &'a [u8; N],
+    pub old_dst: &'a [u8; N],
     pub old_ports: [u8; 4],
-    pub new_src: &'a [u8; 16],
-    pub new_dst: &'a [u8; 16],
+    pub new_src: &'a [u8; N],
+    pub new_dst: &'a [u8; N],
     pub new_ports: [u8; 4],
 }
 
 /// RFC 1624 eqn. 3: `HC' = ~(~HC + ~m + m')`, over every changed word.
 /// `old` is the checksum as it was on the wire, and must be nonzero (present).
 #[inline(always)]
-pub fn udp_update(old: u16, r: &Rewrite<'_>) -> u16 {
+pub fn udp_update<const N: usize>(old: u16, r: &Rewrite<'_, N>) -> u16 {
     let mut acc = u32::from(!old);
     acc = sub_words(acc, r.old_src);
     acc = sub_words(acc, r.old_dst);

@@ -219,6 +219,21 @@ pub fn relayed_udp_check(p: &Parsed, s: &Steer<'_>) -> Result<u16, u32> {
     }
     let sp = s.src.port_be.to_ne_bytes();
     let dp = s.dst.port_be.to_ne_bytes();
+    let new_ports = [sp[0], sp[1], dp[0], dp[1]];
+    if p.family == AF_INET && s.src.family == AF_INET && s.dst.family == AF_INET {
+        let v4 = |a: &[u8; 16]| [a[0], a[1], a[2], a[3]];
+        return Ok(csum::udp_update(
+            p.udp_check,
+            &Rewrite {
+                old_src: &v4(&p.src),
+                old_dst: &v4(&p.dst),
+                old_ports: p.ports,
+                new_src: &v4(&s.src.addr),
+                new_dst: &v4(&s.dst.addr),
+                new_ports,
+            },
+        ));
+    }
     Ok(csum::udp_update(
         p.udp_check,
         &Rewrite {
@@ -227,7 +242,7 @@ pub fn relayed_udp_check(p: &Parsed, s: &Steer<'_>) -> Result<u16, u32> {
             old_ports: p.ports,
             new_src: &s.src.addr,
             new_dst: &s.dst.addr,
-            new_ports: [sp[0], sp[1], dp[0], dp[1]],
+            new_ports,
         },
     ))
 }
@@ -392,9 +407,10 @@ mod tests {
             x[15] = 0x01;
             x
         }];
+        let mut v4_cases = 0;
+        let old_dst = &addrs[1];
         for old_src in &addrs {
-            for new_dst in &addrs {
-                let (old_dst, new_src) = (&addrs[1], &addrs[2]);
+            for (new_src, new_dst) in addrs.iter().flat_map(|a| addrs.iter().map(move |b| (a, b))) {
                 let old_ports = [0x9c, 0x40, 0xca, 0x6c];
                 let new_ports = [0xca, 0x6c, 0xca, 0x6d];
                 let old = full(old_src, old_dst, old_ports, &payload);
@@ -406,11 +422,31 @@ mod tests {
                     new_dst,
                     new_ports,
                 };
-                assert_eq!(
-                    csum::udp_update(old, &r),
-                    full(new_src, new_dst, new_ports, &payload)
-                );
+                let want = full(new_src, new_dst, new_ports, &payload);
+                assert_eq!(csum::udp_update(old, &r), want);
+                // The IPv4-only form (what the relay uses when every address is IPv4)
+                // must agree wherever it applies.
+                let four = |a: &[u8; 16]| [a[0], a[1], a[2], a[3]];
+                if [old_src, old_dst, new_src, new_dst]
+                    .iter()
+                    .all(|a| a[4..].iter().all(|&b| b == 0))
+                {
+                    let r4 = Rewrite {
+                        old_src: &four(old_src),
+                        old_dst: &four(old_dst),
+                        old_ports,
+                        new_src: &four(new_src),
+                        new_dst: &four(new_dst),
+                        new_ports,
+                    };
+                    assert_eq!(csum::udp_update(old, &r4), want);
+                    v4_cases += 1;
+                }
             }
         }
+        assert_eq!(
+            v4_cases, 8,
+            "old_src, new_src, new_dst each one of two IPv4 addresses"
+        );
     }
 }

@@ -5,15 +5,13 @@ use aya_ebpf::{
         BPF_F_NO_PREALLOC, BPF_NOEXIST, bpf_fib_lookup as FibParams,
         xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
     },
-    helpers::{
-        bpf_ktime_get_ns,
-        generated::{bpf_fib_lookup, bpf_redirect, bpf_xdp_adjust_head},
-    },
+    helpers::generated::{bpf_fib_lookup, bpf_redirect, bpf_xdp_adjust_head},
     macros::{map, xdp},
     maps::{HashMap, PerCpuArray, PerCpuHashMap},
     programs::XdpContext,
 };
 use aya_log_ebpf::debug;
+use core::mem::MaybeUninit;
 use jvpn_common::{
     DEFAULT_MAX_SESSIONS, DEFAULT_PORT, counters,
     headers::{OuterV4, OuterV6},
@@ -51,6 +49,13 @@ const FIB_NO_NEIGH: i64 = 7;
 const FIB_FRAG_NEEDED: i64 = 8;
 const AF_INET_SYS: u8 = 2;
 const AF_INET6_SYS: u8 = 10;
+
+/// The FIB request, aligned so that it can be zeroed a word at a time.
+#[repr(C, align(8))]
+struct FibBuf(FibParams);
+const FIB_WORDS: usize = core::mem::size_of::<FibBuf>() / 8;
+const _: () =
+    assert!(core::mem::size_of::<FibBuf>() == 64 && core::mem::size_of::<FibParams>() == 64);
 
 #[inline(always)]
 fn count(reason: u32) {
@@ -108,17 +113,14 @@ fn relay_packet(ctx: &XdpContext) -> Result<u32, Verdict> {
     rewrite(ctx, &p, &steer, check, smac, dmac)?;
 
     let bytes = p.payload_len as u64;
-    let now = unsafe { bpf_ktime_get_ns() };
     with_stats(p.session_id, |s| match steer.dir {
         Direction::Up => {
             s.up_packets += 1;
             s.up_bytes += bytes;
-            s.last_up_ns = now;
         }
         Direction::Down => {
             s.down_packets += 1;
             s.down_bytes += bytes;
-            s.last_down_ns = now;
         }
     });
 
@@ -156,8 +158,17 @@ fn next_hop(
     p: &Parsed,
     s: &Steer<'_>,
 ) -> Result<(u32, [u8; 6], [u8; 6]), Verdict> {
-    // SAFETY: an all-zero bpf_fib_lookup is a valid (empty) request.
-    let mut fib: FibParams = unsafe { core::mem::zeroed() };
+    let mut buf = MaybeUninit::<FibBuf>::uninit();
+    let zero = buf.as_mut_ptr().cast::<u64>();
+    // `mem::zeroed()` here became a call to a byte-at-a-time memset subprogram: 12 %
+    // of the relay's time under perf. Eight volatile word stores cannot be merged
+    // back into a memset.
+    for i in 0..FIB_WORDS {
+        // SAFETY: `i` < FIB_WORDS words of an 8-aligned buffer of that size.
+        unsafe { zero.add(i).write_volatile(0) };
+    }
+    // SAFETY: every byte is initialised, and all-zero is a valid (empty) request.
+    let fib = unsafe { &mut (*buf.as_mut_ptr()).0 };
     fib.l4_protocol = jvpn_common::headers::IPPROTO_UDP;
     fib.sport = s.src.port_be;
     fib.dport = s.dst.port_be;
@@ -179,7 +190,7 @@ fn next_hop(
     let rc = unsafe {
         bpf_fib_lookup(
             ctx.ctx.cast(),
-            &mut fib,
+            fib,
             core::mem::size_of::<FibParams>() as i32,
             0,
         )

@@ -258,7 +258,6 @@ fn relays_every_family_combination_with_exact_bytes() {
         let s = dp.session_stats(S_V4).unwrap().unwrap();
         assert_eq!((s.up_packets, s.down_packets), (4, 1));
         assert_eq!((s.up_bytes, s.down_bytes), (480, 120));
-        assert!(s.last_up_ns > 0 && s.last_down_ns > 0);
     });
 }
 
