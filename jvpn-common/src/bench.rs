@@ -112,11 +112,14 @@ pub struct SinkStats {
     /// full); per-session mode only.
     pub untracked: u64,
     /// DATA frames that arrived at a destination inside one of its misroute windows
-    /// (misroute mode only).
+    /// (misroute mode only; see [`MisrouteWindow::judge`]).
     pub misrouted: u64,
+    /// DATA frames sent inside a window that arrived after it closed: relayed under
+    /// the next swap, legitimately (misroute mode only).
+    pub crossed: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<SinkStats>() == 48);
+const _: () = assert!(core::mem::size_of::<SinkStats>() == 56);
 
 impl SinkStats {
     pub fn merge(&mut self, o: &Self) {
@@ -126,6 +129,7 @@ impl SinkStats {
         self.not_data += o.not_data;
         self.untracked += o.untracked;
         self.misrouted += o.misrouted;
+        self.crossed += o.crossed;
     }
 }
 
@@ -133,10 +137,12 @@ impl SinkStats {
 pub const MISROUTE_WINDOWS: u32 = 16;
 
 /// `SINK_WINDOWS[i]`: "frames of `session_id` sent in `[from_ns, to_ns)` must not
-/// arrive at `dst`". The binding-swap benchmark opens one when a swap away from `dst`
-/// has returned and closes it when the next swap back to `dst` starts; the generator
-/// stamps each frame's send time into its counter, so a frame counted here was looked
-/// up by the relay after the swap had returned, and still went to the old binding.
+/// arrive at `dst` before `to_ns`". The binding-swap benchmark opens one when a swap
+/// away from `dst` has returned and closes it when the next swap back to `dst` starts.
+/// The generator stamps each frame's send time into its counter and the sink notes
+/// the arrival time, so a frame counted as misrouted was looked up by the relay after
+/// the swap had returned (it was sent after) and before the swap back started (it
+/// arrived before): it went to the old binding while the new one was in the map.
 /// `to_ns <= from_ns` (e.g. all zero) is an unused slot.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -152,14 +158,35 @@ pub struct MisrouteWindow {
 
 const _: () = assert!(core::mem::size_of::<MisrouteWindow>() == 40);
 
+/// What a DATA frame is to a [`MisrouteWindow`].
+pub mod judgement {
+    /// Not sent inside the window (or another session or destination).
+    pub const OUTSIDE: u8 = 0;
+    /// Sent inside, arrived before the window closed: misrouted.
+    pub const MISROUTED: u8 = 1;
+    /// Sent inside, arrived after the window closed. Frames in flight (stamped, not yet
+    /// looked up) when the swap back started may be looked up after it, and then go
+    /// to this destination legitimately. Which ones were looked up before cannot be
+    /// told apart, so they are counted apart, neither as misrouted nor as fine.
+    pub const CROSSED: u8 = 2;
+}
+
 impl MisrouteWindow {
-    /// Whether a DATA frame of `session_id` sent at `sent_ns` to `dst` falls in it.
+    /// Judges a DATA frame of `session_id`, sent at `sent_ns`, arriving at `dst` at
+    /// `arrived_ns` (all CLOCK_MONOTONIC ns).
     #[inline(always)]
-    pub fn contains(&self, session_id: u64, sent_ns: u64, dst: &[u8; 16]) -> bool {
-        self.session_id == session_id
-            && self.from_ns <= sent_ns
-            && sent_ns < self.to_ns
-            && self.dst == *dst
+    pub fn judge(&self, session_id: u64, sent_ns: u64, arrived_ns: u64, dst: &[u8; 16]) -> u8 {
+        if self.session_id != session_id
+            || sent_ns < self.from_ns
+            || sent_ns >= self.to_ns
+            || self.dst != *dst
+        {
+            judgement::OUTSIDE
+        } else if arrived_ns < self.to_ns {
+            judgement::MISROUTED
+        } else {
+            judgement::CROSSED
+        }
     }
 }
 
@@ -171,8 +198,8 @@ pub mod sink_mode {
     pub const PARSE: u8 = 1;
     /// Also count DATA frames per session id in `SINK_SESSIONS`.
     pub const PER_SESSION: u8 = 2;
-    /// Parse, and count DATA frames inside a `SINK_WINDOWS` [`super::MisrouteWindow`]
-    /// as misrouted (frames from a generator with `stamp_time`).
+    /// Parse, and judge DATA frames against the `SINK_WINDOWS`
+    /// ([`super::MisrouteWindow::judge`]; frames from a generator with `stamp_time`).
     pub const MISROUTE: u8 = 3;
 }
 
@@ -183,4 +210,46 @@ mod pod {
     unsafe impl aya::Pod for super::PktgenState {}
     unsafe impl aya::Pod for super::SinkStats {}
     unsafe impl aya::Pod for super::MisrouteWindow {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{MisrouteWindow, judgement::*};
+
+    #[test]
+    fn a_window_judges_by_send_and_arrival_time() {
+        let (a, b) = ([10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], [9; 16]);
+        let w = MisrouteWindow {
+            session_id: 7,
+            from_ns: 1_000,
+            to_ns: 2_000,
+            dst: a,
+        };
+        // (session, sent, arrived, destination) → judgement
+        let cases = [
+            ((7, 1_000, 1_001, a), MISROUTED),
+            ((7, 1_999, 1_999, a), MISROUTED),
+            ((7, 1_500, 2_000, a), CROSSED),
+            ((7, 999, 1_500, a), OUTSIDE),
+            ((7, 2_000, 2_100, a), OUTSIDE),
+            ((8, 1_500, 1_600, a), OUTSIDE),
+            ((7, 1_500, 1_600, b), OUTSIDE),
+        ];
+        for ((sid, sent, arrived, dst), want) in cases {
+            assert_eq!(
+                w.judge(sid, sent, arrived, &dst),
+                want,
+                "{sid} {sent} {arrived}"
+            );
+        }
+        // An open window (to_ns = MAX) counts every late arrival as misrouted; an
+        // unused slot (all zero) judges nothing.
+        let open = MisrouteWindow {
+            to_ns: u64::MAX,
+            ..w
+        };
+        assert_eq!(open.judge(7, 5_000, u64::MAX - 1, &a), MISROUTED);
+        let unused = MisrouteWindow::default();
+        assert_eq!(unused.judge(0, 0, 0, &[0; 16]), OUTSIDE);
+    }
 }

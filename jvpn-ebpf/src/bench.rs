@@ -17,7 +17,7 @@ use jvpn_common::{
     DEFAULT_PORT,
     bench::{
         MISROUTE_WINDOWS, MisrouteWindow, PktgenConfig, PktgenState, SinkStats, TEMPLATE_LEN,
-        header_len, payload_offset, sink_mode, udp_offset,
+        header_len, judgement, payload_offset, sink_mode, udp_offset,
     },
     csum,
     frame::Frame,
@@ -189,8 +189,12 @@ pub fn xdp_sink(ctx: XdpContext) -> u32 {
             if mode == sink_mode::PER_SESSION && !count_session(p.session_id) {
                 stats.untracked += 1;
             }
-            if mode == sink_mode::MISROUTE && misrouted(&f, p.family, p.session_id, &p.dst) {
-                stats.misrouted += 1;
+            if mode == sink_mode::MISROUTE {
+                match judge(&f, p.family, p.session_id, &p.dst) {
+                    judgement::MISROUTED => stats.misrouted += 1,
+                    judgement::CROSSED => stats.crossed += 1,
+                    _ => {}
+                }
             }
         }
         _ => stats.not_data += 1,
@@ -202,27 +206,30 @@ pub fn xdp_sink(ctx: XdpContext) -> u32 {
 #[map]
 static SINK_WINDOWS: Array<MisrouteWindow> = Array::with_max_entries(MISROUTE_WINDOWS, 0);
 
-/// Whether this DATA frame, by its send time (the generator's stamp in the counter),
-/// falls in a misroute window for its destination. Relayed frames have fresh outer
+/// This DATA frame against the misroute windows, by its send time (the generator's
+/// stamp in the counter) and its arrival (now). Relayed frames have fresh outer
 /// headers without options or tags, so the jvpn header is at a fixed offset.
 #[inline(always)]
-fn misrouted(f: &Ctx<'_>, family: u8, sid: u64, dst: &[u8; 16]) -> bool {
+fn judge(f: &Ctx<'_>, family: u8, sid: u64, dst: &[u8; 16]) -> u8 {
     let hdr = match family {
         AF_INET => f.at::<WireHeader>(payload_offset(AF_INET)),
         _ => f.at::<WireHeader>(payload_offset(AF_INET6)),
     };
     let Some(hdr) = hdr else {
-        return false;
+        return judgement::OUTSIDE;
     };
     let sent = u64::from_be_bytes(hdr.counter);
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
     for i in 0..MISROUTE_WINDOWS {
-        if let Some(w) = SINK_WINDOWS.get(i)
-            && w.contains(sid, sent, dst)
-        {
-            return true;
+        if let Some(w) = SINK_WINDOWS.get(i) {
+            let j = w.judge(sid, sent, now, dst);
+            if j != judgement::OUTSIDE {
+                return j;
+            }
         }
     }
-    false
+    judgement::OUTSIDE
 }
 
 /// Egress interface of `bench_fwd`; set at load.

@@ -6,10 +6,15 @@
 //!
 //! Misrouting: the generator stamps each frame's send time into its jvpn counter
 //! (`--stamp-time`); after swap `i` returns at `T_i`, the sink gets a window "frames
-//! sent from `T_i` until the next swap back must not arrive at the old address". A
-//! frame counted there was looked up by the relay after the swap had returned and
-//! still went to the old binding. (The window is written a syscall after `T_i`; a
+//! sent from `T_i` until the swap back starts at `S_i+1` must not arrive at the old
+//! address before `S_i+1`". A frame counted there was looked up by the relay after
+//! the swap had returned and before the swap back began, and still went to the old
+//! binding. Frames sent in the window that arrive there after `S_i+1` are counted
+//! apart (`swap_crossed`): in flight across the swap back, they may have been looked
+//! up after it, legitimately. (The window is written a syscall after `T_i`; a
 //! misrouted frame that reached the sink within that microsecond would be missed.)
+//! The swapping thread runs on a CPU other than the generator's (the relay runs in
+//! the generator's softirq), as a controller would; `JVPN_SWAP_CPU=N` overrides.
 //! Loss: frames the generator sent − frames the sink received, over the whole phase.
 
 use std::time::{Duration, Instant};
@@ -87,8 +92,15 @@ pub fn run(b: &mut Bench) -> Result<()> {
     let _ = b.small.remove_session(SESSION);
     let r = result?;
     phase.done(format!(
-        "{n} swaps: p50 {:.1} µs, p99 {:.1} µs; {} misrouted, {} lost of {} frames",
-        r.p50, r.p99, r.misrouted, r.lost, r.sent
+        "{n} swaps: p50 {:.1} µs, p99 {:.1} µs; {} misrouted, {} lost of {} frames \
+         ({} in flight across a swap back; swapper on CPU {})",
+        r.p50,
+        r.p99,
+        r.misrouted,
+        r.lost,
+        r.sent,
+        r.crossed,
+        r.swap_cpu.map_or("any".to_string(), |c| c.to_string())
     ));
     Ok(())
 }
@@ -97,8 +109,10 @@ struct Outcome {
     p50: f64,
     p99: f64,
     misrouted: u64,
+    crossed: u64,
     lost: u64,
     sent: u64,
+    swap_cpu: Option<usize>,
 }
 
 fn swap_under_load(
@@ -134,16 +148,15 @@ fn swap_under_load(
         stamp_time: true,
         src_ports: None,
     };
-    // The swapping thread stays off the generator's CPUs when it can.
-    // The swapping thread runs on the generator's CPU: its clock (CLOCK_MONOTONIC
-    // after the swap returned) and the generator's stamps (bpf_ktime_get_ns) are then
-    // read on one CPU, so "sent after the swap returned" is causal. Across CPUs this
-    // VM's clocks disagree by a few microseconds, which shows up as frames "sent after"
-    // a swap that the relay in fact handled before it (docs/bench.md).
-    // JVPN_SWAP_CPU=N overrides it.
+    // Off the generator's CPUs when there is one: the controller's swap and the
+    // relay's lookups then race for real. (The CPUs' clocks agree to within ±75 ns
+    // here, measured by ping-pong; docs/bench.md.)
     let swap_cpu = match std::env::var("JVPN_SWAP_CPU") {
         Ok(c) => Some(c.parse().context("JVPN_SWAP_CPU")?),
-        Err(_) => opts.gen_cpus.first().copied(),
+        Err(_) => jvpn_ctl::bench::cpus::allowed()?
+            .into_iter()
+            .find(|c| !opts.gen_cpus.contains(c))
+            .or_else(|| opts.gen_cpus.first().copied()),
     };
     let before = sink.stats()?;
     let drops_before = small.drops()?;
@@ -221,19 +234,24 @@ fn swap_under_load(
     let sorted = lat;
     let received = after.data - before.data;
     let misrouted = after.misrouted - before.misrouted;
+    let crossed = after.crossed - before.crossed;
     let lost = summary.sent.saturating_sub(received);
     let out = Outcome {
         p50: pct(&sorted, 0.50),
         p99: pct(&sorted, 0.99),
         misrouted,
+        crossed,
         lost,
         sent: summary.sent,
+        swap_cpu,
     };
     b.set("swaps", n);
     b.set("swap_us_p50", round1(out.p50));
     b.set("swap_us_p99", round1(out.p99));
     b.set("swap_us_max", pct(&sorted, 1.0));
     b.set("swap_misrouted", misrouted);
+    b.set("swap_crossed", crossed);
+    b.set("swap_cpu", swap_cpu);
     b.set("swap_lost", lost);
     b.set("swap_sent", summary.sent);
     b.set("swap_received", received);

@@ -250,6 +250,11 @@ fn swap(md: &mut String, r: &Value) {
                 format!("{} / {}", n("swap_sent"), n("swap_received")),
             ),
             ("packets misrouted", n("swap_misrouted")),
+            (
+                "in flight across a swap back (not misrouted)",
+                n("swap_crossed"),
+            ),
+            ("swapping thread on CPU", n("swap_cpu")),
             ("packets lost", n("swap_lost")),
         ],
     );
