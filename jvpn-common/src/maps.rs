@@ -118,9 +118,13 @@ pub struct SessionEntry {
     pub exit: Endpoint,
     /// The gateway's own address toward the exit: source of packets to the exit.
     pub gw_exit: Endpoint,
+    /// The session's index in `SESSION_STATS`. The controller's data-plane module
+    /// assigns it; whatever a caller puts here is overwritten.
+    pub stats_slot: u32,
+    pub _pad: [u8; 4],
 }
 
-const _: () = assert!(core::mem::size_of::<SessionEntry>() == 104);
+const _: () = assert!(core::mem::size_of::<SessionEntry>() == 112);
 
 impl SessionEntry {
     pub const fn forwarding(&self) -> bool {
@@ -139,10 +143,13 @@ impl SessionEntry {
     }
 }
 
-/// `SESSION_STATS` value (per CPU; userspace sums the CPUs). Kept apart from
-/// `SESSIONS` so that a binding swap never resets counters. No last-seen time: the
-/// controller sees liveness as packet counts moving between its polls, and a clock
-/// read per packet cost the relay about 8 % of its time (docs/datapath.md).
+/// `SESSION_STATS[entry.stats_slot]`: one cache line per session, in an `ARRAY` whose
+/// values start page-aligned (`BPF_F_MMAPABLE`), so sessions never share a line. The
+/// relay adds with atomic instructions: a session's packets normally arrive on one
+/// CPU per direction, so the line rarely moves. Kept apart from `SESSIONS` so that a
+/// binding swap never resets counters. No last-seen time: the controller sees
+/// liveness as packet counts moving between its polls, and a clock read per packet
+/// cost the relay about 8 % of its time (docs/datapath.md).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SessionStats {
@@ -154,20 +161,10 @@ pub struct SessionStats {
     pub down_bytes: u64,
     /// DATA for this session from an address that is neither binding nor exit.
     pub stale_drops: u64,
+    pub _pad: [u64; 3],
 }
 
-const _: () = assert!(core::mem::size_of::<SessionStats>() == 40);
-
-impl SessionStats {
-    /// Folds the per-CPU copies into one.
-    pub fn merge(&mut self, o: &Self) {
-        self.up_packets += o.up_packets;
-        self.up_bytes += o.up_bytes;
-        self.down_packets += o.down_packets;
-        self.down_bytes += o.down_bytes;
-        self.stale_drops += o.stale_drops;
-    }
-}
+const _: () = assert!(core::mem::size_of::<SessionStats>() == 64);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -216,6 +213,7 @@ mod tests {
             gw_client: Endpoint::v6([0xfe; 16], 51820),
             exit: Endpoint::v4([10, 0, 0, 2], 51821),
             gw_exit: Endpoint::v4([10, 0, 0, 1], 51820),
+            ..Default::default()
         };
         assert!(e.is_valid());
         assert!(e.forwarding());

@@ -3,6 +3,9 @@
 //! docs/datapath.md). It never decrypts and never writes a map the controller owns.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// Inline assembly for the BPF atomic add (`relay::add`): core has no 64-bit atomic
+// read-modify-write for this target.
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 #[cfg(target_arch = "bpf")]
 mod bench;

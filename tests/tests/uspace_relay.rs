@@ -439,6 +439,7 @@ fn start_refuses_bad_configurations_by_name() {
         gw_client: Endpoint::from(lo),
         exit: Endpoint::from(SocketAddr::from(([10, 9, 9, 9], 51821))),
         gw_exit: Endpoint::from(gw_exit),
+        ..Default::default()
     };
     let good = entry(lo);
     let one = |e: SessionEntry| HashMap::from([(S_WIFI, e)]);

@@ -354,6 +354,20 @@ fn keeps_forwarding_while_the_controller_restarts() {
     let (n, _) = exit.recv_from(&mut buf).expect("relayed after the restart");
     assert_eq!(&buf[..n], &p[..]);
     assert_eq!(second.session_stats(SID).unwrap().unwrap().up_packets, 2);
+    // It also knows which statistics slot the kept session holds: a new session gets
+    // another one, from zero.
+    let other = SID + 1;
+    second
+        .insert_session(other, &session_entry(Wifi, 1))
+        .unwrap();
+    let slot = |dp: &Datapath, id| dp.session(id).unwrap().unwrap().stats_slot;
+    assert_ne!(slot(&second, other), slot(&second, SID));
+    assert_eq!(
+        second.session_stats(other).unwrap().unwrap(),
+        Default::default()
+    );
+    assert_eq!(second.session_stats(SID).unwrap().unwrap().up_packets, 2);
+    second.remove_session(other).unwrap();
     second.remove_session(SID).unwrap();
     drop(second);
 

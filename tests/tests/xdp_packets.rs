@@ -43,6 +43,7 @@ fn session(
         gw_client: ep(gw_client, PORT),
         exit: ep(exit, EXIT_PORT),
         gw_exit: ep(gw_exit, PORT),
+        ..Default::default()
     }
 }
 
@@ -672,5 +673,66 @@ fn malformed_frames_are_never_forwarded() {
         padded.extend_from_slice(&[0u8; 6]);
         let r = run(dp.program(RELAY_PROGRAM).unwrap(), &padded, c0);
         assert_eq!(r.action, XDP_REDIRECT, "padded frame");
+    });
+}
+
+/// Per-session counters live in slots of `SESSION_STATS` that the data-plane module
+/// hands out: a full table refuses a session and changes nothing, and a freed slot
+/// comes back zeroed for its next session.
+#[test]
+fn statistics_slots_are_bounded_and_recycled_zeroed() {
+    require_root!();
+    let lab = lab();
+    lab.ns.run(|| {
+        let mut dp = Datapath::load(DatapathConfig {
+            port: PORT,
+            max_sessions: 2,
+            pin_dir: lab.pins.0.clone(),
+            debug_log: false,
+        })
+        .expect("load the XDP object");
+        let (c4, g4c, x4, g4x) = (
+            v4("10.10.1.2"),
+            v4("10.10.1.1"),
+            v4("10.10.9.2"),
+            v4("10.10.9.1"),
+        );
+        let (a, b, c) = (S_V4, S_V6, S_LAN);
+        let entry = session(c4, 40000, g4c, x4, g4x);
+        dp.insert_session(a, &entry).unwrap();
+        dp.insert_session(b, &session(c4, 40001, g4c, x4, g4x))
+            .unwrap();
+        let err = dp.insert_session(c, &entry).unwrap_err().to_string();
+        assert!(err.contains("all 2 are in use"), "{err}");
+        assert_eq!(dp.session(c).unwrap(), None);
+
+        let up = |dp: &mut Datapath, sid| {
+            let frame = Udp::new(c4, 40000, g4c, PORT).build(&jvpn(msg_type::DATA, sid, 9, 100));
+            run(dp.program(RELAY_PROGRAM).unwrap(), &frame, lab.c0).action
+        };
+        assert_eq!(up(&mut dp, a), XDP_REDIRECT);
+        assert_eq!(dp.session_stats(a).unwrap().unwrap().up_packets, 1);
+        let slot_a = dp.session(a).unwrap().unwrap().stats_slot;
+
+        dp.remove_session(a).unwrap();
+        assert_eq!(dp.session_stats(a).unwrap(), None);
+        // The only free slot is a's: c gets it, from zero.
+        dp.insert_session(c, &entry).unwrap();
+        assert_eq!(dp.session(c).unwrap().unwrap().stats_slot, slot_a);
+        assert_eq!(dp.session_stats(c).unwrap().unwrap(), Default::default());
+        assert_eq!(up(&mut dp, c), XDP_REDIRECT);
+        // 100 bytes of body behind the 20-byte jvpn header.
+        let s = dp.session_stats(c).unwrap().unwrap();
+        assert_eq!((s.up_packets, s.up_bytes), (1, 120));
+        assert_eq!(dp.session_stats(b).unwrap().unwrap(), Default::default());
+        // A binding swap keeps the slot, whatever the caller's entry says.
+        let moved = SessionEntry {
+            generation: 2,
+            stats_slot: 12345,
+            ..entry
+        };
+        dp.replace_session(c, &moved).unwrap();
+        assert_eq!(dp.session(c).unwrap().unwrap().stats_slot, slot_a);
+        assert_eq!(dp.session_stats(c).unwrap().unwrap().up_packets, 1);
     });
 }

@@ -51,6 +51,19 @@ pub enum DatapathError {
     #[error("pinning {path}: {detail}")]
     Pin { path: PathBuf, detail: String },
 
+    #[error(
+        "session {id:#018x} holds statistics slot {slot}, {problem}: the pinned maps are \
+         inconsistent; stop jvpn and remove the pin directory (`jvpn-ctl datapath down --all`)"
+    )]
+    BadStatsSlot {
+        id: u64,
+        slot: u32,
+        problem: &'static str,
+    },
+
+    #[error("no room for another session: all {0} are in use (raise max_sessions)")]
+    Full(u32),
+
     #[error("session {0:#018x} already exists")]
     SessionExists(u64),
 

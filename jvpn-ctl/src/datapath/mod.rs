@@ -11,15 +11,15 @@ mod error;
 mod pin;
 mod pinned;
 mod privilege;
+mod slots;
 
 use std::path::PathBuf;
 
 pub use attach::{AttachMode, detach, interface_index};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues},
+    maps::{Array, HashMap, MapData, MapError, MapType, PerCpuArray},
     programs::{ProgramError, Xdp},
-    util::nr_cpus,
 };
 pub use error::DatapathError;
 use jvpn_common::{
@@ -76,7 +76,8 @@ pub struct Datapath {
     cfg: DatapathConfig,
     ebpf: Ebpf,
     sessions: HashMap<MapData, u64, SessionEntry>,
-    stats: PerCpuHashMap<MapData, u64, SessionStats>,
+    stats: Array<MapData, SessionStats>,
+    slots: slots::Slots,
     drops: PerCpuArray<MapData, u64>,
     _logger: Option<attach::LogPump>,
 }
@@ -91,18 +92,21 @@ impl Datapath {
         let expect = [
             pin::Expect {
                 name: SESSIONS,
+                map_type: MapType::Hash,
                 key_size: 8,
                 value_size: sz(size_of::<SessionEntry>()),
                 max_entries: cfg.max_sessions,
             },
             pin::Expect {
                 name: SESSION_STATS,
-                key_size: 8,
+                map_type: MapType::Array,
+                key_size: 4,
                 value_size: sz(size_of::<SessionStats>()),
                 max_entries: cfg.max_sessions,
             },
             pin::Expect {
                 name: DROPS,
+                map_type: MapType::PerCpuArray,
                 key_size: 4,
                 value_size: 8,
                 max_entries: counters::COUNT,
@@ -140,14 +144,22 @@ impl Datapath {
         };
         let map_err = |name| move |cause| DatapathError::Map { name, cause };
         let sessions = HashMap::try_from(map(&mut ebpf, SESSIONS)?).map_err(map_err(SESSIONS))?;
-        let stats = PerCpuHashMap::try_from(map(&mut ebpf, SESSION_STATS)?)
-            .map_err(map_err(SESSION_STATS))?;
+        let stats =
+            Array::try_from(map(&mut ebpf, SESSION_STATS)?).map_err(map_err(SESSION_STATS))?;
         let drops = PerCpuArray::try_from(map(&mut ebpf, DROPS)?).map_err(map_err(DROPS))?;
+        // Sessions kept by the pins from an earlier run hold their slots.
+        let held = sessions
+            .iter()
+            .map(|r| r.map(|(id, e): (u64, SessionEntry)| (id, e.stats_slot)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(map_err(SESSIONS))?;
+        let slots = slots::Slots::rebuild(cfg.max_sessions, held)?;
         Ok(Self {
             cfg,
             ebpf,
             sessions,
             stats,
+            slots,
             drops,
             _logger: logger.flatten(),
         })
@@ -217,39 +229,57 @@ impl Datapath {
         attach::attach_unpinned(xdp_mut(&mut self.ebpf, program)?, iface, mode)
     }
 
-    /// Inserts a new session. Fails, changing nothing, if the id is taken or the entry
-    /// is invalid. Its statistics start from zero.
+    /// Inserts a new session. Fails, changing nothing, if the id is taken, the entry
+    /// is invalid or the table is full. Its statistics start from zero in a slot this
+    /// module picks (`stats_slot` of `entry` is ignored).
     pub fn insert_session(&mut self, id: u64, entry: &SessionEntry) -> Result<(), DatapathError> {
         validate(id, entry)?;
         if self.session(id)?.is_some() {
             return Err(DatapathError::SessionExists(id));
         }
-        let cpus = nr_cpus_checked()?;
-        let zero = || {
-            PerCpuValues::try_from(vec![SessionStats::default(); cpus]).expect("one value per CPU")
+        let slot = self
+            .slots
+            .take()
+            .ok_or(DatapathError::Full(self.cfg.max_sessions))?;
+        let entry = SessionEntry {
+            stats_slot: slot,
+            ..*entry
         };
-        retry_enomem(|| self.stats.insert(id, zero(), BPF_ANY)).map_err(|cause| {
-            DatapathError::Map {
+        let inserted = self
+            .stats
+            .set(slot, SessionStats::default(), BPF_ANY)
+            .map_err(|cause| DatapathError::Map {
                 name: SESSION_STATS,
                 cause,
-            }
-        })?;
-        if let Err(cause) = retry_enomem(|| self.sessions.insert(id, entry, BPF_NOEXIST)) {
-            let _ = self.stats.remove(&id);
-            return Err(DatapathError::Map {
-                name: SESSIONS,
-                cause,
+            })
+            .and_then(|()| {
+                retry_enomem(|| self.sessions.insert(id, entry, BPF_NOEXIST)).map_err(|cause| {
+                    DatapathError::Map {
+                        name: SESSIONS,
+                        cause,
+                    }
+                })
             });
+        if inserted.is_err() {
+            self.slots.give_back(slot);
         }
-        Ok(())
+        inserted
     }
 
     /// Atomically replaces a session's whole entry (the binding swap): one `BPF_EXIST`
     /// update, so concurrent packets see the old entry or the new one, never a mix.
-    /// Reads the entry back and returns its generation; on any error the map holds
-    /// what it held before.
+    /// The session keeps its statistics slot. Reads the entry back and returns its
+    /// generation; on any error the map holds what it held before.
     pub fn replace_session(&mut self, id: u64, entry: &SessionEntry) -> Result<u32, DatapathError> {
         validate(id, entry)?;
+        let slot = self
+            .session(id)?
+            .ok_or(DatapathError::NoSuchSession(id))?
+            .stats_slot;
+        let entry = SessionEntry {
+            stats_slot: slot,
+            ..*entry
+        };
         retry_enomem(|| self.sessions.insert(id, entry, BPF_EXIST))
             .map_err(|e| session_err(id, e))?;
         let found = self
@@ -266,10 +296,14 @@ impl Datapath {
         Ok(found)
     }
 
-    /// Removes a session and its statistics.
+    /// Removes a session and frees its statistics slot.
     pub fn remove_session(&mut self, id: u64) -> Result<(), DatapathError> {
+        let slot = self
+            .session(id)?
+            .ok_or(DatapathError::NoSuchSession(id))?
+            .stats_slot;
         self.sessions.remove(&id).map_err(|e| session_err(id, e))?;
-        let _ = self.stats.remove(&id);
+        self.slots.give_back(slot);
         Ok(())
     }
 
@@ -306,20 +340,18 @@ impl Datapath {
         self.sessions.keys().filter(Result::is_ok).count()
     }
 
-    /// A session's counters summed over CPUs (`last_*_ns`: the latest of any CPU).
+    /// A session's counters (None: no such session).
     pub fn session_stats(&self, id: u64) -> Result<Option<SessionStats>, DatapathError> {
-        match self.stats.get(&id, 0) {
-            Ok(per_cpu) => {
-                let mut total = SessionStats::default();
-                per_cpu.iter().for_each(|s| total.merge(s));
-                Ok(Some(total))
-            }
-            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
-            Err(cause) => Err(DatapathError::Map {
+        let Some(entry) = self.session(id)? else {
+            return Ok(None);
+        };
+        self.stats
+            .get(&entry.stats_slot, 0)
+            .map(Some)
+            .map_err(|cause| DatapathError::Map {
                 name: SESSION_STATS,
                 cause,
-            }),
-        }
+            })
     }
 
     pub fn drops(&self) -> Result<Drops, DatapathError> {
@@ -387,13 +419,6 @@ fn validate(id: u64, e: &SessionEntry) -> Result<(), DatapathError> {
         ));
     }
     Ok(())
-}
-
-fn nr_cpus_checked() -> Result<usize, DatapathError> {
-    nr_cpus().map_err(|(what, cause)| DatapathError::Io {
-        what: format!("counting CPUs ({what})"),
-        cause,
-    })
 }
 
 fn xdp_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, DatapathError> {

@@ -7,7 +7,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::maps::MapInfo;
+use aya::maps::{MapInfo, MapType};
 
 use super::DatapathError;
 
@@ -66,6 +66,7 @@ pub fn prepare_dir(dir: &Path) -> Result<(), DatapathError> {
 /// What a pinned map must look like to be reused by this build.
 pub struct Expect {
     pub name: &'static str,
+    pub map_type: MapType,
     pub key_size: u32,
     pub value_size: u32,
     pub max_entries: u32,
@@ -82,6 +83,11 @@ pub fn check_compatible(path: &Path, e: &Expect) -> Result<(), DatapathError> {
         cause,
     })?;
     let mut diffs = Vec::new();
+    match info.map_type() {
+        Ok(t) if t == e.map_type => {}
+        Ok(t) => diffs.push(format!("type {t:?}, expected {:?}", e.map_type)),
+        Err(cause) => diffs.push(format!("type unknown ({cause}), expected {:?}", e.map_type)),
+    }
     for (what, found, want) in [
         ("key size", info.key_size(), e.key_size),
         ("value size", info.value_size(), e.value_size),

@@ -302,6 +302,7 @@ impl Core {
             gw_client: local.into(),
             exit: self.exit_data.into(),
             gw_exit: self.gw_exit.into(),
+            ..Default::default()
         })
     }
 

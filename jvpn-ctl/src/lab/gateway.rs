@@ -100,6 +100,7 @@ pub fn session_entry(t: Transport, generation: u32) -> SessionEntry {
         gw_client: Endpoint::from(t.gw_addr()),
         exit: Endpoint::v4(EXIT, EXIT_PORT),
         gw_exit: Endpoint::v4(GW_EXIT, PORT),
+        ..Default::default()
     }
 }
 

@@ -50,6 +50,7 @@ pub fn run(b: &mut Bench) -> Result<()> {
             gw_client: topo::v4(topo::GW_IN_IP, topo::GW_PORT).into(),
             exit: topo::v4(topo::SINK_IP, topo::GW_PORT).into(),
             gw_exit: client.into(),
+            ..Default::default()
         },
     )?;
     let frame = FrameSpec {

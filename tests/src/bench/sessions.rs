@@ -24,5 +24,6 @@ pub fn entry(i: u64) -> SessionEntry {
         gw_client: Endpoint::v4(GW_IN_IP.octets(), GW_PORT),
         exit: Endpoint::v4(SINK_IP.octets(), EXIT_PORT),
         gw_exit: Endpoint::v4(GW_OUT_IP.octets(), GW_PORT),
+        ..Default::default()
     }
 }

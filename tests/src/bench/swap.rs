@@ -65,6 +65,7 @@ fn entry(client: Endpoint, generation: u32) -> SessionEntry {
         gw_client: Endpoint::v4(topo::GW_OUT_IP.octets(), topo::GW_PORT),
         exit: Endpoint::v4(topo::GEN_IP.octets(), topo::EXIT_PORT),
         gw_exit: Endpoint::v4(topo::GW_IN_IP.octets(), topo::GW_PORT),
+        ..Default::default()
     }
 }
 
