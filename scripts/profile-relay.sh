@@ -47,6 +47,7 @@ for _ in $(seq 50); do
 done
 [[ -n $id ]] || { echo "profile-relay.sh: the relay program did not load; see:" >&2; cat "$work/bench.log" >&2; exit 1; }
 bpftool prog dump xlated id "$id" linum >"$work/xlated.txt"
+python3 "$here/relay_lines.py" save "$id" "$work/lines.json"
 echo "sampling for ${secs}s (relay program id $id) ..."
 perf record -q -a -g -F 4999 -o "$work/perf.data" -- sleep "$secs" >/dev/null 2>&1
 perf script -i "$work/perf.data" -F ip,sym 2>/dev/null >"$work/stacks.txt"
@@ -73,4 +74,4 @@ PY
 perf script -i "$work/perf.data" -G -F ip,sym 2>/dev/null | awk '$2 ~ /_jvpn_relay$/' >"$work/leaf.txt"
 echo
 echo "== the relay's own samples, by source line"
-python3 "$here/relay_lines.py" "$id" "$work/xlated.txt" "$work/leaf.txt"
+python3 "$here/relay_lines.py" map "$work/lines.json" "$work/xlated.txt" "$work/leaf.txt"

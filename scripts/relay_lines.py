@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""relay_lines.py PROG_ID XLATED_LINUM SAMPLES
+"""relay_lines.py save PROG_ID LINES.json
+   relay_lines.py map LINES.json XLATED_LINUM SAMPLES
 
 Attributes perf samples taken inside a JIT-compiled BPF program to its source lines.
 
@@ -9,13 +10,15 @@ its JIT code starts at (`jited_line_info`, BPF_OBJ_GET_INFO_BY_FD); bpftool's
 they map a sampled instruction pointer to a line, without a JIT disassembler (the
 Debian bpftool has no libbfd).
 
-PROG_ID: the program's id (it must still be loaded). XLATED_LINUM: the output of
-`bpftool prog dump xlated id PROG_ID linum`. SAMPLES: `perf script -F ip,sym` lines.
-Prints the share of samples per source line, highest first.
+`save` reads the JIT line table of program PROG_ID while it is loaded. `map` then
+needs XLATED_LINUM, the output of `bpftool prog dump xlated id PROG_ID linum` (taken
+while the program was loaded), and SAMPLES, `perf script -F ip,sym` lines. It prints
+the share of samples per source line, highest first.
 """
 import bisect
 import collections
 import ctypes
+import json
 import re
 import struct
 import sys
@@ -89,13 +92,19 @@ def xlated_sources(path):
 
 
 def main():
-    if len(sys.argv) != 4:
+    if len(sys.argv) == 4 and sys.argv[1] == "save":
+        pairs, start, end = jit_lines(int(sys.argv[2]))
+        with open(sys.argv[3], "w") as f:
+            json.dump({"pairs": pairs, "start": start, "end": end}, f)
+        return
+    if len(sys.argv) != 5 or sys.argv[1] != "map":
         sys.exit(__doc__)
-    pairs, start, end = jit_lines(int(sys.argv[1]))
-    src = xlated_sources(sys.argv[2])
+    saved = json.load(open(sys.argv[2]))
+    pairs, start, end = saved["pairs"], saved["start"], saved["end"]
+    src = xlated_sources(sys.argv[3])
     addrs = [a for a, _ in pairs]
     counts, total = collections.Counter(), 0
-    for line in open(sys.argv[3]):
+    for line in open(sys.argv[4]):
         try:
             ip = int(line.split()[0], 16)
         except (IndexError, ValueError):
