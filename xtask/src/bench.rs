@@ -4,7 +4,7 @@
 //!
 //! Where things go: a full run writes `bench/results/<UTC time>.json` and
 //! `bench/REPORT.md` + `bench/plots/`; a `--quick` run (a smoke check) writes
-//! `bench/results/quick-<UTC time>.json` and its report under `bench/results/quick/`,
+//! `bench/results/quick/<UTC time>.json` and its report there too,
 //! so it never replaces the full report. `--json FILE` and `--report DIR` override.
 
 use std::{
@@ -45,9 +45,15 @@ pub fn run(args: Args) -> Result<()> {
     let start = Instant::now();
     let root = util::workspace_root();
     let results = root.join("bench/results");
+    // Quick runs keep everything under results/quick/ (ignored by git); full runs'
+    // JSON sits next to the others and is kept with the report that links it.
     let json = args.json.clone().unwrap_or_else(|| {
-        let prefix = if args.quick { "quick-" } else { "" };
-        results.join(format!("{prefix}{}.json", stamp()))
+        let dir = if args.quick {
+            results.join("quick")
+        } else {
+            results.clone()
+        };
+        dir.join(format!("{}.json", stamp()))
     });
     let out_dir = args.report.clone().unwrap_or_else(|| {
         if args.quick {
