@@ -145,8 +145,10 @@ impl SessionEntry {
 
 /// `SESSION_STATS[entry.stats_slot]`: one cache line per session, in an `ARRAY` whose
 /// values start page-aligned (`BPF_F_MMAPABLE`), so sessions never share a line. The
-/// relay adds with atomic instructions: a session's packets normally arrive on one
-/// CPU per direction, so the line rarely moves. Kept apart from `SESSIONS` so that a
+/// relay adds with atomic instructions. Each direction of a session is one flow and
+/// normally one CPU; when the two directions are handled on two CPUs at once, the
+/// line moves between them, the price of not keeping a copy per CPU (docs/datapath.md).
+/// Kept apart from `SESSIONS` so that a
 /// binding swap never resets counters. No last-seen time: the controller sees
 /// liveness as packet counts moving between its polls, and a clock read per packet
 /// cost the relay about 8 % of its time (docs/datapath.md).

@@ -239,7 +239,7 @@ impl Datapath {
         }
         let slot = self
             .slots
-            .take()
+            .take(id)
             .ok_or(DatapathError::Full(self.cfg.max_sessions))?;
         let entry = SessionEntry {
             stats_slot: slot,
@@ -261,7 +261,7 @@ impl Datapath {
                 })
             });
         if inserted.is_err() {
-            self.slots.give_back(slot);
+            self.slots.release(id);
         }
         inserted
     }
@@ -272,10 +272,7 @@ impl Datapath {
     /// generation; on any error the map holds what it held before.
     pub fn replace_session(&mut self, id: u64, entry: &SessionEntry) -> Result<u32, DatapathError> {
         validate(id, entry)?;
-        let slot = self
-            .session(id)?
-            .ok_or(DatapathError::NoSuchSession(id))?
-            .stats_slot;
+        let slot = self.slots.of(id).ok_or(DatapathError::NoSuchSession(id))?;
         let entry = SessionEntry {
             stats_slot: slot,
             ..*entry
@@ -298,12 +295,8 @@ impl Datapath {
 
     /// Removes a session and frees its statistics slot.
     pub fn remove_session(&mut self, id: u64) -> Result<(), DatapathError> {
-        let slot = self
-            .session(id)?
-            .ok_or(DatapathError::NoSuchSession(id))?
-            .stats_slot;
         self.sessions.remove(&id).map_err(|e| session_err(id, e))?;
-        self.slots.give_back(slot);
+        self.slots.release(id);
         Ok(())
     }
 
@@ -342,11 +335,11 @@ impl Datapath {
 
     /// A session's counters (None: no such session).
     pub fn session_stats(&self, id: u64) -> Result<Option<SessionStats>, DatapathError> {
-        let Some(entry) = self.session(id)? else {
+        let Some(slot) = self.slots.of(id) else {
             return Ok(None);
         };
         self.stats
-            .get(&entry.stats_slot, 0)
+            .get(&slot, 0)
             .map(Some)
             .map_err(|cause| DatapathError::Map {
                 name: SESSION_STATS,
