@@ -69,6 +69,23 @@ fn entry(client: Endpoint, generation: u32) -> SessionEntry {
     }
 }
 
+/// Writes window `w` into `slot`, which may hold an older window, in two steps.
+///
+/// An array update copies the value over the old one while the sink may be reading
+/// it, so the sink can see some fields old and some new. Written in one go, an old
+/// `from_ns` (1.6 ms earlier) next to the new open `to_ns` made a window that counted
+/// frames sent before the swap as misrouted: about one per 10,000 swaps, traced to
+/// exactly this. So the window is first written closed (`to_ns` 0: empty whatever
+/// else is read), then opened by changing `to_ns` alone, and every mix a reader can
+/// see is empty or part of the real window. (Closing changes `to_ns` alone too, and
+/// widens the window only while the swap back has not begun, when a frame arriving at
+/// the old address is truly misrouted.)
+fn open_window(sink: &mut Sink, slot: u32, w: &MisrouteWindow) -> Result<()> {
+    sink.set_window(slot, &MisrouteWindow { to_ns: 0, ..*w })?;
+    sink.set_window(slot, w)?;
+    Ok(())
+}
+
 /// Microseconds at quantile `q` of sorted nanosecond samples.
 fn pct(sorted: &[u64], q: f64) -> f64 {
     super::percentile(sorted, q) as f64 / 1000.0
@@ -210,7 +227,7 @@ fn swap_under_load(
                     to_ns: u64::MAX,
                     dst: cur.addr,
                 };
-                sink.set_window(slot, &w)?;
+                open_window(sink, slot, &w)?;
                 prev_window = Some((slot, w));
                 std::mem::swap(&mut cur, &mut other);
                 while mono_ns() - returned < DWELL.as_nanos() as u64 {
