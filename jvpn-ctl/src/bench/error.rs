@@ -61,15 +61,6 @@ pub enum BenchError {
     #[error(transparent)]
     Datapath(#[from] DatapathError),
 
-    #[error("loading the XDP object failed: {0}")]
-    Load(aya::EbpfError),
-
-    #[error("loading program `{name}` failed: {cause}")]
-    Program {
-        name: &'static str,
-        cause: aya::programs::ProgramError,
-    },
-
     #[error("map `{name}`: {cause}")]
     Map {
         name: &'static str,

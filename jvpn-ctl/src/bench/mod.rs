@@ -17,7 +17,7 @@ use aya::{
 };
 pub use error::BenchError;
 
-use crate::datapath::AttachMode;
+use crate::datapath::{AttachMode, DatapathError, xdp_mut};
 
 /// A loader for the jvpn object as the benchmark tools use it: nothing pinned, and the
 /// relay's maps, which come with the object but stay unused here, get one entry.
@@ -27,16 +27,6 @@ fn loader<'a>() -> EbpfLoader<'a> {
         .map_max_entries("SESSIONS", 1)
         .map_max_entries("SESSION_STATS", 1);
     loader
-}
-
-fn program_mut<'a>(ebpf: &'a mut aya::Ebpf, name: &'static str) -> Result<&'a mut Xdp, BenchError> {
-    ebpf.program_mut(name)
-        .ok_or(BenchError::Program {
-            name,
-            cause: aya::programs::ProgramError::UnexpectedProgramType,
-        })?
-        .try_into()
-        .map_err(|cause| BenchError::Program { name, cause })
 }
 
 /// Loads the object with `loader`, loads `program` and attaches it to `iface` (in the
@@ -51,9 +41,9 @@ fn load_attached(
     crate::datapath::check_privilege()?;
     let mut ebpf = loader
         .load(crate::datapath::EBPF_OBJECT)
-        .map_err(BenchError::Load)?;
-    let prog = program_mut(&mut ebpf, program)?;
-    prog.load().map_err(|cause| BenchError::Program {
+        .map_err(DatapathError::Load)?;
+    let prog = xdp_mut(&mut ebpf, program)?;
+    prog.load().map_err(|cause| DatapathError::Program {
         name: program,
         cause,
     })?;

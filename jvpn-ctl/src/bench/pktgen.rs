@@ -26,9 +26,8 @@ use super::{
     BenchError,
     frame::FrameSpec,
     netif::{self, XdpXmit},
-    program_mut,
 };
-use crate::datapath::EBPF_OBJECT;
+use crate::datapath::{DatapathError, EBPF_OBJECT, xdp_mut};
 
 pub const PKTGEN_PROGRAM: &str = "jvpn_pktgen";
 const CONFIG_MAP: &str = "PKTGEN_CONFIG";
@@ -162,7 +161,7 @@ impl Generator {
 
         let mut ebpf = super::loader()
             .load(EBPF_OBJECT)
-            .map_err(BenchError::Load)?;
+            .map_err(DatapathError::Load)?;
         let config = PktgenConfig {
             first_id: opts.frame.session_id,
             n_sessions: opts.sessions,
@@ -190,9 +189,9 @@ impl Generator {
             name: CONFIG_MAP,
             cause,
         })?;
-        program_mut(&mut ebpf, PKTGEN_PROGRAM)?
+        xdp_mut(&mut ebpf, PKTGEN_PROGRAM)?
             .load()
-            .map_err(|cause| BenchError::Program {
+            .map_err(|cause| DatapathError::Program {
                 name: PKTGEN_PROGRAM,
                 cause,
             })?;
@@ -213,14 +212,17 @@ impl Generator {
     pub fn program(&self) -> Result<&Xdp, BenchError> {
         self.ebpf
             .program(PKTGEN_PROGRAM)
-            .ok_or(BenchError::Program {
+            .ok_or(DatapathError::Program {
                 name: PKTGEN_PROGRAM,
                 cause: ProgramError::UnexpectedProgramType,
             })?
             .try_into()
-            .map_err(|cause| BenchError::Program {
-                name: PKTGEN_PROGRAM,
-                cause,
+            .map_err(|cause| {
+                DatapathError::Program {
+                    name: PKTGEN_PROGRAM,
+                    cause,
+                }
+                .into()
             })
     }
 

@@ -291,26 +291,23 @@ async fn connection(mut stream: TcpStream, calls: &mpsc::Sender<Call>) -> io::Re
         .unwrap_or("")
         .trim_end_matches('\r');
     let parts: Vec<&str> = line.split(' ').collect();
-    let [method, target, version] = parts[..] else {
-        return reply(
-            &mut stream,
-            400,
-            "Bad Request",
-            "malformed request line\n",
-            false,
-        )
-        .await;
+    let (method, target) = match parts[..] {
+        [method, target, version]
+            if version.starts_with("HTTP/1.") && target.starts_with('/') && !method.is_empty() =>
+        {
+            (method, target)
+        }
+        _ => {
+            return reply(
+                &mut stream,
+                400,
+                "Bad Request",
+                "malformed request line\n",
+                false,
+            )
+            .await;
+        }
     };
-    if !version.starts_with("HTTP/1.") || !target.starts_with('/') || method.is_empty() {
-        return reply(
-            &mut stream,
-            400,
-            "Bad Request",
-            "malformed request line\n",
-            false,
-        )
-        .await;
-    }
     let head_only = method == "HEAD";
     let path = target.split(['?', '#']).next().unwrap_or(target);
     if path != "/metrics" {

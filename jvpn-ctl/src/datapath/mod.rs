@@ -234,7 +234,7 @@ impl Datapath {
     /// module picks (`stats_slot` of `entry` is ignored).
     pub fn insert_session(&mut self, id: u64, entry: &SessionEntry) -> Result<(), DatapathError> {
         validate(id, entry)?;
-        if self.session(id)?.is_some() {
+        if self.slots.of(id).is_some() {
             return Err(DatapathError::SessionExists(id));
         }
         let slot = self
@@ -414,7 +414,11 @@ fn validate(id: u64, e: &SessionEntry) -> Result<(), DatapathError> {
     Ok(())
 }
 
-fn xdp_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, DatapathError> {
+/// The XDP program `name` of a loaded object (the bench tools use it too).
+pub(crate) fn xdp_mut<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut Xdp, DatapathError> {
     ebpf.program_mut(name)
         .ok_or(DatapathError::Program {
             name,
