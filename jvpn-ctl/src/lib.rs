@@ -10,6 +10,7 @@ pub mod control;
 pub mod datapath;
 pub mod exit;
 pub mod gateway;
+pub mod icmp;
 pub mod lab;
 pub mod proto;
 pub mod session;

@@ -248,6 +248,19 @@ pub async fn configure(name: &str, addr: IpAddr, prefix_len: u8, mtu: u32) -> Re
     .await
 }
 
+/// Sets the MTU of device `name` (the tunnel MTU follows the bound transport's path).
+pub async fn set_mtu(name: &str, mtu: u32) -> Result<(), TunError> {
+    let index = ifindex(name)?;
+    with_netlink(|h| async move {
+        h.link()
+            .change(LinkUnspec::new_with_index(index).mtu(mtu).build())
+            .execute()
+            .await
+            .map_err(|e| netlink_err("setting the MTU of", name, e))
+    })
+    .await
+}
+
 /// Routes `dest/prefix_len` through device `name` (like `ip route replace DEST dev
 /// NAME`): replaces an existing route for that prefix in the main table.
 pub async fn add_route(name: &str, dest: IpAddr, prefix_len: u8) -> Result<(), TunError> {

@@ -11,7 +11,7 @@ use jvpn_ctl::{
     client::ClientStatus,
     control::api::EventRecord,
     lab::{
-        gateway::Transport,
+        gateway::{LabOptions, Transport},
         traffic::{EchoServer, Stream},
     },
     session::State,
@@ -51,6 +51,17 @@ impl AgentLab {
     /// on the exit's tunnel address, and the client agent over `transports` (most
     /// preferred first) with `client_extra` in its configuration; waits for ATTACHED.
     pub fn start(tag: &str, policy: &str, transports: &[Transport], client_extra: &str) -> Self {
+        Self::start_with(tag, policy, transports, client_extra, LabOptions::default())
+    }
+
+    /// As [`AgentLab::start`], with the lab's options (a NAT on the Wi-Fi path).
+    pub fn start_with(
+        tag: &str,
+        policy: &str,
+        transports: &[Transport],
+        client_extra: &str,
+        opts: LabOptions,
+    ) -> Self {
         // The test's keys replace the fast defaults (TOML refuses a key twice).
         let keys: Vec<&str> = policy
             .lines()
@@ -62,7 +73,7 @@ impl AgentLab {
             .filter(|l| !keys.contains(&l.split('=').next().unwrap_or("").trim()))
             .map(|l| format!("{l}\n"))
             .collect();
-        let mut gw = GwLab::start(tag, &format!("{fast}{policy}"));
+        let mut gw = GwLab::start_with(tag, &format!("{fast}{policy}"), opts);
         let echo = EchoServer::start(&gw.lab.exit, echo_addr()).expect("echo server");
         let cfg = gw.client_config(transports, client_extra);
         gw.start_client(&cfg).expect("starting the client agent");

@@ -15,7 +15,7 @@ use jvpn_ctl::{
         client::Client,
     },
     datapath::Pinned,
-    lab::stack::Stack,
+    lab::{gateway::LabOptions, stack::Stack},
     proto,
 };
 use ring::signature::Ed25519KeyPair;
@@ -61,7 +61,12 @@ impl GwLab {
     /// Builds the lab and starts exit and gateway; `policy` is the body of a TOML
     /// `[policy]` table.
     pub fn start(tag: &str, policy: &str) -> Self {
-        let stack = Stack::start(tag, &std::env::temp_dir(), &jvpn_ctl_bin(), policy)
+        Self::start_with(tag, policy, LabOptions::default())
+    }
+
+    /// As [`GwLab::start`], with the lab's options (a NAT on the Wi-Fi path).
+    pub fn start_with(tag: &str, policy: &str, opts: LabOptions) -> Self {
+        let stack = Stack::start_with(tag, &std::env::temp_dir(), &jvpn_ctl_bin(), policy, opts)
             .expect("starting the lab");
         let client_id = proto::identity::load(&stack.client_key).unwrap();
         Self { stack, client_id }

@@ -13,8 +13,8 @@ use jvpn_common::wire::msg_type;
 use jvpn_ctl::{
     lab::gateway::Transport,
     proto::{
-        self, Body, ClientHandshake, ClientSession, Control, DataKey, ReattachRequest,
-        TransportKind, Unverified,
+        self, Body, ClientHandshake, ClientSession, Control, DataKey, ReattachCause,
+        ReattachRequest, TransportKind, Unverified,
     },
 };
 use ring::{rand::SecureRandom as _, signature::Ed25519KeyPair};
@@ -120,7 +120,8 @@ impl TestClient {
     }
 
     pub fn reattach_request(&mut self, ts_ms: u64, kind: TransportKind) -> Vec<u8> {
-        let r = ReattachRequest::new(ts_ms, random(), kind, b"test").unwrap();
+        let r =
+            ReattachRequest::new(ts_ms, random(), kind, ReattachCause::Recovery, b"test").unwrap();
         self.control(Body::ReattachRequest(r))
     }
 

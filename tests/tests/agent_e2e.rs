@@ -198,7 +198,9 @@ fn forged_proof_gets_silence() {
     let before = lab.gw_view(id);
     let attacker = lab.attacker();
     let wrong_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &[7u8; 32]);
-    let req = ReattachRequest::new(now_ms(), [9u8; 16], TransportKind::Cellular, b"evil").unwrap();
+    let cause = jvpn_ctl::proto::ReattachCause::Recovery;
+    let req =
+        ReattachRequest::new(now_ms(), [9u8; 16], TransportKind::Cellular, cause, b"evil").unwrap();
     let forged = Control {
         session_id: id,
         ctr: 1 << 40,

@@ -327,7 +327,10 @@ fn mangled_control_messages_are_counted_and_change_nothing() {
     let valid = [
         c.reattach_request(now_ms(), TransportKind::Wifi),
         c.control(Body::ReattachConfirm { challenge: [7; 16] }),
-        c.control(Body::Keepalive { ts_ms: now_ms() }),
+        c.control(Body::Keepalive {
+            ts_ms: now_ms(),
+            pad: 0,
+        }),
         c.control(Body::close(Reason::Closed)),
         c.session.confirm.clone(),
     ];

@@ -7,13 +7,19 @@ use anyhow::{Context as _, Result, bail};
 use crate::util;
 
 /// (command, Debian package providing it)
-const TOOLS: [(&str, &str); 5] = [
+const TOOLS: [(&str, &str); 8] = [
     ("ip", "iproute2"),
     ("tc", "iproute2"),
     ("sysctl", "procps"),
     ("setpriv", "util-linux"),
     // Turns off veth TX checksum offload in labs (XDP never completes partial sums).
     ("ethtool", "ethtool"),
+    // The NAT router of the lab's Wi-Fi path: its SNAT rule, and flushing its
+    // mappings (a NAT reboot).
+    ("nft", "nftables"),
+    ("conntrack", "conntrack"),
+    // Throughput through the tunnel.
+    ("iperf3", "iperf3"),
 ];
 
 pub fn ensure() -> Result<()> {

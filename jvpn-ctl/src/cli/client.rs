@@ -171,6 +171,11 @@ fn render(s: &ClientStatus) -> String {
                     "{} → {} planned, exchange {} ms",
                     w.from, w.to, w.exchange_ms
                 )
+            } else if w.cause == "address changed" {
+                format!(
+                    "{} rebound (address changed): silent {} ms, exchange {} ms",
+                    w.to, w.silent_ms, w.exchange_ms
+                )
             } else {
                 format!(
                     "{} → {}: silent {} ms (detection {} ms, {} attempt(s), last exchange {} ms)",
@@ -178,6 +183,9 @@ fn render(s: &ClientStatus) -> String {
                 )
             },
         );
+    }
+    if s.tunnel_mtu > 0 {
+        line("tunnel MTU", s.tunnel_mtu.to_string());
     }
     let c = &s.counters;
     line(
@@ -188,7 +196,7 @@ fn render(s: &ClientStatus) -> String {
         ),
     );
     out.push_str(&format!(
-        "\n{:<10} {:<9} {:<6} {:<9} {:>8} {:>8} {:>5} {:>9}  {}\n",
+        "\n{:<10} {:<9} {:<6} {:<9} {:>8} {:>8} {:>5} {:>9} {:>6}  {}\n",
         "TRANSPORT",
         "KIND",
         "BOUND",
@@ -197,11 +205,25 @@ fn render(s: &ClientStatus) -> String {
         "JITTER",
         "LOSS",
         "SILENCE",
+        "PMTU",
         "LOCAL → GATEWAY"
     ));
     for t in &s.transports {
+        let mut notes = Vec::new();
+        if t.backoff_ms > 0 {
+            notes.push(format!("backing off {} ms", t.backoff_ms));
+        }
+        if t.not_bound {
+            notes.push("gateway: not bound, rebinding".to_owned());
+        }
+        if t.stalled {
+            notes.push("DATA not forwarded".to_owned());
+        }
+        if !t.path_mtu_settled {
+            notes.push("path MTU search under way".to_owned());
+        }
         out.push_str(&format!(
-            "{:<10} {:<9} {:<6} {:<9} {:>8} {:>8} {:>4}% {:>7}ms  {} → {}{}\n",
+            "{:<10} {:<9} {:<6} {:<9} {:>8} {:>8} {:>4}% {:>7}ms {:>6}  {} → {}{}\n",
             t.name,
             t.kind,
             if t.bound { "yes" } else { "" },
@@ -210,12 +232,13 @@ fn render(s: &ClientStatus) -> String {
             format!("{:.1}ms", t.jitter_ms),
             t.loss_pct,
             t.silence_ms,
+            t.path_mtu,
             t.local,
             t.gateway,
-            if t.backoff_ms > 0 {
-                format!(" (backing off {} ms)", t.backoff_ms)
-            } else {
+            if notes.is_empty() {
                 String::new()
+            } else {
+                format!(" ({})", notes.join("; "))
             }
         ));
     }

@@ -12,6 +12,7 @@
 //! | VOLATILE, DEGRADED | bound transport healthy again | ATTACHED | transport_recovered |
 //! | VOLATILE, DEGRADED | bound transport DEAD, a candidate to try | RECOVERING | reattach_started |
 //! | ATTACHED | a more preferred transport healthy for `return_after_ms`, or `client move` | RECOVERING | reattach_started |
+//! | ATTACHED, VOLATILE, DEGRADED | the bound transport's KEEPALIVE answered "not bound" (current generation) | RECOVERING (rebind over the same transport) | address_changed |
 //! | RECOVERING | REATTACH_ACK | ATTACHED | reattach_success |
 //! | RECOVERING | REATTACH_DENIED, or no answer within `attempt_timeout_ms` | DEGRADED | reattach_validation_failed (+detail) |
 //! | any | CLOSE from the gateway; recovery window or session TTL over | TERMINATED | the CLOSE's reason / recovery_window_expired / session_ttl_expired |
@@ -22,7 +23,9 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use jvpn_common::wire::msg_type;
+use std::collections::VecDeque;
+
+use jvpn_common::wire::{HEADER_LEN, TAG_LEN, msg_type};
 use ring::{
     hmac,
     rand::{SecureRandom as _, SystemRandom},
@@ -32,13 +35,16 @@ use ring::{
 use super::{
     config::{ClientConfig, HealthConfig, TransportConfig},
     health::{Health, Status, Thresholds},
+    pmtu::PathMtu,
     status::{ClientStatus, Counters, SwitchRecord, TransportStatus},
 };
 use crate::{
     control::api::{EventRecord, SessionId},
+    icmp,
     proto::{
         self, Body, ClientHandshake, ClientSession, Control, CtlWindow, DataKey, Hint,
-        ReattachRequest, ReplayWindow, Unverified,
+        ReattachCause, ReattachRequest, ReplayWindow, Unverified,
+        control::{ACK_FROM_BINDING, KEEPALIVE_LEN},
     },
     session::{Detail, Reason, State},
 };
@@ -59,15 +65,31 @@ const BACKOFF_CANDIDATE_MS: u64 = 2_000;
 const BACKOFF_BLACKLISTED_MS: u64 = 60_000;
 const BACKOFF_RATE_FIRST_MS: u64 = 1_000;
 const BACKOFF_RATE_MAX_MS: u64 = 16_000;
+/// DATA sent over the binding between two answered KEEPALIVEs, none of it forwarded
+/// by the relay: the tunnel is not getting through although KEEPALIVEs are.
+const STALL_MIN_SENT: u64 = 4;
+/// Recent KEEPALIVEs remembered per transport (timestamp → DATA sent before it).
+const SENT_AT: usize = 16;
+/// Largest path MTU tried when the shell could not ask the kernel.
+const DEFAULT_MAX_MTU: u16 = 1500;
+/// DATA framing on top of the inner packet: jvpn header and AEAD tag.
+const DATA_OVERHEAD: u16 = (HEADER_LEN + TAG_LEN) as u16;
+
+/// Outer IP + UDP header bytes for a transport of this family.
+fn ip_udp(v6: bool) -> u16 {
+    if v6 { 48 } else { 28 }
+}
 
 /// What the shell must do.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Out {
-    /// Send on transport `transport` to its gateway address.
+    /// Send on transport `transport` to its gateway address (never fragmented: DF).
     Udp {
         transport: usize,
         data: Vec<u8>,
     },
+    /// The tunnel MTU changed (a switch, or a path MTU learned): set the TUN's MTU.
+    TunMtu(u16),
     /// Write an inner packet to the TUN device.
     Tun(Vec<u8>),
     /// A session is up: give the TUN this address (and the configured routes).
@@ -87,6 +109,38 @@ struct Link {
     healthy_for_ms: u64,
     last_probe_ms: Option<u64>,
     backoff_until: u64,
+    /// Last KEEPALIVE timestamp on this transport: each is unique, so answers match.
+    last_ts: u64,
+    pmtu: PathMtu,
+    /// Outstanding path-MTU probes: (KEEPALIVE ts, probe id).
+    mtu_probes: VecDeque<(u64, u64)>,
+    /// DATA sent (the session's count) when each recent KEEPALIVE left: (ts, count).
+    sent_at: VecDeque<(u64, u64)>,
+    /// The last answer from the binding: (DATA sent before its KEEPALIVE, the relay's
+    /// uplink count).
+    last_fwd: Option<(u64, u32)>,
+    /// Since when DATA over this (bound) transport has not reached the relay.
+    stalled_since: Option<u64>,
+    /// The gateway answered this transport's KEEPALIVE with "not bound".
+    not_bound: bool,
+}
+
+impl Link {
+    fn v6(&self) -> bool {
+        self.cfg.gateway.is_ipv6()
+    }
+
+    fn next_ts(&mut self, now_ms: u64) -> u64 {
+        self.last_ts = now_ms.max(self.last_ts + 1);
+        self.last_ts
+    }
+
+    /// The largest inner packet this transport carries whole.
+    fn tunnel_mtu(&self) -> u16 {
+        self.pmtu
+            .current()
+            .saturating_sub(ip_udp(self.v6()) + DATA_OVERHEAD)
+    }
 }
 
 struct Attempt {
@@ -95,7 +149,7 @@ struct Attempt {
     /// Last message of the exchange sent at.
     sent_ms: u64,
     started_ms: u64,
-    planned: bool,
+    cause: ReattachCause,
 }
 
 struct Connecting {
@@ -135,6 +189,8 @@ struct Session {
     last_switch: Option<SwitchRecord>,
     /// Operator-requested move, served on the next tick.
     move_to: Option<usize>,
+    /// The MTU the TUN was last given.
+    tun_mtu: u16,
 }
 
 impl Session {
@@ -173,6 +229,8 @@ pub struct Core {
     established: u64,
     /// Last state reported, for status while connecting or ended.
     last_state: State,
+    /// The configured tunnel MTU: the most the tunnel is given, whatever the paths.
+    mtu_cap: u16,
     pub out: Vec<Out>,
 }
 
@@ -194,6 +252,13 @@ impl Core {
                 healthy_for_ms: 0,
                 last_probe_ms: None,
                 backoff_until: 0,
+                last_ts: 0,
+                pmtu: new_pmtu(t.gateway.is_ipv6(), DEFAULT_MAX_MTU, now_ms),
+                mtu_probes: VecDeque::new(),
+                sent_at: VecDeque::new(),
+                last_fwd: None,
+                stalled_since: None,
+                not_bound: false,
             })
             .collect();
         let mut core = Self {
@@ -207,6 +272,7 @@ impl Core {
             counters: Counters::default(),
             established: 0,
             last_state: State::Birth,
+            mtu_cap: u16::try_from(cfg.mtu).unwrap_or(u16::MAX),
             out: Vec::new(),
         };
         core.connect(0, now_ms);
@@ -227,6 +293,28 @@ impl Core {
 
     pub fn note_send_error(&mut self) {
         self.counters.send_errors += 1;
+    }
+
+    /// The largest packet the kernel will send on transport `t` (its route's MTU,
+    /// which includes what ICMP "too big" taught it): where path-MTU probing starts.
+    pub fn set_path_max(&mut self, t: usize, mtu: u16, now_ms: u64) {
+        let l = &mut self.links[t];
+        l.pmtu.set_max(mtu.max(PathMtu::base_for(l.v6())), now_ms);
+        self.apply_tunnel_mtu();
+    }
+
+    /// A send of `len` UDP payload bytes on `t` failed with EMSGSIZE; `route_mtu` is
+    /// what the kernel now reports for the path, if it could be read.
+    pub fn note_too_big(&mut self, t: usize, len: usize, route_mtu: Option<u16>, now_ms: u64) {
+        self.counters.send_errors += 1;
+        self.counters.emsgsize += 1;
+        let l = &mut self.links[t];
+        let sent = u16::try_from(len)
+            .unwrap_or(u16::MAX)
+            .saturating_add(ip_udp(l.v6()));
+        let mtu = route_mtu.map_or(sent - 1, |m| m.min(sent - 1));
+        l.pmtu.on_too_big(mtu, now_ms);
+        self.apply_tunnel_mtu();
     }
 
     // -----------------------------------------------------------------------------
@@ -345,15 +433,21 @@ impl Core {
             switches: 0,
             last_switch: None,
             move_to: None,
+            tun_mtu: 0,
         };
         for l in &mut self.links {
             l.health.reset(now_ms);
             l.last_probe_ms = None;
             l.backoff_until = 0;
+            l.sent_at.clear();
+            l.last_fwd = None;
+            l.stalled_since = None;
+            l.not_bound = false;
         }
         self.links[t].health.on_rx(now_ms);
         self.out.push(Out::TunUp(s.tunnel));
         self.phase = Phase::Up(Box::new(s));
+        self.apply_tunnel_mtu();
         self.go(State::Attached, Reason::BirthComplete, None, now_ms);
         let local = self.links[t].local.clone();
         self.emit_switch(None, local, 1, now_ms);
@@ -427,11 +521,18 @@ impl Core {
             return;
         }
         let msg = u.into_msg();
+        if let Body::KeepaliveAck {
+            echo_ts_ms,
+            generation,
+            up_forwarded,
+            flags,
+        } = msg.body
+        {
+            return self.on_keepalive_ack(t, echo_ts_ms, generation, up_forwarded, flags, now_ms);
+        }
         self.links[t].health.on_rx(now_ms);
         match msg.body {
-            Body::KeepaliveAck { echo_ts_ms } => {
-                self.links[t].health.on_probe_ack(echo_ts_ms, now_ms);
-            }
+            Body::KeepaliveAck { .. } => {}
             Body::ReattachChallenge { challenge } => self.on_challenge(t, challenge, now_ms),
             Body::ReattachAck { generation, hint } => self.on_ack(t, generation, hint, now_ms),
             Body::ReattachDenied { reason } => {
@@ -448,10 +549,40 @@ impl Core {
         }
     }
 
-    /// An inner packet from the TUN device.
+    /// An inner packet from the TUN device. One larger than the tunnel MTU (sent
+    /// before the TUN learned a smaller one) is answered like a router would: ICMP
+    /// "too big" back into the TUN, or fragments for IPv4 without DF. Outer packets
+    /// are never fragmented.
     pub fn on_tun(&mut self, pkt: &[u8]) {
-        let Phase::Up(s) = &mut self.phase else {
+        let Phase::Up(s) = &self.phase else {
             self.counters.tx_no_session += 1;
+            return;
+        };
+        let mtu = s.tun_mtu;
+        match icmp::classify(pkt, mtu) {
+            icmp::Verdict::Fits => self.seal(pkt),
+            icmp::Verdict::Fragment => {
+                let mut frags = Vec::new();
+                let mut buf = Vec::new();
+                icmp::fragment_v4(pkt, mtu, &mut buf, |f| frags.push(f.to_vec()));
+                self.counters.tx_fragmented += 1;
+                for f in frags {
+                    self.seal(&f);
+                }
+            }
+            icmp::Verdict::TooBig => {
+                let mut reply = Vec::new();
+                if icmp::too_big(pkt, mtu, &mut reply) {
+                    self.out.push(Out::Tun(reply));
+                }
+                self.counters.tx_too_big += 1;
+            }
+            icmp::Verdict::Drop => self.counters.tx_too_big += 1,
+        }
+    }
+
+    fn seal(&mut self, pkt: &[u8]) {
+        let Phase::Up(s) = &mut self.phase else {
             return;
         };
         s.data_ctr += 1;
@@ -569,6 +700,7 @@ impl Core {
         let Phase::Up(s) = &mut self.phase else {
             return;
         };
+        let sent = self.counters.tx_packets;
         for (i, l) in self.links.iter_mut().enumerate() {
             let due = force
                 || l.last_probe_ms
@@ -576,19 +708,166 @@ impl Core {
             if !due {
                 continue;
             }
-            // Distinct timestamps per transport would not be needed (acks are
-            // matched per transport), but a probe must never repeat on one.
-            let ts = match l.last_probe_ms {
-                Some(t) if t >= now_ms => t + 1,
-                _ => now_ms,
-            };
-            if let Some(data) = s.control(Body::Keepalive { ts_ms: ts }) {
-                l.last_probe_ms = Some(ts);
+            let ts = l.next_ts(now_ms);
+            if let Some(data) = s.control(Body::Keepalive { ts_ms: ts, pad: 0 }) {
+                l.last_probe_ms = Some(now_ms);
                 l.health.on_probe_sent(ts);
+                remember(&mut l.sent_at, (ts, sent));
                 self.counters.keepalives_sent += 1;
                 self.out.push(Out::Udp { transport: i, data });
             }
         }
+    }
+
+    /// Path-MTU probes (padded KEEPALIVEs) on every healthy transport, standby ones
+    /// too, so a switch finds the new path's size already known. Only healthy ones:
+    /// a probe lost to a dying link must not read as "too big".
+    fn probe_mtu(&mut self, now_ms: u64, probe_timeout_ms: u64) {
+        let Phase::Up(s) = &mut self.phase else {
+            return;
+        };
+        let sent = self.counters.tx_packets;
+        for (i, l) in self.links.iter_mut().enumerate() {
+            if l.status != Status::Healthy {
+                continue;
+            }
+            let timeout = l.health.rtt_ms().map_or(probe_timeout_ms, |r| {
+                ((r * 3.0) as u64).clamp(100, probe_timeout_ms.max(100))
+            });
+            let Some(p) = l.pmtu.poll_probe(now_ms, timeout) else {
+                continue;
+            };
+            let payload = usize::from(p.size.saturating_sub(ip_udp(l.v6())));
+            let pad = u16::try_from(payload.saturating_sub(KEEPALIVE_LEN)).unwrap_or(0);
+            let ts = l.next_ts(now_ms);
+            if let Some(data) = s.control(Body::Keepalive { ts_ms: ts, pad }) {
+                if l.mtu_probes.len() == SENT_AT {
+                    l.mtu_probes.pop_front();
+                }
+                l.mtu_probes.push_back((ts, p.id));
+                remember(&mut l.sent_at, (ts, sent));
+                self.counters.mtu_probes_sent += 1;
+                self.out.push(Out::Udp { transport: i, data });
+            }
+        }
+    }
+
+    /// Gives the TUN the bound transport's tunnel MTU (capped by the configuration)
+    /// when it changed.
+    fn apply_tunnel_mtu(&mut self) {
+        let Phase::Up(s) = &mut self.phase else {
+            return;
+        };
+        let mtu = self.links[s.bound].tunnel_mtu().min(self.mtu_cap);
+        if mtu != s.tun_mtu {
+            tracing::info!(
+                "tunnel MTU {mtu} (path MTU {} over {})",
+                self.links[s.bound].pmtu.current(),
+                self.links[s.bound].cfg.name
+            );
+            s.tun_mtu = mtu;
+            self.out.push(Out::TunMtu(mtu));
+        }
+    }
+
+    /// A verified KEEPALIVE_ACK on transport `t`.
+    fn on_keepalive_ack(
+        &mut self,
+        t: usize,
+        echo_ts_ms: u64,
+        generation: u32,
+        up_forwarded: u32,
+        flags: u8,
+        now_ms: u64,
+    ) {
+        let Phase::Up(s) = &mut self.phase else {
+            return;
+        };
+        let (bound, current) = (s.bound, s.generation);
+        let l = &mut self.links[t];
+        let probe = l.mtu_probes.iter().position(|p| p.0 == echo_ts_ms);
+        if let Some(i) = probe
+            && let Some((_, id)) = l.mtu_probes.remove(i)
+        {
+            l.pmtu.on_ack(id, now_ms);
+        }
+        if t == bound {
+            // An answer to a KEEPALIVE sent before the last switch says nothing
+            // about the binding as it is now.
+            if generation < current {
+                return self.apply_tunnel_mtu();
+            }
+            if flags & ACK_FROM_BINDING == 0 {
+                // Never health: the gateway drops this transport's DATA as stale.
+                self.counters.not_bound_signals += 1;
+                if !l.not_bound {
+                    tracing::warn!(
+                        "the gateway sees {}'s packets from an address that is not the                          binding (NAT rebinding or a new address): rebinding",
+                        l.cfg.name
+                    );
+                }
+                l.not_bound = true;
+                self.apply_tunnel_mtu();
+                return self.rebind(t, now_ms);
+            }
+            l.not_bound = false;
+            self.check_forwarding(t, echo_ts_ms, up_forwarded, now_ms);
+        }
+        let l = &mut self.links[t];
+        l.health.on_rx(now_ms);
+        if probe.is_none() {
+            l.health.on_probe_ack(echo_ts_ms, now_ms);
+        }
+        self.apply_tunnel_mtu();
+    }
+
+    /// End-to-end liveness of the binding: DATA the client sent before one answered
+    /// KEEPALIVE should have been counted by the relay by the time the gateway read
+    /// its counter for the answer (the relay handles a frame before its socket sees
+    /// the next one). Several sent and none forwarded: the tunnel is not getting
+    /// through, whatever the KEEPALIVEs say.
+    fn check_forwarding(&mut self, t: usize, echo_ts_ms: u64, fwd: u32, now_ms: u64) {
+        let l = &mut self.links[t];
+        let Some(&(_, sent)) = l.sent_at.iter().find(|(ts, _)| *ts == echo_ts_ms) else {
+            return;
+        };
+        match l.last_fwd {
+            Some((sent0, _)) if sent < sent0 => return,
+            Some((sent0, fwd0)) => {
+                let got = fwd.wrapping_sub(fwd0);
+                if got > 0 {
+                    l.stalled_since = None;
+                } else if sent - sent0 >= STALL_MIN_SENT && l.stalled_since.is_none() {
+                    tracing::warn!(
+                        "{}: {} DATA sent, none forwarded by the gateway",
+                        l.cfg.name,
+                        sent - sent0
+                    );
+                    l.stalled_since = Some(now_ms);
+                }
+            }
+            None => {}
+        }
+        l.last_fwd = Some((sent, fwd));
+    }
+
+    /// The bound transport reaches the gateway from a new address: reattach over it
+    /// at once, from that address (the NAT's new mapping).
+    fn rebind(&mut self, t: usize, now_ms: u64) {
+        let Phase::Up(s) = &mut self.phase else {
+            return;
+        };
+        let idle = matches!(s.state, State::Attached | State::Volatile | State::Degraded);
+        if !idle
+            || s.attempt.is_some()
+            || now_ms < s.rate_backoff_until
+            || now_ms < self.links[t].backoff_until
+        {
+            return;
+        }
+        s.dead_since.get_or_insert(now_ms);
+        self.counters.rebinds += 1;
+        self.start_attempt(t, ReattachCause::AddressChanged, now_ms);
     }
 
     fn tick_session(&mut self, now_ms: u64) {
@@ -603,9 +882,19 @@ impl Core {
         self.probe_all(now_ms, false);
         for l in &mut self.links {
             let (st, healthy_for) = l.health.evaluate(now_ms, &th);
-            l.status = st;
-            l.healthy_for_ms = healthy_for;
+            // KEEPALIVEs answered while the tunnel's DATA is not forwarded: not healthy.
+            l.status = match l.stalled_since {
+                Some(t) if now_ms.saturating_sub(t) >= th.loss_ttl_ms => Status::Dead,
+                Some(_) if st == Status::Healthy => Status::Volatile,
+                _ => st,
+            };
+            l.healthy_for_ms = if l.status == Status::Healthy {
+                healthy_for
+            } else {
+                0
+            };
         }
+        self.probe_mtu(now_ms, th.probe_timeout_ms);
         // The gateway ends the session with CLOSE; these catch a CLOSE that was lost.
         if now_ms >= created.saturating_add(ttl_ms).saturating_add(TTL_GRACE_MS) {
             return self.terminate(Reason::SessionTtlExpired, now_ms);
@@ -674,7 +963,7 @@ impl Core {
             .filter(|&i| i != bound && now_ms >= self.links[i].backoff_until)
             .min_by_key(|&i| (rank(self.links[i].status), i));
         if let Some(c) = best {
-            self.start_attempt(c, false, now_ms);
+            self.start_attempt(c, ReattachCause::Recovery, now_ms);
         }
     }
 
@@ -685,7 +974,7 @@ impl Core {
             return;
         };
         if let Some(c) = s.move_to.take() {
-            return self.start_attempt(c, true, now_ms);
+            return self.start_attempt(c, ReattachCause::Planned, now_ms);
         }
         if now_ms < s.rate_backoff_until {
             return;
@@ -697,11 +986,11 @@ impl Core {
             l.status == Status::Healthy && l.healthy_for_ms >= ret && now_ms >= l.backoff_until
         });
         if let Some(c) = better {
-            self.start_attempt(c, true, now_ms);
+            self.start_attempt(c, ReattachCause::Planned, now_ms);
         }
     }
 
-    fn start_attempt(&mut self, c: usize, planned: bool, now_ms: u64) {
+    fn start_attempt(&mut self, c: usize, cause: ReattachCause, now_ms: u64) {
         let Phase::Up(s) = &mut self.phase else {
             return;
         };
@@ -711,14 +1000,14 @@ impl Core {
             return;
         }
         let l = &self.links[c];
-        let req =
-            match ReattachRequest::new(now_ms, nonce, l.cfg.kind.wire(), l.cfg.name.as_bytes()) {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::error!("building REATTACH_REQUEST: {e}");
-                    return;
-                }
-            };
+        let kind = l.cfg.kind.wire();
+        let req = match ReattachRequest::new(now_ms, nonce, kind, cause, l.cfg.name.as_bytes()) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!("building REATTACH_REQUEST: {e}");
+                return;
+            }
+        };
         let Some(data) = s.control(Body::ReattachRequest(req)) else {
             return;
         };
@@ -728,16 +1017,16 @@ impl Core {
             awaiting_ack: false,
             sent_ms: now_ms,
             started_ms: now_ms,
-            planned,
+            cause,
         });
         self.counters.reattach_attempts += 1;
-        tracing::info!(
-            "reattach over {} ({})",
-            l.cfg.name,
-            if planned { "planned move" } else { "recovery" }
-        );
+        tracing::info!("reattach over {} ({})", l.cfg.name, cause_name(cause));
         self.out.push(Out::Udp { transport: c, data });
-        self.go(State::Recovering, Reason::ReattachStarted, None, now_ms);
+        let reason = match cause {
+            ReattachCause::AddressChanged => Reason::AddressChanged,
+            _ => Reason::ReattachStarted,
+        };
+        self.go(State::Recovering, reason, None, now_ms);
     }
 
     fn attempt_timeout(&mut self, now_ms: u64) {
@@ -818,7 +1107,8 @@ impl Core {
         };
         let old = s.bound;
         let last_heard = now_ms.saturating_sub(self.links[old].health.silence_ms(now_ms));
-        let (silent_ms, detection_ms) = if a.planned {
+        let planned = a.cause == ReattachCause::Planned;
+        let (silent_ms, detection_ms) = if planned {
             (0, 0)
         } else {
             (
@@ -836,7 +1126,8 @@ impl Core {
             from: self.links[old].cfg.name.clone(),
             to: self.links[t].cfg.name.clone(),
             generation,
-            planned: a.planned,
+            planned,
+            cause: cause_name(a.cause).into(),
             silent_ms,
             detection_ms,
             exchange_ms: now_ms.saturating_sub(a.started_ms),
@@ -847,8 +1138,13 @@ impl Core {
             self.links[t].cfg.name,
             self.links[old].cfg.name
         );
-        self.links[t].backoff_until = 0;
+        let l = &mut self.links[t];
+        l.backoff_until = 0;
+        l.not_bound = false;
+        l.last_fwd = None;
+        l.stalled_since = None;
         self.go(State::Attached, Reason::ReattachSuccess, None, now_ms);
+        self.apply_tunnel_mtu();
         let (old_local, new_local) = (self.links[old].local.clone(), self.links[t].local.clone());
         self.emit_switch(Some(old_local), new_local, generation, now_ms);
     }
@@ -984,6 +1280,7 @@ impl Core {
                 })
             }),
             last_switch: s.and_then(|s| s.last_switch.clone()),
+            tunnel_mtu: s.map_or(0, |s| s.tun_mtu),
             transports: self
                 .links
                 .iter()
@@ -1000,9 +1297,32 @@ impl Core {
                     loss_pct: th.map_or(0, |th| l.health.loss_pct(now_ms, &th)),
                     silence_ms: l.health.silence_ms(now_ms),
                     backoff_ms: l.backoff_until.max(backoff_all).saturating_sub(now_ms),
+                    path_mtu: l.pmtu.current(),
+                    path_mtu_settled: l.pmtu.settled(),
+                    not_bound: l.not_bound,
+                    stalled: l.stalled_since.is_some(),
                 })
                 .collect(),
             counters: self.counters.clone(),
         }
+    }
+}
+
+fn new_pmtu(v6: bool, max: u16, now_ms: u64) -> PathMtu {
+    PathMtu::new(PathMtu::base_for(v6), max, now_ms)
+}
+
+fn remember(q: &mut VecDeque<(u64, u64)>, v: (u64, u64)) {
+    if q.len() == SENT_AT {
+        q.pop_front();
+    }
+    q.push_back(v);
+}
+
+fn cause_name(c: ReattachCause) -> &'static str {
+    match c {
+        ReattachCause::Recovery => "recovery",
+        ReattachCause::Planned => "planned move",
+        ReattachCause::AddressChanged => "address changed",
     }
 }

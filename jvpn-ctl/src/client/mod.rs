@@ -6,7 +6,9 @@
 pub mod config;
 pub mod core;
 pub mod health;
+pub mod pmtu;
 pub mod run;
+mod sockopt;
 pub mod status;
 
 pub use config::{ClientConfig, ConfigError, HealthConfig, Kind, TransportConfig};

@@ -8,6 +8,7 @@ use tokio::{net::UdpSocket, sync::mpsc};
 use super::{
     config::{ClientConfig, ConfigError},
     core::{Core, Out},
+    sockopt,
 };
 use crate::{
     clock::Clock,
@@ -23,6 +24,8 @@ use crate::{
 
 /// Timer resolution of health checks, keepalives and reattach timeouts.
 const TICK: Duration = Duration::from_millis(10);
+/// How often each transport's route MTU is asked again (a link or route changed).
+const ROUTE_MTU_EVERY: Duration = Duration::from_secs(2);
 
 /// Messages include their cause (no `source`, so `{:#}` does not repeat it).
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +51,14 @@ pub enum ClientError {
 struct Sockets {
     socks: Vec<Arc<UdpSocket>>,
     gateways: Vec<SocketAddr>,
+    binds: Vec<SocketAddr>,
+    devices: Vec<Option<String>>,
+}
+
+impl Sockets {
+    fn route_mtu(&self, t: usize) -> Option<u16> {
+        sockopt::route_mtu(self.binds[t], self.devices[t].as_deref(), self.gateways[t])
+    }
 }
 
 async fn bind_transports(
@@ -68,6 +79,8 @@ async fn bind_transports(
             sock.bind_device(Some(dev.as_bytes()))
                 .map_err(|e| err("binding to its interface", e))?;
         }
+        sockopt::dont_fragment(std::os::fd::AsRawFd::as_raw_fd(&sock), t.gateway.is_ipv6())
+            .map_err(|e| err("setting don't-fragment", e))?;
         let sock = Arc::new(sock);
         spawn_reader(i, sock.clone(), t.gateway, tx.clone());
         socks.push(sock);
@@ -75,6 +88,8 @@ async fn bind_transports(
     Ok(Sockets {
         socks,
         gateways: cfg.transports.iter().map(|t| t.gateway).collect(),
+        binds: cfg.transports.iter().map(|t| t.bind).collect(),
+        devices: cfg.transports.iter().map(|t| t.interface.clone()).collect(),
     })
 }
 
@@ -128,6 +143,9 @@ pub async fn run(cfg: ClientConfig, shutdown: impl Future<Output = ()>) -> Resul
             core.set_local(i, local);
         }
     }
+    let mut route_mtus: Vec<Option<u16>> = vec![None; sockets.socks.len()];
+    let mut route_mtu_at = tokio::time::Instant::now();
+    refresh_route_mtus(&mut core, &sockets, &mut route_mtus, clock.now_ms());
     tracing::info!(
         "client agent up: TUN {}, transports {}; control socket {}",
         tun.name(),
@@ -166,20 +184,39 @@ pub async fn run(cfg: ClientConfig, shutdown: impl Future<Output = ()>) -> Resul
                 Ok(n) => core.on_tun(&buf[..n]),
                 Err(e) => tracing::warn!("reading {}: {e}", tun.name()),
             },
-            _ = tick.tick() => core.tick(clock.now_ms()),
+            _ = tick.tick() => {
+                if route_mtu_at.elapsed() >= ROUTE_MTU_EVERY {
+                    route_mtu_at = tokio::time::Instant::now();
+                    refresh_route_mtus(&mut core, &sockets, &mut route_mtus, clock.now_ms());
+                }
+                core.tick(clock.now_ms())
+            }
         }
-        if let Err(e) = flush(&mut core, &sockets, &tun, &cfg, &bus).await {
+        if let Err(e) = flush(&mut core, &sockets, &tun, &cfg, &bus, &clock).await {
             break Err(e);
         }
     };
     if outcome.is_ok() {
         core.close(clock.now_ms());
-        let _ = flush(&mut core, &sockets, &tun, &cfg, &bus).await;
+        let _ = flush(&mut core, &sockets, &tun, &cfg, &bus, &clock).await;
         tracing::info!("client agent stopped");
     }
     // Let the file sink write the last events.
     tokio::time::sleep(Duration::from_millis(50)).await;
     outcome
+}
+
+/// Tells the core each transport's route MTU when it changed (the search's ceiling).
+fn refresh_route_mtus(core: &mut Core, sockets: &Sockets, last: &mut [Option<u16>], now_ms: u64) {
+    for (t, prev) in last.iter_mut().enumerate() {
+        let mtu = sockets.route_mtu(t);
+        if mtu != *prev {
+            *prev = mtu;
+            if let Some(m) = mtu {
+                core.set_path_max(t, m, now_ms);
+            }
+        }
+    }
 }
 
 async fn flush(
@@ -188,13 +225,39 @@ async fn flush(
     tun: &Tun,
     cfg: &ClientConfig,
     bus: &EventBus,
+    clock: &Clock,
+) -> Result<(), ClientError> {
+    // Outputs may queue more (an EMSGSIZE lowers the tunnel MTU): drain until empty.
+    while !core.out.is_empty() {
+        flush_once(core, sockets, tun, cfg, bus, clock).await?;
+    }
+    Ok(())
+}
+
+async fn flush_once(
+    core: &mut Core,
+    sockets: &Sockets,
+    tun: &Tun,
+    cfg: &ClientConfig,
+    bus: &EventBus,
+    clock: &Clock,
 ) -> Result<(), ClientError> {
     for o in std::mem::take(&mut core.out) {
         match o {
             Out::Udp { transport, data } => {
                 let sent = sockets.socks[transport].try_send_to(&data, sockets.gateways[transport]);
-                if sent.is_err() {
-                    core.note_send_error();
+                match sent {
+                    Ok(_) => {}
+                    Err(e) if sockopt::is_emsgsize(&e) => {
+                        let mtu = sockets.route_mtu(transport);
+                        core.note_too_big(transport, data.len(), mtu, clock.now_ms());
+                    }
+                    Err(_) => core.note_send_error(),
+                }
+            }
+            Out::TunMtu(mtu) => {
+                if let Err(e) = tun::set_mtu(&cfg.tun_name, u32::from(mtu)).await {
+                    tracing::warn!("{e}");
                 }
             }
             Out::Tun(pkt) => {

@@ -24,6 +24,10 @@ pub struct ClientStatus {
     /// The reattach under way, if any: `"lte (awaiting challenge)"`.
     pub reattach: Option<String>,
     pub last_switch: Option<SwitchRecord>,
+    /// The TUN's MTU: the bound transport's path MTU less the framing, capped by
+    /// the configured `mtu` (0 while no session is up).
+    #[serde(default)]
+    pub tunnel_mtu: u16,
     pub transports: Vec<TransportStatus>,
     pub counters: Counters,
 }
@@ -42,6 +46,18 @@ pub struct TransportStatus {
     pub silence_ms: u64,
     /// Milliseconds until this transport may be tried again after a refusal.
     pub backoff_ms: u64,
+    /// Largest outer IP packet confirmed to cross this path (probes, EMSGSIZE).
+    #[serde(default)]
+    pub path_mtu: u16,
+    /// The path-MTU search has settled.
+    #[serde(default)]
+    pub path_mtu_settled: bool,
+    /// The gateway answered "not bound" (a rebinding is needed or under way).
+    #[serde(default)]
+    pub not_bound: bool,
+    /// DATA over this bound transport is not being forwarded by the relay.
+    #[serde(default)]
+    pub stalled: bool,
 }
 
 /// One completed switch. For a recovery, `silent_ms` (last packet heard on the old
@@ -55,6 +71,9 @@ pub struct SwitchRecord {
     pub to: String,
     pub generation: u32,
     pub planned: bool,
+    /// `recovery`, `planned move` or `address changed` (a rebinding).
+    #[serde(default)]
+    pub cause: String,
     pub silent_ms: u64,
     pub detection_ms: u64,
     pub exchange_ms: u64,
@@ -77,6 +96,23 @@ pub struct Counters {
     pub send_errors: u64,
     pub keepalives_sent: u64,
     pub reattach_attempts: u64,
+    /// KEEPALIVE answers on the bound transport saying "not bound".
+    #[serde(default)]
+    pub not_bound_signals: u64,
+    /// Reattaches over the same transport after a "not bound" (rebindings).
+    #[serde(default)]
+    pub rebinds: u64,
+    #[serde(default)]
+    pub mtu_probes_sent: u64,
+    /// Sends refused with EMSGSIZE (the path is smaller than the packet).
+    #[serde(default)]
+    pub emsgsize: u64,
+    /// TUN packets over the tunnel MTU answered with ICMP "too big" (or dropped).
+    #[serde(default)]
+    pub tx_too_big: u64,
+    /// TUN packets over the tunnel MTU without DF, sent as IPv4 fragments.
+    #[serde(default)]
+    pub tx_fragmented: u64,
     pub reattach_denied: u64,
     pub reattach_timeouts: u64,
 }

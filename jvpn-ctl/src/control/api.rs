@@ -221,6 +221,10 @@ pub struct Stats {
     pub handshakes: BTreeMap<String, u64>,
     /// Malformed control messages by message type.
     pub malformed: BTreeMap<String, u64>,
+    /// KEEPALIVE answers: `from_binding`, `not_bound` (the signal that makes a client
+    /// rebind), `not_bound_limited` (over the per-session rate, not answered).
+    #[serde(default)]
+    pub keepalives: BTreeMap<String, u64>,
     pub security_events: u64,
     /// XDP drop counters by reason.
     pub xdp_drops: BTreeMap<String, u64>,

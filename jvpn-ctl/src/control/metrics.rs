@@ -80,6 +80,18 @@ pub fn render(stats: &Stats) -> String {
     );
     family(
         &mut out,
+        "jvpn_keepalive_answers_total",
+        "KEEPALIVE answers: from the binding, not bound (a rebinding signal), or not \
+         answered over the per-session rate.",
+        "counter",
+        "outcome",
+        &with_all(
+            &stats.keepalives,
+            &["from_binding", "not_bound", "not_bound_limited"],
+        ),
+    );
+    family(
+        &mut out,
         "jvpn_malformed_total",
         "Malformed control messages, by message type.",
         "counter",
@@ -418,6 +430,7 @@ mod tests {
             reattach: [("success".to_owned(), 7), ("replay".to_owned(), 2)].into(),
             handshakes: [("success".to_owned(), 5), ("unknown_peer".to_owned(), 1)].into(),
             malformed: [("HELLO".to_owned(), 4)].into(),
+            keepalives: [("not_bound".to_owned(), 3)].into(),
             security_events: 6,
             xdp_drops: [
                 ("stale_binding".to_owned(), 11),

@@ -101,6 +101,7 @@ impl Core {
             reattach: self.counters.reattach.clone(),
             handshakes: self.counters.handshakes.clone(),
             malformed: self.counters.malformed.clone(),
+            keepalives: self.counters.keepalives.clone(),
             security_events: self.counters.security_events,
             xdp_drops,
             up_packets: up_p,

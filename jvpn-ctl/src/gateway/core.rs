@@ -73,6 +73,8 @@ pub struct Entry {
     pub ctl_window: CtlWindow,
     /// Uplink packets seen in `SESSION_STATS` at the last poll.
     pub seen_up: u64,
+    /// Budget of answers to KEEPALIVEs from addresses that are not the binding.
+    pub not_bound: super::guard::TokenBucket,
 }
 
 pub struct Core {

@@ -10,6 +10,8 @@ pub struct Counters {
     pub reattach: BTreeMap<String, u64>,
     /// Control messages that did not parse, by message type.
     pub malformed: BTreeMap<String, u64>,
+    /// KEEPALIVE answers by outcome (see `control::api::Stats::keepalives`).
+    pub keepalives: BTreeMap<String, u64>,
     pub security_events: u64,
     /// Replies the socket buffer refused.
     pub send_failures: u64,

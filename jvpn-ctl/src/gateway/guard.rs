@@ -1,5 +1,5 @@
 //! Gateway-wide defences that sit outside the per-session state machine: the HELLO
-//! nonce cache and the source blacklists.
+//! nonce cache, the source blacklists, and the per-session reply budget.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -15,6 +15,48 @@ pub struct NonceCache {
     cap: usize,
     seen: HashMap<[u8; 16], u64>,
     order: VecDeque<(u64, [u8; 16])>,
+}
+
+/// A per-session budget of KEEPALIVE answers to addresses that are not the binding.
+/// The answers are no larger than the KEEPALIVEs and each KEEPALIVE is accepted once,
+/// so this only bounds what a session's own traffic — or someone racing it with
+/// captured copies — can draw; sized for a client probing a few standby transports
+/// and its path MTU.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenBucket {
+    tokens: u32,
+    at_ms: u64,
+}
+
+impl TokenBucket {
+    pub const CAPACITY: u32 = 16;
+
+    pub fn full(now_ms: u64) -> Self {
+        Self {
+            tokens: Self::CAPACITY,
+            at_ms: now_ms,
+        }
+    }
+
+    /// Takes one token if there is one; a token comes back every `every_ms`.
+    pub fn take(&mut self, now_ms: u64, every_ms: u64) -> bool {
+        let every = every_ms.max(1);
+        let n = now_ms.saturating_sub(self.at_ms) / every;
+        if n > 0 {
+            let n = u32::try_from(n).unwrap_or(u32::MAX);
+            self.tokens = self.tokens.saturating_add(n).min(Self::CAPACITY);
+            self.at_ms = if self.tokens == Self::CAPACITY {
+                now_ms
+            } else {
+                self.at_ms + u64::from(n) * every
+            };
+        }
+        if self.tokens == 0 {
+            return false;
+        }
+        self.tokens -= 1;
+        true
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]

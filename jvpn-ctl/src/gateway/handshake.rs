@@ -106,6 +106,7 @@ impl Core {
                 confirming: None,
                 ctl_window: crate::proto::CtlWindow::default(),
                 seen_up: 0,
+                not_bound: super::guard::TokenBucket::full(now_ms),
             },
         );
         bump(&mut self.counters.handshakes, "welcomed");

@@ -96,7 +96,9 @@ impl Sockets {
                 by_local.insert(local, sock.clone());
                 let tx = tx.clone();
                 tokio::spawn(async move {
-                    let mut buf = vec![0u8; 2048];
+                    // One byte more than the largest KEEPALIVE (a path-MTU probe): a
+                    // longer datagram arrives truncated and is refused as malformed.
+                    let mut buf = vec![0u8; crate::proto::control::KEEPALIVE_MAX_LEN + 1];
                     loop {
                         let Ok((n, peer)) = sock.recv_from(&mut buf).await else {
                             continue;

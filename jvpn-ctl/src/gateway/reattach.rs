@@ -8,7 +8,7 @@ use jvpn_common::wire::{WireHeader, msg_type};
 
 use super::{core::Core, counters::bump};
 use crate::{
-    proto::{Body, Control, Unverified},
+    proto::{Body, Control, ReattachCause, Unverified, control::ACK_FROM_BINDING},
     session::{Event, Request},
 };
 
@@ -75,6 +75,7 @@ impl Core {
             proof_ok,
             blacklisted: self.blacklist.is_static(peer.ip()),
             challenge: self.random(),
+            address_changed: req.cause == ReattachCause::AddressChanged,
         });
         self.drive(id, &ev, Some(local), now_ms);
     }
@@ -122,6 +123,12 @@ impl Core {
         Some((id, msg))
     }
 
+    /// Answered on any of the session's addresses (standby transports measure their
+    /// health this way) with the binding's generation and whether this address is the
+    /// binding: a client whose *bound* transport hears "not bound" has been rebound
+    /// by a NAT (or got a new address) and reattaches at once. The gateway never moves
+    /// the binding itself. From the binding, the ACK also carries the relay's uplink
+    /// count, so the client sees whether its DATA gets through.
     pub(super) fn on_keepalive(
         &mut self,
         local: SocketAddr,
@@ -133,13 +140,37 @@ impl Core {
         let Some((id, msg)) = self.accept_ctl(data, h, msg_type::KEEPALIVE, "keepalive") else {
             return;
         };
-        let Body::Keepalive { ts_ms } = msg.body else {
+        let Body::Keepalive { ts_ms, .. } = msg.body else {
             unreachable!("open() checked the type")
         };
-        // Same size as the keepalive: no amplification, and every transport of the
-        // client can measure its RTT.
-        self.send_control(id, local, peer, Body::KeepaliveAck { echo_ts_ms: ts_ms });
-        if self.sessions[&id].session.binding == Some(peer) {
+        let every = (self.policy.keepalive_interval_ms / 4).max(1);
+        let e = self.sessions.get_mut(&id).expect("accept_ctl found it");
+        let from_binding = e.session.binding == Some(peer);
+        let generation = e.session.generation;
+        if !from_binding && !e.not_bound.take(now_ms, every) {
+            return bump(&mut self.counters.keepalives, "not_bound_limited");
+        }
+        let (flags, up_forwarded) = if from_binding {
+            // Low 32 bits: the client compares differences between two answers.
+            (ACK_FROM_BINDING, self.stats_of(id).up_packets as u32)
+        } else {
+            (0, 0)
+        };
+        let outcome = if from_binding {
+            "from_binding"
+        } else {
+            "not_bound"
+        };
+        bump(&mut self.counters.keepalives, outcome);
+        // No larger than the smallest KEEPALIVE: no amplification.
+        let body = Body::KeepaliveAck {
+            echo_ts_ms: ts_ms,
+            generation,
+            up_forwarded,
+            flags,
+        };
+        self.send_control(id, local, peer, body);
+        if from_binding {
             self.drive(id, &Event::BoundTraffic, Some(local), now_ms);
         }
     }

@@ -2,7 +2,10 @@
 //! transport, shown in the lab with every real part (XDP relay, controller, exit,
 //! client agent, TUN devices) and steady tunnel traffic.
 //!
-//! Wi-Fi dies → the client reattaches over LTE → Wi-Fi returns → the client moves back
+//! Wi-Fi sits behind a NAT, whose mapping moves (a NAT reboot: new UDP port, state
+//! flushed) → the client rebinds over Wi-Fi, same session →
+//! Wi-Fi dies → the client reattaches over LTE (a 1400-byte link: the tunnel MTU
+//! follows) → Wi-Fi returns → the client moves back
 //! → LTE loses IPv4 and Wi-Fi dies again → reattach over LTE's IPv6 (cross-family) →
 //! Wi-Fi returns → back to Wi-Fi (IPv6 → IPv4). While Wi-Fi is up but not bound,
 //! frames it carried earlier are replayed on it: the relay must deliver none.
@@ -16,7 +19,10 @@ use std::{
 
 use super::{
     capture::{self, Capture},
-    gateway::Transport::{self, Lte, Lte6, Wifi},
+    gateway::{
+        LabOptions,
+        Transport::{self, Lte, Lte6, Wifi},
+    },
     stack::{EXIT_TUN, Stack},
     traffic::{EchoServer, Stream, StreamReport},
 };
@@ -162,12 +168,54 @@ impl Run<'_> {
         }
     }
 
+    /// Waits until the session is bound to `t` at generation `at_least` or later (a
+    /// rebinding keeps the transport and moves the generation on).
+    fn wait_generation(
+        &self,
+        t: Transport,
+        at_least: u32,
+        within: Duration,
+    ) -> Result<Option<SwitchRecord>> {
+        let end = Instant::now() + within;
+        loop {
+            let s = self.status()?;
+            if s.bound.as_deref() == Some(t.name()) && s.generation >= at_least {
+                return Ok(s.last_switch);
+            }
+            if Instant::now() > end {
+                return Err(Error::other(format!(
+                    "the session did not rebind over {} within {within:?} (client: {:?}, \
+                     generation {})",
+                    t.name(),
+                    s.state,
+                    s.generation
+                )));
+            }
+            self.sleep(Duration::from_millis(10))?;
+        }
+    }
+
     fn link(&self, t: Transport, up: bool) -> Result<()> {
         let dev = t.client_dev();
         self.stack
             .lab
             .client
             .ip(&["link", "set", dev, if up { "up" } else { "down" }])?;
+        // A link going down takes its routes with it; behind the NAT the gateway is
+        // reached through the router, so that route comes back with the link (what
+        // DHCP does on a real network).
+        if up && t == Wifi && self.stack.lab.nat_binding().is_some() {
+            let via = super::gateway::NAT_INSIDE.to_string();
+            self.stack.lab.client.ip(&[
+                "route",
+                "replace",
+                "10.77.1.0/24",
+                "via",
+                &via,
+                "dev",
+                dev,
+            ])?;
+        }
         Ok(())
     }
 
@@ -200,7 +248,13 @@ pub fn run(bin: &Path, keep: bool, stop: &AtomicBool) -> Result<Option<Summary>>
         "lab",
         "building namespaces and veths, attaching XDP, starting exit and gateway",
     );
-    let mut stack = Stack::start("jvl", Path::new("/run/jvpn-lab"), bin, POLICY)?;
+    let mut stack = Stack::start_with(
+        "jvl",
+        Path::new("/run/jvpn-lab"),
+        bin,
+        POLICY,
+        LabOptions { nat: true },
+    )?;
     follow(&stack.socket, "gateway", t0);
     let echo = EchoServer::start(
         &stack.lab.exit,
@@ -261,6 +315,15 @@ pub fn run(bin: &Path, keep: bool, stop: &AtomicBool) -> Result<Option<Summary>>
     let drops_before = run.stale_drops();
 
     run.sleep(Duration::from_secs(2))?;
+    let generation = run.status()?.generation;
+    let mapped = run.stack.lab.rebind()?;
+    run.say(&format!(
+        "↻ the Wi-Fi NAT moves its mapping (new port, conntrack flushed): the gateway now \
+         sees the client from {mapped}"
+    ));
+    records.extend(run.wait_generation(Wifi, generation + 1, Duration::from_secs(8))?);
+
+    run.sleep(Duration::from_millis(1500))?;
     run.say("✂ Wi-Fi link dies (ip link set c-wifi down)");
     run.link(Wifi, false)?;
     records.extend(run.wait_bound(Lte, Duration::from_secs(8))?.last_switch);
@@ -422,7 +485,13 @@ pub fn render(s: &Summary) -> String {
             i + 1,
             r.from,
             r.to,
-            if r.planned { "planned" } else { "recovery" },
+            if r.planned {
+                "planned"
+            } else if r.cause == "address changed" {
+                "rebinding"
+            } else {
+                "recovery"
+            },
             w.interruption_ms,
             r.detection_ms,
             r.exchange_ms

@@ -20,7 +20,7 @@ use ring::rand::SecureRandom as _;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    gateway::{GatewayLab, Transport},
+    gateway::{GatewayLab, LabOptions, Transport},
     netns::PinDir,
     unique,
 };
@@ -74,7 +74,19 @@ impl Stack {
     /// Builds the lab under `dir_root` and starts exit and gateway; `policy` is the
     /// body of the gateway's TOML `[policy]` table; `bin` is the `jvpn-ctl` to run.
     pub fn start(tag: &str, dir_root: &Path, bin: &Path, policy: &str) -> Result<Self> {
-        let lab = GatewayLab::build(tag)?;
+        Self::start_with(tag, dir_root, bin, policy, LabOptions::default())
+    }
+
+    /// [`Stack::start`] on a lab built as `opts` asks (e.g. with a NAT router on the
+    /// Wi-Fi path).
+    pub fn start_with(
+        tag: &str,
+        dir_root: &Path,
+        bin: &Path,
+        policy: &str,
+        opts: LabOptions,
+    ) -> Result<Self> {
+        let lab = GatewayLab::build_with(tag, opts)?;
         let dir = dir_root.join(unique(&format!("jvpn-{tag}-")));
         fs::create_dir_all(&dir)?;
         let gw =
@@ -187,7 +199,7 @@ reserved = ["{EXIT_TUN}"]
                 "\n[[transport]]\nname = \"{}\"\nkind = \"{kind}\"\nbind = \"{}\"\n\
                  interface = \"{}\"\ngateway = \"{}\"\n",
                 t.name(),
-                t.client_addr(),
+                self.lab.client_addr(*t),
                 t.client_dev(),
                 t.gw_addr()
             ));
@@ -279,7 +291,9 @@ reserved = ["{EXIT_TUN}"]
     /// Leaves everything running and records it under [`STATE_ROOT`] for `lab down`.
     pub fn detach(mut self) -> Result<PathBuf> {
         let state = LabState {
-            namespaces: [&self.lab.client, &self.lab.gw, &self.lab.exit]
+            namespaces: self
+                .lab
+                .namespaces()
                 .iter()
                 .map(|n| n.name.clone())
                 .collect(),

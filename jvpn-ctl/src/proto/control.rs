@@ -25,19 +25,27 @@ pub const MAX_LABEL: usize = 32;
 /// The reattach protocol version this implementation speaks.
 pub const PROTO_VER: u8 = 1;
 
-/// Fixed part of a REATTACH_REQUEST before the label: ts, nonce, proto_ver, kind, label_len.
-const REQ_FIXED: usize = 8 + 16 + 1 + 1 + 1;
+/// Fixed part of a REATTACH_REQUEST before the label: ts, nonce, proto_ver, kind,
+/// cause, label_len.
+const REQ_FIXED: usize = 8 + 16 + 1 + 1 + 1 + 1;
 pub const REATTACH_REQUEST_MIN_LEN: usize = HEADER_LEN + REQ_FIXED + MAC_LEN;
 pub const REATTACH_REQUEST_MAX_LEN: usize = REATTACH_REQUEST_MIN_LEN + MAX_LABEL;
 pub const REATTACH_CHALLENGE_LEN: usize = HEADER_LEN + 16 + MAC_LEN;
 pub const REATTACH_CONFIRM_LEN: usize = HEADER_LEN + 16 + MAC_LEN;
 pub const REATTACH_ACK_LEN: usize = HEADER_LEN + 4 + HINT_LEN + MAC_LEN;
 pub const REATTACH_DENIED_LEN: usize = HEADER_LEN + 2 + MAC_LEN;
-pub const KEEPALIVE_LEN: usize = HEADER_LEN + 8 + MAC_LEN;
-pub const KEEPALIVE_ACK_LEN: usize = HEADER_LEN + 8 + MAC_LEN;
+/// The smallest KEEPALIVE: ts and 12 bytes of zero padding, so that its ACK (which
+/// carries more) is never larger than it.
+pub const KEEPALIVE_LEN: usize = HEADER_LEN + 8 + KEEPALIVE_MIN_PAD + MAC_LEN;
+pub const KEEPALIVE_MIN_PAD: usize = 12;
+/// The largest KEEPALIVE (a path-MTU probe): a jumbo frame's UDP payload.
+pub const KEEPALIVE_MAX_LEN: usize = 9_000;
+pub const KEEPALIVE_ACK_LEN: usize = HEADER_LEN + 8 + 4 + 4 + 1 + 3 + MAC_LEN;
+/// KEEPALIVE_ACK flag: the KEEPALIVE came from the session's current binding.
+pub const ACK_FROM_BINDING: u8 = 0x01;
 pub const CLOSE_LEN: usize = HEADER_LEN + 2 + MAC_LEN;
 
-const MAX_LEN: usize = REATTACH_REQUEST_MAX_LEN;
+const MAX_LEN: usize = KEEPALIVE_MAX_LEN;
 
 // Anti-amplification: replies sent before the peer's address is validated are no
 // larger than the requests that trigger them.
@@ -56,8 +64,37 @@ pub struct ReattachRequest {
     pub nonce: [u8; 16],
     pub proto_ver: u8,
     pub kind: TransportKind,
+    /// Why the client asks: the gateway names the transition after it.
+    pub cause: ReattachCause,
     /// Free-form transport label (e.g. an interface name), at most [`MAX_LABEL`] bytes.
     pub label: Vec<u8>,
+}
+
+/// Why a client reattaches (byte after `kind` in REATTACH_REQUEST).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReattachCause {
+    /// The bound transport died (or went bad) and this candidate replaces it.
+    Recovery = 1,
+    /// A move the client chose: back to a preferred transport, or an operator's.
+    Planned = 2,
+    /// The gateway said the bound transport's packets arrive from an address that is
+    /// not the binding (NAT rebinding, a new address): rebind over the same transport.
+    AddressChanged = 3,
+}
+
+impl ReattachCause {
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+
+    pub fn from_code(c: u8) -> Option<Self> {
+        Some(match c {
+            1 => Self::Recovery,
+            2 => Self::Planned,
+            3 => Self::AddressChanged,
+            _ => return None,
+        })
+    }
 }
 
 impl ReattachRequest {
@@ -66,6 +103,7 @@ impl ReattachRequest {
         ts_ms: u64,
         nonce: [u8; 16],
         kind: TransportKind,
+        cause: ReattachCause,
         label: &[u8],
     ) -> Result<Self, ProtoError> {
         if label.len() > MAX_LABEL {
@@ -76,6 +114,7 @@ impl ReattachRequest {
             nonce,
             proto_ver: PROTO_VER,
             kind,
+            cause,
             label: label.to_vec(),
         })
     }
@@ -99,11 +138,19 @@ pub enum Body {
     ReattachDenied {
         reason: u16,
     },
+    /// `pad`: zero bytes beyond [`KEEPALIVE_MIN_PAD`] (a path-MTU probe is padded).
     Keepalive {
         ts_ms: u64,
+        pad: u16,
     },
+    /// `generation`: the session's binding generation; `up_forwarded`: the uplink DATA
+    /// packets the relay has forwarded for the session (low 32 bits, wrapping), read
+    /// only for a KEEPALIVE from the binding (else 0); `flags`: [`ACK_FROM_BINDING`].
     KeepaliveAck {
         echo_ts_ms: u64,
+        generation: u32,
+        up_forwarded: u32,
+        flags: u8,
     },
     /// `reason` is a [`Reason`] code, kept raw.
     Close {
@@ -146,7 +193,7 @@ impl Body {
                     .ok_or(ProtoError::BadLabel("longer than 32 bytes"))?;
                 out.extend_from_slice(&r.ts_ms.to_be_bytes());
                 out.extend_from_slice(&r.nonce);
-                out.extend_from_slice(&[r.proto_ver, r.kind.code(), len]);
+                out.extend_from_slice(&[r.proto_ver, r.kind.code(), r.cause.code(), len]);
                 out.extend_from_slice(&r.label);
             }
             Body::ReattachChallenge { challenge } | Body::ReattachConfirm { challenge } => {
@@ -159,15 +206,32 @@ impl Body {
             Body::ReattachDenied { reason } | Body::Close { reason } => {
                 out.extend_from_slice(&reason.to_be_bytes())
             }
-            Body::Keepalive { ts_ms: ts } | Body::KeepaliveAck { echo_ts_ms: ts } => {
-                out.extend_from_slice(&ts.to_be_bytes())
+            Body::Keepalive { ts_ms, pad } => {
+                let pad = KEEPALIVE_MIN_PAD + usize::from(*pad);
+                if HEADER_LEN + 8 + pad + MAC_LEN > KEEPALIVE_MAX_LEN {
+                    return Err(ProtoError::Malformed("KEEPALIVE padding too long"));
+                }
+                out.extend_from_slice(&ts_ms.to_be_bytes());
+                out.resize(out.len() + pad, 0);
+            }
+            Body::KeepaliveAck {
+                echo_ts_ms,
+                generation,
+                up_forwarded,
+                flags,
+            } => {
+                out.extend_from_slice(&echo_ts_ms.to_be_bytes());
+                out.extend_from_slice(&generation.to_be_bytes());
+                out.extend_from_slice(&up_forwarded.to_be_bytes());
+                out.extend_from_slice(&[*flags, 0, 0, 0]);
             }
         }
         Ok(())
     }
 }
 
-/// MAC label, name, and exact length (`None`: REATTACH_REQUEST, variable) per type.
+/// MAC label, name, and exact length (`None`: REATTACH_REQUEST and KEEPALIVE,
+/// variable) per type.
 fn spec(ty: u8) -> Option<(&'static [u8], &'static str, Option<usize>)> {
     Some(match ty {
         msg_type::REATTACH_REQUEST => (&b"jvpn-reattach-v1"[..], "REATTACH_REQUEST", None),
@@ -191,7 +255,7 @@ fn spec(ty: u8) -> Option<(&'static [u8], &'static str, Option<usize>)> {
             "REATTACH_DENIED",
             Some(REATTACH_DENIED_LEN),
         ),
-        msg_type::KEEPALIVE => (&b"jvpn-keepalive-v1"[..], "KEEPALIVE", Some(KEEPALIVE_LEN)),
+        msg_type::KEEPALIVE => (&b"jvpn-keepalive-v1"[..], "KEEPALIVE", None),
         msg_type::KEEPALIVE_ACK => (
             &b"jvpn-keepalive-ack-v1"[..],
             "KEEPALIVE_ACK",
@@ -317,24 +381,30 @@ pub fn denied(mac_key: &hmac::Key, session_id: u64, ctr: u64, reason: u16) -> Ve
     )
 }
 
+/// The smallest KEEPALIVE (no padding beyond [`KEEPALIVE_MIN_PAD`]).
 pub fn keepalive(mac_key: &hmac::Key, session_id: u64, ctr: u64, ts_ms: u64) -> Vec<u8> {
-    seal(
-        mac_key,
-        msg_type::KEEPALIVE,
-        session_id,
-        ctr,
-        &ts_ms.to_be_bytes(),
-    )
+    let mut fields = [0u8; 8 + KEEPALIVE_MIN_PAD];
+    fields[..8].copy_from_slice(&ts_ms.to_be_bytes());
+    seal(mac_key, msg_type::KEEPALIVE, session_id, ctr, &fields)
 }
 
-pub fn keepalive_ack(mac_key: &hmac::Key, session_id: u64, ctr: u64, echo_ts_ms: u64) -> Vec<u8> {
-    seal(
-        mac_key,
-        msg_type::KEEPALIVE_ACK,
-        session_id,
-        ctr,
-        &echo_ts_ms.to_be_bytes(),
-    )
+pub fn keepalive_ack(
+    mac_key: &hmac::Key,
+    session_id: u64,
+    ctr: u64,
+    echo_ts_ms: u64,
+    generation: u32,
+    up_forwarded: u32,
+    flags: u8,
+) -> Vec<u8> {
+    let fields = [
+        &echo_ts_ms.to_be_bytes()[..],
+        &generation.to_be_bytes(),
+        &up_forwarded.to_be_bytes(),
+        &[flags, 0, 0, 0],
+    ]
+    .concat();
+    seal(mac_key, msg_type::KEEPALIVE_ACK, session_id, ctr, &fields)
 }
 
 /// CLOSE (either side); `reason` is a [`Reason::code`].
@@ -356,8 +426,7 @@ pub fn close(mac_key: &hmac::Key, session_id: u64, ctr: u64, reason: u16) -> Vec
 #[derive(Clone, Debug)]
 pub struct Unverified {
     msg: Control,
-    raw: [u8; MAX_LEN],
-    len: usize,
+    raw: Vec<u8>,
 }
 
 impl Unverified {
@@ -400,28 +469,31 @@ impl Unverified {
                 msg_type::REATTACH_DENIED => Body::ReattachDenied {
                     reason: u16::from_be_bytes(arr(f, 0)),
                 },
-                msg_type::KEEPALIVE => Body::Keepalive {
-                    ts_ms: u64_at(f, 0),
-                },
-                msg_type::KEEPALIVE_ACK => Body::KeepaliveAck {
-                    echo_ts_ms: u64_at(f, 0),
-                },
+                msg_type::KEEPALIVE_ACK => {
+                    if f[17..20] != [0; 3] {
+                        return Err(ProtoError::Malformed("KEEPALIVE_ACK reserved bytes"));
+                    }
+                    Body::KeepaliveAck {
+                        echo_ts_ms: u64_at(f, 0),
+                        generation: u32::from_be_bytes(arr(f, 8)),
+                        up_forwarded: u32::from_be_bytes(arr(f, 12)),
+                        flags: f[16],
+                    }
+                }
                 _ => Body::Close {
                     reason: u16::from_be_bytes(arr(f, 0)),
                 },
             },
+            None if ty == msg_type::KEEPALIVE => decode_keepalive(bytes)?,
             None => Body::ReattachRequest(decode_request(bytes)?),
         };
-        let mut raw = [0u8; MAX_LEN];
-        raw[..bytes.len()].copy_from_slice(bytes);
         Ok(Unverified {
             msg: Control {
                 session_id: h.session_id(),
                 ctr: h.counter(),
                 body,
             },
-            raw,
-            len: bytes.len(),
+            raw: bytes.to_vec(),
         })
     }
 
@@ -445,17 +517,42 @@ impl Unverified {
 
     /// The message exactly as received.
     pub fn bytes(&self) -> &[u8] {
-        &self.raw[..self.len]
+        &self.raw
     }
 
     /// Checks the MAC (constant time) over the bytes as received.
     pub fn verify(&self, mac_key: &hmac::Key) -> Result<&Control, ProtoError> {
         // Decoding guarantees len ≥ header + MAC and a known type.
-        let (covered, mac) = self.bytes().split_at(self.len - MAC_LEN);
+        let (covered, mac) = self.bytes().split_at(self.raw.len() - MAC_LEN);
         let msg = [label_of(self.msg.body.msg_type()), covered].concat();
         hmac::verify(mac_key, &msg, mac).map_err(|_| ProtoError::BadMac)?;
         Ok(&self.msg)
     }
+}
+
+/// Padding must be zero: a probe's size is its only meaning, and a strict format
+/// leaves nothing to smuggle.
+fn decode_keepalive(bytes: &[u8]) -> Result<Body, ProtoError> {
+    if bytes.len() < KEEPALIVE_LEN {
+        return Err(ProtoError::Truncated {
+            need: KEEPALIVE_LEN,
+            got: bytes.len(),
+        });
+    }
+    if bytes.len() > KEEPALIVE_MAX_LEN {
+        return Err(ProtoError::BadLength {
+            expected: KEEPALIVE_MAX_LEN,
+            got: bytes.len(),
+        });
+    }
+    let pad = &bytes[HEADER_LEN + 8..bytes.len() - MAC_LEN];
+    if pad.iter().any(|&b| b != 0) {
+        return Err(ProtoError::Malformed("KEEPALIVE padding is not zero"));
+    }
+    Ok(Body::Keepalive {
+        ts_ms: u64_at(&bytes[HEADER_LEN..], 0),
+        pad: u16::try_from(pad.len() - KEEPALIVE_MIN_PAD).unwrap_or(u16::MAX),
+    })
 }
 
 fn decode_request(bytes: &[u8]) -> Result<ReattachRequest, ProtoError> {
@@ -466,7 +563,7 @@ fn decode_request(bytes: &[u8]) -> Result<ReattachRequest, ProtoError> {
         });
     }
     let f = &bytes[HEADER_LEN..];
-    let label_len = usize::from(f[26]);
+    let label_len = usize::from(f[27]);
     if label_len > MAX_LABEL {
         return Err(ProtoError::BadLabel("label_len above 32"));
     }
@@ -483,11 +580,14 @@ fn decode_request(bytes: &[u8]) -> Result<ReattachRequest, ProtoError> {
     }
     let kind =
         TransportKind::from_code(f[25]).ok_or(ProtoError::Malformed("unknown transport kind"))?;
+    let cause =
+        ReattachCause::from_code(f[26]).ok_or(ProtoError::Malformed("unknown reattach cause"))?;
     Ok(ReattachRequest {
         ts_ms: u64_at(f, 0),
         nonce: arr(f, 8),
         proto_ver,
         kind,
+        cause,
         label: f[REQ_FIXED..REQ_FIXED + label_len].to_vec(),
     })
 }
@@ -516,15 +616,34 @@ mod tests {
     fn samples() -> Vec<Control> {
         let bodies = vec![
             Body::ReattachRequest(
-                ReattachRequest::new(1_700_000_000_123, [9; 16], TransportKind::Cellular, b"")
-                    .unwrap(),
+                ReattachRequest::new(
+                    1_700_000_000_123,
+                    [9; 16],
+                    TransportKind::Cellular,
+                    ReattachCause::Recovery,
+                    b"",
+                )
+                .unwrap(),
             ),
             Body::ReattachRequest(
-                ReattachRequest::new(5, [8; 16], TransportKind::Wifi, b"wlan0").unwrap(),
+                ReattachRequest::new(
+                    5,
+                    [8; 16],
+                    TransportKind::Wifi,
+                    ReattachCause::AddressChanged,
+                    b"wlan0",
+                )
+                .unwrap(),
             ),
             Body::ReattachRequest(
-                ReattachRequest::new(u64::MAX, [7; 16], TransportKind::Ethernet, &[b'x'; 32])
-                    .unwrap(),
+                ReattachRequest::new(
+                    u64::MAX,
+                    [7; 16],
+                    TransportKind::Ethernet,
+                    ReattachCause::Planned,
+                    &[b'x'; 32],
+                )
+                .unwrap(),
             ),
             Body::ReattachChallenge { challenge: [3; 16] },
             Body::ReattachConfirm { challenge: [3; 16] },
@@ -533,8 +652,17 @@ mod tests {
                 hint: HINT,
             },
             Body::denied(Detail::RateLimited),
-            Body::Keepalive { ts_ms: 42 },
-            Body::KeepaliveAck { echo_ts_ms: 42 },
+            Body::Keepalive { ts_ms: 42, pad: 0 },
+            Body::Keepalive {
+                ts_ms: 43,
+                pad: 1400,
+            },
+            Body::KeepaliveAck {
+                echo_ts_ms: 42,
+                generation: 3,
+                up_forwarded: 0xdead_beef,
+                flags: ACK_FROM_BINDING,
+            },
             Body::close(Reason::Operator),
         ];
         bodies
@@ -554,11 +682,12 @@ mod tests {
         for m in samples() {
             let b = m.encode(&k).unwrap();
             let expected = match &m.body {
-                Body::ReattachRequest(r) => 79 + r.label.len(),
+                Body::ReattachRequest(r) => 80 + r.label.len(),
                 Body::ReattachChallenge { .. } | Body::ReattachConfirm { .. } => 68,
                 Body::ReattachAck { .. } => 72,
                 Body::ReattachDenied { .. } | Body::Close { .. } => 54,
-                Body::Keepalive { .. } | Body::KeepaliveAck { .. } => 60,
+                Body::Keepalive { pad, .. } => 72 + usize::from(*pad),
+                Body::KeepaliveAck { .. } => 72,
             };
             assert_eq!(b.len(), expected, "{m:?}");
             let u = Unverified::decode(&b).unwrap();
@@ -569,8 +698,8 @@ mod tests {
             assert_eq!(u.verify(&k).unwrap(), &m);
             assert_eq!(u.into_msg(), m);
         }
-        assert_eq!(REATTACH_REQUEST_MIN_LEN, 79);
-        assert_eq!(REATTACH_REQUEST_MAX_LEN, 111);
+        assert_eq!(REATTACH_REQUEST_MIN_LEN, 80);
+        assert_eq!(REATTACH_REQUEST_MAX_LEN, 112);
     }
 
     /// The one-line builders produce exactly what the generic encoder does.
@@ -578,7 +707,14 @@ mod tests {
     fn builders_match_encode() {
         let k = key();
         let (sid, ctr) = (SID, 9);
-        let req = ReattachRequest::new(5, [8; 16], TransportKind::Wifi, b"wlan0").unwrap();
+        let req = ReattachRequest::new(
+            5,
+            [8; 16],
+            TransportKind::Wifi,
+            ReattachCause::Recovery,
+            b"wlan0",
+        )
+        .unwrap();
         let enc = |body| {
             Control {
                 session_id: sid,
@@ -614,11 +750,16 @@ mod tests {
         );
         assert_eq!(
             keepalive(&k, sid, ctr, 1),
-            enc(Body::Keepalive { ts_ms: 1 })
+            enc(Body::Keepalive { ts_ms: 1, pad: 0 })
         );
         assert_eq!(
-            keepalive_ack(&k, sid, ctr, 1),
-            enc(Body::KeepaliveAck { echo_ts_ms: 1 })
+            keepalive_ack(&k, sid, ctr, 1, 2, 3, ACK_FROM_BINDING),
+            enc(Body::KeepaliveAck {
+                echo_ts_ms: 1,
+                generation: 2,
+                up_forwarded: 3,
+                flags: ACK_FROM_BINDING
+            })
         );
         assert_eq!(close(&k, sid, ctr, 2), enc(Body::Close { reason: 2 }));
     }
@@ -647,8 +788,9 @@ mod tests {
             let u = Unverified::decode(&b).unwrap();
             assert!(matches!(u.verify(&other), Err(ProtoError::BadMac)));
         }
-        assert!(ReattachRequest::new(1, [0; 16], TransportKind::Other, &[0; 33]).is_err());
-        let mut long = ReattachRequest::new(1, [0; 16], TransportKind::Other, b"").unwrap();
+        let cause = ReattachCause::Recovery;
+        assert!(ReattachRequest::new(1, [0; 16], TransportKind::Other, cause, &[0; 33]).is_err());
+        let mut long = ReattachRequest::new(1, [0; 16], TransportKind::Other, cause, b"").unwrap();
         long.label = vec![b'y'; 33];
         assert!(matches!(
             reattach_request(&key(), SID, 1, &long),
@@ -662,7 +804,7 @@ mod tests {
     fn malformed_requests() {
         let k = key();
         let b = samples()[1].encode(&k).unwrap(); // label "wlan0"
-        let at_len = HEADER_LEN + 26;
+        let at_len = HEADER_LEN + 27;
         let mut x = b.clone();
         x[at_len] = 33;
         assert!(matches!(
@@ -687,6 +829,12 @@ mod tests {
             Err(ProtoError::Malformed(_))
         ));
         let mut x = b.clone();
+        x[HEADER_LEN + 26] = 0;
+        assert!(matches!(
+            Unverified::decode(&x),
+            Err(ProtoError::Malformed(_))
+        ));
+        let mut x = b.clone();
         x[2] = 1;
         assert!(matches!(
             Unverified::decode(&x),
@@ -699,6 +847,36 @@ mod tests {
             assert!(Unverified::decode(&x).is_err());
         }
         let mut x = b.clone();
+        x.push(0);
+        assert!(Unverified::decode(&x).is_err());
+    }
+
+    #[test]
+    fn malformed_keepalives() {
+        let k = key();
+        let ka = keepalive(&k, SID, 1, 5);
+        assert_eq!(ka.len(), KEEPALIVE_LEN);
+        let mut x = ka.clone();
+        x[HEADER_LEN + 9] = 1; // padding must be zero
+        assert!(matches!(
+            Unverified::decode(&x),
+            Err(ProtoError::Malformed(_))
+        ));
+        assert!(Unverified::decode(&ka[..ka.len() - 1]).is_err());
+        let big = Control {
+            session_id: SID,
+            ctr: 1,
+            body: Body::Keepalive {
+                ts_ms: 1,
+                pad: u16::MAX,
+            },
+        };
+        assert!(big.encode(&k).is_err());
+        let ack = keepalive_ack(&k, SID, 1, 1, 2, 3, 0);
+        let mut x = ack.clone();
+        x[HEADER_LEN + 18] = 1; // reserved
+        assert!(Unverified::decode(&x).is_err());
+        let mut x = ack;
         x.push(0);
         assert!(Unverified::decode(&x).is_err());
     }
@@ -751,11 +929,21 @@ mod tests {
         assert!(established.len() <= confirm.len());
 
         let k = key();
-        let req = ReattachRequest::new(1, [0; 16], TransportKind::Other, b"").unwrap();
+        let req = ReattachRequest::new(
+            1,
+            [0; 16],
+            TransportKind::Other,
+            ReattachCause::Recovery,
+            b"",
+        )
+        .unwrap();
         let smallest_request = reattach_request(&k, SID, 1, &req).unwrap().len();
         assert_eq!(smallest_request, REATTACH_REQUEST_MIN_LEN);
         assert!(challenge(&k, SID, 1, &[0; 16]).len() <= smallest_request);
         assert!(denied(&k, SID, 1, 1).len() <= smallest_request);
-        assert!(keepalive_ack(&k, SID, 1, 1).len() <= keepalive(&k, SID, 1, 1).len());
+        assert!(
+            keepalive_ack(&k, SID, 1, 1, u32::MAX, u32::MAX, 1).len()
+                <= keepalive(&k, SID, 1, 1).len()
+        );
     }
 }

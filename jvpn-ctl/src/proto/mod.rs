@@ -17,7 +17,7 @@ pub mod identity;
 mod keys;
 pub mod link;
 
-pub use control::{Body, Control, ReattachRequest, Unverified};
+pub use control::{Body, Control, ReattachCause, ReattachRequest, Unverified};
 pub use ctl_window::CtlWindow;
 pub use data::{DataKey, ReplayWindow};
 pub use error::ProtoError;

@@ -24,6 +24,7 @@
 //! | ATTACHED | `Quality` over a threshold | VOLATILE | transport_volatile | — |
 //! | ATTACHED | `ReattachRequest` (auth, fresh) | VOLATILE → RECOVERING | client_reported_loss, reattach_started | (see below) |
 //! | VOL, DEG, REC | `ReattachRequest` (auth, fresh) | RECOVERING | reattach_started | SendChallenge |
+//! | (either row) | the request's cause is `address_changed` | as above | address_changed replaces reattach_started | as above |
 //! | REC | … request failing policy | DEGRADED | reattach_validation_failed (rate_limited / blacklisted) | SendDenied, TransportSwitchDenied |
 //! | REC | `ReattachConfirm` matching pending | ATTACHED | reattach_success | *SwapBinding before StateChange*, TransportSwitch, SendAck |
 //! | REC | `SwapFailed` | DEGRADED | reattach_validation_failed (datapath_error) | SendDenied, TransportSwitchDenied |
@@ -213,14 +214,19 @@ fn reattach_request(s: &Session, mut c: Ctx, r: &Request, p: &Policy) -> Step {
     c.s.last_reattach_seq = r.seq;
     c.timers(p);
     // (5) Into RECOVERING.
+    let started = if r.address_changed {
+        Reason::AddressChanged
+    } else {
+        Reason::ReattachStarted
+    };
     match c.s.state {
         State::Terminated => return c.finish(),
         State::Attached => {
             c.go(State::Volatile, Reason::ClientReportedLoss, None);
-            c.go(State::Recovering, Reason::ReattachStarted, None);
+            c.go(State::Recovering, started, None);
         }
         State::Volatile | State::Degraded | State::Recovering => {
-            c.go(State::Recovering, Reason::ReattachStarted, None);
+            c.go(State::Recovering, started, None);
         }
         State::Birth => unreachable!("BIRTH returned above and timers never enter it"),
     }

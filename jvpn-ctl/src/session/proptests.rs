@@ -189,6 +189,7 @@ fn resolve(ev: &Ev, s: &Session, p: &Policy, now: u64) -> Event {
                 proof_ok: *proof_ok,
                 blacklisted: *blacklisted,
                 challenge: tag(*challenge),
+                address_changed: *challenge % 2 == 1,
             })
         }
         Ev::Confirm {

@@ -57,6 +57,7 @@ fn request(from: SocketAddr, seq: u64, now: u64, tag: u8) -> Request {
         proof_ok: true,
         blacklisted: false,
         challenge: [tag; 16],
+        address_changed: false,
     }
 }
 
@@ -567,6 +568,40 @@ fn reattach_request_attached_client_reported_loss_then_reattach_started() {
             },
         ]
     );
+}
+
+/// A rebinding (the client's transport reaches the gateway from a new address) is
+/// the same exchange, reason-coded `address_changed` where it enters RECOVERING.
+#[test]
+fn reattach_request_address_changed() {
+    let now = T0 + 500;
+    let mut r = request(a(2), 1, now, 1);
+    r.address_changed = true;
+    let st = run(&attached(), Event::ReattachRequest(r.clone()), now);
+    assert_eq!(st.session.state, State::Recovering);
+    assert_eq!(st.reason, Some(Reason::AddressChanged));
+    assert_eq!(
+        st.actions[..2],
+        [
+            sc(
+                State::Attached,
+                State::Volatile,
+                Reason::ClientReportedLoss,
+                None,
+                2
+            ),
+            sc(
+                State::Volatile,
+                State::Recovering,
+                Reason::AddressChanged,
+                None,
+                3
+            ),
+        ]
+    );
+    let st = run(&volatile(T0 + 100), Event::ReattachRequest(r), now);
+    assert_eq!(st.reason, Some(Reason::AddressChanged));
+    assert_eq!(st.session.pending.as_ref().unwrap().addr, a(2));
 }
 
 #[test]

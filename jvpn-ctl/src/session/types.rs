@@ -54,11 +54,14 @@ pub enum Reason {
     SessionTtlExpired,
     Closed,
     Operator,
+    /// A rebinding: the client's transport now reaches the gateway from another
+    /// address (NAT rebinding, a new address on the same link).
+    AddressChanged,
 }
 
 impl Reason {
     /// Every reason, in wire-code order.
-    pub const ALL: [Reason; 12] = [
+    pub const ALL: [Reason; 13] = [
         Reason::BirthComplete,
         Reason::BirthTimeout,
         Reason::TransportVolatile,
@@ -71,6 +74,7 @@ impl Reason {
         Reason::SessionTtlExpired,
         Reason::Closed,
         Reason::Operator,
+        Reason::AddressChanged,
     ];
 
     /// Wire code carried by CLOSE.
@@ -212,6 +216,9 @@ pub struct Request {
     pub blacklisted: bool,
     /// A fresh random challenge, used if the request is accepted.
     pub challenge: [u8; 16],
+    /// The client says its transport's address changed (a rebinding): the move into
+    /// RECOVERING is reason-coded `address_changed` instead of `reattach_started`.
+    pub address_changed: bool,
 }
 
 /// Inputs of the state machine.

@@ -406,8 +406,13 @@ impl Bench {
             let ts = self.tick();
             let mut reqs = Vec::with_capacity(batch.len());
             for c in batch.iter_mut() {
-                let body =
-                    ReattachRequest::new(ts, random(&self.rng), TransportKind::Cellular, b"bench")?;
+                let body = ReattachRequest::new(
+                    ts,
+                    random(&self.rng),
+                    TransportKind::Cellular,
+                    jvpn_ctl::proto::ReattachCause::Recovery,
+                    b"bench",
+                )?;
                 let msg = Control {
                     session_id: c.session_id,
                     ctr: c.next_ctr,
