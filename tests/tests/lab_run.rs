@@ -30,7 +30,8 @@ fn lab_scenario_runs_and_cleans_up() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(text.contains("unchanged through every switch"), "{text}");
-    assert!(text.contains("switches      4\n"), "{text}");
+    assert!(text.contains("switches      5\n"), "{text}");
+    assert!(text.contains("wifi → wifi    rebinding"), "{text}");
     assert!(text.contains(": 0 delivered (must be 0)"), "{text}");
     assert!(text.contains("wifi → lte6"), "{text}");
     assert!(text.contains("Lab removed."), "{text}");
