@@ -1326,3 +1326,7 @@ fn cause_name(c: ReattachCause) -> &'static str {
         ReattachCause::AddressChanged => "address changed",
     }
 }
+
+#[cfg(test)]
+#[path = "core_tests.rs"]
+mod tests;
