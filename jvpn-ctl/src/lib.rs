@@ -14,5 +14,6 @@ pub mod icmp;
 pub mod lab;
 pub mod proto;
 pub mod session;
+pub mod sockopt;
 pub mod toml_file;
 pub mod tun;

@@ -279,11 +279,25 @@ fn intervals(json: &str) -> Vec<f64> {
 /// LTE over IPv6 (1280) → Wi-Fi: the tunnel MTU follows each path, TCP never stops
 /// for a whole interval, and no outer fragment is sent (the relay counts none).
 #[test]
-fn switches_across_mtus_under_tcp() {
+fn switches_across_mtus_under_tcp_upload() {
     require_root!();
+    tcp_across_mtus("nmu", false);
+}
+
+/// The same, downloading: the connection is opened on Wi-Fi, so the exit-side
+/// sender's segments are sized for it; after the switch to LTE only the exit's
+/// per-session tunnel MTU (the client's notice) and its ICMP "too big" keep them
+/// flowing.
+#[test]
+fn switches_across_mtus_under_tcp_download() {
+    require_root!();
+    tcp_across_mtus("nmd", true);
+}
+
+fn tcp_across_mtus(tag: &str, download: bool) {
     // No automatic return to Wi-Fi: the test moves the session itself.
     let health = "[health]\nreturn_after_ms = 600000\nattempt_timeout_ms = 400\n";
-    let lab = AgentLab::start("nmt", "", &[Wifi, Lte, Lte6], health);
+    let lab = AgentLab::start(tag, "", &[Wifi, Lte, Lte6], health);
     let settled = |name: &'static str| {
         move |s: &jvpn_ctl::client::ClientStatus| {
             s.transports
@@ -309,13 +323,14 @@ fn switches_across_mtus_under_tcp() {
             .expect("iperf3 server"),
     );
     std::thread::sleep(Duration::from_millis(300));
-    let client = iperf3(
-        &lab.lab.client.name,
-        &["-c", EXIT_TUN, "-t", "8", "-i", "0.5", "-J"],
-    )
-    .stdout(Stdio::piped())
-    .spawn()
-    .expect("iperf3 client");
+    let mut args = vec!["-c", EXIT_TUN, "-t", "8", "-i", "0.5", "-J"];
+    if download {
+        args.push("-R");
+    }
+    let client = iperf3(&lab.lab.client.name, &args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("iperf3 client");
     let drops_before = lab.stats().xdp_drops.get("fragment").copied().unwrap_or(0);
     let mut mtus = Vec::new();
     for (t, want) in [(Lte, 1336), (Lte6, 1196), (Wifi, 1400)] {
@@ -329,7 +344,8 @@ fn switches_across_mtus_under_tcp() {
     assert!(out.status.success(), "iperf3 failed");
     let bps = intervals(&String::from_utf8_lossy(&out.stdout));
     eprintln!(
-        "tunnel MTUs {mtus:?}; TCP Mbit/s per 0.5 s: {:?}",
+        "{}: tunnel MTUs {mtus:?}; TCP Mbit/s per 0.5 s: {:?}",
+        if download { "download" } else { "upload" },
         bps.iter().map(|b| (b / 1e6).round()).collect::<Vec<_>>()
     );
     assert!(bps.len() >= 15, "{} intervals", bps.len());

@@ -74,6 +74,8 @@ const SENT_AT: usize = 16;
 const DEFAULT_MAX_MTU: u16 = 1500;
 /// DATA framing on top of the inner packet: jvpn header and AEAD tag.
 const DATA_OVERHEAD: u16 = (HEADER_LEN + TAG_LEN) as u16;
+/// Times each tunnel-MTU change is told to the exit.
+const MTU_NOTICES: u8 = 3;
 
 /// Outer IP + UDP header bytes for a transport of this family.
 fn ip_udp(v6: bool) -> u16 {
@@ -191,6 +193,9 @@ struct Session {
     move_to: Option<usize>,
     /// The MTU the TUN was last given.
     tun_mtu: u16,
+    /// MTU notices to the exit still to send (DATA can be lost), and when the next.
+    notices_left: u8,
+    notice_at: u64,
 }
 
 impl Session {
@@ -434,6 +439,8 @@ impl Core {
             last_switch: None,
             move_to: None,
             tun_mtu: 0,
+            notices_left: 0,
+            notice_at: 0,
         };
         for l in &mut self.links {
             l.health.reset(now_ms);
@@ -766,8 +773,26 @@ impl Core {
                 self.links[s.bound].cfg.name
             );
             s.tun_mtu = mtu;
+            s.notices_left = MTU_NOTICES;
+            s.notice_at = 0;
             self.out.push(Out::TunMtu(mtu));
         }
+    }
+
+    /// Tells the exit the tunnel MTU, in the tunnel (docs/protocol.md, DATA): it then
+    /// sends nothing larger towards this client, and answers its own senders with
+    /// ICMP "too big". Repeated a few times, one keepalive interval apart.
+    fn send_mtu_notice(&mut self, now_ms: u64, every_ms: u64) {
+        let Phase::Up(s) = &mut self.phase else {
+            return;
+        };
+        if s.notices_left == 0 || now_ms < s.notice_at {
+            return;
+        }
+        s.notices_left -= 1;
+        s.notice_at = now_ms + every_ms;
+        let notice = proto::data::tunnel_ctl::mtu_notice(s.tun_mtu);
+        self.seal(&notice);
     }
 
     /// A verified KEEPALIVE_ACK on transport `t`.
@@ -874,7 +899,7 @@ impl Core {
         let Phase::Up(s) = &self.phase else {
             return;
         };
-        let (th, _) = self.thresholds(&s.hint);
+        let (th, keepalive) = self.thresholds(&s.hint);
         let created = s.created_ms;
         let ttl_ms = u64::from(s.hint.session_ttl_s).saturating_mul(1000);
         let window = u64::from(s.hint.recovery_window_ms);
@@ -895,6 +920,7 @@ impl Core {
             };
         }
         self.probe_mtu(now_ms, th.probe_timeout_ms);
+        self.send_mtu_notice(now_ms, keepalive);
         // The gateway ends the session with CLOSE; these catch a CLOSE that was lost.
         if now_ms >= created.saturating_add(ttl_ms).saturating_add(TTL_GRACE_MS) {
             return self.terminate(Reason::SessionTtlExpired, now_ms);

@@ -8,7 +8,6 @@ pub mod core;
 pub mod health;
 pub mod pmtu;
 pub mod run;
-mod sockopt;
 pub mod status;
 
 pub use config::{ClientConfig, ConfigError, HealthConfig, Kind, TransportConfig};

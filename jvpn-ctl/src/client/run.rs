@@ -8,7 +8,6 @@ use tokio::{net::UdpSocket, sync::mpsc};
 use super::{
     config::{ClientConfig, ConfigError},
     core::{Core, Out},
-    sockopt,
 };
 use crate::{
     clock::Clock,
@@ -19,6 +18,7 @@ use crate::{
     },
     proto::{self, ProtoError},
     session::Reason,
+    sockopt,
     tun::{self, Tun, TunError},
 };
 

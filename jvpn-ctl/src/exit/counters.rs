@@ -86,6 +86,13 @@ counters! {
     tun_bad_packet,
     /// Sessions whose send counter is exhausted (never reused: packets are dropped).
     tun_counter_exhausted,
+    /// MTU notices from clients (their tunnel MTU changed).
+    data_mtu_notices,
+    /// TUN packets too big for their session's tunnel, answered with ICMP "too big"
+    /// into the TUN (or dropped where no ICMP error is allowed).
+    tun_too_big,
+    /// TUN packets too big for their session's tunnel, without DF: sent as fragments.
+    tun_fragmented,
     /// UDP sends (DATA or ACK) that failed.
     send_errors,
     /// UDP receives that failed.

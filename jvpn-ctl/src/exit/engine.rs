@@ -11,15 +11,40 @@ use super::{
     inner,
     sessions::{Installed, Sessions},
 };
-use crate::proto::{
-    ProtoError, data,
-    link::{Dir, LinkCrypto, LinkMsg},
+use crate::{
+    icmp,
+    proto::{
+        ProtoError,
+        data::{self, tunnel_ctl},
+        link::{Dir, LinkCrypto, LinkMsg},
+    },
 };
+
+/// DATA framing around an inner packet, plus the outer UDP and IP headers.
+const fn overhead(v6: bool) -> u16 {
+    (jvpn_common::wire::HEADER_LEN + jvpn_common::wire::TAG_LEN) as u16 + if v6 { 48 } else { 28 }
+}
+
+/// What to do with a packet read from the TUN device.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FromTun {
+    /// Sealed into `out`: send it to this address.
+    Send(SocketAddr),
+    /// Too big for its session's tunnel: `out` holds the ICMP error to write back
+    /// into the TUN, so the sender lowers its path MTU.
+    Reply,
+    /// Too big, IPv4 without DF: sealed fragments, each to send to the address.
+    Fragments(SocketAddr, Vec<Vec<u8>>),
+    /// Counted and dropped.
+    Dropped,
+}
 
 pub(crate) struct Engine {
     sessions: Sessions,
     link: LinkCrypto,
     counters: Arc<Counters>,
+    /// The kernel's MTU towards the gateway (DF is set on the DATA socket).
+    link_mtu: u16,
 }
 
 impl Engine {
@@ -29,7 +54,26 @@ impl Engine {
             sessions: Sessions::new(pool),
             link: LinkCrypto::new(link_key, Dir::ExitToGateway, link_start),
             counters,
+            link_mtu: u16::MAX,
         }
+    }
+
+    pub fn return_addrs(&self) -> Vec<SocketAddr> {
+        self.sessions.return_addrs()
+    }
+
+    /// The route MTU towards the gateway, as the kernel reports it.
+    pub fn set_link_mtu(&mut self, mtu: u16) {
+        if mtu != self.link_mtu {
+            tracing::info!(mtu, "path MTU towards the gateway");
+        }
+        self.link_mtu = mtu;
+    }
+
+    /// The largest inner packet session traffic to `ret` may carry.
+    fn tunnel_mtu(&self, client: Option<u16>, ret: SocketAddr) -> u16 {
+        let link = self.link_mtu.saturating_sub(overhead(ret.is_ipv6()));
+        client.map_or(link, |c| c.min(link))
     }
 
     pub fn sessions(&self) -> usize {
@@ -137,6 +181,24 @@ impl Engine {
             bump(&c.data_replay);
             return None;
         }
+        if plain.first() == Some(&0) {
+            match tunnel_ctl::parse_mtu_notice(plain) {
+                // Below IPv4's minimum datagram a notice is nonsense: ignored.
+                Some(mtu) if mtu >= 576 => {
+                    if s.tunnel_mtu != Some(mtu) {
+                        tracing::info!(
+                            session = format_args!("{sid:#018x}"),
+                            mtu,
+                            "client tunnel MTU"
+                        );
+                    }
+                    s.tunnel_mtu = Some(mtu);
+                    bump(&c.data_mtu_notices);
+                }
+                _ => bump(&c.data_bad_inner),
+            }
+            return None;
+        }
         let Some((src, _)) = inner::addrs(plain) else {
             bump(&c.data_bad_inner);
             return None;
@@ -168,27 +230,85 @@ impl Engine {
     }
 
     /// A packet read from the TUN device: seals it into `out` for its session and
-    /// returns where to send it.
-    pub fn on_tun(&mut self, pkt: &[u8], out: &mut Vec<u8>) -> Option<SocketAddr> {
+    /// says where to send it. One larger than the session's tunnel MTU (the client's
+    /// notice, or the path towards the gateway) is answered like a router would: ICMP
+    /// "too big" back into the TUN, or IPv4 fragments without DF.
+    pub fn on_tun(&mut self, pkt: &[u8], out: &mut Vec<u8>) -> FromTun {
         let c = &*self.counters;
         let Some((_, dst)) = inner::addrs(pkt) else {
             bump(&c.tun_bad_packet);
-            return None;
+            return FromTun::Dropped;
         };
         if dst.is_multicast() {
             bump(&c.tun_multicast);
-            return None;
+            return FromTun::Dropped;
         }
         let Some(s) = self.sessions.by_addr_mut(dst) else {
             bump(&c.tun_no_session);
-            return None;
+            return FromTun::Dropped;
+        };
+        let (client_mtu, ret) = (s.tunnel_mtu, s.ret);
+        let mtu = self.tunnel_mtu(client_mtu, ret);
+        if pkt.len() > usize::from(mtu) {
+            return self.too_big(pkt, dst, mtu, out);
+        }
+        let Some(s) = self.sessions.by_addr_mut(dst) else {
+            return FromTun::Dropped;
         };
         let Some(ctr) = s.take_counter() else {
             bump(&c.tun_counter_exhausted);
-            return None;
+            return FromTun::Dropped;
         };
         data::seal(&s.x2c, s.id, ctr, pkt, out);
-        Some(s.ret)
+        FromTun::Send(s.ret)
+    }
+
+    fn too_big(
+        &mut self,
+        pkt: &[u8],
+        dst: std::net::IpAddr,
+        mtu: u16,
+        out: &mut Vec<u8>,
+    ) -> FromTun {
+        let c = &*self.counters;
+        match icmp::classify(pkt, mtu) {
+            icmp::Verdict::Fragment => {
+                let mut frags = Vec::new();
+                let mut buf = Vec::new();
+                icmp::fragment_v4(pkt, mtu, &mut buf, |f| frags.push(f.to_vec()));
+                let Some(s) = self.sessions.by_addr_mut(dst) else {
+                    return FromTun::Dropped;
+                };
+                let mut sealed = Vec::with_capacity(frags.len());
+                for f in frags {
+                    let Some(ctr) = s.take_counter() else {
+                        bump(&c.tun_counter_exhausted);
+                        return FromTun::Dropped;
+                    };
+                    let mut o = Vec::with_capacity(f.len() + 64);
+                    data::seal(&s.x2c, s.id, ctr, &f, &mut o);
+                    sealed.push(o);
+                }
+                if sealed.is_empty() {
+                    bump(&c.tun_bad_packet);
+                    return FromTun::Dropped;
+                }
+                bump(&c.tun_fragmented);
+                FromTun::Fragments(s.ret, sealed)
+            }
+            icmp::Verdict::TooBig => {
+                bump(&c.tun_too_big);
+                if icmp::too_big(pkt, mtu, out) {
+                    FromTun::Reply
+                } else {
+                    FromTun::Dropped
+                }
+            }
+            icmp::Verdict::Fits | icmp::Verdict::Drop => {
+                bump(&c.tun_bad_packet);
+                FromTun::Dropped
+            }
+        }
     }
 
     /// Counts a DATA packet sent to the gateway (or a failed send).
@@ -377,23 +497,84 @@ mod tests {
         let reply = ipv4("10.99.0.1", "10.99.0.2");
         let mut out = Vec::new();
         for want in 1..=2u64 {
-            assert_eq!(e.on_tun(&reply, &mut out), Some(gw()));
+            assert_eq!(e.on_tun(&reply, &mut out), FromTun::Send(gw()));
             let (sid, ctr, plain) = data::open(&data::DataKey::new(&X2C), &mut out).unwrap();
             assert_eq!((sid, ctr, plain), (SID, want, &reply[..]));
         }
-        assert!(
-            e.on_tun(&ipv4("10.99.0.1", "10.99.0.3"), &mut out)
-                .is_none()
+        let dropped = |e: &mut Engine, p: &[u8], out: &mut Vec<u8>| e.on_tun(p, out);
+        assert_eq!(
+            dropped(&mut e, &ipv4("10.99.0.1", "10.99.0.3"), &mut out),
+            FromTun::Dropped
         );
-        assert!(e.on_tun(b"junk", &mut out).is_none());
-        assert!(
-            e.on_tun(&ipv4("10.99.0.1", "224.0.0.22"), &mut out)
-                .is_none()
+        assert_eq!(dropped(&mut e, b"junk", &mut out), FromTun::Dropped);
+        assert_eq!(
+            dropped(&mut e, &ipv4("10.99.0.1", "224.0.0.22"), &mut out),
+            FromTun::Dropped
         );
         let s = c.snapshot();
         assert_eq!(
             (s.tun_no_session, s.tun_bad_packet, s.tun_multicast),
             (1, 1, 1)
+        );
+    }
+
+    /// An IPv4 packet of `len` bytes (DF as given) from the exit side to the client.
+    fn big(len: usize, df: bool) -> Vec<u8> {
+        let mut p = ipv4("10.99.0.1", "10.99.0.2");
+        p.resize(len, 0);
+        p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+        p[6] = if df { 0x40 } else { 0 };
+        p[9] = 17;
+        let sum = jvpn_common::csum::ipv4_header(p[..20].try_into().unwrap());
+        p[10..12].copy_from_slice(&sum.to_be_bytes());
+        p
+    }
+
+    /// After the client's MTU notice, a larger packet towards it is answered with ICMP
+    /// into the TUN (DF) or sent as fragments (no DF); the link's MTU bounds it too.
+    #[test]
+    fn tunnel_mtu_from_the_client_and_the_link() {
+        let (mut e, mut gw_link, c) = setup();
+        e.on_link(&gw_link.seal(&install("10.99.0.2")), gw())
+            .unwrap();
+        let mut out = Vec::new();
+        assert_eq!(e.on_tun(&big(1400, true), &mut out), FromTun::Send(gw()));
+        let mut notice = data(1, &tunnel_ctl::mtu_notice(1336));
+        assert!(e.on_data(&mut notice).is_none(), "not for the TUN");
+        assert_eq!(e.on_tun(&big(1336, true), &mut out), FromTun::Send(gw()));
+        assert_eq!(e.on_tun(&big(1400, true), &mut out), FromTun::Reply);
+        assert_eq!((out[20], out[21]), (3, 4), "ICMP fragmentation needed");
+        assert_eq!(u16::from_be_bytes([out[26], out[27]]), 1336);
+        assert_eq!(&out[16..20], &[10, 99, 0, 1], "back to the sender");
+        match e.on_tun(&big(1400, false), &mut out) {
+            FromTun::Fragments(to, f) => {
+                assert_eq!((to, f.len()), (gw(), 2));
+                for (i, frag) in f.into_iter().enumerate() {
+                    let mut frag = frag;
+                    let (_, ctr, plain) = data::open(&data::DataKey::new(&X2C), &mut frag).unwrap();
+                    assert!(plain.len() <= 1336 && ctr == 3 + i as u64);
+                }
+            }
+            o => panic!("{o:?}"),
+        }
+        // The path towards the gateway is smaller still: it wins.
+        e.set_link_mtu(1300);
+        assert_eq!(
+            e.on_tun(&big(1300 - 64 + 1, true), &mut out),
+            FromTun::Reply
+        );
+        assert_eq!(u16::from_be_bytes([out[26], out[27]]), 1236);
+        let mut junk = data(2, &[0, 9, 9, 9]);
+        assert!(e.on_data(&mut junk).is_none());
+        let s = c.snapshot();
+        assert_eq!(
+            (
+                s.data_mtu_notices,
+                s.tun_too_big,
+                s.tun_fragmented,
+                s.data_bad_inner
+            ),
+            (1, 2, 1, 1)
         );
     }
 }

@@ -36,7 +36,7 @@ pub use sessions::Refused;
 
 use crate::tun::{self, Tun, TunError};
 use counters::bump;
-use engine::Engine;
+use engine::{Engine, FromTun};
 
 /// Messages include their cause (no `source`, so `{:#}` does not repeat it).
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +87,17 @@ impl Exit {
         )
         .await?;
         let data = bind("DATA", config.listen).await?;
+        // DF: return DATA larger than the path towards the gateway fails here instead
+        // of leaving as fragments, which the relay drops.
+        crate::sockopt::dont_fragment(
+            std::os::fd::AsRawFd::as_raw_fd(&data),
+            config.listen.is_ipv6(),
+        )
+        .map_err(|error| ExitError::Bind {
+            what: "DATA (don't-fragment)",
+            addr: config.listen,
+            error,
+        })?;
         let link = bind("link", config.link_listen).await?;
         Ok(Exit {
             config,
@@ -132,10 +143,23 @@ impl Exit {
         let (mut link_buf, mut data_buf, mut tun_buf) =
             (vec![0u8; BUF], vec![0u8; BUF], vec![0u8; BUF]);
         let mut out = Vec::with_capacity(BUF);
+        let mut mtu_check = tokio::time::interval(std::time::Duration::from_secs(2));
         tokio::pin!(shutdown);
         let result = loop {
             tokio::select! {
                 () = &mut shutdown => break Ok(()),
+                _ = mtu_check.tick() => {
+                    // The smallest route MTU towards any gateway bounds every session.
+                    let listen = config.listen;
+                    let mtu = engine
+                        .return_addrs()
+                        .into_iter()
+                        .filter_map(|gw| crate::sockopt::route_mtu(listen, None, gw))
+                        .min();
+                    if let Some(m) = mtu {
+                        engine.set_link_mtu(m);
+                    }
+                }
                 r = link.recv_from(&mut link_buf) => match r {
                     Ok((n, from)) => {
                         if let Some(ack) = engine.on_link(&link_buf[..n], from) {
@@ -161,9 +185,23 @@ impl Exit {
                 },
                 r = tun.recv(&mut tun_buf) => match r {
                     Ok(n) => {
-                        if let Some(to) = engine.on_tun(&tun_buf[..n], &mut out) {
-                            let res = data.send_to(&out, to).await;
-                            engine.sent(n, res);
+                        match engine.on_tun(&tun_buf[..n], &mut out) {
+                            FromTun::Send(to) => {
+                                let res = data.send_to(&out, to).await;
+                                engine.sent(n, res);
+                            }
+                            FromTun::Fragments(to, frags) => {
+                                for f in frags {
+                                    let res = data.send_to(&f, to).await;
+                                    engine.sent(f.len(), res);
+                                }
+                            }
+                            FromTun::Reply => {
+                                if let Err(e) = tun.send(&out).await {
+                                    tracing::debug!(error = %e, "writing an ICMP error to the TUN");
+                                }
+                            }
+                            FromTun::Dropped => {}
                         }
                     }
                     Err(error) => break Err(ExitError::TunRead {

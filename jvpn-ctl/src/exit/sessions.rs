@@ -25,6 +25,8 @@ pub struct Session {
     pub replay: ReplayWindow,
     /// Where this session's return DATA goes (the gateway's exit-side socket).
     pub ret: SocketAddr,
+    /// The client's tunnel MTU (its MTU notice): nothing larger is sent to it.
+    pub tunnel_mtu: Option<u16>,
     /// SHA-256 of the keys, to recognise a repeated INSTALL without keeping copies.
     keys_id: digest::Digest,
 }
@@ -145,6 +147,7 @@ impl Sessions {
                         next_counter: 1,
                         replay: ReplayWindow::new(),
                         ret,
+                        tunnel_mtu: None,
                         keys_id: kid,
                     },
                 );
@@ -164,6 +167,14 @@ impl Sessions {
             }
             None => false,
         }
+    }
+
+    /// Where return DATA goes, one per distinct gateway address.
+    pub fn return_addrs(&self) -> Vec<SocketAddr> {
+        let mut v: Vec<SocketAddr> = self.by_id.values().map(|s| s.ret).collect();
+        v.sort_unstable();
+        v.dedup();
+        v
     }
 
     pub fn get_mut(&mut self, id: u64) -> Option<&mut Session> {

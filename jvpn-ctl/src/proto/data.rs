@@ -162,6 +162,30 @@ impl ReplayWindow {
     }
 }
 
+/// Messages inside the tunnel that are not IP packets: the first plaintext byte is 0
+/// (an IP packet starts with version 4 or 6). They ride in DATA, so they are
+/// encrypted, authenticated and replay-checked like tunnel traffic, and reach the
+/// exit without the gateway seeing them.
+pub mod tunnel_ctl {
+    /// `0 ‖ MTU_NOTICE ‖ mtu u16`: the client's tunnel MTU (its bound path), so the
+    /// exit sends nothing larger towards it.
+    pub const MTU_NOTICE: u8 = 1;
+    pub const LEN: usize = 4;
+
+    pub fn mtu_notice(mtu: u16) -> [u8; LEN] {
+        let m = mtu.to_be_bytes();
+        [0, MTU_NOTICE, m[0], m[1]]
+    }
+
+    /// `Some(mtu)` for a well-formed MTU notice.
+    pub fn parse_mtu_notice(plain: &[u8]) -> Option<u16> {
+        match plain {
+            [0, MTU_NOTICE, a, b] => Some(u16::from_be_bytes([*a, *b])),
+            _ => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
