@@ -361,3 +361,65 @@ fn tcp_across_mtus(tag: &str, download: bool) {
         "nothing sent over a path MTU"
     );
 }
+
+/// The path shrinks in the middle: the NAT router's uplink towards the gateway drops
+/// to MTU 1300 while TCP runs over Wi-Fi. The router's ICMP "fragmentation needed"
+/// reaches the client's kernel, the next large send fails with EMSGSIZE, and the
+/// agent lowers the path and tunnel MTU (1300 − 64) and tells the exit; TCP keeps
+/// flowing.
+#[test]
+fn a_smaller_mtu_in_the_middle_is_learned_from_icmp() {
+    require_root!();
+    let lab = AgentLab::start_with("nmi", "", &[Wifi, Lte], FAST_HEALTH, NAT);
+    lab.wait_status("Wi-Fi path MTU settled", Duration::from_secs(5), |s| {
+        s.transports[0].path_mtu == 1500 && s.tunnel_mtu == 1400
+    });
+    let _server = Server(
+        iperf3(&lab.lab.exit.name, &["-s", "-1", "-B", EXIT_TUN])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("iperf3 server"),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let client = iperf3(
+        &lab.lab.client.name,
+        &["-c", EXIT_TUN, "-t", "6", "-i", "0.5", "-J"],
+    )
+    .stdout(Stdio::piped())
+    .spawn()
+    .expect("iperf3 client");
+    std::thread::sleep(Duration::from_secs(2));
+    let router = &lab.lab.nat.as_ref().expect("the NAT lab").router;
+    router
+        .ip(&["link", "set", "r-g", "mtu", "1300"])
+        .expect("router MTU");
+    lab.lab
+        .gw
+        .ip(&["link", "set", "g-wifi", "mtu", "1300"])
+        .expect("gateway MTU");
+    let changed = Instant::now();
+    let s = lab.wait_status("the tunnel MTU to follow", Duration::from_secs(3), |s| {
+        s.tunnel_mtu == 1300 - 64
+    });
+    let learned = changed.elapsed();
+    assert_eq!(s.transports[0].path_mtu, 1300);
+    assert_eq!(s.bound.as_deref(), Some("wifi"), "no switch needed");
+    let out = client.wait_with_output().expect("iperf3 client");
+    assert!(out.status.success(), "iperf3 failed");
+    let bps = intervals(&String::from_utf8_lossy(&out.stdout));
+    eprintln!(
+        "path MTU 1500 → 1300 learned in {learned:?} (EMSGSIZE {}); TCP Mbit/s per 0.5 s: {:?}",
+        s.counters.emsgsize,
+        bps.iter().map(|b| (b / 1e6).round()).collect::<Vec<_>>()
+    );
+    assert!(
+        s.counters.emsgsize >= 1,
+        "learned from the kernel, not by probing"
+    );
+    // Within a second of the change TCP moves again, and it keeps moving.
+    assert!(bps.len() >= 11, "{} intervals", bps.len());
+    assert!(
+        bps[6..].iter().all(|&b| b > 0.0),
+        "TCP did not recover: {bps:?}"
+    );
+}
