@@ -226,13 +226,9 @@ where
 /// connected route for the prefix), sets its MTU and brings it up. Re-running it is
 /// harmless (the address is replaced, not duplicated).
 pub async fn configure(name: &str, addr: IpAddr, prefix_len: u8, mtu: u32) -> Result<(), TunError> {
+    set_mtu(name, mtu).await?;
     let index = ifindex(name)?;
     with_netlink(|h| async move {
-        h.link()
-            .change(LinkUnspec::new_with_index(index).mtu(mtu).build())
-            .execute()
-            .await
-            .map_err(|e| netlink_err("setting the MTU of", name, e))?;
         h.address()
             .add(index, addr, prefix_len)
             .replace()

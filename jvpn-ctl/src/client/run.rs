@@ -229,52 +229,41 @@ async fn flush(
 ) -> Result<(), ClientError> {
     // Outputs may queue more (an EMSGSIZE lowers the tunnel MTU): drain until empty.
     while !core.out.is_empty() {
-        flush_once(core, sockets, tun, cfg, bus, clock).await?;
-    }
-    Ok(())
-}
-
-async fn flush_once(
-    core: &mut Core,
-    sockets: &Sockets,
-    tun: &Tun,
-    cfg: &ClientConfig,
-    bus: &EventBus,
-    clock: &Clock,
-) -> Result<(), ClientError> {
-    for o in std::mem::take(&mut core.out) {
-        match o {
-            Out::Udp { transport, data } => {
-                let sent = sockets.socks[transport].try_send_to(&data, sockets.gateways[transport]);
-                match sent {
-                    Ok(_) => {}
-                    Err(e) if sockopt::is_emsgsize(&e) => {
-                        let mtu = sockets.route_mtu(transport);
-                        core.note_too_big(transport, data.len(), mtu, clock.now_ms());
+        for o in std::mem::take(&mut core.out) {
+            match o {
+                Out::Udp { transport, data } => {
+                    let sent =
+                        sockets.socks[transport].try_send_to(&data, sockets.gateways[transport]);
+                    match sent {
+                        Ok(_) => {}
+                        Err(e) if sockopt::is_emsgsize(&e) => {
+                            let mtu = sockets.route_mtu(transport);
+                            core.note_too_big(transport, data.len(), mtu, clock.now_ms());
+                        }
+                        Err(_) => core.note_send_error(),
                     }
-                    Err(_) => core.note_send_error(),
                 }
-            }
-            Out::TunMtu(mtu) => {
-                if let Err(e) = tun::set_mtu(&cfg.tun_name, u32::from(mtu)).await {
-                    tracing::warn!("{e}");
+                Out::TunMtu(mtu) => {
+                    if let Err(e) = tun::set_mtu(&cfg.tun_name, u32::from(mtu)).await {
+                        tracing::warn!("{e}");
+                    }
                 }
-            }
-            Out::Tun(pkt) => {
-                if let Err(e) = tun.send(&pkt).await {
-                    tracing::debug!("writing to {}: {e}", tun.name());
+                Out::Tun(pkt) => {
+                    if let Err(e) = tun.send(&pkt).await {
+                        tracing::debug!("writing to {}: {e}", tun.name());
+                    }
                 }
-            }
-            Out::TunUp(addr) => {
-                let prefix = if addr.is_ipv4() { 32 } else { 128 };
-                tun::configure(&cfg.tun_name, addr, prefix, cfg.mtu).await?;
-                for r in &cfg.routes {
-                    tun::add_route(&cfg.tun_name, r.network(), r.prefix_len()).await?;
+                Out::TunUp(addr) => {
+                    let prefix = if addr.is_ipv4() { 32 } else { 128 };
+                    tun::configure(&cfg.tun_name, addr, prefix, cfg.mtu).await?;
+                    for r in &cfg.routes {
+                        tun::add_route(&cfg.tun_name, r.network(), r.prefix_len()).await?;
+                    }
+                    tracing::info!("{} is up with {addr}", cfg.tun_name);
                 }
-                tracing::info!("{} is up with {addr}", cfg.tun_name);
+                Out::Event(ev) => bus.emit(ev),
+                Out::Exit(reason) => return Err(ClientError::Terminated(reason)),
             }
-            Out::Event(ev) => bus.emit(ev),
-            Out::Exit(reason) => return Err(ClientError::Terminated(reason)),
         }
     }
     Ok(())
