@@ -15,6 +15,16 @@ fn lab_namespaces() -> Vec<String> {
         .collect()
 }
 
+/// The summary's row for the switch `from` → `to`, split on whitespace: `[n, from,
+/// "→", to, kind, interruption, "ms", detection, "ms", exchange, "ms", tunnel MTU,
+/// tcp stall, "ms"]`.
+fn switch_row<'a>(text: &'a str, from: &str, to: &str) -> Vec<&'a str> {
+    text.lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|w| w.len() == 14 && w[1] == from && w[2] == "→" && w[3] == to)
+        .unwrap_or_else(|| panic!("no {from} → {to} row: {text}"))
+}
+
 #[test]
 fn lab_scenario_runs_and_cleans_up() {
     require_root!();
@@ -35,6 +45,38 @@ fn lab_scenario_runs_and_cleans_up() {
     assert!(text.contains(": 0 delivered (must be 0)"), "{text}");
     assert!(text.contains("wifi → lte6"), "{text}");
     assert!(text.contains("Lab removed."), "{text}");
+    // The tunnel MTU follows the bound transport's path MTU.
+    assert_eq!(switch_row(&text, "wifi", "lte")[11], "1336", "{text}");
+    assert_eq!(switch_row(&text, "wifi", "lte6")[11], "1196", "{text}");
+    assert_eq!(switch_row(&text, "lte", "wifi")[11], "1400", "{text}");
+    // The TCP flow crossed every switch: it never stalled for long (a recovery costs
+    // ~500 ms by design, plus TCP's retransmission timeout), and it got through on
+    // every transport.
+    let tcp = text
+        .lines()
+        .find_map(|l| l.strip_prefix("  tcp           "))
+        .unwrap_or_else(|| panic!("no tcp line: {text}"));
+    assert!(!tcp.contains("ended early"), "{text}");
+    let stall: f64 = tcp
+        .split("longest stall ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no stall in `{tcp}`"));
+    assert!(stall < 2000.0, "TCP stalled {stall} ms: {text}");
+    let by_link = text
+        .lines()
+        .find_map(|l| l.strip_prefix("  tcp by link   "))
+        .unwrap_or_else(|| panic!("no tcp by link line: {text}"));
+    for link in ["wifi", "lte", "lte6"] {
+        let mbit: f64 = by_link
+            .split(", ")
+            .find_map(|p| p.strip_prefix(&format!("{link} ")))
+            .and_then(|r| r.strip_suffix(" Mbit/s"))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {link} goodput in `{by_link}`"));
+        assert!(mbit > 0.0, "no TCP goodput over {link}: {text}");
+    }
     let left: Vec<String> = lab_namespaces()
         .into_iter()
         .filter(|n| !before.contains(n))
