@@ -152,6 +152,9 @@ struct Attempt {
     sent_ms: u64,
     started_ms: u64,
     cause: ReattachCause,
+    /// When the bound transport was last heard, taken as the attempt starts: a
+    /// rebinding's own exchange runs over that transport and would hide it.
+    heard_ms: u64,
 }
 
 struct Connecting {
@@ -1038,12 +1041,14 @@ impl Core {
             return;
         };
         s.tries += 1;
+        let heard_ms = now_ms.saturating_sub(self.links[s.bound].health.silence_ms(now_ms));
         s.attempt = Some(Attempt {
             candidate: c,
             awaiting_ack: false,
             sent_ms: now_ms,
             started_ms: now_ms,
             cause,
+            heard_ms,
         });
         self.counters.reattach_attempts += 1;
         tracing::info!("reattach over {} ({})", l.cfg.name, cause_name(cause));
@@ -1132,7 +1137,7 @@ impl Core {
             return;
         };
         let old = s.bound;
-        let last_heard = now_ms.saturating_sub(self.links[old].health.silence_ms(now_ms));
+        let last_heard = a.heard_ms;
         let planned = a.cause == ReattachCause::Planned;
         let (silent_ms, detection_ms) = if planned {
             (0, 0)
