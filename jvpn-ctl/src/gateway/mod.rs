@@ -11,6 +11,7 @@ mod counters;
 mod guard;
 mod handshake;
 mod link;
+mod lock;
 pub mod net;
 mod pool;
 mod reattach;

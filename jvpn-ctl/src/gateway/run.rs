@@ -39,6 +39,8 @@ pub enum GatewayError {
     Socket(#[from] SocketError),
     #[error(transparent)]
     Control(#[from] control::ControlError),
+    #[error(transparent)]
+    Lock(#[from] super::lock::LockError),
     #[error("{what}: {cause}")]
     Io { what: String, cause: std::io::Error },
 }
@@ -51,6 +53,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), GatewayError> {
     cfg.validate()?;
+    // Before anything touches the maps, the sockets or the control socket.
+    let _lock = super::lock::ControllerLock::acquire(&cfg.pin_dir)?;
     let clock = Clock::new();
     let identity = proto::identity::load(&cfg.identity)?;
     let peers = Peers::load(&cfg.peers)?;
