@@ -49,6 +49,8 @@ counters! {
     link_refused,
     /// REVOKEs processed (also for sessions already gone).
     link_revokes,
+    /// INSTALLs whose address a session unknown to the gateway held (forgotten).
+    link_replaced,
     /// ACKs sent.
     link_acks_sent,
     /// Link frames that failed to authenticate or parse (wrong key, replayed, garbage).

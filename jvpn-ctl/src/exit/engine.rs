@@ -42,6 +42,9 @@ pub enum FromTun {
 pub(crate) struct Engine {
     sessions: Sessions,
     link: LinkCrypto,
+    /// This process's start (µs): PONG tells the gateway, which re-installs every
+    /// session when it changes.
+    boot: u64,
     counters: Arc<Counters>,
     /// The kernel's MTU towards the gateway (DF is set on the DATA socket).
     link_mtu: u16,
@@ -51,8 +54,9 @@ impl Engine {
     /// `link_start` is the link counter start (microseconds since the epoch).
     pub fn new(link_key: &[u8; 32], link_start: u64, pool: IpNet, counters: Arc<Counters>) -> Self {
         Engine {
-            sessions: Sessions::new(pool),
+            sessions: Sessions::new(pool, link_start.saturating_mul(16)),
             link: LinkCrypto::new(link_key, Dir::ExitToGateway, link_start),
+            boot: link_start,
             counters,
             link_mtu: u16::MAX,
         }
@@ -118,6 +122,16 @@ impl Engine {
                             session = format_args!("{session_id:#018x}"),
                             "repeated INSTALL acknowledged again"
                         ),
+                        Installed::Replaced { stale } => {
+                            bump(&c.link_replaced);
+                            tracing::warn!(
+                                session = format_args!("{session_id:#018x}"),
+                                stale = format_args!("{stale:#018x}"),
+                                %tunnel_addr,
+                                "session installed; the address's former holder, unknown \
+                                 to the gateway now, is forgotten"
+                            )
+                        }
                     }
                     session_id
                 }
@@ -139,6 +153,17 @@ impl Engine {
                     );
                 }
                 session_id
+            }
+            LinkMsg::Ping { nonce } => {
+                return Some(self.link.seal(&LinkMsg::Pong {
+                    nonce,
+                    boot: self.boot,
+                    sessions: self.sessions.len() as u64,
+                }));
+            }
+            LinkMsg::Pong { .. } => {
+                bump(&c.link_unexpected);
+                return None;
             }
             LinkMsg::Ack { session_id, .. } => {
                 bump(&c.link_unexpected);
@@ -334,6 +359,8 @@ mod tests {
     use super::*;
 
     const LINK_KEY: [u8; 32] = [7; 32];
+    /// The first DATA counter of the exit built by `setup` (link start 1000 µs).
+    const BASE: u64 = 16_000;
     const SID: u64 = 0x1122_3344_5566_7788;
     const C2X: [u8; 32] = [1; 32];
     const X2C: [u8; 32] = [2; 32];
@@ -435,8 +462,10 @@ mod tests {
         );
     }
 
+    /// The gateway allocates the pool: an INSTALL on an address another session
+    /// holds replaces it (the holder is one the gateway no longer knows).
     #[test]
-    fn address_conflict_is_refused_without_ack() {
+    fn install_on_a_held_address_replaces_the_stale_holder() {
         let (mut e, mut gw_link, c) = setup();
         e.on_link(&gw_link.seal(&install("10.99.0.2")), gw())
             .unwrap();
@@ -447,9 +476,38 @@ mod tests {
             x2c: [4; 32],
             ret: gw(),
         };
-        assert!(e.on_link(&gw_link.seal(&other), gw()).is_none());
-        assert_eq!(c.snapshot().link_refused, 1);
+        assert!(
+            e.on_link(&gw_link.seal(&other), gw()).is_some(),
+            "acknowledged"
+        );
+        assert_eq!(c.snapshot().link_replaced, 1);
         assert_eq!(e.sessions(), 1);
+        let mut out = Vec::new();
+        assert_eq!(
+            e.on_tun(&ipv4("10.99.0.1", "10.99.0.2"), &mut out),
+            FromTun::Send(gw())
+        );
+        let (sid, _, _) = data::open(&data::DataKey::new(&[4; 32]), &mut out).unwrap();
+        assert_eq!(sid, SID + 1, "sealed for the new holder");
+    }
+
+    /// PING → PONG with the exit's boot and session count.
+    #[test]
+    fn ping_is_answered_with_boot_and_sessions() {
+        let (mut e, mut gw_link, _) = setup();
+        e.on_link(&gw_link.seal(&install("10.99.0.2")), gw())
+            .unwrap();
+        let pong = e
+            .on_link(&gw_link.seal(&LinkMsg::Ping { nonce: 9 }), gw())
+            .expect("a PONG");
+        assert_eq!(
+            gw_link.open(&pong).unwrap(),
+            LinkMsg::Pong {
+                nonce: 9,
+                boot: 1000,
+                sessions: 1
+            }
+        );
     }
 
     #[test]
@@ -496,7 +554,8 @@ mod tests {
             .unwrap();
         let reply = ipv4("10.99.0.1", "10.99.0.2");
         let mut out = Vec::new();
-        for want in 1..=2u64 {
+        // The first counter is the exit's start (µs) × 16: never reused after a restart.
+        for want in BASE..=BASE + 1 {
             assert_eq!(e.on_tun(&reply, &mut out), FromTun::Send(gw()));
             let (sid, ctr, plain) = data::open(&data::DataKey::new(&X2C), &mut out).unwrap();
             assert_eq!((sid, ctr, plain), (SID, want, &reply[..]));
@@ -552,7 +611,7 @@ mod tests {
                 for (i, frag) in f.into_iter().enumerate() {
                     let mut frag = frag;
                     let (_, ctr, plain) = data::open(&data::DataKey::new(&X2C), &mut frag).unwrap();
-                    assert!(plain.len() <= 1336 && ctr == 3 + i as u64);
+                    assert!(plain.len() <= 1336 && ctr == BASE + 2 + i as u64);
                 }
             }
             o => panic!("{o:?}"),

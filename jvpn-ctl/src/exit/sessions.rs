@@ -51,12 +51,14 @@ pub enum Installed {
     Repeat,
     /// Same id, new keys: the session starts over with fresh counters.
     Rekeyed,
+    /// A new session whose tunnel address another session held: the gateway allocates
+    /// the pool, so it no longer knows that one (it restarted, or lost a REVOKE) and
+    /// its keys are forgotten here.
+    Replaced { stale: u64 },
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Refused {
-    #[error("tunnel address {addr} is already used by session {by:#018x}")]
-    AddrInUse { addr: IpAddr, by: u64 },
     #[error("tunnel address {addr} is outside the exit's pool {pool}")]
     OutsidePool { addr: IpAddr, pool: IpNet },
     #[error("tunnel address {addr} is the exit's own")]
@@ -69,6 +71,10 @@ pub struct Sessions {
     pool: IpNet,
     by_id: HashMap<u64, Session>,
     by_addr: HashMap<IpAddr, u64>,
+    /// First DATA counter of every session installed by this process: its start
+    /// time in µs × 16, so a restarted exit re-installed with the same keys never
+    /// reuses a nonce (that would take 16 packets per µs, sustained, before it).
+    counter_base: u64,
 }
 
 fn keys_id(c2x: &[u8; 32], x2c: &[u8; 32]) -> digest::Digest {
@@ -79,11 +85,12 @@ fn keys_id(c2x: &[u8; 32], x2c: &[u8; 32]) -> digest::Digest {
 }
 
 impl Sessions {
-    pub fn new(pool: IpNet) -> Self {
+    pub fn new(pool: IpNet, counter_base: u64) -> Self {
         Sessions {
             pool,
             by_id: HashMap::new(),
             by_addr: HashMap::new(),
+            counter_base: counter_base.max(1),
         }
     }
 
@@ -111,13 +118,13 @@ impl Sessions {
                 pool: self.pool.trunc(),
             });
         }
-        if let Some(&by) = self.by_addr.get(&tunnel_addr)
-            && by != id
-        {
-            return Err(Refused::AddrInUse {
-                addr: tunnel_addr,
-                by,
-            });
+        let stale = self
+            .by_addr
+            .get(&tunnel_addr)
+            .copied()
+            .filter(|&by| by != id);
+        if let Some(by) = stale {
+            self.revoke(by);
         }
         let kid = keys_id(c2x, x2c);
         let outcome = match self.by_id.get_mut(&id) {
@@ -135,7 +142,7 @@ impl Sessions {
                         self.by_addr.remove(&s.tunnel_addr);
                         Installed::Rekeyed
                     }
-                    None => Installed::New,
+                    None => stale.map_or(Installed::New, |stale| Installed::Replaced { stale }),
                 };
                 self.by_id.insert(
                     id,
@@ -144,7 +151,7 @@ impl Sessions {
                         tunnel_addr,
                         c2x: DataKey::new(c2x),
                         x2c: DataKey::new(x2c),
-                        next_counter: 1,
+                        next_counter: self.counter_base,
                         replay: ReplayWindow::new(),
                         ret,
                         tunnel_mtu: None,
@@ -197,7 +204,7 @@ mod tests {
     }
 
     fn table() -> Sessions {
-        Sessions::new("10.99.0.1/24".parse().unwrap())
+        Sessions::new("10.99.0.1/24".parse().unwrap(), 1)
     }
 
     const RET: &str = "10.77.9.1:51820";
@@ -253,13 +260,15 @@ mod tests {
         let ret: SocketAddr = RET.parse().unwrap();
         t.install(7, ip("10.99.0.2"), &[1; 32], &[2; 32], ret)
             .unwrap();
+        // The gateway owns the pool: a new session on a held address replaces the
+        // holder, whose keys go.
         assert_eq!(
             t.install(8, ip("10.99.0.2"), &[3; 32], &[4; 32], ret),
-            Err(Refused::AddrInUse {
-                addr: ip("10.99.0.2"),
-                by: 7
-            })
+            Ok(Installed::Replaced { stale: 7 })
         );
+        assert!(t.get_mut(7).is_none());
+        assert_eq!(t.by_addr_mut(ip("10.99.0.2")).map(|s| s.id), Some(8));
+        assert!(t.revoke(8));
         for bad in ["10.98.0.2", "10.99.0.0", "10.99.0.255", "fd00::2"] {
             assert!(
                 matches!(
@@ -275,8 +284,7 @@ mod tests {
                 addr: ip("10.99.0.1")
             })
         );
-        assert_eq!(t.len(), 1);
-        assert_eq!(t.by_addr_mut(ip("10.99.0.2")).unwrap().id, 7);
+        assert_eq!(t.len(), 0);
     }
 
     #[test]

@@ -99,6 +99,8 @@ pub struct Core {
     pub(super) started_ms: u64,
     /// Where the traffic poll resumes (sessions are polled in slices).
     poll_cursor: Vec<u64>,
+    /// The exit's boot as its last PONG said (a change: it restarted).
+    pub(super) exit_boot: Option<u64>,
 }
 
 /// Sessions whose `SESSION_STATS` are read per tick; bounds the tick's cost with a
@@ -135,6 +137,7 @@ impl Core {
             out: Vec::new(),
             started_ms: now_ms,
             poll_cursor: Vec::new(),
+            exit_boot: None,
         }
     }
 
@@ -199,6 +202,9 @@ impl Core {
         }
         let (frames, gave_up) = self.link.due(now_ms);
         self.out.extend(frames.into_iter().map(Outgoing::Link));
+        if let Some(ping) = self.link.ping(now_ms) {
+            self.out.push(Outgoing::Link(ping));
+        }
         for id in gave_up {
             if let Some(e) = self.sessions.get_mut(&id) {
                 tracing::warn!(session = %SessionId(id), "exit did not acknowledge the session keys");

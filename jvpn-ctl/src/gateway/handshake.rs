@@ -200,6 +200,45 @@ impl Core {
         }
     }
 
+    /// The exit restarted (a new boot) or holds fewer sessions than it should: it
+    /// lost keys, so every session past BIRTH is installed again (idempotent for the
+    /// ones it still has; its DATA counters restart above anything it sent before).
+    fn on_exit_pong(&mut self, boot: u64, sessions: u64, now_ms: u64) {
+        let installed = self
+            .sessions
+            .values()
+            .filter(|e| e.session.state != State::Birth)
+            .count() as u64;
+        let restarted = self.exit_boot.is_some_and(|b| b != boot);
+        self.exit_boot = Some(boot);
+        if !restarted && sessions >= installed {
+            return;
+        }
+        tracing::warn!(
+            "the exit {} ({sessions} of {installed} sessions): installing every session again",
+            if restarted { "restarted" } else { "lost keys" }
+        );
+        bump(&mut self.counters.handshakes, "exit_reinstalled");
+        let ids: Vec<u64> = self
+            .sessions
+            .iter()
+            .filter(|(_, e)| e.session.state != State::Birth)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            let e = &self.sessions[&id];
+            let install = LinkMsg::Install {
+                session_id: id,
+                tunnel_addr: IpAddr::V4(e.tunnel),
+                c2x: e.keys.c2x,
+                x2c: e.keys.x2c,
+                ret: self.gw_exit,
+            };
+            let frame = self.link.send(install, now_ms);
+            self.out.push(Outgoing::Link(frame));
+        }
+    }
+
     fn send_established(&mut self, id: u64, local: SocketAddr, peer: SocketAddr) {
         let ctr = self.next_ctr();
         let e = &self.sessions[&id];
@@ -210,6 +249,9 @@ impl Core {
     pub fn on_link_frame(&mut self, data: &[u8], now_ms: u64) {
         match self.link.receive(data) {
             Ok(Some(super::link::LinkEvent::InstallAcked(id))) => self.on_install_acked(id, now_ms),
+            Ok(Some(super::link::LinkEvent::Pong { boot, sessions })) => {
+                self.on_exit_pong(boot, sessions, now_ms)
+            }
             Ok(_) => {}
             Err(e) => {
                 tracing::debug!("link frame refused: {e}");

@@ -1,5 +1,6 @@
 //! The gateway end of the exit link: INSTALL and REVOKE, retransmitted until the exit
-//! acknowledges them.
+//! acknowledges them, and a PING every second whose PONG says whether the exit
+//! restarted (and so lost every key).
 
 use std::collections::HashMap;
 
@@ -10,6 +11,7 @@ const RETRY_MS: u64 = 200;
 /// REVOKE keeps being retried for as long as the gateway runs, so an exit that was
 /// unreachable for a while still forgets revoked keys when it comes back.
 const INSTALL_TRIES: u32 = 10;
+const PING_EVERY_MS: u64 = 1_000;
 
 struct Pending {
     msg: LinkMsg,
@@ -20,12 +22,19 @@ struct Pending {
 pub struct ExitLink {
     crypto: LinkCrypto,
     pending: HashMap<(u64, u8), Pending>,
+    next_ping_ms: u64,
+    ping_nonce: u64,
 }
 
 /// What the link learned from a frame of the exit.
 pub enum LinkEvent {
     InstallAcked(u64),
     RevokeAcked,
+    /// The exit answered the current PING: its boot and how many sessions it holds.
+    Pong {
+        boot: u64,
+        sessions: u64,
+    },
 }
 
 impl ExitLink {
@@ -33,7 +42,21 @@ impl ExitLink {
         Self {
             crypto: LinkCrypto::new(key, Dir::GatewayToExit, start_us),
             pending: HashMap::new(),
+            next_ping_ms: 0,
+            ping_nonce: 0,
         }
+    }
+
+    /// A PING frame when one is due.
+    pub fn ping(&mut self, now_ms: u64) -> Option<Vec<u8>> {
+        if now_ms < self.next_ping_ms {
+            return None;
+        }
+        self.next_ping_ms = now_ms + PING_EVERY_MS;
+        self.ping_nonce += 1;
+        Some(self.crypto.seal(&LinkMsg::Ping {
+            nonce: self.ping_nonce,
+        }))
     }
 
     /// Queues `msg` (replacing an older one of the same kind for the session) and
@@ -94,7 +117,14 @@ impl ExitLink {
                     _ => LinkEvent::RevokeAcked,
                 }))
             }
-            // The exit never sends INSTALL or REVOKE.
+            // Only the answer to the latest PING counts: an old one may predate a
+            // restart of the exit.
+            LinkMsg::Pong {
+                nonce,
+                boot,
+                sessions,
+            } if nonce == self.ping_nonce => Ok(Some(LinkEvent::Pong { boot, sessions })),
+            // The exit never sends INSTALL, REVOKE or PING.
             _ => Ok(None),
         }
     }
@@ -105,9 +135,5 @@ impl ExitLink {
 }
 
 fn session_of(m: &LinkMsg) -> u64 {
-    match *m {
-        LinkMsg::Install { session_id, .. }
-        | LinkMsg::Revoke { session_id }
-        | LinkMsg::Ack { session_id, .. } => session_id,
-    }
+    m.session_id()
 }

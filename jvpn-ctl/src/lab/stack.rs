@@ -272,6 +272,39 @@ reserved = ["{EXIT_TUN}"]
             .and_then(|(_, c)| c.try_wait().ok().flatten())
     }
 
+    /// Stops the exit or the gateway (SIGKILL with `kill`, else SIGTERM) and starts it
+    /// again with the same configuration; returns when it serves again.
+    pub fn restart(&mut self, name: &'static str, kill: bool) -> Result<()> {
+        if let Some(i) = self.procs.iter().position(|(n, _)| *n == name) {
+            let (_, mut c) = self.procs.remove(i);
+            if kill {
+                let _ = c.kill();
+                let _ = c.wait();
+            } else {
+                stop(c);
+            }
+        }
+        match name {
+            "exit" => {
+                let ns = self.lab.exit.name.clone();
+                self.spawn(&ns, "exit", &["exit", "--config", "exit.toml"])?;
+                self.wait_for("the exit's link socket", |me| {
+                    me.lab
+                        .exit
+                        .run(|| std::net::UdpSocket::bind(EXIT_LINK).is_err())
+                })
+            }
+            "gateway" => {
+                let ns = self.lab.gw.name.clone();
+                self.spawn(&ns, "gateway", &["gateway", "--config", "gateway.toml"])?;
+                self.wait_for("the gateway's control socket", |me| {
+                    Client::connect(&me.socket).is_ok()
+                })
+            }
+            _ => Err(Error::other(format!("cannot restart {name:?}"))),
+        }
+    }
+
     /// SIGTERM, then SIGKILL after 5 s.
     pub fn stop(&mut self, name: &str) {
         if let Some(i) = self.procs.iter().position(|(n, _)| *n == name) {

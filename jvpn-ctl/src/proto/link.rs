@@ -34,11 +34,15 @@ pub mod link_type {
     pub const INSTALL: u8 = 1;
     pub const REVOKE: u8 = 2;
     pub const ACK: u8 = 3;
+    pub const PING: u8 = 4;
+    pub const PONG: u8 = 5;
 }
 
 const INSTALL_BODY: usize = 8 + ADDR_LEN + 32 + 32 + ADDR_LEN + 2;
 const REVOKE_BODY: usize = 8;
 const ACK_BODY: usize = 9;
+const PING_BODY: usize = 8;
+const PONG_BODY: usize = 24;
 
 #[derive(Clone, PartialEq, Eq)]
 pub enum LinkMsg {
@@ -55,6 +59,17 @@ pub enum LinkMsg {
     Ack {
         session_id: u64,
         acked_type: u8,
+    },
+    /// Gateway → exit, every second: "who are you now?"
+    Ping {
+        nonce: u64,
+    },
+    /// Exit → gateway: the PING's nonce, the exit's boot (its start time in µs: a new
+    /// value means it restarted and lost its keys) and how many sessions it holds.
+    Pong {
+        nonce: u64,
+        boot: u64,
+        sessions: u64,
     },
 }
 
@@ -85,6 +100,17 @@ impl fmt::Debug for LinkMsg {
                 .field("session_id", session_id)
                 .field("acked_type", acked_type)
                 .finish(),
+            LinkMsg::Ping { nonce } => f.debug_struct("Ping").field("nonce", nonce).finish(),
+            LinkMsg::Pong {
+                nonce,
+                boot,
+                sessions,
+            } => f
+                .debug_struct("Pong")
+                .field("nonce", nonce)
+                .field("boot", boot)
+                .field("sessions", sessions)
+                .finish(),
         }
     }
 }
@@ -95,6 +121,8 @@ impl LinkMsg {
             LinkMsg::Install { .. } => link_type::INSTALL,
             LinkMsg::Revoke { .. } => link_type::REVOKE,
             LinkMsg::Ack { .. } => link_type::ACK,
+            LinkMsg::Ping { .. } => link_type::PING,
+            LinkMsg::Pong { .. } => link_type::PONG,
         }
     }
 
@@ -103,6 +131,7 @@ impl LinkMsg {
             LinkMsg::Install { session_id, .. }
             | LinkMsg::Revoke { session_id }
             | LinkMsg::Ack { session_id, .. } => session_id,
+            LinkMsg::Ping { .. } | LinkMsg::Pong { .. } => 0,
         }
     }
 
@@ -130,6 +159,16 @@ impl LinkMsg {
                 out.extend_from_slice(&session_id.to_be_bytes());
                 out.push(*acked_type);
             }
+            LinkMsg::Ping { nonce } => out.extend_from_slice(&nonce.to_be_bytes()),
+            LinkMsg::Pong {
+                nonce,
+                boot,
+                sessions,
+            } => {
+                for v in [nonce, boot, sessions] {
+                    out.extend_from_slice(&v.to_be_bytes());
+                }
+            }
         }
     }
 
@@ -152,6 +191,12 @@ impl LinkMsg {
                 }
             }
             link_type::REVOKE => LinkMsg::Revoke { session_id },
+            link_type::PING => LinkMsg::Ping { nonce: session_id },
+            link_type::PONG => LinkMsg::Pong {
+                nonce: session_id,
+                boot: u64_at(b, 8),
+                sessions: u64_at(b, 16),
+            },
             _ => {
                 let acked_type = b[8];
                 if acked_type != link_type::INSTALL && acked_type != link_type::REVOKE {
@@ -171,6 +216,8 @@ fn body_len(ty: u8) -> Option<usize> {
         link_type::INSTALL => Some(INSTALL_BODY),
         link_type::REVOKE => Some(REVOKE_BODY),
         link_type::ACK => Some(ACK_BODY),
+        link_type::PING => Some(PING_BODY),
+        link_type::PONG => Some(PONG_BODY),
         _ => None,
     }
 }
@@ -372,6 +419,18 @@ mod tests {
         assert_eq!(gw.open(&f).unwrap(), ack);
         assert_eq!(ack.type_code(), 3);
         assert!(!format!("{:?}", install()).contains("1, 1"));
+        let ping = LinkMsg::Ping { nonce: 7 };
+        let f = gw.seal(&ping);
+        assert_eq!(f.len(), 40);
+        assert_eq!(exit.open(&f).unwrap(), ping);
+        let pong = LinkMsg::Pong {
+            nonce: 7,
+            boot: 1_700_000_000_000_000,
+            sessions: 3,
+        };
+        let f = exit.seal(&pong);
+        assert_eq!(f.len(), 56);
+        assert_eq!(gw.open(&f).unwrap(), pong);
     }
 
     #[test]
@@ -434,6 +493,12 @@ mod tests {
             LinkMsg::Ack {
                 session_id: 3,
                 acked_type: 1,
+            },
+            LinkMsg::Ping { nonce: 3 },
+            LinkMsg::Pong {
+                nonce: 3,
+                boot: 4,
+                sessions: 5,
             },
         ] {
             let (mut gw, _) = pair();

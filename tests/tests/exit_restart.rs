@@ -1,0 +1,82 @@
+//! The exit stays consistent with the gateway: an exit killed and restarted while
+//! the gateway runs lost every key; the gateway notices (PONG with a new boot) and
+//! installs its sessions again, and the tunnel resumes without a new session.
+
+use std::time::{Duration, Instant};
+
+use jvpn_ctl::lab::gateway::Transport::{Lte, Wifi};
+use jvpn_tests::{
+    agent::{AgentLab, FAST_HEALTH},
+    gwlab::GwLab,
+    require_root,
+    tclient::{TestClient, echo_server},
+};
+
+const ECHO: u16 = 7400;
+
+#[test]
+fn exit_restart_resumes_the_tunnel_without_a_new_session() {
+    require_root!();
+    let mut lab = AgentLab::start("xrs", "", &[Wifi, Lte], FAST_HEALTH);
+    let before = lab.status();
+    let stream = lab.stream(Duration::from_millis(5));
+    let echoed = |lab: &AgentLab| lab.echo.counts().0;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while echoed(&lab) < 20 {
+        assert!(Instant::now() < deadline, "no echoes before the restart");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    lab.gw
+        .stack
+        .restart("exit", true)
+        .expect("restarting the exit");
+    let restarted = Instant::now();
+    let at_restart = echoed(&lab);
+    // The echo server counts what reaches it through the new exit.
+    while echoed(&lab) < at_restart + 20 {
+        assert!(
+            restarted.elapsed() < Duration::from_secs(5),
+            "the tunnel did not resume after the exit restarted; gateway log:\n{}",
+            lab.gw.log("gateway")
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let resumed = restarted.elapsed();
+    let report = stream.finish(Duration::from_millis(200));
+    let after = lab.status();
+    assert_eq!(after.session_id, before.session_id, "same session");
+    assert_eq!(after.sessions_established, 1, "no new handshake");
+    assert!(
+        lab.gw
+            .log("gateway")
+            .contains("installing every session again")
+    );
+    eprintln!(
+        "exit kill -9 + restart: tunnel back after {resumed:?}; longest gap {:.0} ms",
+        report.gaps.first().map_or(0.0, |g| g.1)
+    );
+}
+
+/// A gateway killed and restarted (no store yet: its sessions are gone) hands the
+/// same tunnel address to the next session. The exit still holds the dead
+/// session's keys on that address; the gateway owns the pool, so the INSTALL
+/// replaces them and the new session completes (it used to be refused forever).
+#[test]
+fn after_a_gateway_crash_a_new_session_gets_the_address() {
+    require_root!();
+    let mut lab = GwLab::start("xgw", "");
+    let _echo = echo_server(&lab, ECHO);
+    let first = TestClient::connect(&lab, Wifi);
+    let (addr, first_id) = (first.tunnel_addr(), first.id());
+    drop(first); // its sockets: the second client binds the same addresses
+    lab.stack
+        .restart("gateway", true)
+        .expect("restarting the gateway");
+    let mut second = TestClient::connect(&lab, Wifi);
+    assert_ne!(second.id(), first_id);
+    assert_eq!(second.tunnel_addr(), addr, "the pool starts over");
+    assert_eq!(
+        second.echo(Wifi, ECHO, b"after the crash").as_deref(),
+        Some(&b"after the crash"[..])
+    );
+}
