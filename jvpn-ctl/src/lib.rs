@@ -15,5 +15,6 @@ pub mod lab;
 pub mod proto;
 pub mod session;
 pub mod sockopt;
+pub mod store;
 pub mod toml_file;
 pub mod tun;
