@@ -209,7 +209,7 @@ impl TestClient {
     }
 }
 
-fn handshake(
+pub fn handshake(
     sock: &UdpSocket,
     gw: SocketAddr,
     id: &Ed25519KeyPair,

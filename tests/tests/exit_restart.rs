@@ -57,26 +57,82 @@ fn exit_restart_resumes_the_tunnel_without_a_new_session() {
     );
 }
 
-/// A gateway killed and restarted (no store yet: its sessions are gone) hands the
-/// same tunnel address to the next session. The exit still holds the dead
-/// session's keys on that address; the gateway owns the pool, so the INSTALL
-/// replaces them and the new session completes (it used to be refused forever).
+/// A gateway killed (-9) and restarted resumes its sessions from the store: same id,
+/// state, binding and generation, and the tunnel carries traffic again with no new
+/// handshake.
 #[test]
-fn after_a_gateway_crash_a_new_session_gets_the_address() {
+fn gateway_kill9_resumes_its_sessions() {
+    require_root!();
+    let mut lab = GwLab::start("xgk", "");
+    let _echo = echo_server(&lab, ECHO);
+    let mut c = TestClient::connect(&lab, Wifi);
+    let id = c.id();
+    assert_eq!(
+        c.echo(Wifi, ECHO, b"before").as_deref(),
+        Some(&b"before"[..])
+    );
+    let before = lab.session(id).expect("the session");
+    lab.stack
+        .restart("gateway", true)
+        .expect("restarting the gateway");
+    let after = lab.session(id).expect("resumed");
+    assert_eq!(
+        (
+            after.state,
+            after.generation,
+            after.binding.clone(),
+            after.tunnel_addr.clone()
+        ),
+        (
+            before.state,
+            before.generation,
+            before.binding.clone(),
+            before.tunnel_addr.clone()
+        )
+    );
+    assert_eq!(after.version, before.version, "no transition on resume");
+    assert_eq!(c.echo(Wifi, ECHO, b"after").as_deref(), Some(&b"after"[..]));
+    let started = lab.events().into_iter().find_map(|e| match e {
+        jvpn_ctl::control::api::EventRecord::ControllerStarted { resumed, .. } => Some(resumed),
+        _ => None,
+    });
+    assert_eq!(started, Some(1), "CONTROLLER_STARTED says what was resumed");
+    // A reattach after the restart works: keys and sequence came back.
+    let ack = c
+        .reattach(jvpn_ctl::lab::gateway::Transport::Lte)
+        .expect("an answer");
+    assert!(
+        matches!(
+            ack.body,
+            jvpn_ctl::proto::Body::ReattachAck { generation: 2, .. }
+        ),
+        "{ack:?}"
+    );
+}
+
+/// A gateway that lost its store (state directory removed) starts over and hands the
+/// same tunnel address to the next session. The exit still holds the lost session's
+/// keys on it; the gateway owns the pool, so the INSTALL replaces them and the new
+/// session completes (it used to be refused until the exit was restarted by hand).
+#[test]
+fn after_losing_its_store_a_gateway_reuses_the_address() {
     require_root!();
     let mut lab = GwLab::start("xgw", "");
     let _echo = echo_server(&lab, ECHO);
     let first = TestClient::connect(&lab, Wifi);
     let (addr, first_id) = (first.tunnel_addr(), first.id());
     drop(first); // its sockets: the second client binds the same addresses
+    let state = lab.dir.join("state");
+    lab.stack.stop("gateway");
+    std::fs::remove_dir_all(&state).expect("removing the store");
     lab.stack
-        .restart("gateway", true)
+        .restart("gateway", false)
         .expect("restarting the gateway");
     let mut second = TestClient::connect(&lab, Wifi);
     assert_ne!(second.id(), first_id);
     assert_eq!(second.tunnel_addr(), addr, "the pool starts over");
     assert_eq!(
-        second.echo(Wifi, ECHO, b"after the crash").as_deref(),
-        Some(&b"after the crash"[..])
+        second.echo(Wifi, ECHO, b"after the loss").as_deref(),
+        Some(&b"after the loss"[..])
     );
 }

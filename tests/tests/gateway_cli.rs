@@ -102,7 +102,12 @@ fn verbs_show_and_kill_sessions_and_metrics_follow() {
                 .to_string()
         })
         .collect();
-    assert_eq!(kinds.first().map(String::as_str), Some("STATE_CHANGE"));
+    // The controller's start comes first (what it resumed from the store).
+    assert_eq!(
+        kinds.first().map(String::as_str),
+        Some("CONTROLLER_STARTED")
+    );
+    assert!(kinds.iter().any(|k| k == "STATE_CHANGE"));
     assert!(kinds.iter().any(|k| k == "TRANSPORT_SWITCH"));
 }
 

@@ -90,6 +90,16 @@ fn one_line(ev: &EventRecord) -> String {
             candidate, detail, ..
         } => format!("{candidate} refused ({})", detail.name()),
         EventRecord::SecurityEvent { source, kind, .. } => format!("{kind} from {source}"),
+        EventRecord::ControllerStarted {
+            resumed,
+            reinstalled,
+            removed,
+            expired,
+            ..
+        } => format!(
+            "resumed {resumed} (map entries restored {reinstalled}), removed {removed}, \
+             expired {expired}"
+        ),
     };
     format!("{ts} {kind} {id} {rest}")
 }

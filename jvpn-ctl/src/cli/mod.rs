@@ -3,6 +3,7 @@
 mod client;
 mod datapath;
 mod demo;
+mod drain;
 mod exit;
 mod gateway;
 mod keygen;
@@ -75,6 +76,8 @@ enum Command {
     /// Gateway counters: sessions per state, traffic, reattach outcomes, handshakes,
     /// malformed messages, XDP drop reasons, events.
     Stats(stats::Args),
+    /// End every session of a running gateway (CLOSE to each client); a stop keeps them
+    Drain(drain::Args),
     /// Show the gateway's running policy.
     Policy {
         #[command(subcommand)]
@@ -111,6 +114,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Session { command } => session::run(command),
         Command::Events(args) => events::run(args),
         Command::Stats(args) => stats::run(args),
+        Command::Drain(args) => drain::run(args),
         Command::Policy { command } => policy::run(command),
         Command::Pktgen(args) => pktgen::run(args),
         Command::Sink(args) => sink::run(args),

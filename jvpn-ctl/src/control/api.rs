@@ -86,6 +86,8 @@ pub enum Request {
     Kill { id: SessionId },
     /// Counters: `data` is a [`Stats`].
     Stats,
+    /// End every session with CLOSE (`operator`): `data` is `{"closed": n}`.
+    Drain,
     /// The running policy: `data` is a [`crate::session::Policy`].
     Policy,
     /// Recent events (`data` is `[EventRecord]`), or with `follow` a stream of them.
@@ -271,6 +273,17 @@ pub enum EventRecord {
         /// `bad_signature`, `blacklisted_source`, ...
         kind: String,
     },
+    /// A gateway controller started and took back its sessions from the store.
+    ControllerStarted {
+        ts_ms: u64,
+        resumed: u64,
+        /// Map entries rewritten from their records (missing, or left mid-swap).
+        reinstalled: u64,
+        /// Map entries no record explained (removed).
+        removed: u64,
+        /// Sessions whose TTL or recovery window ran out while it was away.
+        expired: u64,
+    },
 }
 
 impl EventRecord {
@@ -279,7 +292,8 @@ impl EventRecord {
             EventRecord::StateChange { ts_ms, .. }
             | EventRecord::TransportSwitch { ts_ms, .. }
             | EventRecord::TransportSwitchDenied { ts_ms, .. }
-            | EventRecord::SecurityEvent { ts_ms, .. } => *ts_ms,
+            | EventRecord::SecurityEvent { ts_ms, .. }
+            | EventRecord::ControllerStarted { ts_ms, .. } => *ts_ms,
         }
     }
 
@@ -289,6 +303,7 @@ impl EventRecord {
             | EventRecord::TransportSwitch { session_id, .. }
             | EventRecord::TransportSwitchDenied { session_id, .. } => Some(*session_id),
             EventRecord::SecurityEvent { session_id, .. } => *session_id,
+            EventRecord::ControllerStarted { .. } => None,
         }
     }
 
@@ -299,6 +314,7 @@ impl EventRecord {
             EventRecord::TransportSwitch { .. } => "TRANSPORT_SWITCH",
             EventRecord::TransportSwitchDenied { .. } => "TRANSPORT_SWITCH_DENIED",
             EventRecord::SecurityEvent { .. } => "SECURITY_EVENT",
+            EventRecord::ControllerStarted { .. } => "CONTROLLER_STARTED",
         }
     }
 }

@@ -411,6 +411,7 @@ pub(crate) mod tests {
                     Request::Session { id } | Request::Kill { id } => Response::no_session(id),
                     Request::Stats => Response::ok(&crate::control::api::Stats::default()),
                     Request::Policy => Response::ok(&crate::session::Policy::default()),
+                    Request::Drain => Response::ok(&serde_json::json!({ "closed": 1 })),
                     Request::Events { .. } => Response::error("events reached the core"),
                     Request::Status | Request::Move { .. } => Response::error("not a client"),
                 };

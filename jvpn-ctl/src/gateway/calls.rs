@@ -37,6 +37,12 @@ impl Core {
             }
             Request::Stats => Response::ok(&self.stats(now_ms)),
             Request::Policy => Response::ok(&self.policy),
+            Request::Drain => {
+                let n = self.session_count();
+                self.shutdown(now_ms);
+                tracing::warn!("drained: closed {n} sessions on the operator's request");
+                Response::ok(&serde_json::json!({ "closed": n }))
+            }
             Request::Events { .. } => Response::error("events are served by the control server"),
             Request::Status | Request::Move { .. } => Response::error(
                 "this is a gateway's control socket; `client status` and `client move` talk to a client agent's",

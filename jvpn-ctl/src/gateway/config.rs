@@ -45,6 +45,13 @@ pub struct GatewayConfig {
     /// XDP attach mode: "native" (falls back to skb with a warning) or "skb".
     #[serde(default = "default_attach")]
     pub attach: String,
+    /// Where the durable session store lives (created 0700 if missing).
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// The key that seals the store's records; default `<state_dir>/store.key`,
+    /// created (0600) on first start.
+    #[serde(default)]
+    pub store_key: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,6 +89,9 @@ fn default_max_sessions() -> u32 {
 }
 fn default_attach() -> String {
     "native".into()
+}
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/jvpn")
 }
 
 #[derive(Debug, thiserror::Error)]

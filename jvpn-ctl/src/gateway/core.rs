@@ -75,6 +75,8 @@ pub struct Entry {
     pub seen_up: u64,
     /// Budget of answers to KEEPALIVEs from addresses that are not the binding.
     pub not_bound: super::guard::TokenBucket,
+    /// The store revision of this session's record (0: not stored yet).
+    pub rev: crate::store::Revision,
 }
 
 pub struct Core {
@@ -101,6 +103,9 @@ pub struct Core {
     poll_cursor: Vec<u64>,
     /// The exit's boot as its last PONG said (a change: it restarted).
     pub(super) exit_boot: Option<u64>,
+    /// Records to write / delete at the next group commit (`persist.rs`).
+    pub(super) dirty: std::collections::BTreeSet<u64>,
+    pub(super) deleted: std::collections::BTreeMap<u64, crate::store::Revision>,
 }
 
 /// Sessions whose `SESSION_STATS` are read per tick; bounds the tick's cost with a
@@ -133,11 +138,15 @@ impl Core {
             rng: ring::rand::SystemRandom::new(),
             bus,
             counters: Counters::default(),
-            ctr: 0,
+            // Like the link counters: a restarted gateway's replies rank above
+            // everything it sent before, so resumed clients accept them.
+            ctr: p.start_us,
             out: Vec::new(),
             started_ms: now_ms,
             poll_cursor: Vec::new(),
             exit_boot: None,
+            dirty: Default::default(),
+            deleted: Default::default(),
         }
     }
 
@@ -321,6 +330,9 @@ impl Core {
         let Some(e) = self.sessions.get_mut(&id) else {
             return;
         };
+        if super::persist::durable_change(&e.session, &session) {
+            self.dirty.insert(id);
+        }
         e.session = session;
         let bound_local = e.local;
         let binding = e.session.binding;
@@ -445,6 +457,10 @@ impl Core {
         let Some(e) = self.sessions.remove(&id) else {
             return;
         };
+        self.dirty.remove(&id);
+        if e.rev != 0 {
+            self.deleted.insert(id, e.rev);
+        }
         match self.dp.remove_session(id) {
             Ok(()) | Err(crate::datapath::DatapathError::NoSuchSession(_)) => {}
             Err(err) => tracing::error!(session = %SessionId(id), "removing the map entry: {err}"),

@@ -107,6 +107,7 @@ impl Core {
                 ctl_window: crate::proto::CtlWindow::default(),
                 seen_up: 0,
                 not_bound: super::guard::TokenBucket::full(now_ms),
+                rev: 0,
             },
         );
         bump(&mut self.counters.handshakes, "welcomed");

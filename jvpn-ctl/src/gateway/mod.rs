@@ -13,8 +13,10 @@ mod handshake;
 mod link;
 mod lock;
 pub mod net;
+mod persist;
 mod pool;
 mod reattach;
+pub mod record;
 mod run;
 
 pub use config::{ConfigError, GatewayConfig};

@@ -40,6 +40,17 @@ impl Pool {
         None
     }
 
+    /// Marks `a` as in use (a session resumed from the store holds it); addresses
+    /// skipped on the way up to it stay free.
+    pub fn take(&mut self, a: Ipv4Addr) {
+        let a = u32::from(a);
+        if !self.released.remove(&a) && a >= self.next && a <= self.last {
+            self.released
+                .extend((self.next..a).filter(|x| !self.reserved.contains(x)));
+            self.next = a + 1;
+        }
+    }
+
     pub fn release(&mut self, a: Ipv4Addr) {
         let a = u32::from(a);
         if a < self.next && !self.reserved.contains(&a) {
@@ -51,6 +62,24 @@ impl Pool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn take_marks_resumed_addresses_used() {
+        let mut p = Pool::new("10.99.0.0/29".parse().unwrap(), []);
+        p.take("10.99.0.3".parse().unwrap());
+        let got: Vec<Ipv4Addr> = std::iter::from_fn(|| p.allocate()).collect();
+        let want: Vec<Ipv4Addr> = [
+            "10.99.0.1",
+            "10.99.0.2",
+            "10.99.0.4",
+            "10.99.0.5",
+            "10.99.0.6",
+        ]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+        assert_eq!(got, want);
+    }
 
     #[test]
     fn allocates_lowest_free_and_skips_reserved() {

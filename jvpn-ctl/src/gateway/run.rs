@@ -23,7 +23,12 @@ use crate::{
     control::{self, events::EventBus},
     datapath::{AttachMode, Datapath, DatapathConfig, DatapathError},
     proto::{self, Peers, ProtoError},
+    store::{LocalStore, Revision, Sealer, SessionStore, StoreError, StoreKey},
 };
+
+/// Inputs handled before one group commit of the store (and the replies they
+/// allow): an ACK waits at most for this batch plus one fsync (~0.7 ms here).
+const BATCH: usize = 256;
 
 const TICK: Duration = Duration::from_millis(50);
 
@@ -41,21 +46,30 @@ pub enum GatewayError {
     Control(#[from] control::ControlError),
     #[error(transparent)]
     Lock(#[from] super::lock::LockError),
+    #[error("session store: {0}")]
+    Store(#[from] StoreError),
+    #[error("session store {}: {cause}", path.display())]
+    Record {
+        path: std::path::PathBuf,
+        cause: String,
+    },
     #[error("{what}: {cause}")]
     Io { what: String, cause: std::io::Error },
 }
 
-/// Runs the gateway until `shutdown` resolves. On the way out every session is
-/// closed (CLOSE to the client, keys revoked at the exit, map entry removed); the XDP
-/// links stay pinned (`jvpn-ctl datapath down` removes them).
+/// Runs the gateway until `shutdown` resolves. Sessions outlive the process: they are
+/// in the store and the pinned data plane keeps forwarding, so the next start resumes
+/// them (`jvpn-ctl drain` ends them instead).
 pub async fn run(
     cfg: GatewayConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), GatewayError> {
     cfg.validate()?;
-    // Before anything touches the maps, the sockets or the control socket.
+    // Before anything touches the maps, the store, the sockets or the control socket.
     let _lock = super::lock::ControllerLock::acquire(&cfg.pin_dir)?;
+    let (mut store, sealer) = open_store(&cfg)?;
     let clock = Clock::new();
+    let records = load_records(&store, &sealer, clock.now_ms())?;
     let identity = proto::identity::load(&cfg.identity)?;
     let peers = Peers::load(&cfg.peers)?;
     if peers.is_empty() {
@@ -96,12 +110,6 @@ pub async fn run(
     for (i, m) in cfg.interfaces.iter().zip(&modes) {
         tracing::info!("relay attached to {i} ({m})");
     }
-    let orphans = purge_orphans(&mut dp);
-    if orphans > 0 {
-        tracing::warn!(
-            "removed {orphans} map entries left by an earlier controller (no keys for them)"
-        );
-    }
 
     let (dg_tx, mut dg_rx) = mpsc::channel::<Datagram>(4096);
     let sockets = Sockets::bind(&cfg.interfaces, cfg.port, dg_tx)?;
@@ -137,6 +145,17 @@ pub async fn run(
         bus,
         now,
     );
+    let r = core.resume(records, now);
+    tracing::info!(
+        "resumed {} sessions from {} ({} map entries restored, {} unexplained entries \
+         removed, {} expired while stopped)",
+        r.resumed,
+        store.path().display(),
+        r.reinstalled,
+        r.removed,
+        r.expired
+    );
+    persist(&mut core, &mut store, &sealer)?;
     tracing::info!(
         "gateway up: {} listening on {}; control socket {}",
         hex::encode(core.gateway_pub()),
@@ -159,33 +178,108 @@ pub async fn run(
                 let resp = core.on_request(&c.request, clock.now_ms());
                 let _ = c.reply.send(resp);
             }
-            Some(d) = dg_rx.recv() => core.on_datagram(d.local, d.peer, &d.data, clock.now_ms()),
+            Some(d) = dg_rx.recv() => {
+                core.on_datagram(d.local, d.peer, &d.data, clock.now_ms());
+                // A group commit covers what else is already queued.
+                for _ in 1..BATCH {
+                    let Ok(d) = dg_rx.try_recv() else { break };
+                    core.on_datagram(d.local, d.peer, &d.data, clock.now_ms());
+                }
+            }
             Some(f) = link_rx.recv() => core.on_link_frame(&f, clock.now_ms()),
             _ = tick.tick() => core.tick(clock.now_ms()),
         }
+        // Durable before visible: no reply of this batch leaves before its records
+        // are written. A store that cannot write stops the controller here, with
+        // those replies unsent; the next start resumes from what was written.
+        persist(&mut core, &mut store, &sealer)?;
         flush(&mut core, &sockets, &link_sock, cfg.exit.link);
     }
 
-    let n = core.session_count();
-    core.shutdown(clock.now_ms());
-    flush(&mut core, &sockets, &link_sock, cfg.exit.link);
-    // Give the exit a moment to acknowledge the revocations; unacknowledged ones are
-    // logged (the exit forgets nothing it was not told about, so say so).
+    // Drained sessions may still be waiting for the exit's REVOKE acknowledgement.
     let deadline = Instant::now() + Duration::from_millis(500);
     while core.link_pending() > 0 && Instant::now() < deadline {
         if let Ok(Some(f)) = tokio::time::timeout(Duration::from_millis(50), link_rx.recv()).await {
             core.on_link_frame(&f, clock.now_ms());
         }
-        core.tick(clock.now_ms());
+        persist(&mut core, &mut store, &sealer)?;
         flush(&mut core, &sockets, &link_sock, cfg.exit.link);
     }
-    if core.link_pending() > 0 {
+    persist(&mut core, &mut store, &sealer)?;
+    tracing::info!(
+        "gateway stopped; {} sessions kept in {} (the data plane keeps forwarding; the \
+         next start resumes them, `jvpn-ctl drain` ends them)",
+        core.session_count(),
+        store.path().display()
+    );
+    Ok(())
+}
+
+/// Creates the state directory (0700) and the store key on first start.
+fn open_store(cfg: &GatewayConfig) -> Result<(LocalStore, Sealer), GatewayError> {
+    let dir = &cfg.state_dir;
+    if !dir.exists() {
+        std::fs::create_dir_all(dir).map_err(|cause| GatewayError::Io {
+            what: format!("creating the state directory {}", dir.display()),
+            cause,
+        })?;
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|cause| {
+            GatewayError::Io {
+                what: format!("setting the mode of {}", dir.display()),
+                cause,
+            }
+        })?;
+    }
+    let key_path = cfg
+        .store_key
+        .clone()
+        .unwrap_or_else(|| dir.join("store.key"));
+    let (key, created) = StoreKey::load_or_create(&key_path)?;
+    if created {
         tracing::warn!(
-            "{} key revocations not acknowledged by the exit",
-            core.link_pending()
+            "created the store key {}: back it up with {} (without it the stored sessions \
+             cannot be read)",
+            key_path.display(),
+            dir.display()
         );
     }
-    tracing::info!("gateway stopped; closed {n} sessions");
+    let store = LocalStore::open(dir)?;
+    Ok((store, Sealer::new(&key)))
+}
+
+/// Every record, unsealed and decoded; one that fails refuses the start (naming the
+/// store and the session) rather than resuming half of them.
+fn load_records(
+    store: &LocalStore,
+    sealer: &Sealer,
+    now_ms: u64,
+) -> Result<Vec<(Revision, super::core::Entry)>, GatewayError> {
+    let bad = |cause: String| GatewayError::Record {
+        path: store.path().to_path_buf(),
+        cause,
+    };
+    let mut out = Vec::new();
+    for (id, rev, sealed) in store.list()? {
+        let plain = sealer
+            .open(id, &sealed)
+            .map_err(|e| bad(format!("{e}: sealed under another store key, or damaged")))?;
+        let rec =
+            super::record::SessionRecord::decode(id, &plain).map_err(|e| bad(e.to_string()))?;
+        out.push((rev, rec.into_entry(now_ms)));
+    }
+    Ok(out)
+}
+
+/// One group commit of what the core changed; a conflict or an I/O error stops the
+/// controller (its replies for this batch are not sent).
+fn persist(core: &mut Core, store: &mut LocalStore, sealer: &Sealer) -> Result<(), GatewayError> {
+    if !core.has_pending_writes() {
+        return Ok(());
+    }
+    let batch = core.pending_writes(sealer);
+    let revs = store.apply(&batch)?;
+    core.committed(&batch, &revs);
     Ok(())
 }
 
@@ -232,14 +326,4 @@ fn spawn_link_reader(sock: Arc<UdpSocket>, exit_link: SocketAddr, tx: mpsc::Send
             }
         }
     });
-}
-
-/// Removes `SESSIONS` entries this controller holds no keys for.
-fn purge_orphans(dp: &mut Datapath) -> usize {
-    let ids = dp.session_ids();
-    let n = ids.len();
-    for id in ids {
-        let _ = dp.remove_session(id);
-    }
-    n
 }

@@ -125,6 +125,16 @@ fn describe(e: &EventRecord) -> Option<String> {
         EventRecord::SecurityEvent { source, kind, .. } => {
             format!("SECURITY {kind} from {source}")
         }
+        EventRecord::ControllerStarted {
+            resumed,
+            reinstalled,
+            removed,
+            expired,
+            ..
+        } => format!(
+            "controller started: {resumed} sessions resumed ({reinstalled} map entries \
+             restored), {removed} unexplained entries removed, {expired} expired"
+        ),
     })
 }
 

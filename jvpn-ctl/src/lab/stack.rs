@@ -121,6 +121,7 @@ peers = "{d}/peers"
 event_log = "{d}/gateway-events.jsonl"
 control_socket = "{s}"
 pin_dir = "{p}"
+state_dir = "{d}/state"
 max_sessions = 1024
 metrics = "{METRICS}"
 [exit]

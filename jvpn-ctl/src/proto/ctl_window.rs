@@ -42,6 +42,15 @@ impl CtlWindow {
         true
     }
 
+    /// A window resumed from a stored high-water mark: everything up to it counts as
+    /// seen (the bitmap is not stored), so nothing it accepted before is taken again.
+    pub fn resume(highest: u64) -> Self {
+        Self {
+            highest,
+            seen: u64::MAX,
+        }
+    }
+
     pub fn highest(&self) -> u64 {
         self.highest
     }

@@ -1,0 +1,175 @@
+//! The controller's side of the durable store: which records a batch of inputs
+//! changed (written together, one group commit, before any reply of that batch
+//! leaves: `run.rs`), and resuming from the store after a restart.
+//!
+//! What is durable: every session past BIRTH, rewritten whenever its state machine
+//! changes (state, version, binding, generation, reattach sequence and nonces, switch
+//! history, timer anchors) and deleted when it ends. The last-traffic anchor alone is
+//! rewritten at most every [`RX_PERSIST_MS`]: after a restart it is at most that much
+//! older than it was, which can only make a session look quiet sooner.
+
+use std::collections::HashSet;
+
+use super::{
+    core::{Core, Entry},
+    record::SessionRecord,
+};
+use crate::{
+    control::api::EventRecord,
+    datapath::DatapathError,
+    proto::LinkMsg,
+    session::{Event, Session, State},
+    store::{Revision, Sealer, Write},
+};
+
+pub const RX_PERSIST_MS: u64 = 10_000;
+
+/// Whether `new` differs from `old` in what the store must keep.
+pub fn durable_change(old: &Session, new: &Session) -> bool {
+    if new.state == State::Birth {
+        return false;
+    }
+    if old.state == State::Birth {
+        return true;
+    }
+    let rx_moved = new.last_rx_ms.saturating_sub(old.last_rx_ms);
+    let mut a = old.clone();
+    a.last_rx_ms = new.last_rx_ms;
+    a != *new || rx_moved >= RX_PERSIST_MS
+}
+
+/// What a restart found (the `CONTROLLER_STARTED` event).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Resumed {
+    pub resumed: u64,
+    /// Records whose map entry was missing or different (rewritten from the record).
+    pub reinstalled: u64,
+    /// Map entries no record explains (removed).
+    pub removed: u64,
+    /// Sessions whose TTL or recovery window ran out while the controller was away.
+    pub expired: u64,
+}
+
+impl Core {
+    /// The writes of the next group commit; the entries keep their revisions until
+    /// [`Core::committed`] says the batch is durable.
+    pub fn pending_writes(&mut self, sealer: &Sealer) -> Vec<Write> {
+        let mut batch = Vec::with_capacity(self.dirty.len() + self.deleted.len());
+        for (&id, &expect) in &self.deleted {
+            batch.push(Write::Delete { id, expect });
+        }
+        for &id in &self.dirty {
+            if let Some(e) = self.sessions.get(&id) {
+                let plain = SessionRecord::of(e).encode();
+                batch.push(Write::Put {
+                    id,
+                    expect: e.rev,
+                    value: sealer.seal(id, &plain),
+                });
+            }
+        }
+        batch
+    }
+
+    /// `batch` (from [`Core::pending_writes`]) is durable with these revisions.
+    pub fn committed(&mut self, batch: &[Write], revs: &[Revision]) {
+        for (w, &rev) in batch.iter().zip(revs) {
+            match *w {
+                Write::Put { id, .. } => {
+                    self.dirty.remove(&id);
+                    if let Some(e) = self.sessions.get_mut(&id) {
+                        e.rev = rev;
+                    }
+                }
+                Write::Delete { id, .. } => {
+                    self.deleted.remove(&id);
+                }
+            }
+        }
+    }
+
+    pub fn has_pending_writes(&self) -> bool {
+        !self.dirty.is_empty() || !self.deleted.is_empty()
+    }
+
+    /// Takes back the sessions of a store after a restart: each gets its map entry as
+    /// the record says (the record wins over a map entry a crash left half-way: the
+    /// reply that depended on the newer one was never sent), its tunnel address
+    /// back from the pool, and its keys at the exit again; map entries no record
+    /// explains are removed; then one tick ends what expired while the controller
+    /// was away (CLOSE, REVOKE, the record deleted).
+    pub fn resume(&mut self, records: Vec<(Revision, Entry)>, now_ms: u64) -> Resumed {
+        let mut r = Resumed::default();
+        let known: HashSet<u64> = records.iter().map(|(_, e)| e.session.id).collect();
+        for id in self.dp.session_ids() {
+            if !known.contains(&id) {
+                match self.dp.remove_session(id) {
+                    Ok(()) | Err(DatapathError::NoSuchSession(_)) => r.removed += 1,
+                    Err(err) => tracing::error!("removing an unexplained map entry: {err}"),
+                }
+            }
+        }
+        for (rev, mut e) in records {
+            let id = e.session.id;
+            e.rev = rev;
+            // The relay kept forwarding while no controller watched: silence it could
+            // not observe is not silence. One loss TTL from now tells.
+            e.session.last_rx_ms = e.session.last_rx_ms.max(now_ms);
+            if let Some(binding) = e.session.binding {
+                let want = self.map_entry(binding, e.local, e.session.generation, true);
+                match want {
+                    Ok(want) => {
+                        let have = self.dp.session(id).ok().flatten();
+                        let same = have.as_ref().is_some_and(|h| {
+                            h.generation == want.generation
+                                && h.client == want.client
+                                && h.gw_client == want.gw_client
+                                && h.flags == want.flags
+                        });
+                        if !same {
+                            r.reinstalled += 1;
+                            let res = if have.is_some() {
+                                self.dp.replace_session(id, &want).map(|_| ())
+                            } else {
+                                self.dp.insert_session(id, &want)
+                            };
+                            if let Err(err) = res {
+                                tracing::error!(session = %crate::control::api::SessionId(id), "restoring the map entry: {err}");
+                            }
+                        }
+                    }
+                    Err(err) => tracing::error!("record {id:#018x}: {err}"),
+                }
+            }
+            e.seen_up = self.stats_of(id).up_packets;
+            self.pool.take(e.tunnel);
+            let install = LinkMsg::Install {
+                session_id: id,
+                tunnel_addr: std::net::IpAddr::V4(e.tunnel),
+                c2x: e.keys.c2x,
+                x2c: e.keys.x2c,
+                ret: self.gw_exit,
+            };
+            let frame = self.link.send(install, now_ms);
+            self.out.push(super::core::Outgoing::Link(frame));
+            self.sessions.insert(id, e);
+            r.resumed += 1;
+        }
+        let ids: Vec<u64> = self.sessions.keys().copied().collect();
+        for id in ids {
+            self.drive(id, &Event::Tick, None, now_ms);
+            if !self.sessions.contains_key(&id) {
+                r.expired += 1;
+            }
+        }
+        r.resumed -= r.expired;
+        self.bus.emit(EventRecord::ControllerStarted {
+            ts_ms: now_ms,
+            resumed: r.resumed,
+            reinstalled: r.reinstalled,
+            removed: r.removed,
+            expired: r.expired,
+        });
+        r
+    }
+}

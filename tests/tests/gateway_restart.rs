@@ -1,0 +1,207 @@
+//! Sessions outlive the gateway process: `kill -9` the gateway under load and start
+//! it again; every session resumes from the store exactly as it was, the pinned data
+//! plane kept forwarding meanwhile, and the real client agent never notices.
+
+use std::{
+    collections::BTreeMap,
+    net::UdpSocket,
+    time::{Duration, Instant},
+};
+
+use jvpn_ctl::{
+    control::api::EventRecord,
+    lab::gateway::Transport::{Lte, Wifi},
+    session::State,
+};
+use jvpn_tests::{
+    agent::{AgentLab, FAST_HEALTH},
+    require_root,
+    tclient::handshake,
+};
+
+/// Protocol-library sessions beside the agent's.
+const SESSIONS: usize = 200;
+
+/// What must survive a restart: id, binding, generation, tunnel address (the idle
+/// protocol-library sessions change state on their own as time passes).
+fn snapshot(lab: &AgentLab) -> BTreeMap<u64, (u32, Option<String>, String)> {
+    lab.sessions()
+        .into_iter()
+        .map(|s| (s.id.0, (s.generation, s.binding, s.tunnel_addr)))
+        .collect()
+}
+
+#[test]
+fn kill9_restart_resumes_every_session_and_the_agent_never_notices() {
+    require_root!();
+    let mut lab = AgentLab::start("grs", "", &[Wifi, Lte], FAST_HEALTH);
+    let started = Instant::now();
+    let socks: Vec<UdpSocket> = (0..SESSIONS)
+        .map(|_| {
+            let s = lab
+                .lab
+                .client
+                .run(|| UdpSocket::bind("10.77.2.2:0"))
+                .unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            handshake(&s, Lte.gw_addr(), &lab.client_id, &lab.gateway_pub);
+            s
+        })
+        .collect();
+    eprintln!("{SESSIONS} extra sessions in {:?}", started.elapsed());
+    let stream = lab.stream(Duration::from_millis(2));
+    std::thread::sleep(Duration::from_millis(300));
+    let before = snapshot(&lab);
+    assert_eq!(before.len(), SESSIONS + 1);
+    let agent_id = lab.status().session_id.unwrap();
+    let agent_before = lab.gw.session(agent_id.0).expect("the agent's session");
+    let agent_events = lab.client_events().len();
+
+    let t = Instant::now();
+    lab.gw
+        .stack
+        .restart("gateway", true)
+        .expect("restarting the gateway");
+    let serving = t.elapsed();
+    let after = snapshot(&lab);
+    std::thread::sleep(Duration::from_millis(700));
+    let report = stream.finish(Duration::from_millis(200));
+
+    assert!(
+        after == before,
+        "every session resumed with its binding and generation"
+    );
+    let agent_after = lab.gw.session(agent_id.0).expect("the agent's session");
+    assert_eq!(
+        (agent_after.state, agent_after.version),
+        (agent_before.state, agent_before.version),
+        "the agent's session: no transition at the gateway"
+    );
+    let resumed = lab.events().into_iter().find_map(|e| match e {
+        EventRecord::ControllerStarted {
+            resumed, expired, ..
+        } => Some((resumed, expired)),
+        _ => None,
+    });
+    assert_eq!(resumed, Some((SESSIONS as u64 + 1, 0)));
+    let s = lab.status();
+    assert_eq!(s.state, State::Attached);
+    assert_eq!(s.sessions_established, 1, "no new handshake");
+    let new_events: Vec<EventRecord> = lab.client_events().split_off(agent_events);
+    assert!(
+        !new_events
+            .iter()
+            .any(|e| matches!(e, EventRecord::StateChange { .. })),
+        "the agent left ATTACHED: {new_events:?}"
+    );
+    let gap = report.gaps.first().map_or(0.0, |g| g.1);
+    eprintln!(
+        "restart to serving {serving:?} with {} stored sessions; tunnel: {} sent, {} echoed, \
+         longest gap {gap:.0} ms",
+        SESSIONS + 1,
+        report.sent,
+        report.echoed
+    );
+    let store =
+        std::fs::metadata(lab.gw.dir.join("state").join("sessions.redb")).map_or(0, |m| m.len());
+    eprintln!(
+        "store: {store} bytes for {} sessions ({} per session, file included)",
+        SESSIONS + 1,
+        store / (SESSIONS as u64 + 1)
+    );
+    // The relay forwarded throughout: nothing beyond what was in flight.
+    assert!(gap < 50.0, "tunnel gap {gap} ms across the restart");
+    drop(socks);
+}
+
+mod store {
+    use std::time::Duration;
+
+    use jvpn_ctl::{
+        lab::gateway::Transport::{Lte, Wifi},
+        proto::{Body, TransportKind},
+    };
+    use jvpn_tests::{
+        gwlab::GwLab,
+        require_root,
+        tclient::{Reply, TestClient, now_ms},
+    };
+
+    /// A stop (SIGTERM) keeps the sessions; `jvpn-ctl drain` ends them with CLOSE.
+    #[test]
+    fn sigterm_keeps_sessions_and_drain_ends_them() {
+        require_root!();
+        let mut lab = GwLab::start("gst", "");
+        let mut c = TestClient::connect(&lab, Wifi);
+        let id = c.id();
+        lab.stack
+            .restart("gateway", false)
+            .expect("SIGTERM and start");
+        assert!(lab.session(id).is_some(), "kept across a clean stop");
+        assert_eq!(lab.map_sessions(), 1);
+        let out = lab.cli(&["drain"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains("closed 1 sessions"),
+            "{text}"
+        );
+        let close = c.recv_control(Wifi, Duration::from_secs(2));
+        assert!(
+            matches!(close.map(|m| m.body), Some(Body::Close { .. })),
+            "the client is told"
+        );
+        assert!(lab.sessions().is_empty());
+        assert_eq!(lab.map_sessions(), 0);
+        // And a drained gateway restarts with nothing to resume.
+        lab.stack.restart("gateway", false).expect("restart");
+        assert!(lab.sessions().is_empty());
+    }
+
+    /// A store that is not ours (garbage in its place) stops the start with an error
+    /// naming the file, and nothing of the data plane changes.
+    #[test]
+    fn a_corrupt_store_is_refused_naming_the_file() {
+        require_root!();
+        let mut lab = GwLab::start("gsc", "");
+        let _c = TestClient::connect(&lab, Wifi);
+        lab.stack.stop("gateway");
+        let file = lab.dir.join("state").join("sessions.redb");
+        std::fs::write(&file, vec![0x5a; 8192]).unwrap();
+        let err = lab
+            .stack
+            .restart("gateway", false)
+            .expect_err("a corrupt store must refuse the start");
+        let text = err.to_string();
+        assert!(text.contains(&file.display().to_string()), "{text}");
+        assert_eq!(lab.map_sessions(), 1, "the map entry is untouched");
+    }
+
+    /// A REATTACH_REQUEST accepted before a restart and replayed after it is refused:
+    /// its sequence and nonce came back with the session.
+    #[test]
+    fn a_reattach_replayed_across_a_restart_is_refused() {
+        require_root!();
+        let mut lab = GwLab::start("gsr", "");
+        let mut c = TestClient::connect(&lab, Wifi);
+        let id = c.id();
+        let req = c.reattach_request(now_ms(), TransportKind::Cellular);
+        c.send_raw(Lte, &req);
+        assert!(
+            matches!(
+                c.recv_control(Lte, Duration::from_secs(2)).map(|m| m.body),
+                Some(Body::ReattachChallenge { .. })
+            ),
+            "the first copy is challenged"
+        );
+        lab.stack.restart("gateway", true).expect("restart");
+        let before = lab.session(id).expect("resumed");
+        c.send_raw(Lte, &req);
+        assert_eq!(c.recv(Lte, Duration::from_millis(500)), Reply::Silence);
+        let after = lab.session(id).unwrap();
+        assert_eq!(
+            (after.version, after.generation, after.binding),
+            (before.version, before.generation, before.binding)
+        );
+    }
+}
