@@ -289,7 +289,9 @@ fn exit_installs_decrypts_returns_and_drops() {
     // The reply is routed into the TUN device, sealed with k_x2c and sent to `ret`.
     echo.send_to(b"pong", from).unwrap();
     let (ctr, src, dst, payload) = recv_return(&ret_sock).expect("return DATA");
-    assert_eq!(ctr, 1, "first exit→client counter");
+    // The exit's boot (µs) × 16: a restarted exit never reuses a counter.
+    let boot_floor = 16 * 1_700_000_000_000_000u64;
+    assert!(ctr > boot_floor, "first exit→client counter {ctr}");
     assert_eq!(src, SocketAddr::from((EXIT_TUN, ECHO_PORT)));
     assert_eq!(dst, SocketAddr::from(client));
     assert_eq!(payload, b"pong");
@@ -384,7 +386,7 @@ fn exit_installs_decrypts_returns_and_drops() {
 }
 
 #[test]
-fn exit_refuses_a_tunnel_address_in_use_and_bad_config() {
+fn exit_replaces_a_stale_address_holder_and_refuses_bad_config() {
     require_root!();
     let (gw, exit_ns) = lab();
     let mut config = Config::new(
@@ -425,15 +427,17 @@ fn exit_refuses_a_tunnel_address_in_use_and_bad_config() {
         link_call(&link_sock, &mut link, &install(SID, CLIENT_TUN, C2X)),
         ack(SID)
     );
-    // Another session asking for the same tunnel address gets no ACK.
+    // Another session on the same tunnel address replaces it: the gateway owns the
+    // pool, so the holder is one it no longer knows (docs/protocol.md).
     assert_eq!(
         link_call(
             &link_sock,
             &mut link,
             &install(SID + 1, CLIENT_TUN, [1; 32])
         ),
-        None
+        ack(SID + 1)
     );
+    exit.wait_for("link_replaced", |c| c.link_replaced == 1);
     // Nor does one outside the pool or on the exit's own address.
     for addr in [Ipv4Addr::new(10, 98, 0, 2), EXIT_TUN] {
         assert_eq!(
@@ -441,8 +445,8 @@ fn exit_refuses_a_tunnel_address_in_use_and_bad_config() {
             None
         );
     }
-    exit.wait_for("link_refused", |c| c.link_refused == 3);
-    assert_eq!(exit.counters().link_installs, 2);
+    exit.wait_for("link_refused", |c| c.link_refused == 2);
+    assert_eq!(exit.counters().link_installs, 3);
 
     // A second exit cannot take the same sockets or device name: a clear error.
     let err = exit_ns.run(|| {

@@ -24,6 +24,7 @@ use std::{
 
 use anyhow::{Context as _, anyhow, bail, ensure};
 use jvpn_common::maps::SessionEntry;
+use jvpn_ctl::store::{LocalStore, Sealer, SessionStore as _, StoreKey};
 use jvpn_ctl::{
     control::{EventBus, Request, Response, SessionId},
     datapath::{Datapath, DatapathConfig},
@@ -138,14 +139,18 @@ fn client_addr(i: usize, round: u16) -> SocketAddr {
 struct Args {
     sessions: usize,
     seconds: f64,
+    /// A directory for the durable session store: every batch is committed (one
+    /// fsync) before its replies count, as the daemon does.
+    store: Option<std::path::PathBuf>,
 }
 
-const USAGE: &str = "usage: ctl-bench [--sessions N] [--seconds S]";
+const USAGE: &str = "usage: ctl-bench [--sessions N] [--seconds S] [--store DIR]";
 
 fn parse_args() -> Result<Args, String> {
     let mut a = Args {
         sessions: DEFAULT_SESSIONS,
         seconds: 0.0,
+        store: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -174,6 +179,7 @@ fn parse_args() -> Result<Args, String> {
                         "--seconds {v:?}: expected a number of seconds from 0 to 3600"
                     ))?;
             }
+            "--store" => a.store = Some(value("--store")?.into()),
             "-h" | "--help" => return Err(USAGE.to_string()),
             other => return Err(format!("unknown argument {other:?} ({USAGE})")),
         }
@@ -232,6 +238,19 @@ struct Bench {
     now: u64,
     /// Clients created so far (warm-up included): the next client's index.
     created: usize,
+    store: Option<(LocalStore, Sealer)>,
+}
+
+/// The daemon's group commit: what a batch changed, durable before its replies.
+fn commit(core: &mut Core, store: &mut Option<(LocalStore, Sealer)>) -> anyhow::Result<()> {
+    if let Some((st, sealer)) = store
+        && core.has_pending_writes()
+    {
+        let batch = core.pending_writes(sealer);
+        let revs = st.apply(&batch)?;
+        core.committed(&batch, &revs);
+    }
+    Ok(())
 }
 
 /// Gateway time spent in each step of a handshake or reattach, summed.
@@ -314,6 +333,7 @@ impl Bench {
             for (hello, peer) in hellos.iter().zip(&peers) {
                 self.core.on_datagram(GW_LOCAL, *peer, hello, now);
             }
+            commit(&mut self.core, &mut self.store)?;
             steps.first += t.elapsed();
             let welcomes = self.take_udp(&peers, "HELLO")?;
 
@@ -329,6 +349,7 @@ impl Bench {
             for (s, peer) in sessions.iter().zip(&peers) {
                 self.core.on_datagram(GW_LOCAL, *peer, &s.confirm, now);
             }
+            commit(&mut self.core, &mut self.store)?;
             steps.second += t.elapsed();
 
             // Exit: open INSTALLs, seal ACKs (untimed).
@@ -361,6 +382,7 @@ impl Bench {
             for ack in &acks {
                 self.core.on_link_frame(ack, now);
             }
+            commit(&mut self.core, &mut self.store)?;
             steps.third += t.elapsed();
             let established = self.take_udp(&peers, "INSTALL ACK")?;
             for (s, e) in sessions.iter().zip(&established) {
@@ -428,6 +450,7 @@ impl Bench {
             for (r, peer) in reqs.iter().zip(&peers) {
                 self.core.on_datagram(GW_LOCAL, *peer, r, now);
             }
+            commit(&mut self.core, &mut self.store)?;
             steps.first += t.elapsed();
             let challenges = self.take_udp(&peers, "REATTACH_REQUEST")?;
 
@@ -458,6 +481,7 @@ impl Bench {
             for (r, peer) in confirms.iter().zip(&peers) {
                 self.core.on_datagram(GW_LOCAL, *peer, r, now);
             }
+            commit(&mut self.core, &mut self.store)?;
             steps.second += t.elapsed();
             let acks = self.take_udp(&peers, "REATTACH_CONFIRM")?;
             for ((c, a), peer) in batch.iter_mut().zip(&acks).zip(&peers) {
@@ -656,6 +680,14 @@ fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
         rng,
         now: start,
         created: 0,
+        store: match &args.store {
+            Some(dir) => {
+                std::fs::create_dir_all(dir)?;
+                let (key, _) = StoreKey::load_or_create(&dir.join("store.key"))?;
+                Some((LocalStore::open(dir)?, Sealer::new(&key)))
+            }
+            None => None,
+        },
     };
 
     // Warm-up (untimed, not counted), then the heap baseline.
