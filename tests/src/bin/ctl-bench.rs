@@ -24,7 +24,7 @@ use std::{
 
 use anyhow::{Context as _, anyhow, bail, ensure};
 use jvpn_common::maps::SessionEntry;
-use jvpn_ctl::store::{LocalStore, Sealer, SessionStore as _, StoreKey};
+use jvpn_ctl::store::{LocalStore, Sealer, SessionStore, StoreKey};
 use jvpn_ctl::{
     control::{EventBus, Request, Response, SessionId},
     datapath::{Datapath, DatapathConfig},
@@ -238,11 +238,14 @@ struct Bench {
     now: u64,
     /// Clients created so far (warm-up included): the next client's index.
     created: usize,
-    store: Option<(LocalStore, Sealer)>,
+    store: Option<(Box<dyn SessionStore>, Sealer)>,
 }
 
 /// The daemon's group commit: what a batch changed, durable before its replies.
-fn commit(core: &mut Core, store: &mut Option<(LocalStore, Sealer)>) -> anyhow::Result<()> {
+fn commit(
+    core: &mut Core,
+    store: &mut Option<(Box<dyn SessionStore>, Sealer)>,
+) -> anyhow::Result<()> {
     if let Some((st, sealer)) = store
         && core.has_pending_writes()
     {
@@ -681,10 +684,25 @@ fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
         now: start,
         created: 0,
         store: match &args.store {
+            // `--store memory`: records encoded and sealed, kept in memory (no redb,
+            // no fsync), to tell the two costs apart.
+            Some(dir) if dir.as_os_str() == "memory" => {
+                let key = StoreKey::load_or_create(
+                    &std::env::temp_dir().join(format!("ctl-bench-{}.key", std::process::id())),
+                )?
+                .0;
+                Some((
+                    Box::new(jvpn_ctl::store::MemoryStore::new()) as Box<dyn SessionStore>,
+                    Sealer::new(&key),
+                ))
+            }
             Some(dir) => {
                 std::fs::create_dir_all(dir)?;
                 let (key, _) = StoreKey::load_or_create(&dir.join("store.key"))?;
-                Some((LocalStore::open(dir)?, Sealer::new(&key)))
+                Some((
+                    Box::new(LocalStore::open(dir)?) as Box<dyn SessionStore>,
+                    Sealer::new(&key),
+                ))
             }
             None => None,
         },
