@@ -151,13 +151,7 @@ impl Core {
             }
             _ => return,
         }
-        let install = LinkMsg::Install {
-            session_id: id,
-            tunnel_addr: IpAddr::V4(e.tunnel),
-            c2x: e.keys.c2x,
-            x2c: e.keys.x2c,
-            ret: self.gw_exit,
-        };
+        let install = self.install_msg(id, e);
         if let Some(e) = self.sessions.get_mut(&id) {
             e.confirming = Some((peer, local));
         }
@@ -227,16 +221,20 @@ impl Core {
             .map(|(id, _)| *id)
             .collect();
         for id in ids {
-            let e = &self.sessions[&id];
-            let install = LinkMsg::Install {
-                session_id: id,
-                tunnel_addr: IpAddr::V4(e.tunnel),
-                c2x: e.keys.c2x,
-                x2c: e.keys.x2c,
-                ret: self.gw_exit,
-            };
+            let install = self.install_msg(id, &self.sessions[&id]);
             let frame = self.link.send(install, now_ms);
             self.out.push(Outgoing::Link(frame));
+        }
+    }
+
+    /// The INSTALL that gives the exit session `id`'s keys (idempotent there).
+    pub(super) fn install_msg(&self, id: u64, e: &super::core::Entry) -> LinkMsg {
+        LinkMsg::Install {
+            session_id: id,
+            tunnel_addr: IpAddr::V4(e.tunnel),
+            c2x: e.keys.c2x,
+            x2c: e.keys.x2c,
+            ret: self.gw_exit,
         }
     }
 

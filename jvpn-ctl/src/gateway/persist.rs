@@ -17,7 +17,6 @@ use super::{
 use crate::{
     control::api::EventRecord,
     datapath::DatapathError,
-    proto::LinkMsg,
     session::{Event, Session, State},
     store::{Revision, Sealer, Write},
 };
@@ -143,13 +142,7 @@ impl Core {
             }
             e.seen_up = self.stats_of(id).up_packets;
             self.pool.take(e.tunnel);
-            let install = LinkMsg::Install {
-                session_id: id,
-                tunnel_addr: std::net::IpAddr::V4(e.tunnel),
-                c2x: e.keys.c2x,
-                x2c: e.keys.x2c,
-                ret: self.gw_exit,
-            };
+            let install = self.install_msg(id, &e);
             let frame = self.link.send(install, now_ms);
             self.out.push(super::core::Outgoing::Link(frame));
             self.sessions.insert(id, e);
