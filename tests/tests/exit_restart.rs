@@ -71,6 +71,12 @@ fn gateway_kill9_resumes_its_sessions() {
         c.echo(Wifi, ECHO, b"before").as_deref(),
         Some(&b"before"[..])
     );
+    // Ages are whole seconds: let this one reach 1 so "continues" can fail.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while lab.session(id).is_some_and(|s| s.age_s < 1) {
+        assert!(Instant::now() < deadline, "the session's age does not grow");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let before = lab.session(id).expect("the session");
     lab.stack
         .restart("gateway", true)
