@@ -106,6 +106,9 @@ pub struct Core {
     /// Records to write / delete at the next group commit (`persist.rs`).
     pub(super) dirty: std::collections::BTreeSet<u64>,
     pub(super) deleted: std::collections::BTreeMap<u64, crate::store::Revision>,
+    /// A binding was swapped since the last [`Core::take_swapped`] (for the test-only
+    /// fault points of `run.rs`).
+    swapped: bool,
 }
 
 /// Sessions whose `SESSION_STATS` are read per tick; bounds the tick's cost with a
@@ -147,7 +150,12 @@ impl Core {
             exit_boot: None,
             dirty: Default::default(),
             deleted: Default::default(),
+            swapped: false,
         }
+    }
+
+    pub fn take_swapped(&mut self) -> bool {
+        std::mem::take(&mut self.swapped)
     }
 
     pub fn gateway_pub(&self) -> [u8; 32] {
@@ -299,6 +307,7 @@ impl Core {
         if let Some(e) = self.sessions.get_mut(&id) {
             e.local = local;
         }
+        self.swapped = true;
         Ok(())
     }
 

@@ -167,6 +167,7 @@ pub async fn run(
         cfg.control_socket.display()
     );
 
+    let fault = Fault::from_env();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
@@ -192,7 +193,10 @@ pub async fn run(
         // Durable before visible: no reply of this batch leaves before its records
         // are written. A store that cannot write stops the controller here, with
         // those replies unsent; the next start resumes from what was written.
+        let swapped = core.take_swapped();
+        fault.at(swapped, Fault::SwapBeforeCommit);
         persist(&mut core, &mut store, &sealer)?;
+        fault.at(swapped, Fault::SwapAfterCommit);
         flush(&mut core, &sockets, &link_sock, cfg.exit.link);
     }
 
@@ -213,6 +217,42 @@ pub async fn run(
         store.path().display()
     );
     Ok(())
+}
+
+/// Test-only crash points around a binding swap (`JVPN_TEST_FAULT`): the process
+/// aborts, as a crash would, after a batch that swapped a binding — before its
+/// records are committed (`swap-before-commit`: the map is ahead of the store) or
+/// after the commit and before its REATTACH_ACK leaves (`swap-after-commit`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    None,
+    SwapBeforeCommit,
+    SwapAfterCommit,
+}
+
+impl Fault {
+    fn from_env() -> Self {
+        match std::env::var("JVPN_TEST_FAULT").as_deref() {
+            Ok("swap-before-commit") => Self::SwapBeforeCommit,
+            Ok("swap-after-commit") => Self::SwapAfterCommit,
+            _ => Self::None,
+        }
+    }
+
+    fn at(self, swapped: bool, here: Fault) {
+        if swapped && self == here {
+            tracing::error!("JVPN_TEST_FAULT: aborting at {}", here.name());
+            std::process::abort();
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::SwapBeforeCommit => "swap-before-commit",
+            Self::SwapAfterCommit => "swap-after-commit",
+        }
+    }
 }
 
 /// Creates the state directory (0700) and the store key on first start.

@@ -219,6 +219,16 @@ reserved = ["{EXIT_TUN}"]
     }
 
     fn spawn(&mut self, ns: &str, name: &'static str, args: &[&str]) -> Result<()> {
+        self.spawn_env(ns, name, args, &[])
+    }
+
+    fn spawn_env(
+        &mut self,
+        ns: &str,
+        name: &'static str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<()> {
         let log = fs::File::create(self.dir.join(format!("{name}.log")))?;
         let child = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{ns}"))
@@ -229,6 +239,7 @@ reserved = ["{EXIT_TUN}"]
                 "JVPN_LOG",
                 std::env::var("JVPN_LOG").unwrap_or("info".into()),
             )
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             // Their own process group: a Ctrl-C reaches the lab's owner, which stops
             // them in order (client first, so it can CLOSE its session).
@@ -276,6 +287,17 @@ reserved = ["{EXIT_TUN}"]
     /// Stops the exit or the gateway (SIGKILL with `kill`, else SIGTERM) and starts it
     /// again with the same configuration; returns when it serves again.
     pub fn restart(&mut self, name: &'static str, kill: bool) -> Result<()> {
+        self.restart_with_env(name, kill, &[])
+    }
+
+    /// As [`Stack::restart`], with extra environment for the new process (the
+    /// gateway's test-only fault points).
+    pub fn restart_with_env(
+        &mut self,
+        name: &'static str,
+        kill: bool,
+        env: &[(&str, &str)],
+    ) -> Result<()> {
         if let Some(i) = self.procs.iter().position(|(n, _)| *n == name) {
             let (_, mut c) = self.procs.remove(i);
             if kill {
@@ -288,7 +310,7 @@ reserved = ["{EXIT_TUN}"]
         match name {
             "exit" => {
                 let ns = self.lab.exit.name.clone();
-                self.spawn(&ns, "exit", &["exit", "--config", "exit.toml"])?;
+                self.spawn_env(&ns, "exit", &["exit", "--config", "exit.toml"], env)?;
                 self.wait_for("the exit's link socket", |me| {
                     me.lab
                         .exit
@@ -297,7 +319,8 @@ reserved = ["{EXIT_TUN}"]
             }
             "gateway" => {
                 let ns = self.lab.gw.name.clone();
-                self.spawn(&ns, "gateway", &["gateway", "--config", "gateway.toml"])?;
+                let args = ["gateway", "--config", "gateway.toml"];
+                self.spawn_env(&ns, "gateway", &args, env)?;
                 self.wait_for("the gateway's control socket", |me| {
                     Client::connect(&me.socket).is_ok()
                 })
