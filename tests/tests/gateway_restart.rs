@@ -20,7 +20,7 @@ use jvpn_tests::{
 };
 
 /// Protocol-library sessions beside the agent's.
-const SESSIONS: usize = 200;
+const SESSIONS: usize = 1000;
 
 /// What must survive a restart: id, binding, generation, tunnel address (the idle
 /// protocol-library sessions change state on their own as time passes).

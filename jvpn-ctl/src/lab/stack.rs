@@ -32,7 +32,8 @@ use crate::{
 
 pub const EXIT_DATA: &str = "10.77.9.2:51821";
 pub const EXIT_LINK: &str = "10.77.9.2:51822";
-/// The exit's tunnel address; the client's is assigned from 10.99.0.0/24.
+/// The exit's tunnel address; clients' are assigned from 10.99.0.0/22 (room for the
+/// 1,000-session restart test).
 pub const EXIT_TUN: &str = "10.99.0.1";
 /// The gateway's Prometheus endpoint, inside its namespace.
 pub const METRICS: &str = "10.77.9.1:9851";
@@ -109,7 +110,7 @@ impl Stack {
             dir.join("exit.toml"),
             format!(
                 "listen = \"{EXIT_DATA}\"\nlink_listen = \"{EXIT_LINK}\"\n\
-                 link_key_file = \"{d}/link.key\"\ntun_addr = \"{EXIT_TUN}/24\"\n"
+                 link_key_file = \"{d}/link.key\"\ntun_addr = \"{EXIT_TUN}/22\"\n"
             ),
         )?;
         fs::write(
@@ -129,7 +130,7 @@ data = "{EXIT_DATA}"
 link = "{EXIT_LINK}"
 link_key = "{d}/link.key"
 [pool]
-cidr = "10.99.0.0/24"
+cidr = "10.99.0.0/22"
 reserved = ["{EXIT_TUN}"]
 [policy]
 {policy}
