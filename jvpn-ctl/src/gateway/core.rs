@@ -109,6 +109,10 @@ pub struct Core {
     /// A binding was swapped since the last [`Core::take_swapped`] (for the test-only
     /// fault points of `run.rs`).
     swapped: bool,
+    /// Events of the current batch: published by [`Core::release_events`] once the
+    /// batch's records are durable, so the log never tells of a transition that a
+    /// crash then takes back.
+    pub(super) events: Vec<EventRecord>,
 }
 
 /// Sessions whose `SESSION_STATS` are read per tick; bounds the tick's cost with a
@@ -151,6 +155,14 @@ impl Core {
             dirty: Default::default(),
             deleted: Default::default(),
             swapped: false,
+            events: Vec::new(),
+        }
+    }
+
+    /// Publishes the batch's events (call after its records are committed).
+    pub fn release_events(&mut self) {
+        for e in self.events.drain(..) {
+            self.bus.emit(e);
         }
     }
 
@@ -447,13 +459,13 @@ impl Core {
                 }
             }
         };
-        self.bus.emit(rec);
+        self.events.push(rec);
     }
 
     /// A security event that never reached a session (handshake rejections, bans).
     pub(super) fn security(&mut self, id: Option<u64>, from: SocketAddr, kind: &str, now_ms: u64) {
         self.counters.security_events += 1;
-        self.bus.emit(EventRecord::SecurityEvent {
+        self.events.push(EventRecord::SecurityEvent {
             ts_ms: now_ms,
             session_id: id.map(SessionId),
             source: from.to_string(),

@@ -156,7 +156,7 @@ impl Core {
             }
         }
         r.resumed -= r.expired;
-        self.bus.emit(EventRecord::ControllerStarted {
+        self.events.push(EventRecord::ControllerStarted {
             ts_ms: now_ms,
             resumed: r.resumed,
             reinstalled: r.reinstalled,

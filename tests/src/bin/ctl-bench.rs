@@ -253,6 +253,7 @@ fn commit(
         let revs = st.apply(&batch)?;
         core.committed(&batch, &revs);
     }
+    core.release_events();
     Ok(())
 }
 
