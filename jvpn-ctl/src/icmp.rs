@@ -95,6 +95,45 @@ pub fn classify(pkt: &[u8], mtu: u16) -> Verdict {
     }
 }
 
+/// What [`fit`] did with an inner packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fitted {
+    /// It fits: passed to `emit` as it is.
+    Whole,
+    /// IPv4 without DF: its fragments were passed to `emit`.
+    Fragmented,
+    /// Too big and not to be fragmented: the sender's ICMP error is in `reply`.
+    Replied,
+    /// Too big, and no ICMP error is allowed for it (see [`too_big`]): dropped.
+    Refused,
+    /// Malformed, or fragments could not be made of it: dropped.
+    Dropped,
+}
+
+/// Sends `pkt` into a tunnel of MTU `mtu` the way a router would: whole if it fits,
+/// as fragments if the sender allows it, else with an ICMP error for the sender in
+/// `reply` ([`classify`], [`fragment_v4`], [`too_big`] in one place for both tunnel
+/// ends). `emit` gets the packet, or each fragment in order.
+pub fn fit(pkt: &[u8], mtu: u16, reply: &mut Vec<u8>, mut emit: impl FnMut(&[u8])) -> Fitted {
+    match classify(pkt, mtu) {
+        Verdict::Fits => {
+            emit(pkt);
+            Fitted::Whole
+        }
+        Verdict::Fragment => {
+            let mut buf = Vec::new();
+            if fragment_v4(pkt, mtu, &mut buf, emit) > 0 {
+                Fitted::Fragmented
+            } else {
+                Fitted::Dropped
+            }
+        }
+        Verdict::TooBig if too_big(pkt, mtu, reply) => Fitted::Replied,
+        Verdict::TooBig => Fitted::Refused,
+        Verdict::Drop => Fitted::Dropped,
+    }
+}
+
 /// Builds the ICMP error that tells the sender of `pkt` the tunnel's MTU, into `out`
 /// (cleared first). Its source is the original's destination, which the sender routed
 /// through the tunnel, so the error passes its reverse-path filter on the TUN. It

@@ -32,24 +32,35 @@ fn acked(reply: Option<jvpn_ctl::proto::Control>) -> Option<u32> {
     }
 }
 
-#[test]
-fn crash_between_swap_and_commit_keeps_the_old_binding() {
-    require_root!();
-    let mut lab = GwLab::start("gfb", "");
-    let _echo = echo_server(&lab, ECHO);
+/// A session over Wi-Fi, a gateway started with crash point `fault`, a reattach to
+/// LTE that it crashes in, and the gateway started again: the lab, the client, and
+/// the session as the restarted gateway resumed it.
+fn crash_in_a_reattach(
+    tag: &str,
+    fault: &str,
+) -> (
+    GwLab,
+    TestClient,
+    jvpn_ctl::control::api::SessionInfo,
+    std::thread::JoinHandle<()>,
+) {
+    let mut lab = GwLab::start(tag, "");
+    let echo = echo_server(&lab, ECHO);
     let mut c = TestClient::connect(&lab, Wifi);
-    let id = c.id();
     lab.stack
-        .restart_with_env(
-            "gateway",
-            false,
-            &[("JVPN_TEST_FAULT", "swap-before-commit")],
-        )
+        .restart_with_env("gateway", false, &[("JVPN_TEST_FAULT", fault)])
         .expect("gateway with the fault point");
     assert_eq!(acked(c.reattach(Lte)), None, "no ACK: it crashed first");
     wait_dead(&mut lab);
     lab.stack.restart("gateway", false).expect("restart");
-    let s = lab.session(id).expect("resumed");
+    let s = lab.session(c.id()).expect("resumed");
+    (lab, c, s, echo)
+}
+
+#[test]
+fn crash_between_swap_and_commit_keeps_the_old_binding() {
+    require_root!();
+    let (_lab, mut c, s, _echo) = crash_in_a_reattach("gfb", "swap-before-commit");
     assert_eq!(
         (s.generation, s.binding.as_deref()),
         (1, Some(Wifi.client_addr().to_string().as_str())),
@@ -67,21 +78,7 @@ fn crash_between_swap_and_commit_keeps_the_old_binding() {
 #[test]
 fn crash_between_commit_and_ack_keeps_the_new_binding() {
     require_root!();
-    let mut lab = GwLab::start("gfa", "");
-    let _echo = echo_server(&lab, ECHO);
-    let mut c = TestClient::connect(&lab, Wifi);
-    let id = c.id();
-    lab.stack
-        .restart_with_env(
-            "gateway",
-            false,
-            &[("JVPN_TEST_FAULT", "swap-after-commit")],
-        )
-        .expect("gateway with the fault point");
-    assert_eq!(acked(c.reattach(Lte)), None, "no ACK: it crashed first");
-    wait_dead(&mut lab);
-    lab.stack.restart("gateway", false).expect("restart");
-    let s = lab.session(id).expect("resumed");
+    let (_lab, mut c, s, _echo) = crash_in_a_reattach("gfa", "swap-after-commit");
     assert_eq!(
         (s.generation, s.binding.as_deref()),
         (2, Some(Lte.client_addr().to_string().as_str())),

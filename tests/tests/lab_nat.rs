@@ -13,10 +13,10 @@ use std::{
 
 use jvpn_common::{counters, maps::Endpoint, wire::msg_type};
 use jvpn_ctl::{
-    datapath::{AttachMode, Datapath, DatapathConfig, PASS_PROGRAM},
+    datapath::AttachMode,
     lab::gateway::{
-        CLIENT_PORT, GatewayLab, LTE_MTU, LTE6_MTU, LabOptions, NAT_CLIENT, NAT_FIRST_PORT,
-        NAT_PUBLIC, PORT,
+        CLIENT_PORT, GW_DEVS, GatewayLab, LTE_MTU, LTE6_MTU, LabOptions, NAT_CLIENT,
+        NAT_FIRST_PORT, NAT_PUBLIC,
         Transport::{self, Lte, Lte6, Wifi},
         exit_addr, gw_exit_addr,
     },
@@ -226,29 +226,8 @@ fn the_relay_forwards_through_the_nat() {
     require_root!();
     const SID: u64 = 0x0a70_a700_1011_2233;
     let lab = nat_lab("jr");
-    let mut dp = lab.gw.run(|| {
-        let mut dp = Datapath::load(DatapathConfig {
-            port: PORT,
-            max_sessions: 16,
-            pin_dir: lab.pins.0.clone(),
-            debug_log: false,
-        })
-        .unwrap();
-        for dev in ["g-wifi", "g-lte", "g-exit"] {
-            assert_eq!(
-                dp.attach(dev, AttachMode::Native).unwrap(),
-                AttachMode::Native,
-                "{dev}"
-            );
-        }
-        dp
-    });
-    for (ns, dev) in lab.redirect_targets() {
-        ns.run(|| {
-            dp.attach_unpinned(PASS_PROGRAM, dev, AttachMode::Native)
-                .unwrap()
-        });
-    }
+    let (mut dp, modes) = lab.relay(16).unwrap();
+    assert_eq!(modes, [AttachMode::Native; 3], "{GW_DEVS:?}");
     dp.insert_session(SID, &lab.session_entry(Wifi, 1)).unwrap();
     let router = &lab.nat.as_ref().unwrap().router;
     let csum_errors = |ns: &Netns| udp_stat(ns, "InCsumErrors");

@@ -21,7 +21,7 @@ use jvpn_common::{
 use jvpn_ctl::{
     datapath::{AttachMode, Datapath, DatapathConfig, PASS_PROGRAM},
     lab::gateway::{
-        GatewayLab, PORT,
+        GW_DEVS, GatewayLab, PORT,
         Transport::{Lte, Wifi},
         exit_addr, gw_exit_addr, session_entry,
     },
@@ -91,30 +91,10 @@ fn drain(
 fn relays_between_namespaces_and_swaps_binding_under_load() {
     require_root!();
     let lab = lab();
-    let mut dp = lab.gw.run(|| {
-        let mut dp = Datapath::load(DatapathConfig {
-            port: PORT,
-            max_sessions: 1024,
-            pin_dir: lab.pins.0.clone(),
-            debug_log: false,
-        })
-        .unwrap();
-        for dev in ["g-wifi", "g-lte", "g-exit"] {
-            assert_eq!(
-                dp.attach(dev, AttachMode::Native).unwrap(),
-                AttachMode::Native,
-                "{dev}"
-            );
-        }
-        dp
-    });
-    // A native redirect into a veth is delivered only if the peer runs XDP too.
-    for (ns, dev) in lab.redirect_targets() {
-        ns.run(|| {
-            dp.attach_unpinned(PASS_PROGRAM, dev, AttachMode::Native)
-                .unwrap()
-        });
-    }
+    // A native redirect into a veth is delivered only if the peer runs XDP too:
+    // `relay` puts xdp_pass on them.
+    let (mut dp, modes) = lab.relay(1024).unwrap();
+    assert_eq!(modes, [AttachMode::Native; 3], "{GW_DEVS:?}");
     dp.insert_session(SID, &session_entry(Wifi, 1)).unwrap();
 
     let wifi = bind(&lab.client, Wifi.client_addr());

@@ -21,16 +21,13 @@ use jvpn_common::{
     counters,
     wire::{WireHeader, msg_type},
 };
-use jvpn_ctl::{
-    datapath::{AttachMode, Datapath, DatapathConfig, PASS_PROGRAM},
-    lab::{
-        gateway::{
-            GatewayLab, Transport,
-            Transport::{Lte, Wifi},
-            exit_addr, gw_exit_addr, session_entry,
-        },
-        netns::Netns,
+use jvpn_ctl::lab::{
+    gateway::{
+        GW_DEVS, GatewayLab, Transport,
+        Transport::{Lte, Wifi},
+        exit_addr, gw_exit_addr, session_entry,
     },
+    netns::Netns,
 };
 
 #[derive(clap::Args)]
@@ -70,20 +67,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "lab up: namespaces {}, {}, {}",
         lab.client.name, lab.gw.name, lab.exit.name
     ));
-    let mut dp = lab.gw.run(|| -> anyhow::Result<Datapath> {
-        let mut dp = Datapath::load(DatapathConfig {
-            pin_dir: lab.pins.0.clone(),
-            max_sessions: 1024,
-            ..DatapathConfig::default()
-        })?;
-        for dev in ["g-wifi", "g-lte", "g-exit"] {
-            let mode = dp.attach(dev, AttachMode::Native)?;
-            say(format!("gateway: XDP relay attached to {dev} ({mode})"));
-        }
-        Ok(dp)
-    })?;
-    for (ns, dev) in lab.redirect_targets() {
-        ns.run(|| dp.attach_unpinned(PASS_PROGRAM, dev, AttachMode::Native))?;
+    let (mut dp, modes) = lab.relay(1024)?;
+    for (dev, mode) in GW_DEVS.iter().zip(modes) {
+        say(format!("gateway: XDP relay attached to {dev} ({mode})"));
     }
     let sid = random_session_id()?;
     dp.insert_session(sid, &session_entry(Wifi, 1))?;

@@ -25,7 +25,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use std::collections::VecDeque;
 
-use jvpn_common::wire::{HEADER_LEN, TAG_LEN, msg_type};
+use jvpn_common::wire::msg_type;
 use ring::{
     hmac,
     rand::{SecureRandom as _, SystemRandom},
@@ -45,6 +45,7 @@ use crate::{
         self, Body, ClientHandshake, ClientSession, Control, CtlWindow, DataKey, Hint,
         ReattachCause, ReattachRequest, ReplayWindow, Unverified,
         control::{ACK_FROM_BINDING, KEEPALIVE_LEN},
+        data::{inner_mtu, ip_udp_len},
     },
     session::{Detail, Reason, State},
 };
@@ -72,15 +73,8 @@ const STALL_MIN_SENT: u64 = 4;
 const SENT_AT: usize = 16;
 /// Largest path MTU tried when the shell could not ask the kernel.
 const DEFAULT_MAX_MTU: u16 = 1500;
-/// DATA framing on top of the inner packet: jvpn header and AEAD tag.
-const DATA_OVERHEAD: u16 = (HEADER_LEN + TAG_LEN) as u16;
 /// Times each tunnel-MTU change is told to the exit.
 const MTU_NOTICES: u8 = 3;
-
-/// Outer IP + UDP header bytes for a transport of this family.
-fn ip_udp(v6: bool) -> u16 {
-    if v6 { 48 } else { 28 }
-}
 
 /// What the shell must do.
 #[derive(Debug, PartialEq, Eq)]
@@ -139,9 +133,7 @@ impl Link {
 
     /// The largest inner packet this transport carries whole.
     fn tunnel_mtu(&self) -> u16 {
-        self.pmtu
-            .current()
-            .saturating_sub(ip_udp(self.v6()) + DATA_OVERHEAD)
+        inner_mtu(self.pmtu.current(), self.v6())
     }
 }
 
@@ -319,7 +311,7 @@ impl Core {
         let l = &mut self.links[t];
         let sent = u16::try_from(len)
             .unwrap_or(u16::MAX)
-            .saturating_add(ip_udp(l.v6()));
+            .saturating_add(ip_udp_len(l.v6()));
         let mtu = route_mtu.map_or(sent - 1, |m| m.min(sent - 1));
         l.pmtu.on_too_big(mtu, now_ms);
         self.apply_tunnel_mtu();
@@ -569,25 +561,15 @@ impl Core {
             return;
         };
         let mtu = s.tun_mtu;
-        match icmp::classify(pkt, mtu) {
-            icmp::Verdict::Fits => self.seal(pkt),
-            icmp::Verdict::Fragment => {
-                let mut frags = Vec::new();
-                let mut buf = Vec::new();
-                icmp::fragment_v4(pkt, mtu, &mut buf, |f| frags.push(f.to_vec()));
-                self.counters.tx_fragmented += 1;
-                for f in frags {
-                    self.seal(&f);
-                }
-            }
-            icmp::Verdict::TooBig => {
-                let mut reply = Vec::new();
-                if icmp::too_big(pkt, mtu, &mut reply) {
-                    self.out.push(Out::Tun(reply));
-                }
+        let mut reply = Vec::new();
+        match icmp::fit(pkt, mtu, &mut reply, |p| self.seal(p)) {
+            icmp::Fitted::Whole => {}
+            icmp::Fitted::Fragmented => self.counters.tx_fragmented += 1,
+            icmp::Fitted::Replied => {
                 self.counters.tx_too_big += 1;
+                self.out.push(Out::Tun(reply));
             }
-            icmp::Verdict::Drop => self.counters.tx_too_big += 1,
+            icmp::Fitted::Refused | icmp::Fitted::Dropped => self.counters.tx_too_big += 1,
         }
     }
 
@@ -747,14 +729,11 @@ impl Core {
             let Some(p) = l.pmtu.poll_probe(now_ms, timeout) else {
                 continue;
             };
-            let payload = usize::from(p.size.saturating_sub(ip_udp(l.v6())));
+            let payload = usize::from(p.size.saturating_sub(ip_udp_len(l.v6())));
             let pad = u16::try_from(payload.saturating_sub(KEEPALIVE_LEN)).unwrap_or(0);
             let ts = l.next_ts(now_ms);
             if let Some(data) = s.control(Body::Keepalive { ts_ms: ts, pad }) {
-                if l.mtu_probes.len() == SENT_AT {
-                    l.mtu_probes.pop_front();
-                }
-                l.mtu_probes.push_back((ts, p.id));
+                remember(&mut l.mtu_probes, (ts, p.id));
                 remember(&mut l.sent_at, (ts, sent));
                 self.counters.mtu_probes_sent += 1;
                 self.out.push(Out::Udp { transport: i, data });
@@ -818,24 +797,26 @@ impl Core {
             && let Some((_, id)) = l.mtu_probes.remove(i)
         {
             l.pmtu.on_ack(id, now_ms);
+            self.apply_tunnel_mtu();
         }
+        let l = &mut self.links[t];
         if t == bound {
             // An answer to a KEEPALIVE sent before the last switch says nothing
             // about the binding as it is now.
             if generation < current {
-                return self.apply_tunnel_mtu();
+                return;
             }
             if flags & ACK_FROM_BINDING == 0 {
                 // Never health: the gateway drops this transport's DATA as stale.
                 self.counters.not_bound_signals += 1;
                 if !l.not_bound {
                     tracing::warn!(
-                        "the gateway sees {}'s packets from an address that is not the                          binding (NAT rebinding or a new address): rebinding",
+                        "the gateway sees {}'s packets from an address that is not the \
+                         binding (NAT rebinding or a new address): rebinding",
                         l.cfg.name
                     );
                 }
                 l.not_bound = true;
-                self.apply_tunnel_mtu();
                 return self.rebind(t, now_ms);
             }
             l.not_bound = false;
@@ -846,7 +827,6 @@ impl Core {
         if probe.is_none() {
             l.health.on_probe_ack(echo_ts_ms, now_ms);
         }
-        self.apply_tunnel_mtu();
     }
 
     /// End-to-end liveness of the binding: DATA the client sent before one answered
@@ -1343,7 +1323,8 @@ fn new_pmtu(v6: bool, max: u16, now_ms: u64) -> PathMtu {
     PathMtu::new(PathMtu::base_for(v6), max, now_ms)
 }
 
-fn remember(q: &mut VecDeque<(u64, u64)>, v: (u64, u64)) {
+/// Keeps the last [`SENT_AT`] of something per transport.
+fn remember<T>(q: &mut VecDeque<T>, v: T) {
     if q.len() == SENT_AT {
         q.pop_front();
     }

@@ -20,9 +20,11 @@ use crate::{
     },
 };
 
-/// DATA framing around an inner packet, plus the outer UDP and IP headers.
-const fn overhead(v6: bool) -> u16 {
-    (jvpn_common::wire::HEADER_LEN + jvpn_common::wire::TAG_LEN) as u16 + if v6 { 48 } else { 28 }
+/// The largest inner packet a session may be sent: its client's tunnel MTU (its
+/// notice), bounded by the path towards the gateway at `ret`.
+fn tunnel_mtu(link_mtu: u16, client: Option<u16>, ret: SocketAddr) -> u16 {
+    let link = data::inner_mtu(link_mtu, ret.is_ipv6());
+    client.map_or(link, |c| c.min(link))
 }
 
 /// What to do with a packet read from the TUN device.
@@ -72,12 +74,6 @@ impl Engine {
             tracing::info!(mtu, "path MTU towards the gateway");
         }
         self.link_mtu = mtu;
-    }
-
-    /// The largest inner packet session traffic to `ret` may carry.
-    fn tunnel_mtu(&self, client: Option<u16>, ret: SocketAddr) -> u16 {
-        let link = self.link_mtu.saturating_sub(overhead(ret.is_ipv6()));
-        client.map_or(link, |c| c.min(link))
     }
 
     pub fn sessions(&self) -> usize {
@@ -272,64 +268,43 @@ impl Engine {
             bump(&c.tun_no_session);
             return FromTun::Dropped;
         };
-        let (client_mtu, ret) = (s.tunnel_mtu, s.ret);
-        let mtu = self.tunnel_mtu(client_mtu, ret);
-        if pkt.len() > usize::from(mtu) {
-            return self.too_big(pkt, dst, mtu, out);
+        let mtu = tunnel_mtu(self.link_mtu, s.tunnel_mtu, s.ret);
+        if pkt.len() <= usize::from(mtu) {
+            let Some(ctr) = s.take_counter() else {
+                bump(&c.tun_counter_exhausted);
+                return FromTun::Dropped;
+            };
+            data::seal(&s.x2c, s.id, ctr, pkt, out);
+            return FromTun::Send(s.ret);
         }
-        let Some(s) = self.sessions.by_addr_mut(dst) else {
-            return FromTun::Dropped;
-        };
-        let Some(ctr) = s.take_counter() else {
-            bump(&c.tun_counter_exhausted);
-            return FromTun::Dropped;
-        };
-        data::seal(&s.x2c, s.id, ctr, pkt, out);
-        FromTun::Send(s.ret)
-    }
-
-    fn too_big(
-        &mut self,
-        pkt: &[u8],
-        dst: std::net::IpAddr,
-        mtu: u16,
-        out: &mut Vec<u8>,
-    ) -> FromTun {
-        let c = &*self.counters;
-        match icmp::classify(pkt, mtu) {
-            icmp::Verdict::Fragment => {
-                let mut frags = Vec::new();
-                let mut buf = Vec::new();
-                icmp::fragment_v4(pkt, mtu, &mut buf, |f| frags.push(f.to_vec()));
-                let Some(s) = self.sessions.by_addr_mut(dst) else {
-                    return FromTun::Dropped;
-                };
-                let mut sealed = Vec::with_capacity(frags.len());
-                for f in frags {
-                    let Some(ctr) = s.take_counter() else {
-                        bump(&c.tun_counter_exhausted);
-                        return FromTun::Dropped;
-                    };
-                    let mut o = Vec::with_capacity(f.len() + 64);
-                    data::seal(&s.x2c, s.id, ctr, &f, &mut o);
-                    sealed.push(o);
-                }
-                if sealed.is_empty() {
-                    bump(&c.tun_bad_packet);
-                    return FromTun::Dropped;
-                }
+        let mut sealed = Vec::new();
+        let mut exhausted = false;
+        let fitted = icmp::fit(pkt, mtu, out, |f| match s.take_counter() {
+            Some(ctr) => {
+                let mut o = Vec::with_capacity(f.len() + 64);
+                data::seal(&s.x2c, s.id, ctr, f, &mut o);
+                sealed.push(o);
+            }
+            None => exhausted = true,
+        });
+        match fitted {
+            _ if exhausted => {
+                bump(&c.tun_counter_exhausted);
+                FromTun::Dropped
+            }
+            icmp::Fitted::Fragmented => {
                 bump(&c.tun_fragmented);
                 FromTun::Fragments(s.ret, sealed)
             }
-            icmp::Verdict::TooBig => {
+            icmp::Fitted::Replied => {
                 bump(&c.tun_too_big);
-                if icmp::too_big(pkt, mtu, out) {
-                    FromTun::Reply
-                } else {
-                    FromTun::Dropped
-                }
+                FromTun::Reply
             }
-            icmp::Verdict::Fits | icmp::Verdict::Drop => {
+            icmp::Fitted::Refused => {
+                bump(&c.tun_too_big);
+                FromTun::Dropped
+            }
+            icmp::Fitted::Whole | icmp::Fitted::Dropped => {
                 bump(&c.tun_bad_packet);
                 FromTun::Dropped
             }

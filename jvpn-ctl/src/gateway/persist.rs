@@ -4,9 +4,8 @@
 //!
 //! What is durable: every session past BIRTH, rewritten whenever its state machine
 //! changes (state, version, binding, generation, reattach sequence and nonces, switch
-//! history, timer anchors) and deleted when it ends. The last-traffic anchor alone is
-//! rewritten at most every [`RX_PERSIST_MS`]: after a restart it is at most that much
-//! older than it was, which can only make a session look quiet sooner.
+//! history, timer anchors) and deleted when it ends. Traffic alone (the last-traffic
+//! anchor) writes nothing: a resumed session gets one loss TTL of grace instead.
 
 use std::collections::HashSet;
 
@@ -18,23 +17,39 @@ use crate::{
     control::api::EventRecord,
     datapath::DatapathError,
     session::{Event, Session, State},
-    store::{Revision, Sealer, Write},
+    store::{Revision, Sealer, SessionStore, StoreError, Write},
 };
 
-pub const RX_PERSIST_MS: u64 = 10_000;
-
-/// Whether `new` differs from `old` in what the store must keep.
+/// Whether `new` differs from `old` in what the store must keep: anything but the
+/// last-traffic anchor, for a session past BIRTH. Every field is named, so a new one
+/// must be decided on here.
 pub fn durable_change(old: &Session, new: &Session) -> bool {
-    if new.state == State::Birth {
-        return false;
-    }
-    if old.state == State::Birth {
-        return true;
-    }
-    let rx_moved = new.last_rx_ms.saturating_sub(old.last_rx_ms);
-    let mut a = old.clone();
-    a.last_rx_ms = new.last_rx_ms;
-    a != *new || rx_moved >= RX_PERSIST_MS
+    let Session {
+        id,
+        state,
+        version,
+        created_ms,
+        binding,
+        generation,
+        left_attached_ms,
+        last_rx_ms: _,
+        last_reattach_seq,
+        nonces,
+        switches,
+        pending,
+    } = old;
+    new.state != State::Birth
+        && (*id != new.id
+            || *state != new.state
+            || *version != new.version
+            || *created_ms != new.created_ms
+            || *binding != new.binding
+            || *generation != new.generation
+            || *left_attached_ms != new.left_attached_ms
+            || *last_reattach_seq != new.last_reattach_seq
+            || *nonces != new.nonces
+            || *switches != new.switches
+            || *pending != new.pending)
 }
 
 /// What a restart found (the `CONTROLLER_STARTED` event).
@@ -50,9 +65,27 @@ pub struct Resumed {
 }
 
 impl Core {
+    /// The group commit: writes every record the inputs since the last call changed,
+    /// in one batch of `store`, then publishes their events. Called before any of
+    /// their replies leaves (durable before visible); an error leaves the records
+    /// pending and the events unpublished.
+    pub fn persist(
+        &mut self,
+        store: &mut dyn SessionStore,
+        sealer: &Sealer,
+    ) -> Result<(), StoreError> {
+        if !self.dirty.is_empty() || !self.deleted.is_empty() {
+            let batch = self.pending_writes(sealer);
+            let revs = store.apply(&batch)?;
+            self.committed(&batch, &revs);
+        }
+        self.release_events();
+        Ok(())
+    }
+
     /// The writes of the next group commit; the entries keep their revisions until
     /// [`Core::committed`] says the batch is durable.
-    pub fn pending_writes(&mut self, sealer: &Sealer) -> Vec<Write> {
+    fn pending_writes(&self, sealer: &Sealer) -> Vec<Write> {
         let mut batch = Vec::with_capacity(self.dirty.len() + self.deleted.len());
         for (&id, &expect) in &self.deleted {
             batch.push(Write::Delete { id, expect });
@@ -71,7 +104,7 @@ impl Core {
     }
 
     /// `batch` (from [`Core::pending_writes`]) is durable with these revisions.
-    pub fn committed(&mut self, batch: &[Write], revs: &[Revision]) {
+    fn committed(&mut self, batch: &[Write], revs: &[Revision]) {
         for (w, &rev) in batch.iter().zip(revs) {
             match *w {
                 Write::Put { id, .. } => {
@@ -85,10 +118,6 @@ impl Core {
                 }
             }
         }
-    }
-
-    pub fn has_pending_writes(&self) -> bool {
-        !self.dirty.is_empty() || !self.deleted.is_empty()
     }
 
     /// Takes back the sessions of a store after a restart: each gets its map entry as
@@ -114,31 +143,8 @@ impl Core {
             // The relay kept forwarding while no controller watched: silence it could
             // not observe is not silence. One loss TTL from now tells.
             e.session.last_rx_ms = e.session.last_rx_ms.max(now_ms);
-            if let Some(binding) = e.session.binding {
-                let want = self.map_entry(binding, e.local, e.session.generation, true);
-                match want {
-                    Ok(want) => {
-                        let have = self.dp.session(id).ok().flatten();
-                        let same = have.as_ref().is_some_and(|h| {
-                            h.generation == want.generation
-                                && h.client == want.client
-                                && h.gw_client == want.gw_client
-                                && h.flags == want.flags
-                        });
-                        if !same {
-                            r.reinstalled += 1;
-                            let res = if have.is_some() {
-                                self.dp.replace_session(id, &want).map(|_| ())
-                            } else {
-                                self.dp.insert_session(id, &want)
-                            };
-                            if let Err(err) = res {
-                                tracing::error!(session = %crate::control::api::SessionId(id), "restoring the map entry: {err}");
-                            }
-                        }
-                    }
-                    Err(err) => tracing::error!("record {id:#018x}: {err}"),
-                }
+            if self.restore_map_entry(&e) {
+                r.reinstalled += 1;
             }
             e.seen_up = self.stats_of(id).up_packets;
             self.pool.take(e.tunnel);
@@ -164,5 +170,36 @@ impl Core {
             expired: r.expired,
         });
         r
+    }
+
+    /// Makes the session's map entry what its record says; true if it had to be
+    /// written (missing, or left at another binding by a crash mid-swap).
+    fn restore_map_entry(&mut self, e: &Entry) -> bool {
+        let id = e.session.id;
+        let Some(binding) = e.session.binding else {
+            return false;
+        };
+        let want = match self.map_entry(binding, e.local, e.session.generation, true) {
+            Ok(w) => w,
+            Err(err) => {
+                tracing::error!("record {id:#018x}: {err}");
+                return false;
+            }
+        };
+        let have = self.dp.session(id).ok().flatten();
+        if have.as_ref().is_some_and(|h| {
+            (h.generation, h.client, h.gw_client, h.flags)
+                == (want.generation, want.client, want.gw_client, want.flags)
+        }) {
+            return false;
+        }
+        let res = match have {
+            Some(_) => self.dp.replace_session(id, &want).map(|_| ()),
+            None => self.dp.insert_session(id, &want),
+        };
+        if let Err(err) = res {
+            tracing::error!(session = %crate::control::api::SessionId(id), "restoring the map entry: {err}");
+        }
+        true
     }
 }

@@ -314,13 +314,7 @@ fn load_records(
 /// One group commit of what the core changed; a conflict or an I/O error stops the
 /// controller (its replies for this batch are not sent).
 fn persist(core: &mut Core, store: &mut LocalStore, sealer: &Sealer) -> Result<(), GatewayError> {
-    if core.has_pending_writes() {
-        let batch = core.pending_writes(sealer);
-        let revs = store.apply(&batch)?;
-        core.committed(&batch, &revs);
-    }
-    core.release_events();
-    Ok(())
+    Ok(core.persist(store, sealer)?)
 }
 
 fn flush(core: &mut Core, sockets: &Sockets, link: &UdpSocket, exit_link: SocketAddr) {

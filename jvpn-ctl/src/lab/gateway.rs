@@ -21,6 +21,8 @@ use std::{
 
 use jvpn_common::maps::{Endpoint, FLAG_FORWARDING, SessionEntry};
 
+use crate::datapath::{AttachMode, Datapath, DatapathConfig, PASS_PROGRAM};
+
 use super::{
     netns::{Netns, PinDir, veth},
     unique,
@@ -405,4 +407,31 @@ impl GatewayLab {
             (&self.exit, "x-gw"),
         ]
     }
+
+    /// The relay on the gateway's three interfaces (their attach modes, in that
+    /// order) with room for `max_sessions`, and `xdp_pass` on the redirect targets,
+    /// unpinned: gone with the returned [`Datapath`].
+    pub fn relay(&self, max_sessions: u32) -> Result<(Datapath, [AttachMode; 3])> {
+        let mut dp = self.gw.run(|| -> Result<_> {
+            let mut dp = Datapath::load(DatapathConfig {
+                pin_dir: self.pins.0.clone(),
+                max_sessions,
+                ..DatapathConfig::default()
+            })
+            .map_err(Error::other)?;
+            let mut modes = [AttachMode::Native; 3];
+            for (m, dev) in modes.iter_mut().zip(GW_DEVS) {
+                *m = dp.attach(dev, AttachMode::Native).map_err(Error::other)?;
+            }
+            Ok((dp, modes))
+        })?;
+        for (ns, dev) in self.redirect_targets() {
+            ns.run(|| dp.0.attach_unpinned(PASS_PROGRAM, dev, AttachMode::Native))
+                .map_err(Error::other)?;
+        }
+        Ok(dp)
+    }
 }
+
+/// The gateway's interfaces the relay runs on: Wi-Fi, LTE, exit.
+pub const GW_DEVS: [&str; 3] = ["g-wifi", "g-lte", "g-exit"];

@@ -45,8 +45,6 @@ pub const KEEPALIVE_ACK_LEN: usize = HEADER_LEN + 8 + 4 + 4 + 1 + 3 + MAC_LEN;
 pub const ACK_FROM_BINDING: u8 = 0x01;
 pub const CLOSE_LEN: usize = HEADER_LEN + 2 + MAC_LEN;
 
-const MAX_LEN: usize = KEEPALIVE_MAX_LEN;
-
 // Anti-amplification: replies sent before the peer's address is validated are no
 // larger than the requests that trigger them.
 const _: () = assert!(REATTACH_CHALLENGE_LEN <= REATTACH_REQUEST_MIN_LEN);
@@ -303,7 +301,8 @@ impl Control {
     /// Encodes and MACs the message with `mac_key` ([`super::SessionKeys::mac_key`]).
     /// Fails only for a label longer than [`MAX_LABEL`].
     pub fn encode(&self, mac_key: &hmac::Key) -> Result<Vec<u8>, ProtoError> {
-        let mut fields = Vec::with_capacity(MAX_LEN);
+        // Enough for every body but a padded KEEPALIVE, which grows as it needs.
+        let mut fields = Vec::with_capacity(REATTACH_REQUEST_MAX_LEN);
         self.body.encode_fields(&mut fields)?;
         Ok(seal(
             mac_key,

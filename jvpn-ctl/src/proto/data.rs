@@ -162,6 +162,19 @@ impl ReplayWindow {
     }
 }
 
+/// DATA framing around an inner packet: jvpn header and AEAD tag.
+pub const DATA_OVERHEAD: u16 = (HEADER_LEN + TAG_LEN) as u16;
+
+/// Outer IP + UDP header bytes of a datagram over IPv6 (`v6`) or IPv4.
+pub const fn ip_udp_len(v6: bool) -> u16 {
+    if v6 { 48 } else { 28 }
+}
+
+/// The largest inner packet a path of `path_mtu` (outer IP packet size) carries whole.
+pub const fn inner_mtu(path_mtu: u16, v6: bool) -> u16 {
+    path_mtu.saturating_sub(ip_udp_len(v6) + DATA_OVERHEAD)
+}
+
 /// Messages inside the tunnel that are not IP packets: the first plaintext byte is 0
 /// (an IP packet starts with version 4 or 6). They ride in DATA, so they are
 /// encrypted, authenticated and replay-checked like tunnel traffic, and reach the

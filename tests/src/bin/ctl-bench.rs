@@ -246,14 +246,10 @@ fn commit(
     core: &mut Core,
     store: &mut Option<(Box<dyn SessionStore>, Sealer)>,
 ) -> anyhow::Result<()> {
-    if let Some((st, sealer)) = store
-        && core.has_pending_writes()
-    {
-        let batch = core.pending_writes(sealer);
-        let revs = st.apply(&batch)?;
-        core.committed(&batch, &revs);
+    match store {
+        Some((st, sealer)) => core.persist(st.as_mut(), sealer)?,
+        None => core.release_events(),
     }
-    core.release_events();
     Ok(())
 }
 
