@@ -200,14 +200,22 @@ pub async fn run(
         flush(&mut core, &sockets, &link_sock, cfg.exit.link);
     }
 
-    // Drained sessions may still be waiting for the exit's REVOKE acknowledgement.
+    // Drained sessions may still be waiting for the exit's REVOKE acknowledgement:
+    // ticks retransmit link messages meanwhile.
     let deadline = Instant::now() + Duration::from_millis(500);
     while core.link_pending() > 0 && Instant::now() < deadline {
         if let Ok(Some(f)) = tokio::time::timeout(Duration::from_millis(50), link_rx.recv()).await {
             core.on_link_frame(&f, clock.now_ms());
         }
+        core.tick(clock.now_ms());
         persist(&mut core, &mut store, &sealer)?;
         flush(&mut core, &sockets, &link_sock, cfg.exit.link);
+    }
+    if core.link_pending() > 0 {
+        tracing::warn!(
+            "{} link messages (key installs or revocations) not acknowledged by the exit",
+            core.link_pending()
+        );
     }
     persist(&mut core, &mut store, &sealer)?;
     tracing::info!(
