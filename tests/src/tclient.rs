@@ -215,6 +215,18 @@ pub fn handshake(
     id: &Ed25519KeyPair,
     gw_pub: &[u8; 32],
 ) -> ClientSession {
+    try_handshake(sock, gw, id, gw_pub, 40).unwrap_or_else(|e| panic!("{e} from {gw}"))
+}
+
+/// HELLO (up to 20 tries) → WELCOME → CONFIRM (up to `confirms` tries) →
+/// ESTABLISHED; Err says which answer never came.
+pub fn try_handshake(
+    sock: &UdpSocket,
+    gw: SocketAddr,
+    id: &Ed25519KeyPair,
+    gw_pub: &[u8; 32],
+    confirms: usize,
+) -> Result<ClientSession, &'static str> {
     let rng = ring::rand::SystemRandom::new();
     let (mut hs, hello) = ClientHandshake::start(id, gw_pub, now_ms(), &rng).unwrap();
     let mut buf = [0u8; 2048];
@@ -224,18 +236,18 @@ pub fn handshake(
             continue;
         };
         let session = hs.on_welcome(&buf[..n]).expect("WELCOME verifies");
-        for _ in 0..40 {
+        for _ in 0..confirms {
             sock.send_to(&session.confirm, gw).unwrap();
             if let Ok((n, _)) = sock.recv_from(&mut buf) {
                 session
                     .verify_established(&buf[..n])
                     .expect("ESTABLISHED verifies");
-                return session;
+                return Ok(session);
             }
         }
-        panic!("no ESTABLISHED");
+        return Err("no ESTABLISHED");
     }
-    panic!("no WELCOME from {gw}");
+    Err("no WELCOME")
 }
 
 pub fn udp_packet(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {

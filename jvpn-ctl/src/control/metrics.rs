@@ -482,9 +482,9 @@ mod tests {
                 "{line:?}"
             );
         }
-        // All eleven outcomes, even from empty stats.
+        // All twelve outcomes (success and every detail), even from empty stats.
         let empty = render(&Stats::default());
-        assert_eq!(empty.matches("jvpn_reattach_total{").count(), 11);
+        assert_eq!(empty.matches("jvpn_reattach_total{").count(), 12);
         assert_eq!(empty.matches("jvpn_sessions{").count(), 6);
     }
 

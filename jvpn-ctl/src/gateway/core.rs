@@ -29,17 +29,27 @@ use crate::{
     session::{self, Action, Event, Notice, Policy, Session, State, Step},
 };
 
-/// A datagram the core wants sent.
+/// A datagram the core wants sent. `session` is the session it belongs to (0: none),
+/// so that a batch whose commit fails can take back what it would have said.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outgoing {
     /// From the gateway's `local` address to `peer`.
     Udp {
+        session: u64,
         local: SocketAddr,
         peer: SocketAddr,
         data: Vec<u8>,
     },
     /// To the exit's link address.
-    Link(Vec<u8>),
+    Link { session: u64, data: Vec<u8> },
+}
+
+impl Outgoing {
+    pub fn session(&self) -> u64 {
+        match *self {
+            Outgoing::Udp { session, .. } | Outgoing::Link { session, .. } => session,
+        }
+    }
 }
 
 /// Fixed facts the core needs from the configuration.
@@ -113,6 +123,11 @@ pub struct Core {
     /// batch's records are durable, so the log never tells of a transition that a
     /// crash then takes back.
     pub(super) events: Vec<EventRecord>,
+    /// How to take back the current batch if its commit fails (`rollback.rs`).
+    pub(super) undo: HashMap<u64, super::rollback::Undo>,
+    /// Sessions the current batch ended whose records are still stored: their
+    /// tunnel addresses are released once the deletions are durable.
+    pub(super) torn: HashMap<u64, Entry>,
 }
 
 /// Sessions whose `SESSION_STATS` are read per tick; bounds the tick's cost with a
@@ -156,6 +171,8 @@ impl Core {
             deleted: Default::default(),
             swapped: false,
             events: Vec::new(),
+            undo: HashMap::new(),
+            torn: HashMap::new(),
         }
     }
 
@@ -189,8 +206,24 @@ impl Core {
         b
     }
 
-    pub(super) fn send(&mut self, local: SocketAddr, peer: SocketAddr, data: Vec<u8>) {
-        self.out.push(Outgoing::Udp { local, peer, data });
+    pub(super) fn send(
+        &mut self,
+        session: u64,
+        local: SocketAddr,
+        peer: SocketAddr,
+        data: Vec<u8>,
+    ) {
+        self.out.push(Outgoing::Udp {
+            session,
+            local,
+            peer,
+            data,
+        });
+    }
+
+    pub(super) fn send_link(&mut self, session: u64, msg: crate::proto::LinkMsg, now_ms: u64) {
+        let data = self.link.send(msg, now_ms);
+        self.out.push(Outgoing::Link { session, data });
     }
 
     /// A datagram from a client, received on `local`.
@@ -230,9 +263,13 @@ impl Core {
             self.drive(id, &Event::Tick, None, now_ms);
         }
         let (frames, gave_up) = self.link.due(now_ms);
-        self.out.extend(frames.into_iter().map(Outgoing::Link));
-        if let Some(ping) = self.link.ping(now_ms) {
-            self.out.push(Outgoing::Link(ping));
+        self.out.extend(
+            frames
+                .into_iter()
+                .map(|data| Outgoing::Link { session: 0, data }),
+        );
+        if let Some(data) = self.link.ping(now_ms) {
+            self.out.push(Outgoing::Link { session: 0, data });
         }
         for id in gave_up {
             if let Some(e) = self.sessions.get_mut(&id) {
@@ -278,6 +315,9 @@ impl Core {
         let step = session::step(&e.session, ev, &self.policy, now_ms);
         if step.session == e.session && step.actions.is_empty() {
             return;
+        }
+        if super::persist::durable_change(&e.session, &step.session) {
+            self.remember(id, ev, local);
         }
         let step = match swap_of(&step) {
             Some((new, generation)) => match self.swap(id, new, generation, local) {
@@ -400,7 +440,7 @@ impl Core {
             body,
         };
         match msg.encode(&e.mac) {
-            Ok(bytes) => self.send(local, to, bytes),
+            Ok(bytes) => self.send(id, local, to, bytes),
             Err(err) => tracing::error!(session = %SessionId(id), "encoding a reply: {err}"),
         }
     }
@@ -474,23 +514,24 @@ impl Core {
     }
 
     /// TERMINATED: map entry removed, exit keys revoked, tunnel address released.
-    fn teardown(&mut self, id: u64, now_ms: u64) {
+    pub(super) fn teardown(&mut self, id: u64, now_ms: u64) {
         let Some(e) = self.sessions.remove(&id) else {
             return;
         };
         self.dirty.remove(&id);
-        if e.rev != 0 {
-            self.deleted.insert(id, e.rev);
-        }
         match self.dp.remove_session(id) {
             Ok(()) | Err(crate::datapath::DatapathError::NoSuchSession(_)) => {}
             Err(err) => tracing::error!(session = %SessionId(id), "removing the map entry: {err}"),
         }
-        self.pool.release(e.tunnel);
-        let frame = self
-            .link
-            .send(crate::proto::LinkMsg::Revoke { session_id: id }, now_ms);
-        self.out.push(Outgoing::Link(frame));
+        self.send_link(id, crate::proto::LinkMsg::Revoke { session_id: id }, now_ms);
+        if e.rev == 0 {
+            self.pool.release(e.tunnel);
+        } else {
+            // Its record goes with the next commit; until that is durable, a crash
+            // resumes it, so no new session may get its address yet.
+            self.deleted.insert(id, e.rev);
+            self.torn.insert(id, e);
+        }
     }
 
     /// Closes every session (the gateway is stopping).

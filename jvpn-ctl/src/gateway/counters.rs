@@ -20,3 +20,10 @@ pub struct Counters {
 pub fn bump(map: &mut BTreeMap<String, u64>, key: &str) {
     *map.entry(key.to_string()).or_default() += 1;
 }
+
+/// Takes back a [`bump`] (a batch whose commit failed did not happen).
+pub fn unbump(map: &mut BTreeMap<String, u64>, key: &str) {
+    if let Some(n) = map.get_mut(key) {
+        *n = n.saturating_sub(1);
+    }
+}

@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use jvpn_common::wire::WireHeader;
 
 use super::{
-    core::{Core, Entry, Outgoing},
+    core::{Core, Entry},
     counters::bump,
     guard::NonceVerdict,
 };
@@ -111,7 +111,7 @@ impl Core {
             },
         );
         bump(&mut self.counters.handshakes, "welcomed");
-        self.send(local, peer, welcome);
+        self.send(id, local, peer, welcome);
     }
 
     fn new_session_id(&self) -> u64 {
@@ -155,8 +155,7 @@ impl Core {
         if let Some(e) = self.sessions.get_mut(&id) {
             e.confirming = Some((peer, local));
         }
-        let frame = self.link.send(install, now_ms);
-        self.out.push(Outgoing::Link(frame));
+        self.send_link(id, install, now_ms);
     }
 
     /// The exit holds the keys: insert the map entry, go ATTACHED, send ESTABLISHED.
@@ -222,8 +221,7 @@ impl Core {
             .collect();
         for id in ids {
             let install = self.install_msg(id, &self.sessions[&id]);
-            let frame = self.link.send(install, now_ms);
-            self.out.push(Outgoing::Link(frame));
+            self.send_link(id, install, now_ms);
         }
     }
 
@@ -242,7 +240,7 @@ impl Core {
         let ctr = self.next_ctr();
         let e = &self.sessions[&id];
         let msg = proto::Established::build(&e.mac, id, ctr, &e.transcript);
-        self.send(local, peer, msg);
+        self.send(id, local, peer, msg);
     }
 
     pub fn on_link_frame(&mut self, data: &[u8], now_ms: u64) {

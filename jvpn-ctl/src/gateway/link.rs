@@ -129,6 +129,12 @@ impl ExitLink {
         }
     }
 
+    /// Drops every message of `session_id` waiting for an acknowledgement (a batch
+    /// whose commit failed takes back the ones it queued).
+    pub fn forget(&mut self, session_id: u64) {
+        self.pending.retain(|&(sid, _), _| sid != session_id);
+    }
+
     pub fn pending_len(&self) -> usize {
         self.pending.len()
     }

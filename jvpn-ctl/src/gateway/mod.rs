@@ -17,8 +17,11 @@ mod persist;
 mod pool;
 mod reattach;
 pub mod record;
+mod rollback;
 mod run;
 
 pub use config::{ConfigError, GatewayConfig};
+pub use persist::Commit;
 pub use pool::Pool;
+pub use rollback::RolledBack;
 pub use run::{GatewayError, run};

@@ -12,6 +12,7 @@ use std::collections::HashSet;
 use super::{
     core::{Core, Entry},
     record::SessionRecord,
+    rollback::RolledBack,
 };
 use crate::{
     control::api::EventRecord,
@@ -52,6 +53,45 @@ pub fn durable_change(old: &Session, new: &Session) -> bool {
             || *pending != new.pending)
 }
 
+/// How a group commit ended (an `Err` of [`Core::persist`] aside).
+#[derive(Debug)]
+pub enum Commit {
+    Durable,
+    /// Nothing of the batch was written, and nothing of it stays.
+    RolledBack {
+        error: StoreError,
+        refused: RolledBack,
+    },
+}
+
+/// After a failed [`SessionStore::apply`]: `Some(revisions)` if `batch` was written
+/// after all, `None` if none of it was (a batch is atomic: part of it is an error).
+fn landed(
+    store: &mut dyn SessionStore,
+    batch: &[Write],
+) -> Result<Option<Vec<Revision>>, StoreError> {
+    store.recover()?;
+    let mut revs = Vec::with_capacity(batch.len());
+    let mut written = 0;
+    for w in batch {
+        let now = store.get(w.id())?.map_or(0, |(rev, _)| rev);
+        let done = match *w {
+            Write::Put { expect, .. } => now != expect,
+            Write::Delete { .. } => now == 0,
+        };
+        written += usize::from(done);
+        revs.push(now);
+    }
+    match written {
+        0 => Ok(None),
+        n if n == batch.len() => Ok(Some(revs)),
+        n => Err(StoreError::Io {
+            what: format!("{n} of the batch's {} writes are in the store", batch.len()),
+            cause: std::io::Error::other("a batch was written in part"),
+        }),
+    }
+}
+
 /// What a restart found (the `CONTROLLER_STARTED` event).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Resumed {
@@ -67,20 +107,65 @@ pub struct Resumed {
 impl Core {
     /// The group commit: writes every record the inputs since the last call changed,
     /// in one batch of `store`, then publishes their events. Called before any of
-    /// their replies leaves (durable before visible); an error leaves the records
-    /// pending and the events unpublished.
+    /// their replies leaves (durable before visible).
+    ///
+    /// A store that fails to write (a full disk, an I/O error) fails the batch as a
+    /// whole: it is rolled back ([`Commit::RolledBack`]: memory, map and exit as
+    /// before it, its requests refused) and the controller carries on. `Err` is what
+    /// it must not carry on from: a conflict (another writer, or a bug), or a failure
+    /// after which the store cannot say whether the batch was written.
     pub fn persist(
         &mut self,
         store: &mut dyn SessionStore,
         sealer: &Sealer,
-    ) -> Result<(), StoreError> {
-        if !self.dirty.is_empty() || !self.deleted.is_empty() {
-            let batch = self.pending_writes(sealer);
-            let revs = store.apply(&batch)?;
-            self.committed(&batch, &revs);
+        now_ms: u64,
+    ) -> Result<Commit, StoreError> {
+        if self.dirty.is_empty() && self.deleted.is_empty() {
+            self.batch_durable();
+            self.release_events();
+            return Ok(Commit::Durable);
         }
+        let batch = self.pending_writes(sealer);
+        let failed = match store.apply(&batch) {
+            Ok(revs) => {
+                self.committed(&batch, &revs);
+                return Ok(Commit::Durable);
+            }
+            Err(e @ (StoreError::Conflict { .. } | StoreError::DuplicateId(_))) => return Err(e),
+            Err(e) => e,
+        };
+        // A failed fsync may still have written the batch: ask the store again.
+        match landed(store, &batch) {
+            Ok(Some(revs)) => {
+                tracing::warn!("the session store reported {failed}, but the batch was written");
+                self.committed(&batch, &revs);
+                Ok(Commit::Durable)
+            }
+            Ok(None) => {
+                let r = self.rollback(now_ms).map_err(|bug| StoreError::Io {
+                    what: format!("rolling back after {failed}"),
+                    cause: std::io::Error::other(bug),
+                })?;
+                self.release_events();
+                Ok(Commit::RolledBack {
+                    error: failed,
+                    refused: r,
+                })
+            }
+            Err(e) => Err(StoreError::Io {
+                what: format!("after {failed}, the store cannot say whether the batch was written"),
+                cause: std::io::Error::other(e.to_string()),
+            }),
+        }
+    }
+
+    /// Without a store (benchmarks measuring the controller alone): forgets what a
+    /// group commit would have written, as if it had.
+    pub fn discard_pending(&mut self) {
+        self.dirty.clear();
+        self.deleted.clear();
+        self.batch_durable();
         self.release_events();
-        Ok(())
     }
 
     /// The writes of the next group commit; the entries keep their revisions until
@@ -105,6 +190,12 @@ impl Core {
 
     /// `batch` (from [`Core::pending_writes`]) is durable with these revisions.
     fn committed(&mut self, batch: &[Write], revs: &[Revision]) {
+        self.record_revisions(batch, revs);
+        self.batch_durable();
+        self.release_events();
+    }
+
+    fn record_revisions(&mut self, batch: &[Write], revs: &[Revision]) {
         for (w, &rev) in batch.iter().zip(revs) {
             match *w {
                 Write::Put { id, .. } => {
@@ -149,8 +240,7 @@ impl Core {
             e.seen_up = self.stats_of(id).up_packets;
             self.pool.take(e.tunnel);
             let install = self.install_msg(id, &e);
-            let frame = self.link.send(install, now_ms);
-            self.out.push(super::core::Outgoing::Link(frame));
+            self.send_link(id, install, now_ms);
             self.sessions.insert(id, e);
             r.resumed += 1;
         }
@@ -174,7 +264,7 @@ impl Core {
 
     /// Makes the session's map entry what its record says; true if it had to be
     /// written (missing, or left at another binding by a crash mid-swap).
-    fn restore_map_entry(&mut self, e: &Entry) -> bool {
+    pub(super) fn restore_map_entry(&mut self, e: &Entry) -> bool {
         let id = e.session.id;
         let Some(binding) = e.session.binding else {
             return false;

@@ -16,7 +16,9 @@ use super::{
     config::GatewayConfig,
     core::{Core, CoreParams, Outgoing},
     net::{Datagram, SocketError, Sockets, source_for},
+    persist::Commit,
     pool::Pool,
+    rollback::RolledBack,
 };
 use crate::{
     clock::Clock,
@@ -155,7 +157,10 @@ pub async fn run(
         r.removed,
         r.expired
     );
-    persist(&mut core, &mut store, &sealer)?;
+    // At start a store that cannot write is an error, not a rollback.
+    if let Commit::RolledBack { error, .. } = core.persist(&mut store, &sealer, now)? {
+        return Err(error.into());
+    }
     tracing::info!(
         "gateway up: {} listening on {}; control socket {}",
         hex::encode(core.gateway_pub()),
@@ -168,6 +173,7 @@ pub async fn run(
     );
 
     let fault = Fault::from_env();
+    let mut warned = Warned::default();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
@@ -176,8 +182,16 @@ pub async fn run(
             biased;
             () = &mut shutdown => break,
             Some(c) = call_rx.recv() => {
+                // Answered after the commit: a kill or drain the store refused did
+                // not happen.
                 let resp = core.on_request(&c.request, clock.now_ms());
+                let resp = match persist(&mut core, &mut store, &sealer, clock.now_ms(), &mut warned)? {
+                    Some(e) => control::api::Response::error(format_args!("nothing changed: {e}")),
+                    None => resp,
+                };
                 let _ = c.reply.send(resp);
+                flush(&mut core, &sockets, &link_sock, cfg.exit.link);
+                continue;
             }
             Some(d) = dg_rx.recv() => {
                 core.on_datagram(d.local, d.peer, &d.data, clock.now_ms());
@@ -191,11 +205,12 @@ pub async fn run(
             _ = tick.tick() => core.tick(clock.now_ms()),
         }
         // Durable before visible: no reply of this batch leaves before its records
-        // are written. A store that cannot write stops the controller here, with
-        // those replies unsent; the next start resumes from what was written.
+        // are written. A batch the store refuses is rolled back (its requests
+        // refused); a store that cannot say what it holds stops the controller
+        // here, with the replies unsent, and the next start resumes from the store.
         let swapped = core.take_swapped();
         fault.at(swapped, Fault::SwapBeforeCommit);
-        persist(&mut core, &mut store, &sealer)?;
+        persist(&mut core, &mut store, &sealer, clock.now_ms(), &mut warned)?;
         fault.at(swapped, Fault::SwapAfterCommit);
         flush(&mut core, &sockets, &link_sock, cfg.exit.link);
     }
@@ -208,7 +223,7 @@ pub async fn run(
             core.on_link_frame(&f, clock.now_ms());
         }
         core.tick(clock.now_ms());
-        persist(&mut core, &mut store, &sealer)?;
+        persist(&mut core, &mut store, &sealer, clock.now_ms(), &mut warned)?;
         flush(&mut core, &sockets, &link_sock, cfg.exit.link);
     }
     if core.link_pending() > 0 {
@@ -217,7 +232,7 @@ pub async fn run(
             core.link_pending()
         );
     }
-    persist(&mut core, &mut store, &sealer)?;
+    persist(&mut core, &mut store, &sealer, clock.now_ms(), &mut warned)?;
     tracing::info!(
         "gateway stopped; {} sessions kept in {} (the data plane keeps forwarding; the \
          next start resumes them, `jvpn-ctl drain` ends them)",
@@ -319,17 +334,60 @@ fn load_records(
     Ok(out)
 }
 
-/// One group commit of what the core changed; a conflict or an I/O error stops the
-/// controller (its replies for this batch are not sent).
-fn persist(core: &mut Core, store: &mut LocalStore, sealer: &Sealer) -> Result<(), GatewayError> {
-    Ok(core.persist(store, sealer)?)
+/// One group commit of what the core changed. A batch the store refused is rolled
+/// back: its error is returned as `Some` (and logged, at most once a second); an
+/// error the controller cannot carry on from stops it (its replies for this batch
+/// are not sent).
+fn persist(
+    core: &mut Core,
+    store: &mut LocalStore,
+    sealer: &Sealer,
+    now_ms: u64,
+    warned: &mut Warned,
+) -> Result<Option<StoreError>, GatewayError> {
+    match core.persist(store, sealer, now_ms)? {
+        Commit::Durable => Ok(None),
+        Commit::RolledBack { error, refused } => {
+            warned.note(now_ms, &error, refused);
+            Ok(Some(error))
+        }
+    }
+}
+
+/// Rate limit of the store-failure warning: a full disk under a flood of
+/// handshakes fails every batch.
+#[derive(Default)]
+struct Warned {
+    last_ms: u64,
+    since: u64,
+}
+
+impl Warned {
+    fn note(&mut self, now_ms: u64, e: &StoreError, r: RolledBack) {
+        self.since += 1;
+        if now_ms < self.last_ms + 1000 && self.last_ms != 0 {
+            return;
+        }
+        tracing::error!(
+            "session store: {e}: {} batches rolled back since the last report (this one: \
+             {} sessions put back, {} reattaches and {} handshakes refused with store_error)",
+            self.since,
+            r.sessions,
+            r.reattaches,
+            r.handshakes
+        );
+        self.last_ms = now_ms;
+        self.since = 0;
+    }
 }
 
 fn flush(core: &mut Core, sockets: &Sockets, link: &UdpSocket, exit_link: SocketAddr) {
     for o in std::mem::take(&mut core.out) {
         let sent = match o {
-            Outgoing::Udp { local, peer, data } => sockets.send(local, peer, &data),
-            Outgoing::Link(data) => link.try_send_to(&data, exit_link).is_ok(),
+            Outgoing::Udp {
+                local, peer, data, ..
+            } => sockets.send(local, peer, &data),
+            Outgoing::Link { data, .. } => link.try_send_to(&data, exit_link).is_ok(),
         };
         if !sent {
             core.note_send_failure();

@@ -103,10 +103,13 @@ pub enum Detail {
     Blacklisted,
     OwnershipAmbiguous,
     DatapathError,
+    /// The controller could not make the change durable (the session store failed);
+    /// nothing changed, the client may try again. Never decided by the state machine.
+    StoreError,
 }
 
 impl Detail {
-    pub const ALL: [Detail; 10] = [
+    pub const ALL: [Detail; 11] = [
         Detail::ProofInvalid,
         Detail::FreshnessExpired,
         Detail::Replay,
@@ -117,6 +120,7 @@ impl Detail {
         Detail::Blacklisted,
         Detail::OwnershipAmbiguous,
         Detail::DatapathError,
+        Detail::StoreError,
     ];
 
     /// Wire code carried by REATTACH_DENIED.
@@ -140,6 +144,7 @@ impl Detail {
             Detail::Blacklisted => "blacklisted",
             Detail::OwnershipAmbiguous => "ownership_ambiguous",
             Detail::DatapathError => "datapath_error",
+            Detail::StoreError => "store_error",
         }
     }
 }

@@ -34,7 +34,10 @@ const K_REVISION: &str = "revision";
 const CACHE_BYTES: usize = 64 << 20;
 
 pub struct LocalStore {
-    db: Database,
+    /// `None` after a failed write closed it (redb fails every later operation
+    /// after an I/O error until the file is opened again: [`SessionStore::recover`]).
+    db: Option<Database>,
+    dir: PathBuf,
     path: PathBuf,
 }
 
@@ -54,18 +57,12 @@ impl LocalStore {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         check_dir(dir)?;
         let path = dir.join(FILE_NAME);
-        let (file, created) = open_file(dir, &path)?;
-        let backend = FileBackend::new(file).map_err(|e| redb_err(&path, "opening", e))?;
-        // A plain open trusts the file and may panic on one altered outside redb;
-        // the integrity check reads the committed pages (a gateway's sessions are a
-        // few MB) and reports damage as an error instead, which the operator can
-        // act on.
-        let db = Builder::new()
-            .set_cache_size(CACHE_BYTES)
-            .set_check_integrity_on_open(true)
-            .create_with_backend(backend)
-            .map_err(|e| redb_err(&path, "opening", e))?;
-        let store = Self { db, path };
+        let (db, created) = open_db(dir, &path)?;
+        let store = Self {
+            db: Some(db),
+            dir: dir.to_owned(),
+            path,
+        };
         store.init_or_check()?;
         if created {
             // redb fsyncs the file's contents; the directory entry that makes the
@@ -81,6 +78,16 @@ impl LocalStore {
         Ok(store)
     }
 
+    fn db(&self) -> Result<&Database, StoreError> {
+        self.db.as_ref().ok_or_else(|| StoreError::Io {
+            what: format!(
+                "{} was closed after a failed write and could not be opened again",
+                self.path.display()
+            ),
+            cause: io::Error::other("store closed"),
+        })
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -94,7 +101,7 @@ impl LocalStore {
     /// before this point): give it our tables. Otherwise it must be ours, of our
     /// format_version, and consistent.
     fn init_or_check(&self) -> Result<(), StoreError> {
-        let rtx = self.db.begin_read().map_err(self.err("reading"))?;
+        let rtx = self.db()?.begin_read().map_err(self.err("reading"))?;
         let tables: Vec<String> = rtx
             .list_tables()
             .map_err(self.err("listing tables"))?
@@ -102,7 +109,7 @@ impl LocalStore {
             .collect();
         if tables.is_empty() {
             drop(rtx);
-            let mut tx = self.db.begin_write().map_err(self.err("initializing"))?;
+            let mut tx = self.db()?.begin_write().map_err(self.err("initializing"))?;
             tx.set_durability(Durability::Immediate)
                 .map_err(self.err("initializing"))?;
             {
@@ -167,7 +174,7 @@ impl LocalStore {
 impl SessionStore for LocalStore {
     fn list(&self) -> Result<Vec<(u64, Revision, Vec<u8>)>, StoreError> {
         const W: &str = "listing sessions";
-        let rtx = self.db.begin_read().map_err(self.err(W))?;
+        let rtx = self.db()?.begin_read().map_err(self.err(W))?;
         let t = rtx.open_table(SESSIONS).map_err(self.err(W))?;
         let mut out =
             Vec::with_capacity(usize::try_from(t.len().map_err(self.err(W))?).unwrap_or(0));
@@ -181,7 +188,7 @@ impl SessionStore for LocalStore {
 
     fn get(&self, id: u64) -> Result<Option<(Revision, Vec<u8>)>, StoreError> {
         const W: &str = "reading a session";
-        let rtx = self.db.begin_read().map_err(self.err(W))?;
+        let rtx = self.db()?.begin_read().map_err(self.err(W))?;
         let t = rtx.open_table(SESSIONS).map_err(self.err(W))?;
         let got = t.get(id).map_err(self.err(W))?;
         Ok(got.map(|g| {
@@ -191,11 +198,33 @@ impl SessionStore for LocalStore {
     }
 
     fn apply(&mut self, batch: &[Write]) -> Result<Vec<Revision>, StoreError> {
+        let r = self.write(batch);
+        if matches!(r, Err(StoreError::Db { .. } | StoreError::Io { .. })) {
+            // redb refuses everything after an I/O error (`PreviousIo`) until the
+            // file is opened again; closing it now lets `recover` do that.
+            self.db = None;
+        }
+        r
+    }
+
+    fn recover(&mut self) -> Result<(), StoreError> {
+        if self.db.is_some() {
+            return Ok(());
+        }
+        check_dir(&self.dir)?;
+        let (db, _) = open_db(&self.dir, &self.path)?;
+        self.db = Some(db);
+        self.init_or_check()
+    }
+}
+
+impl LocalStore {
+    fn write(&mut self, batch: &[Write]) -> Result<Vec<Revision>, StoreError> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
         const W: &str = "writing sessions";
-        let mut tx = self.db.begin_write().map_err(self.err(W))?;
+        let mut tx = self.db()?.begin_write().map_err(self.err(W))?;
         // The default, but the contract depends on it: Ok means fsync'd.
         tx.set_durability(Durability::Immediate)
             .map_err(self.err(W))?;
@@ -239,6 +268,21 @@ impl SessionStore for LocalStore {
         tx.commit().map_err(self.err(W))?;
         Ok(out)
     }
+}
+
+/// The database in `path`, checked for integrity (a plain open trusts the file and may
+/// panic on one altered outside redb; the check reads the committed pages, a
+/// gateway's sessions are a few MB, and reports damage as an error the operator can
+/// act on); `true` when the file was created.
+fn open_db(dir: &Path, path: &Path) -> Result<(Database, bool), StoreError> {
+    let (file, created) = open_file(dir, path)?;
+    let backend = FileBackend::new(file).map_err(|e| redb_err(path, "opening", e))?;
+    let db = Builder::new()
+        .set_cache_size(CACHE_BYTES)
+        .set_check_integrity_on_open(true)
+        .create_with_backend(backend)
+        .map_err(|e| redb_err(path, "opening", e))?;
+    Ok((db, created))
 }
 
 /// Opens the store's file, creating it (0600: records are sealed, but ids and

@@ -72,6 +72,14 @@ pub trait SessionStore {
     /// ([`StoreError::DuplicateId`]): the caller coalesces a session's changes into
     /// its last one. An empty batch writes nothing and returns no revisions.
     fn apply(&mut self, batch: &[Write]) -> Result<Vec<Revision>, StoreError>;
+
+    /// After [`SessionStore::apply`] failed with an I/O error: makes the store usable
+    /// again (a file backend opens its file anew), so that [`SessionStore::get`] can
+    /// tell whether the failed batch was written after all (a failed fsync leaves
+    /// that open) and later batches can be tried.
+    fn recover(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// Everything that can go wrong in the session store. Each variant names the file,

@@ -247,8 +247,11 @@ fn commit(
     store: &mut Option<(Box<dyn SessionStore>, Sealer)>,
 ) -> anyhow::Result<()> {
     match store {
-        Some((st, sealer)) => core.persist(st.as_mut(), sealer)?,
-        None => core.release_events(),
+        Some((st, sealer)) => match core.persist(st.as_mut(), sealer, 0)? {
+            jvpn_ctl::gateway::Commit::Durable => {}
+            jvpn_ctl::gateway::Commit::RolledBack { error, .. } => bail!("store: {error}"),
+        },
+        None => core.discard_pending(),
     }
     Ok(())
 }
@@ -289,9 +292,9 @@ impl Bench {
         out.into_iter()
             .zip(peers)
             .map(|(o, want)| match o {
-                Outgoing::Udp { local, peer, data } if local == GW_LOCAL && peer == *want => {
-                    Ok(data)
-                }
+                Outgoing::Udp {
+                    local, peer, data, ..
+                } if local == GW_LOCAL && peer == *want => Ok(data),
                 other => Err(anyhow!(
                     "{what}: unexpected reply {other:?} (wanted UDP to {want})"
                 )),
@@ -361,7 +364,7 @@ impl Bench {
             );
             let mut acks = Vec::with_capacity(b);
             for (o, s) in installs.into_iter().zip(&sessions) {
-                let Outgoing::Link(frame) = o else {
+                let Outgoing::Link { data: frame, .. } = o else {
                     bail!("CONFIRM: unexpected reply {o:?} (wanted an INSTALL to the exit)");
                 };
                 match self.exit.open(&frame).context("exit: INSTALL")? {
