@@ -7,6 +7,7 @@ pub mod frames;
 pub mod packet_lab;
 pub mod pktgen_lab;
 pub mod testrun;
+pub mod tmpfs;
 pub mod uspace_relay;
 
 pub use jvpn_ctl::lab::{netns, unique};

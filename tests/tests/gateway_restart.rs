@@ -120,12 +120,12 @@ mod store {
 
     use jvpn_ctl::{
         lab::gateway::Transport::{Lte, Wifi},
-        proto::{Body, TransportKind},
+        proto::{Body, ClientHandshake, TransportKind},
     };
     use jvpn_tests::{
         gwlab::GwLab,
         require_root,
-        tclient::{Reply, TestClient, now_ms},
+        tclient::{Reply, TestClient, handshake, now_ms},
     };
 
     /// A stop (SIGTERM) keeps the sessions; `jvpn-ctl drain` ends them with CLOSE.
@@ -203,5 +203,70 @@ mod store {
             (after.version, after.generation, after.binding),
             (before.version, before.generation, before.binding)
         );
+    }
+
+    /// A HELLO the previous controller answered, replayed after a restart, gets no
+    /// WELCOME (its nonce cache died with it, so HELLOs stamped before the start are
+    /// refused); a fresh HELLO gets in.
+    #[test]
+    fn a_hello_replayed_across_a_restart_is_refused() {
+        require_root!();
+        let mut lab = GwLab::start("gsh", "");
+        let sock = lab
+            .lab
+            .client
+            .run(|| std::net::UdpSocket::bind("10.77.1.2:0"))
+            .unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let rng = ring::rand::SystemRandom::new();
+        let (_, hello) =
+            ClientHandshake::start(&lab.client_id, &lab.gateway_pub, now_ms(), &rng).unwrap();
+        let mut buf = [0u8; 2048];
+        sock.send_to(&hello, Wifi.gw_addr()).unwrap();
+        assert!(
+            sock.recv_from(&mut buf).is_ok(),
+            "the first copy is welcomed"
+        );
+        lab.stack.restart("gateway", true).expect("restart");
+        sock.send_to(&hello, Wifi.gw_addr()).unwrap();
+        assert!(
+            sock.recv_from(&mut buf).is_err(),
+            "the replay gets no WELCOME"
+        );
+        assert!(lab.sessions().is_empty(), "and leaves no session");
+        assert_eq!(lab.stats().handshakes.get("before_start"), Some(&1));
+        handshake(&sock, Wifi.gw_addr(), &lab.client_id, &lab.gateway_pub);
+        assert_eq!(lab.sessions().len(), 1, "a fresh HELLO gets in");
+    }
+
+    /// A REATTACH_REQUEST made before a restart and first seen after it (as one
+    /// whose batch a crash cut short would be) is refused and changes nothing; a
+    /// fresh one goes through.
+    #[test]
+    fn a_request_stamped_before_the_restart_is_refused() {
+        require_root!();
+        let mut lab = GwLab::start("gsb", "");
+        let mut c = TestClient::connect(&lab, Wifi);
+        let id = c.id();
+        let req = c.reattach_request(now_ms(), TransportKind::Cellular);
+        std::thread::sleep(Duration::from_millis(5));
+        lab.stack.restart("gateway", true).expect("restart");
+        let before = lab.session(id).expect("resumed");
+        c.send_raw(Lte, &req);
+        assert_eq!(c.recv(Lte, Duration::from_millis(500)), Reply::Silence);
+        let after = lab.session(id).unwrap();
+        assert_eq!(
+            (after.state, after.version, after.generation, &after.binding),
+            (
+                before.state,
+                before.version,
+                before.generation,
+                &before.binding
+            )
+        );
+        assert_eq!(lab.stats().reattach.get("before_start"), Some(&1));
+        let ack = c.reattach(Lte).expect("an answer");
+        assert!(matches!(ack.body, Body::ReattachAck { .. }), "{ack:?}");
     }
 }

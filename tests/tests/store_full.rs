@@ -4,13 +4,7 @@
 //! gateway keeps serving its sessions, and once space is back everything works
 //! again. The disk is a real tmpfs that is really full.
 
-use std::{
-    io::Write as _,
-    net::UdpSocket,
-    path::{Path, PathBuf},
-    process::Command,
-    time::Duration,
-};
+use std::{net::UdpSocket, time::Duration};
 
 use jvpn_ctl::{
     control::api::EventRecord,
@@ -23,48 +17,11 @@ use jvpn_tests::{
     gwlab::GwLab,
     require_root,
     tclient::{TestClient, echo_server, now_ms, try_handshake},
+    tmpfs::{Tmpfs, state_on_tmpfs},
     unique,
 };
 
 const ECHO: u16 = 7791;
-
-/// A tmpfs of `size` on `dir`, unmounted (lazily: a process may still hold a file)
-/// when dropped.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Self {
-        std::fs::create_dir_all(dir).unwrap();
-        let ok = Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0700"),
-                "tmpfs",
-            ])
-            .arg(dir)
-            .status()
-            .expect("running mount");
-        assert!(ok.success(), "mounting a tmpfs on {}", dir.display());
-        Self(dir.to_owned())
-    }
-
-    /// Writes a file until the filesystem is full; returns its path.
-    fn fill(&self) -> PathBuf {
-        let path = self.0.join("filler");
-        let mut f = std::fs::File::create(&path).unwrap();
-        let chunk = vec![0u8; 4096];
-        while f.write_all(&chunk).is_ok() {}
-        path
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
 
 fn value(n: u8) -> Vec<u8> {
     vec![n; 600]
@@ -77,7 +34,7 @@ fn value(n: u8) -> Vec<u8> {
 fn a_full_disk_fails_the_batch_and_recover_reopens() {
     require_root!();
     let dir = std::env::temp_dir().join(unique("jvpn-sfs"));
-    let fs = Tmpfs::mount(&dir, "2m");
+    let fs = Tmpfs::mount(&dir, "2m").unwrap();
     let mut s = LocalStore::open(&dir).unwrap();
     let mut revs = Vec::new();
     for id in 0..20u64 {
@@ -124,19 +81,7 @@ fn a_full_state_dir_refuses_handshakes_and_reattaches_and_changes_nothing() {
     let id = a.id();
 
     // The state directory moves onto a small tmpfs.
-    lab.stack.stop("gateway");
-    let state = lab.dir.join("state");
-    let saved = lab.dir.join("state.saved");
-    std::fs::rename(&state, &saved).unwrap();
-    let fs = Tmpfs::mount(&state, "4m");
-    for f in std::fs::read_dir(&saved).unwrap() {
-        let f = f.unwrap().path();
-        let to = state.join(f.file_name().unwrap());
-        std::fs::copy(&f, &to).unwrap();
-    }
-    lab.stack
-        .restart("gateway", false)
-        .expect("the gateway on the tmpfs");
+    let fs = state_on_tmpfs(&mut lab.stack, "4m").unwrap();
     assert!(lab.session(id).is_some(), "resumed from the moved store");
     // A reattach over LTE gets its challenge while there is room.
     let req = a.reattach_request(now_ms(), TransportKind::Cellular);

@@ -33,12 +33,15 @@ use crate::{
 /// so that a batch whose commit fails can take back what it would have said.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outgoing {
-    /// From the gateway's `local` address to `peer`.
+    /// From the gateway's `local` address to `peer`. `after_commit`: it tells the
+    /// client of a change it will rely on (ESTABLISHED, REATTACH_ACK, CLOSE), so it
+    /// waits for the batch's group commit; the rest may leave before it.
     Udp {
         session: u64,
         local: SocketAddr,
         peer: SocketAddr,
         data: Vec<u8>,
+        after_commit: bool,
     },
     /// To the exit's link address.
     Link { session: u64, data: Vec<u8> },
@@ -212,13 +215,34 @@ impl Core {
         local: SocketAddr,
         peer: SocketAddr,
         data: Vec<u8>,
+        after_commit: bool,
     ) {
         self.out.push(Outgoing::Udp {
             session,
             local,
             peer,
             data,
+            after_commit,
         });
+    }
+
+    /// The replies of the current batch that need not wait for its commit
+    /// (WELCOME, REATTACH_CHALLENGE, KEEPALIVE_ACK, refusals): what they announce is
+    /// either not stored (BIRTH, liveness) or harmless if a crash takes it back (a
+    /// challenge the restarted gateway no longer knows is refused when answered,
+    /// and the client asks again). Sending them now spares them the fsync.
+    pub fn take_early(&mut self) -> Vec<Outgoing> {
+        let (early, held) = std::mem::take(&mut self.out).into_iter().partition(|o| {
+            matches!(
+                o,
+                Outgoing::Udp {
+                    after_commit: false,
+                    ..
+                }
+            )
+        });
+        self.out = held;
+        early
     }
 
     pub(super) fn send_link(&mut self, session: u64, msg: crate::proto::LinkMsg, now_ms: u64) {
@@ -434,13 +458,14 @@ impl Core {
         let Some(e) = self.sessions.get(&id) else {
             return;
         };
+        let after_commit = matches!(body, Body::ReattachAck { .. } | Body::Close { .. });
         let msg = Control {
             session_id: id,
             ctr,
             body,
         };
         match msg.encode(&e.mac) {
-            Ok(bytes) => self.send(id, local, to, bytes),
+            Ok(bytes) => self.send(id, local, to, bytes, after_commit),
             Err(err) => tracing::error!(session = %SessionId(id), "encoding a reply: {err}"),
         }
     }

@@ -42,6 +42,12 @@ impl Core {
         if now_ms.abs_diff(hello.ts_ms) > self.policy.freshness_window_ms {
             return reject(self, "freshness_expired");
         }
+        // The nonce cache died with the previous controller: a HELLO stamped before
+        // this one started may be a replay of one it accepted. (A client whose clock
+        // is behind ours is refused for that long after a restart, then gets in.)
+        if hello.ts_ms < self.started_ms {
+            return reject(self, "before_start");
+        }
         match self
             .hello_nonces
             .insert(hello.nonce, now_ms, 2 * self.policy.freshness_window_ms)
@@ -111,7 +117,7 @@ impl Core {
             },
         );
         bump(&mut self.counters.handshakes, "welcomed");
-        self.send(id, local, peer, welcome);
+        self.send(id, local, peer, welcome, false);
     }
 
     fn new_session_id(&self) -> u64 {
@@ -240,7 +246,7 @@ impl Core {
         let ctr = self.next_ctr();
         let e = &self.sessions[&id];
         let msg = proto::Established::build(&e.mac, id, ctr, &e.transcript);
-        self.send(id, local, peer, msg);
+        self.send(id, local, peer, msg, true);
     }
 
     pub fn on_link_frame(&mut self, data: &[u8], now_ms: u64) {

@@ -21,7 +21,7 @@ mod rollback;
 mod run;
 
 pub use config::{ConfigError, GatewayConfig};
-pub use persist::Commit;
+pub use persist::{Commit, Resumed};
 pub use pool::Pool;
 pub use rollback::RolledBack;
-pub use run::{GatewayError, run};
+pub use run::{GatewayError, load_records, run};

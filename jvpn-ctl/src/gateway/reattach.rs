@@ -63,6 +63,13 @@ impl Core {
         let Body::ReattachRequest(req) = msg.body else {
             unreachable!("open() checked the type")
         };
+        if proof_ok && req.ts_ms < self.started_ms {
+            // Stamped before this controller started: the store has every request
+            // the previous one answered, but not one whose batch a crash cut short,
+            // so a replay of that one would get through. Changes nothing.
+            bump(&mut self.counters.reattach, "before_start");
+            return self.security(Some(id), peer, "before_start", now_ms);
+        }
         if !proof_ok && self.blacklist.invalid_proof(peer.ip(), now_ms) {
             tracing::warn!("{} banned for repeated invalid reattach proofs", peer.ip());
             self.security(Some(id), peer, "source_banned", now_ms);

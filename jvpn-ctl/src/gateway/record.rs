@@ -1,8 +1,12 @@
 //! A session as the durable store keeps it: everything the controller needs to
 //! resume it exactly (state machine, keys, tunnel address, binding and the gateway
-//! address it arrived on, the control-counter high-water mark). Serialized as JSON
-//! (readable when debugging a store, and new fields can default) and sealed by
+//! address it arrived on, the control-counter high-water mark), sealed by
 //! `store::Sealer` before it is written.
+//!
+//! The encoding is one version byte, then the record in postcard (serde's compact
+//! binary form: varints, raw key bytes). A record is written on every state change,
+//! twice per reattach, so its size is the store's cost: about 300 bytes this way
+//! against 1,100 as JSON, which halved redb's time per write (docs/gateway.md).
 
 use std::net::{Ipv4Addr, SocketAddr};
 
@@ -14,22 +18,17 @@ use crate::{
     session::Session,
 };
 
-/// Bumped when a field changes meaning; a record of another version is refused.
-pub const RECORD_VERSION: u32 = 1;
+/// The first byte of every record; bumped when the layout changes. A record of
+/// another version is refused (1 was JSON, which starts with `{`).
+pub const RECORD_VERSION: u8 = 2;
 
 #[derive(Serialize, Deserialize)]
 pub struct SessionRecord {
-    pub v: u32,
     pub session: Session,
-    #[serde(with = "hex32")]
     pub k_reattach: [u8; 32],
-    #[serde(with = "hex32")]
     pub k_c2x: [u8; 32],
-    #[serde(with = "hex32")]
     pub k_x2c: [u8; 32],
-    #[serde(with = "hex32")]
     pub transcript: [u8; 32],
-    #[serde(with = "hex32")]
     pub peer: [u8; 32],
     pub tunnel: Ipv4Addr,
     pub local: SocketAddr,
@@ -45,7 +44,6 @@ pub enum RecordError {
 impl SessionRecord {
     pub fn of(e: &Entry) -> Self {
         Self {
-            v: RECORD_VERSION,
             session: e.session.clone(),
             k_reattach: e.keys.reattach,
             k_c2x: e.keys.c2x,
@@ -59,17 +57,32 @@ impl SessionRecord {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("a record always serializes")
+        let mut out = Vec::with_capacity(384);
+        out.push(RECORD_VERSION);
+        postcard::to_io(self, &mut out).expect("a record always serializes");
+        out
     }
 
     pub fn decode(id: u64, bytes: &[u8]) -> Result<Self, RecordError> {
         let bad = |why: String| RecordError::Bad { id, why };
-        let r: Self = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
-        if r.v != RECORD_VERSION {
-            return Err(bad(format!(
-                "format version {} (this gateway reads {RECORD_VERSION})",
-                r.v
-            )));
+        match bytes.first() {
+            Some(&RECORD_VERSION) => {}
+            Some(b'{') => {
+                return Err(bad(format!(
+                    "format version 1 (JSON; this gateway reads {RECORD_VERSION})"
+                )));
+            }
+            Some(v) => {
+                return Err(bad(format!(
+                    "format version {v} (this gateway reads {RECORD_VERSION})"
+                )));
+            }
+            None => return Err(bad("empty".into())),
+        }
+        let (r, rest): (Self, _) =
+            postcard::take_from_bytes(&bytes[1..]).map_err(|e| bad(e.to_string()))?;
+        if !rest.is_empty() {
+            return Err(bad(format!("{} bytes after the record", rest.len())));
         }
         if r.session.id != id {
             return Err(bad(format!("holds session {:#018x}", r.session.id)));
@@ -100,17 +113,82 @@ impl SessionRecord {
     }
 }
 
-mod hex32 {
-    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
 
-    pub fn serialize<S: Serializer>(b: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&hex::encode(b))
+    use super::*;
+    use crate::session::{Candidate, State};
+
+    /// A session with every field set, its lists as long as a busy session's.
+    fn record(id: u64) -> SessionRecord {
+        let t = 1_780_000_000_000u64;
+        let mut session = Session::new(id, t);
+        session.state = State::Recovering;
+        session.version = 41;
+        session.binding = Some("[2001:db8::7]:51820".parse().unwrap());
+        session.generation = 17;
+        session.left_attached_ms = Some(t + 5_000);
+        session.last_reattach_seq = 1_780_000_123_456_789;
+        session.nonces = (0..4).map(|i| (t + i, [i as u8; 16])).collect();
+        session.switches = VecDeque::from([t + 1, t + 2, t + 3]);
+        session.pending = Some(Candidate {
+            addr: "198.51.100.9:40000".parse().unwrap(),
+            challenge: [9; 16],
+            seq: 1_780_000_123_456_790,
+            expires_ms: t + 7_000,
+        });
+        SessionRecord {
+            session,
+            k_reattach: [1; 32],
+            k_c2x: [2; 32],
+            k_x2c: [3; 32],
+            transcript: [4; 32],
+            peer: [5; 32],
+            tunnel: Ipv4Addr::new(10, 99, 1, 2),
+            local: "[2001:db8::1]:4500".parse().unwrap(),
+            ctl_highest: 1_780_000_123_456_791,
+        }
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
-        let text = String::deserialize(d)?;
-        let v = hex::decode(&text).map_err(D::Error::custom)?;
-        v.try_into()
-            .map_err(|_| D::Error::custom("expected 32 bytes"))
+    #[test]
+    fn a_record_round_trips_exactly() {
+        let r = record(0x0123_4567_89ab_cdef);
+        let bytes = r.encode();
+        eprintln!("a busy IPv6 session's record: {} bytes", bytes.len());
+        assert!(bytes.len() < 450, "{} bytes", bytes.len());
+        let back = SessionRecord::decode(0x0123_4567_89ab_cdef, &bytes).unwrap();
+        assert_eq!(back.session, r.session);
+        assert_eq!(
+            (
+                back.k_reattach,
+                back.k_c2x,
+                back.k_x2c,
+                back.transcript,
+                back.peer
+            ),
+            (r.k_reattach, r.k_c2x, r.k_x2c, r.transcript, r.peer)
+        );
+        assert_eq!(
+            (back.tunnel, back.local, back.ctl_highest),
+            (r.tunnel, r.local, r.ctl_highest)
+        );
+    }
+
+    #[test]
+    fn other_versions_trailing_bytes_and_other_ids_are_refused() {
+        let id = 7;
+        let bytes = record(id).encode();
+        let err = |b: &[u8], id: u64| SessionRecord::decode(id, b).err().unwrap().to_string();
+        assert!(err(b"{\"v\":1}", id).contains("format version 1 (JSON"));
+        let mut v3 = bytes.clone();
+        v3[0] = 3;
+        assert!(err(&v3, id).contains("format version 3"));
+        assert!(err(&[], id).contains("empty"));
+        let mut long = bytes.clone();
+        long.push(0);
+        assert!(err(&long, id).contains("1 bytes after the record"));
+        assert!(err(&bytes[..bytes.len() - 1], id).contains("record of session"));
+        assert!(err(&bytes, 8).contains("holds session 0x0000000000000007"));
     }
 }

@@ -208,6 +208,13 @@ pub async fn run(
         // are written. A batch the store refuses is rolled back (its requests
         // refused); a store that cannot say what it holds stops the controller
         // here, with the replies unsent, and the next start resumes from the store.
+        send(
+            core.take_early(),
+            &mut core,
+            &sockets,
+            &link_sock,
+            cfg.exit.link,
+        );
         let swapped = core.take_swapped();
         fault.at(swapped, Fault::SwapBeforeCommit);
         persist(&mut core, &mut store, &sealer, clock.now_ms(), &mut warned)?;
@@ -313,7 +320,7 @@ fn open_store(cfg: &GatewayConfig) -> Result<(LocalStore, Sealer), GatewayError>
 
 /// Every record, unsealed and decoded; one that fails refuses the start (naming the
 /// store and the session) rather than resuming half of them.
-fn load_records(
+pub fn load_records(
     store: &LocalStore,
     sealer: &Sealer,
     now_ms: u64,
@@ -382,7 +389,18 @@ impl Warned {
 }
 
 fn flush(core: &mut Core, sockets: &Sockets, link: &UdpSocket, exit_link: SocketAddr) {
-    for o in std::mem::take(&mut core.out) {
+    let out = std::mem::take(&mut core.out);
+    send(out, core, sockets, link, exit_link);
+}
+
+fn send(
+    out: Vec<Outgoing>,
+    core: &mut Core,
+    sockets: &Sockets,
+    link: &UdpSocket,
+    exit_link: SocketAddr,
+) {
+    for o in out {
         let sent = match o {
             Outgoing::Udp {
                 local, peer, data, ..

@@ -625,6 +625,80 @@ fn measure_context(rng: &SystemRandom, n: usize) -> anyhow::Result<Context> {
     })
 }
 
+/// The core as the daemon builds it (the policy lets every session switch as often
+/// as the bench asks).
+fn new_core(
+    identity: Ed25519KeyPair,
+    peers: Peers,
+    link_key: [u8; 32],
+    dp: Datapath,
+    start: u64,
+) -> Core {
+    let policy = Policy {
+        max_switches_per_minute: 1_000_000,
+        ..Policy::default()
+    };
+    Core::new(
+        CoreParams {
+            policy,
+            identity,
+            peers,
+            pool: Pool::new(
+                "10.0.0.0/8".parse().expect("a CIDR"),
+                [Ipv4Addr::new(10, 0, 0, 1)],
+            ),
+            exit_data: EXIT_DATA,
+            gw_exit: GW_EXIT,
+            link_key,
+            start_us: start * 1000,
+        },
+        dp,
+        EventBus::new(jvpn_ctl::control::events::DEFAULT_CAPACITY),
+        start,
+    )
+}
+
+/// The controller's part of a restart with every session of the run stored, as
+/// `gateway::run` does it: open the store, unseal and decode every record, load the
+/// data plane onto its pinned maps, resume (each map entry compared with its
+/// record, every session's keys queued to the exit), one group commit.
+fn restart(
+    bench: Bench,
+    dir: &Path,
+    pins: &Path,
+    max_sessions: u32,
+    link_key: [u8; 32],
+) -> anyhow::Result<(Duration, jvpn_ctl::gateway::Resumed)> {
+    let expect = bench.core.session_count();
+    let now = bench.now + 1;
+    drop(bench);
+    let (key, _) = StoreKey::load_or_create(&dir.join("store.key"))?;
+    let sealer = Sealer::new(&key);
+    let rng = SystemRandom::new();
+    let identity = keypair(&rng)?;
+    let t = Instant::now();
+    let mut store = LocalStore::open(dir)?;
+    let records = jvpn_ctl::gateway::load_records(&store, &sealer, now)?;
+    let dp = Datapath::load(DatapathConfig {
+        max_sessions,
+        pin_dir: pins.to_path_buf(),
+        ..DatapathConfig::default()
+    })
+    .context("loading the data plane again")?;
+    let mut core = new_core(identity, Peers::new(), link_key, dp, now);
+    let r = core.resume(records, now);
+    match core.persist(&mut store, &sealer, now)? {
+        jvpn_ctl::gateway::Commit::Durable => {}
+        jvpn_ctl::gateway::Commit::RolledBack { error, .. } => bail!("store: {error}"),
+    }
+    let took = t.elapsed();
+    ensure!(
+        r.resumed as usize == expect && r.reinstalled == 0 && r.removed == 0 && r.expired == 0,
+        "resumed {r:?}, expected {expect} sessions resumed as they were"
+    );
+    Ok((took, r))
+}
+
 fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
     let n = args.sessions;
     let cpu = pin_to_one_cpu()?;
@@ -652,29 +726,7 @@ fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
     let gateway = keypair(&rng)?;
     let link_key: [u8; 32] = random(&rng);
     let start = wall_ms();
-    let policy = Policy {
-        max_switches_per_minute: 1_000_000,
-        ..Policy::default()
-    };
-    policy.validate()?;
-    let core = Core::new(
-        CoreParams {
-            policy,
-            identity: gateway,
-            peers,
-            pool: Pool::new(
-                "10.0.0.0/8".parse().expect("a CIDR"),
-                [Ipv4Addr::new(10, 0, 0, 1)],
-            ),
-            exit_data: EXIT_DATA,
-            gw_exit: GW_EXIT,
-            link_key,
-            start_us: start * 1000,
-        },
-        dp,
-        EventBus::new(jvpn_ctl::control::events::DEFAULT_CAPACITY),
-        start,
-    );
+    let core = new_core(gateway, peers, link_key, dp, start);
     let mut bench = Bench {
         gw_pub: core.gateway_pub(),
         core,
@@ -796,8 +848,29 @@ fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
         ctx.pool_allocate_at_n
     );
 
+    // 4. A restart with every session stored (a store on disk only).
+    let stored = WARMUP + n;
+    let restarted = match &args.store {
+        Some(dir) if dir.as_os_str() != "memory" => {
+            eprintln!("phase 4: restart with {stored} stored sessions");
+            let file = dir.join(jvpn_ctl::store::local::FILE_NAME);
+            let bytes = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+            let (took, _) = restart(bench, dir, &pins.0, max_sessions, link_key)?;
+            eprintln!(
+                "restart: {stored} sessions resumed in {:.1} ms (open + unseal + decode + \
+                 map check + resume + commit); store {bytes} bytes = {} per session",
+                took.as_secs_f64() * 1e3,
+                bytes / stored as u64
+            );
+            Some((took, bytes))
+        }
+        _ => None,
+    };
+
     let round1 = |v: f64| (v * 10.0).round() / 10.0;
     Ok(serde_json::json!({
+        "restart_ms": restarted.map(|(t, _)| round1(t.as_secs_f64() * 1e3)),
+        "store_bytes_per_session": restarted.map(|(_, b)| b / stored as u64),
         "handshakes_per_s": (1e6 / handshake_us).round(),
         "handshake_us": round1(handshake_us),
         "handshake_step_us": {
