@@ -181,12 +181,6 @@ impl AgentLab {
             .unwrap_or(0)
     }
 
-    /// (state, version, generation, binding) of the session at the gateway.
-    pub fn gw_view(&self, id: u64) -> (State, u64, u32, Option<String>) {
-        let s = self.gw.session(id).expect("session at the gateway");
-        (s.state, s.version, s.generation, s.binding)
-    }
-
     /// A socket for an attacker on the LTE network (10.77.2.3, another address than
     /// the client's), in the client namespace.
     pub fn attacker(&self) -> std::net::UdpSocket {

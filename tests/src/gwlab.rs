@@ -84,6 +84,24 @@ impl GwLab {
         self.control().session(SessionId(id)).ok()
     }
 
+    /// (state, version, generation, binding) of the session: what a reattach changes.
+    pub fn gw_view(&self, id: u64) -> (jvpn_ctl::session::State, u64, u32, Option<String>) {
+        let s = self.session(id).expect("session at the gateway");
+        (s.state, s.version, s.generation, s.binding)
+    }
+
+    /// A UDP socket in the client namespace bound to `addr` (port 0: any), with a
+    /// read timeout.
+    pub fn client_udp(&self, addr: &str, timeout: Duration) -> std::net::UdpSocket {
+        let s = self
+            .lab
+            .client
+            .run(|| std::net::UdpSocket::bind(addr))
+            .unwrap_or_else(|e| panic!("binding {addr} in the client namespace: {e}"));
+        s.set_read_timeout(Some(timeout)).unwrap();
+        s
+    }
+
     pub fn stats(&self) -> Stats {
         self.control().stats().unwrap()
     }

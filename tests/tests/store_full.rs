@@ -4,7 +4,7 @@
 //! gateway keeps serving its sessions, and once space is back everything works
 //! again. The disk is a real tmpfs that is really full.
 
-use std::{net::UdpSocket, time::Duration};
+use std::time::Duration;
 
 use jvpn_ctl::{
     control::api::EventRecord,
@@ -95,13 +95,7 @@ fn a_full_state_dir_refuses_handshakes_and_reattaches_and_changes_nothing() {
     // New sessions until the store needs room it does not have.
     let mut established = Vec::new();
     let refused = loop {
-        let sock = lab
-            .lab
-            .client
-            .run(|| UdpSocket::bind("10.77.2.2:0"))
-            .unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
+        let sock = lab.client_udp("10.77.2.2:0", Duration::from_millis(100));
         match try_handshake(&sock, Lte.gw_addr(), &lab.client_id, &lab.gateway_pub, 5) {
             Ok(s) => established.push((sock, s)),
             Err(e) => break e,
@@ -142,7 +136,7 @@ fn a_full_state_dir_refuses_handshakes_and_reattaches_and_changes_nothing() {
 
     // The confirm swaps the map entry to LTE, then its commit fails: the swap is
     // taken back, the client is refused, the session is as it was.
-    let before = lab.session(id).unwrap();
+    let before = lab.gw_view(id);
     let confirm = a.control(Body::ReattachConfirm { challenge });
     a.send_raw(Lte, &confirm);
     let denied = |reply: &Option<Control>| {
@@ -151,19 +145,7 @@ fn a_full_state_dir_refuses_handshakes_and_reattaches_and_changes_nothing() {
     };
     let reply = a.recv_control(Lte, Duration::from_secs(2));
     assert!(denied(&reply), "{reply:?}");
-    let unchanged = |lab: &GwLab, what: &str| {
-        let after = lab.session(id).unwrap();
-        assert_eq!(
-            (after.state, after.version, after.generation, &after.binding),
-            (
-                before.state,
-                before.version,
-                before.generation,
-                &before.binding
-            ),
-            "{what}: nothing changed"
-        );
-    };
+    let unchanged = |lab: &GwLab, what: &str| assert_eq!(lab.gw_view(id), before, "{what}");
     unchanged(&lab, "a refused confirm");
     // The relay still sends the session's downlink to its Wi-Fi binding.
     assert_eq!(
@@ -207,13 +189,7 @@ fn a_full_state_dir_refuses_handshakes_and_reattaches_and_changes_nothing() {
     let reply = a.reattach(Lte).expect("an answer");
     assert!(matches!(reply.body, Body::ReattachAck { .. }), "{reply:?}");
     assert_eq!(a.echo(Lte, ECHO, b"moved").as_deref(), Some(&b"moved"[..]));
-    let sock = lab
-        .lab
-        .client
-        .run(|| UdpSocket::bind("10.77.2.2:0"))
-        .unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
+    let sock = lab.client_udp("10.77.2.2:0", Duration::from_millis(200));
     try_handshake(&sock, Lte.gw_addr(), &lab.client_id, &lab.gateway_pub, 20)
         .expect("a handshake with room in the store");
 

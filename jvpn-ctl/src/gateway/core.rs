@@ -245,9 +245,12 @@ impl Core {
         early
     }
 
+    /// Queues a link message of `session`; its frame is in [`Core::out`] unless the
+    /// link's window is full (then it goes out in its turn, as session 0's).
     pub(super) fn send_link(&mut self, session: u64, msg: crate::proto::LinkMsg, now_ms: u64) {
-        let data = self.link.send(msg, now_ms);
-        self.out.push(Outgoing::Link { session, data });
+        if let Some(data) = self.link.send(msg, now_ms) {
+            self.out.push(Outgoing::Link { session, data });
+        }
     }
 
     /// A datagram from a client, received on `local`.

@@ -261,5 +261,10 @@ impl Core {
                 bump(&mut self.counters.malformed, "link");
             }
         }
+        // An acknowledgement made room in the link's window.
+        for data in self.link.refill(now_ms) {
+            self.out
+                .push(super::core::Outgoing::Link { session: 0, data });
+        }
     }
 }

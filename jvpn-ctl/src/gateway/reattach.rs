@@ -150,6 +150,11 @@ impl Core {
         let Body::Keepalive { ts_ms, .. } = msg.body else {
             unreachable!("open() checked the type")
         };
+        if ts_ms < self.started_ms {
+            // Its counter may be past the stored high-water mark: a replay of one
+            // the previous controller saw. Neither liveness nor an answer.
+            return bump(&mut self.counters.keepalives, "before_start");
+        }
         let every = (self.policy.keepalive_interval_ms / 4).max(1);
         let e = self.sessions.get_mut(&id).expect("accept_ctl found it");
         let from_binding = e.session.binding == Some(peer);

@@ -19,18 +19,94 @@ use serde_json::Value;
 use super::{Bench, percentile, progress::Phase, stopped};
 use crate::agent::AgentLab;
 
+/// Three ctl-bench runs: the headline figures at `ctl_sessions` without a store, then
+/// a pair at `store_sessions` without and with the durable store (a directory on the
+/// disk the lab uses), side by side for the ratio.
 pub fn controller(b: &mut Bench) -> Result<()> {
     let n = b.profile.ctl_sessions;
-    let phase = Phase::new("controller", 1);
+    let m = b.profile.store_sessions;
+    let phase = Phase::new("controller", 3);
     let exe = std::env::current_exe()?;
     let bin = exe
         .parent()
         .map(|d| d.join("ctl-bench"))
         .filter(|p| p.exists())
         .context("ctl-bench is not next to jvpn-bench: build with `cargo xtask bench`")?;
-    phase.say(format!("ctl-bench --sessions {n}"));
-    let mut child = Command::new(&bin)
-        .args(["--sessions", &n.to_string()])
+    let v = ctl_bench(&bin, &phase, &["--sessions", &n.to_string()])?;
+    for key in [
+        "handshakes_per_s",
+        "reattaches_per_s",
+        "bytes_per_session_ctl",
+    ] {
+        b.set(key, v.get(key).cloned().unwrap_or(Value::Null));
+    }
+    b.set("ctl_bench", v.clone());
+    phase.step();
+
+    let none = ctl_bench(&bin, &phase, &["--sessions", &m.to_string()])?;
+    phase.step();
+    let dir = std::env::temp_dir().join(crate::unique("jvpn-ctlb-store"));
+    let store = ctl_bench(
+        &bin,
+        &phase,
+        &[
+            "--sessions",
+            &m.to_string(),
+            "--store",
+            &dir.to_string_lossy(),
+        ],
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = store?;
+    phase.step();
+    let ratio = |k: &str| {
+        let (a, b) = (store.get(k)?.as_f64()?, none.get(k)?.as_f64()?);
+        (b > 0.0).then(|| (a / b * 100.0).round() / 100.0)
+    };
+    b.set("store_sessions", m);
+    for (key, from) in [
+        ("handshakes_per_s_nostore", &none),
+        ("handshakes_per_s_store", &store),
+    ] {
+        b.set(
+            key,
+            from.get("handshakes_per_s").cloned().unwrap_or(Value::Null),
+        );
+    }
+    for (key, from) in [
+        ("reattaches_per_s_nostore", &none),
+        ("reattaches_per_s_store", &store),
+    ] {
+        b.set(
+            key,
+            from.get("reattaches_per_s").cloned().unwrap_or(Value::Null),
+        );
+    }
+    b.set("handshakes_store_ratio", ratio("handshakes_per_s"));
+    b.set("reattaches_store_ratio", ratio("reattaches_per_s"));
+    for key in ["restart_ms", "store_bytes_per_session"] {
+        b.set(key, store.get(key).cloned().unwrap_or(Value::Null));
+    }
+    b.set("ctl_bench_store", store.clone());
+    phase.done(format!(
+        "{} handshakes/s, {} reattaches/s, {} controller bytes/session at {n}; with the store \
+         at {m}: handshakes {}x, reattaches {}x, restart {} ms",
+        v["handshakes_per_s"],
+        v["reattaches_per_s"],
+        v["bytes_per_session_ctl"],
+        ratio("handshakes_per_s").unwrap_or(f64::NAN),
+        ratio("reattaches_per_s").unwrap_or(f64::NAN),
+        store["restart_ms"]
+    ));
+    Ok(())
+}
+
+/// Runs ctl-bench with `args`; its stderr goes to the progress line, its last stdout
+/// line is the result.
+fn ctl_bench(bin: &std::path::Path, phase: &Phase, args: &[&str]) -> Result<Value> {
+    phase.say(format!("ctl-bench {}", args.join(" ")));
+    let mut child = Command::new(bin)
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -47,29 +123,18 @@ pub fn controller(b: &mut Bench) -> Result<()> {
         bail!("ctl-bench failed ({}): {last_err}", out.status);
     }
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let v: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
-        .context("ctl-bench printed no JSON")?;
-    for key in [
-        "handshakes_per_s",
-        "reattaches_per_s",
-        "bytes_per_session_ctl",
-    ] {
-        b.set(key, v.get(key).cloned().unwrap_or(Value::Null));
-    }
-    b.set("ctl_bench", v.clone());
-    phase.step();
-    phase.done(format!(
-        "{} handshakes/s, {} reattaches/s, {} controller bytes/session at {n}",
-        v["handshakes_per_s"], v["reattaches_per_s"], v["bytes_per_session_ctl"]
-    ));
-    Ok(())
+    serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .context("ctl-bench printed no JSON")
 }
 
+/// The reattach round trip with the gateway's store on the lab's disk (as deployed),
+/// then, in the same lab, with it on a tmpfs, where an fsync costs nothing: the
+/// difference is what waiting for the disk adds.
 pub fn reattach_rtt(b: &mut Bench) -> Result<()> {
     let moves = b.profile.moves;
-    let phase = Phase::new("reattach", moves as u64);
+    let phase = Phase::new("reattach", 2 * moves as u64);
     phase.say("starting gateway, exit and client agent");
-    let lab = std::panic::catch_unwind(|| {
+    let mut lab = std::panic::catch_unwind(|| {
         AgentLab::start(
             "brt",
             "max_switches_per_minute = 100000\n",
@@ -78,13 +143,45 @@ pub fn reattach_rtt(b: &mut Bench) -> Result<()> {
         )
     })
     .map_err(|_| anyhow::anyhow!("the lab did not start (see the panic above)"))?;
+    let disk = rtts(&lab, moves, &phase)?;
+    phase.say("moving the gateway's state directory onto a tmpfs");
+    let _fs = crate::tmpfs::state_on_tmpfs(&mut lab.gw.stack, "256m")
+        .context("moving the state directory onto a tmpfs")?;
+    lab.wait_status(
+        "ATTACHED after the gateway restart",
+        Duration::from_secs(10),
+        |s| s.state == jvpn_ctl::session::State::Attached,
+    );
+    let tmpfs = rtts(&lab, moves, &phase)?;
+    let (p50, p99) = (percentile(&disk, 0.5), percentile(&disk, 0.99));
+    let (t50, t99) = (percentile(&tmpfs, 0.5), percentile(&tmpfs, 0.99));
+    b.set("reattach_rtt_us_p50", p50.round());
+    b.set("reattach_rtt_us_p99", p99.round());
+    b.set(
+        "reattach_rtt_us",
+        disk.iter().map(|v| v.round()).collect::<Vec<_>>(),
+    );
+    b.set("reattach_rtt_tmpfs_us_p50", t50.round());
+    b.set("reattach_rtt_tmpfs_us_p99", t99.round());
+    phase.done(format!(
+        "{} exchanges: p50 {p50:.0} µs, p99 {p99:.0} µs (request out → ACK in, captured at the \
+         client); store on a tmpfs: p50 {t50:.0} µs, p99 {t99:.0} µs",
+        disk.len()
+    ));
+    Ok(())
+}
+
+/// Moves the agent back and forth `moves` times; the round trips (µs, ascending)
+/// captured on the client's interfaces.
+fn rtts(lab: &AgentLab, moves: usize, phase: &Phase) -> Result<Vec<f64>> {
     let caps = [
         Capture::start(&lab.lab.client, Transport::Wifi.client_dev())?,
         Capture::start(&lab.lab.client, Transport::Lte.client_dev())?,
     ];
+    let from = lab.status().bound.unwrap_or_default();
     for i in 0..moves {
         stopped()?;
-        let to = if i % 2 == 0 {
+        let to = if (i % 2 == 0) == (from == Transport::Wifi.name()) {
             Transport::Lte
         } else {
             Transport::Wifi
@@ -99,9 +196,8 @@ pub fn reattach_rtt(b: &mut Bench) -> Result<()> {
     std::thread::sleep(Duration::from_millis(50));
     let mut rtts = Vec::new();
     for cap in &caps {
-        let frames = cap.frames();
         let mut pending = None;
-        for f in frames {
+        for f in cap.frames() {
             match (f.msg_type(), f.outgoing) {
                 (Some(msg_type::REATTACH_REQUEST), true) => pending = Some(f.at),
                 (Some(msg_type::REATTACH_ACK), false) => {
@@ -119,16 +215,5 @@ pub fn reattach_rtt(b: &mut Bench) -> Result<()> {
         rtts.len()
     );
     rtts.sort_by(f64::total_cmp);
-    let (p50, p99) = (percentile(&rtts, 0.5), percentile(&rtts, 0.99));
-    b.set("reattach_rtt_us_p50", p50.round());
-    b.set("reattach_rtt_us_p99", p99.round());
-    b.set(
-        "reattach_rtt_us",
-        rtts.iter().map(|v| v.round()).collect::<Vec<_>>(),
-    );
-    phase.done(format!(
-        "{} exchanges: p50 {p50:.0} µs, p99 {p99:.0} µs (request out → ACK in, captured at the client)",
-        rtts.len()
-    ));
-    Ok(())
+    Ok(rtts)
 }

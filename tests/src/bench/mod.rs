@@ -83,6 +83,8 @@ pub struct Profile {
     pub cost_rounds: usize,
     pub swaps: u32,
     pub ctl_sessions: u64,
+    /// Sessions of the ctl-bench pair run without and with the durable store.
+    pub store_sessions: u64,
     pub moves: usize,
 }
 
@@ -98,6 +100,7 @@ impl Profile {
             cost_rounds: 5,
             swaps: 10_000,
             ctl_sessions: 1_000_000,
+            store_sessions: 100_000,
             moves: 200,
         };
         if quick {
@@ -108,6 +111,7 @@ impl Profile {
                 cost_rounds: 3,
                 swaps: 1_000,
                 ctl_sessions: 2_000,
+                store_sessions: 2_000,
                 moves: 10,
                 ..full
             }

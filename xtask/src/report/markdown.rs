@@ -268,7 +268,17 @@ fn controller(md: &mut String, r: &Value) {
          ack), and the round trip of one reattach as its client sees it.\n\n",
     );
     let rtt = Rtt::read(r);
-    let n = |k| format::count(num(r, &[k]));
+    let n = |k: &str| format::count(num(r, &[k]));
+    let us = |k: &str| format::micros(num(r, &[k]));
+    let store_n = n("store_sessions");
+    let pair = |off: &'static str, on: &'static str, ratio: &str| {
+        format!(
+            "{} / {} ({}×)",
+            n(off),
+            n(on),
+            format::fixed(num(r, &[ratio]), 2)
+        )
+    };
     table(
         md,
         &[
@@ -285,6 +295,50 @@ fn controller(md: &mut String, r: &Value) {
         ],
     );
     plot(md, "Reattach round trip", "reattach_rtt");
+    md.push_str(&format!(
+        "### The durable session store\n\n\
+         The same ctl-bench at {store_n} sessions without and with the store (a redb file on \
+         the lab's disk, every batch fsync'd before its replies), and the reattach round trip \
+         above again with the gateway's state directory on a tmpfs, where an fsync costs \
+         nothing.\n\n"
+    ));
+    table(
+        md,
+        &[
+            (
+                "handshakes/s, no store / store",
+                pair(
+                    "handshakes_per_s_nostore",
+                    "handshakes_per_s_store",
+                    "handshakes_store_ratio",
+                ),
+            ),
+            (
+                "reattaches/s, no store / store",
+                pair(
+                    "reattaches_per_s_nostore",
+                    "reattaches_per_s_store",
+                    "reattaches_store_ratio",
+                ),
+            ),
+            (
+                "restart, controller's part (open, unseal, resume, commit)",
+                format!("{} ms", format::fixed(num(r, &["restart_ms"]), 1)),
+            ),
+            (
+                "store bytes per session (file size / sessions)",
+                format::bytes(num(r, &["store_bytes_per_session"])),
+            ),
+            (
+                "reattach round trip p50 / p99, store on a tmpfs",
+                format!(
+                    "{} / {}",
+                    us("reattach_rtt_tmpfs_us_p50"),
+                    us("reattach_rtt_tmpfs_us_p99")
+                ),
+            ),
+        ],
+    );
 }
 
 fn memory(md: &mut String, r: &Value) {
