@@ -56,9 +56,17 @@ fn keepalive(s: &mut jvpn_ctl::proto::ClientSession, mac: &ring::hmac::Key) -> V
 }
 
 fn run(n: usize) -> anyhow::Result<serde_json::Value> {
-    let mut lab = GwLab::start("rsb", "");
-    // Room for N sessions: a bigger pool and map, on fresh pins.
+    // Idle sessions stay ATTACHED for the whole run (no keepalives while N build up).
+    let mut lab = GwLab::start(
+        "rsb",
+        "transport_loss_ttl_ms = 900000\nmax_recovery_window_ms = 900000\n",
+    );
+    // Room for N sessions: a bigger pool at both ends and a bigger map, on fresh pins.
     lab.stack.stop("gateway");
+    let exit_cfg = lab.dir.join("exit.toml");
+    let text = std::fs::read_to_string(&exit_cfg)?.replace("/22\"", "/12\"");
+    std::fs::write(&exit_cfg, text)?;
+    lab.stack.restart("exit", false)?;
     let cfg = lab.dir.join("gateway.toml");
     let text = std::fs::read_to_string(&cfg)?
         .replace(
