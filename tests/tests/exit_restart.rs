@@ -57,6 +57,44 @@ fn exit_restart_resumes_the_tunnel_without_a_new_session() {
     );
 }
 
+/// Both killed (-9) and restarted, the exit first: the new gateway resumes from its
+/// store and installs every session at the new exit; the tunnel carries traffic
+/// again with the same session and no handshake.
+#[test]
+fn both_restarted_resume_the_tunnel_without_a_new_session() {
+    require_root!();
+    let mut lab = GwLab::start("xbr", "");
+    let _echo = echo_server(&lab, ECHO + 1);
+    let mut c = TestClient::connect(&lab, Wifi);
+    let id = c.id();
+    assert_eq!(
+        c.echo(Wifi, ECHO + 1, b"before").as_deref(),
+        Some(&b"before"[..])
+    );
+    let before = lab.gw_view(id);
+    lab.stack.stop("gateway");
+    lab.stack
+        .restart("exit", true)
+        .expect("restarting the exit");
+    lab.stack
+        .restart("gateway", true)
+        .expect("restarting the gateway");
+    assert_eq!(lab.gw_view(id), before, "resumed as it was");
+    // The INSTALL goes out at start; the exit may take a moment to acknowledge it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if c.echo(Wifi, ECHO + 1, b"after").as_deref() == Some(&b"after"[..]) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no tunnel after both restarted; gateway log:\n{}",
+            lab.log("gateway")
+        );
+    }
+    assert_eq!(lab.sessions().len(), 1, "no new session");
+}
+
 /// A gateway killed (-9) and restarted resumes its sessions from the store: same id,
 /// state, binding and generation, and the tunnel carries traffic again with no new
 /// handshake.

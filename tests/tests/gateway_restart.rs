@@ -178,6 +178,28 @@ mod store {
         assert_eq!(lab.map_sessions(), 1, "the map entry is untouched");
     }
 
+    /// A store sealed under another key (the key file replaced) refuses the start
+    /// with an error naming the store; the data plane keeps its entry.
+    #[test]
+    fn a_store_under_another_key_is_refused_naming_the_file() {
+        require_root!();
+        let mut lab = GwLab::start("gsx", "");
+        let _c = TestClient::connect(&lab, Wifi);
+        lab.stack.stop("gateway");
+        let key = lab.dir.join("state").join("store.key");
+        std::fs::remove_file(&key).unwrap();
+        jvpn_ctl::store::StoreKey::load_or_create(&key).unwrap();
+        let err = lab
+            .stack
+            .restart("gateway", false)
+            .expect_err("records sealed under another key must refuse the start");
+        let text = format!("{err}\n{}", lab.log("gateway"));
+        let file = lab.dir.join("state").join("sessions.redb");
+        assert!(text.contains(&file.display().to_string()), "{text}");
+        assert!(text.contains("another store key"), "{text}");
+        assert_eq!(lab.map_sessions(), 1, "the map entry is untouched");
+    }
+
     /// A REATTACH_REQUEST accepted before a restart and replayed after it is refused:
     /// its sequence and nonce came back with the session.
     #[test]
