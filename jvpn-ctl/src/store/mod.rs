@@ -5,11 +5,12 @@
 //! seals it ([`seal::Sealer`]) before it is written, because records hold session
 //! keys. [`SessionStore`] is the backend-neutral interface: [`local::LocalStore`]
 //! keeps the records in one redb file under `state_dir`, [`memory::MemoryStore`] in
-//! a `HashMap` for tests and the simulation, and an etcd backend can implement the
-//! same compare-and-swap on revisions later.
+//! a `HashMap` for tests and the simulation, and [`etcd::EtcdStore`] in an etcd
+//! cluster, where the revisions are etcd's own (not used by the gateway yet).
 
-use std::{collections::HashSet, io, path::PathBuf};
+use std::{collections::HashSet, io, path::PathBuf, time::Duration};
 
+pub mod etcd;
 pub mod local;
 pub mod memory;
 pub mod seal;
@@ -17,6 +18,7 @@ pub mod seal;
 #[cfg(test)]
 mod contract;
 
+pub use etcd::EtcdStore;
 pub use local::LocalStore;
 pub use memory::MemoryStore;
 pub use seal::{Sealer, StoreKey};
@@ -164,6 +166,38 @@ pub enum StoreError {
 
     #[error("{what}: {cause}")]
     Io { what: String, cause: io::Error },
+
+    #[error("etcd at {endpoints}: {what}: {cause}")]
+    Etcd {
+        endpoints: String,
+        what: &'static str,
+        cause: String,
+    },
+
+    /// Unreachable, stopped, or without a leader that answers. A batch that timed out
+    /// may have been applied all the same (etcd had it, the answer was lost).
+    #[error(
+        "etcd at {endpoints}: {what}: no answer within {after:?}: check that etcd runs there \
+         and has a leader (a batch that timed out may still have been applied: read its \
+         records back before retrying)"
+    )]
+    EtcdTimeout {
+        endpoints: String,
+        what: &'static str,
+        after: Duration,
+    },
+
+    /// etcd refused the transaction for its size; nothing was written.
+    #[error(
+        "etcd at {endpoints}: a batch of {writes} writes is over the server's limits ({cause}): \
+         start every member with --max-txn-ops of at least {writes} (default 128) and a \
+         --max-request-bytes above the batch's size (default 1.5 MiB)"
+    )]
+    EtcdBatchTooLarge {
+        endpoints: String,
+        writes: usize,
+        cause: String,
+    },
 }
 
 /// The checks every backend makes before writing a batch, so that they agree on
