@@ -63,7 +63,9 @@ impl Core {
         let Body::ReattachRequest(req) = msg.body else {
             unreachable!("open() checked the type")
         };
-        if proof_ok && req.ts_ms < self.started_ms {
+        // (Outside the freshness window it is the state machine's freshness_expired.)
+        let fresh = now_ms.abs_diff(req.ts_ms) <= self.policy.freshness_window_ms;
+        if proof_ok && fresh && req.ts_ms < self.started_ms {
             // Stamped before this controller started: the store has every request
             // the previous one answered, but not one whose batch a crash cut short,
             // so a replay of that one would get through. Changes nothing.
