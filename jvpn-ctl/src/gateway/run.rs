@@ -69,8 +69,13 @@ pub async fn run(
     cfg.validate()?;
     // Before anything touches the maps, the store, the sockets or the control socket.
     let _lock = super::lock::ControllerLock::acquire(&cfg.pin_dir)?;
-    let (mut store, sealer) = open_store(&cfg)?;
     let clock = Clock::new();
+    // The controller's start: the previous one is gone (it held the lock), and
+    // nothing can reach this one before its sockets are bound, later. HELLOs and
+    // requests stamped before it are refused (`before_start`), so it must not be
+    // later than the first answer a client can get.
+    let started = clock.now_ms();
+    let (mut store, sealer) = open_store(&cfg)?;
     let records = load_records(&store, &sealer, clock.now_ms())?;
     let identity = proto::identity::load(&cfg.identity)?;
     let peers = Peers::load(&cfg.peers)?;
@@ -131,7 +136,6 @@ pub async fn run(
         None => None,
     };
 
-    let now = clock.now_ms();
     let mut core = Core::new(
         CoreParams {
             policy: cfg.policy.clone(),
@@ -141,12 +145,13 @@ pub async fn run(
             exit_data: cfg.exit.data,
             gw_exit: SocketAddr::new(gw_exit_ip, cfg.port),
             link_key,
-            start_us: now * 1000,
+            start_us: started * 1000,
         },
         dp,
         bus,
-        now,
+        started,
     );
+    let now = clock.now_ms();
     let r = core.resume(records, now);
     tracing::info!(
         "resumed {} sessions from {} ({} map entries restored, {} unexplained entries \
