@@ -89,30 +89,49 @@ pub fn run(args: Args) -> Result<()> {
     let status = status.with_context(|| format!("starting {}", runner.display()))?;
 
     if json.exists() {
-        let text = std::fs::read_to_string(&json)?;
-        let value: serde_json::Value = serde_json::from_str(&text)
-            .with_context(|| format!("{} is not valid JSON", json.display()))?;
-        let name = relative(&json, &out_dir);
-        let files = report::render(&value, &name, &out_dir)?;
-        println!("bench: results {}", json.display());
-        for f in &files {
-            println!("bench: wrote {}", f.display());
-        }
-        println!(
-            "goals{}:",
-            if args.quick {
-                " (quick run: figures not comparable, no thresholds applied)"
-            } else {
-                ""
-            }
-        );
-        for g in report::goals(&value) {
-            println!("  {g}");
-        }
+        render_and_show(&json, &out_dir, args.quick)?;
     }
     println!("bench: took {}", util::elapsed(start.elapsed()));
     if !status.success() {
         bail!("jvpn-bench failed ({status}); see its output above");
+    }
+    Ok(())
+}
+
+/// `cargo xtask bench --render FILE [--report DIR]`: the report and the goals again
+/// from a results file, running nothing.
+pub fn render_only(json: &Path, report: Option<PathBuf>) -> Result<()> {
+    if !json.is_file() {
+        bail!(
+            "{}: no such results file (see bench/results/)",
+            json.display()
+        );
+    }
+    let out_dir = report.unwrap_or_else(|| util::workspace_root().join("bench"));
+    render_and_show(json, &out_dir, false)
+}
+
+fn render_and_show(json: &Path, out_dir: &Path, quick: bool) -> Result<()> {
+    let text =
+        std::fs::read_to_string(json).with_context(|| format!("reading {}", json.display()))?;
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not valid JSON", json.display()))?;
+    let name = relative(json, out_dir);
+    let files = report::render(&value, &name, out_dir)?;
+    println!("bench: results {}", json.display());
+    for f in &files {
+        println!("bench: wrote {}", f.display());
+    }
+    println!(
+        "goals{}:",
+        if quick {
+            " (quick run: figures not comparable, no thresholds applied)"
+        } else {
+            ""
+        }
+    );
+    for g in report::goals(&value) {
+        println!("  {g}");
     }
     Ok(())
 }

@@ -70,6 +70,10 @@ enum Verb {
         /// Phases to leave out: cost, throughput, swap, controller, reattach
         #[arg(long, value_name = "LIST")]
         skip: Option<String>,
+        /// Run nothing: render REPORT.md and plots/ again from this results file
+        /// (after a change to the report; needs no root)
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["quick", "json", "cpus", "skip"])]
+        render: Option<PathBuf>,
     },
     /// Labs left by `cargo xtask run -- --keep`
     Lab {
@@ -97,21 +101,25 @@ fn main() -> ExitCode {
             report,
             cpus,
             skip,
-        } => {
-            let mut extra: Vec<OsString> = Vec::new();
-            if let Some(c) = cpus {
-                extra.extend(["--cpus".into(), c.into()]);
+            render,
+        } => match render {
+            Some(file) => bench::render_only(&file, report),
+            None => {
+                let mut extra: Vec<OsString> = Vec::new();
+                if let Some(c) = cpus {
+                    extra.extend(["--cpus".into(), c.into()]);
+                }
+                if let Some(s) = skip {
+                    extra.extend(["--skip".into(), s.into()]);
+                }
+                bench::run(bench::Args {
+                    quick,
+                    json,
+                    report,
+                    extra,
+                })
             }
-            if let Some(s) = skip {
-                extra.extend(["--skip".into(), s.into()]);
-            }
-            bench::run(bench::Args {
-                quick,
-                json,
-                report,
-                extra,
-            })
-        }
+        },
         Verb::Lab {
             command: LabCommand::Down,
         } => run::lab_down(),

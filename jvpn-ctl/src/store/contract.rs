@@ -34,7 +34,7 @@ impl Drop for TestDir {
     }
 }
 
-fn put(id: u64, expect: Revision, value: &[u8]) -> Write {
+pub(crate) fn put(id: u64, expect: Revision, value: &[u8]) -> Write {
     Write::Put {
         id,
         expect,
@@ -46,7 +46,7 @@ fn del(id: u64, expect: Revision) -> Write {
     Write::Delete { id, expect }
 }
 
-fn sorted(s: &impl SessionStore) -> Vec<(u64, Revision, Vec<u8>)> {
+pub(crate) fn sorted(s: &impl SessionStore) -> Vec<(u64, Revision, Vec<u8>)> {
     let mut l = s.list().expect("list");
     l.sort();
     l
@@ -154,4 +154,41 @@ pub(crate) fn contract(s: &mut impl SessionStore) {
     let r7 = s.apply(&[del(6, r6[0]), del(7, r6[1])]).unwrap();
     assert_eq!(r7, vec![0, 0]);
     assert_eq!(s.list().unwrap().len(), 4);
+}
+
+/// Prints the latency of `apply` on `s`: 50 single 600-byte Puts, then `rounds`
+/// batches of `batch` Puts (a figure for docs/gateway.md, not an assertion).
+pub(crate) fn commit_latency(s: &mut impl SessionStore, label: &str, batch: u64, rounds: u64) {
+    use std::time::{Duration, Instant};
+    let value = vec![0x42u8; 600];
+    let n = 50u64;
+    let mut one = Vec::new();
+    for id in 0..n {
+        let t = Instant::now();
+        s.apply(&[put(id, 0, &value)]).expect("a single put");
+        one.push(t.elapsed());
+    }
+    let mut many = Vec::new();
+    for round in 0..rounds {
+        let writes: Vec<Write> = (0..batch)
+            .map(|i| put(1_000_000 * (round + 1) + i, 0, &value))
+            .collect();
+        let t = Instant::now();
+        s.apply(&writes).expect("a batch of puts");
+        many.push(t.elapsed());
+    }
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let show = |what: String, v: &mut Vec<Duration>| {
+        v.sort();
+        eprintln!(
+            "{label} apply, {what}, {} runs: min {:.2} ms, median {:.2} ms, max {:.2} ms",
+            v.len(),
+            ms(v[0]),
+            ms(v[v.len() / 2]),
+            ms(v[v.len() - 1])
+        );
+    };
+    show("one 600-byte Put".into(), &mut one);
+    show(format!("{batch} 600-byte Puts"), &mut many);
+    assert_eq!(s.list().expect("list").len(), (n + batch * rounds) as usize);
 }

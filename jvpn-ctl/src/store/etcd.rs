@@ -554,23 +554,9 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 mod tests {
     use std::{net::TcpListener, time::Instant};
 
-    use super::super::contract::contract;
+    use super::super::contract::{commit_latency, contract, put, sorted};
     use super::*;
     use crate::lab::etcd::{Etcd, MAX_TXN_OPS, start_or_skip};
-
-    fn put(id: u64, expect: Revision, value: &[u8]) -> Write {
-        Write::Put {
-            id,
-            expect,
-            value: value.to_vec(),
-        }
-    }
-
-    fn sorted(s: &impl SessionStore) -> Vec<(u64, Revision, Vec<u8>)> {
-        let mut l = s.list().unwrap();
-        l.sort();
-        l
-    }
 
     fn store(etcd: &Etcd, prefix: &str, timeout: Duration) -> EtcdStore {
         EtcdStore::connect(&[etcd.endpoint()], prefix, timeout).unwrap()
@@ -830,52 +816,11 @@ mod tests {
     }
 
     #[test]
-    fn commit_latency() {
-        let Some(etcd) = start_or_skip("store::etcd::tests::commit_latency") else {
+    fn commit_latency_of_etcd() {
+        let Some(etcd) = start_or_skip("store::etcd::tests::commit_latency_of_etcd") else {
             return;
         };
         let mut s = store(&etcd, DEFAULT_PREFIX, DEFAULT_TIMEOUT);
-        let value = vec![0x42u8; 600];
-        let n = 50u64;
-        let mut one = Vec::new();
-        for id in 0..n {
-            let t = Instant::now();
-            s.apply(&[put(id, 0, &value)]).unwrap();
-            one.push(t.elapsed());
-        }
-        one.sort();
-        let mut batch = Vec::new();
-        for round in 0..10u64 {
-            let writes: Vec<Write> = (0..256)
-                .map(|i| put(1_000_000 * (round + 1) + i, 0, &value))
-                .collect();
-            let t = Instant::now();
-            s.apply(&writes).unwrap();
-            batch.push(t.elapsed());
-        }
-        batch.sort();
-        let ms = |d: Duration| d.as_secs_f64() * 1e3;
-        eprintln!(
-            "etcd apply, one 600-byte Put, {n} runs: min {:.2} ms, median {:.2} ms, max {:.2} ms",
-            ms(one[0]),
-            ms(one[one.len() / 2]),
-            ms(one[one.len() - 1])
-        );
-        eprintln!(
-            "etcd apply, 256 600-byte Puts, {} runs: min {:.2} ms, median {:.2} ms, max {:.2} ms",
-            batch.len(),
-            ms(batch[0]),
-            ms(batch[batch.len() / 2]),
-            ms(batch[batch.len() - 1])
-        );
-        let t = Instant::now();
-        let all = s.list().unwrap();
-        eprintln!(
-            "etcd list, {} records ({} pages): {:.2} ms",
-            all.len(),
-            all.len().div_ceil(PAGE as usize),
-            ms(t.elapsed())
-        );
-        assert_eq!(all.len(), n as usize + 2560);
+        commit_latency(&mut s, "etcd", 256, 10);
     }
 }

@@ -404,22 +404,8 @@ mod tests {
         time::{Duration, Instant},
     };
 
-    use super::super::contract::{TestDir, contract};
+    use super::super::contract::{TestDir, commit_latency, contract, put, sorted};
     use super::*;
-
-    fn put(id: u64, expect: Revision, value: &[u8]) -> Write {
-        Write::Put {
-            id,
-            expect,
-            value: value.to_vec(),
-        }
-    }
-
-    fn sorted(s: &impl SessionStore) -> Vec<(u64, Revision, Vec<u8>)> {
-        let mut l = s.list().unwrap();
-        l.sort();
-        l
-    }
 
     fn names_file(e: &StoreError, dir: &Path) {
         let want = dir.join(FILE_NAME).display().to_string();
@@ -780,42 +766,9 @@ mod tests {
     }
 
     #[test]
-    fn commit_latency() {
+    fn commit_latency_of_redb() {
         let dir = TestDir::new("latency");
         let mut s = LocalStore::open(dir.path()).unwrap();
-        let value = vec![0x42u8; 600];
-        let n = 50u64;
-        let mut one = Vec::new();
-        for id in 0..n {
-            let t = Instant::now();
-            s.apply(&[put(id, 0, &value)]).unwrap();
-            one.push(t.elapsed());
-        }
-        one.sort();
-        let mut batch = Vec::new();
-        for round in 0..5u64 {
-            let writes: Vec<Write> = (0..1000)
-                .map(|i| put(1_000_000 * (round + 1) + i, 0, &value))
-                .collect();
-            let t = Instant::now();
-            s.apply(&writes).unwrap();
-            batch.push(t.elapsed());
-        }
-        batch.sort();
-        let ms = |d: Duration| d.as_secs_f64() * 1e3;
-        eprintln!(
-            "apply, one 600-byte Put, {n} runs: min {:.2} ms, median {:.2} ms, max {:.2} ms",
-            ms(one[0]),
-            ms(one[one.len() / 2]),
-            ms(one[one.len() - 1])
-        );
-        eprintln!(
-            "apply, 1000 600-byte Puts, {} runs: min {:.2} ms, median {:.2} ms, max {:.2} ms",
-            batch.len(),
-            ms(batch[0]),
-            ms(batch[batch.len() / 2]),
-            ms(batch[batch.len() - 1])
-        );
-        assert_eq!(s.list().unwrap().len(), n as usize + 5000);
+        commit_latency(&mut s, "redb", 1000, 5);
     }
 }

@@ -434,7 +434,7 @@ mod tests {
         assert!(md.contains("(quick run)"));
         assert!(md.contains("Quick run: a smoke check"));
         assert!(md.contains("date unknown"));
-        assert!(md.contains("**1 of 8 goals met**, 7 not measured."));
+        assert!(md.contains("**1 of 10 goals met**, 9 not measured."));
         assert!(md.contains("| swaps | — |"));
         assert!(md.contains("No throughput was measured."));
         assert!(md.contains("**Machine:** —."));

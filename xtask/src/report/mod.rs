@@ -206,7 +206,7 @@ mod tests {
             "(full run) from a run started 2026-11-18 11:06 UTC, which took 8m32s",
             "[results.json](results.json)",
             "**Machine:** AMD EPYC 7B13, 2 cores, Linux 6.18.0, 24.0 GiB RAM.",
-            "**8 of 8 goals met**.",
+            "**9 of 10 goals met**, 1 missed.",
             "| relay throughput / plain XDP redirect forwarder (`relay_over_fwd`) | ≥ 0.85 | 0.93 | ✅ met |",
             "| mode | 64 B payload (106 B frame) | 1400 B payload (1442 B frame) |",
             "| XDP_DROP (ceiling) | 7.10 | 2.00 |",
@@ -241,7 +241,7 @@ mod tests {
     fn renders_partial_and_empty_results() {
         let (_dir, files) = render_into(&json!({}));
         let md = fs::read_to_string(&files[0]).unwrap();
-        assert!(md.contains("**0 of 8 goals met**, 8 not measured."));
+        assert!(md.contains("**0 of 10 goals met**, 10 not measured."));
         for plot in &files[1..] {
             assert!(fs::read_to_string(plot).unwrap().contains("no data"));
         }
@@ -262,7 +262,10 @@ mod tests {
         obj["pps"].as_array_mut().unwrap().truncate(3);
         let (_dir, files) = render_into(&partial);
         let md = fs::read_to_string(&files[0]).unwrap();
-        assert!(md.contains("**6 of 8 goals met**, 2 not measured."), "{md}");
+        assert!(
+            md.contains("**7 of 10 goals met**, 1 missed, 2 not measured."),
+            "{md}"
+        );
         assert!(
             md.contains("| jvpn relay, 1M sessions | 3.70 | — |"),
             "{md}"
