@@ -401,7 +401,7 @@ mod tests {
         io::{BufRead, BufReader},
         os::unix::fs::PermissionsExt,
         process::{Command, Stdio},
-        time::{Duration, Instant},
+        time::Duration,
     };
 
     use super::super::contract::{TestDir, commit_latency, contract, put, sorted};
