@@ -135,6 +135,12 @@ fn gateway_kill9_resumes_its_sessions() {
         )
     );
     assert_eq!(after.version, before.version, "no transition on resume");
+    assert!(
+        after.age_s >= before.age_s,
+        "the age continues across the restart ({} s, then {} s)",
+        before.age_s,
+        after.age_s
+    );
     assert_eq!(c.echo(Wifi, ECHO, b"after").as_deref(), Some(&b"after"[..]));
     let started = lab.events().into_iter().find_map(|e| match e {
         jvpn_ctl::control::api::EventRecord::ControllerStarted { resumed, .. } => Some(resumed),
@@ -151,6 +157,50 @@ fn gateway_kill9_resumes_its_sessions() {
             jvpn_ctl::proto::Body::ReattachAck { generation: 2, .. }
         ),
         "{ack:?}"
+    );
+}
+
+/// A host reboot loses the pinned data plane but not the store: the next start
+/// loads fresh maps and writes every session's entry from its record; the tunnel
+/// works again with the same session.
+#[test]
+fn after_a_reboot_the_records_reinstall_the_map() {
+    require_root!();
+    let mut lab = GwLab::start("xrb", "");
+    let _echo = echo_server(&lab, ECHO + 2);
+    let mut c = TestClient::connect(&lab, Wifi);
+    let id = c.id();
+    assert_eq!(
+        c.echo(Wifi, ECHO + 2, b"before").as_deref(),
+        Some(&b"before"[..])
+    );
+    let before = lab.gw_view(id);
+    lab.stack.stop("gateway");
+    // What a reboot does to bpffs: every pin gone.
+    for f in std::fs::read_dir(&lab.lab.pins.0).unwrap() {
+        std::fs::remove_file(f.unwrap().path()).unwrap();
+    }
+    lab.stack
+        .restart("gateway", false)
+        .expect("start after the reboot");
+    assert_eq!(lab.gw_view(id), before, "resumed as it was");
+    assert_eq!(lab.map_sessions(), 1, "its entry is back");
+    let started = lab.events().into_iter().find_map(|e| match e {
+        jvpn_ctl::control::api::EventRecord::ControllerStarted {
+            resumed,
+            reinstalled,
+            ..
+        } => Some((resumed, reinstalled)),
+        _ => None,
+    });
+    assert_eq!(
+        started,
+        Some((1, 1)),
+        "resumed 1, its map entry reinstalled"
+    );
+    assert_eq!(
+        c.echo(Wifi, ECHO + 2, b"after").as_deref(),
+        Some(&b"after"[..])
     );
 }
 
