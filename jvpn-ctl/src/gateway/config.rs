@@ -52,6 +52,56 @@ pub struct GatewayConfig {
     /// created (0600) on first start.
     #[serde(default)]
     pub store_key: Option<PathBuf>,
+    /// Where the records go: the local file under `state_dir` unless `[store]` says
+    /// otherwise.
+    #[serde(default)]
+    pub store: StoreConfig,
+}
+
+/// The session store's backend (`[store]`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// "local" (a redb file in `state_dir`) or "etcd".
+    #[serde(default = "default_backend")]
+    pub backend: String,
+    /// etcd client URLs, e.g. `["http://10.0.0.5:2379"]`.
+    #[serde(default)]
+    pub etcd_endpoints: Vec<String>,
+    #[serde(default = "default_etcd_prefix")]
+    pub etcd_prefix: String,
+    /// How long one etcd request may take before the change it carries is refused.
+    #[serde(default = "default_etcd_timeout_ms")]
+    pub etcd_timeout_ms: u64,
+    /// Writes per transaction the etcd servers accept (their `--max-txn-ops`, 128 by
+    /// default); a larger group commit is split.
+    #[serde(default = "default_etcd_max_txn_ops")]
+    pub etcd_max_txn_ops: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            backend: default_backend(),
+            etcd_endpoints: Vec::new(),
+            etcd_prefix: default_etcd_prefix(),
+            etcd_timeout_ms: default_etcd_timeout_ms(),
+            etcd_max_txn_ops: default_etcd_max_txn_ops(),
+        }
+    }
+}
+
+fn default_backend() -> String {
+    "local".into()
+}
+fn default_etcd_prefix() -> String {
+    crate::store::etcd::DEFAULT_PREFIX.into()
+}
+fn default_etcd_timeout_ms() -> u64 {
+    2_000
+}
+fn default_etcd_max_txn_ops() -> usize {
+    128
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,6 +166,32 @@ impl GatewayConfig {
         Ok(crate::toml_file::load(path)?)
     }
 
+    fn validate_store(&self) -> Result<(), ConfigError> {
+        let st = &self.store;
+        match st.backend.as_str() {
+            "local" => Ok(()),
+            "etcd" if st.etcd_endpoints.is_empty() => Err(invalid(
+                "store.etcd_endpoints",
+                "the etcd backend needs at least one endpoint",
+            )),
+            "etcd" if !(50..=60_000).contains(&st.etcd_timeout_ms) => Err(invalid(
+                "store.etcd_timeout_ms",
+                format!("{} is outside 50..=60000", st.etcd_timeout_ms),
+            )),
+            "etcd" if st.etcd_max_txn_ops == 0 => {
+                Err(invalid("store.etcd_max_txn_ops", "must be at least 1"))
+            }
+            "etcd" if !st.etcd_prefix.ends_with('/') => {
+                Err(invalid("store.etcd_prefix", "must end with '/'"))
+            }
+            "etcd" => Ok(()),
+            other => Err(invalid(
+                "store.backend",
+                format!("{other:?}: expected \"local\" or \"etcd\""),
+            )),
+        }
+    }
+
     /// Parses TOML; the messages name the offending key and line.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
         Ok(crate::toml_file::parse(text)?)
@@ -123,6 +199,7 @@ impl GatewayConfig {
 
     /// Checks what serde cannot: ranges and relations between values.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_store()?;
         if self.interfaces.is_empty() {
             return Err(invalid("interfaces", "at least one interface is needed"));
         }
@@ -183,6 +260,40 @@ impl GatewayConfig {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_store_section_is_checked() {
+        let base = "interfaces = [\"eth0\"]\nidentity = \"/k\"\npeers = \"/p\"\n\
+                    [exit]\ndata = \"10.0.0.2:51821\"\nlink = \"10.0.0.2:51822\"\n\
+                    link_key = \"/l\"\n[pool]\ncidr = \"10.99.0.0/22\"\n";
+        let with = |store: &str| {
+            let c = GatewayConfig::parse(&format!("{base}[store]\n{store}")).unwrap();
+            c.validate().err().map(|e| e.to_string())
+        };
+        let c = GatewayConfig::parse(base).unwrap();
+        assert_eq!(c.store.backend, "local", "the local file by default");
+        assert_eq!(with("backend = \"local\""), None);
+        assert_eq!(
+            with("backend = \"etcd\"\netcd_endpoints = [\"http://10.0.0.5:2379\"]"),
+            None
+        );
+        let err = with("backend = \"etcd\"").unwrap();
+        assert!(err.contains("store.etcd_endpoints"), "{err}");
+        let err = with("backend = \"sqlite\"").unwrap();
+        assert!(
+            err.contains("store.backend") && err.contains("sqlite"),
+            "{err}"
+        );
+        let err =
+            with("backend = \"etcd\"\netcd_endpoints = [\"http://e:2379\"]\netcd_timeout_ms = 10")
+                .unwrap();
+        assert!(err.contains("store.etcd_timeout_ms"), "{err}");
+        let err =
+            with("backend = \"etcd\"\netcd_endpoints = [\"http://e:2379\"]\netcd_prefix = \"/x\"")
+                .unwrap();
+        assert!(err.contains("store.etcd_prefix"), "{err}");
+    }
+
     use super::*;
 
     const GOOD: &str = r#"

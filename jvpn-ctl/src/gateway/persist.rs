@@ -126,37 +126,52 @@ impl Core {
             return Ok(Commit::Durable);
         }
         let batch = self.pending_writes(sealer);
-        let failed = match store.apply(&batch) {
-            Ok(revs) => {
-                self.committed(&batch, &revs);
-                return Ok(Commit::Durable);
+        // Each transaction is atomic; a group commit larger than the store takes is
+        // several, and a failure rolls back only the sessions not yet committed.
+        for chunk in batch.chunks(store.max_batch().max(1)) {
+            let failed = match store.apply(chunk) {
+                Ok(revs) => {
+                    self.record_revisions(chunk, &revs);
+                    continue;
+                }
+                Err(e @ (StoreError::Conflict { .. } | StoreError::DuplicateId(_))) => {
+                    return Err(e);
+                }
+                Err(e) => e,
+            };
+            // A failed fsync (or a timed-out etcd request) may still have written
+            // the chunk: ask the store again.
+            match landed(store, chunk) {
+                Ok(Some(revs)) => {
+                    tracing::warn!(
+                        "the session store reported {failed}, but the batch was written"
+                    );
+                    self.record_revisions(chunk, &revs);
+                }
+                Ok(None) => {
+                    let r = self.rollback(now_ms).map_err(|bug| StoreError::Io {
+                        what: format!("rolling back after {failed}"),
+                        cause: std::io::Error::other(bug),
+                    })?;
+                    self.release_events();
+                    return Ok(Commit::RolledBack {
+                        error: failed,
+                        refused: r,
+                    });
+                }
+                Err(e) => {
+                    return Err(StoreError::Io {
+                        what: format!(
+                            "after {failed}, the store cannot say whether the batch was written"
+                        ),
+                        cause: std::io::Error::other(e.to_string()),
+                    });
+                }
             }
-            Err(e @ (StoreError::Conflict { .. } | StoreError::DuplicateId(_))) => return Err(e),
-            Err(e) => e,
-        };
-        // A failed fsync may still have written the batch: ask the store again.
-        match landed(store, &batch) {
-            Ok(Some(revs)) => {
-                tracing::warn!("the session store reported {failed}, but the batch was written");
-                self.committed(&batch, &revs);
-                Ok(Commit::Durable)
-            }
-            Ok(None) => {
-                let r = self.rollback(now_ms).map_err(|bug| StoreError::Io {
-                    what: format!("rolling back after {failed}"),
-                    cause: std::io::Error::other(bug),
-                })?;
-                self.release_events();
-                Ok(Commit::RolledBack {
-                    error: failed,
-                    refused: r,
-                })
-            }
-            Err(e) => Err(StoreError::Io {
-                what: format!("after {failed}, the store cannot say whether the batch was written"),
-                cause: std::io::Error::other(e.to_string()),
-            }),
         }
+        self.batch_durable();
+        self.release_events();
+        Ok(Commit::Durable)
     }
 
     /// Without a store (benchmarks measuring the controller alone): forgets what a
@@ -188,13 +203,7 @@ impl Core {
         batch
     }
 
-    /// `batch` (from [`Core::pending_writes`]) is durable with these revisions.
-    fn committed(&mut self, batch: &[Write], revs: &[Revision]) {
-        self.record_revisions(batch, revs);
-        self.batch_durable();
-        self.release_events();
-    }
-
+    /// `batch` (part of [`Core::pending_writes`]) is durable with these revisions.
     fn record_revisions(&mut self, batch: &[Write], revs: &[Revision]) {
         for (w, &rev) in batch.iter().zip(revs) {
             match *w {
@@ -206,6 +215,9 @@ impl Core {
                 }
                 Write::Delete { id, .. } => {
                     self.deleted.remove(&id);
+                    if let Some(e) = self.torn.remove(&id) {
+                        self.pool.release(e.tunnel);
+                    }
                 }
             }
         }

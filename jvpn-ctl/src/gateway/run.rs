@@ -25,7 +25,7 @@ use crate::{
     control::{self, events::EventBus},
     datapath::{AttachMode, Datapath, DatapathConfig, DatapathError},
     proto::{self, Peers, ProtoError},
-    store::{LocalStore, Revision, Sealer, SessionStore, StoreError, StoreKey},
+    store::{EtcdStore, LocalStore, Revision, Sealer, SessionStore, StoreError, StoreKey},
 };
 
 /// Inputs handled before one group commit of the store (and the replies they
@@ -50,11 +50,8 @@ pub enum GatewayError {
     Lock(#[from] super::lock::LockError),
     #[error("session store: {0}")]
     Store(#[from] StoreError),
-    #[error("session store {}: {cause}", path.display())]
-    Record {
-        path: std::path::PathBuf,
-        cause: String,
-    },
+    #[error("session store {store}: {cause}")]
+    Record { store: String, cause: String },
     #[error("{what}: {cause}")]
     Io { what: String, cause: std::io::Error },
 }
@@ -76,7 +73,7 @@ pub async fn run(
     // later than the first answer a client can get.
     let started = clock.now_ms();
     let (mut store, sealer) = open_store(&cfg)?;
-    let records = load_records(&store, &sealer, clock.now_ms())?;
+    let records = load_records(store.as_ref(), &sealer, clock.now_ms())?;
     let identity = proto::identity::load(&cfg.identity)?;
     let peers = Peers::load(&cfg.peers)?;
     if peers.is_empty() {
@@ -157,13 +154,13 @@ pub async fn run(
         "resumed {} sessions from {} ({} map entries restored, {} unexplained entries \
          removed, {} expired while stopped)",
         r.resumed,
-        store.path().display(),
+        store.describe(),
         r.reinstalled,
         r.removed,
         r.expired
     );
     // At start a store that cannot write is an error, not a rollback.
-    if let Commit::RolledBack { error, .. } = core.persist(&mut store, &sealer, now)? {
+    if let Commit::RolledBack { error, .. } = core.persist(store.as_mut(), &sealer, now)? {
         return Err(error.into());
     }
     tracing::info!(
@@ -190,7 +187,7 @@ pub async fn run(
                 // Answered after the commit: a kill or drain the store refused did
                 // not happen.
                 let resp = core.on_request(&c.request, clock.now_ms());
-                let resp = match persist(&mut core, &mut store, &sealer, clock.now_ms(), &mut warned)? {
+                let resp = match persist(&mut core, store.as_mut(), &sealer, clock.now_ms(), &mut warned)? {
                     Some(e) => control::api::Response::error(format_args!("nothing changed: {e}")),
                     None => resp,
                 };
@@ -222,7 +219,13 @@ pub async fn run(
         );
         let swapped = core.take_swapped();
         fault.at(swapped, Fault::SwapBeforeCommit);
-        persist(&mut core, &mut store, &sealer, clock.now_ms(), &mut warned)?;
+        persist(
+            &mut core,
+            store.as_mut(),
+            &sealer,
+            clock.now_ms(),
+            &mut warned,
+        )?;
         fault.at(swapped, Fault::SwapAfterCommit);
         flush(&mut core, &sockets, &link_sock, cfg.exit.link);
     }
@@ -235,7 +238,13 @@ pub async fn run(
             core.on_link_frame(&f, clock.now_ms());
         }
         core.tick(clock.now_ms());
-        persist(&mut core, &mut store, &sealer, clock.now_ms(), &mut warned)?;
+        persist(
+            &mut core,
+            store.as_mut(),
+            &sealer,
+            clock.now_ms(),
+            &mut warned,
+        )?;
         flush(&mut core, &sockets, &link_sock, cfg.exit.link);
     }
     if core.link_pending() > 0 {
@@ -244,12 +253,18 @@ pub async fn run(
             core.link_pending()
         );
     }
-    persist(&mut core, &mut store, &sealer, clock.now_ms(), &mut warned)?;
+    persist(
+        &mut core,
+        store.as_mut(),
+        &sealer,
+        clock.now_ms(),
+        &mut warned,
+    )?;
     tracing::info!(
         "gateway stopped; {} sessions kept in {} (the data plane keeps forwarding; the \
          next start resumes them, `jvpn-ctl drain` ends them)",
         core.session_count(),
-        store.path().display()
+        store.describe()
     );
     Ok(())
 }
@@ -291,7 +306,7 @@ impl Fault {
 }
 
 /// Creates the state directory (0700) and the store key on first start.
-fn open_store(cfg: &GatewayConfig) -> Result<(LocalStore, Sealer), GatewayError> {
+fn open_store(cfg: &GatewayConfig) -> Result<(Box<dyn SessionStore>, Sealer), GatewayError> {
     let dir = &cfg.state_dir;
     if !dir.exists() {
         std::fs::create_dir_all(dir).map_err(|cause| GatewayError::Io {
@@ -319,19 +334,29 @@ fn open_store(cfg: &GatewayConfig) -> Result<(LocalStore, Sealer), GatewayError>
             dir.display()
         );
     }
-    let store = LocalStore::open(dir)?;
+    let store: Box<dyn SessionStore> = match cfg.store.backend.as_str() {
+        "etcd" => Box::new(
+            EtcdStore::connect(
+                &cfg.store.etcd_endpoints,
+                &cfg.store.etcd_prefix,
+                Duration::from_millis(cfg.store.etcd_timeout_ms),
+            )?
+            .with_max_batch(cfg.store.etcd_max_txn_ops),
+        ),
+        _ => Box::new(LocalStore::open(dir)?),
+    };
     Ok((store, Sealer::new(&key)))
 }
 
 /// Every record, unsealed and decoded; one that fails refuses the start (naming the
 /// store and the session) rather than resuming half of them.
 pub fn load_records(
-    store: &LocalStore,
+    store: &dyn SessionStore,
     sealer: &Sealer,
     now_ms: u64,
 ) -> Result<Vec<(Revision, super::core::Entry)>, GatewayError> {
     let bad = |cause: String| GatewayError::Record {
-        path: store.path().to_path_buf(),
+        store: store.describe(),
         cause,
     };
     let mut out = Vec::new();
@@ -352,7 +377,7 @@ pub fn load_records(
 /// are not sent).
 fn persist(
     core: &mut Core,
-    store: &mut LocalStore,
+    store: &mut dyn SessionStore,
     sealer: &Sealer,
     now_ms: u64,
     warned: &mut Warned,

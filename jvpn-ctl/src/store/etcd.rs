@@ -55,7 +55,11 @@ const RECORD: &str = "/record";
 pub struct EtcdStore {
     requests: mpsc::UnboundedSender<Request>,
     config: Config,
+    max_batch: usize,
 }
+
+/// etcd's default `--max-txn-ops`: operations one transaction may hold.
+pub const DEFAULT_MAX_TXN_OPS: usize = 128;
 
 /// What a client thread needs to (re)connect and to name the cluster in errors.
 #[derive(Clone)]
@@ -126,9 +130,17 @@ impl EtcdStore {
         let store = Self {
             requests: spawn_client(config.clone())?,
             config,
+            max_batch: DEFAULT_MAX_TXN_OPS,
         };
         store.call(Op::Ping)?;
         Ok(store)
+    }
+
+    /// The servers' `--max-txn-ops`, if not etcd's default: group commits are split
+    /// into transactions of at most this many writes.
+    pub fn with_max_batch(mut self, ops: usize) -> Self {
+        self.max_batch = ops.max(1);
+        self
     }
 
     pub fn endpoints(&self) -> &str {
@@ -159,6 +171,14 @@ fn gone() -> String {
 }
 
 impl SessionStore for EtcdStore {
+    fn max_batch(&self) -> usize {
+        self.max_batch
+    }
+
+    fn describe(&self) -> String {
+        format!("etcd {} {}", self.config.shown, self.config.prefix)
+    }
+
     fn list(&self) -> Result<Vec<(u64, Revision, Vec<u8>)>, StoreError> {
         self.call(Op::List)
     }

@@ -172,6 +172,10 @@ impl LocalStore {
 }
 
 impl SessionStore for LocalStore {
+    fn describe(&self) -> String {
+        self.path.display().to_string()
+    }
+
     fn list(&self) -> Result<Vec<(u64, Revision, Vec<u8>)>, StoreError> {
         const W: &str = "listing sessions";
         let rtx = self.db()?.begin_read().map_err(self.err(W))?;

@@ -20,6 +20,10 @@ impl MemoryStore {
 }
 
 impl SessionStore for MemoryStore {
+    fn describe(&self) -> String {
+        "the in-memory store".into()
+    }
+
     fn list(&self) -> Result<Vec<(u64, Revision, Vec<u8>)>, StoreError> {
         Ok(self
             .records

@@ -82,6 +82,15 @@ pub trait SessionStore {
     fn recover(&mut self) -> Result<(), StoreError> {
         Ok(())
     }
+
+    /// Writes one [`SessionStore::apply`] may carry (etcd servers refuse larger
+    /// transactions); a caller splits a larger group commit.
+    fn max_batch(&self) -> usize {
+        usize::MAX
+    }
+
+    /// What to call this store in messages: its file, or its servers and prefix.
+    fn describe(&self) -> String;
 }
 
 /// Everything that can go wrong in the session store. Each variant names the file,

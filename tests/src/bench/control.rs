@@ -19,13 +19,13 @@ use serde_json::Value;
 use super::{Bench, percentile, progress::Phase, stopped};
 use crate::agent::AgentLab;
 
-/// Three ctl-bench runs: the headline figures at `ctl_sessions` without a store, then
-/// a pair at `store_sessions` without and with the durable store (a directory on the
-/// disk the lab uses), side by side for the ratio.
+/// Four ctl-bench runs: the headline figures at `ctl_sessions` without a store, then
+/// at `store_sessions` without a store, with the durable store (a directory on the
+/// disk the lab uses) and with a real single-member etcd on loopback, side by side.
 pub fn controller(b: &mut Bench) -> Result<()> {
     let n = b.profile.ctl_sessions;
     let m = b.profile.store_sessions;
-    let phase = Phase::new("controller", 3);
+    let phase = Phase::new("controller", 4);
     let exe = std::env::current_exe()?;
     let bin = exe
         .parent()
@@ -59,6 +59,20 @@ pub fn controller(b: &mut Bench) -> Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     let store = store?;
     phase.step();
+    let etcd = ctl_bench(
+        &bin,
+        &phase,
+        &["--sessions", &m.to_string(), "--store", "etcd"],
+    )?;
+    phase.step();
+    for (key, from) in [
+        ("handshakes_per_s_etcd", "handshakes_per_s"),
+        ("reattaches_per_s_etcd", "reattaches_per_s"),
+        ("restart_ms_etcd", "restart_ms"),
+    ] {
+        b.set(key, etcd.get(from).cloned().unwrap_or(Value::Null));
+    }
+    b.set("ctl_bench_etcd", etcd.clone());
     let ratio = |k: &str| {
         let (a, b) = (store.get(k)?.as_f64()?, none.get(k)?.as_f64()?);
         (b > 0.0).then(|| (a / b * 100.0).round() / 100.0)

@@ -17,7 +17,7 @@ use std::{
     alloc::{GlobalAlloc, Layout, System},
     collections::{HashMap, VecDeque},
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
-    path::Path,
+    path::{Path, PathBuf},
     sync::atomic::{AtomicIsize, Ordering::Relaxed},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -144,7 +144,7 @@ struct Args {
     store: Option<std::path::PathBuf>,
 }
 
-const USAGE: &str = "usage: ctl-bench [--sessions N] [--seconds S] [--store DIR]";
+const USAGE: &str = "usage: ctl-bench [--sessions N] [--seconds S] [--store DIR|memory|etcd]";
 
 fn parse_args() -> Result<Args, String> {
     let mut a = Args {
@@ -664,7 +664,7 @@ fn new_core(
 /// record, every session's keys queued to the exit), one group commit.
 fn restart(
     bench: Bench,
-    dir: &Path,
+    reopen: &StoreKind,
     pins: &Path,
     max_sessions: u32,
     link_key: [u8; 32],
@@ -672,13 +672,11 @@ fn restart(
     let expect = bench.core.session_count();
     let now = bench.now + 1;
     drop(bench);
-    let (key, _) = StoreKey::load_or_create(&dir.join("store.key"))?;
-    let sealer = Sealer::new(&key);
     let rng = SystemRandom::new();
     let identity = keypair(&rng)?;
     let t = Instant::now();
-    let mut store = LocalStore::open(dir)?;
-    let records = jvpn_ctl::gateway::load_records(&store, &sealer, now)?;
+    let (mut store, sealer) = reopen.open()?;
+    let records = jvpn_ctl::gateway::load_records(store.as_ref(), &sealer, now)?;
     let dp = Datapath::load(DatapathConfig {
         max_sessions,
         pin_dir: pins.to_path_buf(),
@@ -687,7 +685,7 @@ fn restart(
     .context("loading the data plane again")?;
     let mut core = new_core(identity, Peers::new(), link_key, dp, now);
     let r = core.resume(records, now);
-    match core.persist(&mut store, &sealer, now)? {
+    match core.persist(store.as_mut(), &sealer, now)? {
         jvpn_ctl::gateway::Commit::Durable => {}
         jvpn_ctl::gateway::Commit::RolledBack { error, .. } => bail!("store: {error}"),
     }
@@ -697,6 +695,69 @@ fn restart(
         "resumed {r:?}, expected {expect} sessions resumed as they were"
     );
     Ok((took, r))
+}
+
+/// Where `--store` puts the records.
+enum StoreKind {
+    /// Encoded and sealed, kept in memory (no redb, no fsync): the two costs apart.
+    Memory(PathBuf),
+    /// The redb store in this directory.
+    Local(PathBuf),
+    /// A real single-member etcd on loopback, started by the bench, with etcd's
+    /// default transaction limit (group commits of 256 are split in two).
+    Etcd(jvpn_ctl::lab::etcd::Etcd, PathBuf),
+}
+
+impl StoreKind {
+    fn new(arg: &Path) -> anyhow::Result<Self> {
+        let tmp = std::env::temp_dir().join(format!("ctl-bench-{}", std::process::id()));
+        Ok(match arg.to_str() {
+            Some("memory") => Self::Memory(tmp),
+            Some("etcd") => {
+                let etcd = jvpn_ctl::lab::etcd::Etcd::start().context("starting etcd")?;
+                eprintln!("ctl-bench: etcd at {}", etcd.endpoint());
+                Self::Etcd(etcd, tmp)
+            }
+            _ => {
+                std::fs::create_dir_all(arg)?;
+                Self::Local(arg.to_path_buf())
+            }
+        })
+    }
+
+    fn open(&self) -> anyhow::Result<(Box<dyn SessionStore>, Sealer)> {
+        let key = |dir: &Path| -> anyhow::Result<Sealer> {
+            std::fs::create_dir_all(dir)?;
+            Ok(Sealer::new(
+                &StoreKey::load_or_create(&dir.join("store.key"))?.0,
+            ))
+        };
+        Ok(match self {
+            Self::Memory(dir) => (Box::new(jvpn_ctl::store::MemoryStore::new()), key(dir)?),
+            Self::Local(dir) => (Box::new(LocalStore::open(dir)?), key(dir)?),
+            Self::Etcd(etcd, dir) => (
+                Box::new(
+                    jvpn_ctl::store::EtcdStore::connect(
+                        &[etcd.endpoint()],
+                        jvpn_ctl::store::etcd::DEFAULT_PREFIX,
+                        jvpn_ctl::store::etcd::DEFAULT_TIMEOUT,
+                    )?
+                    .with_max_batch(jvpn_ctl::store::etcd::DEFAULT_MAX_TXN_OPS),
+                ),
+                key(dir)?,
+            ),
+        })
+    }
+
+    /// Bytes the store's file holds (the local store only).
+    fn bytes(&self) -> Option<u64> {
+        match self {
+            Self::Local(dir) => std::fs::metadata(dir.join(jvpn_ctl::store::local::FILE_NAME))
+                .ok()
+                .map(|m| m.len()),
+            _ => None,
+        }
+    }
 }
 
 fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
@@ -727,6 +788,7 @@ fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
     let link_key: [u8; 32] = random(&rng);
     let start = wall_ms();
     let core = new_core(gateway, peers, link_key, dp, start);
+    let kind = args.store.as_deref().map(StoreKind::new).transpose()?;
     let mut bench = Bench {
         gw_pub: core.gateway_pub(),
         core,
@@ -735,27 +797,8 @@ fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
         rng,
         now: start,
         created: 0,
-        store: match &args.store {
-            // `--store memory`: records encoded and sealed, kept in memory (no redb,
-            // no fsync), to tell the two costs apart.
-            Some(dir) if dir.as_os_str() == "memory" => {
-                let key = StoreKey::load_or_create(
-                    &std::env::temp_dir().join(format!("ctl-bench-{}.key", std::process::id())),
-                )?
-                .0;
-                Some((
-                    Box::new(jvpn_ctl::store::MemoryStore::new()) as Box<dyn SessionStore>,
-                    Sealer::new(&key),
-                ))
-            }
-            Some(dir) => {
-                std::fs::create_dir_all(dir)?;
-                let (key, _) = StoreKey::load_or_create(&dir.join("store.key"))?;
-                Some((
-                    Box::new(LocalStore::open(dir)?) as Box<dyn SessionStore>,
-                    Sealer::new(&key),
-                ))
-            }
+        store: match &kind {
+            Some(k) => Some(k.open()?),
             None => None,
         },
     };
@@ -850,17 +893,16 @@ fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
 
     // 4. A restart with every session stored (a store on disk only).
     let stored = WARMUP + n;
-    let restarted = match &args.store {
-        Some(dir) if dir.as_os_str() != "memory" => {
+    let restarted = match &kind {
+        Some(k @ (StoreKind::Local(_) | StoreKind::Etcd(..))) => {
             eprintln!("phase 4: restart with {stored} stored sessions");
-            let file = dir.join(jvpn_ctl::store::local::FILE_NAME);
-            let bytes = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
-            let (took, _) = restart(bench, dir, &pins.0, max_sessions, link_key)?;
+            let bytes = k.bytes();
+            let (took, _) = restart(bench, k, &pins.0, max_sessions, link_key)?;
             eprintln!(
                 "restart: {stored} sessions resumed in {:.1} ms (open + unseal + decode + \
-                 map check + resume + commit); store {bytes} bytes = {} per session",
+                 map check + resume + commit); store {} bytes per session",
                 took.as_secs_f64() * 1e3,
-                bytes / stored as u64
+                bytes.map_or("?".into(), |b| (b / stored as u64).to_string())
             );
             Some((took, bytes))
         }
@@ -870,7 +912,7 @@ fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
     let round1 = |v: f64| (v * 10.0).round() / 10.0;
     Ok(serde_json::json!({
         "restart_ms": restarted.map(|(t, _)| round1(t.as_secs_f64() * 1e3)),
-        "store_bytes_per_session": restarted.map(|(_, b)| b / stored as u64),
+        "store_bytes_per_session": restarted.and_then(|(_, b)| b).map(|b| b / stored as u64),
         "handshakes_per_s": (1e6 / handshake_us).round(),
         "handshake_us": round1(handshake_us),
         "handshake_step_us": {

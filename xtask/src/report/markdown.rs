@@ -298,7 +298,8 @@ fn controller(md: &mut String, r: &Value) {
     md.push_str(&format!(
         "### The durable session store\n\n\
          The same ctl-bench at {store_n} sessions without and with the store (a redb file on \
-         the lab's disk, every batch fsync'd before its replies), and the reattach round trip \
+         the lab's disk, every batch fsync'd before its replies; and etcd, one member on \
+         loopback, the controller pinned to one core and etcd on the other), and the reattach round trip \
          above again with the gateway's state directory on a tmpfs, where an fsync costs \
          nothing.\n\n"
     ));
@@ -322,8 +323,20 @@ fn controller(md: &mut String, r: &Value) {
                 ),
             ),
             (
+                "handshakes/s / reattaches/s, etcd store (one member on loopback)",
+                format!(
+                    "{} / {}",
+                    n("handshakes_per_s_etcd"),
+                    n("reattaches_per_s_etcd")
+                ),
+            ),
+            (
                 "restart, controller's part (open, unseal, resume, commit)",
                 format!("{} ms", format::fixed(num(r, &["restart_ms"]), 1)),
+            ),
+            (
+                "restart, controller's part, from etcd",
+                format!("{} ms", format::fixed(num(r, &["restart_ms_etcd"]), 1)),
             ),
             (
                 "store bytes per session (file size / sessions)",

@@ -161,7 +161,8 @@ mod tests {
             "reattaches_per_s_nostore": 230000, "reattaches_per_s_store": 25300,
             "reattaches_store_ratio": 0.11, "restart_ms": 646.7,
             "store_bytes_per_session": 705, "reattach_rtt_tmpfs_us_p50": 400,
-            "reattach_rtt_tmpfs_us_p99": 700,
+            "reattach_rtt_tmpfs_us_p99": 700, "handshakes_per_s_etcd": 7400,
+            "reattaches_per_s_etcd": 22600, "restart_ms_etcd": 215.9,
         });
         let mut v = v;
         for (k, x) in store.as_object().expect("an object") {
@@ -221,6 +222,8 @@ mod tests {
             "| reattaches/s, no store / store | 230,000 / 25,300 (0.11×) |",
             "| restart, controller's part (open, unseal, resume, commit) | 646.7 ms |",
             "| store bytes per session (file size / sessions) | 705 B |",
+            "| handshakes/s / reattaches/s, etcd store (one member on loopback) | 7,400 / 22,600 |",
+            "| restart, controller's part, from etcd | 215.9 ms |",
             "| reattach round trip p50 / p99, store on a tmpfs | 400.0 µs / 700.0 µs |",
             "| for 1,000,000 sessions | 1.4 GiB |",
             "![Throughput by mode](plots/pps.svg)",
