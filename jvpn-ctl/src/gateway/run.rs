@@ -72,8 +72,13 @@ pub async fn run(
     // requests stamped before it are refused (`before_start`), so it must not be
     // later than the first answer a client can get.
     let started = clock.now_ms();
-    let (mut store, sealer) = open_store(&cfg)?;
+    let (store, sealer) = open_store(&cfg)?;
     let records = load_records(store.as_ref(), &sealer, clock.now_ms())?;
+    let mut db = Durable {
+        store,
+        sealer,
+        warned: Warned::default(),
+    };
     let identity = proto::identity::load(&cfg.identity)?;
     let peers = Peers::load(&cfg.peers)?;
     if peers.is_empty() {
@@ -154,13 +159,13 @@ pub async fn run(
         "resumed {} sessions from {} ({} map entries restored, {} unexplained entries \
          removed, {} expired while stopped)",
         r.resumed,
-        store.describe(),
+        db.store.describe(),
         r.reinstalled,
         r.removed,
         r.expired
     );
     // At start a store that cannot write is an error, not a rollback.
-    if let Commit::RolledBack { error, .. } = core.persist(store.as_mut(), &sealer, now)? {
+    if let Commit::RolledBack { error, .. } = core.persist(db.store.as_mut(), &db.sealer, now)? {
         return Err(error.into());
     }
     tracing::info!(
@@ -175,7 +180,6 @@ pub async fn run(
     );
 
     let fault = Fault::from_env();
-    let mut warned = Warned::default();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
@@ -187,7 +191,7 @@ pub async fn run(
                 // Answered after the commit: a kill or drain the store refused did
                 // not happen.
                 let resp = core.on_request(&c.request, clock.now_ms());
-                let resp = match persist(&mut core, store.as_mut(), &sealer, clock.now_ms(), &mut warned)? {
+                let resp = match db.commit(&mut core, clock.now_ms())? {
                     Some(e) => control::api::Response::error(format_args!("nothing changed: {e}")),
                     None => resp,
                 };
@@ -219,13 +223,7 @@ pub async fn run(
         );
         let swapped = core.take_swapped();
         fault.at(swapped, Fault::SwapBeforeCommit);
-        persist(
-            &mut core,
-            store.as_mut(),
-            &sealer,
-            clock.now_ms(),
-            &mut warned,
-        )?;
+        db.commit(&mut core, clock.now_ms())?;
         fault.at(swapped, Fault::SwapAfterCommit);
         flush(&mut core, &sockets, &link_sock, cfg.exit.link);
     }
@@ -238,13 +236,7 @@ pub async fn run(
             core.on_link_frame(&f, clock.now_ms());
         }
         core.tick(clock.now_ms());
-        persist(
-            &mut core,
-            store.as_mut(),
-            &sealer,
-            clock.now_ms(),
-            &mut warned,
-        )?;
+        db.commit(&mut core, clock.now_ms())?;
         flush(&mut core, &sockets, &link_sock, cfg.exit.link);
     }
     if core.link_pending() > 0 {
@@ -253,18 +245,12 @@ pub async fn run(
             core.link_pending()
         );
     }
-    persist(
-        &mut core,
-        store.as_mut(),
-        &sealer,
-        clock.now_ms(),
-        &mut warned,
-    )?;
+    db.commit(&mut core, clock.now_ms())?;
     tracing::info!(
         "gateway stopped; {} sessions kept in {} (the data plane keeps forwarding; the \
          next start resumes them, `jvpn-ctl drain` ends them)",
         core.session_count(),
-        store.describe()
+        db.store.describe()
     );
     Ok(())
 }
@@ -371,22 +357,25 @@ pub fn load_records(
     Ok(out)
 }
 
-/// One group commit of what the core changed. A batch the store refused is rolled
-/// back: its error is returned as `Some` (and logged, at most once a second); an
-/// error the controller cannot carry on from stops it (its replies for this batch
-/// are not sent).
-fn persist(
-    core: &mut Core,
-    store: &mut dyn SessionStore,
-    sealer: &Sealer,
-    now_ms: u64,
-    warned: &mut Warned,
-) -> Result<Option<StoreError>, GatewayError> {
-    match core.persist(store, sealer, now_ms)? {
-        Commit::Durable => Ok(None),
-        Commit::RolledBack { error, refused } => {
-            warned.note(now_ms, &error, refused);
-            Ok(Some(error))
+/// The store, the sealer of its records, and the rate limit of its failure report.
+struct Durable {
+    store: Box<dyn SessionStore>,
+    sealer: Sealer,
+    warned: Warned,
+}
+
+impl Durable {
+    /// One group commit of what the core changed. A batch the store refused is
+    /// rolled back: its error is returned as `Some` (and logged, at most once a
+    /// second); an error the controller cannot carry on from stops it (its replies
+    /// for this batch are not sent).
+    fn commit(&mut self, core: &mut Core, now_ms: u64) -> Result<Option<StoreError>, GatewayError> {
+        match core.persist(self.store.as_mut(), &self.sealer, now_ms)? {
+            Commit::Durable => Ok(None),
+            Commit::RolledBack { error, refused } => {
+                self.warned.note(now_ms, &error, refused);
+                Ok(Some(error))
+            }
         }
     }
 }
