@@ -74,6 +74,9 @@ pub struct Etcd {
     peer: SocketAddr,
     child: Option<Child>,
     log: Arc<Mutex<VecDeque<String>>>,
+    /// The network namespace it runs in (its 127.0.0.1 is that namespace's); `None`:
+    /// this process's.
+    netns: Option<String>,
 }
 
 impl std::fmt::Debug for Etcd {
@@ -89,6 +92,16 @@ impl std::fmt::Debug for Etcd {
 impl Etcd {
     /// Starts a new single-member cluster and waits until it serves.
     pub fn start() -> Result<Self, EtcdError> {
+        Self::start_with(None)
+    }
+
+    /// As [`Etcd::start`], inside the network namespace `netns` (on its loopback: a
+    /// lab gateway in that namespace reaches it at [`Etcd::endpoint`]).
+    pub fn start_in(netns: &str) -> Result<Self, EtcdError> {
+        Self::start_with(Some(netns.to_owned()))
+    }
+
+    fn start_with(netns: Option<String>) -> Result<Self, EtcdError> {
         let bin = find_etcd().ok_or(EtcdError::NotInstalled)?;
         static N: AtomicU32 = AtomicU32::new(0);
         let n = N.fetch_add(1, Ordering::Relaxed);
@@ -107,10 +120,11 @@ impl Etcd {
             peer: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             child: None,
             log: Arc::default(),
+            netns,
         };
         let mut attempt = 1;
         loop {
-            (etcd.client, etcd.peer) = free_ports()?;
+            (etcd.client, etcd.peer) = etcd.in_netns(free_ports)?;
             match etcd.spawn_and_wait() {
                 Err(EtcdError::Exited { log, .. })
                     if attempt < START_ATTEMPTS && log.contains("address already in use") =>
@@ -195,6 +209,14 @@ impl Etcd {
         tail(&self.log)
     }
 
+    /// `f` on a thread in etcd's namespace (this one's when it has none).
+    fn in_netns<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        match &self.netns {
+            None => f(),
+            Some(name) => super::netns::run_in(name, f),
+        }
+    }
+
     fn data_dir(&self) -> PathBuf {
         self.dir.join("data")
     }
@@ -223,7 +245,16 @@ impl Etcd {
     fn command(&self) -> Command {
         let client = self.endpoint();
         let peer = format!("http://{}", self.peer);
-        let mut cmd = Command::new(&self.bin);
+        // `ip netns exec` enters the namespace and execs etcd: the child is etcd
+        // itself (its pid, its death signal), no wrapper stays behind.
+        let mut cmd = match &self.netns {
+            None => Command::new(&self.bin),
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&self.bin);
+                c
+            }
+        };
         cmd.arg("--name")
             .arg(&self.name)
             .arg("--data-dir")
@@ -276,7 +307,8 @@ impl Etcd {
             let left = deadline.saturating_duration_since(Instant::now());
             match lines.recv_timeout(left) {
                 Ok(()) => {
-                    if healthy(self.client, deadline) {
+                    let client = self.client;
+                    if self.in_netns(|| healthy(client, deadline)) {
                         return Ok(());
                     }
                 }

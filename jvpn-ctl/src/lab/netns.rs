@@ -62,18 +62,7 @@ impl Netns {
     /// Runs `f` on a thread that has entered this namespace (setns is per thread), so
     /// sockets, interface names and the FIB it sees are the namespace's.
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let path = format!("/run/netns/{}", self.name);
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                let file = File::open(&path).expect("open netns");
-                // SAFETY: setns on this thread only, with a valid namespace fd.
-                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
-                f()
-            })
-            .join()
-            .unwrap_or_else(|e| std::panic::resume_unwind(e))
-        })
+        run_in(&self.name, f)
     }
 
     pub fn ifindex(&self, iface: &str) -> Result<u32> {
@@ -124,6 +113,22 @@ impl Netns {
             .collect::<Vec<_>>()
             .join(":"))
     }
+}
+
+/// [`Netns::run`] for a namespace this code does not own (by its name).
+pub fn run_in<T: Send>(name: &str, f: impl FnOnce() -> T + Send) -> T {
+    let path = format!("/run/netns/{name}");
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let file = File::open(&path).expect("open netns");
+            // SAFETY: setns on this thread only, with a valid namespace fd.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    })
 }
 
 impl Drop for Netns {
