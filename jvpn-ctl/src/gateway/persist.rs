@@ -57,7 +57,9 @@ pub fn durable_change(old: &Session, new: &Session) -> bool {
 #[derive(Debug)]
 pub enum Commit {
     Durable,
-    /// Nothing of the batch was written, and nothing of it stays.
+    /// What of the batch was not written is taken back: all of it, unless the store
+    /// takes a group commit in several transactions (etcd) and the first ones went
+    /// through (their replies still leave).
     RolledBack {
         error: StoreError,
         refused: RolledBack,
