@@ -77,6 +77,9 @@ pub struct Etcd {
     /// The network namespace it runs in (its 127.0.0.1 is that namespace's); `None`:
     /// this process's.
     netns: Option<String>,
+    /// `--initial-cluster` (every member's name and peer URL) and its token.
+    cluster: String,
+    token: String,
 }
 
 impl std::fmt::Debug for Etcd {
@@ -121,10 +124,15 @@ impl Etcd {
             child: None,
             log: Arc::default(),
             netns,
+            cluster: String::new(),
+            token: String::new(),
         };
         let mut attempt = 1;
         loop {
-            (etcd.client, etcd.peer) = etcd.in_netns(free_ports)?;
+            let ports = etcd.in_netns(|| free_ports(2))?;
+            (etcd.client, etcd.peer) = (ports[0], ports[1]);
+            etcd.cluster = format!("{}=http://{}", etcd.name, etcd.peer);
+            etcd.token.clone_from(&etcd.name);
             match etcd.spawn_and_wait() {
                 Err(EtcdError::Exited { log, .. })
                     if attempt < START_ATTEMPTS && log.contains("address already in use") =>
@@ -222,24 +230,30 @@ impl Etcd {
     }
 
     fn spawn_and_wait(&mut self) -> Result<(), EtcdError> {
+        let r = self
+            .spawn()
+            .and_then(|lines| self.wait_until_serving(&lines));
+        if r.is_err() {
+            let _ = self.kill();
+        }
+        r
+    }
+
+    /// Starts the process; the receiver hears of every line it logs.
+    fn spawn(&mut self) -> Result<mpsc::Receiver<()>, EtcdError> {
         let mut child = self.command().spawn().map_err(|cause| EtcdError::Io {
             what: format!("starting {}", self.bin.display()),
             cause,
         })?;
         let stderr = child.stderr.take();
         self.child = Some(child);
-        let lines = stderr
+        stderr
             .ok_or_else(|| io::Error::other("stderr not piped"))
             .and_then(|stderr| drain(stderr, Arc::clone(&self.log)))
             .map_err(|cause| EtcdError::Io {
                 what: "reading etcd's output".into(),
                 cause,
-            });
-        let r = lines.and_then(|lines| self.wait_until_serving(&lines));
-        if r.is_err() {
-            let _ = self.kill();
-        }
-        r
+            })
     }
 
     fn command(&self) -> Command {
@@ -263,10 +277,9 @@ impl Etcd {
             .args(["--advertise-client-urls", &client])
             .args(["--listen-peer-urls", &peer])
             .args(["--initial-advertise-peer-urls", &peer])
-            .arg("--initial-cluster")
-            .arg(format!("{}={peer}", self.name))
+            .args(["--initial-cluster", &self.cluster])
             .args(["--initial-cluster-state", "new"])
-            .args(["--initial-cluster-token", &self.name])
+            .args(["--initial-cluster-token", &self.token])
             .args(["--max-txn-ops", &MAX_TXN_OPS.to_string()])
             .args(["--logger", "zap", "--log-outputs", "stderr"])
             .stdin(Stdio::null())
@@ -382,18 +395,75 @@ fn unsupported_arch() -> Option<&'static str> {
 
 /// Two distinct ports free on 127.0.0.1 now: both listeners are held until both are
 /// picked, so the kernel cannot hand out the same one twice.
-fn free_ports() -> Result<(SocketAddr, SocketAddr), EtcdError> {
-    let bind = || {
-        TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .and_then(|l| Ok((l.local_addr()?, l)))
-            .map_err(|cause| EtcdError::Io {
-                what: "picking a free port on 127.0.0.1".into(),
+fn free_ports(n: usize) -> Result<Vec<SocketAddr>, EtcdError> {
+    // All held at once, so no two are the same.
+    (0..n)
+        .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
+        .collect::<io::Result<Vec<_>>>()
+        .and_then(|ls| ls.iter().map(TcpListener::local_addr).collect())
+        .map_err(|cause| EtcdError::Io {
+            what: "picking a free port on 127.0.0.1".into(),
+            cause,
+        })
+}
+
+/// A cluster of real etcd members on 127.0.0.1, for quorum loss: kill a majority
+/// of [`EtcdCluster::members`] and every write must fail; restart them and it serves.
+pub struct EtcdCluster {
+    pub members: Vec<Etcd>,
+}
+
+impl EtcdCluster {
+    /// Starts `n` members of one new cluster and waits until each serves (which
+    /// needs a leader, so a quorum of them up).
+    pub fn start(n: usize) -> Result<Self, EtcdError> {
+        let bin = find_etcd().ok_or(EtcdError::NotInstalled)?;
+        static N: AtomicU32 = AtomicU32::new(0);
+        let c = N.fetch_add(1, Ordering::Relaxed);
+        let token = format!("jvpn-{}-c{c}", std::process::id());
+        let ports = free_ports(2 * n)?;
+        let mut members = Vec::with_capacity(n);
+        for i in 0..n {
+            let dir = std::env::temp_dir().join(format!("{token}-{i}"));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).map_err(|cause| EtcdError::Io {
+                what: format!("creating {}", dir.display()),
                 cause,
-            })
-    };
-    let (a, _la) = bind()?;
-    let (b, _lb) = bind()?;
-    Ok((a, b))
+            })?;
+            members.push(Etcd {
+                bin: bin.clone(),
+                dir,
+                name: format!("{token}-{i}"),
+                client: ports[2 * i],
+                peer: ports[2 * i + 1],
+                child: None,
+                log: Arc::default(),
+                netns: None,
+                cluster: String::new(),
+                token: token.clone(),
+            });
+        }
+        let cluster = members
+            .iter()
+            .map(|m| format!("{}=http://{}", m.name, m.peer))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut me = Self { members };
+        let mut lines = Vec::with_capacity(n);
+        for m in &mut me.members {
+            m.cluster.clone_from(&cluster);
+            lines.push(m.spawn()?);
+        }
+        for (m, lines) in me.members.iter_mut().zip(&lines) {
+            m.wait_until_serving(lines)?;
+        }
+        Ok(me)
+    }
+
+    /// Every member's client URL, for `EtcdStore::connect`.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(Etcd::endpoint).collect()
+    }
 }
 
 /// Copies etcd's stderr into `log` (its last lines) on a thread of its own, so etcd
@@ -452,6 +522,23 @@ fn healthy(client: SocketAddr, deadline: Instant) -> bool {
 pub(crate) fn start_or_skip(test: &str) -> Option<Etcd> {
     match Etcd::start() {
         Ok(etcd) => Some(etcd),
+        Err(EtcdError::NotInstalled) if std::env::var("CI").as_deref() != Ok("true") => {
+            eprintln!(
+                "SKIPPED {test}: etcd not installed (run cargo xtask test, which installs \
+                 etcd-server)"
+            );
+            println!("SKIPPED: etcd not installed");
+            None
+        }
+        Err(e) => panic!("{test}: {e}"),
+    }
+}
+
+/// As [`start_or_skip`], for a cluster of `n` members.
+#[cfg(test)]
+pub(crate) fn cluster_or_skip(test: &str, n: usize) -> Option<EtcdCluster> {
+    match EtcdCluster::start(n) {
+        Ok(c) => Some(c),
         Err(EtcdError::NotInstalled) if std::env::var("CI").as_deref() != Ok("true") => {
             eprintln!(
                 "SKIPPED {test}: etcd not installed (run cargo xtask test, which installs \

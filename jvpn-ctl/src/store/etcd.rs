@@ -576,7 +576,7 @@ mod tests {
 
     use super::super::contract::{commit_latency, contract, put, sorted};
     use super::*;
-    use crate::lab::etcd::{Etcd, MAX_TXN_OPS, start_or_skip};
+    use crate::lab::etcd::{Etcd, MAX_TXN_OPS, cluster_or_skip, start_or_skip};
 
     fn store(etcd: &Etcd, prefix: &str, timeout: Duration) -> EtcdStore {
         EtcdStore::connect(&[etcd.endpoint()], prefix, timeout).unwrap()
@@ -705,6 +705,61 @@ mod tests {
         raw_put(&etcd, "/jvpn/v1/sessions/not-a-session", "x");
         assert_eq!(sorted(&a), vec![(1, ra, b"a".to_vec())]);
         assert_eq!(b.list().unwrap().len(), 2);
+    }
+
+    /// A 3-member cluster that loses two members has no quorum: a write is an error
+    /// within the timeout (not a hang), and after it the store holds either none or
+    /// all of that batch. One member back restores the quorum and the store serves.
+    #[test]
+    fn a_cluster_without_quorum_refuses_writes_and_serves_again_with_it() {
+        let name =
+            "store::etcd::tests::a_cluster_without_quorum_refuses_writes_and_serves_again_with_it";
+        let Some(mut c) = cluster_or_skip(name, 3) else {
+            return;
+        };
+        let timeout = Duration::from_millis(500);
+        let mut s = EtcdStore::connect(&c.endpoints(), DEFAULT_PREFIX, timeout).unwrap();
+        let r1 = s.apply(&[put(1, 0, b"one")]).unwrap()[0];
+        c.members[1].kill().unwrap();
+        c.members[2].kill().unwrap();
+        let t = Instant::now();
+        let err = s
+            .apply(&[put(2, 0, b"two")])
+            .expect_err("no quorum, no write");
+        let took = t.elapsed();
+        eprintln!("without quorum: {err} after {took:?}");
+        assert!(
+            took < timeout + GRACE + Duration::from_millis(200),
+            "{took:?}"
+        );
+        c.members[1].restart().unwrap();
+        // Member 2 stays down. The client spreads requests over every endpoint and
+        // one sent to the dead member fails (connection refused) rather than going
+        // to another: each step is retried until it is answered.
+        fn retried<T>(what: &str, mut f: impl FnMut() -> Result<T, StoreError>) -> T {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                match f() {
+                    Ok(v) => return v,
+                    Err(e) => assert!(Instant::now() < deadline, "{what}: still {e}"),
+                }
+            }
+        }
+        let back = retried("reading with the quorum back", || s.get(1));
+        assert_eq!(
+            back,
+            Some((r1, b"one".to_vec())),
+            "what was committed stays"
+        );
+        let two = retried("reading the refused batch", || s.get(2));
+        assert!(
+            two.is_none() || two.as_ref().is_some_and(|(_, v)| v == b"two"),
+            "the refused batch is there whole or not at all: {two:?}"
+        );
+        let expect = two.map_or(0, |(rev, _)| rev);
+        retried("writing with the quorum back", || {
+            s.apply(&[put(2, expect, b"two again")])
+        });
     }
 
     #[test]

@@ -705,7 +705,7 @@ enum StoreKind {
     Local(PathBuf),
     /// A real single-member etcd on loopback, started by the bench, with etcd's
     /// default transaction limit (group commits of 256 are split in two).
-    Etcd(jvpn_ctl::lab::etcd::Etcd, PathBuf),
+    Etcd(Box<jvpn_ctl::lab::etcd::Etcd>, PathBuf),
 }
 
 impl StoreKind {
@@ -716,7 +716,7 @@ impl StoreKind {
             Some("etcd") => {
                 let etcd = jvpn_ctl::lab::etcd::Etcd::start().context("starting etcd")?;
                 eprintln!("ctl-bench: etcd at {}", etcd.endpoint());
-                Self::Etcd(etcd, tmp)
+                Self::Etcd(Box::new(etcd), tmp)
             }
             _ => {
                 std::fs::create_dir_all(arg)?;
