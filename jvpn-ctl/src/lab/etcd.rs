@@ -520,25 +520,19 @@ fn healthy(client: SocketAddr, deadline: Instant) -> bool {
 /// failure like any other. Panics when etcd does not start.
 #[cfg(test)]
 pub(crate) fn start_or_skip(test: &str) -> Option<Etcd> {
-    match Etcd::start() {
-        Ok(etcd) => Some(etcd),
-        Err(EtcdError::NotInstalled) if std::env::var("CI").as_deref() != Ok("true") => {
-            eprintln!(
-                "SKIPPED {test}: etcd not installed (run cargo xtask test, which installs \
-                 etcd-server)"
-            );
-            println!("SKIPPED: etcd not installed");
-            None
-        }
-        Err(e) => panic!("{test}: {e}"),
-    }
+    or_skip(test, Etcd::start())
 }
 
 /// As [`start_or_skip`], for a cluster of `n` members.
 #[cfg(test)]
 pub(crate) fn cluster_or_skip(test: &str, n: usize) -> Option<EtcdCluster> {
-    match EtcdCluster::start(n) {
-        Ok(c) => Some(c),
+    or_skip(test, EtcdCluster::start(n))
+}
+
+#[cfg(test)]
+fn or_skip<T>(test: &str, started: Result<T, EtcdError>) -> Option<T> {
+    match started {
+        Ok(etcd) => Some(etcd),
         Err(EtcdError::NotInstalled) if std::env::var("CI").as_deref() != Ok("true") => {
             eprintln!(
                 "SKIPPED {test}: etcd not installed (run cargo xtask test, which installs \
