@@ -212,6 +212,22 @@ impl Etcd {
         self.spawn_and_wait()
     }
 
+    /// Whether it answers `/health` (it does once the cluster has a leader) within
+    /// `within`.
+    pub fn serving(&self, within: Duration) -> bool {
+        let (client, deadline) = (self.client, Instant::now() + within);
+        // A member without a leader answers at once, unhealthy: ask until it is not.
+        self.in_netns(|| {
+            while !healthy(client, deadline) {
+                if Instant::now() >= deadline {
+                    return false;
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+            true
+        })
+    }
+
     /// The last lines etcd logged.
     pub fn log_tail(&self) -> String {
         tail(&self.log)
