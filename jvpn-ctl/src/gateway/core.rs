@@ -116,9 +116,9 @@ pub struct Core {
     poll_cursor: Vec<u64>,
     /// The exit's boot as its last PONG said (a change: it restarted).
     pub(super) exit_boot: Option<u64>,
-    /// Records to write / delete at the next group commit (`persist.rs`).
+    /// Records to write at the next group commit (`persist.rs`); the ones to delete
+    /// are those of [`Core::torn`].
     pub(super) dirty: std::collections::BTreeSet<u64>,
-    pub(super) deleted: std::collections::BTreeMap<u64, crate::store::Revision>,
     /// A binding was swapped since the last [`Core::take_swapped`] (for the test-only
     /// fault points of `run.rs`).
     swapped: bool,
@@ -128,8 +128,9 @@ pub struct Core {
     pub(super) events: Vec<EventRecord>,
     /// How to take back the current batch if its commit fails (`rollback.rs`).
     pub(super) undo: HashMap<u64, super::rollback::Undo>,
-    /// Sessions the current batch ended whose records are still stored: their
-    /// tunnel addresses are released once the deletions are durable.
+    /// Sessions ended whose records are still stored: deleted (guarded by the
+    /// entry's revision) at the next group commit, and their tunnel addresses
+    /// released once that is durable.
     pub(super) torn: HashMap<u64, Entry>,
 }
 
@@ -171,7 +172,6 @@ impl Core {
             poll_cursor: Vec::new(),
             exit_boot: None,
             dirty: Default::default(),
-            deleted: Default::default(),
             swapped: false,
             events: Vec::new(),
             undo: HashMap::new(),
@@ -557,7 +557,6 @@ impl Core {
         } else {
             // Its record goes with the next commit; until that is durable, a crash
             // resumes it, so no new session may get its address yet.
-            self.deleted.insert(id, e.rev);
             self.torn.insert(id, e);
         }
     }

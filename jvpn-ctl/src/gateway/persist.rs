@@ -122,7 +122,7 @@ impl Core {
         sealer: &Sealer,
         now_ms: u64,
     ) -> Result<Commit, StoreError> {
-        if self.dirty.is_empty() && self.deleted.is_empty() {
+        if self.dirty.is_empty() && self.torn.is_empty() {
             self.batch_durable();
             self.release_events();
             return Ok(Commit::Durable);
@@ -180,7 +180,6 @@ impl Core {
     /// group commit would have written, as if it had.
     pub fn discard_pending(&mut self) {
         self.dirty.clear();
-        self.deleted.clear();
         self.batch_durable();
         self.release_events();
     }
@@ -188,9 +187,9 @@ impl Core {
     /// The writes of the next group commit; the entries keep their revisions until
     /// [`Core::committed`] says the batch is durable.
     fn pending_writes(&self, sealer: &Sealer) -> Vec<Write> {
-        let mut batch = Vec::with_capacity(self.dirty.len() + self.deleted.len());
-        for (&id, &expect) in &self.deleted {
-            batch.push(Write::Delete { id, expect });
+        let mut batch = Vec::with_capacity(self.dirty.len() + self.torn.len());
+        for (&id, e) in &self.torn {
+            batch.push(Write::Delete { id, expect: e.rev });
         }
         for &id in &self.dirty {
             if let Some(e) = self.sessions.get(&id) {
@@ -216,7 +215,6 @@ impl Core {
                     }
                 }
                 Write::Delete { id, .. } => {
-                    self.deleted.remove(&id);
                     if let Some(e) = self.torn.remove(&id) {
                         self.pool.release(e.tunnel);
                     }

@@ -82,7 +82,7 @@ impl Core {
             .dirty
             .iter()
             .copied()
-            .chain(self.deleted.keys().copied())
+            .chain(self.torn.keys().copied())
             .collect();
         let mut undo: HashMap<u64, Undo> = std::mem::take(&mut self.undo);
         if let Some(id) = ids.iter().find(|id| !undo.contains_key(id)) {
@@ -92,7 +92,6 @@ impl Core {
             ));
         }
         self.dirty.clear();
-        self.deleted.clear();
         self.out.retain(|o| !ids.contains(&o.session()));
         let counters = &mut self.counters;
         self.events.retain(|ev| {

@@ -38,29 +38,32 @@ pub(crate) fn read_secret<T>(
     Ok(value)
 }
 
-fn tmp_path(path: &Path) -> PathBuf {
+/// A temporary name beside `path` for writing it whole before it takes `path`'s place.
+pub(crate) fn tmp_path(path: &Path) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(format!(".tmp.{}", std::process::id()));
     path.with_file_name(name)
+}
+
+/// Writes `contents` to `tmp` with mode 0600 and fsyncs it. `mode` applies only to a
+/// file it creates, so a stale temporary from a crashed run gets 0600 set as well.
+pub(crate) fn write_private(tmp: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(tmp)?;
+    f.set_permissions(fs::Permissions::from_mode(0o600))?;
+    f.write_all(contents)?;
+    f.sync_all()
 }
 
 /// Replaces `path` with `contents` atomically (temporary file in the same directory,
 /// mode 0600, fsync, rename).
 pub(crate) fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), ProtoError> {
     let tmp = tmp_path(path);
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        // `mode` only applies to new files; a stale temporary may have another one.
-        f.set_permissions(fs::Permissions::from_mode(0o600))?;
-        f.write_all(contents)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
+    let result = write_private(&tmp, contents).and_then(|()| fs::rename(&tmp, path));
     result.map_err(|e| {
         let _ = fs::remove_file(&tmp);
         ProtoError::io(path, e)

@@ -9,7 +9,7 @@ pub mod ctl_window;
 pub mod data;
 mod error;
 mod fields;
-mod files;
+pub(crate) mod files;
 #[cfg(test)]
 mod fuzz;
 pub mod handshake;

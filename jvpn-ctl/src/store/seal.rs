@@ -5,9 +5,9 @@
 //! `b"JVS1" ‖ id (u64 BE)`, so a record copied under another id does not open.
 
 use std::{
-    fs::{self, File, OpenOptions},
-    io::{Read, Write as _},
-    os::unix::fs::{OpenOptionsExt, PermissionsExt},
+    fs::{self, File},
+    io::Read,
+    os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
 };
 
@@ -125,32 +125,18 @@ fn write_new(path: &Path, key: &[u8; 32]) -> Result<(), StoreError> {
         Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
         _ => PathBuf::from("."),
     };
-    let name = path.file_name().ok_or_else(|| StoreError::BadKey {
-        path: path.to_owned(),
-        detail: "the path has no file name".into(),
-    })?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".tmp.{}", std::process::id()));
-    let tmp = dir.join(tmp_name);
-
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        // `mode` applies only to a file it creates; a stale temporary from a crashed
-        // run keeps its mode otherwise.
-        f.set_permissions(fs::Permissions::from_mode(0o600))?;
-        let mut text = hex::encode(key).into_bytes();
-        text.push(b'\n');
-        f.write_all(&text)?;
-        f.sync_all()?;
-        fs::hard_link(&tmp, path)?;
-        File::open(&dir)?.sync_all()
-    })();
+    if path.file_name().is_none() {
+        return Err(StoreError::BadKey {
+            path: path.to_owned(),
+            detail: "the path has no file name".into(),
+        });
+    }
+    let tmp = crate::proto::files::tmp_path(path);
+    let mut text = hex::encode(key).into_bytes();
+    text.push(b'\n');
+    let result = crate::proto::files::write_private(&tmp, &text)
+        .and_then(|()| fs::hard_link(&tmp, path))
+        .and_then(|()| File::open(&dir)?.sync_all());
     let _ = fs::remove_file(&tmp);
     result.map_err(|e| io_err(what(), e))
 }
