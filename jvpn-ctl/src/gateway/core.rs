@@ -68,6 +68,9 @@ pub struct CoreParams {
     pub link_key: [u8; 32],
     /// Link counter start (µs since the epoch at start).
     pub start_us: u64,
+    /// This node's number in a cluster (0: a single gateway). It is part of the
+    /// link's nonces, so nodes sharing the link key never share a nonce.
+    pub node: u16,
 }
 
 /// One session as the controller holds it.
@@ -90,6 +93,9 @@ pub struct Entry {
     pub not_bound: super::guard::TokenBucket,
     /// The store revision of this session's record (0: not stored yet).
     pub rev: crate::store::Revision,
+    /// The fencing token of this node's ownership (the owner key's create revision
+    /// in etcd); 0 without a cluster. The exit honours only the highest it has seen.
+    pub epoch: u64,
 }
 
 pub struct Core {

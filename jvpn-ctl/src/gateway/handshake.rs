@@ -114,6 +114,7 @@ impl Core {
                 seen_up: 0,
                 not_bound: super::guard::TokenBucket::full(now_ms),
                 rev: 0,
+                epoch: 0,
             },
         );
         bump(&mut self.counters.handshakes, "welcomed");

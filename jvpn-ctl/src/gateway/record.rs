@@ -109,6 +109,7 @@ impl SessionRecord {
             seen_up: 0,
             not_bound: super::guard::TokenBucket::full(now_ms),
             rev: 0,
+            epoch: 0,
         }
     }
 }

@@ -148,6 +148,7 @@ pub async fn run(
             gw_exit: SocketAddr::new(gw_exit_ip, cfg.port),
             link_key,
             start_us: started * 1000,
+            node: 0,
         },
         dp,
         bus,

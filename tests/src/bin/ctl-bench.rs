@@ -651,6 +651,7 @@ fn new_core(
             gw_exit: GW_EXIT,
             link_key,
             start_us: start * 1000,
+            node: 0,
         },
         dp,
         EventBus::new(jvpn_ctl::control::events::DEFAULT_CAPACITY),
