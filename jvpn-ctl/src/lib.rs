@@ -6,6 +6,7 @@
 pub mod bench;
 pub mod client;
 pub mod clock;
+pub mod cluster;
 pub mod control;
 pub mod datapath;
 pub mod exit;

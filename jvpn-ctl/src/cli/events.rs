@@ -90,6 +90,15 @@ fn one_line(ev: &EventRecord) -> String {
             candidate, detail, ..
         } => format!("{candidate} refused ({})", detail.name()),
         EventRecord::SecurityEvent { source, kind, .. } => format!("{kind} from {source}"),
+        EventRecord::OwnershipChange {
+            from_node,
+            to_node,
+            epoch,
+            ..
+        } => match from_node {
+            Some(f) => format!("owner node {f} -> node {to_node} (epoch {epoch})"),
+            None => format!("no owner -> node {to_node} (epoch {epoch})"),
+        },
         EventRecord::ControllerStarted {
             resumed,
             reinstalled,

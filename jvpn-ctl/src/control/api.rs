@@ -273,6 +273,16 @@ pub enum EventRecord {
         /// `bad_signature`, `blacklisted_source`, ...
         kind: String,
     },
+    /// A session changed owner node in a cluster (`from_node`: none when it had no
+    /// owner, its last one's lease having run out); `epoch` is the new owner's
+    /// fencing token.
+    OwnershipChange {
+        ts_ms: u64,
+        session_id: SessionId,
+        from_node: Option<u16>,
+        to_node: u16,
+        epoch: u64,
+    },
     /// A gateway controller started and took back its sessions from the store.
     ControllerStarted {
         ts_ms: u64,
@@ -293,6 +303,7 @@ impl EventRecord {
             | EventRecord::TransportSwitch { ts_ms, .. }
             | EventRecord::TransportSwitchDenied { ts_ms, .. }
             | EventRecord::SecurityEvent { ts_ms, .. }
+            | EventRecord::OwnershipChange { ts_ms, .. }
             | EventRecord::ControllerStarted { ts_ms, .. } => *ts_ms,
         }
     }
@@ -301,7 +312,8 @@ impl EventRecord {
         match self {
             EventRecord::StateChange { session_id, .. }
             | EventRecord::TransportSwitch { session_id, .. }
-            | EventRecord::TransportSwitchDenied { session_id, .. } => Some(*session_id),
+            | EventRecord::TransportSwitchDenied { session_id, .. }
+            | EventRecord::OwnershipChange { session_id, .. } => Some(*session_id),
             EventRecord::SecurityEvent { session_id, .. } => *session_id,
             EventRecord::ControllerStarted { .. } => None,
         }
@@ -314,6 +326,7 @@ impl EventRecord {
             EventRecord::TransportSwitch { .. } => "TRANSPORT_SWITCH",
             EventRecord::TransportSwitchDenied { .. } => "TRANSPORT_SWITCH_DENIED",
             EventRecord::SecurityEvent { .. } => "SECURITY_EVENT",
+            EventRecord::OwnershipChange { .. } => "OWNERSHIP_CHANGE",
             EventRecord::ControllerStarted { .. } => "CONTROLLER_STARTED",
         }
     }

@@ -56,6 +56,37 @@ pub struct GatewayConfig {
     /// otherwise.
     #[serde(default)]
     pub store: StoreConfig,
+    /// Several gateways sharing their sessions through etcd (`[cluster]`); the
+    /// records are then in etcd, `[store]` is not used.
+    #[serde(default)]
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// One node of a gateway cluster (`docs/gateway.md`, "Clusters").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// This node's number, unique in the cluster, 1..=65535.
+    pub node: u16,
+    pub etcd_endpoints: Vec<String>,
+    #[serde(default = "default_cluster_root")]
+    pub root: String,
+    /// The node's lease: how long a dead node's sessions wait for a takeover.
+    #[serde(default = "default_lease_ttl_s")]
+    pub lease_ttl_s: u64,
+    /// One etcd request's limit; a reattach waits for its write.
+    #[serde(default = "default_cluster_timeout_ms")]
+    pub etcd_timeout_ms: u64,
+}
+
+fn default_cluster_root() -> String {
+    crate::cluster::DEFAULT_ROOT.into()
+}
+fn default_lease_ttl_s() -> u64 {
+    crate::cluster::DEFAULT_TTL.as_secs()
+}
+fn default_cluster_timeout_ms() -> u64 {
+    1_000
 }
 
 /// The session store's backend (`[store]`).
@@ -166,6 +197,51 @@ impl GatewayConfig {
         Ok(crate::toml_file::load(path)?)
     }
 
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
+        let Some(c) = &self.cluster else {
+            return Ok(());
+        };
+        if c.node == 0 {
+            return Err(invalid(
+                "cluster.node",
+                "must be 1..=65535 (0 is a single gateway)",
+            ));
+        }
+        if c.etcd_endpoints.is_empty() {
+            return Err(invalid(
+                "cluster.etcd_endpoints",
+                "a cluster needs at least one etcd endpoint",
+            ));
+        }
+        if !(1..=60).contains(&c.lease_ttl_s) {
+            return Err(invalid(
+                "cluster.lease_ttl_s",
+                format!("{} is outside 1..=60", c.lease_ttl_s),
+            ));
+        }
+        // A write must be answered (or given up) well before the lease could run out.
+        let max = c.lease_ttl_s * 1000 / 2;
+        if !(50..=max).contains(&c.etcd_timeout_ms) {
+            return Err(invalid(
+                "cluster.etcd_timeout_ms",
+                format!(
+                    "{} is outside 50..={max} (half the lease TTL)",
+                    c.etcd_timeout_ms
+                ),
+            ));
+        }
+        if !c.root.ends_with('/') {
+            return Err(invalid("cluster.root", "must end with '/'"));
+        }
+        if self.store.backend != "local" {
+            return Err(invalid(
+                "store.backend",
+                "a cluster keeps its sessions in the [cluster]'s etcd: remove [store]",
+            ));
+        }
+        Ok(())
+    }
+
     fn validate_store(&self) -> Result<(), ConfigError> {
         let st = &self.store;
         match st.backend.as_str() {
@@ -200,6 +276,7 @@ impl GatewayConfig {
     /// Checks what serde cannot: ranges and relations between values.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_store()?;
+        self.validate_cluster()?;
         if self.interfaces.is_empty() {
             return Err(invalid("interfaces", "at least one interface is needed"));
         }

@@ -5,6 +5,7 @@
 //! I/O shell around it.
 
 mod calls;
+pub mod cluster;
 pub mod config;
 pub mod core;
 mod counters;

@@ -11,6 +11,7 @@ use std::collections::HashSet;
 
 use super::{
     core::{Core, Entry},
+    counters::bump,
     record::SessionRecord,
     rollback::RolledBack,
 };
@@ -303,5 +304,145 @@ impl Core {
             tracing::error!(session = %crate::control::api::SessionId(id), "restoring the map entry: {err}");
         }
         true
+    }
+}
+
+/// What a cluster group commit refused (each session is its own transaction).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ClusterCommit {
+    pub written: u64,
+    /// Refused by etcd: the session is another node's (or its record moved on).
+    pub lost: u64,
+    /// No answer: perhaps written, perhaps not; taken back here all the same.
+    pub in_doubt: u64,
+    pub refused: RolledBack,
+}
+
+impl Core {
+    /// The group commit in a cluster: each changed session is one etcd transaction,
+    /// guarded by this node's epoch for it (0: acquire it — a new session, or a
+    /// takeover). A session whose write does not go through is rolled back alone
+    /// (its reattach denied `ownership_ambiguous`); one that etcd says is another
+    /// node's is demoted to foreign. Nothing here stops the controller: an etcd
+    /// outage refuses changes and leaves established traffic alone.
+    pub fn persist_cluster(
+        &mut self,
+        cluster: &crate::cluster::Cluster,
+        now_ms: u64,
+    ) -> Result<ClusterCommit, String> {
+        use crate::cluster::{Op, Outcome};
+        let mut r = ClusterCommit::default();
+        if self.dirty.is_empty() && self.torn.is_empty() {
+            self.unadopt_unwritten();
+            self.batch_durable();
+            self.release_events();
+            return Ok(r);
+        }
+        let view = self.cluster.as_ref().ok_or("no cluster")?;
+        let writes = self.pending_writes(&view.sealer);
+        let ops: Vec<Op> = writes
+            .iter()
+            .map(|w| {
+                let epoch = self
+                    .sessions
+                    .get(&w.id())
+                    .or_else(|| self.torn.get(&w.id()))
+                    .map_or(0, |e| e.epoch);
+                match w {
+                    Write::Put { id, expect, value } => Op::Put {
+                        id: *id,
+                        expect: *expect,
+                        value: value.clone(),
+                        epoch,
+                    },
+                    Write::Delete { id, expect } => Op::Delete {
+                        id: *id,
+                        expect: *expect,
+                        epoch,
+                    },
+                }
+            })
+            .collect();
+        let outcomes = cluster.commit(ops);
+        let mut refused = std::collections::BTreeSet::new();
+        let mut lost = Vec::new();
+        let me = cluster.node();
+        for (w, o) in writes.iter().zip(outcomes) {
+            let id = w.id();
+            match o {
+                Outcome::Done { rev, epoch } => {
+                    r.written += 1;
+                    self.record_revisions(std::slice::from_ref(w), &[rev.unwrap_or(0)]);
+                    let Some(e) = self.sessions.get_mut(&id) else {
+                        continue;
+                    };
+                    if e.epoch != epoch {
+                        // A record created: a new session, no owner before.
+                        let first = w.expect() == 0;
+                        e.epoch = epoch;
+                        let from = self
+                            .cluster
+                            .as_mut()
+                            .and_then(|c| c.adopted.remove(&id))
+                            .flatten();
+                        bump(&mut self.counters.ownership, "acquired");
+                        if !first {
+                            self.ownership_change(id, from, me, epoch, now_ms);
+                        }
+                        // The exit honours the newest epoch only: tell it this one,
+                        // with this node's return address.
+                        let e = &self.sessions[&id];
+                        let install = self.install_msg(id, e);
+                        self.send_link(id, install, now_ms);
+                    }
+                }
+                Outcome::Lost { owner, rev } => {
+                    let still_mine = owner.is_some_and(|o| o.node == me)
+                        && self
+                            .sessions
+                            .get(&id)
+                            .is_some_and(|e| Some(e.epoch) == owner.map(|o| o.epoch));
+                    if still_mine {
+                        // Our own earlier write landed after all (its answer was lost).
+                        if let Some(e) = self.sessions.get_mut(&id) {
+                            e.rev = rev;
+                        }
+                        r.in_doubt += 1;
+                        bump(&mut self.counters.ownership, "in_doubt");
+                    } else {
+                        r.lost += 1;
+                        bump(&mut self.counters.ownership, "refused");
+                        lost.push((id, owner, rev));
+                    }
+                    refused.insert(id);
+                }
+                Outcome::Failed(e) => {
+                    tracing::warn!(session = %crate::control::api::SessionId(id), "cluster write: {e}");
+                    r.in_doubt += 1;
+                    bump(&mut self.counters.ownership, "in_doubt");
+                    refused.insert(id);
+                }
+            }
+        }
+        if !refused.is_empty() {
+            r.refused = self.rollback_sessions(
+                &refused,
+                crate::session::Detail::OwnershipAmbiguous,
+                now_ms,
+            )?;
+            for (id, owner, _) in lost {
+                // Another node's now, or no one's (our lease ran out): not ours.
+                if owner.is_none_or(|o| o.node != me) {
+                    self.lose(id, owner, now_ms);
+                }
+                if let Some(f) = self.foreign_entry(id) {
+                    f.owner = owner;
+                }
+            }
+        }
+        self.unadopt_unwritten();
+        self.batch_durable();
+        self.release_events();
+        Ok(r)
     }
 }

@@ -55,6 +55,19 @@ impl Core {
             // Dropped before any crypto: that is what the ban is for.
             return bump(&mut self.counters.reattach, "source_banned");
         }
+        let id = h.session_id();
+        if !self.sessions.contains_key(&id) && self.foreign_entry(id).is_some() {
+            let Some(msg) = decode(data, msg_type::REATTACH_REQUEST) else {
+                return bump(&mut self.counters.malformed, "reattach_request");
+            };
+            let ts = match &msg.msg().body {
+                Body::ReattachRequest(r) => Some(r.ts_ms),
+                _ => None,
+            };
+            if !self.foreign_request(id, local, peer, &msg, ts, now_ms) {
+                return;
+            }
+        }
         let Some((id, msg, proof_ok)) =
             self.open(data, h, msg_type::REATTACH_REQUEST, "reattach_request")
         else {
@@ -72,6 +85,17 @@ impl Core {
             bump(&mut self.counters.reattach, "before_start");
             return self.security(Some(id), peer, "before_start", now_ms);
         }
+        if proof_ok && fresh && !self.lease_live(now_ms) {
+            // This node cannot vouch that it still owns the session (its lease may
+            // have run out at etcd): no binding changes until it can.
+            return self.deny_now(
+                id,
+                local,
+                peer,
+                crate::session::Detail::OwnershipAmbiguous,
+                now_ms,
+            );
+        }
         if !proof_ok && self.blacklist.invalid_proof(peer.ip(), now_ms) {
             tracing::warn!("{} banned for repeated invalid reattach proofs", peer.ip());
             self.security(Some(id), peer, "source_banned", now_ms);
@@ -87,6 +111,26 @@ impl Core {
             address_changed: req.cause == ReattachCause::AddressChanged,
         });
         self.drive(id, &ev, Some(local), now_ms);
+    }
+
+    /// `REATTACH_DENIED` at once, nothing changed (the request verified).
+    fn deny_now(
+        &mut self,
+        id: u64,
+        local: SocketAddr,
+        peer: SocketAddr,
+        detail: crate::session::Detail,
+        now_ms: u64,
+    ) {
+        self.send_control(id, local, peer, Body::denied(detail));
+        bump(&mut self.counters.reattach, detail.name());
+        self.events
+            .push(crate::control::api::EventRecord::TransportSwitchDenied {
+                ts_ms: now_ms,
+                session_id: crate::control::api::SessionId(id),
+                candidate: peer.to_string(),
+                detail,
+            });
     }
 
     pub(super) fn on_reattach_confirm(
@@ -146,6 +190,14 @@ impl Core {
         data: &[u8],
         now_ms: u64,
     ) {
+        let sid = h.session_id();
+        if !self.sessions.contains_key(&sid) && self.foreign_entry(sid).is_some() {
+            match decode(data, msg_type::KEEPALIVE) {
+                Some(m) => self.foreign_keepalive(sid, local, peer, m, now_ms),
+                None => bump(&mut self.counters.malformed, "keepalive"),
+            }
+            return;
+        }
         let Some((id, msg)) = self.accept_ctl(data, h, msg_type::KEEPALIVE, "keepalive") else {
             return;
         };

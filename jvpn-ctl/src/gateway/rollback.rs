@@ -69,6 +69,9 @@ impl Core {
     /// sessions it ended are free now.
     pub(super) fn batch_durable(&mut self) {
         self.undo.clear();
+        if let Some(c) = self.cluster.as_mut() {
+            c.adopted.clear();
+        }
         for (_, e) in self.torn.drain() {
             self.pool.release(e.tunnel);
         }
@@ -84,14 +87,30 @@ impl Core {
             .copied()
             .chain(self.torn.keys().copied())
             .collect();
-        let mut undo: HashMap<u64, Undo> = std::mem::take(&mut self.undo);
-        if let Some(id) = ids.iter().find(|id| !undo.contains_key(id)) {
+        self.rollback_sessions(&ids, Detail::StoreError, now_ms)
+    }
+
+    /// Puts back the sessions `ids` of the batch (a cluster commits each session on
+    /// its own, so some may be refused while the others went through); their
+    /// pending reattaches are refused with `detail`.
+    pub(super) fn rollback_sessions(
+        &mut self,
+        ids: &BTreeSet<u64>,
+        detail: Detail,
+        now_ms: u64,
+    ) -> Result<RolledBack, String> {
+        let ids = ids.clone();
+        if let Some(id) = ids.iter().find(|id| !self.undo.contains_key(id)) {
             return Err(format!(
                 "session {} changed in the store without an undo record",
                 SessionId(*id)
             ));
         }
-        self.dirty.clear();
+        let mut undo: HashMap<u64, Undo> = ids
+            .iter()
+            .filter_map(|id| self.undo.remove(id).map(|u| (*id, u)))
+            .collect();
+        self.dirty.retain(|id| !ids.contains(id));
         self.out.retain(|o| !ids.contains(&o.session()));
         let counters = &mut self.counters;
         self.events.retain(|ev| {
@@ -115,6 +134,7 @@ impl Core {
                     }
                     d
                 }
+                EventRecord::OwnershipChange { session_id, .. } => ids.contains(&session_id.0),
                 EventRecord::SecurityEvent { .. } | EventRecord::ControllerStarted { .. } => false,
             };
             !drop
@@ -125,7 +145,7 @@ impl Core {
             if u.session.state == State::Birth {
                 // Its last handshake step (ESTABLISHED) could not be made durable.
                 unbump(&mut self.counters.handshakes, "established");
-                bump(&mut self.counters.handshakes, "store_error");
+                bump(&mut self.counters.handshakes, detail.name());
                 if let Some(e) = self.sessions.get_mut(&id) {
                     e.rev = 0;
                 }
@@ -151,15 +171,24 @@ impl Core {
             self.sessions.insert(id, e);
             r.sessions += 1;
             if let Some((local, candidate)) = u.request {
-                self.send_control(id, local, candidate, Body::denied(Detail::StoreError));
-                bump(&mut self.counters.reattach, Detail::StoreError.name());
+                self.send_control(id, local, candidate, Body::denied(detail));
+                bump(&mut self.counters.reattach, detail.name());
                 self.events.push(EventRecord::TransportSwitchDenied {
                     ts_ms: now_ms,
                     session_id: SessionId(id),
                     candidate: candidate.to_string(),
-                    detail: Detail::StoreError,
+                    detail,
                 });
                 r.reattaches += 1;
+            }
+            if self
+                .cluster
+                .as_ref()
+                .is_some_and(|c| c.adopted.contains_key(&id))
+            {
+                // A takeover that did not happen: the session is another node's
+                // (or no one's) as before.
+                self.return_adopted(id);
             }
         }
         Ok(r)

@@ -73,11 +73,17 @@ pub async fn run(
     // later than the first answer a client can get.
     let started = clock.now_ms();
     let (store, sealer) = open_store(&cfg)?;
-    let records = load_records(store.as_ref(), &sealer, clock.now_ms())?;
-    let mut db = Durable {
-        store,
-        sealer,
-        warned: Warned::default(),
+    let (mut db, records) = match store {
+        Opened::Single(store) => {
+            let records = load_records(store.as_ref(), &sealer, clock.now_ms())?;
+            let db = Db::Single(Durable {
+                store,
+                sealer,
+                warned: Warned::default(),
+            });
+            (db, records)
+        }
+        Opened::Cluster(c) => (Db::Cluster(Box::new(c), Some(sealer), 0), Vec::new()),
     };
     let identity = proto::identity::load(&cfg.identity)?;
     let peers = Peers::load(&cfg.peers)?;
@@ -148,26 +154,66 @@ pub async fn run(
             gw_exit: SocketAddr::new(gw_exit_ip, cfg.port),
             link_key,
             start_us: started * 1000,
-            node: 0,
+            node: cfg.cluster.as_ref().map_or(0, |c| c.node),
         },
         dp,
         bus,
         started,
     );
     let now = clock.now_ms();
+    let (cl_tx, mut cl_rx) = mpsc::unbounded_channel::<crate::cluster::Change>();
+    let (records, claims) = match &mut db {
+        Db::Cluster(c, sealer, _) => {
+            core.enable_cluster(c.node(), sealer.take().expect("sealer"));
+            core.set_lease_until(lease_until_ms(c, &clock));
+            let snap = c.snapshot()?;
+            let mine = core
+                .split_snapshot(&snap, now)
+                .map_err(|cause| GatewayError::Record {
+                    store: c.describe(),
+                    cause,
+                })?;
+            c.watch(snap.revision, cl_tx.clone())?;
+            let lease = c.lease().id;
+            let mut claims = Vec::new();
+            let mut records = Vec::new();
+            for (rev, e, owner) in mine {
+                let id = e.session.id;
+                match owner {
+                    Some(o) if o.lease != lease => {
+                        claims.push(crate::cluster::Op::Claim { id, epoch: o.epoch })
+                    }
+                    Some(_) => {}
+                    None => claims.push(crate::cluster::Op::Acquire { id, expect: rev }),
+                }
+                records.push((rev, e));
+            }
+            (records, claims)
+        }
+        Db::Single(_) => (records, Vec::new()),
+    };
     let r = core.resume(records, now);
     tracing::info!(
         "resumed {} sessions from {} ({} map entries restored, {} unexplained entries \
-         removed, {} expired while stopped)",
+         removed, {} expired while stopped; {} other nodes' sessions admitted)",
         r.resumed,
-        db.store.describe(),
+        db.describe(),
         r.reinstalled,
         r.removed,
-        r.expired
+        r.expired,
+        core.foreign_count()
     );
+    if let Db::Cluster(c, _, term) = &mut db {
+        *term = c.lease().term;
+        let outcomes = c.commit(claims.clone());
+        core.claimed(&claims, outcomes, now);
+    }
     // At start a store that cannot write is an error, not a rollback.
-    if let Commit::RolledBack { error, .. } = core.persist(db.store.as_mut(), &db.sealer, now)? {
-        return Err(error.into());
+    if let Some(e) = db.commit(&mut core, now)? {
+        return Err(GatewayError::Record {
+            store: db.describe(),
+            cause: e,
+        });
     }
     tracing::info!(
         "gateway up: {} listening on {}; control socket {}",
@@ -209,7 +255,16 @@ pub async fn run(
                 }
             }
             Some(f) = link_rx.recv() => core.on_link_frame(&f, clock.now_ms()),
-            _ = tick.tick() => core.tick(clock.now_ms()),
+            Some(ch) = cl_rx.recv() => {
+                db.on_change(&mut core, ch, &cl_tx, clock.now_ms())?;
+                while let Ok(ch) = cl_rx.try_recv() {
+                    db.on_change(&mut core, ch, &cl_tx, clock.now_ms())?;
+                }
+            }
+            _ = tick.tick() => {
+                db.keep_lease(&mut core, &clock);
+                core.tick(clock.now_ms());
+            }
         }
         // Durable before visible: no reply of this batch leaves before its records
         // are written. A batch the store refuses is rolled back (its requests
@@ -251,7 +306,7 @@ pub async fn run(
         "gateway stopped; {} sessions kept in {} (the data plane keeps forwarding; the \
          next start resumes them, `jvpn-ctl drain` ends them)",
         core.session_count(),
-        db.store.describe()
+        db.describe()
     );
     Ok(())
 }
@@ -292,8 +347,13 @@ impl Fault {
     }
 }
 
+enum Opened {
+    Single(Box<dyn SessionStore>),
+    Cluster(crate::cluster::Cluster),
+}
+
 /// Creates the state directory (0700) and the store key on first start.
-fn open_store(cfg: &GatewayConfig) -> Result<(Box<dyn SessionStore>, Sealer), GatewayError> {
+fn open_store(cfg: &GatewayConfig) -> Result<(Opened, Sealer), GatewayError> {
     let dir = &cfg.state_dir;
     if !dir.exists() {
         std::fs::create_dir_all(dir).map_err(|cause| GatewayError::Io {
@@ -321,6 +381,28 @@ fn open_store(cfg: &GatewayConfig) -> Result<(Box<dyn SessionStore>, Sealer), Ga
             dir.display()
         );
     }
+    if let Some(c) = &cfg.cluster {
+        let cluster = crate::cluster::Cluster::join(crate::cluster::JoinParams {
+            endpoints: c.etcd_endpoints.clone(),
+            root: c.root.clone(),
+            node: c.node,
+            ttl: Duration::from_secs(c.lease_ttl_s),
+            timeout: Duration::from_millis(c.etcd_timeout_ms),
+            about: format!(
+                "pid={} port={} pool={} interfaces={}",
+                std::process::id(),
+                cfg.port,
+                cfg.pool.cidr,
+                cfg.interfaces.join(",")
+            ),
+        })?;
+        tracing::info!(
+            "node {} joined the cluster at {}",
+            c.node,
+            cluster.describe()
+        );
+        return Ok((Opened::Cluster(cluster), Sealer::new(&key)));
+    }
     let store: Box<dyn SessionStore> = match cfg.store.backend.as_str() {
         "etcd" => Box::new(
             EtcdStore::connect(
@@ -332,7 +414,112 @@ fn open_store(cfg: &GatewayConfig) -> Result<(Box<dyn SessionStore>, Sealer), Ga
         ),
         _ => Box::new(LocalStore::open(dir)?),
     };
-    Ok((store, Sealer::new(&key)))
+    Ok((Opened::Single(store), Sealer::new(&key)))
+}
+
+/// The lease's deadline on the core's clock.
+fn lease_until_ms(c: &crate::cluster::Cluster, clock: &Clock) -> u64 {
+    let now = Instant::now();
+    match c.lease().until {
+        Some(u) if u > now => clock.now_ms() + (u - now).as_millis() as u64,
+        _ => 0,
+    }
+}
+
+/// Where the records go: one store, or the cluster (its sealer until the core has
+/// it, and the lease term the core's sessions were acquired under).
+enum Db {
+    Single(Durable),
+    Cluster(Box<crate::cluster::Cluster>, Option<Sealer>, u64),
+}
+
+impl Db {
+    fn describe(&self) -> String {
+        match self {
+            Db::Single(d) => d.store.describe(),
+            Db::Cluster(c, ..) => c.describe(),
+        }
+    }
+
+    /// The group commit; `Some(problem)`: refused and rolled back.
+    fn commit(&mut self, core: &mut Core, now_ms: u64) -> Result<Option<String>, GatewayError> {
+        match self {
+            Db::Single(d) => Ok(d.commit(core, now_ms)?.map(|e| e.to_string())),
+            Db::Cluster(c, ..) => {
+                let r = core
+                    .persist_cluster(c, now_ms)
+                    .map_err(|cause| GatewayError::Record {
+                        store: c.describe(),
+                        cause,
+                    })?;
+                Ok((r.lost + r.in_doubt > 0).then(|| {
+                    format!(
+                        "{} writes refused by the cluster, {} without an answer",
+                        r.lost, r.in_doubt
+                    )
+                }))
+            }
+        }
+    }
+
+    fn on_change(
+        &mut self,
+        core: &mut Core,
+        ch: crate::cluster::Change,
+        tx: &mpsc::UnboundedSender<crate::cluster::Change>,
+        now_ms: u64,
+    ) -> Result<(), GatewayError> {
+        let Db::Cluster(c, ..) = self else {
+            return Ok(());
+        };
+        if ch != crate::cluster::Change::Resync {
+            core.on_cluster_change(ch, now_ms);
+            return Ok(());
+        }
+        // The watch missed changes: every session as the cluster holds it now.
+        tracing::warn!("the cluster watch fell behind: reading every session again");
+        let snap = c.snapshot()?;
+        for (id, s) in &snap.sessions {
+            core.on_cluster_change(
+                crate::cluster::Change::Owner {
+                    id: *id,
+                    owner: s.owner,
+                },
+                now_ms,
+            );
+            core.on_cluster_change(
+                crate::cluster::Change::Record {
+                    id: *id,
+                    record: s.record.clone(),
+                },
+                now_ms,
+            );
+        }
+        c.watch(snap.revision, tx.clone())?;
+        Ok(())
+    }
+
+    /// The lease deadline into the core; a new lease (the old one ran out at etcd)
+    /// means every session of this node lost its owner key: acquired again unless
+    /// another node took it meanwhile.
+    fn keep_lease(&mut self, core: &mut Core, clock: &Clock) {
+        let Db::Cluster(c, _, term) = self else {
+            return;
+        };
+        core.set_lease_until(lease_until_ms(c, clock));
+        let now = c.lease();
+        if now.term == *term || now.id == 0 {
+            return;
+        }
+        *term = now.term;
+        let ops = core.reacquire_ops();
+        tracing::warn!(
+            "new lease: acquiring this node's {} sessions again",
+            ops.len()
+        );
+        let outcomes = c.commit(ops.clone());
+        core.claimed(&ops, outcomes, clock.now_ms());
+    }
 }
 
 /// Every record, unsealed and decoded; one that fails refuses the start (naming the

@@ -125,6 +125,15 @@ fn describe(e: &EventRecord) -> Option<String> {
         EventRecord::SecurityEvent { source, kind, .. } => {
             format!("SECURITY {kind} from {source}")
         }
+        EventRecord::OwnershipChange {
+            from_node,
+            to_node,
+            epoch,
+            ..
+        } => format!(
+            "ownership: {} -> node {to_node}, epoch {epoch}",
+            from_node.map_or("no owner".to_string(), |f| format!("node {f}"))
+        ),
         EventRecord::ControllerStarted {
             resumed,
             reinstalled,

@@ -43,12 +43,12 @@ const PAGE: i64 = 500;
 
 /// gRPC refuses answers above 4 MiB by default; a page of [`PAGE`] records of up to
 /// 128 KiB each (records are ~300 bytes) must fit.
-const MAX_ANSWER_BYTES: usize = 64 << 20;
+pub(crate) const MAX_ANSWER_BYTES: usize = 64 << 20;
 
 /// How much longer than the client thread's own deadline a caller waits for its
 /// answer: the thread answers a late request with a timeout itself, and the caller's
 /// deadline only catches a thread that is stuck or gone.
-const GRACE: Duration = Duration::from_millis(500);
+pub(crate) const GRACE: Duration = Duration::from_millis(500);
 
 const RECORD: &str = "/record";
 
@@ -99,7 +99,7 @@ impl Op {
     }
 }
 
-type Answer<T> = std_mpsc::SyncSender<Result<T, StoreError>>;
+pub(crate) type Answer<T> = std_mpsc::SyncSender<Result<T, StoreError>>;
 
 struct Request {
     op: Op,
@@ -253,7 +253,7 @@ impl Config {
 /// etcd-client's error, without the gRPC metadata its `Display` adds, and with the
 /// root cause a transport error keeps at the end of its source chain (each link
 /// repeats the one before it): "Unavailable: tcp connect error: Connection refused".
-fn describe(e: &etcd_client::Error) -> String {
+pub(crate) fn describe(e: &etcd_client::Error) -> String {
     let (head, mut source) = match e {
         etcd_client::Error::GRpcStatus(s) => (
             format!("{:?}: {}", s.code(), s.message()),
@@ -523,7 +523,7 @@ const RESEND_PAUSE: Duration = Duration::from_millis(5);
 /// down refuses the connection), so the client's balanced channel tries another
 /// endpoint; a request that may have reached one is never repeated. The caller's
 /// deadline ([`answer`]) ends the loop.
-async fn until_sent<T, F: Future<Output = Result<T, etcd_client::Error>>>(
+pub(crate) async fn until_sent<T, F: Future<Output = Result<T, etcd_client::Error>>>(
     mut send: impl FnMut() -> F,
 ) -> Result<T, etcd_client::Error> {
     loop {
@@ -544,7 +544,7 @@ fn never_sent(e: &etcd_client::Error) -> bool {
 /// deadline has passed is not started at all: its caller was told it timed out. One
 /// that runs out is dropped, which cancels it; a batch already on its way to etcd
 /// may still be applied, as the timeout error says.
-async fn answer<T>(
+pub(crate) async fn answer<T>(
     to: Answer<T>,
     deadline: Instant,
     late: StoreError,
@@ -589,13 +589,13 @@ fn transaction(batch: &[Write], keys: &[String]) -> Txn {
 }
 
 /// etcd's revisions of existing keys start at 1; anything else is not a revision.
-fn revision(r: i64) -> Option<Revision> {
+pub(crate) fn revision(r: i64) -> Option<Revision> {
     u64::try_from(r).ok().filter(|&r| r > 0)
 }
 
 /// The end of the range of keys that start with `prefix`: its last byte below 0xff
 /// incremented, the rest dropped (etcd's own rule; `\0` means "to the end").
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     match prefix.iter().rposition(|&b| b < 0xff) {
         Some(i) => {
             let mut end = prefix[..=i].to_vec();
