@@ -11,7 +11,8 @@
 //! kind = "wifi"                           # wifi | cellular | ethernet
 //! bind = "192.0.2.10:40000"               # source address (port 0: any)
 //! interface = "wlan0"                     # optional: SO_BINDTODEVICE
-//! gateway = "198.51.100.1:51820"
+//! gateway = "198.51.100.1:51820"           # or, for the nodes of one gateway cluster:
+//! # gateways = ["198.51.100.1:51820", "198.51.100.2:51820"]
 //! ```
 //!
 //! Unknown keys and invalid values are errors that name the key.
@@ -62,8 +63,75 @@ pub struct TransportConfig {
     /// through another link when routes change.
     #[serde(default)]
     pub interface: Option<String>,
-    /// The gateway's address on this transport (same family as `bind`).
-    pub gateway: SocketAddr,
+    /// The gateway's address on this transport (same family as `bind`). Exactly one
+    /// of `gateway` and `gateways` is given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<SocketAddr>,
+    /// The addresses of the nodes of one gateway cluster (one identity, one
+    /// `gateway_public_key`) on this transport, tried in this order: the transport
+    /// moves to the next one when the current one stops answering or refuses a
+    /// reattach as `ownership_ambiguous` (docs/client.md, "Gateway clusters").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateways: Option<Vec<SocketAddr>>,
+}
+
+impl TransportConfig {
+    /// The gateway addresses, in order: `gateway` alone, or `gateways` (empty only in
+    /// a configuration that [`ClientConfig::validate`] refuses).
+    pub fn addresses(&self) -> Vec<SocketAddr> {
+        match (&self.gateway, &self.gateways) {
+            (Some(a), None) => vec![*a],
+            (None, Some(list)) => list.clone(),
+            (Some(a), Some(list)) => std::iter::once(*a).chain(list.iter().copied()).collect(),
+            (None, None) => Vec::new(),
+        }
+    }
+
+    /// Checks the gateway keys; `i` is the transport's index, for the key in errors.
+    fn validate_gateways(&self, i: usize) -> Result<(), ConfigError> {
+        let list: Vec<(String, SocketAddr)> = match (&self.gateway, &self.gateways) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    format!("transport[{i}].gateways"),
+                    "give either gateway (one address) or gateways (a list), not both",
+                ));
+            }
+            (None, None) => {
+                return Err(invalid(
+                    format!("transport[{i}].gateway"),
+                    "missing (or gateways = [...] for the nodes of a gateway cluster)",
+                ));
+            }
+            (None, Some(list)) if list.is_empty() => {
+                return Err(invalid(
+                    format!("transport[{i}].gateways"),
+                    "needs at least one address",
+                ));
+            }
+            (Some(a), None) => vec![(format!("transport[{i}].gateway"), *a)],
+            (None, Some(list)) => list
+                .iter()
+                .enumerate()
+                .map(|(j, a)| (format!("transport[{i}].gateways[{j}]"), *a))
+                .collect(),
+        };
+        let mut seen = HashSet::new();
+        for (key, a) in list {
+            if self.bind.is_ipv4() != a.is_ipv4() {
+                return Err(invalid(
+                    key,
+                    format!("{a} is not the same family as bind {}", self.bind),
+                ));
+            }
+            if a.port() == 0 || a.ip().is_unspecified() {
+                return Err(invalid(key, "needs an address and a port"));
+            }
+            if !seen.insert(a) {
+                return Err(invalid(key, format!("{a} is listed twice")));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Thresholds that make the bound transport VOLATILE, and the move-back rule.
@@ -188,15 +256,7 @@ impl ClientConfig {
             if !names.insert(t.name.as_str()) {
                 return Err(invalid(key("name"), format!("{:?} is used twice", t.name)));
             }
-            if t.bind.is_ipv4() != t.gateway.is_ipv4() {
-                return Err(invalid(
-                    key("gateway"),
-                    format!("{} is not the same family as bind {}", t.gateway, t.bind),
-                ));
-            }
-            if t.gateway.port() == 0 || t.gateway.ip().is_unspecified() {
-                return Err(invalid(key("gateway"), "needs an address and a port"));
-            }
+            t.validate_gateways(i)?;
             if let Some(dev) = &t.interface
                 && (dev.is_empty() || dev.len() > 15)
             {
@@ -261,7 +321,7 @@ mod tests {
             "{bad_kind}"
         );
         let mut c = ClientConfig::parse(&text("")).unwrap();
-        c.transports[0].gateway = "[fd00::1]:51820".parse().unwrap();
+        c.transports[0].gateway = Some("[fd00::1]:51820".parse().unwrap());
         let e = c.validate().unwrap_err().to_string();
         assert!(e.starts_with("transport[0].gateway:"), "{e}");
         let mut c = ClientConfig::parse(&text("")).unwrap();
@@ -280,5 +340,61 @@ mod tests {
                 .to_string()
                 .starts_with("transport:")
         );
+    }
+
+    /// `text("")` with its `gateway = …` line replaced.
+    fn with_gateways(line: &str) -> Result<ClientConfig, ConfigError> {
+        let c = ClientConfig::parse(&text("").replace("gateway = \"10.0.0.1:51820\"", line))?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    #[test]
+    fn gateway_one_address_or_a_list() {
+        let one = with_gateways("gateway = \"10.0.0.1:51820\"").unwrap();
+        assert_eq!(
+            one.transports[0].addresses(),
+            ["10.0.0.1:51820".parse().unwrap()]
+        );
+        assert_eq!(one, ClientConfig::parse(&text("")).unwrap(), "unchanged");
+        let list = with_gateways("gateways = [\"10.0.0.1:51820\", \"10.0.0.9:51821\"]").unwrap();
+        let want: Vec<SocketAddr> = vec![
+            "10.0.0.1:51820".parse().unwrap(),
+            "10.0.0.9:51821".parse().unwrap(),
+        ];
+        assert_eq!(list.transports[0].addresses(), want);
+        // --print-config writes back what was read (a single address stays `gateway`).
+        let printed = toml::to_string(&one).unwrap();
+        assert!(
+            printed.contains("gateway = \"10.0.0.1:51820\""),
+            "{printed}"
+        );
+        assert!(!printed.contains("gateways"), "{printed}");
+        let printed = toml::to_string(&list).unwrap();
+        assert_eq!(ClientConfig::parse(&printed).unwrap(), list);
+    }
+
+    #[test]
+    fn gateway_list_errors_name_the_key() {
+        let err = |line: &str| with_gateways(line).unwrap_err().to_string();
+        let e = err("gateway = \"10.0.0.1:51820\"\ngateways = [\"10.0.0.9:51820\"]");
+        assert!(e.starts_with("transport[0].gateways:"), "{e}");
+        assert!(e.contains("not both"), "{e}");
+        let e = err("gateways = []");
+        assert!(e.starts_with("transport[0].gateways:"), "{e}");
+        assert!(e.contains("at least one"), "{e}");
+        let e = err("");
+        assert!(e.starts_with("transport[0].gateway:"), "{e}");
+        let e = err("gateways = [\"10.0.0.1:51820\", \"10.0.0.9:51820\", \"[fd00::1]:51820\"]");
+        assert!(e.starts_with("transport[0].gateways[2]:"), "{e}");
+        assert!(e.contains("family"), "{e}");
+        let e = err("gateways = [\"10.0.0.1:51820\", \"10.0.0.9:0\"]");
+        assert!(e.starts_with("transport[0].gateways[1]:"), "{e}");
+        let e = err("gateways = [\"10.0.0.1:51820\", \"10.0.0.9:51820\", \"10.0.0.1:51820\"]");
+        assert!(e.starts_with("transport[0].gateways[2]:"), "{e}");
+        assert!(e.contains("listed twice"), "{e}");
+        // Not an address at all: the TOML reader names the key.
+        let e = err("gateways = [\"10.0.0.1:51820\", \"nowhere\"]");
+        assert!(e.contains("gateways"), "{e}");
     }
 }

@@ -20,10 +20,18 @@
 //! Refusals are obeyed: a DENIED candidate backs off (rate limits back off the whole
 //! session), and nothing ever falls back silently to a fresh session. Only after
 //! TERMINATED does the agent start a new one, if `reconnect` is set, and it says so.
+//!
+//! A transport may have several gateway addresses (the nodes of one cluster). It
+//! sends to its current one and moves to the next ([`Core::rotate`]) when a reattach
+//! over it goes unanswered or is refused as `ownership_ambiguous`, when it is silent
+//! for the loss TTL, or when a HELLO goes unanswered. The bound transport that moved
+//! is DEAD for the session (its binding is at the address it left) until a reattach
+//! (cause `recovery`) succeeds over it or over another transport.
 
-use std::net::{IpAddr, SocketAddr};
-
-use std::collections::VecDeque;
+use std::{
+    collections::VecDeque,
+    net::{IpAddr, SocketAddr},
+};
 
 use jvpn_common::wire::msg_type;
 use ring::{
@@ -75,13 +83,18 @@ const SENT_AT: usize = 16;
 const DEFAULT_MAX_MTU: u16 = 1500;
 /// Times each tunnel-MTU change is told to the exit.
 const MTU_NOTICES: u8 = 3;
+/// Gateway control counters remembered across addresses: one accepted from one
+/// address is refused from every other (a replay under another source address).
+const RECENT_GW_CTRS: usize = 256;
 
 /// What the shell must do.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Out {
-    /// Send on transport `transport` to its gateway address (never fragmented: DF).
+    /// Send on transport `transport` to `to`, its current gateway address (never
+    /// fragmented: DF).
     Udp {
         transport: usize,
+        to: SocketAddr,
         data: Vec<u8>,
     },
     /// The tunnel MTU changed (a switch, or a path MTU learned): set the TUN's MTU.
@@ -98,6 +111,17 @@ pub enum Out {
 /// One transport and what the agent knows about it.
 struct Link {
     cfg: TransportConfig,
+    /// The gateway addresses (one, or the nodes of a cluster) and the one in use: all
+    /// it sends goes there, and only what comes from there is its health.
+    gateways: Vec<SocketAddr>,
+    current: usize,
+    /// Reattaches over this transport that failed in a row, each moving it on: once
+    /// every address has failed, the usual back-off applies again.
+    failed_in_row: usize,
+    /// The last move to another address, for status.
+    moved: Option<String>,
+    /// The route MTU the shell last reported (where a new address's search starts).
+    route_max: u16,
     /// The socket's actual local address (the binding the gateway sees).
     local: String,
     health: Health,
@@ -123,7 +147,15 @@ struct Link {
 
 impl Link {
     fn v6(&self) -> bool {
-        self.cfg.gateway.is_ipv6()
+        self.cfg.bind.is_ipv6()
+    }
+
+    fn gateway(&self) -> SocketAddr {
+        self.gateways[self.current]
+    }
+
+    fn addr_index(&self, a: SocketAddr) -> Option<usize> {
+        self.gateways.iter().position(|g| *g == a)
     }
 
     fn next_ts(&mut self, now_ms: u64) -> u64 {
@@ -139,6 +171,9 @@ impl Link {
 
 struct Attempt {
     candidate: usize,
+    /// The candidate's gateway address (index) the request went to; only its answers
+    /// count, and the candidate does not move while the attempt lasts.
+    addr: usize,
     awaiting_ack: bool,
     /// Last message of the exchange sent at.
     sent_ms: u64,
@@ -168,14 +203,20 @@ struct Session {
     state: State,
     version: u64,
     bound: usize,
+    /// The bound transport's address (index) the binding was made with: once that
+    /// transport has moved on, the binding is unreachable until a reattach.
+    bound_addr: usize,
     generation: u32,
     ctl_ctr: u64,
     data_ctr: u64,
     rx_window: ReplayWindow,
-    gw_ctl: CtlWindow,
+    gw_ctl: GwWindows,
     attempt: Option<Attempt>,
     /// When the bound transport was declared DEAD (start of a recovery).
     dead_since: Option<u64>,
+    /// When the bound transport was last heard at the binding's address, kept when it
+    /// moves on (its health starts over there), for the switch record.
+    moved_heard_ms: Option<u64>,
     left_attached_ms: Option<u64>,
     created_ms: u64,
     /// Reattach attempts since the session last left ATTACHED (for the record).
@@ -208,6 +249,42 @@ impl Session {
     }
 }
 
+/// Replay windows for the gateway's control counters, one per gateway address: the
+/// nodes of a cluster count independently (each from its own start time in µs), so a
+/// shared window would refuse the node with the lower counter as "64 behind". A
+/// counter accepted from one address is still refused from any other (the last
+/// [`RECENT_GW_CTRS`]), so a captured reply cannot be replayed under another
+/// source address while it is recent.
+#[derive(Default)]
+struct GwWindows {
+    by_addr: Vec<(SocketAddr, CtlWindow)>,
+    recent: VecDeque<u64>,
+}
+
+impl GwWindows {
+    /// Checks and records `ctr` from `from`; false: a replay (or too old).
+    fn update(&mut self, from: SocketAddr, ctr: u64) -> bool {
+        if self.recent.contains(&ctr) {
+            return false;
+        }
+        let i = match self.by_addr.iter().position(|(a, _)| *a == from) {
+            Some(i) => i,
+            None => {
+                self.by_addr.push((from, CtlWindow::default()));
+                self.by_addr.len() - 1
+            }
+        };
+        if !self.by_addr[i].1.update(ctr) {
+            return false;
+        }
+        if self.recent.len() == RECENT_GW_CTRS {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(ctr);
+        true
+    }
+}
+
 enum Phase {
     Connecting(Box<Connecting>),
     Up(Box<Session>),
@@ -235,6 +312,8 @@ pub struct Core {
 }
 
 impl Core {
+    /// `cfg` must have passed [`ClientConfig::validate`] (every transport has at least
+    /// one gateway address).
     pub fn new(
         cfg: &ClientConfig,
         identity: Ed25519KeyPair,
@@ -246,6 +325,11 @@ impl Core {
             .iter()
             .map(|t| Link {
                 local: t.bind.to_string(),
+                gateways: t.addresses(),
+                current: 0,
+                failed_in_row: 0,
+                moved: None,
+                route_max: DEFAULT_MAX_MTU,
                 cfg: t.clone(),
                 health: Health::new(now_ms),
                 status: Status::Unknown,
@@ -253,7 +337,7 @@ impl Core {
                 last_probe_ms: None,
                 backoff_until: 0,
                 last_ts: 0,
-                pmtu: new_pmtu(t.gateway.is_ipv6(), DEFAULT_MAX_MTU, now_ms),
+                pmtu: new_pmtu(t.bind.is_ipv6(), DEFAULT_MAX_MTU, now_ms),
                 mtu_probes: VecDeque::new(),
                 sent_at: VecDeque::new(),
                 last_fwd: None,
@@ -284,6 +368,12 @@ impl Core {
         self.links[transport].local = local.to_string();
     }
 
+    /// The gateway address transport `t` sends to now (it changes when the transport
+    /// moves to another node of a cluster).
+    pub fn gateway(&self, t: usize) -> SocketAddr {
+        self.links[t].gateway()
+    }
+
     pub fn session_id(&self) -> Option<u64> {
         match &self.phase {
             Phase::Up(s) => Some(s.id),
@@ -299,7 +389,8 @@ impl Core {
     /// which includes what ICMP "too big" taught it): where path-MTU probing starts.
     pub fn set_path_max(&mut self, t: usize, mtu: u16, now_ms: u64) {
         let l = &mut self.links[t];
-        l.pmtu.set_max(mtu.max(PathMtu::base_for(l.v6())), now_ms);
+        l.route_max = mtu.max(PathMtu::base_for(l.v6()));
+        l.pmtu.set_max(l.route_max, now_ms);
         self.apply_tunnel_mtu();
     }
 
@@ -336,10 +427,19 @@ impl Core {
         let Phase::Connecting(c) = &mut self.phase else {
             return;
         };
-        if c.hellos_on_transport >= HELLOS_PER_TRANSPORT {
+        // Each address of a transport gets at least one HELLO before the next transport.
+        let per_transport = HELLOS_PER_TRANSPORT.max(self.links[c.transport].gateways.len() as u32);
+        if c.hellos_on_transport >= per_transport {
             c.transport = (c.transport + 1) % self.links.len();
             c.hellos_on_transport = 0;
+        } else if c.hellos_on_transport > 0 {
+            // The last HELLO went unanswered: the next goes to the next address.
+            let t = c.transport;
+            self.rotate(t, "HELLO unanswered", now_ms);
         }
+        let Phase::Connecting(c) = &mut self.phase else {
+            return;
+        };
         // A fresh HELLO each time: the gateway refuses a repeated one as a replay.
         match ClientHandshake::start(&self.identity, &self.gateway_pub, now_ms, &self.rng) {
             Ok((hs, hello)) => {
@@ -350,9 +450,11 @@ impl Core {
                 c.hellos_on_transport += 1;
                 c.last_hello_ms = now_ms;
                 let transport = c.transport;
-                tracing::debug!("HELLO over {}", self.links[transport].cfg.name);
+                let to = self.links[transport].gateway();
+                tracing::debug!("HELLO over {} to {to}", self.links[transport].cfg.name);
                 self.out.push(Out::Udp {
                     transport,
+                    to,
                     data: hello,
                 });
             }
@@ -360,7 +462,7 @@ impl Core {
         }
     }
 
-    fn on_handshake_msg(&mut self, t: usize, data: &[u8], now_ms: u64) {
+    fn on_handshake_msg(&mut self, t: usize, from: usize, data: &[u8], now_ms: u64) {
         let Phase::Connecting(c) = &mut self.phase else {
             return;
         };
@@ -374,15 +476,21 @@ impl Core {
                     self.counters.ctl_rejected += 1;
                     return;
                 };
+                // The node that sent it holds the session: CONFIRM goes there (a late
+                // WELCOME may come from an address the transport has since left).
+                let l = &mut self.links[t];
+                l.current = from;
                 tracing::info!(
-                    "WELCOME over {}: session {:016x}, tunnel address {}",
-                    self.links[t].cfg.name,
+                    "WELCOME over {} from {}: session {:016x}, tunnel address {}",
+                    l.cfg.name,
+                    l.gateway(),
                     session.session_id,
                     session.tunnel_addr
                 );
                 c.transport = t;
                 self.out.push(Out::Udp {
                     transport: t,
+                    to: l.gateway(),
                     data: session.confirm.clone(),
                 });
                 c.confirming = Some((session, now_ms));
@@ -418,13 +526,15 @@ impl Core {
             state: State::Birth,
             version: 0,
             bound: t,
+            bound_addr: self.links[t].current,
             generation: 1,
             ctl_ctr: cs.next_ctr,
             data_ctr: 0,
             rx_window: ReplayWindow::new(),
-            gw_ctl: CtlWindow::default(),
+            gw_ctl: GwWindows::default(),
             attempt: None,
             dead_since: None,
+            moved_heard_ms: None,
             left_attached_ms: None,
             created_ms: now_ms,
             tries: 0,
@@ -445,6 +555,7 @@ impl Core {
             l.last_fwd = None;
             l.stalled_since = None;
             l.not_bound = false;
+            l.failed_in_row = 0;
         }
         self.links[t].health.on_rx(now_ms);
         self.out.push(Out::TunUp(s.tunnel));
@@ -460,18 +571,31 @@ impl Core {
     // -----------------------------------------------------------------------------
     // Input
 
-    /// A datagram received on transport `t` (from its gateway address).
-    pub fn on_datagram(&mut self, t: usize, data: &[u8], now_ms: u64) {
+    /// A datagram received on transport `t` from `from`, one of its gateway addresses
+    /// (anything else is not the gateway and is ignored). Only what comes from the
+    /// transport's current address counts as its health.
+    pub fn on_datagram(&mut self, t: usize, from: SocketAddr, data: &[u8], now_ms: u64) {
+        let Some(a) = self.links.get(t).and_then(|l| l.addr_index(from)) else {
+            return;
+        };
         match data.get(1) {
-            Some(&msg_type::DATA) => self.on_data(t, data, now_ms),
+            Some(&msg_type::DATA) => self.on_data(t, a, data, now_ms),
             Some(&msg_type::WELCOME | &msg_type::ESTABLISHED) => {
-                self.on_handshake_msg(t, data, now_ms)
+                self.on_handshake_msg(t, a, data, now_ms)
             }
-            _ => self.on_control(t, data, now_ms),
+            _ => self.on_control(t, a, data, now_ms),
         }
     }
 
-    fn on_data(&mut self, t: usize, data: &[u8], now_ms: u64) {
+    /// Something authenticated arrived on `t` from its address `a`.
+    fn heard(&mut self, t: usize, a: usize, now_ms: u64) {
+        let l = &mut self.links[t];
+        if l.current == a {
+            l.health.on_rx(now_ms);
+        }
+    }
+
+    fn on_data(&mut self, t: usize, a: usize, data: &[u8], now_ms: u64) {
         let Phase::Up(s) = &mut self.phase else {
             return;
         };
@@ -491,10 +615,10 @@ impl Core {
         self.counters.rx_packets += 1;
         self.counters.rx_bytes += inner.len() as u64;
         self.out.push(Out::Tun(inner.to_vec()));
-        self.links[t].health.on_rx(now_ms);
+        self.heard(t, a, now_ms);
     }
 
-    fn on_control(&mut self, t: usize, data: &[u8], now_ms: u64) {
+    fn on_control(&mut self, t: usize, a: usize, data: &[u8], now_ms: u64) {
         let Phase::Up(s) = &mut self.phase else {
             return;
         };
@@ -506,9 +630,10 @@ impl Core {
             self.counters.ctl_rejected += 1;
             return;
         }
+        let from = self.links[t].gateways[a];
         let kind = match u.verify(&s.mac) {
             Err(_) => Some("proof_invalid"),
-            Ok(_) if !s.gw_ctl.update(u.ctr()) => Some("replay"),
+            Ok(_) if !s.gw_ctl.update(from, u.ctr()) => Some("replay"),
             Ok(_) => None,
         };
         if let Some(kind) = kind {
@@ -516,7 +641,7 @@ impl Core {
             let ev = EventRecord::SecurityEvent {
                 ts_ms: now_ms,
                 session_id: Some(SessionId(s.id)),
-                source: self.links[t].cfg.gateway.to_string(),
+                source: from.to_string(),
                 kind: kind.into(),
             };
             self.out.push(Out::Event(ev));
@@ -530,16 +655,21 @@ impl Core {
             flags,
         } = msg.body
         {
+            // An answer from an address the transport has left says nothing about
+            // the one it uses now.
+            if a != self.links[t].current {
+                return;
+            }
             return self.on_keepalive_ack(t, echo_ts_ms, generation, up_forwarded, flags, now_ms);
         }
-        self.links[t].health.on_rx(now_ms);
+        self.heard(t, a, now_ms);
         match msg.body {
             Body::KeepaliveAck { .. } => {}
-            Body::ReattachChallenge { challenge } => self.on_challenge(t, challenge, now_ms),
-            Body::ReattachAck { generation, hint } => self.on_ack(t, generation, hint, now_ms),
+            Body::ReattachChallenge { challenge } => self.on_challenge(t, a, challenge, now_ms),
+            Body::ReattachAck { generation, hint } => self.on_ack(t, a, generation, hint, now_ms),
             Body::ReattachDenied { reason } => {
                 let detail = Detail::from_code(reason).unwrap_or(Detail::OwnershipAmbiguous);
-                self.on_denied(t, detail, now_ms);
+                self.on_denied(t, a, detail, now_ms);
             }
             Body::Close { reason } => {
                 let reason = Reason::from_code(reason).unwrap_or(Reason::Closed);
@@ -586,6 +716,7 @@ impl Core {
         // dropped by the relay, and nothing else is allowed to carry tunnel traffic.
         self.out.push(Out::Udp {
             transport: s.bound,
+            to: self.links[s.bound].gateway(),
             data,
         });
     }
@@ -602,7 +733,7 @@ impl Core {
         let Phase::Up(s) = &mut self.phase else {
             return Err("no session is up".into());
         };
-        if s.bound == i {
+        if s.bound == i && self.links[i].current == s.bound_addr {
             return Err(format!("already bound to {name}"));
         }
         if s.attempt.is_some() {
@@ -620,6 +751,7 @@ impl Core {
             if let Some(data) = msg {
                 self.out.push(Out::Udp {
                     transport: bound,
+                    to: self.links[bound].gateway(),
                     data,
                 });
             }
@@ -642,9 +774,14 @@ impl Core {
                     } else {
                         let data = session.confirm.clone();
                         let transport = c.transport;
+                        let to = self.links[transport].gateway();
                         if now_ms.saturating_sub(c.last_hello_ms) >= CONFIRM_EVERY_MS {
                             c.last_hello_ms = now_ms;
-                            self.out.push(Out::Udp { transport, data });
+                            self.out.push(Out::Udp {
+                                transport,
+                                to,
+                                data,
+                            });
                         }
                     }
                 } else if now_ms.saturating_sub(c.last_hello_ms) >= HELLO_EVERY_MS {
@@ -706,7 +843,11 @@ impl Core {
                 l.health.on_probe_sent(ts);
                 remember(&mut l.sent_at, (ts, sent));
                 self.counters.keepalives_sent += 1;
-                self.out.push(Out::Udp { transport: i, data });
+                self.out.push(Out::Udp {
+                    transport: i,
+                    to: l.gateway(),
+                    data,
+                });
             }
         }
     }
@@ -736,7 +877,11 @@ impl Core {
                 remember(&mut l.mtu_probes, (ts, p.id));
                 remember(&mut l.sent_at, (ts, sent));
                 self.counters.mtu_probes_sent += 1;
-                self.out.push(Out::Udp { transport: i, data });
+                self.out.push(Out::Udp {
+                    transport: i,
+                    to: l.gateway(),
+                    data,
+                });
             }
         }
     }
@@ -791,6 +936,9 @@ impl Core {
             return;
         };
         let (bound, current) = (s.bound, s.generation);
+        // The bound transport at the binding's address (once it has moved on, the
+        // answers are a standby's: the node there does not hold the binding).
+        let at_binding = t == bound && self.links[t].current == s.bound_addr;
         let l = &mut self.links[t];
         let probe = l.mtu_probes.iter().position(|p| p.0 == echo_ts_ms);
         if let Some(i) = probe
@@ -800,7 +948,7 @@ impl Core {
             self.apply_tunnel_mtu();
         }
         let l = &mut self.links[t];
-        if t == bound {
+        if at_binding {
             // An answer to a KEEPALIVE sent before the last switch says nothing
             // about the binding as it is now.
             if generation < current {
@@ -887,9 +1035,16 @@ impl Core {
         let ttl_ms = u64::from(s.hint.session_ttl_s).saturating_mul(1000);
         let window = u64::from(s.hint.recovery_window_ms);
         let left = s.left_attached_ms;
+        let candidate = s.attempt.as_ref().map(|a| a.candidate);
         self.probe_all(now_ms, false);
-        for l in &mut self.links {
+        let mut silent = Vec::new();
+        for (i, l) in self.links.iter_mut().enumerate() {
             let (st, healthy_for) = l.health.evaluate(now_ms, &th);
+            // Silent for the loss TTL at this address: try the next one (not while a
+            // reattach over it is under way; its timeout moves it on).
+            if st == Status::Dead && l.gateways.len() > 1 && candidate != Some(i) {
+                silent.push(i);
+            }
             // KEEPALIVEs answered while the tunnel's DATA is not forwarded: not healthy.
             l.status = match l.stalled_since {
                 Some(t) if now_ms.saturating_sub(t) >= th.loss_ttl_ms => Status::Dead,
@@ -901,6 +1056,13 @@ impl Core {
             } else {
                 0
             };
+        }
+        if !silent.is_empty() {
+            for i in silent {
+                self.rotate(i, "silent for the loss TTL", now_ms);
+            }
+            // Probe the new addresses now rather than at the next tick.
+            self.probe_all(now_ms, false);
         }
         self.probe_mtu(now_ms, th.probe_timeout_ms);
         self.send_mtu_notice(now_ms, keepalive);
@@ -915,8 +1077,7 @@ impl Core {
         let Phase::Up(s) = &self.phase else {
             return;
         };
-        let bound = s.bound;
-        let bound_status = self.links[bound].status;
+        let bound_status = self.bound_status(s);
         match s.state {
             State::Attached => match bound_status {
                 Status::Volatile => {
@@ -938,6 +1099,78 @@ impl Core {
             },
             State::Recovering | State::Birth | State::Terminated => {}
         }
+    }
+
+    /// The bound transport's status for the session: DEAD while it has moved away
+    /// from the address its binding was made with (that node is not answering it).
+    fn bound_status(&self, s: &Session) -> Status {
+        let l = &self.links[s.bound];
+        if l.current != s.bound_addr {
+            Status::Dead
+        } else {
+            l.status
+        }
+    }
+
+    /// Transport `t` moves to its next gateway address (wrapping); with one address,
+    /// nothing happens (false). Its health and path MTU start over: they described
+    /// the address it left. If it is the bound transport, the binding stays where it
+    /// was, so the session must reattach over it (or another transport).
+    fn rotate(&mut self, t: usize, why: &str, now_ms: u64) -> bool {
+        let l = &mut self.links[t];
+        if l.gateways.len() < 2 {
+            return false;
+        }
+        let (left, heard) = (
+            l.current,
+            now_ms.saturating_sub(l.health.silence_ms(now_ms)),
+        );
+        let from = l.gateway();
+        l.current = (l.current + 1) % l.gateways.len();
+        let to = l.gateway();
+        l.health.reset(now_ms);
+        l.status = Status::Unknown;
+        l.healthy_for_ms = 0;
+        l.last_probe_ms = None;
+        l.pmtu = new_pmtu(l.v6(), l.route_max, now_ms);
+        l.mtu_probes.clear();
+        l.sent_at.clear();
+        l.last_fwd = None;
+        l.stalled_since = None;
+        l.not_bound = false;
+        l.moved = Some(format!("{to} ({why})"));
+        self.counters.gateway_moves += 1;
+        tracing::warn!("transport {}: gateway {from} → {to} ({why})", l.cfg.name);
+        if let Phase::Up(s) = &mut self.phase
+            && s.bound == t
+        {
+            if left == s.bound_addr {
+                s.moved_heard_ms = Some(heard);
+                tracing::warn!(
+                    "the binding is at {from}: the session reattaches over {} to {to}",
+                    self.links[t].cfg.name
+                );
+            }
+            self.apply_tunnel_mtu();
+        }
+        true
+    }
+
+    /// A reattach over `c` failed in a way the next address may not (no answer, or
+    /// `ownership_ambiguous`): move `c` on. True if it should be tried again at once,
+    /// i.e. not every address of it has failed in a row yet.
+    fn rotate_after_failure(&mut self, c: usize, why: &str, now_ms: u64) -> bool {
+        let l = &mut self.links[c];
+        if l.gateways.len() < 2 {
+            return false;
+        }
+        l.failed_in_row += 1;
+        let all_failed = l.failed_in_row >= l.gateways.len();
+        if all_failed {
+            l.failed_in_row = 0;
+        }
+        self.rotate(c, why, now_ms);
+        !all_failed
     }
 
     fn set_dead_since(&mut self, v: Option<u64>) {
@@ -962,6 +1195,8 @@ impl Core {
             return;
         }
         let bound = s.bound;
+        // The bound transport itself once it has moved to another gateway address.
+        let moved = self.links[bound].current != s.bound_addr;
         let rank = |st: Status| match st {
             Status::Healthy => 0,
             Status::Volatile => 1,
@@ -969,7 +1204,7 @@ impl Core {
             Status::Dead => 3,
         };
         let best = (0..self.links.len())
-            .filter(|&i| i != bound && now_ms >= self.links[i].backoff_until)
+            .filter(|&i| (i != bound || moved) && now_ms >= self.links[i].backoff_until)
             .min_by_key(|&i| (rank(self.links[i].status), i));
         if let Some(c) = best {
             self.start_attempt(c, ReattachCause::Recovery, now_ms);
@@ -1021,9 +1256,14 @@ impl Core {
             return;
         };
         s.tries += 1;
-        let heard_ms = now_ms.saturating_sub(self.links[s.bound].health.silence_ms(now_ms));
+        let bl = &self.links[s.bound];
+        let heard_ms = match s.moved_heard_ms {
+            Some(h) if bl.current != s.bound_addr => h,
+            _ => now_ms.saturating_sub(bl.health.silence_ms(now_ms)),
+        };
         s.attempt = Some(Attempt {
             candidate: c,
+            addr: l.current,
             awaiting_ack: false,
             sent_ms: now_ms,
             started_ms: now_ms,
@@ -1031,8 +1271,17 @@ impl Core {
             heard_ms,
         });
         self.counters.reattach_attempts += 1;
-        tracing::info!("reattach over {} ({})", l.cfg.name, cause_name(cause));
-        self.out.push(Out::Udp { transport: c, data });
+        let to = l.gateway();
+        tracing::info!(
+            "reattach over {} to {to} ({})",
+            l.cfg.name,
+            cause_name(cause)
+        );
+        self.out.push(Out::Udp {
+            transport: c,
+            to,
+            data,
+        });
         let reason = match cause {
             ReattachCause::AddressChanged => Reason::AddressChanged,
             _ => Reason::ReattachStarted,
@@ -1053,12 +1302,16 @@ impl Core {
         let c = a.candidate;
         self.counters.reattach_timeouts += 1;
         tracing::warn!(
-            "reattach over {} unanswered after {} ms",
+            "reattach over {} to {} unanswered after {} ms",
             self.links[c].cfg.name,
+            self.links[c].gateway(),
             self.health.attempt_timeout_ms
         );
-        self.links[c].backoff_until = now_ms + self.health.attempt_timeout_ms;
         self.attempt_failed(c, Detail::TransportTtl, now_ms);
+        self.links[c].backoff_until = now_ms + self.health.attempt_timeout_ms;
+        if self.rotate_after_failure(c, "reattach unanswered", now_ms) {
+            self.links[c].backoff_until = 0;
+        }
     }
 
     fn attempt_failed(&mut self, c: usize, detail: Detail, now_ms: u64) {
@@ -1081,15 +1334,19 @@ impl Core {
         );
     }
 
-    fn attempt_for(&mut self, t: usize) -> Option<&mut Attempt> {
+    /// The attempt under way over transport `t` to its address `addr`.
+    fn attempt_for(&mut self, t: usize, addr: usize) -> Option<&mut Attempt> {
         match &mut self.phase {
-            Phase::Up(s) => s.attempt.as_mut().filter(|a| a.candidate == t),
+            Phase::Up(s) => s
+                .attempt
+                .as_mut()
+                .filter(|a| a.candidate == t && a.addr == addr),
             _ => None,
         }
     }
 
-    fn on_challenge(&mut self, t: usize, challenge: [u8; 16], now_ms: u64) {
-        let Some(a) = self.attempt_for(t) else {
+    fn on_challenge(&mut self, t: usize, addr: usize, challenge: [u8; 16], now_ms: u64) {
+        let Some(a) = self.attempt_for(t, addr) else {
             return;
         };
         if a.awaiting_ack {
@@ -1101,12 +1358,16 @@ impl Core {
             return;
         };
         if let Some(data) = s.control(Body::ReattachConfirm { challenge }) {
-            self.out.push(Out::Udp { transport: t, data });
+            self.out.push(Out::Udp {
+                transport: t,
+                to: self.links[t].gateways[addr],
+                data,
+            });
         }
     }
 
-    fn on_ack(&mut self, t: usize, generation: u32, hint: Hint, now_ms: u64) {
-        match self.attempt_for(t) {
+    fn on_ack(&mut self, t: usize, addr: usize, generation: u32, hint: Hint, now_ms: u64) {
+        match self.attempt_for(t, addr) {
             Some(a) if a.awaiting_ack => {}
             _ => return,
         }
@@ -1128,6 +1389,8 @@ impl Core {
             )
         };
         s.bound = t;
+        s.bound_addr = a.addr;
+        s.moved_heard_ms = None;
         s.generation = generation;
         s.hint = hint;
         s.switches += 1;
@@ -1145,12 +1408,14 @@ impl Core {
             attempts: s.tries,
         });
         tracing::info!(
-            "bound to {} (generation {generation}); transport {} retired",
+            "bound to {} at {} (generation {generation}); transport {} retired",
             self.links[t].cfg.name,
+            self.links[t].gateways[a.addr],
             self.links[old].cfg.name
         );
         let l = &mut self.links[t];
         l.backoff_until = 0;
+        l.failed_in_row = 0;
         l.not_bound = false;
         l.last_fwd = None;
         l.stalled_since = None;
@@ -1160,8 +1425,8 @@ impl Core {
         self.emit_switch(Some(old_local), new_local, generation, now_ms);
     }
 
-    fn on_denied(&mut self, t: usize, detail: Detail, now_ms: u64) {
-        if self.attempt_for(t).is_none() {
+    fn on_denied(&mut self, t: usize, addr: usize, detail: Detail, now_ms: u64) {
+        if self.attempt_for(t, addr).is_none() {
             return;
         }
         self.counters.reattach_denied += 1;
@@ -1178,10 +1443,18 @@ impl Core {
             _ => self.links[t].backoff_until = now_ms + BACKOFF_CANDIDATE_MS,
         }
         tracing::warn!(
-            "reattach over {} DENIED: {detail:?}; backing off",
-            self.links[t].cfg.name
+            "reattach over {} to {} DENIED: {detail:?}",
+            self.links[t].cfg.name,
+            self.links[t].gateway()
         );
         self.attempt_failed(t, detail, now_ms);
+        // Another node of the cluster owns the session and is alive: the next address
+        // may be it (or reach it).
+        if detail == Detail::OwnershipAmbiguous
+            && self.rotate_after_failure(t, "ownership_ambiguous", now_ms)
+        {
+            self.links[t].backoff_until = 0;
+        }
     }
 
     // -----------------------------------------------------------------------------
@@ -1277,6 +1550,7 @@ impl Core {
             version: s.map_or(0, |s| s.version),
             tunnel_addr: s.map(|s| s.tunnel.to_string()),
             bound: s.map(|s| self.links[s.bound].cfg.name.clone()),
+            bound_gateway: s.map(|s| self.links[s.bound].gateways[s.bound_addr].to_string()),
             generation: s.map_or(0, |s| s.generation),
             age_s: s.map_or(0, |s| now_ms.saturating_sub(s.created_ms) / 1000),
             switches: s.map_or(0, |s| s.switches),
@@ -1300,7 +1574,9 @@ impl Core {
                     name: l.cfg.name.clone(),
                     kind: format!("{:?}", l.cfg.kind).to_lowercase(),
                     local: l.local.clone(),
-                    gateway: l.cfg.gateway.to_string(),
+                    gateway: l.gateway().to_string(),
+                    gateways: l.gateways.iter().map(ToString::to_string).collect(),
+                    gateway_moved: l.moved.clone(),
                     bound: s.is_some_and(|s| s.bound == i),
                     health: l.status,
                     rtt_ms: l.health.rtt_ms(),

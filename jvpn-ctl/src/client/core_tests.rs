@@ -1,8 +1,8 @@
 //! The client core driven by hand, with the gateway's side of the protocol built from
 //! `proto`: rebinding on "not bound", what must not trigger it, end-to-end liveness,
-//! and the tunnel MTU.
+//! the tunnel MTU, and transports with several gateway addresses (cluster nodes).
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use ring::{hmac, rand::SystemRandom};
 
@@ -11,11 +11,12 @@ use crate::{
     client::{config::ClientConfig, health::Status},
     control::api::EventRecord,
     proto::{
-        self, Body, Control, Established, Hint, ReattachCause, SessionKeys, Unverified,
+        self, Body, Control, Established, Hint, ReattachCause, ReattachRequest, SessionKeys,
+        Unverified,
         control::{ACK_FROM_BINDING, keepalive_ack},
         handshake::{Hello, tests::keypair, welcome},
     },
-    session::{Reason, State},
+    session::{Detail, Reason, State},
 };
 
 const T0: u64 = 1_700_000_000_000;
@@ -28,6 +29,22 @@ const HINT: Hint = Hint {
 };
 const WIFI: usize = 0;
 const LTE: usize = 1;
+/// The gateway addresses of the two transports of [`TRANSPORTS`].
+const WIFI_GW: SocketAddr = v4([10, 0, 0, 1], 51820);
+const LTE_GW: SocketAddr = v4([10, 0, 1, 1], 51820);
+
+const fn v4(ip: [u8; 4], port: u16) -> SocketAddr {
+    SocketAddr::V4(SocketAddrV4::new(
+        Ipv4Addr::new(ip[0], ip[1], ip[2], ip[3]),
+        port,
+    ))
+}
+
+/// Wi-Fi and LTE, one gateway address each.
+const TRANSPORTS: &str = "[[transport]]\nname = \"wifi\"\nkind = \"wifi\"\nbind = \"10.0.0.2:40000\"\n\
+     gateway = \"10.0.0.1:51820\"\n\
+     [[transport]]\nname = \"lte\"\nkind = \"cellular\"\nbind = \"10.0.1.2:40000\"\n\
+     gateway = \"10.0.1.1:51820\"\n";
 
 /// The gateway's half: keys and its control counter.
 struct Gw {
@@ -54,26 +71,33 @@ impl Gw {
     }
 }
 
-fn config(gw_pub: &[u8; 32]) -> ClientConfig {
-    ClientConfig::parse(&format!(
-        "identity = \"/nonexistent\"\ngateway_public_key = \"{}\"\n\
-         [[transport]]\nname = \"wifi\"\nkind = \"wifi\"\nbind = \"10.0.0.2:40000\"\n\
-         gateway = \"10.0.0.1:51820\"\n\
-         [[transport]]\nname = \"lte\"\nkind = \"cellular\"\nbind = \"10.0.1.2:40000\"\n\
-         gateway = \"10.0.1.1:51820\"\n",
+fn config(gw_pub: &[u8; 32], transports: &str) -> ClientConfig {
+    let c = ClientConfig::parse(&format!(
+        "identity = \"/nonexistent\"\ngateway_public_key = \"{}\"\n{transports}",
         hex::encode(gw_pub)
     ))
-    .unwrap()
+    .unwrap();
+    c.validate().unwrap();
+    c
 }
 
-fn udp(core: &mut Core) -> Vec<(usize, Vec<u8>)> {
+/// What the core sent: (transport, gateway address, bytes).
+fn udp_to(core: &mut Core) -> Vec<(usize, SocketAddr, Vec<u8>)> {
     std::mem::take(&mut core.out)
         .into_iter()
         .filter_map(|o| match o {
-            Out::Udp { transport, data } => Some((transport, data)),
+            Out::Udp {
+                transport,
+                to,
+                data,
+            } => Some((transport, to, data)),
             _ => None,
         })
         .collect()
+}
+
+fn udp(core: &mut Core) -> Vec<(usize, Vec<u8>)> {
+    udp_to(core).into_iter().map(|(t, _, d)| (t, d)).collect()
 }
 
 /// Client messages on `t`, decoded (the client MACs with the same key).
@@ -86,20 +110,27 @@ fn sent_on(out: &[(usize, Vec<u8>)], t: usize) -> Vec<Control> {
 
 /// An established session over Wi-Fi.
 fn established() -> (Core, Gw) {
+    established_with(TRANSPORTS)
+}
+
+/// An established session over the first of `transports`, at its first address.
+fn established_with(transports: &str) -> (Core, Gw) {
     let (gw_id, cl_id) = (keypair(), keypair());
     let gw_pub = proto::identity::public_key(&gw_id);
-    let mut core = Core::new(&config(&gw_pub), cl_id, gw_pub, T0);
-    let hello = udp(&mut core).remove(0).1;
+    let mut core = Core::new(&config(&gw_pub, transports), cl_id, gw_pub, T0);
+    let (t, to, hello) = udp_to(&mut core).remove(0);
+    assert_eq!(t, WIFI);
     let v = Hello::decode(&hello)
         .unwrap()
         .verify_signature(&gw_pub)
         .unwrap();
     let tunnel: IpAddr = "10.99.0.2".parse().unwrap();
     let w = welcome(&gw_id, &v, SID, 1, tunnel, HINT, T0, &SystemRandom::new()).unwrap();
-    core.on_datagram(WIFI, &w.welcome, T0 + 1);
+    core.on_datagram(WIFI, to, &w.welcome, T0 + 1);
     let mac = w.keys.mac_key();
     core.on_datagram(
         WIFI,
+        to,
         &Established::build(&mac, SID, 2, &w.transcript),
         T0 + 2,
     );
@@ -142,7 +173,7 @@ fn not_bound_on_the_bound_transport_rebinds_over_it() {
     let (mut core, mut gw) = established();
     let out = udp(&mut core);
     let ts = last_keepalive(&out, WIFI);
-    core.on_datagram(WIFI, &gw.ack(ts, 1, 0, 0), T0 + 10);
+    core.on_datagram(WIFI, WIFI_GW, &gw.ack(ts, 1, 0, 0), T0 + 10);
     assert!(reasons(&mut core).contains(&Reason::AddressChanged));
     let out = udp(&mut core);
     let req = sent_on(&out, WIFI)
@@ -162,6 +193,7 @@ fn not_bound_on_the_bound_transport_rebinds_over_it() {
     let challenge = [7u8; 16];
     core.on_datagram(
         WIFI,
+        WIFI_GW,
         &gw.send(Body::ReattachChallenge { challenge }),
         T0 + 11,
     );
@@ -175,7 +207,7 @@ fn not_bound_on_the_bound_transport_rebinds_over_it() {
         generation: 2,
         hint: HINT,
     });
-    core.on_datagram(WIFI, &ack, T0 + 12);
+    core.on_datagram(WIFI, WIFI_GW, &ack, T0 + 12);
     let s = core.status(T0 + 12);
     assert_eq!((s.state, s.generation), (State::Attached, 2));
     assert_eq!(s.bound.as_deref(), Some("wifi"));
@@ -194,11 +226,11 @@ fn forged_stale_or_standby_not_bound_is_no_rebinding() {
     // Forged: another key.
     let other = SessionKeys::derive(&[1; 32], &[2; 32]).mac_key();
     let forged = keepalive_ack(&other, SID, 99, ts_wifi, 1, 0, 0);
-    core.on_datagram(WIFI, &forged, T0 + 10);
+    core.on_datagram(WIFI, WIFI_GW, &forged, T0 + 10);
     // Stale: answered before a switch the client has since made (generation 0 < 1).
-    core.on_datagram(WIFI, &gw.ack(ts_wifi, 0, 0, 0), T0 + 11);
+    core.on_datagram(WIFI, WIFI_GW, &gw.ack(ts_wifi, 0, 0, 0), T0 + 11);
     // Standby: LTE is not the binding, and hearing so is its normal health.
-    core.on_datagram(LTE, &gw.ack(ts_lte, 1, 0, 0), T0 + 12);
+    core.on_datagram(LTE, LTE_GW, &gw.ack(ts_lte, 1, 0, 0), T0 + 12);
     let security = core
         .out
         .iter()
@@ -239,7 +271,7 @@ fn inner(len: usize) -> Vec<u8> {
 fn data_the_relay_does_not_forward_makes_the_binding_stalled() {
     let (mut core, mut gw) = established();
     let ts = last_keepalive(&udp(&mut core), WIFI);
-    core.on_datagram(WIFI, &gw.ack(ts, 1, 500, ACK_FROM_BINDING), T0 + 5);
+    core.on_datagram(WIFI, WIFI_GW, &gw.ack(ts, 1, 500, ACK_FROM_BINDING), T0 + 5);
     let mut now = T0 + 5;
     for round in 0..3 {
         for _ in 0..10 {
@@ -249,7 +281,12 @@ fn data_the_relay_does_not_forward_makes_the_binding_stalled() {
         core.tick(now);
         let ts = last_keepalive(&udp(&mut core), WIFI);
         // The relay forwarded round 0's ten (500 → 510), then none.
-        core.on_datagram(WIFI, &gw.ack(ts, 1, 510, ACK_FROM_BINDING), now + 1);
+        core.on_datagram(
+            WIFI,
+            WIFI_GW,
+            &gw.ack(ts, 1, 510, ACK_FROM_BINDING),
+            now + 1,
+        );
         core.tick(now + 2);
         let s = core.status(now + 2);
         if round == 0 {
@@ -288,7 +325,12 @@ fn tunnel_mtu_follows_the_probed_path_and_oversized_packets_get_icmp() {
         .1
         .len();
     assert_eq!(probe_len + 28, 1500, "probe fills the route MTU");
-    core.on_datagram(WIFI, &gw.ack(probe.0, 1, 0, ACK_FROM_BINDING), T0 + 4);
+    core.on_datagram(
+        WIFI,
+        WIFI_GW,
+        &gw.ack(probe.0, 1, 0, ACK_FROM_BINDING),
+        T0 + 4,
+    );
     assert!(
         core.out.contains(&Out::TunMtu(1400)),
         "capped by mtu = 1400"
@@ -311,4 +353,348 @@ fn tunnel_mtu_follows_the_probed_path_and_oversized_packets_get_icmp() {
     core.out.clear();
     core.note_too_big(WIFI, 1472, Some(1400), T0 + 5);
     assert!(core.out.contains(&Out::TunMtu(1336)));
+}
+
+// ---------------------------------------------------------------------------------
+// Several gateway addresses per transport (the nodes of one cluster)
+
+const NODE_A: SocketAddr = v4([10, 0, 0, 1], 51820);
+const NODE_B: SocketAddr = v4([10, 0, 0, 9], 51820);
+
+/// Another node of the same cluster: the same session keys (it took the session over
+/// from the shared store), its own control counter (from its own start time, in µs).
+fn other_node(gw: &Gw, ctr: u64) -> Gw {
+    Gw {
+        keys: SessionKeys::derive(&[0; 32], &[0; 32]),
+        mac: gw.mac.clone(),
+        ctr,
+    }
+}
+
+/// The REATTACH_REQUESTs in `out`: (transport, address, request).
+fn requests(out: &[(usize, SocketAddr, Vec<u8>)]) -> Vec<(usize, SocketAddr, ReattachRequest)> {
+    out.iter()
+        .filter_map(
+            |(t, to, d)| match Unverified::decode(d).ok()?.into_msg().body {
+                Body::ReattachRequest(r) => Some((*t, *to, r)),
+                _ => None,
+            },
+        )
+        .collect()
+}
+
+/// The timestamp of the latest plain KEEPALIVE sent on `t` to `to`.
+fn keepalive_to(out: &[(usize, SocketAddr, Vec<u8>)], t: usize, to: SocketAddr) -> Option<u64> {
+    out.iter()
+        .rev()
+        .filter(|(i, a, _)| *i == t && *a == to)
+        .find_map(
+            |(_, _, d)| match Unverified::decode(d).ok()?.into_msg().body {
+                Body::Keepalive { ts_ms, pad: 0 } => Some(ts_ms),
+                _ => None,
+            },
+        )
+}
+
+/// CHALLENGE → CONFIRM → ACK from `node` at `addr` over `t`: the reattach completes.
+fn complete_reattach(core: &mut Core, node: &mut Gw, t: usize, addr: SocketAddr, now: u64) {
+    let challenge = [9u8; 16];
+    core.on_datagram(
+        t,
+        addr,
+        &node.send(Body::ReattachChallenge { challenge }),
+        now,
+    );
+    let out = udp_to(core);
+    assert!(
+        out.iter().any(|(i, to, d)| *i == t
+            && *to == addr
+            && Unverified::decode(d).unwrap().into_msg().body
+                == Body::ReattachConfirm { challenge }),
+        "CONFIRM to {addr}"
+    );
+    let ack = node.send(Body::ReattachAck {
+        generation: 2,
+        hint: HINT,
+    });
+    core.on_datagram(t, addr, &ack, now + 1);
+}
+
+#[test]
+fn a_silent_node_moves_the_transport_to_the_next_and_the_session_reattaches_there() {
+    let (mut core, gw_a) = established_with(
+        "[[transport]]\nname = \"wifi\"\nkind = \"wifi\"\nbind = \"10.0.0.2:40000\"\n\
+         gateways = [\"10.0.0.1:51820\", \"10.0.0.9:51820\"]\n",
+    );
+    let mut gw_b = other_node(&gw_a, 9_000_000_000_000);
+    let s = core.status(T0 + 2);
+    assert_eq!(s.transports[WIFI].gateway, NODE_A.to_string());
+    assert_eq!(
+        s.transports[WIFI].gateways,
+        [NODE_A.to_string(), NODE_B.to_string()]
+    );
+    assert_eq!(s.bound_gateway.as_deref(), Some("10.0.0.1:51820"));
+
+    // Node A dies: nothing answers. After the loss TTL the transport moves to B.
+    let ttl = u64::from(HINT.transport_loss_ttl_ms);
+    let mut now = T0 + 2;
+    let out = loop {
+        now += 10;
+        core.tick(now);
+        let out = udp_to(&mut core);
+        if core.status(now).transports[WIFI].gateway != NODE_A.to_string() {
+            break out;
+        }
+        assert!(now < T0 + 2 + ttl + 100, "no move");
+    };
+    assert!(now >= T0 + 2 + ttl, "not before the TTL");
+    let s = core.status(now);
+    assert!(
+        s.transports[WIFI]
+            .gateway_moved
+            .as_deref()
+            .is_some_and(|m| m.starts_with("10.0.0.9:51820 (silent")),
+        "{:?}",
+        s.transports[WIFI].gateway_moved
+    );
+    assert_eq!(s.counters.gateway_moves, 1);
+    // (A keepalive due in this tick may have left for A before the move.)
+    let after: Vec<_> = out.iter().skip_while(|(_, to, _)| *to == NODE_A).collect();
+    assert!(
+        !after.is_empty() && after.iter().all(|(_, to, _)| *to == NODE_B),
+        "{out:?}"
+    );
+    // The binding is at A: the session reattaches over the same transport, to B.
+    let req = requests(&out);
+    assert_eq!(req.len(), 1, "{req:?}");
+    assert_eq!((req[0].0, req[0].1), (WIFI, NODE_B));
+    assert_eq!(req[0].2.cause, ReattachCause::Recovery);
+    assert_eq!(s.state, State::Recovering);
+
+    // B answers the probe: the transport is healthy there (a standby's "not bound",
+    // no rebinding), then the exchange completes.
+    let ts = keepalive_to(&out, WIFI, NODE_B).expect("B probed at once");
+    core.on_datagram(WIFI, NODE_B, &gw_b.ack(ts, 1, 0, 0), now + 3);
+    core.tick(now + 4);
+    let s = core.status(now + 4);
+    assert_eq!(s.transports[WIFI].health, Status::Healthy);
+    assert_eq!(s.counters.rebinds, 0);
+    complete_reattach(&mut core, &mut gw_b, WIFI, NODE_B, now + 5);
+    let s = core.status(now + 6);
+    assert_eq!(s.session_id.map(|i| i.0), Some(SID), "the same session");
+    assert_eq!((s.state, s.generation), (State::Attached, 2));
+    assert_eq!(s.bound_gateway.as_deref(), Some("10.0.0.9:51820"));
+    let sw = s.last_switch.unwrap();
+    assert_eq!((sw.from.as_str(), sw.to.as_str()), ("wifi", "wifi"));
+    assert_eq!(sw.cause, "recovery");
+    assert!(sw.silent_ms >= ttl, "{sw:?}");
+
+    // B is the binding now: its FROM_BINDING answers are health, DATA goes to B.
+    let _ = udp_to(&mut core);
+    core.tick(now + 200);
+    let ts = keepalive_to(&udp_to(&mut core), WIFI, NODE_B).unwrap();
+    core.on_datagram(
+        WIFI,
+        NODE_B,
+        &gw_b.ack(ts, 2, 0, ACK_FROM_BINDING),
+        now + 201,
+    );
+    core.tick(now + 202);
+    assert_eq!(core.status(now + 202).state, State::Attached);
+    core.on_tun(&inner(100));
+    assert!(udp_to(&mut core).iter().all(|(_, to, _)| *to == NODE_B));
+    assert_eq!(core.status(now + 202).counters.ctl_rejected, 0);
+}
+
+#[test]
+fn ownership_ambiguous_moves_the_candidate_on_and_it_retries_at_once() {
+    // Wi-Fi (one address) is bound; LTE knows two nodes, C and D.
+    const NODE_C: SocketAddr = v4([10, 0, 1, 1], 51820);
+    const NODE_D: SocketAddr = v4([10, 0, 1, 9], 51820);
+    let (mut core, mut gw) = established_with(
+        "[[transport]]\nname = \"wifi\"\nkind = \"wifi\"\nbind = \"10.0.0.2:40000\"\n\
+         gateway = \"10.0.0.1:51820\"\n\
+         [[transport]]\nname = \"lte\"\nkind = \"cellular\"\nbind = \"10.0.1.2:40000\"\n\
+         gateways = [\"10.0.1.1:51820\", \"10.0.1.9:51820\"]\n",
+    );
+    let mut gw_d = other_node(&gw, 1_000_000_000_000);
+    // Wi-Fi goes silent; LTE's probes are answered (by C) the whole time.
+    let mut now = T0 + 2;
+    let req = loop {
+        now += 10;
+        core.tick(now);
+        let out = udp_to(&mut core);
+        if let Some(ts) = keepalive_to(&out, LTE, NODE_C) {
+            core.on_datagram(LTE, NODE_C, &gw.ack(ts, 1, 0, 0), now + 1);
+        }
+        if let Some(r) = requests(&out).pop() {
+            break r;
+        }
+        assert!(now < T0 + 1_000, "no reattach");
+    };
+    assert_eq!((req.0, req.1), (LTE, NODE_C));
+    // C: another node owns the session and is alive.
+    let denied = gw.send(Body::denied(Detail::OwnershipAmbiguous));
+    core.on_datagram(LTE, NODE_C, &denied, now + 5);
+    let s = core.status(now + 5);
+    assert_eq!(s.transports[LTE].gateway, NODE_D.to_string());
+    assert!(
+        s.transports[LTE]
+            .gateway_moved
+            .as_deref()
+            .is_some_and(|m| m.contains("ownership_ambiguous")),
+        "{:?}",
+        s.transports[LTE].gateway_moved
+    );
+    assert_eq!(
+        s.transports[LTE].backoff_ms, 0,
+        "the next node is tried at once"
+    );
+    assert_eq!(s.state, State::Degraded);
+    let _ = udp_to(&mut core);
+    core.tick(now + 10);
+    let req = requests(&udp_to(&mut core));
+    assert_eq!(req.len(), 1, "{req:?}");
+    assert_eq!((req[0].0, req[0].1), (LTE, NODE_D));
+    complete_reattach(&mut core, &mut gw_d, LTE, NODE_D, now + 11);
+    let s = core.status(now + 12);
+    assert_eq!((s.state, s.generation), (State::Attached, 2));
+    assert_eq!(s.session_id.map(|i| i.0), Some(SID));
+    assert_eq!(s.bound.as_deref(), Some("lte"));
+    assert_eq!(s.bound_gateway.as_deref(), Some("10.0.1.9:51820"));
+}
+
+#[test]
+fn ownership_ambiguous_from_every_address_backs_off() {
+    let (mut core, mut gw) = established_with(
+        "[[transport]]\nname = \"wifi\"\nkind = \"wifi\"\nbind = \"10.0.0.2:40000\"\n\
+         gateway = \"10.0.0.1:51820\"\n\
+         [[transport]]\nname = \"lte\"\nkind = \"cellular\"\nbind = \"10.0.1.2:40000\"\n\
+         gateways = [\"10.0.1.1:51820\", \"10.0.1.9:51820\"]\n",
+    );
+    let mut addrs = Vec::new();
+    let mut now = T0 + 2;
+    for _ in 0..2 {
+        // A planned move (`client move`) is not retried by itself: ask each time. It is
+        // served once the session is back in ATTACHED (Wi-Fi is healthy).
+        core.request_move("lte").unwrap();
+        let (t, to, _) = loop {
+            now += 10;
+            core.tick(now);
+            if let Some(r) = requests(&udp_to(&mut core)).pop() {
+                break r;
+            }
+            assert!(now < T0 + 100, "no request");
+        };
+        assert_eq!(t, LTE);
+        addrs.push(to);
+        let denied = gw.send(Body::denied(Detail::OwnershipAmbiguous));
+        core.on_datagram(LTE, to, &denied, now + 1);
+    }
+    assert_eq!(addrs, [v4([10, 0, 1, 1], 51820), v4([10, 0, 1, 9], 51820)]);
+    let s = core.status(now + 1);
+    assert_eq!(
+        s.transports[LTE].gateway, "10.0.1.1:51820",
+        "wrapped around"
+    );
+    assert!(s.transports[LTE].backoff_ms > 0, "both refused: back off");
+}
+
+#[test]
+fn replies_from_two_nodes_with_unrelated_counters_are_all_accepted() {
+    // Wi-Fi's node (A) counts from 2; LTE's (another node) from far above. One
+    // shared 64-wide window would refuse everything from A after LTE's first answer.
+    let (mut core, mut a) = established();
+    let mut b = other_node(&a, 1_700_000_000_000_000);
+    let mut now = T0 + 2;
+    let (mut last_a, mut last_b) = (Vec::new(), Vec::new());
+    for round in 0..5 {
+        now += u64::from(HINT.keepalive_interval_ms);
+        core.tick(now);
+        let out = udp_to(&mut core);
+        let (ta, tb) = (
+            keepalive_to(&out, WIFI, WIFI_GW).unwrap(),
+            keepalive_to(&out, LTE, LTE_GW).unwrap(),
+        );
+        last_b = b.ack(tb, 1, 0, 0);
+        last_a = a.ack(ta, 1, round, ACK_FROM_BINDING);
+        // Interleaved, in either order.
+        if round % 2 == 0 {
+            core.on_datagram(LTE, LTE_GW, &last_b, now + 1);
+            core.on_datagram(WIFI, WIFI_GW, &last_a, now + 2);
+        } else {
+            core.on_datagram(WIFI, WIFI_GW, &last_a, now + 1);
+            core.on_datagram(LTE, LTE_GW, &last_b, now + 2);
+        }
+    }
+    core.tick(now + 3);
+    let s = core.status(now + 3);
+    assert_eq!(s.counters.ctl_rejected, 0);
+    assert_eq!(s.state, State::Attached);
+    assert_eq!(s.transports[WIFI].health, Status::Healthy);
+    assert_eq!(s.transports[LTE].health, Status::Healthy);
+    // Still refused: a duplicate from the same address, and a reply replayed under
+    // another address (the MAC does not cover the source).
+    core.out.clear();
+    core.on_datagram(WIFI, WIFI_GW, &last_a, now + 4);
+    core.on_datagram(WIFI, WIFI_GW, &last_b, now + 5);
+    let replays: Vec<_> = core
+        .out
+        .iter()
+        .filter_map(|o| match o {
+            Out::Event(EventRecord::SecurityEvent { source, kind, .. }) => {
+                Some((source.clone(), kind.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    let want = (WIFI_GW.to_string(), "replay".to_owned());
+    assert_eq!(replays, [want.clone(), want]);
+    assert_eq!(core.status(now + 5).counters.ctl_rejected, 2);
+}
+
+#[test]
+fn an_unanswered_hello_goes_to_the_next_address_and_confirm_follows_the_welcome() {
+    let (gw_id, cl_id) = (keypair(), keypair());
+    let gw_pub = proto::identity::public_key(&gw_id);
+    let cfg = config(
+        &gw_pub,
+        "[[transport]]\nname = \"wifi\"\nkind = \"wifi\"\nbind = \"10.0.0.2:40000\"\n\
+         gateways = [\"10.0.0.1:51820\", \"10.0.0.9:51820\"]\n\
+         [[transport]]\nname = \"lte\"\nkind = \"cellular\"\nbind = \"10.0.1.2:40000\"\n\
+         gateway = \"10.0.1.1:51820\"\n",
+    );
+    let mut core = Core::new(&cfg, cl_id, gw_pub, T0);
+    let mut hellos = vec![udp_to(&mut core).remove(0)];
+    for i in 1..4 {
+        core.tick(T0 + i * 1_000);
+        hellos.push(udp_to(&mut core).remove(0));
+    }
+    let to: Vec<_> = hellos.iter().map(|(t, a, _)| (*t, *a)).collect();
+    assert_eq!(
+        to,
+        [
+            (WIFI, NODE_A),
+            (WIFI, NODE_B),
+            (WIFI, NODE_A),
+            (LTE, LTE_GW)
+        ],
+        "every address once, then the next transport"
+    );
+    // Node B answers the second HELLO late: CONFIRM goes to B, the binding is there.
+    let v = Hello::decode(&hellos[1].2)
+        .unwrap()
+        .verify_signature(&gw_pub)
+        .unwrap();
+    let tunnel: IpAddr = "10.99.0.2".parse().unwrap();
+    let w = welcome(&gw_id, &v, SID, 1, tunnel, HINT, T0, &SystemRandom::new()).unwrap();
+    core.on_datagram(WIFI, NODE_B, &w.welcome, T0 + 3_100);
+    let out = udp_to(&mut core);
+    assert_eq!((out[0].0, out[0].1), (WIFI, NODE_B), "CONFIRM to B");
+    let est = Established::build(&w.keys.mac_key(), SID, 2, &w.transcript);
+    core.on_datagram(WIFI, NODE_B, &est, T0 + 3_101);
+    let s = core.status(T0 + 3_101);
+    assert_eq!(s.state, State::Attached);
+    assert_eq!(s.bound_gateway.as_deref(), Some("10.0.0.9:51820"));
+    assert_eq!(s.transports[WIFI].gateway, NODE_B.to_string());
 }

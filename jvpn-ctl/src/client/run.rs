@@ -50,20 +50,23 @@ pub enum ClientError {
 
 struct Sockets {
     socks: Vec<Arc<UdpSocket>>,
-    gateways: Vec<SocketAddr>,
     binds: Vec<SocketAddr>,
     devices: Vec<Option<String>>,
 }
 
 impl Sockets {
-    fn route_mtu(&self, t: usize) -> Option<u16> {
-        sockopt::route_mtu(self.binds[t], self.devices[t].as_deref(), self.gateways[t])
+    /// The route MTU from transport `t` towards its gateway address `to`.
+    fn route_mtu(&self, t: usize, to: SocketAddr) -> Option<u16> {
+        sockopt::route_mtu(self.binds[t], self.devices[t].as_deref(), to)
     }
 }
 
+/// A datagram for the core: transport, source (one of its gateway addresses), bytes.
+type Datagram = (usize, SocketAddr, Vec<u8>);
+
 async fn bind_transports(
     cfg: &ClientConfig,
-    tx: mpsc::Sender<(usize, Vec<u8>)>,
+    tx: mpsc::Sender<Datagram>,
 ) -> Result<Sockets, ClientError> {
     let mut socks = Vec::new();
     for (i, t) in cfg.transports.iter().enumerate() {
@@ -79,34 +82,34 @@ async fn bind_transports(
             sock.bind_device(Some(dev.as_bytes()))
                 .map_err(|e| err("binding to its interface", e))?;
         }
-        sockopt::dont_fragment(std::os::fd::AsRawFd::as_raw_fd(&sock), t.gateway.is_ipv6())
+        sockopt::dont_fragment(std::os::fd::AsRawFd::as_raw_fd(&sock), t.bind.is_ipv6())
             .map_err(|e| err("setting don't-fragment", e))?;
         let sock = Arc::new(sock);
-        spawn_reader(i, sock.clone(), t.gateway, tx.clone());
+        spawn_reader(i, sock.clone(), t.addresses(), tx.clone());
         socks.push(sock);
     }
     Ok(Sockets {
         socks,
-        gateways: cfg.transports.iter().map(|t| t.gateway).collect(),
         binds: cfg.transports.iter().map(|t| t.bind).collect(),
         devices: cfg.transports.iter().map(|t| t.interface.clone()).collect(),
     })
 }
 
-/// Forwards what the gateway sends on one transport; anything from another source
-/// is not the gateway and is ignored.
+/// Forwards what the gateway sends on one transport, from any of its addresses (the
+/// nodes of a cluster); anything from another source is not the gateway and is
+/// ignored.
 fn spawn_reader(
     i: usize,
     sock: Arc<UdpSocket>,
-    gateway: SocketAddr,
-    tx: mpsc::Sender<(usize, Vec<u8>)>,
+    gateways: Vec<SocketAddr>,
+    tx: mpsc::Sender<Datagram>,
 ) {
     tokio::spawn(async move {
         let mut buf = vec![0u8; 65_536];
         loop {
             match sock.recv_from(&mut buf).await {
-                Ok((n, from)) if from == gateway => {
-                    if tx.send((i, buf[..n].to_vec())).await.is_err() {
+                Ok((n, from)) if gateways.contains(&from) => {
+                    if tx.send((i, from, buf[..n].to_vec())).await.is_err() {
                         break;
                     }
                 }
@@ -143,7 +146,9 @@ pub async fn run(cfg: ClientConfig, shutdown: impl Future<Output = ()>) -> Resul
             core.set_local(i, local);
         }
     }
-    let mut route_mtus: Vec<Option<u16>> = vec![None; sockets.socks.len()];
+    let mut route_mtus: Vec<(SocketAddr, Option<u16>)> = (0..sockets.socks.len())
+        .map(|t| (core.gateway(t), None))
+        .collect();
     let mut route_mtu_at = tokio::time::Instant::now();
     refresh_route_mtus(&mut core, &sockets, &mut route_mtus, clock.now_ms());
     tracing::info!(
@@ -151,7 +156,10 @@ pub async fn run(cfg: ClientConfig, shutdown: impl Future<Output = ()>) -> Resul
         tun.name(),
         cfg.transports
             .iter()
-            .map(|t| format!("{} {}→{}", t.name, t.bind, t.gateway))
+            .map(|t| {
+                let gw: Vec<String> = t.addresses().iter().map(ToString::to_string).collect();
+                format!("{} {}→{}", t.name, t.bind, gw.join("|"))
+            })
             .collect::<Vec<_>>()
             .join(", "),
         cfg.control_socket.display()
@@ -179,7 +187,7 @@ pub async fn run(cfg: ClientConfig, shutdown: impl Future<Output = ()>) -> Resul
                 };
                 let _ = c.reply.send(resp);
             }
-            Some((i, d)) = dg_rx.recv() => core.on_datagram(i, &d, clock.now_ms()),
+            Some((i, from, d)) = dg_rx.recv() => core.on_datagram(i, from, &d, clock.now_ms()),
             r = tun.recv(&mut buf) => match r {
                 Ok(n) => core.on_tun(&buf[..n]),
                 Err(e) => tracing::warn!("reading {}: {e}", tun.name()),
@@ -206,12 +214,19 @@ pub async fn run(cfg: ClientConfig, shutdown: impl Future<Output = ()>) -> Resul
     outcome
 }
 
-/// Tells the core each transport's route MTU when it changed (the search's ceiling).
-fn refresh_route_mtus(core: &mut Core, sockets: &Sockets, last: &mut [Option<u16>], now_ms: u64) {
+/// Tells the core each transport's route MTU towards its current gateway address
+/// when it changed (the search's ceiling).
+fn refresh_route_mtus(
+    core: &mut Core,
+    sockets: &Sockets,
+    last: &mut [(SocketAddr, Option<u16>)],
+    now_ms: u64,
+) {
     for (t, prev) in last.iter_mut().enumerate() {
-        let mtu = sockets.route_mtu(t);
-        if mtu != *prev {
-            *prev = mtu;
+        let to = core.gateway(t);
+        let mtu = sockets.route_mtu(t, to);
+        if (to, mtu) != *prev {
+            *prev = (to, mtu);
             if let Some(m) = mtu {
                 core.set_path_max(t, m, now_ms);
             }
@@ -231,13 +246,16 @@ async fn flush(
     while !core.out.is_empty() {
         for o in std::mem::take(&mut core.out) {
             match o {
-                Out::Udp { transport, data } => {
-                    let sent =
-                        sockets.socks[transport].try_send_to(&data, sockets.gateways[transport]);
+                Out::Udp {
+                    transport,
+                    to,
+                    data,
+                } => {
+                    let sent = sockets.socks[transport].try_send_to(&data, to);
                     match sent {
                         Ok(_) => {}
                         Err(e) if sockopt::is_emsgsize(&e) => {
-                            let mtu = sockets.route_mtu(transport);
+                            let mtu = sockets.route_mtu(transport, to);
                             core.note_too_big(transport, data.len(), mtu, clock.now_ms());
                         }
                         Err(_) => core.note_send_error(),

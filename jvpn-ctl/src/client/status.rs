@@ -15,6 +15,10 @@ pub struct ClientStatus {
     pub tunnel_addr: Option<String>,
     /// Name of the bound transport.
     pub bound: Option<String>,
+    /// The gateway address the binding was made with (the bound transport's current
+    /// address, unless that transport has just moved and not yet reattached).
+    #[serde(default)]
+    pub bound_gateway: Option<String>,
     pub generation: u32,
     pub age_s: u64,
     pub switches: u64,
@@ -37,7 +41,16 @@ pub struct TransportStatus {
     pub name: String,
     pub kind: String,
     pub local: String,
+    /// The gateway address this transport sends to now.
     pub gateway: String,
+    /// Every configured gateway address of this transport (one, or the nodes of a
+    /// gateway cluster), in order; `gateway` is one of them.
+    #[serde(default)]
+    pub gateways: Vec<String>,
+    /// The last move to another gateway address: `"10.0.0.9:51820 (silent for the
+    /// loss TTL)"`.
+    #[serde(default)]
+    pub gateway_moved: Option<String>,
     pub bound: bool,
     pub health: Health,
     pub rtt_ms: Option<f64>,
@@ -115,4 +128,7 @@ pub struct Counters {
     pub tx_fragmented: u64,
     pub reattach_denied: u64,
     pub reattach_timeouts: u64,
+    /// Transports moved to their next gateway address (clusters).
+    #[serde(default)]
+    pub gateway_moves: u64,
 }
