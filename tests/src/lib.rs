@@ -35,5 +35,6 @@ macro_rules! require_root {
 }
 
 pub mod agent;
+pub mod cluster;
 pub mod gwlab;
 pub mod tclient;

@@ -209,7 +209,7 @@ fn a_restarted_node_claims_its_sessions_and_a_lost_lease_is_acquired_again() {
 
 #[test]
 fn without_etcd_nothing_is_written_and_the_lease_runs_out_here_first() {
-    let Some(mut etcd) = start_or_skip("cluster outage") else {
+    let Some(etcd) = start_or_skip("cluster outage") else {
         return;
     };
     let a = join(&etcd, "/t/outage/", 1, 2);

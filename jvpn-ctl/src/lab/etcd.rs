@@ -104,7 +104,17 @@ impl Etcd {
         Self::start_with(Some(netns.to_owned()))
     }
 
+    /// As [`Etcd::start_in`], listening on `host`, an address of that namespace that
+    /// other namespaces reach (the cluster lab's gateways).
+    pub fn start_on(netns: &str, host: Ipv4Addr) -> Result<Self, EtcdError> {
+        Self::start_at(Some(netns.to_owned()), host)
+    }
+
     fn start_with(netns: Option<String>) -> Result<Self, EtcdError> {
+        Self::start_at(netns, Ipv4Addr::LOCALHOST)
+    }
+
+    fn start_at(netns: Option<String>, host: Ipv4Addr) -> Result<Self, EtcdError> {
         let bin = find_etcd().ok_or(EtcdError::NotInstalled)?;
         static N: AtomicU32 = AtomicU32::new(0);
         let n = N.fetch_add(1, Ordering::Relaxed);
@@ -129,7 +139,7 @@ impl Etcd {
         };
         let mut attempt = 1;
         loop {
-            let ports = etcd.in_netns(|| free_ports(2))?;
+            let ports = etcd.in_netns(|| free_ports(host, 2))?;
             (etcd.client, etcd.peer) = (ports[0], ports[1]);
             etcd.cluster = format!("{}=http://{}", etcd.name, etcd.peer);
             etcd.token.clone_from(&etcd.name);
@@ -411,14 +421,14 @@ fn unsupported_arch() -> Option<&'static str> {
 
 /// Two distinct ports free on 127.0.0.1 now: both listeners are held until both are
 /// picked, so the kernel cannot hand out the same one twice.
-fn free_ports(n: usize) -> Result<Vec<SocketAddr>, EtcdError> {
+fn free_ports(host: Ipv4Addr, n: usize) -> Result<Vec<SocketAddr>, EtcdError> {
     // All held at once, so no two are the same.
     (0..n)
-        .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
+        .map(|_| TcpListener::bind((host, 0)))
         .collect::<io::Result<Vec<_>>>()
         .and_then(|ls| ls.iter().map(TcpListener::local_addr).collect())
         .map_err(|cause| EtcdError::Io {
-            what: "picking a free port on 127.0.0.1".into(),
+            what: format!("picking a free port on {host}"),
             cause,
         })
 }
@@ -437,7 +447,7 @@ impl EtcdCluster {
         static N: AtomicU32 = AtomicU32::new(0);
         let c = N.fetch_add(1, Ordering::Relaxed);
         let token = format!("jvpn-{}-c{c}", std::process::id());
-        let ports = free_ports(2 * n)?;
+        let ports = free_ports(Ipv4Addr::LOCALHOST, 2 * n)?;
         let mut members = Vec::with_capacity(n);
         for i in 0..n {
             let dir = std::env::temp_dir().join(format!("{token}-{i}"));

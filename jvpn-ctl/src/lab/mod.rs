@@ -3,6 +3,7 @@
 //! every guard removes what it created when dropped.
 
 pub mod capture;
+pub mod cluster;
 pub mod etcd;
 pub mod gateway;
 pub mod netns;

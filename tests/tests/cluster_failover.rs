@@ -1,0 +1,80 @@
+//! Two gateway nodes of one cluster on a real etcd, the exit and the real client
+//! agent, in namespaces (`jvpn_tests::cluster`): the owner node is killed (`kill -9`)
+//! and the client's session continues through the other node, with the same
+//! SessionID, the next generation and a new owner epoch; the killed node, back,
+//! leaves the session where it is.
+
+use std::time::{Duration, Instant};
+
+use jvpn_ctl::session::State;
+use jvpn_tests::{
+    cluster::{ClusterStack, LEASE_TTL_S},
+    require_root,
+};
+
+#[test]
+fn the_owner_killed_the_session_continues_on_the_other_node() {
+    require_root!();
+    let Some(mut s) = ClusterStack::start("clf") else {
+        return;
+    };
+    s.start_client("");
+    s.wait(
+        "the session through node 1",
+        Duration::from_secs(15),
+        || {
+            s.client_status()
+                .is_some_and(|c| c.state == State::Attached)
+                && s.ping(Duration::from_millis(500))
+        },
+    );
+    let st = s.client_status().unwrap();
+    let id = st.session_id.unwrap().0;
+    let on_a = s.session(0, id).expect("node 1 owns the new session");
+    assert_eq!(on_a.generation, 1);
+    assert!(
+        s.session(1, id).is_none(),
+        "node 2 admits it, it does not hold it"
+    );
+
+    // Node 1's host dies (controller killed, links down). Its lease keeps the session its own until it runs out at etcd;
+    // then node 2 takes the client's reattach.
+    s.kill_node(0);
+    s.node_links(0, false);
+    let killed = Instant::now();
+    s.wait("traffic through node 2", Duration::from_secs(20), || {
+        s.ping(Duration::from_millis(300))
+    });
+    let interruption = killed.elapsed();
+    let on_b = s.session(1, id).expect("node 2 owns it now");
+    assert_eq!(on_b.state, State::Attached);
+    assert_eq!(on_b.generation, 2, "one reattach: generation + 1");
+    let st = s.client_status().unwrap();
+    assert_eq!(st.session_id.map(|i| i.0), Some(id), "same SessionID");
+    // Bounded by the lease TTL plus the client noticing (loss TTL 0.5 s) and its
+    // reattach attempts (0.4 s each); the margin covers etcd's lease timing.
+    let bound = Duration::from_secs(LEASE_TTL_S) + Duration::from_secs(4);
+    assert!(
+        interruption < bound,
+        "interruption {interruption:?} over {bound:?}"
+    );
+    eprintln!("failover interruption: {interruption:?} (bound {bound:?})");
+    let events = std::fs::read_to_string(s.dir.join("node2-events.jsonl")).unwrap();
+    assert!(
+        events
+            .lines()
+            .any(|l| l.contains("OWNERSHIP_CHANGE") && l.contains("\"to_node\":2")),
+        "an OWNERSHIP_CHANGE to node 2 was published:\n{events}"
+    );
+
+    // Node 1 back: the session stays with node 2 and keeps working.
+    s.node_links(0, true);
+    s.start_node(0);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(s.session(0, id).is_none(), "node 1 does not take it back");
+    assert!(
+        s.ping(Duration::from_secs(1)),
+        "traffic still flows through node 2"
+    );
+    assert_eq!(s.session(1, id).map(|x| x.generation), Some(2));
+}
