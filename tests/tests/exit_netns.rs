@@ -249,7 +249,7 @@ fn exit_installs_decrypts_returns_and_drops() {
     let link_sock = bind(&gw, SocketAddr::from((GW, 0)));
     let ret_sock = bind(&gw, SocketAddr::from((GW, RET_PORT)));
     let echo = bind(&exit_ns, SocketAddr::from((EXIT_TUN, ECHO_PORT)));
-    let mut link = LinkCrypto::new(&LINK_KEY, Dir::GatewayToExit, now_us());
+    let mut link = LinkCrypto::new(&LINK_KEY, Dir::GatewayToExit, 0, now_us());
 
     // INSTALL → ACK.
     let install = LinkMsg::Install {
@@ -258,6 +258,7 @@ fn exit_installs_decrypts_returns_and_drops() {
         c2x: C2X,
         x2c: X2C,
         ret: SocketAddr::from((GW, RET_PORT)),
+        epoch: 0,
     };
     assert_eq!(
         link_call(&link_sock, &mut link, &install),
@@ -268,9 +269,16 @@ fn exit_installs_decrypts_returns_and_drops() {
     );
 
     // A link frame under another key is ignored: no ACK, counted, session intact.
-    let mut wrong = LinkCrypto::new(&[0x99; 32], Dir::GatewayToExit, now_us());
+    let mut wrong = LinkCrypto::new(&[0x99; 32], Dir::GatewayToExit, 0, now_us());
     assert_eq!(
-        link_call(&link_sock, &mut wrong, &LinkMsg::Revoke { session_id: SID }),
+        link_call(
+            &link_sock,
+            &mut wrong,
+            &LinkMsg::Revoke {
+                session_id: SID,
+                epoch: 0
+            }
+        ),
         None
     );
     exit.wait_for("link_bad_frames", |c| c.link_bad_frames == 1);
@@ -333,7 +341,14 @@ fn exit_installs_decrypts_returns_and_drops() {
 
     // REVOKE → ACK; the session is gone both ways.
     assert_eq!(
-        link_call(&link_sock, &mut link, &LinkMsg::Revoke { session_id: SID }),
+        link_call(
+            &link_sock,
+            &mut link,
+            &LinkMsg::Revoke {
+                session_id: SID,
+                epoch: 0
+            }
+        ),
         Some(LinkMsg::Ack {
             session_id: SID,
             acked_type: 2
@@ -404,13 +419,14 @@ fn exit_replaces_a_stale_address_holder_and_refuses_bad_config() {
     assert!(shown.contains("mtu 1300"), "{shown}");
 
     let link_sock = bind(&gw, SocketAddr::from((GW, 0)));
-    let mut link = LinkCrypto::new(&LINK_KEY, Dir::GatewayToExit, now_us());
+    let mut link = LinkCrypto::new(&LINK_KEY, Dir::GatewayToExit, 0, now_us());
     let install = |sid, addr: Ipv4Addr, c2x| LinkMsg::Install {
         session_id: sid,
         tunnel_addr: IpAddr::V4(addr),
         c2x,
         x2c: X2C,
         ret: SocketAddr::from((GW, RET_PORT)),
+        epoch: 0,
     };
     let ack = |sid| {
         Some(LinkMsg::Ack {

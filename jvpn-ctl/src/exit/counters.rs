@@ -47,7 +47,11 @@ counters! {
     /// INSTALLs refused (tunnel address used by another session, outside the pool, or
     /// the exit's own): no ACK.
     link_refused,
-    /// REVOKEs processed (also for sessions already gone).
+    /// INSTALLs and REVOKEs of a superseded owner (an epoch below the session's):
+    /// such an INSTALL is refused without an ACK, such a REVOKE acknowledged and
+    /// ignored.
+    link_stale_epoch,
+    /// REVOKEs obeyed (also for sessions already gone; not the stale ones).
     link_revokes,
     /// INSTALLs whose address a session unknown to the gateway held (forgotten).
     link_replaced,
@@ -65,6 +69,9 @@ counters! {
     data_malformed,
     /// DATA for a session the exit does not have.
     data_unknown_session,
+    /// DATA from an address that is not its session's return endpoint: a former
+    /// owner's (or anyone's), dropped before decryption.
+    data_stale_owner,
     /// DATA whose tag did not verify under the session's k_c2x.
     data_bad_tag,
     /// Authentic DATA with a counter already seen or older than the window.

@@ -1,6 +1,11 @@
 //! Per-packet decisions, without I/O: link frames in → ACKs out, gateway DATA in →
 //! inner packets for the TUN device, TUN packets in → sealed DATA for the gateway.
 //! Every drop is counted by reason.
+//!
+//! Fencing (docs/protocol.md, "Fencing at the exit"): the exit is the resource the
+//! gateway nodes of a cluster take turns owning sessions at, so it checks their
+//! fencing tokens. INSTALL and REVOKE below a session's epoch are not obeyed, and DATA
+//! is taken only from the return endpoint of the session's current owner.
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -9,7 +14,7 @@ use ipnet::IpNet;
 use super::{
     counters::{Counters, add, bump},
     inner,
-    sessions::{Installed, Sessions},
+    sessions::{Installed, Owner, Refused, Revoked, Sessions},
 };
 use crate::{
     icmp,
@@ -25,6 +30,12 @@ use crate::{
 fn tunnel_mtu(link_mtu: u16, client: Option<u16>, ret: SocketAddr) -> u16 {
     let link = data::inner_mtu(link_mtu, ret.is_ipv6());
     client.map_or(link, |c| c.min(link))
+}
+
+/// The same address and port, an IPv4-mapped IPv6 address (a dual-stack socket's view
+/// of an IPv4 sender) counting as its IPv4 address, and flow label and scope ignored.
+fn same_endpoint(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port() && a.ip().to_canonical() == b.ip().to_canonical()
 }
 
 /// What to do with a packet read from the TUN device.
@@ -57,7 +68,8 @@ impl Engine {
     pub fn new(link_key: &[u8; 32], link_start: u64, pool: IpNet, counters: Arc<Counters>) -> Self {
         Engine {
             sessions: Sessions::new(pool, link_start.saturating_mul(16)),
-            link: LinkCrypto::new(link_key, Dir::ExitToGateway, link_start),
+            // Node 0 is only a default: every answer is sealed for the node asked.
+            link: LinkCrypto::new(link_key, Dir::ExitToGateway, 0, link_start),
             boot: link_start,
             counters,
             link_mtu: u16::MAX,
@@ -80,10 +92,11 @@ impl Engine {
         self.sessions.len()
     }
 
-    /// A link frame; returns the ACK frame to send back to its source, if any.
+    /// A link frame; returns the answer (ACK or PONG) to send back to its source, if
+    /// any, sealed for the node that sent the frame.
     pub fn on_link(&mut self, frame: &[u8], from: SocketAddr) -> Option<Vec<u8>> {
         let c = &*self.counters;
-        let msg = match self.link.open(frame) {
+        let (node, msg) = match self.link.open_node(frame) {
             Ok(m) => m,
             Err(e) => {
                 bump(&c.link_bad_frames);
@@ -99,24 +112,31 @@ impl Engine {
                 c2x,
                 x2c,
                 ret,
-            } => match self
-                .sessions
-                .install(session_id, tunnel_addr, &c2x, &x2c, ret)
-            {
+                epoch,
+            } => match self.sessions.install(
+                session_id,
+                tunnel_addr,
+                &c2x,
+                &x2c,
+                ret,
+                Owner { node, epoch },
+            ) {
                 Ok(how) => {
                     bump(&c.link_installs);
                     match how {
                         Installed::New => tracing::info!(
                             session = format_args!("{session_id:#018x}"),
-                            %tunnel_addr, %ret, "session installed"
+                            %tunnel_addr, %ret, node, epoch, "session installed"
                         ),
                         Installed::Rekeyed => tracing::warn!(
                             session = format_args!("{session_id:#018x}"),
-                            %tunnel_addr, %ret, "session re-installed with new keys; counters reset"
+                            %tunnel_addr, %ret, node, epoch,
+                            "session re-installed with new keys; counters reset"
                         ),
                         Installed::Repeat => tracing::debug!(
                             session = format_args!("{session_id:#018x}"),
-                            "repeated INSTALL acknowledged again"
+                            %ret, node, epoch,
+                            "repeated INSTALL (or a takeover) acknowledged"
                         ),
                         Installed::Replaced { stale } => {
                             bump(&c.link_replaced);
@@ -131,6 +151,18 @@ impl Engine {
                     }
                     session_id
                 }
+                Err(Refused::StaleEpoch { epoch, current }) => {
+                    // Debug: a node that lost its sessions may retry many of them.
+                    bump(&c.link_stale_epoch);
+                    tracing::debug!(
+                        session = format_args!("{session_id:#018x}"),
+                        node,
+                        epoch,
+                        current,
+                        "INSTALL of a superseded owner refused, not acknowledged"
+                    );
+                    return None;
+                }
                 Err(why) => {
                     bump(&c.link_refused);
                     tracing::warn!(
@@ -140,22 +172,43 @@ impl Engine {
                     return None;
                 }
             },
-            LinkMsg::Revoke { session_id } => {
-                bump(&c.link_revokes);
-                if self.sessions.revoke(session_id) {
-                    tracing::info!(
-                        session = format_args!("{session_id:#018x}"),
-                        "session revoked"
-                    );
+            LinkMsg::Revoke { session_id, epoch } => {
+                match self.sessions.revoke_at(session_id, epoch) {
+                    Revoked::Removed => {
+                        bump(&c.link_revokes);
+                        tracing::info!(
+                            session = format_args!("{session_id:#018x}"),
+                            node,
+                            epoch,
+                            "session revoked"
+                        );
+                    }
+                    Revoked::Absent => bump(&c.link_revokes),
+                    // Acknowledged all the same, so its sender stops retransmitting.
+                    Revoked::Stale { current } => {
+                        bump(&c.link_stale_epoch);
+                        tracing::debug!(
+                            session = format_args!("{session_id:#018x}"),
+                            node,
+                            epoch,
+                            current,
+                            "REVOKE of a superseded owner ignored (acknowledged)"
+                        );
+                    }
                 }
                 session_id
             }
+            // The sessions this node owns here: fewer than it holds makes it
+            // re-install them all.
             LinkMsg::Ping { nonce } => {
-                return Some(self.link.seal(&LinkMsg::Pong {
-                    nonce,
-                    boot: self.boot,
-                    sessions: self.sessions.len() as u64,
-                }));
+                return Some(self.link.seal_for(
+                    node,
+                    &LinkMsg::Pong {
+                        nonce,
+                        boot: self.boot,
+                        sessions: self.sessions.owned_by(node) as u64,
+                    },
+                ));
             }
             LinkMsg::Pong { .. } => {
                 bump(&c.link_unexpected);
@@ -170,14 +223,18 @@ impl Engine {
                 return None;
             }
         };
-        Some(self.link.seal(&LinkMsg::Ack {
-            session_id,
-            acked_type,
-        }))
+        Some(self.link.seal_for(
+            node,
+            &LinkMsg::Ack {
+                session_id,
+                acked_type,
+            },
+        ))
     }
 
-    /// DATA from the gateway; returns the inner packet to write to the TUN device.
-    pub fn on_data<'a>(&mut self, pkt: &'a mut [u8]) -> Option<&'a [u8]> {
+    /// DATA from the gateway at `from`; returns the inner packet to write to the TUN
+    /// device. Only the session's current owner (its return endpoint) is heard.
+    pub fn on_data<'a>(&mut self, pkt: &'a mut [u8], from: SocketAddr) -> Option<&'a [u8]> {
         let c = &*self.counters;
         let Ok(sid) = data::peek_session(pkt) else {
             bump(&c.data_malformed);
@@ -187,6 +244,16 @@ impl Engine {
             bump(&c.data_unknown_session);
             return None;
         };
+        // Before decryption: cheap, and a superseded owner's packets never reach the
+        // TUN device (the relay sends from the owner's exit-side address, `ret`).
+        if !same_endpoint(from, s.ret) {
+            bump(&c.data_stale_owner);
+            tracing::debug!(
+                session = format_args!("{sid:#018x}"), %from, ret = %s.ret,
+                "DATA not from the session's owner dropped"
+            );
+            return None;
+        }
         let (_, ctr, plain) = match data::open(&s.c2x, pkt) {
             Ok(v) => v,
             Err(ProtoError::Decrypt) => {
@@ -354,7 +421,7 @@ mod tests {
         );
         (
             e,
-            LinkCrypto::new(&LINK_KEY, Dir::GatewayToExit, 5000),
+            LinkCrypto::new(&LINK_KEY, Dir::GatewayToExit, 0, 5000),
             counters,
         )
     }
@@ -366,6 +433,7 @@ mod tests {
             c2x: C2X,
             x2c: X2C,
             ret: gw(),
+            epoch: 0,
         }
     }
 
@@ -412,11 +480,20 @@ mod tests {
         ));
         assert_eq!(e.sessions(), 1);
         // Replayed frame, wrong key, garbage: dropped and counted.
-        let frame = gw_link.seal(&LinkMsg::Revoke { session_id: SID });
-        let mut wrong = LinkCrypto::new(&[8; 32], Dir::GatewayToExit, 9_000_000);
+        let frame = gw_link.seal(&LinkMsg::Revoke {
+            session_id: SID,
+            epoch: 0,
+        });
+        let mut wrong = LinkCrypto::new(&[8; 32], Dir::GatewayToExit, 0, 9_000_000);
         assert!(
-            e.on_link(&wrong.seal(&LinkMsg::Revoke { session_id: SID }), gw())
-                .is_none()
+            e.on_link(
+                &wrong.seal(&LinkMsg::Revoke {
+                    session_id: SID,
+                    epoch: 0,
+                }),
+                gw()
+            )
+            .is_none()
         );
         assert!(e.on_link(b"JVLK garbage", gw()).is_none());
         assert_eq!(e.sessions(), 1);
@@ -450,6 +527,7 @@ mod tests {
             c2x: [3; 32],
             x2c: [4; 32],
             ret: gw(),
+            epoch: 0,
         };
         assert!(
             e.on_link(&gw_link.seal(&other), gw()).is_some(),
@@ -489,24 +567,27 @@ mod tests {
     fn data_in_checks() {
         let (mut e, mut gw_link, c) = setup();
         let good = ipv4("10.99.0.2", "10.99.0.1");
-        assert!(e.on_data(&mut data(1, &good)).is_none(), "no session yet");
+        assert!(
+            e.on_data(&mut data(1, &good), gw()).is_none(),
+            "no session yet"
+        );
         e.on_link(&gw_link.seal(&install("10.99.0.2")), gw())
             .unwrap();
 
         let pkt = data(1, &good);
-        assert_eq!(e.on_data(&mut pkt.clone()), Some(&good[..]));
-        assert!(e.on_data(&mut pkt.clone()).is_none(), "replay");
+        assert_eq!(e.on_data(&mut pkt.clone(), gw()), Some(&good[..]));
+        assert!(e.on_data(&mut pkt.clone(), gw()).is_none(), "replay");
         let mut forged = data(2, &good);
         *forged.last_mut().unwrap() ^= 1;
-        assert!(e.on_data(&mut forged).is_none(), "forged tag");
+        assert!(e.on_data(&mut forged, gw()).is_none(), "forged tag");
         // The forged packet did not move the window: counter 2 is still good.
-        assert!(e.on_data(&mut data(2, &good)).is_some());
+        assert!(e.on_data(&mut data(2, &good), gw()).is_some());
         assert!(
-            e.on_data(&mut data(3, &ipv4("10.99.0.9", "10.99.0.1")))
+            e.on_data(&mut data(3, &ipv4("10.99.0.9", "10.99.0.1")), gw())
                 .is_none()
         );
-        assert!(e.on_data(&mut data(4, b"\x00not ip")).is_none());
-        assert!(e.on_data(&mut [0u8; 10]).is_none());
+        assert!(e.on_data(&mut data(4, b"\x00not ip"), gw()).is_none());
+        assert!(e.on_data(&mut [0u8; 10], gw()).is_none());
 
         let s = c.snapshot();
         assert_eq!(
@@ -574,7 +655,7 @@ mod tests {
         let mut out = Vec::new();
         assert_eq!(e.on_tun(&big(1400, true), &mut out), FromTun::Send(gw()));
         let mut notice = data(1, &tunnel_ctl::mtu_notice(1336));
-        assert!(e.on_data(&mut notice).is_none(), "not for the TUN");
+        assert!(e.on_data(&mut notice, gw()).is_none(), "not for the TUN");
         assert_eq!(e.on_tun(&big(1336, true), &mut out), FromTun::Send(gw()));
         assert_eq!(e.on_tun(&big(1400, true), &mut out), FromTun::Reply);
         assert_eq!((out[20], out[21]), (3, 4), "ICMP fragmentation needed");
@@ -599,7 +680,7 @@ mod tests {
         );
         assert_eq!(u16::from_be_bytes([out[26], out[27]]), 1236);
         let mut junk = data(2, &[0, 9, 9, 9]);
-        assert!(e.on_data(&mut junk).is_none());
+        assert!(e.on_data(&mut junk, gw()).is_none());
         let s = c.snapshot();
         assert_eq!(
             (
@@ -610,5 +691,208 @@ mod tests {
             ),
             (1, 2, 1, 1)
         );
+    }
+
+    // Cluster ownership: gateway nodes 1 and 2 share the link key, each with its own
+    // exit-side return address.
+
+    fn gw2() -> SocketAddr {
+        "10.77.9.3:51820".parse().unwrap()
+    }
+
+    fn node(n: u16) -> LinkCrypto {
+        LinkCrypto::new(&LINK_KEY, Dir::GatewayToExit, n, 5000)
+    }
+
+    fn owned_install(ret: SocketAddr, epoch: u64) -> LinkMsg {
+        LinkMsg::Install {
+            session_id: SID,
+            tunnel_addr: "10.99.0.2".parse().unwrap(),
+            c2x: C2X,
+            x2c: X2C,
+            ret,
+            epoch,
+        }
+    }
+
+    fn revoke(epoch: u64) -> LinkMsg {
+        LinkMsg::Revoke {
+            session_id: SID,
+            epoch,
+        }
+    }
+
+    /// Sends `msg` as `link`'s node from `from`; the exit's answer, opened by `link`
+    /// (so sealed for its node).
+    fn ask(
+        e: &mut Engine,
+        link: &mut LinkCrypto,
+        msg: &LinkMsg,
+        from: SocketAddr,
+    ) -> Option<LinkMsg> {
+        let answer = e.on_link(&link.seal(msg), from)?;
+        Some(link.open(&answer).expect("sealed for this node"))
+    }
+
+    fn ack(acked_type: u8) -> Option<LinkMsg> {
+        Some(LinkMsg::Ack {
+            session_id: SID,
+            acked_type,
+        })
+    }
+
+    /// An INSTALL below the session's epoch is refused, unacknowledged and counted,
+    /// and changes nothing; the same epoch again is a retransmission.
+    #[test]
+    fn stale_epoch_install_is_refused_unacked() {
+        let (mut e, _, c) = setup();
+        let (mut n1, mut n2) = (node(1), node(2));
+        assert_eq!(ask(&mut e, &mut n1, &owned_install(gw(), 7), gw()), ack(1));
+        assert!(
+            e.on_link(&n2.seal(&owned_install(gw2(), 6)), gw2())
+                .is_none(),
+            "no ACK for a superseded owner"
+        );
+        assert_eq!(ask(&mut e, &mut n1, &owned_install(gw(), 7), gw()), ack(1));
+        let mut out = Vec::new();
+        assert_eq!(
+            e.on_tun(&ipv4("10.99.0.1", "10.99.0.2"), &mut out),
+            FromTun::Send(gw()),
+            "return traffic still to the owner"
+        );
+        let s = c.snapshot();
+        assert_eq!(
+            (s.link_installs, s.link_stale_epoch, s.link_refused),
+            (2, 1, 0)
+        );
+    }
+
+    /// A takeover: node 2 installs the same keys at a higher epoch from its own return
+    /// address. The counters go on, return DATA goes to node 2, and node 1's DATA is
+    /// dropped (counted) before decryption, never reaching the TUN.
+    #[test]
+    fn takeover_moves_ret_and_fences_the_old_owners_data() {
+        let (mut e, _, c) = setup();
+        let (mut n1, mut n2) = (node(1), node(2));
+        let good = ipv4("10.99.0.2", "10.99.0.1");
+        let reply = ipv4("10.99.0.1", "10.99.0.2");
+        let mut out = Vec::new();
+        assert_eq!(ask(&mut e, &mut n1, &owned_install(gw(), 5), gw()), ack(1));
+        assert!(e.on_data(&mut data(1, &good), gw()).is_some());
+        assert_eq!(e.on_tun(&reply, &mut out), FromTun::Send(gw()));
+
+        assert_eq!(
+            ask(&mut e, &mut n2, &owned_install(gw2(), 6), gw2()),
+            ack(1)
+        );
+        assert_eq!(e.sessions(), 1);
+        assert_eq!(e.on_tun(&reply, &mut out), FromTun::Send(gw2()));
+        let (_, ctr, _) = data::open(&data::DataKey::new(&X2C), &mut out).unwrap();
+        assert_eq!(ctr, BASE + 1, "the send counter went on");
+        assert!(
+            e.on_data(&mut data(1, &good), gw2()).is_none(),
+            "replay kept"
+        );
+        assert_eq!(c.snapshot().data_replay, 1);
+
+        // The old owner's DATA, even authentic and fresh: dropped.
+        assert!(e.on_data(&mut data(2, &good), gw()).is_none());
+        assert_eq!(c.snapshot().data_stale_owner, 1);
+        // Counter 2 was not consumed by the dropped packet.
+        assert_eq!(e.on_data(&mut data(2, &good), gw2()), Some(&good[..]));
+        // Nor does any other address get in, before any decryption (garbage passes
+        // the session lookup and is still counted as the stale owner's).
+        let mut junk = data(3, &good);
+        *junk.last_mut().unwrap() ^= 1;
+        assert!(
+            e.on_data(&mut junk, "10.77.9.3:9".parse().unwrap())
+                .is_none()
+        );
+        // Node 1 cannot take it back at its old epoch.
+        assert!(e.on_link(&n1.seal(&owned_install(gw(), 5)), gw()).is_none());
+        assert_eq!(e.on_tun(&reply, &mut out), FromTun::Send(gw2()));
+        let s = c.snapshot();
+        assert_eq!(
+            (
+                s.data_stale_owner,
+                s.data_bad_tag,
+                s.link_stale_epoch,
+                s.link_installs
+            ),
+            (2, 0, 1, 2)
+        );
+    }
+
+    /// An IPv4 owner seen through a dual-stack socket (IPv4-mapped) is the owner.
+    #[test]
+    fn owner_check_sees_through_ipv4_mapped_addresses() {
+        let (mut e, mut gw_link, c) = setup();
+        e.on_link(&gw_link.seal(&install("10.99.0.2")), gw())
+            .unwrap();
+        let mapped: SocketAddr = "[::ffff:10.77.9.1]:51820".parse().unwrap();
+        let good = ipv4("10.99.0.2", "10.99.0.1");
+        assert!(e.on_data(&mut data(1, &good), mapped).is_some());
+        let other_port: SocketAddr = "10.77.9.1:51821".parse().unwrap();
+        assert!(e.on_data(&mut data(2, &good), other_port).is_none());
+        assert_eq!(c.snapshot().data_stale_owner, 1);
+    }
+
+    /// A REVOKE below the session's epoch is acknowledged (its sender must stop
+    /// retransmitting) but the session stays; one at the current epoch removes it.
+    #[test]
+    fn stale_revoke_is_acked_and_ignored() {
+        let (mut e, _, c) = setup();
+        let (mut n1, mut n2) = (node(1), node(2));
+        assert_eq!(ask(&mut e, &mut n1, &owned_install(gw(), 5), gw()), ack(1));
+        assert_eq!(
+            ask(&mut e, &mut n2, &owned_install(gw2(), 6), gw2()),
+            ack(1)
+        );
+        assert_eq!(ask(&mut e, &mut n1, &revoke(5), gw()), ack(2));
+        assert_eq!(e.sessions(), 1);
+        let good = ipv4("10.99.0.2", "10.99.0.1");
+        assert!(e.on_data(&mut data(1, &good), gw2()).is_some());
+        let s = c.snapshot();
+        assert_eq!((s.link_stale_epoch, s.link_revokes), (1, 0));
+        assert_eq!(ask(&mut e, &mut n2, &revoke(6), gw2()), ack(2));
+        assert_eq!(e.sessions(), 0);
+        assert_eq!(c.snapshot().link_revokes, 1);
+    }
+
+    /// PONG counts the sessions the asking node owns, sealed for that node.
+    #[test]
+    fn pong_counts_the_asking_nodes_sessions() {
+        let (mut e, _, _) = setup();
+        let (mut n1, mut n2) = (node(1), node(2));
+        for (sid, addr) in [(SID, "10.99.0.2"), (SID + 1, "10.99.0.3")] {
+            let m = LinkMsg::Install {
+                session_id: sid,
+                tunnel_addr: addr.parse().unwrap(),
+                c2x: C2X,
+                x2c: X2C,
+                ret: gw(),
+                epoch: 1,
+            };
+            assert!(e.on_link(&n1.seal(&m), gw()).is_some());
+        }
+        assert_eq!(
+            ask(&mut e, &mut n2, &owned_install(gw2(), 2), gw2()),
+            ack(1)
+        );
+        let mut pong = |link: &mut LinkCrypto, nonce| {
+            let f = e
+                .on_link(&link.seal(&LinkMsg::Ping { nonce }), gw())
+                .expect("a PONG");
+            match link.open(&f).unwrap() {
+                LinkMsg::Pong {
+                    nonce: n, sessions, ..
+                } if n == nonce => sessions,
+                m => panic!("{m:?}"),
+            }
+        };
+        assert_eq!(pong(&mut n1, 1), 1, "node 2 took one over");
+        assert_eq!(pong(&mut n2, 2), 1);
+        assert_eq!(pong(&mut node(3), 3), 0);
+        assert_eq!(e.sessions(), 2);
     }
 }

@@ -3,8 +3,11 @@
 //! * **Link** (UDP, `link_listen`): authenticated INSTALL / REVOKE from the gateway
 //!   (docs/protocol.md, "Gateway ⇄ exit link"), each answered with an ACK to the
 //!   frame's source. INSTALL stores the session's keys, tunnel address and return
-//!   endpoint; REVOKE forgets the session at once.
-//! * **DATA in** (UDP, `listen`): relayed client packets, opened with `k_c2x`, checked
+//!   endpoint; REVOKE forgets the session at once. With a cluster of gateways, each
+//!   session has one owner node, and INSTALL/REVOKE carry its fencing token (epoch):
+//!   the exit obeys none below the session's highest ("Fencing at the exit").
+//! * **DATA in** (UDP, `listen`): relayed client packets, taken only from the
+//!   session's return endpoint (its current owner), opened with `k_c2x`, checked
 //!   against the replay window and for an inner source equal to the session's tunnel
 //!   address (anti-spoofing), then written to the TUN device.
 //! * **DATA out**: packets the kernel routes into the TUN device (the tunnel pool is
@@ -175,8 +178,8 @@ impl Exit {
                     Err(e) => recv_error(&counters, "link", e),
                 },
                 r = data.recv_from(&mut data_buf) => match r {
-                    Ok((n, _)) => {
-                        if let Some(pkt) = engine.on_data(&mut data_buf[..n]) {
+                    Ok((n, from)) => {
+                        if let Some(pkt) = engine.on_data(&mut data_buf[..n], from) {
                             let res = tun.send(pkt).await;
                             engine.delivered(res);
                         }

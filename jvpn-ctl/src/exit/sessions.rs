@@ -1,5 +1,9 @@
-//! The exit's session table: keys, counters and return endpoint per session id, and the
-//! tunnel-address index that routes return traffic to its session.
+//! The exit's session table: keys, counters, return endpoint and owner per session id,
+//! and the tunnel-address index that routes return traffic to its session.
+//!
+//! Fencing (docs/protocol.md, "Fencing at the exit"): every session records the epoch
+//! (fencing token) and node of its current owner. An INSTALL or REVOKE with an epoch
+//! below the session's comes from an owner that has been superseded and is not obeyed.
 
 use std::{
     collections::HashMap,
@@ -23,8 +27,13 @@ pub struct Session {
     /// Counter of the next exit→client packet (starts at 1, never reused under `x2c`).
     pub next_counter: u64,
     pub replay: ReplayWindow,
-    /// Where this session's return DATA goes (the gateway's exit-side socket).
+    /// Where this session's return DATA goes (the gateway's exit-side socket); the
+    /// current owner's, so DATA from anywhere else is a stale owner's and dropped.
     pub ret: SocketAddr,
+    /// The current owner's fencing token: the highest epoch accepted for the session.
+    pub epoch: u64,
+    /// The current owner's node number (0: a single gateway).
+    pub node: u16,
     /// The client's tunnel MTU (its MTU notice): nothing larger is sent to it.
     pub tunnel_mtu: Option<u16>,
     /// SHA-256 of the keys, to recognise a repeated INSTALL without keeping copies.
@@ -41,13 +50,22 @@ impl Session {
     }
 }
 
+/// Who sends an INSTALL or REVOKE: the node (from the link frame) and the epoch of its
+/// ownership of the session (from the message).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub node: u16,
+    pub epoch: u64,
+}
+
 #[derive(Debug, PartialEq, Eq)]
 pub enum Installed {
     /// A new session.
     New,
-    /// Same id and keys as an installed session: a retransmission. Counters and replay
-    /// state are kept (resetting the send counter would reuse nonces); the tunnel
-    /// address and return endpoint are updated.
+    /// Same id and keys as an installed session: a retransmission, or a new owner
+    /// taking the session over. Counters and replay state are kept (resetting the
+    /// send counter would reuse nonces); the tunnel address, return endpoint and owner
+    /// are updated.
     Repeat,
     /// Same id, new keys: the session starts over with fresh counters.
     Rekeyed,
@@ -63,6 +81,20 @@ pub enum Refused {
     OutsidePool { addr: IpAddr, pool: IpNet },
     #[error("tunnel address {addr} is the exit's own")]
     OwnAddress { addr: IpAddr },
+    /// The sender's ownership was superseded: it must not move the session back.
+    #[error("epoch {epoch} is below the session's current epoch {current}")]
+    StaleEpoch { epoch: u64, current: u64 },
+}
+
+/// What a REVOKE did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Revoked {
+    /// The session is forgotten.
+    Removed,
+    /// There was no such session (already revoked, or never installed).
+    Absent,
+    /// Kept: the REVOKE's epoch is below the session's (a superseded owner's).
+    Stale { current: u64 },
 }
 
 #[derive(Debug)]
@@ -71,10 +103,23 @@ pub struct Sessions {
     pool: IpNet,
     by_id: HashMap<u64, Session>,
     by_addr: HashMap<IpAddr, u64>,
+    /// How many sessions each node owns (for its PONG).
+    owned: HashMap<u16, usize>,
     /// First DATA counter of every session installed by this process: its start
     /// time in µs × 16, so a restarted exit re-installed with the same keys never
     /// reuses a nonce (that would take 16 packets per µs, sustained, before it).
     counter_base: u64,
+}
+
+/// One session fewer for `node` (its entry goes at zero: the map stays as small as
+/// the set of nodes owning something).
+fn disown(owned: &mut HashMap<u16, usize>, node: u16) {
+    if let Some(n) = owned.get_mut(&node) {
+        *n -= 1;
+        if *n == 0 {
+            owned.remove(&node);
+        }
+    }
 }
 
 fn keys_id(c2x: &[u8; 32], x2c: &[u8; 32]) -> digest::Digest {
@@ -90,6 +135,7 @@ impl Sessions {
             pool,
             by_id: HashMap::new(),
             by_addr: HashMap::new(),
+            owned: HashMap::new(),
             counter_base: counter_base.max(1),
         }
     }
@@ -98,6 +144,13 @@ impl Sessions {
         self.by_id.len()
     }
 
+    /// How many sessions `node` owns now.
+    pub fn owned_by(&self, node: u16) -> usize {
+        self.owned.get(&node).copied().unwrap_or(0)
+    }
+
+    /// Installs (or re-installs) session `id` for `owner`; refused below the
+    /// session's epoch, before anything changes.
     pub fn install(
         &mut self,
         id: u64,
@@ -105,7 +158,16 @@ impl Sessions {
         c2x: &[u8; 32],
         x2c: &[u8; 32],
         ret: SocketAddr,
+        owner: Owner,
     ) -> Result<Installed, Refused> {
+        if let Some(s) = self.by_id.get(&id)
+            && owner.epoch < s.epoch
+        {
+            return Err(Refused::StaleEpoch {
+                epoch: owner.epoch,
+                current: s.epoch,
+            });
+        }
         if tunnel_addr == self.pool.addr() {
             return Err(Refused::OwnAddress { addr: tunnel_addr });
         }
@@ -134,12 +196,19 @@ impl Sessions {
                     s.tunnel_addr = tunnel_addr;
                 }
                 s.ret = ret;
+                s.epoch = owner.epoch;
+                if s.node != owner.node {
+                    disown(&mut self.owned, s.node);
+                    *self.owned.entry(owner.node).or_default() += 1;
+                    s.node = owner.node;
+                }
                 Installed::Repeat
             }
             old => {
                 let outcome = match old {
                     Some(s) => {
                         self.by_addr.remove(&s.tunnel_addr);
+                        disown(&mut self.owned, s.node);
                         Installed::Rekeyed
                     }
                     None => stale.map_or(Installed::New, |stale| Installed::Replaced { stale }),
@@ -154,10 +223,13 @@ impl Sessions {
                         next_counter: self.counter_base,
                         replay: ReplayWindow::new(),
                         ret,
+                        epoch: owner.epoch,
+                        node: owner.node,
                         tunnel_mtu: None,
                         keys_id: kid,
                     },
                 );
+                *self.owned.entry(owner.node).or_default() += 1;
                 outcome
             }
         };
@@ -165,11 +237,24 @@ impl Sessions {
         Ok(outcome)
     }
 
-    /// Forgets a session at once; false if it was not there.
+    /// A REVOKE of `epoch`: forgets the session at once unless its epoch is higher.
+    pub fn revoke_at(&mut self, id: u64, epoch: u64) -> Revoked {
+        match self.by_id.get(&id) {
+            None => Revoked::Absent,
+            Some(s) if epoch < s.epoch => Revoked::Stale { current: s.epoch },
+            Some(_) => {
+                self.revoke(id);
+                Revoked::Removed
+            }
+        }
+    }
+
+    /// Forgets a session at once, whatever its epoch; false if it was not there.
     pub fn revoke(&mut self, id: u64) -> bool {
         match self.by_id.remove(&id) {
             Some(s) => {
                 self.by_addr.remove(&s.tunnel_addr);
+                disown(&mut self.owned, s.node);
                 true
             }
             None => false,
@@ -208,13 +293,19 @@ mod tests {
     }
 
     const RET: &str = "10.77.9.1:51820";
+    /// A single gateway: node 0, epoch 0.
+    const O: Owner = Owner { node: 0, epoch: 0 };
+
+    fn owner(node: u16, epoch: u64) -> Owner {
+        Owner { node, epoch }
+    }
 
     #[test]
     fn install_repeat_rekey_revoke() {
         let mut t = table();
         let ret: SocketAddr = RET.parse().unwrap();
         assert_eq!(
-            t.install(7, ip("10.99.0.2"), &[1; 32], &[2; 32], ret),
+            t.install(7, ip("10.99.0.2"), &[1; 32], &[2; 32], ret, O),
             Ok(Installed::New)
         );
         let s = t.by_addr_mut(ip("10.99.0.2")).unwrap();
@@ -224,7 +315,7 @@ mod tests {
 
         // A retransmitted INSTALL keeps the counters.
         assert_eq!(
-            t.install(7, ip("10.99.0.2"), &[1; 32], &[2; 32], ret),
+            t.install(7, ip("10.99.0.2"), &[1; 32], &[2; 32], ret, O),
             Ok(Installed::Repeat)
         );
         let s = t.get_mut(7).unwrap();
@@ -233,7 +324,7 @@ mod tests {
 
         // Moving the same session to another address updates the index.
         assert_eq!(
-            t.install(7, ip("10.99.0.3"), &[1; 32], &[2; 32], ret),
+            t.install(7, ip("10.99.0.3"), &[1; 32], &[2; 32], ret, O),
             Ok(Installed::Repeat)
         );
         assert!(t.by_addr_mut(ip("10.99.0.2")).is_none());
@@ -241,7 +332,7 @@ mod tests {
 
         // New keys: fresh counters.
         assert_eq!(
-            t.install(7, ip("10.99.0.3"), &[3; 32], &[2; 32], ret),
+            t.install(7, ip("10.99.0.3"), &[3; 32], &[2; 32], ret, O),
             Ok(Installed::Rekeyed)
         );
         let s = t.get_mut(7).unwrap();
@@ -258,12 +349,12 @@ mod tests {
     fn refusals() {
         let mut t = table();
         let ret: SocketAddr = RET.parse().unwrap();
-        t.install(7, ip("10.99.0.2"), &[1; 32], &[2; 32], ret)
+        t.install(7, ip("10.99.0.2"), &[1; 32], &[2; 32], ret, O)
             .unwrap();
         // The gateway owns the pool: a new session on a held address replaces the
         // holder, whose keys go.
         assert_eq!(
-            t.install(8, ip("10.99.0.2"), &[3; 32], &[4; 32], ret),
+            t.install(8, ip("10.99.0.2"), &[3; 32], &[4; 32], ret, O),
             Ok(Installed::Replaced { stale: 7 })
         );
         assert!(t.get_mut(7).is_none());
@@ -272,14 +363,14 @@ mod tests {
         for bad in ["10.98.0.2", "10.99.0.0", "10.99.0.255", "fd00::2"] {
             assert!(
                 matches!(
-                    t.install(8, ip(bad), &[3; 32], &[4; 32], ret),
+                    t.install(8, ip(bad), &[3; 32], &[4; 32], ret, O),
                     Err(Refused::OutsidePool { .. })
                 ),
                 "{bad}"
             );
         }
         assert_eq!(
-            t.install(8, ip("10.99.0.1"), &[3; 32], &[4; 32], ret),
+            t.install(8, ip("10.99.0.1"), &[3; 32], &[4; 32], ret, O),
             Err(Refused::OwnAddress {
                 addr: ip("10.99.0.1")
             })
@@ -290,12 +381,85 @@ mod tests {
     #[test]
     fn counter_never_wraps() {
         let mut t = table();
-        t.install(7, ip("10.99.0.2"), &[1; 32], &[2; 32], RET.parse().unwrap())
-            .unwrap();
+        t.install(
+            7,
+            ip("10.99.0.2"),
+            &[1; 32],
+            &[2; 32],
+            RET.parse().unwrap(),
+            O,
+        )
+        .unwrap();
         let s = t.get_mut(7).unwrap();
         s.next_counter = u64::MAX - 1;
         assert_eq!(s.take_counter(), Some(u64::MAX - 1));
         assert_eq!(s.take_counter(), None);
         assert_eq!(s.take_counter(), None);
+    }
+
+    /// An owner below the session's epoch changes nothing, not even by taking its
+    /// tunnel address for another session; a takeover (same keys, higher epoch) keeps
+    /// the counters and moves `ret` and the owner; counts per node follow.
+    #[test]
+    fn fencing_by_epoch() {
+        let mut t = table();
+        let (r1, r2): (SocketAddr, SocketAddr) = (
+            "10.77.9.1:51820".parse().unwrap(),
+            "10.77.9.2:51820".parse().unwrap(),
+        );
+        assert_eq!(
+            t.install(7, ip("10.99.0.2"), &[1; 32], &[2; 32], r1, owner(1, 10)),
+            Ok(Installed::New)
+        );
+        assert_eq!((t.owned_by(1), t.owned_by(2)), (1, 0));
+        assert_eq!(t.get_mut(7).unwrap().take_counter(), Some(1));
+        // A stale owner: refused, keys and all (even new keys, another address).
+        for (addr, keys) in [("10.99.0.2", [1; 32]), ("10.99.0.3", [9; 32])] {
+            assert_eq!(
+                t.install(7, ip(addr), &keys, &[2; 32], r2, owner(2, 9)),
+                Err(Refused::StaleEpoch {
+                    epoch: 9,
+                    current: 10
+                })
+            );
+        }
+        let s = t.get_mut(7).unwrap();
+        assert_eq!(
+            (s.ret, s.epoch, s.node, s.tunnel_addr),
+            (r1, 10, 1, ip("10.99.0.2"))
+        );
+        // Takeover: node 2 at a higher epoch, same keys.
+        assert_eq!(
+            t.install(7, ip("10.99.0.2"), &[1; 32], &[2; 32], r2, owner(2, 11)),
+            Ok(Installed::Repeat)
+        );
+        let s = t.get_mut(7).unwrap();
+        assert_eq!((s.ret, s.epoch, s.node), (r2, 11, 2));
+        assert_eq!(s.take_counter(), Some(2), "counters kept");
+        assert_eq!((t.owned_by(1), t.owned_by(2)), (0, 1));
+        // The same epoch again (a retransmission) is accepted.
+        assert_eq!(
+            t.install(7, ip("10.99.0.2"), &[1; 32], &[2; 32], r2, owner(2, 11)),
+            Ok(Installed::Repeat)
+        );
+        // A second session of node 1; then a stale REVOKE is kept, a current one obeyed.
+        t.install(8, ip("10.99.0.4"), &[3; 32], &[4; 32], r1, owner(1, 12))
+            .unwrap();
+        assert_eq!((t.owned_by(1), t.owned_by(2)), (1, 1));
+        assert_eq!(t.revoke_at(7, 10), Revoked::Stale { current: 11 });
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.revoke_at(7, 11), Revoked::Removed);
+        assert_eq!(t.revoke_at(7, 11), Revoked::Absent);
+        assert_eq!((t.owned_by(1), t.owned_by(2)), (1, 0));
+        // A re-key moves the count too; the address holder replaced loses its count.
+        t.install(8, ip("10.99.0.4"), &[5; 32], &[4; 32], r2, owner(2, 13))
+            .unwrap();
+        assert_eq!((t.owned_by(1), t.owned_by(2)), (0, 1));
+        assert_eq!(
+            t.install(9, ip("10.99.0.4"), &[6; 32], &[4; 32], r1, owner(1, 14)),
+            Ok(Installed::Replaced { stale: 8 })
+        );
+        assert_eq!((t.owned_by(1), t.owned_by(2)), (1, 0));
+        assert!(t.owned.values().all(|&n| n > 0));
     }
 }

@@ -155,7 +155,7 @@ impl Core {
             p.policy.auto_blacklist_s,
         );
         Self {
-            link: ExitLink::new(&p.link_key, p.start_us),
+            link: ExitLink::new(&p.link_key, p.node, p.start_us),
             policy: p.policy,
             identity: p.identity,
             gateway_pub,
@@ -557,7 +557,11 @@ impl Core {
             Ok(()) | Err(crate::datapath::DatapathError::NoSuchSession(_)) => {}
             Err(err) => tracing::error!(session = %SessionId(id), "removing the map entry: {err}"),
         }
-        self.send_link(id, crate::proto::LinkMsg::Revoke { session_id: id }, now_ms);
+        let revoke = crate::proto::LinkMsg::Revoke {
+            session_id: id,
+            epoch: e.epoch,
+        };
+        self.send_link(id, revoke, now_ms);
         if e.rev == 0 {
             self.pool.release(e.tunnel);
         } else {

@@ -240,6 +240,7 @@ impl Core {
             c2x: e.keys.c2x,
             x2c: e.keys.x2c,
             ret: self.gw_exit,
+            epoch: e.epoch,
         }
     }
 

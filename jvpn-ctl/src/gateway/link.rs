@@ -51,9 +51,11 @@ pub enum LinkEvent {
 }
 
 impl ExitLink {
-    pub fn new(key: &[u8; 32], start_us: u64) -> Self {
+    /// `node`: this gateway's node number (0: no cluster), in every frame's header and
+    /// nonce; the exit answers in frames carrying it, and no other is accepted.
+    pub fn new(key: &[u8; 32], node: u16, start_us: u64) -> Self {
         Self {
-            crypto: LinkCrypto::new(key, Dir::GatewayToExit, start_us),
+            crypto: LinkCrypto::new(key, Dir::GatewayToExit, node, start_us),
             pending: HashMap::new(),
             queue: VecDeque::new(),
             in_flight: 0,
@@ -80,7 +82,7 @@ impl ExitLink {
     pub fn send(&mut self, msg: LinkMsg, now_ms: u64) -> Option<Vec<u8>> {
         let key = (session_of(&msg), msg.type_code());
         // A REVOKE supersedes a pending INSTALL of the same session.
-        if let LinkMsg::Revoke { session_id } = msg {
+        if let LinkMsg::Revoke { session_id, .. } = msg {
             self.forget(session_id);
         } else {
             self.remove(key);
@@ -219,12 +221,13 @@ mod tests {
             c2x: [1; 32],
             x2c: [2; 32],
             ret: "10.77.9.1:51820".parse().unwrap(),
+            epoch: 0,
         }
     }
 
     /// The exit's side: opens the gateway's frames, seals acknowledgements.
     fn exit() -> LinkCrypto {
-        LinkCrypto::new(&KEY, Dir::ExitToGateway, 1)
+        LinkCrypto::new(&KEY, Dir::ExitToGateway, 0, 1)
     }
 
     fn ack(exit: &mut LinkCrypto, link: &mut ExitLink, id: u64) {
@@ -240,7 +243,7 @@ mod tests {
 
     #[test]
     fn a_burst_goes_out_a_window_at_a_time_in_order() {
-        let mut link = ExitLink::new(&KEY, 1);
+        let mut link = ExitLink::new(&KEY, 0, 1);
         let mut ex = exit();
         let n = WINDOW as u64 * 3;
         let first: Vec<_> = (1..=n).filter_map(|id| link.send(install(id), 0)).collect();
@@ -277,14 +280,23 @@ mod tests {
 
     #[test]
     fn forgetting_and_giving_up_free_the_window() {
-        let mut link = ExitLink::new(&KEY, 1);
+        let mut link = ExitLink::new(&KEY, 0, 1);
         for id in 1..=WINDOW as u64 + 1 {
             let _ = link.send(install(id), 0);
         }
         link.forget(1);
         assert_eq!(link.refill(0).len(), 1, "a forgotten message made room");
         // A REVOKE replaces the session's pending INSTALL: in flight stays at WINDOW.
-        assert!(link.send(LinkMsg::Revoke { session_id: 2 }, 0).is_some());
+        assert!(
+            link.send(
+                LinkMsg::Revoke {
+                    session_id: 2,
+                    epoch: 0
+                },
+                0
+            )
+            .is_some()
+        );
         assert!(link.send(install(9_999), 0).is_none(), "the window is full");
         let mut now = 0;
         let mut gave_up = Vec::new();
@@ -298,5 +310,25 @@ mod tests {
                 && link.pending[&(9_999, link_type::INSTALL)].sent,
             "and the queued one went out in the room they left"
         );
+    }
+
+    /// A cluster node's frames carry its number; it takes the exit's answers to it
+    /// and no other node's.
+    #[test]
+    fn a_node_sends_and_accepts_its_own_number_only() {
+        let mut link = ExitLink::new(&KEY, 3, 1);
+        let mut ex = exit();
+        let f = link.send(install(1), 0).expect("sent");
+        let (node, msg) = ex.open_node(&f).unwrap();
+        assert_eq!((node, msg.session_id()), (3, 1));
+        let ack = LinkMsg::Ack {
+            session_id: 1,
+            acked_type: link_type::INSTALL,
+        };
+        assert!(link.receive(&ex.seal_for(4, &ack)).is_err(), "node 4's");
+        assert!(matches!(
+            link.receive(&ex.seal_for(3, &ack)),
+            Ok(Some(LinkEvent::InstallAcked(1)))
+        ));
     }
 }

@@ -1,10 +1,14 @@
 //! The gateway ⇄ exit link: how session keys reach the exit.
 //!
-//! Frames are sealed with a pre-shared key; the nonce is `direction ‖ counter`, so a
-//! frame reflected back at its sender fails authentication, and counters start at the
-//! sender's start time in microseconds so a restarted sender needs no stored state and
-//! its new frames still rank above everything it sent before. A receiver accepts only
-//! counters above the last one it accepted, which refuses replays.
+//! Frames are sealed with a pre-shared key; the nonce is `node ‖ 0 ‖ direction ‖
+//! counter`, so a frame reflected back at its sender fails authentication, gateway
+//! nodes of one cluster (which share the key) never share a nonce, and counters start
+//! at the sender's start time in microseconds so a restarted sender needs no stored
+//! state and its new frames still rank above everything it sent before. The node is
+//! in the frame's header too (authenticated as associated data): the exit answers
+//! each node in frames carrying that node's number. A receiver accepts, per node,
+//! only counters above the last one it accepted from that node, which refuses
+//! replays (the nodes' counters are independent).
 //!
 //! Known limit: a *restarted receiver* has forgotten its last counter and accepts the
 //! first authentic frame it sees, including a recorded old one. INSTALL and REVOKE are
@@ -12,6 +16,7 @@
 //! is a stale, unusable key entry until the gateway's next REVOKE.
 
 use std::{
+    collections::HashMap,
     fmt,
     net::{IpAddr, SocketAddr},
     path::Path,
@@ -26,7 +31,7 @@ use super::{
 };
 
 pub const MAGIC: [u8; 4] = *b"JVLK";
-/// Magic, type, three zero bytes, counter: the associated data of every frame.
+/// Magic, type, node u16, a zero byte, counter: the associated data of every frame.
 pub const LINK_HEADER_LEN: usize = 16;
 pub const LINK_TAG_LEN: usize = 16;
 
@@ -38,8 +43,8 @@ pub mod link_type {
     pub const PONG: u8 = 5;
 }
 
-const INSTALL_BODY: usize = 8 + ADDR_LEN + 32 + 32 + ADDR_LEN + 2;
-const REVOKE_BODY: usize = 8;
+const INSTALL_BODY: usize = 8 + ADDR_LEN + 32 + 32 + ADDR_LEN + 2 + 8;
+const REVOKE_BODY: usize = 8 + 8;
 const ACK_BODY: usize = 9;
 const PING_BODY: usize = 8;
 const PONG_BODY: usize = 24;
@@ -52,9 +57,14 @@ pub enum LinkMsg {
         c2x: [u8; 32],
         x2c: [u8; 32],
         ret: SocketAddr,
+        /// The sender's ownership of the session (its fencing token; 0 without a
+        /// cluster): the exit refuses an INSTALL below the highest it has seen.
+        epoch: u64,
     },
     Revoke {
         session_id: u64,
+        /// As in INSTALL: a REVOKE below the session's epoch is acknowledged, not obeyed.
+        epoch: u64,
     },
     Ack {
         session_id: u64,
@@ -80,17 +90,20 @@ impl fmt::Debug for LinkMsg {
                 session_id,
                 tunnel_addr,
                 ret,
+                epoch,
                 ..
             } => f
                 .debug_struct("Install")
                 .field("session_id", session_id)
                 .field("tunnel_addr", tunnel_addr)
                 .field("ret", ret)
+                .field("epoch", epoch)
                 .field("keys", &"<redacted>")
                 .finish(),
-            LinkMsg::Revoke { session_id } => f
+            LinkMsg::Revoke { session_id, epoch } => f
                 .debug_struct("Revoke")
                 .field("session_id", session_id)
+                .field("epoch", epoch)
                 .finish(),
             LinkMsg::Ack {
                 session_id,
@@ -129,7 +142,7 @@ impl LinkMsg {
     pub fn session_id(&self) -> u64 {
         match *self {
             LinkMsg::Install { session_id, .. }
-            | LinkMsg::Revoke { session_id }
+            | LinkMsg::Revoke { session_id, .. }
             | LinkMsg::Ack { session_id, .. } => session_id,
             LinkMsg::Ping { .. } | LinkMsg::Pong { .. } => 0,
         }
@@ -143,6 +156,7 @@ impl LinkMsg {
                 c2x,
                 x2c,
                 ret,
+                epoch,
             } => {
                 out.extend_from_slice(&session_id.to_be_bytes());
                 out.extend_from_slice(&encode_addr(*tunnel_addr));
@@ -150,8 +164,12 @@ impl LinkMsg {
                 out.extend_from_slice(x2c);
                 out.extend_from_slice(&encode_addr(ret.ip()));
                 out.extend_from_slice(&ret.port().to_be_bytes());
+                out.extend_from_slice(&epoch.to_be_bytes());
             }
-            LinkMsg::Revoke { session_id } => out.extend_from_slice(&session_id.to_be_bytes()),
+            LinkMsg::Revoke { session_id, epoch } => {
+                out.extend_from_slice(&session_id.to_be_bytes());
+                out.extend_from_slice(&epoch.to_be_bytes());
+            }
             LinkMsg::Ack {
                 session_id,
                 acked_type,
@@ -188,9 +206,13 @@ impl LinkMsg {
                     c2x,
                     x2c,
                     ret: SocketAddr::new(ret_ip, port),
+                    epoch: u64_at(b, 8 + 2 * ADDR_LEN + 64 + 2),
                 }
             }
-            link_type::REVOKE => LinkMsg::Revoke { session_id },
+            link_type::REVOKE => LinkMsg::Revoke {
+                session_id,
+                epoch: u64_at(b, 8),
+            },
             link_type::PING => LinkMsg::Ping { nonce: session_id },
             link_type::PONG => LinkMsg::Pong {
                 nonce: session_id,
@@ -222,7 +244,7 @@ fn body_len(ty: u8) -> Option<usize> {
     }
 }
 
-/// Who sends: the nonce's first word, so the two directions never share a nonce.
+/// Who sends: in the nonce's first word, so the two directions never share a nonce.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dir {
     GatewayToExit = 0,
@@ -238,25 +260,37 @@ impl Dir {
     }
 }
 
-fn nonce(dir: Dir, ctr: u64) -> Nonce {
+/// `node u16 ‖ 0 ‖ dir u8 ‖ ctr u64`: node 0 gives the single gateway's nonces of
+/// before clusters (`dir u32 ‖ ctr`).
+fn nonce(node: u16, dir: Dir, ctr: u64) -> Nonce {
     let mut n = [0u8; 12];
-    n[..4].copy_from_slice(&(dir as u32).to_be_bytes());
+    n[..2].copy_from_slice(&node.to_be_bytes());
+    n[3] = dir as u8;
     n[4..].copy_from_slice(&ctr.to_be_bytes());
     Nonce::assume_unique_for_key(n)
 }
 
-/// One end of the link: key, my sending direction, next send counter, last accepted.
+/// One end of the link: key, my sending direction and node, next send counter, and
+/// the last counter accepted from each node.
+///
+/// A gateway node seals with its own node number and opens only frames carrying it
+/// ([`LinkCrypto::open`]); the exit opens every node's frames
+/// ([`LinkCrypto::open_node`]) and answers each in frames carrying that node's
+/// number ([`LinkCrypto::seal_for`]), so every frame under the shared key has its
+/// own nonce.
 pub struct LinkCrypto {
     key: LessSafeKey,
     me: Dir,
+    node: u16,
     next_send: u64,
-    last_accepted: Option<u64>,
+    last_accepted: HashMap<u16, u64>,
 }
 
 impl fmt::Debug for LinkCrypto {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LinkCrypto")
             .field("me", &self.me)
+            .field("node", &self.node)
             .field("next_send", &self.next_send)
             .field("last_accepted", &self.last_accepted)
             .finish_non_exhaustive()
@@ -264,32 +298,44 @@ impl fmt::Debug for LinkCrypto {
 }
 
 impl LinkCrypto {
-    /// `start_ctr`: microseconds since the epoch at process start (callers pass it; keep this pure).
-    pub fn new(key: &[u8; 32], me: Dir, start_ctr: u64) -> Self {
+    /// `node`: the node number in the frames this end seals with [`LinkCrypto::seal`]
+    /// (a gateway's own; 0 without a cluster). `start_ctr`: microseconds since the
+    /// epoch at process start (callers pass it; keep this pure).
+    pub fn new(key: &[u8; 32], me: Dir, node: u16, start_ctr: u64) -> Self {
         let unbound = UnboundKey::new(&CHACHA20_POLY1305, key).expect("32-byte ChaCha20 key");
         LinkCrypto {
             key: LessSafeKey::new(unbound),
             me,
+            node,
             next_send: start_ctr,
-            last_accepted: None,
+            last_accepted: HashMap::new(),
         }
     }
 
+    /// A frame carrying this end's node number.
     pub fn seal(&mut self, msg: &LinkMsg) -> Vec<u8> {
+        self.seal_for(self.node, msg)
+    }
+
+    /// A frame carrying `node` (the exit's answer to that node). The send counter is
+    /// this end's, shared by every node it seals for: never repeated anyway.
+    pub fn seal_for(&mut self, node: u16, msg: &LinkMsg) -> Vec<u8> {
         let ctr = self.next_send;
         // Starting from a microsecond timestamp, u64 lasts ~580,000 years of frames.
         self.next_send = self.next_send.wrapping_add(1);
         let ty = msg.type_code();
         let mut out = Vec::with_capacity(LINK_HEADER_LEN + INSTALL_BODY + LINK_TAG_LEN);
         out.extend_from_slice(&MAGIC);
-        out.extend_from_slice(&[ty, 0, 0, 0]);
+        out.push(ty);
+        out.extend_from_slice(&node.to_be_bytes());
+        out.push(0);
         out.extend_from_slice(&ctr.to_be_bytes());
         msg.encode_body(&mut out);
         let header: [u8; LINK_HEADER_LEN] = arr(&out, 0);
         let tag = self
             .key
             .seal_in_place_separate_tag(
-                nonce(self.me, ctr),
+                nonce(node, self.me, ctr),
                 Aad::from(header),
                 &mut out[LINK_HEADER_LEN..],
             )
@@ -298,8 +344,22 @@ impl LinkCrypto {
         out
     }
 
-    /// Rejects wrong magic/direction/length, bad tag, and counters not above the last accepted one.
+    /// [`LinkCrypto::open_node`], for frames carrying this end's own node number only
+    /// (a gateway node opening the exit's answers to it).
     pub fn open(&mut self, frame: &[u8]) -> Result<LinkMsg, ProtoError> {
+        if frame.len() >= LINK_HEADER_LEN
+            && frame[..4] == MAGIC
+            && u16::from_be_bytes(arr(frame, 5)) != self.node
+        {
+            return Err(ProtoError::Malformed("link frame for another node"));
+        }
+        self.open_node(frame).map(|(_, msg)| msg)
+    }
+
+    /// Opens a frame of any node and says which node's it is. Rejects wrong
+    /// magic/direction/length, bad tag, and counters not above the last one accepted
+    /// from that node.
+    pub fn open_node(&mut self, frame: &[u8]) -> Result<(u16, LinkMsg), ProtoError> {
         const MIN: usize = LINK_HEADER_LEN + LINK_TAG_LEN;
         if frame.len() < MIN {
             return Err(ProtoError::Truncated {
@@ -310,12 +370,11 @@ impl LinkCrypto {
         if frame[..4] != MAGIC {
             return Err(ProtoError::Malformed("not a link frame (bad magic)"));
         }
-        if frame[5..8] != [0, 0, 0] {
-            return Err(ProtoError::Malformed(
-                "nonzero reserved bytes in link frame",
-            ));
+        if frame[7] != 0 {
+            return Err(ProtoError::Malformed("nonzero reserved byte in link frame"));
         }
         let ty = frame[4];
+        let node = u16::from_be_bytes(arr(frame, 5));
         let Some(body) = body_len(ty) else {
             return Err(ProtoError::Malformed("unknown link message type"));
         };
@@ -326,18 +385,26 @@ impl LinkCrypto {
             });
         }
         let ctr = u64_at(frame, 8);
-        if self.last_accepted.is_some_and(|last| ctr <= last) {
+        if self
+            .last_accepted
+            .get(&node)
+            .is_some_and(|&last| ctr <= last)
+        {
             return Err(ProtoError::Replay(ctr));
         }
         let header: [u8; LINK_HEADER_LEN] = arr(frame, 0);
         let mut buf = frame[LINK_HEADER_LEN..].to_vec();
         let plain = self
             .key
-            .open_in_place(nonce(self.me.other(), ctr), Aad::from(header), &mut buf)
+            .open_in_place(
+                nonce(node, self.me.other(), ctr),
+                Aad::from(header),
+                &mut buf,
+            )
             .map_err(|_| ProtoError::Decrypt)?;
         let msg = LinkMsg::decode_body(ty, plain)?;
-        self.last_accepted = Some(ctr);
-        Ok(msg)
+        self.last_accepted.insert(node, ctr);
+        Ok((node, msg))
     }
 }
 
@@ -380,13 +447,21 @@ mod tests {
             c2x: [1; 32],
             x2c: [2; 32],
             ret: "[fd00::5]:7100".parse().unwrap(),
+            epoch: 0x0102_0304_0506_0708,
+        }
+    }
+
+    fn revoke(session_id: u64) -> LinkMsg {
+        LinkMsg::Revoke {
+            session_id,
+            epoch: 3,
         }
     }
 
     fn pair() -> (LinkCrypto, LinkCrypto) {
         (
-            LinkCrypto::new(&KEY, Dir::GatewayToExit, T0),
-            LinkCrypto::new(&KEY, Dir::ExitToGateway, T0 + 5),
+            LinkCrypto::new(&KEY, Dir::GatewayToExit, 0, T0),
+            LinkCrypto::new(&KEY, Dir::ExitToGateway, 0, T0 + 5),
         )
     }
 
@@ -401,10 +476,11 @@ mod tests {
                 c2x: [3; 32],
                 x2c: [4; 32],
                 ret: "192.0.2.1:51820".parse().unwrap(),
+                epoch: 0,
             },
-            LinkMsg::Revoke { session_id: 9 },
+            revoke(9),
         ];
-        for (m, len) in msgs.iter().zip([140, 140, 40]) {
+        for (m, len) in msgs.iter().zip([148, 148, 48]) {
             let f = gw.seal(m);
             assert_eq!(f.len(), len);
             assert_eq!(&f[..4], b"JVLK");
@@ -418,7 +494,11 @@ mod tests {
         assert_eq!(f.len(), 41);
         assert_eq!(gw.open(&f).unwrap(), ack);
         assert_eq!(ack.type_code(), 3);
-        assert!(!format!("{:?}", install()).contains("1, 1"));
+        let shown = format!("{:?}", install());
+        assert!(
+            !shown.contains("1, 1") && shown.contains("epoch"),
+            "{shown}"
+        );
         let ping = LinkMsg::Ping { nonce: 7 };
         let f = gw.seal(&ping);
         assert_eq!(f.len(), 40);
@@ -433,19 +513,113 @@ mod tests {
         assert_eq!(gw.open(&f).unwrap(), pong);
     }
 
+    /// The layout is the documented one, and node 0 seals exactly the frames of a
+    /// single gateway before clusters: header `JVLK ‖ type ‖ 0[3] ‖ ctr`, nonce
+    /// `dir u32 ‖ ctr`.
+    #[test]
+    fn node_zero_is_the_single_gateway_format() {
+        let (mut gw, _) = pair();
+        let f = gw.seal(&revoke(9));
+        assert_eq!(&f[4..8], &[link_type::REVOKE, 0, 0, 0]);
+        assert_eq!(u64_at(&f, 8), T0);
+        let mut n = [0u8; 12];
+        n[..4].copy_from_slice(&(Dir::GatewayToExit as u32).to_be_bytes());
+        n[4..].copy_from_slice(&T0.to_be_bytes());
+        let mut body = Vec::new();
+        revoke(9).encode_body(&mut body);
+        assert_eq!(body.len(), REVOKE_BODY);
+        let tag = LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, &KEY).unwrap())
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(n),
+                Aad::from(arr::<LINK_HEADER_LEN>(&f, 0)),
+                &mut body,
+            )
+            .unwrap();
+        assert_eq!(&f[16..32], &body[..]);
+        assert_eq!(&f[32..], tag.as_ref());
+        // Node 7: in the header (bytes 5..7, big-endian) and so in the AAD.
+        let mut node7 = LinkCrypto::new(&KEY, Dir::GatewayToExit, 7, T0);
+        let f = node7.seal(&revoke(9));
+        assert_eq!(&f[4..8], &[link_type::REVOKE, 0, 7, 0]);
+    }
+
+    /// Two gateway nodes share the key and, here, even their start counter: their
+    /// frames differ (nonce and header), the exit accepts both interleaved, and
+    /// answers each in a frame only that node opens.
+    #[test]
+    fn nodes_sharing_the_key_never_share_a_nonce() {
+        let mut n1 = LinkCrypto::new(&KEY, Dir::GatewayToExit, 1, T0);
+        let mut n2 = LinkCrypto::new(&KEY, Dir::GatewayToExit, 2, T0);
+        let mut exit = LinkCrypto::new(&KEY, Dir::ExitToGateway, 0, T0 + 5);
+        let (a, b) = (n1.seal(&install()), n2.seal(&install()));
+        assert_eq!(u64_at(&a, 8), u64_at(&b, 8), "same counter");
+        assert_ne!(a, b);
+        assert_ne!(
+            a[LINK_HEADER_LEN..],
+            b[LINK_HEADER_LEN..],
+            "same plaintext, different nonce: different ciphertext and tag"
+        );
+        assert_eq!(exit.open_node(&a).unwrap(), (1, install()));
+        assert_eq!(exit.open_node(&b).unwrap(), (2, install()));
+        for _ in 0..3 {
+            assert_eq!(exit.open_node(&n2.seal(&revoke(1))).unwrap().0, 2);
+            assert_eq!(exit.open_node(&n1.seal(&revoke(1))).unwrap().0, 1);
+        }
+        // The node is authenticated: relabelling a frame breaks it.
+        let mut relabelled = n1.seal(&revoke(1));
+        relabelled[6] = 2;
+        assert!(matches!(
+            exit.open_node(&relabelled),
+            Err(ProtoError::Decrypt)
+        ));
+        // The exit's answers: one counter for all, each frame for its node only.
+        let ack = LinkMsg::Ack {
+            session_id: 1,
+            acked_type: link_type::REVOKE,
+        };
+        let (to1, to2) = (exit.seal_for(1, &ack), exit.seal_for(2, &ack));
+        assert_eq!(&to1[5..8], &[0, 1, 0]);
+        assert!(matches!(n2.open(&to1), Err(ProtoError::Malformed(_))));
+        assert!(matches!(n1.open(&to2), Err(ProtoError::Malformed(_))));
+        assert_eq!(n1.open(&to1).unwrap(), ack);
+        assert_eq!(n2.open(&to2).unwrap(), ack);
+        // An exit→gateway frame of node 1 is not a gateway→exit one.
+        assert!(matches!(exit.open_node(&to1), Err(ProtoError::Decrypt)));
+    }
+
+    /// Replay refusal is per node: node 2's counters are independent of node 1's.
+    #[test]
+    fn replays_are_refused_per_node() {
+        let mut n1 = LinkCrypto::new(&KEY, Dir::GatewayToExit, 1, T0 + 1_000);
+        let mut n2 = LinkCrypto::new(&KEY, Dir::GatewayToExit, 2, T0);
+        let mut exit = LinkCrypto::new(&KEY, Dir::ExitToGateway, 0, T0);
+        let f1 = n1.seal(&revoke(1));
+        let old2 = n2.seal(&revoke(2));
+        let f2 = n2.seal(&revoke(2));
+        assert!(exit.open_node(&f1).is_ok());
+        // Below node 1's last counter, yet node 2's first: accepted.
+        assert!(u64_at(&f2, 8) < u64_at(&f1, 8));
+        assert_eq!(exit.open_node(&f2).unwrap().0, 2);
+        assert!(matches!(exit.open_node(&f1), Err(ProtoError::Replay(_))));
+        assert!(matches!(exit.open_node(&f2), Err(ProtoError::Replay(_))));
+        assert!(matches!(exit.open_node(&old2), Err(ProtoError::Replay(_))));
+        assert!(exit.open_node(&n1.seal(&revoke(1))).is_ok());
+        assert!(exit.open_node(&n2.seal(&revoke(2))).is_ok());
+    }
+
     #[test]
     fn replay_and_old_counters_refused() {
         let (mut gw, mut exit) = pair();
         let f1 = gw.seal(&install());
-        let f2 = gw.seal(&LinkMsg::Revoke { session_id: 1 });
+        let f2 = gw.seal(&revoke(1));
         assert!(exit.open(&f2).is_ok());
         assert!(matches!(exit.open(&f2), Err(ProtoError::Replay(_))));
         assert!(matches!(exit.open(&f1), Err(ProtoError::Replay(_))));
         // A restarted gateway starts from a later clock and is accepted at once.
-        let mut gw2 = LinkCrypto::new(&KEY, Dir::GatewayToExit, T0 + 1_000_000);
+        let mut gw2 = LinkCrypto::new(&KEY, Dir::GatewayToExit, 0, T0 + 1_000_000);
         assert!(exit.open(&gw2.seal(&install())).is_ok());
         // ... while one whose clock went backwards is refused until it catches up.
-        let mut gw3 = LinkCrypto::new(&KEY, Dir::GatewayToExit, T0);
+        let mut gw3 = LinkCrypto::new(&KEY, Dir::GatewayToExit, 0, T0);
         assert!(matches!(
             exit.open(&gw3.seal(&install())),
             Err(ProtoError::Replay(_))
@@ -457,12 +631,12 @@ mod tests {
         let (mut gw, _) = pair();
         let f = gw.seal(&install());
         // Reflected back at the gateway: the exit→gateway nonce does not match.
-        let mut gw_rx = LinkCrypto::new(&KEY, Dir::GatewayToExit, T0);
+        let mut gw_rx = LinkCrypto::new(&KEY, Dir::GatewayToExit, 0, T0);
         assert!(matches!(gw_rx.open(&f), Err(ProtoError::Decrypt)));
-        let mut other = LinkCrypto::new(&[8; 32], Dir::ExitToGateway, T0);
+        let mut other = LinkCrypto::new(&[8; 32], Dir::ExitToGateway, 0, T0);
         assert!(matches!(other.open(&f), Err(ProtoError::Decrypt)));
         // A failed frame does not move the counter.
-        let mut exit = LinkCrypto::new(&KEY, Dir::ExitToGateway, T0);
+        let mut exit = LinkCrypto::new(&KEY, Dir::ExitToGateway, 0, T0);
         let mut bad = f.clone();
         *bad.last_mut().unwrap() ^= 1;
         assert!(exit.open(&bad).is_err());
@@ -472,14 +646,17 @@ mod tests {
     #[test]
     fn malformed_frames() {
         let (mut gw, _) = pair();
-        let f = gw.seal(&LinkMsg::Revoke { session_id: 1 });
-        let mut exit = LinkCrypto::new(&KEY, Dir::ExitToGateway, 0);
+        let f = gw.seal(&revoke(1));
+        let mut exit = LinkCrypto::new(&KEY, Dir::ExitToGateway, 0, 0);
         let mut m = f.clone();
         m[0] = b'X';
         assert!(matches!(exit.open(&m), Err(ProtoError::Malformed(_))));
         let mut m = f.clone();
         m[4] = 9;
         assert!(matches!(exit.open(&m), Err(ProtoError::Malformed(_))));
+        let mut m = f.clone();
+        m[7] = 1;
+        assert!(matches!(exit.open_node(&m), Err(ProtoError::Malformed(_))));
         let mut m = f.clone();
         m[4] = link_type::ACK;
         assert!(matches!(exit.open(&m), Err(ProtoError::BadLength { .. })));
@@ -489,7 +666,7 @@ mod tests {
     fn fuzz_link_open() {
         for msg in [
             install(),
-            LinkMsg::Revoke { session_id: 3 },
+            revoke(3),
             LinkMsg::Ack {
                 session_id: 3,
                 acked_type: 1,
@@ -501,11 +678,15 @@ mod tests {
                 sessions: 5,
             },
         ] {
-            let (mut gw, _) = pair();
-            let f = gw.seal(&msg);
-            fuzz::authenticated(&f, |b| {
-                LinkCrypto::new(&KEY, Dir::ExitToGateway, 0).open(b).is_ok()
-            });
+            for node in [0, 0x0102] {
+                let mut gw = LinkCrypto::new(&KEY, Dir::GatewayToExit, node, T0);
+                let f = gw.seal(&msg);
+                fuzz::authenticated(&f, |b| {
+                    LinkCrypto::new(&KEY, Dir::ExitToGateway, 0, 0)
+                        .open_node(b)
+                        .is_ok()
+                });
+            }
         }
     }
 

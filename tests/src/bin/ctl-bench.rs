@@ -793,7 +793,7 @@ fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
     let mut bench = Bench {
         gw_pub: core.gateway_pub(),
         core,
-        exit: LinkCrypto::new(&link_key, Dir::ExitToGateway, start * 1000 + 1),
+        exit: LinkCrypto::new(&link_key, Dir::ExitToGateway, 0, start * 1000 + 1),
         identities,
         rng,
         now: start,
