@@ -3,7 +3,9 @@
 //! the proto library: INSTALL over the link and its ACK, DATA carrying an inner UDP
 //! packet to a socket on the exit's tunnel address, the reply sealed back to the
 //! return endpoint; then replayed, forged, spoofed and post-REVOKE DATA and a
-//! wrong-key link frame, each dropped and counted.
+//! wrong-key link frame, each dropped and counted. Last, two gateway nodes of a
+//! cluster: a takeover at a higher epoch moves the session, and the former owner's
+//! DATA and link messages are fenced off.
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket},
@@ -31,6 +33,8 @@ const C2X: [u8; 32] = [0xc2; 32];
 const X2C: [u8; 32] = [0x2c; 32];
 
 const GW: Ipv4Addr = Ipv4Addr::new(10, 77, 9, 1);
+/// A second gateway node's exit-side address (same namespace, same veth).
+const GW2: Ipv4Addr = Ipv4Addr::new(10, 77, 9, 3);
 const EXIT: Ipv4Addr = Ipv4Addr::new(10, 77, 9, 2);
 const EXIT_TUN: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
 const CLIENT_TUN: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 2);
@@ -55,6 +59,8 @@ fn lab() -> (Netns, Arc<Netns>) {
     let (a, b) = (unique("xg"), unique("xx"));
     veth(&gw, &a, &exit, &b).unwrap();
     gw.ip(&["addr", "add", &format!("{GW}/24"), "dev", &a])
+        .unwrap();
+    gw.ip(&["addr", "add", &format!("{GW2}/24"), "dev", &a])
         .unwrap();
     exit.ip(&["addr", "add", &format!("{EXIT}/24"), "dev", &b])
         .unwrap();
@@ -480,4 +486,130 @@ fn exit_replaces_a_stale_address_holder_and_refuses_bad_config() {
         "{err}"
     );
     drop(exit);
+}
+
+/// Cluster ownership at a real exit: node 1 owns the session (epoch 5, return address
+/// GW), node 2 takes it over with the same keys (epoch 6, return address GW2). DATA
+/// from node 1's address is dropped as a stale owner's, return DATA goes to node 2,
+/// node 1's INSTALL is refused unacknowledged and its REVOKE acknowledged but
+/// ignored, and each node's PONG counts its own sessions.
+#[test]
+fn exit_fences_a_superseded_owner() {
+    require_root!();
+    let (gw, exit_ns) = lab();
+    let mut config = Config::new(
+        SocketAddr::from((EXIT, DATA_PORT)),
+        SocketAddr::from((EXIT, LINK_PORT)),
+        LINK_KEY,
+        format!("{EXIT_TUN}/24").parse().unwrap(),
+    );
+    config.tun_name = unique("jvf");
+    let mut exit = RunningExit::start(exit_ns.clone(), config);
+    let (link1, link2) = (
+        bind(&gw, SocketAddr::from((GW, 0))),
+        bind(&gw, SocketAddr::from((GW2, 0))),
+    );
+    let (ret1, ret2) = (
+        bind(&gw, SocketAddr::from((GW, RET_PORT))),
+        bind(&gw, SocketAddr::from((GW2, RET_PORT))),
+    );
+    let echo = bind(&exit_ns, SocketAddr::from((EXIT_TUN, ECHO_PORT)));
+    // The nodes share the key and even their start counter: the node number keeps
+    // their nonces apart.
+    let start = now_us();
+    let mut n1 = LinkCrypto::new(&LINK_KEY, Dir::GatewayToExit, 1, start);
+    let mut n2 = LinkCrypto::new(&LINK_KEY, Dir::GatewayToExit, 2, start);
+    let install = |ret: Ipv4Addr, epoch| LinkMsg::Install {
+        session_id: SID,
+        tunnel_addr: IpAddr::V4(CLIENT_TUN),
+        c2x: C2X,
+        x2c: X2C,
+        ret: SocketAddr::from((ret, RET_PORT)),
+        epoch,
+    };
+    let ack = |acked_type| {
+        Some(LinkMsg::Ack {
+            session_id: SID,
+            acked_type,
+        })
+    };
+    let to_exit = SocketAddr::from((EXIT, DATA_PORT));
+    let client = (CLIENT_TUN, CLIENT_PORT);
+    let hello = |payload: &[u8]| udp_packet(client, (EXIT_TUN, ECHO_PORT), payload);
+
+    assert_eq!(link_call(&link1, &mut n1, &install(GW, 5)), ack(1));
+    ret1.send_to(&seal_data(1, &hello(b"one")), to_exit)
+        .unwrap();
+    let (from, payload) = recv_payload(&echo).expect("node 1's DATA delivered");
+    assert_eq!(payload, b"one");
+
+    // Takeover by node 2.
+    assert_eq!(link_call(&link2, &mut n2, &install(GW2, 6)), ack(1));
+    ret1.send_to(&seal_data(2, &hello(b"stale")), to_exit)
+        .unwrap();
+    exit.wait_for("data_stale_owner", |c| c.data_stale_owner == 1);
+    assert!(
+        recv_payload(&echo).is_none(),
+        "stale owner's DATA delivered"
+    );
+    // Counter 2 was not spent by the dropped packet.
+    ret2.send_to(&seal_data(2, &hello(b"two")), to_exit)
+        .unwrap();
+    assert_eq!(recv_payload(&echo).expect("node 2's DATA").1, b"two");
+    echo.send_to(b"pong", from).unwrap();
+    let (_, _, dst, payload) = recv_return(&ret2).expect("return DATA at node 2");
+    assert_eq!(
+        (dst, &payload[..]),
+        (SocketAddr::from(client), &b"pong"[..])
+    );
+    assert!(
+        recv_payload(&ret1).is_none(),
+        "return DATA at the old owner"
+    );
+
+    // Node 1, superseded: its INSTALL is refused without an ACK, its REVOKE is
+    // acknowledged (so it stops retransmitting) and ignored.
+    assert_eq!(link_call(&link1, &mut n1, &install(GW, 5)), None);
+    assert_eq!(
+        link_call(
+            &link1,
+            &mut n1,
+            &LinkMsg::Revoke {
+                session_id: SID,
+                epoch: 5
+            }
+        ),
+        ack(2)
+    );
+    ret2.send_to(&seal_data(3, &hello(b"three")), to_exit)
+        .unwrap();
+    assert_eq!(recv_payload(&echo).expect("session kept").1, b"three");
+
+    let sessions = |sock: &UdpSocket, link: &mut LinkCrypto| match link_call(
+        sock,
+        link,
+        &LinkMsg::Ping { nonce: 1 },
+    ) {
+        Some(LinkMsg::Pong { sessions, .. }) => sessions,
+        other => panic!("PONG expected: {other:?}"),
+    };
+    assert_eq!(sessions(&link1, &mut n1), 0);
+    assert_eq!(sessions(&link2, &mut n2), 1);
+
+    let c = exit.stop().expect("exit ran cleanly");
+    assert_eq!(
+        (
+            c.link_installs,
+            c.link_stale_epoch,
+            c.link_revokes,
+            c.link_bad_frames
+        ),
+        (2, 2, 0, 0),
+        "{c}"
+    );
+    assert_eq!(
+        (c.data_in, c.data_out, c.data_stale_owner, c.data_bad_tag),
+        (3, 1, 1, 0),
+        "{c}"
+    );
 }
