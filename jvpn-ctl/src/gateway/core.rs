@@ -138,6 +138,8 @@ pub struct Core {
     /// entry's revision) at the next group commit, and their tunnel addresses
     /// released once that is durable.
     pub(super) torn: HashMap<u64, Entry>,
+    /// Cluster ownership (`cluster.rs`); `None` for a single gateway.
+    pub(super) cluster: Option<super::cluster::ClusterView>,
 }
 
 /// Sessions whose `SESSION_STATS` are read per tick; bounds the tick's cost with a
@@ -182,6 +184,7 @@ impl Core {
             events: Vec::new(),
             undo: HashMap::new(),
             torn: HashMap::new(),
+            cluster: None,
         }
     }
 
@@ -467,7 +470,11 @@ impl Core {
         let Some(e) = self.sessions.get(&id) else {
             return;
         };
-        let after_commit = matches!(body, Body::ReattachAck { .. } | Body::Close { .. });
+        // A session being taken over is not this node's until its owner key is
+        // written: its challenge waits for that too.
+        let adopting = self.cluster.is_some() && e.epoch == 0;
+        let after_commit =
+            adopting || matches!(body, Body::ReattachAck { .. } | Body::Close { .. });
         let msg = Control {
             session_id: id,
             ctr,
