@@ -19,7 +19,9 @@ use super::{
 };
 use crate::store::{
     StoreError,
-    etcd::{Answer, MAX_ANSWER_BYTES, answer, describe, prefix_end, revision, until_sent},
+    etcd::{
+        Answer, MAX_ANSWER_BYTES, answer, describe, prefix_end, read_prefix, revision, until_sent,
+    },
 };
 
 #[derive(Clone, Debug)]
@@ -158,36 +160,10 @@ impl Server {
     }
 
     async fn range(&self, prefix: &str, at: i64) -> Result<(i64, Vec<KeyValue>), StoreError> {
-        const W: &str = "reading the cluster's sessions";
-        let end = prefix_end(prefix.as_bytes());
-        let mut from = prefix.as_bytes().to_vec();
-        let mut at = at;
-        let mut out = Vec::new();
-        loop {
-            let options = GetOptions::new()
-                .with_range(end.clone())
-                .with_limit(1000)
-                .with_revision(at);
-            let kv = self.kv();
-            let mut page = until_sent(|| {
-                let (mut kv, from, options) = (kv.clone(), from.clone(), options.clone());
-                async move { kv.get(from, Some(options)).await }
-            })
-            .await
-            .map_err(|e| self.config.error(W, describe(&e)))?;
-            if at == 0 {
-                at = page.header().map_or(0, |h| h.revision());
-            }
-            let more = page.more();
-            let kvs = page.take_kvs();
-            if let Some(last) = kvs.last() {
-                from = [last.key(), b"\0"].concat();
-            }
-            out.extend(kvs);
-            if !more {
-                return Ok((at, out));
-            }
-        }
+        read_prefix(&self.kv(), prefix, at).await.map_err(|e| {
+            self.config
+                .error("reading the cluster's sessions", describe(&e))
+        })
     }
 
     async fn snapshot(&self) -> Result<Snapshot, StoreError> {
@@ -351,7 +327,8 @@ async fn one(kv: KvClient, config: &Config, op: Write, lease: Option<i64>) -> Ou
         |epoch: u64| Compare::create_revision(owner_k.as_str(), CompareOp::Equal, i64_of(epoch));
     let record_at =
         |rev: u64| Compare::mod_revision(record_k.as_str(), CompareOp::Equal, i64_of(rev));
-    let (when, then, acquires, writes_record) = match &op {
+    // `held`: the epoch the writer owns the session with (None: it acquires it).
+    let (when, then, held, writes_record) = match &op {
         Write::Put {
             expect,
             value,
@@ -365,7 +342,7 @@ async fn one(kv: KvClient, config: &Config, op: Write, lease: Option<i64>) -> Ou
             (
                 vec![owner_is(*epoch), record_at(*expect)],
                 then,
-                *epoch == 0,
+                (*epoch != 0).then_some(*epoch),
                 true,
             )
         }
@@ -375,14 +352,19 @@ async fn one(kv: KvClient, config: &Config, op: Write, lease: Option<i64>) -> Ou
                 TxnOp::delete(record_k.as_str(), None),
                 TxnOp::delete(owner_k.as_str(), None),
             ],
-            false,
+            Some(*epoch),
             true,
         ),
-        Write::Claim { epoch, .. } => (vec![owner_is(*epoch)], vec![mine(lease)], false, false),
+        Write::Claim { epoch, .. } => (
+            vec![owner_is(*epoch)],
+            vec![mine(lease)],
+            Some(*epoch),
+            false,
+        ),
         Write::Acquire { expect, .. } => (
             vec![owner_is(0), record_at(*expect)],
             vec![mine(lease)],
-            true,
+            None,
             false,
         ),
     };
@@ -404,14 +386,8 @@ async fn one(kv: KvClient, config: &Config, op: Write, lease: Option<i64>) -> Ou
         .and_then(|h| revision(h.revision()))
         .unwrap_or(0);
     if resp.succeeded() {
-        let epoch = match op {
-            Write::Put { epoch, .. } | Write::Delete { epoch, .. } | Write::Claim { epoch, .. }
-                if !acquires =>
-            {
-                epoch
-            }
-            _ => rev,
-        };
+        // Acquired: the new owner key's create revision is this transaction's.
+        let epoch = held.unwrap_or(rev);
         let rev = match op {
             Write::Delete { .. } => Some(0),
             _ if writes_record => Some(rev),

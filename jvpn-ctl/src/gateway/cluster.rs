@@ -19,7 +19,10 @@
 //!   is demoted to foreign at once: its map entry stops forwarding, no REVOKE (the
 //!   exit belongs to the new owner's epoch now), its tunnel address stays taken.
 
-use std::{collections::HashMap, net::SocketAddr};
+use std::{
+    collections::{HashMap, HashSet},
+    net::SocketAddr,
+};
 
 use super::{
     core::{Core, Entry},
@@ -47,10 +50,9 @@ pub struct ClusterView {
     pub lease_until_ms: u64,
     pub sealer: Sealer,
     pub foreign: HashMap<u64, Foreign>,
-    /// Sessions adopted in the current batch, with the owner they had (for the
-    /// OWNERSHIP_CHANGE event): a refused write puts them back.
-    pub adopted: HashMap<u64, Option<u16>>,
-    pub changes: u64,
+    /// Sessions adopted in the current batch (they had no owner): a refused write
+    /// puts them back.
+    pub adopted: HashSet<u64>,
 }
 
 impl Core {
@@ -60,8 +62,7 @@ impl Core {
             lease_until_ms: 0,
             sealer,
             foreign: HashMap::new(),
-            adopted: HashMap::new(),
-            changes: 0,
+            adopted: HashSet::new(),
         });
     }
 
@@ -257,9 +258,6 @@ impl Core {
         epoch: u64,
         now_ms: u64,
     ) {
-        if let Some(c) = self.cluster.as_mut() {
-            c.changes += 1;
-        }
         self.events.push(EventRecord::OwnershipChange {
             ts_ms: now_ms,
             session_id: SessionId(id),
@@ -305,7 +303,7 @@ impl Core {
             e.epoch = 0;
             self.sessions.insert(id, e);
             if let Some(c) = self.cluster.as_mut() {
-                c.adopted.insert(id, None);
+                c.adopted.insert(id);
             }
             bump(&mut self.counters.ownership, "adopting");
             return true;
@@ -313,25 +311,9 @@ impl Core {
         // The owner is alive, or this node cannot vouch for its own lease: never two
         // owners, so no.
         let mac = f.entry.mac.clone();
-        let ctr = self.next_ctr();
-        let reply = crate::proto::Control {
-            session_id: id,
-            ctr,
-            body: Body::denied(Detail::OwnershipAmbiguous),
-        };
-        if let Ok(bytes) = reply.encode(&mac) {
-            self.send(id, local, peer, bytes, false);
-        }
-        bump(
-            &mut self.counters.reattach,
-            Detail::OwnershipAmbiguous.name(),
-        );
-        self.events.push(EventRecord::TransportSwitchDenied {
-            ts_ms: now_ms,
-            session_id: SessionId(id),
-            candidate: peer.to_string(),
-            detail: Detail::OwnershipAmbiguous,
-        });
+        let detail = Detail::OwnershipAmbiguous;
+        self.send_sealed(id, &mac, local, peer, Body::denied(detail), false);
+        self.note_denied(id, peer, detail, now_ms);
         false
     }
 
@@ -355,23 +337,10 @@ impl Core {
         now_ms: u64,
     ) {
         use crate::cluster::Outcome;
-        let me = self.cluster.as_ref().map_or(0, |c| c.node);
         for (op, o) in ops.iter().zip(outcomes) {
             let id = op.id();
             match o {
-                Outcome::Done { epoch, .. } => {
-                    let Some(e) = self.sessions.get_mut(&id) else {
-                        continue;
-                    };
-                    if e.epoch != epoch {
-                        e.epoch = epoch;
-                        bump(&mut self.counters.ownership, "acquired");
-                        self.ownership_change(id, None, me, epoch, now_ms);
-                        let e = &self.sessions[&id];
-                        let install = self.install_msg(id, e);
-                        self.send_link(id, install, now_ms);
-                    }
-                }
+                Outcome::Done { epoch, .. } => self.owned_at(id, epoch, true, now_ms),
                 Outcome::Lost { owner, .. } => self.lose(id, owner, now_ms),
                 Outcome::Failed(err) => {
                     tracing::warn!(session = %SessionId(id), "claiming a session: {err}");
@@ -381,13 +350,34 @@ impl Core {
         }
     }
 
+    /// This node holds `id` at `epoch` (written to etcd). A new epoch (a takeover,
+    /// a new session, a re-acquisition) goes to the exit with this node's return
+    /// address; `announce`: an OWNERSHIP_CHANGE from no owner (a new session has
+    /// none to change from).
+    pub(super) fn owned_at(&mut self, id: u64, epoch: u64, announce: bool, now_ms: u64) {
+        let me = self.cluster.as_ref().map_or(0, |c| c.node);
+        let Some(e) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        if e.epoch == epoch {
+            return;
+        }
+        e.epoch = epoch;
+        bump(&mut self.counters.ownership, "acquired");
+        if announce {
+            self.ownership_change(id, None, me, epoch, now_ms);
+        }
+        let install = self.install_msg(id, &self.sessions[&id]);
+        self.send_link(id, install, now_ms);
+    }
+
     /// Adopted sessions the batch wrote nothing for (the request was a replay, say):
     /// not this node's, so back to foreign.
     pub(super) fn unadopt_unwritten(&mut self) {
         let ids: Vec<u64> = self
             .cluster
             .as_ref()
-            .map(|c| c.adopted.keys().copied().collect())
+            .map(|c| c.adopted.iter().copied().collect())
             .unwrap_or_default();
         for id in ids {
             self.return_adopted(id);
@@ -396,8 +386,7 @@ impl Core {
 
     /// A takeover whose write was refused: the session goes back to foreign.
     pub(super) fn return_adopted(&mut self, id: u64) {
-        let prev = self.cluster.as_mut().and_then(|c| c.adopted.remove(&id));
-        if prev.is_none() {
+        if !self.cluster.as_mut().is_some_and(|c| c.adopted.remove(&id)) {
             return;
         }
         if let Some(e) = self.sessions.remove(&id) {
@@ -432,20 +421,13 @@ impl Core {
             return;
         };
         let (generation, mac) = (f.entry.session.generation, f.entry.mac.clone());
-        let ctr = self.next_ctr();
-        let reply = crate::proto::Control {
-            session_id: id,
-            ctr,
-            body: Body::KeepaliveAck {
-                echo_ts_ms: ts_ms,
-                generation,
-                up_forwarded: 0,
-                flags: 0,
-            },
+        let body = Body::KeepaliveAck {
+            echo_ts_ms: ts_ms,
+            generation,
+            up_forwarded: 0,
+            flags: 0,
         };
-        if let Ok(bytes) = reply.encode(&mac) {
-            self.send(id, local, peer, bytes, false);
-        }
+        self.send_sealed(id, &mac, local, peer, body, false);
         bump(&mut self.counters.keepalives, "foreign");
     }
 }

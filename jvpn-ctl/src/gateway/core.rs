@@ -26,7 +26,7 @@ use crate::{
     },
     datapath::Datapath,
     proto::{Body, Control, CtlWindow, Peers, SessionKeys},
-    session::{self, Action, Event, Notice, Policy, Session, State, Step},
+    session::{self, Action, Detail, Event, Notice, Policy, Session, State, Step},
 };
 
 /// A datagram the core wants sent. `session` is the session it belongs to (0: none),
@@ -466,7 +466,6 @@ impl Core {
 
     /// MACs and queues a control message of session `id`.
     pub(super) fn send_control(&mut self, id: u64, local: SocketAddr, to: SocketAddr, body: Body) {
-        let ctr = self.next_ctr();
         let Some(e) = self.sessions.get(&id) else {
             return;
         };
@@ -475,15 +474,48 @@ impl Core {
         let adopting = self.cluster.is_some() && e.epoch == 0;
         let after_commit =
             adopting || matches!(body, Body::ReattachAck { .. } | Body::Close { .. });
+        let mac = e.mac.clone();
+        self.send_sealed(id, &mac, local, to, body, after_commit);
+    }
+
+    /// MACs `body` under `mac` (a session's key, also another node's session's)
+    /// and queues it.
+    pub(super) fn send_sealed(
+        &mut self,
+        id: u64,
+        mac: &ring::hmac::Key,
+        local: SocketAddr,
+        to: SocketAddr,
+        body: Body,
+        after_commit: bool,
+    ) {
         let msg = Control {
             session_id: id,
-            ctr,
+            ctr: self.next_ctr(),
             body,
         };
-        match msg.encode(&e.mac) {
+        match msg.encode(mac) {
             Ok(bytes) => self.send(id, local, to, bytes, after_commit),
             Err(err) => tracing::error!(session = %SessionId(id), "encoding a reply: {err}"),
         }
+    }
+
+    /// Counts and publishes a reattach refused with `detail` (its DENIED is the
+    /// caller's).
+    pub(super) fn note_denied(
+        &mut self,
+        id: u64,
+        candidate: SocketAddr,
+        detail: Detail,
+        now_ms: u64,
+    ) {
+        bump(&mut self.counters.reattach, detail.name());
+        self.events.push(EventRecord::TransportSwitchDenied {
+            ts_ms: now_ms,
+            session_id: SessionId(id),
+            candidate: candidate.to_string(),
+            detail,
+        });
     }
 
     pub(super) fn publish(&mut self, id: u64, n: Notice, ts_ms: u64) {

@@ -373,28 +373,11 @@ impl Core {
                 Outcome::Done { rev, epoch } => {
                     r.written += 1;
                     self.record_revisions(std::slice::from_ref(w), &[rev.unwrap_or(0)]);
-                    let Some(e) = self.sessions.get_mut(&id) else {
-                        continue;
-                    };
-                    if e.epoch != epoch {
-                        // A record created: a new session, no owner before.
-                        let first = w.expect() == 0;
-                        e.epoch = epoch;
-                        let from = self
-                            .cluster
-                            .as_mut()
-                            .and_then(|c| c.adopted.remove(&id))
-                            .flatten();
-                        bump(&mut self.counters.ownership, "acquired");
-                        if !first {
-                            self.ownership_change(id, from, me, epoch, now_ms);
-                        }
-                        // The exit honours the newest epoch only: tell it this one,
-                        // with this node's return address.
-                        let e = &self.sessions[&id];
-                        let install = self.install_msg(id, e);
-                        self.send_link(id, install, now_ms);
+                    if let Some(c) = self.cluster.as_mut() {
+                        c.adopted.remove(&id);
                     }
+                    // A record created is a new session: no owner to change from.
+                    self.owned_at(id, epoch, w.expect() != 0, now_ms);
                 }
                 Outcome::Lost { owner, rev } => {
                     let still_mine = owner.is_some_and(|o| o.node == me)

@@ -123,14 +123,7 @@ impl Core {
         now_ms: u64,
     ) {
         self.send_control(id, local, peer, Body::denied(detail));
-        bump(&mut self.counters.reattach, detail.name());
-        self.events
-            .push(crate::control::api::EventRecord::TransportSwitchDenied {
-                ts_ms: now_ms,
-                session_id: crate::control::api::SessionId(id),
-                candidate: peer.to_string(),
-                detail,
-            });
+        self.note_denied(id, peer, detail, now_ms);
     }
 
     pub(super) fn on_reattach_confirm(

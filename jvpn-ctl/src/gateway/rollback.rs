@@ -172,19 +172,13 @@ impl Core {
             r.sessions += 1;
             if let Some((local, candidate)) = u.request {
                 self.send_control(id, local, candidate, Body::denied(detail));
-                bump(&mut self.counters.reattach, detail.name());
-                self.events.push(EventRecord::TransportSwitchDenied {
-                    ts_ms: now_ms,
-                    session_id: SessionId(id),
-                    candidate: candidate.to_string(),
-                    detail,
-                });
+                self.note_denied(id, candidate, detail, now_ms);
                 r.reattaches += 1;
             }
             if self
                 .cluster
                 .as_ref()
-                .is_some_and(|c| c.adopted.contains_key(&id))
+                .is_some_and(|c| c.adopted.contains(&id))
             {
                 // A takeover that did not happen: the session is another node's
                 // (or no one's) as before.

@@ -374,40 +374,16 @@ impl ClientThread {
 
     async fn list(&mut self) -> Result<Vec<(u64, Revision, Vec<u8>)>, StoreError> {
         const W: &str = "listing sessions";
-        let end = prefix_end(self.config.prefix.as_bytes());
-        let mut from = self.config.prefix.as_bytes().to_vec();
-        let mut at = 0;
-        let mut out = Vec::new();
-        loop {
-            let options = GetOptions::new()
-                .with_range(end.clone())
-                .with_limit(PAGE)
-                .with_revision(at);
-            let kv = self.kv.clone();
-            let mut page = until_sent(|| {
-                let (mut kv, from, options) = (kv.clone(), from.clone(), options.clone());
-                async move { kv.get(from, Some(options)).await }
-            })
+        let (_, kvs) = read_prefix(&self.kv, &self.config.prefix, 0)
             .await
             .map_err(|e| self.config.etcd_error(W, e))?;
-            if at == 0 {
-                at = page.header().map_or(0, |h| h.revision());
-            }
-            let more = page.more();
-            let kvs = page.take_kvs();
-            if let Some(last) = kvs.last() {
-                // The smallest key after the last one.
-                from = [last.key(), b"\0"].concat();
-            }
-            for kv in kvs {
-                if let Some(id) = self.config.id_of(kv.key()) {
-                    out.push(self.record(id, kv, W)?);
-                }
-            }
-            if !more {
-                return Ok(out);
+        let mut out = Vec::new();
+        for kv in kvs {
+            if let Some(id) = self.config.id_of(kv.key()) {
+                out.push(self.record(id, kv, W)?);
             }
         }
+        Ok(out)
     }
 
     async fn get(&mut self, id: u64) -> Result<Option<(Revision, Vec<u8>)>, StoreError> {
@@ -513,6 +489,42 @@ impl ClientThread {
             };
         }
         self.config.etcd_error("applying a batch", e)
+    }
+}
+
+/// Every key under `prefix` at one revision (`at`; 0: the current one, returned),
+/// in pages of [`PAGE`] keys, each a bounded answer.
+pub(crate) async fn read_prefix(
+    kv: &KvClient,
+    prefix: &str,
+    mut at: i64,
+) -> Result<(i64, Vec<KeyValue>), etcd_client::Error> {
+    let end = prefix_end(prefix.as_bytes());
+    let mut from = prefix.as_bytes().to_vec();
+    let mut out = Vec::new();
+    loop {
+        let options = GetOptions::new()
+            .with_range(end.clone())
+            .with_limit(PAGE)
+            .with_revision(at);
+        let mut page = until_sent(|| {
+            let (mut kv, from, options) = (kv.clone(), from.clone(), options.clone());
+            async move { kv.get(from, Some(options)).await }
+        })
+        .await?;
+        if at == 0 {
+            at = page.header().map_or(0, |h| h.revision());
+        }
+        let more = page.more();
+        let kvs = page.take_kvs();
+        if let Some(last) = kvs.last() {
+            // The smallest key after the last one.
+            from = [last.key(), b"\0"].concat();
+        }
+        out.extend(kvs);
+        if !more {
+            return Ok((at, out));
+        }
     }
 }
 
