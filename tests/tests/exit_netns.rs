@@ -9,14 +9,14 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket},
-    sync::{Arc, mpsc},
-    thread,
+    sync::Arc,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
 use jvpn_ctl::{
-    exit::{Config, Counters, CountersSnapshot, Exit},
+    exit::{Config, CountersSnapshot, Exit},
+    lab::exit_thread::ExitThread,
     proto::{
         data::{self, DataKey},
         link::{Dir, LinkCrypto, LinkMsg},
@@ -67,83 +67,26 @@ fn lab() -> (Netns, Arc<Netns>) {
     (gw, exit)
 }
 
-/// The exit, in-process on its own runtime inside the exit namespace; stopped and
-/// joined on drop (its TUN device goes with it).
-struct RunningExit {
-    counters: Arc<Counters>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<thread::JoinHandle<Result<CountersSnapshot, String>>>,
-}
+/// The exit in-process, inside the exit namespace, its counters readable.
+struct RunningExit(ExitThread);
 
 impl RunningExit {
     fn start(ns: Arc<Netns>, config: Config) -> Self {
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = thread::spawn(move || {
-            ns.run(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .map_err(|e| e.to_string())?;
-                rt.block_on(async move {
-                    let exit = match Exit::bind(config).await {
-                        Ok(e) => e,
-                        Err(e) => {
-                            let _ = ready_tx.send(Err(e.to_string()));
-                            return Err(e.to_string());
-                        }
-                    };
-                    let _ = ready_tx.send(Ok(exit.counters()));
-                    exit.run(async {
-                        let _ = stop_rx.await;
-                    })
-                    .await
-                    .map_err(|e| e.to_string())
-                })
-            })
-        });
-        let counters = ready_rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("exit did not start in time")
-            .unwrap_or_else(|e| panic!("exit failed to start: {e}"));
-        RunningExit {
-            counters,
-            stop: Some(stop),
-            thread: Some(thread),
-        }
+        Self(ExitThread::start(&ns.name, config).expect("starting the exit"))
     }
 
-    fn stop(&mut self) -> Result<CountersSnapshot, String> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        match self.thread.take() {
-            Some(t) => t.join().map_err(|_| "exit thread panicked".to_string())?,
-            None => Err("already stopped".into()),
-        }
+    fn stop(&mut self) -> Result<CountersSnapshot, std::io::Error> {
+        self.0.stop()
     }
 
     fn counters(&self) -> CountersSnapshot {
-        self.counters.snapshot()
+        self.0.counters()
     }
 
-    /// Waits until `pred` holds for the counters (packets are handled asynchronously).
     fn wait_for(&self, what: &str, pred: impl Fn(&CountersSnapshot) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !pred(&self.counters()) {
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}: {}",
-                self.counters()
-            );
-            thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for RunningExit {
-    fn drop(&mut self) {
-        let _ = self.stop();
+        self.0
+            .wait_for(what, Duration::from_secs(5), pred)
+            .unwrap_or_else(|e| panic!("{e}"));
     }
 }
 

@@ -4,10 +4,11 @@
 //!
 //! ```text
 //! client 10.78.1.2 ─┐ br-c ┌─ 10.78.1.1 node A 10.78.9.1 ─┐ br-x ┌─ 10.78.9.2 exit (+ etcd)
-//!                   └──────┴─ 10.78.1.3 node B 10.78.9.3 ─┴──────┘
+//!                   ├──────┼─ 10.78.1.3 node B 10.78.9.3 ─┼──────┤
+//!                   └──────┴─ 10.78.1.5 node C 10.78.9.5 ─┴──────┘  (if asked for)
 //! ```
 //!
-//! etcd runs in the exit's namespace on 10.78.9.2, reached by both nodes over the
+//! etcd runs in the exit's namespace on 10.78.9.2, reached by every node over the
 //! exit LAN, so a node is cut off from etcd by an nftables rule in its own namespace.
 
 use std::{
@@ -57,19 +58,30 @@ pub struct ClusterLab {
     pub nodes: Vec<Node>,
 }
 
+/// At most this many nodes: their tunnel pools (10.99.n-1.0/24) stay below the
+/// exit's own 10.99.3.0/24.
+pub const MAX_NODES: u16 = 3;
+
 impl ClusterLab {
-    pub fn build(tag: &str) -> Result<Self> {
+    /// The lab with `nodes` gateway nodes (1 to [`MAX_NODES`]).
+    pub fn build(tag: &str, nodes: u16) -> Result<Self> {
+        if !(1..=MAX_NODES).contains(&nodes) {
+            return Err(std::io::Error::other(format!(
+                "the cluster lab has 1 to {MAX_NODES} nodes, not {nodes}"
+            )));
+        }
         let lab = Self {
             client: Netns::new(unique(&format!("{tag}c")))?,
             exit: Netns::new(unique(&format!("{tag}x")))?,
             switch: Netns::new(unique(&format!("{tag}s")))?,
-            nodes: (1..=2u16)
+            nodes: (1..=nodes)
                 .map(|n| {
+                    let host = (2 * n - 1) as u8;
                     Ok(Node {
                         ns: Netns::new(unique(&format!("{tag}{n}")))?,
                         number: n,
-                        client_side: Ipv4Addr::new(10, 78, 1, if n == 1 { 1 } else { 3 }),
-                        exit_side: Ipv4Addr::new(10, 78, 9, if n == 1 { 1 } else { 3 }),
+                        client_side: Ipv4Addr::new(10, 78, 1, host),
+                        exit_side: Ipv4Addr::new(10, 78, 9, host),
                         pins: PinDir::new(&format!("{tag}{n}")),
                     })
                 })
@@ -141,9 +153,11 @@ impl ClusterLab {
         all
     }
 
-    /// Drops (or, `false`, allows again) node `n`'s traffic to etcd: an nftables
-    /// rule in its own namespace, so etcd and the other node are untouched.
-    pub fn cut_from_etcd(&self, n: usize, etcd_port: u16, cut: bool) -> Result<()> {
+    /// Drops (or, `false`, allows again) node `n`'s traffic to etcd (every member:
+    /// all TCP to the exit's address, where only etcd listens; the link and DATA are
+    /// UDP): an nftables rule in its own namespace, so etcd and the other nodes are
+    /// untouched. Established connections stall as in a real partition.
+    pub fn cut_from_etcd(&self, n: usize, cut: bool) -> Result<()> {
         let ns = &self.nodes[n].ns;
         if cut {
             ns.exec(
@@ -151,7 +165,7 @@ impl ClusterLab {
                 &[&format!(
                     "add table inet jvpn_cut; add chain inet jvpn_cut out \
                      {{ type filter hook output priority 0; policy accept; }}; \
-                     add rule inet jvpn_cut out ip daddr {EXIT} tcp dport {etcd_port} drop"
+                     add rule inet jvpn_cut out ip daddr {EXIT} meta l4proto tcp drop"
                 )],
             )?;
         } else {

@@ -443,11 +443,25 @@ impl EtcdCluster {
     /// Starts `n` members of one new cluster and waits until each serves (which
     /// needs a leader, so a quorum of them up).
     pub fn start(n: usize) -> Result<Self, EtcdError> {
+        Self::start_at(None, Ipv4Addr::LOCALHOST, n)
+    }
+
+    /// As [`EtcdCluster::start`], every member inside the network namespace `netns`
+    /// on `host` (one address, a port pair per member), reached by other namespaces
+    /// (the cluster lab's gateways).
+    pub fn start_on(netns: &str, host: Ipv4Addr, n: usize) -> Result<Self, EtcdError> {
+        Self::start_at(Some(netns.to_owned()), host, n)
+    }
+
+    fn start_at(netns: Option<String>, host: Ipv4Addr, n: usize) -> Result<Self, EtcdError> {
         let bin = find_etcd().ok_or(EtcdError::NotInstalled)?;
         static N: AtomicU32 = AtomicU32::new(0);
         let c = N.fetch_add(1, Ordering::Relaxed);
         let token = format!("jvpn-{}-c{c}", std::process::id());
-        let ports = free_ports(Ipv4Addr::LOCALHOST, 2 * n)?;
+        let ports = match &netns {
+            None => free_ports(host, 2 * n)?,
+            Some(ns) => super::netns::run_in(ns, || free_ports(host, 2 * n))?,
+        };
         let mut members = Vec::with_capacity(n);
         for i in 0..n {
             let dir = std::env::temp_dir().join(format!("{token}-{i}"));
@@ -464,7 +478,7 @@ impl EtcdCluster {
                 peer: ports[2 * i + 1],
                 child: None,
                 log: Arc::default(),
-                netns: None,
+                netns: netns.clone(),
                 cluster: String::new(),
                 token: token.clone(),
             });

@@ -4,7 +4,9 @@
 
 pub mod capture;
 pub mod cluster;
+pub mod cluster_stack;
 pub mod etcd;
+pub mod exit_thread;
 pub mod gateway;
 pub mod netns;
 pub mod scenario;
