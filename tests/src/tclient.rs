@@ -43,43 +43,84 @@ pub enum Reply {
 }
 
 pub struct TestClient {
-    pub socks: [UdpSocket; 3],
+    pub socks: Vec<UdpSocket>,
     pub session: ClientSession,
     pub mac: ring::hmac::Key,
     c2x: DataKey,
     x2c: DataKey,
     data_ctr: u64,
     pub ctr: u64,
+    /// Where the tunnel's far end is (the exit's tunnel address).
+    exit_tun: Ipv4Addr,
 }
 
 pub const TRANSPORTS: [Transport; 3] = Transport::ALL;
 
-fn idx(t: Transport) -> usize {
-    match t {
-        Transport::Wifi => 0,
-        Transport::Lte => 1,
-        Transport::Lte6 => 2,
+/// A way to the gateway: which of the client's sockets, to which gateway address.
+pub trait Route: Copy {
+    fn sock(self) -> usize;
+    fn gw(self) -> SocketAddr;
+}
+
+impl Route for Transport {
+    fn sock(self) -> usize {
+        match self {
+            Transport::Wifi => 0,
+            Transport::Lte => 1,
+            Transport::Lte6 => 2,
+        }
+    }
+    fn gw(self) -> SocketAddr {
+        self.gw_addr()
+    }
+}
+
+/// Socket `.0` of the client to gateway (node) address `.1`.
+#[derive(Clone, Copy, Debug)]
+pub struct Via(pub usize, pub SocketAddr);
+
+impl Route for Via {
+    fn sock(self) -> usize {
+        self.0
+    }
+    fn gw(self) -> SocketAddr {
+        self.1
     }
 }
 
 impl TestClient {
     /// Binds both transports and establishes a session over `t`.
     pub fn connect(lab: &GwLab, t: Transport) -> Self {
-        let socks = TRANSPORTS.map(|t| {
-            let s = lab
-                .lab
-                .client
-                .run(|| UdpSocket::bind(t.client_addr()))
-                .unwrap();
-            s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
-            s
-        });
-        let session = handshake(
-            &socks[idx(t)],
-            t.gw_addr(),
+        let binds = TRANSPORTS.map(|t| t.client_addr());
+        Self::connect_in(
+            &lab.lab.client,
+            &binds,
+            t,
             &lab.client_id,
             &lab.gateway_pub,
-        );
+            EXIT_TUN.parse().unwrap(),
+        )
+    }
+
+    /// Binds a socket on each of `binds` inside `ns` and establishes a session over
+    /// `route`; `exit_tun` is the exit's tunnel address (the echo server's).
+    pub fn connect_in(
+        ns: &jvpn_ctl::lab::netns::Netns,
+        binds: &[SocketAddr],
+        route: impl Route,
+        client_id: &Ed25519KeyPair,
+        gateway_pub: &[u8; 32],
+        exit_tun: Ipv4Addr,
+    ) -> Self {
+        let socks: Vec<UdpSocket> = binds
+            .iter()
+            .map(|a| {
+                let s = ns.run(|| UdpSocket::bind(a)).unwrap();
+                s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+                s
+            })
+            .collect();
+        let session = handshake(&socks[route.sock()], route.gw(), client_id, gateway_pub);
         let mac = session.keys.mac_key();
         Self {
             c2x: DataKey::new(&session.keys.c2x),
@@ -89,6 +130,7 @@ impl TestClient {
             session,
             socks,
             data_ctr: 0,
+            exit_tun,
         }
     }
 
@@ -103,8 +145,8 @@ impl TestClient {
         }
     }
 
-    pub fn send_raw(&self, t: Transport, bytes: &[u8]) {
-        self.socks[idx(t)].send_to(bytes, t.gw_addr()).unwrap();
+    pub fn send_raw(&self, t: impl Route, bytes: &[u8]) {
+        self.socks[t.sock()].send_to(bytes, t.gw()).unwrap();
     }
 
     /// A control message of this session, MACed with its key.
@@ -127,11 +169,11 @@ impl TestClient {
 
     /// Waits up to `timeout` for a datagram on `t`: a verified control message, a
     /// decrypted DATA payload (the inner packet), or silence.
-    pub fn recv(&mut self, t: Transport, timeout: Duration) -> Reply {
+    pub fn recv(&mut self, t: impl Route, timeout: Duration) -> Reply {
         let deadline = Instant::now() + timeout;
         let mut buf = [0u8; 2048];
         while Instant::now() < deadline {
-            let Ok((n, _)) = self.socks[idx(t)].recv_from(&mut buf) else {
+            let Ok((n, _)) = self.socks[t.sock()].recv_from(&mut buf) else {
                 continue;
             };
             let pkt = &mut buf[..n];
@@ -152,7 +194,7 @@ impl TestClient {
     }
 
     /// Receives, skipping DATA and keepalive acks, until a control message or silence.
-    pub fn recv_control(&mut self, t: Transport, timeout: Duration) -> Option<Control> {
+    pub fn recv_control(&mut self, t: impl Route, timeout: Duration) -> Option<Control> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -168,7 +210,7 @@ impl TestClient {
 
     /// REATTACH_REQUEST → CHALLENGE → CONFIRM → ACK over `t`. Returns the reply that
     /// ended the exchange (ACK, DENIED) or `None` on silence.
-    pub fn reattach(&mut self, t: Transport) -> Option<Control> {
+    pub fn reattach(&mut self, t: impl Route) -> Option<Control> {
         let req = self.reattach_request(now_ms(), TransportKind::Cellular);
         self.send_raw(t, &req);
         let reply = self.recv_control(t, Duration::from_secs(2))?;
@@ -184,7 +226,7 @@ impl TestClient {
     pub fn data(&mut self, port: u16, payload: &[u8]) -> Vec<u8> {
         let inner = udp_packet(
             self.tunnel_addr(),
-            EXIT_TUN.parse().unwrap(),
+            self.exit_tun,
             5555,
             port,
             payload,
@@ -196,7 +238,7 @@ impl TestClient {
     }
 
     /// Sends `payload` through the tunnel over `t` and waits for the echo.
-    pub fn echo(&mut self, t: Transport, port: u16, payload: &[u8]) -> Option<Vec<u8>> {
+    pub fn echo(&mut self, t: impl Route, port: u16, payload: &[u8]) -> Option<Vec<u8>> {
         let pkt = self.data(port, payload);
         self.send_raw(t, &pkt);
         let deadline = Instant::now() + Duration::from_secs(2);

@@ -23,6 +23,8 @@ use super::{
 
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 78, 1, 2);
 pub const EXIT: Ipv4Addr = Ipv4Addr::new(10, 78, 9, 2);
+/// The client agent's transport binds this port.
+pub const CLIENT_PORT: u16 = 40000;
 pub const PORT: u16 = jvpn_common::DEFAULT_PORT;
 
 /// One gateway node of the lab.
@@ -151,6 +153,24 @@ impl ClusterLab {
         let mut all = vec![&self.client, &self.exit, &self.switch];
         all.extend(self.nodes.iter().map(|n| &n.ns));
         all
+    }
+
+    /// The client's UDP from [`CLIENT_PORT`] leaves with source port `port` from now
+    /// on (`None`: unmapped again), as behind a NAT whose mapping moved: an
+    /// nftables SNAT in the client's namespace, its UDP conntrack flushed so that
+    /// the flows already seen are mapped anew. The gateway sees a new binding.
+    pub fn rebind_client(&self, port: Option<u16>) -> Result<()> {
+        let script = match port {
+            Some(p) => format!(
+                "add table ip jvpn_rebind; delete table ip jvpn_rebind; add table ip jvpn_rebind; \
+                 add chain ip jvpn_rebind post {{ type nat hook postrouting priority 100; }}; \
+                 add rule ip jvpn_rebind post ip saddr {CLIENT} udp sport {CLIENT_PORT} \
+                 snat to {CLIENT}:{p}"
+            ),
+            None => "add table ip jvpn_rebind; delete table ip jvpn_rebind".to_string(),
+        };
+        self.client.exec("nft", &[&script])?;
+        super::gateway::flush_udp_conntrack(&self.client)
     }
 
     /// Drops (or, `false`, allows again) node `n`'s traffic to etcd (every member:

@@ -21,7 +21,7 @@ use std::{
 use ring::rand::SecureRandom as _;
 
 use super::{
-    cluster::{CLIENT, ClusterLab, EXIT},
+    cluster::{CLIENT, CLIENT_PORT, ClusterLab, EXIT},
     etcd::{EtcdCluster, EtcdError},
     exit_thread::ExitThread,
     traffic::EchoServer,
@@ -347,7 +347,7 @@ etcd_timeout_ms = {timeout}
              tun_name = \"jvpn0\"\nroutes = [\"10.99.3.0/24\"]\n\
              control_socket = \"{d}/client.sock\"\nevent_log = \"{d}/client-events.jsonl\"\n\
              {extra}\n[health]\nreturn_after_ms = 1000\nattempt_timeout_ms = 400\n\
-             [[transport]]\nname = \"lan\"\nkind = \"ethernet\"\nbind = \"{CLIENT}:40000\"\n\
+             [[transport]]\nname = \"lan\"\nkind = \"ethernet\"\nbind = \"{CLIENT}:{CLIENT_PORT}\"\n\
              interface = \"c-lan\"\ngateways = [{}]\n",
             hex::encode(proto::identity::public_key(&key)),
             gws.join(", ")

@@ -186,27 +186,31 @@ impl Nat {
         self.router.exec("nft", &[&script]).map(drop)
     }
 
-    /// `conntrack -D -p udp` in the router; exit code 1 with "0 flow entries" is
-    /// "there was nothing to delete".
     fn flush_mappings(&self) -> Result<()> {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.router.name])
-            .args(["conntrack", "-D", "-p", "udp"])
-            .output()
-            .map_err(|e| Error::new(e.kind(), format!("spawning conntrack: {e}")))?;
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        if out.status.success()
-            || (out.status.code() == Some(1) && stderr.contains(" 0 flow entries"))
-        {
-            Ok(())
-        } else {
-            Err(Error::other(format!(
-                "conntrack -D -p udp in {} failed ({}): {}",
-                self.router.name,
-                out.status,
-                stderr.trim()
-            )))
-        }
+        flush_udp_conntrack(&self.router)
+    }
+}
+
+/// `conntrack -D -p udp` in `ns`: every UDP mapping forgotten, so the next datagram
+/// is mapped by the rules as they are now; exit code 1 with "0 flow entries" is
+/// "there was nothing to delete".
+pub(super) fn flush_udp_conntrack(ns: &Netns) -> Result<()> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns.name])
+        .args(["conntrack", "-D", "-p", "udp"])
+        .output()
+        .map_err(|e| Error::new(e.kind(), format!("spawning conntrack: {e}")))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() || (out.status.code() == Some(1) && stderr.contains(" 0 flow entries"))
+    {
+        Ok(())
+    } else {
+        Err(Error::other(format!(
+            "conntrack -D -p udp in {} failed ({}): {}",
+            ns.name,
+            out.status,
+            stderr.trim()
+        )))
     }
 }
 
