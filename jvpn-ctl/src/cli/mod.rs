@@ -13,6 +13,7 @@ mod pktgen;
 mod pubkey;
 mod sink;
 // Control-socket verbs; each takes --socket PATH (default /run/jvpn/jvpn.sock).
+mod cluster;
 mod events;
 mod policy;
 mod session;
@@ -83,6 +84,11 @@ enum Command {
         #[command(subcommand)]
         command: policy::Command,
     },
+    /// A cluster node's view of its cluster: `cluster status [--json]`.
+    Cluster {
+        #[command(subcommand)]
+        command: cluster::Command,
+    },
     /// Send jvpn DATA frames for N sessions out of an interface (XDP live frames), at
     /// a rate or flat out, for a count or a duration; prints pps and a summary.
     Pktgen(pktgen::Args),
@@ -116,6 +122,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Stats(args) => stats::run(args),
         Command::Drain(args) => drain::run(args),
         Command::Policy { command } => policy::run(command),
+        Command::Cluster { command } => cluster::run(command),
         Command::Pktgen(args) => pktgen::run(args),
         Command::Sink(args) => sink::run(args),
     }

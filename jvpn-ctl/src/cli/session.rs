@@ -74,5 +74,10 @@ fn show(s: &SessionInfo) -> String {
     for (k, v) in lines {
         out.push_str(&format!("{:<12} {v}\n", format!("{k}:")));
     }
+    // A cluster node: who owns it, and the fencing token the exit checks.
+    if let Some(node) = s.owner_node {
+        let epoch = s.owner_epoch.map_or("-".into(), |e| e.to_string());
+        out.push_str(&format!("{:<12} node {node}, epoch {epoch}\n", "owner:"));
+    }
     out
 }

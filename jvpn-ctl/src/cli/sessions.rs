@@ -52,40 +52,50 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     else {
         return Ok(());
     };
+    print!("{}", render(&sessions));
+    Ok(())
+}
+
+/// The sessions table; on a cluster node with an OWNER (node) and EPOCH column.
+fn render(sessions: &[SessionInfo]) -> String {
     if sessions.is_empty() {
-        println!("no sessions");
-        return Ok(());
+        return "no sessions\n".into();
     }
+    let cluster = sessions.iter().any(|s| s.owner_node.is_some());
+    let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
     let rows: Vec<Vec<String>> = sessions
         .iter()
         .map(|s| {
-            vec![
+            let mut row = vec![
                 s.id.to_string(),
                 s.state.name().to_owned(),
-                s.binding.clone().unwrap_or_else(|| "-".into()),
+                or_dash(s.binding.clone()),
                 s.generation.to_string(),
+            ];
+            if cluster {
+                row.push(or_dash(s.owner_node.map(|n| n.to_string())));
+                row.push(or_dash(s.owner_epoch.map(|e| e.to_string())));
+            }
+            row.extend([
                 s.tunnel_addr.clone(),
                 peer_label(s),
                 secs(s.age_s),
                 millis(s.idle_ms),
                 s.up_packets.to_string(),
                 s.down_packets.to_string(),
-            ]
+            ]);
+            row
         })
         .collect();
-    print!(
-        "{}",
-        table(
-            &[
-                "ID", "STATE", "BINDING", "GEN", "TUNNEL", "PEER", "AGE", "IDLE", "UP", "DOWN",
-            ],
-            &[
-                false, false, false, true, false, false, true, true, true, true
-            ],
-            &rows,
-        )
-    );
-    Ok(())
+    let mut headers = vec!["ID", "STATE", "BINDING", "GEN"];
+    let mut right = vec![false, false, false, true];
+    if cluster {
+        headers.extend(["OWNER", "EPOCH"]);
+        right.extend([true, true]);
+    }
+    headers.extend(["TUNNEL", "PEER", "AGE", "IDLE", "UP", "DOWN"]);
+    right.extend([false, false, true, true, true, true]);
+    table(&headers, &right, &rows)
 }
 
 /// The peer's name, or the start of its key.
@@ -188,7 +198,50 @@ pub fn timestamp(ms: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    use jvpn_ctl::{control::SessionId, session::State};
+
     use super::*;
+
+    fn info(id: u64, owner: Option<(u16, u64)>) -> SessionInfo {
+        SessionInfo {
+            id: SessionId(id),
+            state: State::Attached,
+            version: 3,
+            peer: "ab".repeat(32),
+            peer_name: Some("alice".into()),
+            binding: Some("192.0.2.1:4000".into()),
+            generation: 2,
+            tunnel_addr: "10.77.0.2".into(),
+            age_s: 75,
+            idle_ms: 120,
+            switches: 1,
+            up_packets: 10,
+            up_bytes: 1000,
+            down_packets: 20,
+            down_bytes: 2000,
+            stale_drops: 0,
+            owner_node: owner.map(|o| o.0),
+            owner_epoch: owner.map(|o| o.1),
+        }
+    }
+
+    #[test]
+    fn sessions_table() {
+        assert_eq!(render(&[]), "no sessions\n");
+        // A single gateway: no owner columns.
+        assert_eq!(
+            render(&[info(0xa1, None)]),
+            "ID                STATE     BINDING         GEN  TUNNEL     PEER     AGE   IDLE  UP  DOWN\n\
+             00000000000000a1  ATTACHED  192.0.2.1:4000    2  10.77.0.2  alice  1m15s  120ms  10    20\n"
+        );
+        // A cluster node: the owner and its epoch.
+        assert_eq!(
+            render(&[info(0xa1, Some((1, 57))), info(0xb2, Some((1, 1234)))]),
+            "ID                STATE     BINDING         GEN  OWNER  EPOCH  TUNNEL     PEER     AGE   IDLE  UP  DOWN\n\
+             00000000000000a1  ATTACHED  192.0.2.1:4000    2      1     57  10.77.0.2  alice  1m15s  120ms  10    20\n\
+             00000000000000b2  ATTACHED  192.0.2.1:4000    2      1   1234  10.77.0.2  alice  1m15s  120ms  10    20\n"
+        );
+    }
 
     #[test]
     fn formats() {

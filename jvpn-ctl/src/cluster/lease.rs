@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use etcd_client::{Client, PutOptions};
 
-use super::{keys::Keys, thread::Config};
+use super::{health, keys::Keys, thread::Config};
 
 /// The lease as the node knows it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -58,19 +58,31 @@ pub(super) async fn keep(
         let sent = Instant::now();
         let granted = tokio::time::timeout(config.timeout, c.lease_grant(ttl_s, None)).await;
         let id = match granted {
-            Ok(Ok(g)) => g.id(),
+            Ok(Ok(g)) => {
+                health::answered(&config.health, g.header());
+                g.id()
+            }
             Ok(Err(e)) => {
-                tracing::warn!(
-                    "etcd {}: granting the node's lease: {}",
-                    config.shown,
-                    crate::store::etcd::describe(&e)
-                );
+                let e = crate::store::etcd::describe(&e);
+                tracing::warn!("etcd {}: granting the node's lease: {e}", config.shown);
+                health::failed(&config.health, format!("granting the node's lease: {e}"));
                 tokio::time::sleep(interval(ttl)).await;
                 continue;
             }
-            Err(_) => continue,
+            Err(_) => {
+                let e = format!(
+                    "granting the node's lease: no answer within {:?}",
+                    config.timeout
+                );
+                health::failed(&config.health, e);
+                continue;
+            }
         };
         if let Err(e) = announce(&mut c, &config.keys, &config, id).await {
+            health::failed(
+                &config.health,
+                format!("announcing node {}: {e}", config.node),
+            );
             tracing::warn!(
                 "etcd {}: announcing node {}: {e}",
                 config.shown,
@@ -134,24 +146,46 @@ async fn keep_alive(
         let opened = tokio::time::timeout(config.timeout, c.lease_keep_alive(id)).await;
         let (mut keeper, mut stream) = match opened {
             Ok(Ok(ks)) => ks,
-            _ => {
+            failed => {
+                let why = match failed {
+                    Ok(Err(e)) => crate::store::etcd::describe(&e),
+                    _ => format!("no answer within {:?}", config.timeout),
+                };
+                health::failed(
+                    &config.health,
+                    format!("opening the keep-alive stream: {why}"),
+                );
                 tokio::time::sleep(every).await;
                 continue;
             }
         };
         loop {
             let sent = Instant::now();
-            if keeper.keep_alive().await.is_err() {
+            if let Err(e) = keeper.keep_alive().await {
+                let e = crate::store::etcd::describe(&e);
+                health::failed(&config.health, format!("sending a keep-alive: {e}"));
                 break;
             }
             match tokio::time::timeout(every, stream.message()).await {
                 Ok(Ok(Some(r))) if r.ttl() > 0 => {
+                    health::answered(&config.health, r.header());
                     let granted = Duration::from_secs(r.ttl() as u64);
                     view.lock().expect("lease state").until = Some(sent + granted - margin(ttl));
                 }
-                Ok(Ok(Some(_))) => return true,
+                Ok(Ok(Some(_))) => {
+                    health::failed(&config.health, "the lease expired at etcd".into());
+                    return true;
+                }
                 // A stalled or cut stream: a new one, at once.
-                _ => break,
+                cut => {
+                    let why = match cut {
+                        Ok(Err(e)) => crate::store::etcd::describe(&e),
+                        Ok(Ok(None)) => "the stream ended".into(),
+                        _ => format!("no answer within {every:?}"),
+                    };
+                    health::failed(&config.health, format!("keep-alive: {why}"));
+                    break;
+                }
             }
             let next = sent + every;
             tokio::time::sleep_until(next.into()).await;

@@ -28,10 +28,12 @@ use tokio::sync::mpsc;
 
 use crate::store::{Revision, StoreError};
 
+mod health;
 mod keys;
 pub mod lease;
 mod thread;
 
+pub use health::Health;
 pub use keys::Keys;
 pub use lease::LeaseView;
 
@@ -198,6 +200,7 @@ impl Cluster {
             ttl: p.ttl,
             timeout: p.timeout,
             about: p.about,
+            health: Default::default(),
         };
         let lease = Arc::new(Mutex::new(LeaseView::default()));
         let requests = thread::spawn(config.clone(), lease.clone())?;
@@ -226,6 +229,25 @@ impl Cluster {
 
     pub fn endpoints(&self) -> &str {
         &self.config.shown
+    }
+
+    /// The endpoints one by one, as configured.
+    pub fn endpoint_list(&self) -> &[String] {
+        &self.config.endpoints
+    }
+
+    pub fn root(&self) -> &str {
+        self.config.keys.root()
+    }
+
+    /// The lease's time to live, as granted.
+    pub fn ttl(&self) -> Duration {
+        self.config.ttl
+    }
+
+    /// What this node last heard from etcd (asks etcd nothing).
+    pub fn health(&self) -> Health {
+        self.config.health.lock().expect("etcd health").clone()
     }
 
     pub fn describe(&self) -> String {

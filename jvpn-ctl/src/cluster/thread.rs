@@ -14,7 +14,7 @@ use etcd_client::{
 use tokio::sync::mpsc;
 
 use super::{
-    Change, LeaseView, NodeInfo, Op as Write, Outcome, Owner, Snapshot, Stored,
+    Change, LeaseView, NodeInfo, Op as Write, Outcome, Owner, Snapshot, Stored, health,
     keys::{Key, Keys, owner_value, parse_owner_value},
 };
 use crate::store::{
@@ -33,6 +33,8 @@ pub(super) struct Config {
     pub ttl: Duration,
     pub timeout: Duration,
     pub about: String,
+    /// What this node last heard from etcd (`jvpn-ctl cluster status`).
+    pub health: health::Shared,
 }
 
 impl Config {
@@ -379,8 +381,12 @@ async fn one(kv: KvClient, config: &Config, op: Write, lease: Option<i64>) -> Ou
     .await;
     let resp = match sent {
         Ok(r) => r,
-        Err(e) => return Outcome::Failed(config.error("committing", describe(&e))),
+        Err(e) => {
+            health::failed(&config.health, format!("committing: {}", describe(&e)));
+            return Outcome::Failed(config.error("committing", describe(&e)));
+        }
     };
+    health::answered(&config.health, resp.header());
     let rev = resp
         .header()
         .and_then(|h| revision(h.revision()))
@@ -424,7 +430,11 @@ async fn watch(client: Client, config: Config, rev: i64, to: mpsc::UnboundedSend
             .with_start_revision(next);
         let mut stream = match w.watch(root.as_str(), Some(options)).await {
             Ok(s) => s,
-            Err(_) => {
+            Err(e) => {
+                health::failed(
+                    &config.health,
+                    format!("opening the watch: {}", describe(&e)),
+                );
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
@@ -436,8 +446,16 @@ async fn watch(client: Client, config: Config, rev: i64, to: mpsc::UnboundedSend
             };
             let resp = match msg {
                 Ok(Some(r)) => r,
-                _ => break,
+                cut => {
+                    let why = match cut {
+                        Err(e) => describe(&e),
+                        _ => "the stream ended".into(),
+                    };
+                    health::failed(&config.health, format!("watch: {why}"));
+                    break;
+                }
             };
+            health::answered(&config.health, resp.header());
             if resp.canceled() || resp.compact_revision() > 0 {
                 if resp.compact_revision() > 0 {
                     // The changes since `next` are gone: start over from a snapshot,

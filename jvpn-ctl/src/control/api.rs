@@ -90,6 +90,9 @@ pub enum Request {
     Drain,
     /// The running policy: `data` is a [`crate::session::Policy`].
     Policy,
+    /// A cluster node's view of the cluster: `data` is a [`ClusterStatus`]; a single
+    /// gateway answers [`NOT_A_CLUSTER`].
+    ClusterStatus,
     /// Recent events (`data` is `[EventRecord]`), or with `follow` a stream of them.
     /// Answered by the control server itself, never forwarded to the gateway core.
     Events {
@@ -183,6 +186,10 @@ impl TryFrom<RawResponse> for Response {
     }
 }
 
+/// The answer of a single gateway to [`Request::ClusterStatus`].
+pub const NOT_A_CLUSTER: &str =
+    "this gateway is not part of a cluster ([cluster] is not configured)";
+
 /// One session as `jvpn-ctl sessions` / `session show` see it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionInfo {
@@ -208,6 +215,107 @@ pub struct SessionInfo {
     pub down_bytes: u64,
     /// DATA packets dropped because they came from a former binding.
     pub stale_drops: u64,
+    /// In a cluster, the owner node (this node, for the sessions it lists) and its
+    /// epoch, the fencing token the exit checks (0: the owner key is not acquired
+    /// yet). Absent on a single gateway and from older gateways.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_node: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_epoch: Option<u64>,
+}
+
+/// `jvpn-ctl cluster status`: a node's view of its cluster, from what its lease
+/// keeper, its watch and its commits already know (answering asks etcd nothing).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ClusterStatus {
+    pub node: u16,
+    /// The cluster's root key in etcd (`/jvpn/v1/`).
+    pub root: String,
+    pub lease: LeaseStatus,
+    pub etcd: EtcdHealth,
+    /// Every node this one knows of: announced under `nodes/`, or owning a session;
+    /// by number.
+    pub nodes: Vec<NodeStatus>,
+    pub sessions: ClusterSessions,
+    /// Ownership changes since the start, by kind: `adopting` (a takeover began),
+    /// `acquired` (a new epoch written), `lost`, `refused` (a write etcd did not
+    /// take), `in_doubt` (no answer).
+    pub ownership: BTreeMap<String, u64>,
+}
+
+/// The node's lease as the node counts it (`docs/gateway.md`, "The lease deadline").
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LeaseStatus {
+    /// etcd's lease id (0: none: not granted yet, or the last one expired).
+    pub id: i64,
+    pub ttl_s: u64,
+    /// Until the node's own deadline (0: passed, or no lease).
+    pub left_ms: u64,
+    /// Before the deadline: the node may change bindings and take sessions over.
+    pub live: bool,
+    /// Leases since the start (1: the first; more: one ran out and was replaced).
+    pub term: u64,
+}
+
+/// etcd as the node last heard from it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EtcdHealth {
+    pub endpoints: Vec<String>,
+    /// It answered (with a leader) within the lease's TTL.
+    pub reachable: bool,
+    /// Since its last answer (keep-alives go out every quarter TTL).
+    pub last_answer_ms_ago: Option<u64>,
+    pub last_error: Option<String>,
+    pub last_error_ms_ago: Option<u64>,
+    /// The highest revision in its answers.
+    pub revision: Option<i64>,
+    /// The member that sent the last answer, and its raft term.
+    pub member_id: Option<u64>,
+    pub raft_term: Option<u64>,
+}
+
+/// A node of the cluster as this node knows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NodeStatus {
+    pub node: u16,
+    /// Its announcement (`nodes/<n>`, on its lease) is present: its lease is alive.
+    pub announced: bool,
+    /// What it announced about itself (pid, port, pool, interfaces).
+    pub about: Option<String>,
+    /// The sessions it owns, as the watch told this node.
+    pub sessions: u64,
+}
+
+/// The cluster's sessions at one node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ClusterSessions {
+    /// Owned here (`jvpn-ctl sessions` lists them).
+    pub owned: u64,
+    /// Other nodes' sessions admitted here: a map entry that does not forward, so a
+    /// reattach here can take one over once its owner is gone.
+    pub foreign: u64,
+    /// Of the foreign ones, those with no owner (its lease ran out; not taken over).
+    pub unowned: u64,
+}
+
+/// The kinds of [`ClusterStatus::ownership`], each always reported (0 until it
+/// happens).
+pub const OWNERSHIP_KINDS: [&str; 5] = ["adopting", "acquired", "lost", "refused", "in_doubt"];
+
+/// The cluster part of [`Stats`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ClusterStats {
+    pub node: u16,
+    pub lease_live: bool,
+    pub sessions: ClusterSessions,
+    /// As [`ClusterStatus::ownership`].
+    pub ownership: BTreeMap<String, u64>,
 }
 
 /// Gateway-wide counters (`jvpn-ctl stats`, the Prometheus endpoint).
@@ -236,6 +344,9 @@ pub struct Stats {
     pub down_bytes: u64,
     pub events_emitted: u64,
     pub events_dropped: u64,
+    /// Cluster nodes only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterStats>,
 }
 
 /// One published event (DESIGN §4), one JSON line in the event log and on the wire.
@@ -405,6 +516,7 @@ mod tests {
             ),
             (Request::Stats, json!({"cmd":"stats"})),
             (Request::Policy, json!({"cmd":"policy"})),
+            (Request::ClusterStatus, json!({"cmd":"cluster_status"})),
             (
                 Request::Events { follow: true },
                 json!({"cmd":"events","follow":true}),
@@ -467,10 +579,27 @@ mod tests {
             down_packets: 20,
             down_bytes: 2000,
             stale_drops: 3,
+            owner_node: None,
+            owner_epoch: None,
         };
         let s = round_trip(&info);
         assert!(s.contains(r#""state":"RECOVERING""#), "{s}");
         assert!(s.contains(r#""id":"0000000000000007""#), "{s}");
+        // A single gateway says nothing of owners; what it writes, an older gateway
+        // wrote too, and it parses.
+        assert!(!s.contains("owner"), "{s}");
+        // A cluster node's session: its owner and epoch.
+        let owned = SessionInfo {
+            owner_node: Some(2),
+            owner_epoch: Some(57),
+            ..info.clone()
+        };
+        let s = round_trip(&owned);
+        assert!(s.contains(r#""owner_node":2,"owner_epoch":57"#), "{s}");
+        let mut old = serde_json::to_value(&owned).unwrap();
+        old.as_object_mut().unwrap().remove("owner_node");
+        old.as_object_mut().unwrap().remove("owner_epoch");
+        assert_eq!(serde_json::from_value::<SessionInfo>(old).unwrap(), info);
         let stats = Stats {
             uptime_s: 5,
             sessions_by_state: [("ATTACHED".to_owned(), 2)].into(),
@@ -478,7 +607,26 @@ mod tests {
             events_dropped: 9,
             ..Stats::default()
         };
-        round_trip(&stats);
+        let s = round_trip(&stats);
+        assert!(!s.contains("cluster"), "a single gateway's: {s}");
+        let clustered = Stats {
+            cluster: Some(ClusterStats {
+                node: 3,
+                lease_live: true,
+                sessions: ClusterSessions {
+                    owned: 2,
+                    foreign: 5,
+                    unowned: 1,
+                },
+                ownership: [("acquired".to_owned(), 2)].into(),
+            }),
+            ..stats
+        };
+        let s = round_trip(&clustered);
+        assert!(
+            s.contains(r#""cluster":{"node":3,"lease_live":true"#),
+            "{s}"
+        );
         // Missing fields default (older or newer gateways).
         assert_eq!(
             serde_json::from_str::<Stats>(r#"{"uptime_s":5}"#).unwrap(),
@@ -487,6 +635,55 @@ mod tests {
                 ..Stats::default()
             }
         );
+    }
+
+    #[test]
+    fn cluster_status() {
+        let status = ClusterStatus {
+            node: 1,
+            root: "/jvpn/v1/".into(),
+            lease: LeaseStatus {
+                id: 0x694d_7e3f_1a2b_3c4d,
+                ttl_s: 3,
+                left_ms: 2400,
+                live: true,
+                term: 2,
+            },
+            etcd: EtcdHealth {
+                endpoints: vec!["http://127.0.0.1:2379".into()],
+                reachable: true,
+                last_answer_ms_ago: Some(80),
+                last_error: Some("watch: the stream ended".into()),
+                last_error_ms_ago: Some(9000),
+                revision: Some(41),
+                member_id: Some(7),
+                raft_term: Some(2),
+            },
+            nodes: vec![NodeStatus {
+                node: 2,
+                announced: true,
+                about: Some("pid=1".into()),
+                sessions: 4,
+            }],
+            sessions: ClusterSessions {
+                owned: 1,
+                foreign: 4,
+                unowned: 0,
+            },
+            ownership: OWNERSHIP_KINDS.iter().map(|k| (k.to_string(), 1)).collect(),
+        };
+        let v = serde_json::to_value(&status).unwrap();
+        assert_eq!(v["lease"]["id"], 0x694d_7e3f_1a2b_3c4d_i64);
+        assert_eq!(v["etcd"]["reachable"], true);
+        assert_eq!(v["nodes"][0]["node"], 2);
+        assert_eq!(v["ownership"]["in_doubt"], 1);
+        round_trip(&status);
+        // A field this side does not know yet (a newer gateway) is ignored, a missing
+        // one defaults.
+        let parsed: ClusterStatus =
+            serde_json::from_str(r#"{"node":4,"quorum":"new","etcd":{"reachable":true}}"#).unwrap();
+        assert_eq!((parsed.node, parsed.etcd.reachable), (4, true));
+        assert_eq!(parsed.lease, LeaseStatus::default());
     }
 
     #[test]

@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 
 use super::{
     ControlError,
-    api::{EventRecord, Request, Response, SessionId, SessionInfo, Stats},
+    api::{ClusterStatus, EventRecord, Request, Response, SessionId, SessionInfo, Stats},
 };
 use crate::session::Policy;
 
@@ -136,6 +136,12 @@ impl Client {
         self.typed(&Request::Policy)
     }
 
+    /// A cluster node's view of its cluster (`jvpn-ctl cluster status`); a single
+    /// gateway answers [`super::api::NOT_A_CLUSTER`].
+    pub fn cluster_status(&mut self) -> Result<ClusterStatus, ControlError> {
+        self.typed(&Request::ClusterStatus)
+    }
+
     /// A client agent's status (`jvpn-ctl client status`).
     pub fn client_status(&mut self) -> Result<crate::client::ClientStatus, ControlError> {
         self.typed(&Request::Status)
@@ -254,6 +260,8 @@ mod tests {
             assert!(c.kill(SessionId(0xb2)).is_err());
             assert_eq!(c.stats().unwrap(), Stats::default());
             assert_eq!(c.policy().unwrap(), Policy::default());
+            let e = c.cluster_status().unwrap_err();
+            assert_eq!(e.to_string(), crate::control::api::NOT_A_CLUSTER);
             assert_eq!(c.events().unwrap(), vec![ev(1)]);
         })
         .await

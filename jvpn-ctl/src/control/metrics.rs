@@ -13,7 +13,7 @@ use tokio::{
 
 use super::{
     ControlError,
-    api::{Request, Response, Stats},
+    api::{ClusterStats, OWNERSHIP_KINDS, Request, Response, Stats},
     server::{Call, ask_core},
 };
 use crate::session::{Detail, State};
@@ -26,18 +26,6 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// not appear and vanish.
 pub fn render(stats: &Stats) -> String {
     let mut out = String::new();
-    let with_all = |map: &BTreeMap<String, u64>, all: &[&str]| {
-        let mut v: Vec<(String, u64)> = all
-            .iter()
-            .map(|k| (k.to_string(), map.get(*k).copied().unwrap_or(0)))
-            .collect();
-        v.extend(
-            map.iter()
-                .filter(|(k, _)| !all.contains(&k.as_str()))
-                .map(|(k, n)| (k.clone(), *n)),
-        );
-        v
-    };
     let states: Vec<&str> = State::ALL.iter().map(|s| s.name()).collect();
     let outcomes: Vec<&str> = std::iter::once("success")
         .chain(Detail::ALL.iter().map(|d| d.name()))
@@ -143,7 +131,67 @@ pub fn render(stats: &Stats) -> String {
         "gauge",
         stats.uptime_s,
     );
+    if let Some(c) = &stats.cluster {
+        cluster(&mut out, c);
+    }
     out
+}
+
+/// `all` in their order (0 if absent from `map`), then the rest of `map`.
+fn with_all(map: &BTreeMap<String, u64>, all: &[&str]) -> Vec<(String, u64)> {
+    let mut v: Vec<(String, u64)> = all
+        .iter()
+        .map(|k| (k.to_string(), map.get(*k).copied().unwrap_or(0)))
+        .collect();
+    v.extend(
+        map.iter()
+            .filter(|(k, _)| !all.contains(&k.as_str()))
+            .map(|(k, n)| (k.clone(), *n)),
+    );
+    v
+}
+
+/// The families of a cluster node (a single gateway has none of them).
+fn cluster(out: &mut String, c: &ClusterStats) {
+    family(
+        out,
+        "jvpn_ownership_changes_total",
+        "Cluster ownership changes by kind: adopting (a takeover began), acquired (a new \
+         epoch written), lost (another node took a session), refused (a write etcd did \
+         not take), in_doubt (a write without an answer).",
+        "counter",
+        "kind",
+        &with_all(&c.ownership, &OWNERSHIP_KINDS),
+    );
+    let s = &c.sessions;
+    family(
+        out,
+        "jvpn_cluster_sessions",
+        "The cluster's sessions at this node by owner: this node, another node, none \
+         (its owner's lease ran out, not taken over yet).",
+        "gauge",
+        "owner",
+        &[
+            ("this_node".to_owned(), s.owned),
+            ("other_node".to_owned(), s.foreign.saturating_sub(s.unowned)),
+            ("none".to_owned(), s.unowned),
+        ],
+    );
+    scalar(
+        out,
+        "jvpn_cluster_lease_live",
+        "1 while this node's lease is live by its own deadline (it may change bindings \
+         and take sessions over), else 0.",
+        "gauge",
+        u64::from(c.lease_live),
+    );
+    scalar(
+        out,
+        "jvpn_cluster_node",
+        "This node's number in the cluster.",
+        "gauge",
+        u64::from(c.node),
+    );
 }
 
 fn header(out: &mut String, name: &str, help: &str, kind: &str) {
@@ -443,6 +491,7 @@ mod tests {
             down_bytes: 20_000,
             events_emitted: 30,
             events_dropped: 2,
+            cluster: None,
         }
     }
 
@@ -486,6 +535,49 @@ mod tests {
         let empty = render(&Stats::default());
         assert_eq!(empty.matches("jvpn_reattach_total{").count(), 12);
         assert_eq!(empty.matches("jvpn_sessions{").count(), 6);
+    }
+
+    #[test]
+    fn cluster_families() {
+        // A single gateway has none of them.
+        let single = render(&sample());
+        assert!(!single.contains("jvpn_ownership_") && !single.contains("jvpn_cluster_"));
+        // ownership_ambiguous denials are reattach outcomes, present from the start.
+        assert!(single.contains("jvpn_reattach_total{outcome=\"ownership_ambiguous\"} 0\n"));
+        let stats = Stats {
+            cluster: Some(ClusterStats {
+                node: 2,
+                lease_live: true,
+                sessions: crate::control::api::ClusterSessions {
+                    owned: 3,
+                    foreign: 5,
+                    unowned: 1,
+                },
+                ownership: [("acquired".to_owned(), 4), ("new_kind".to_owned(), 1)].into(),
+            }),
+            ..sample()
+        };
+        let text = render(&stats);
+        for snippet in [
+            "# TYPE jvpn_ownership_changes_total counter\n\
+             jvpn_ownership_changes_total{kind=\"adopting\"} 0\n\
+             jvpn_ownership_changes_total{kind=\"acquired\"} 4\n\
+             jvpn_ownership_changes_total{kind=\"lost\"} 0\n\
+             jvpn_ownership_changes_total{kind=\"refused\"} 0\n\
+             jvpn_ownership_changes_total{kind=\"in_doubt\"} 0\n\
+             jvpn_ownership_changes_total{kind=\"new_kind\"} 1\n",
+            "# TYPE jvpn_cluster_sessions gauge\n\
+             jvpn_cluster_sessions{owner=\"this_node\"} 3\n\
+             jvpn_cluster_sessions{owner=\"other_node\"} 4\n\
+             jvpn_cluster_sessions{owner=\"none\"} 1\n",
+            "# TYPE jvpn_cluster_lease_live gauge\njvpn_cluster_lease_live 1\n",
+            "# TYPE jvpn_cluster_node gauge\njvpn_cluster_node 2\n",
+        ] {
+            assert!(text.contains(snippet), "missing {snippet:?} in\n{text}");
+        }
+        let mut down = stats.clone();
+        down.cluster.as_mut().unwrap().lease_live = false;
+        assert!(render(&down).contains("\njvpn_cluster_lease_live 0\n"));
     }
 
     fn fake_core() -> mpsc::Sender<Call> {

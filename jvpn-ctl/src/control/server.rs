@@ -395,6 +395,8 @@ pub(crate) mod tests {
             down_packets: 3,
             down_bytes: 4,
             stale_drops: 0,
+            owner_node: None,
+            owner_epoch: None,
         }
     }
 
@@ -412,6 +414,7 @@ pub(crate) mod tests {
                     Request::Stats => Response::ok(&crate::control::api::Stats::default()),
                     Request::Policy => Response::ok(&crate::session::Policy::default()),
                     Request::Drain => Response::ok(&serde_json::json!({ "closed": 1 })),
+                    Request::ClusterStatus => Response::error(crate::control::api::NOT_A_CLUSTER),
                     Request::Events { .. } => Response::error("events reached the core"),
                     Request::Status | Request::Move { .. } => Response::error("not a client"),
                 };

@@ -1,5 +1,6 @@
 //! Answers to the control API (`jvpn-ctl sessions`, `session show|kill`, `stats`,
-//! `policy show`). Event streams are served by the control server from the bus.
+//! `policy show`, `cluster status`). Event streams are served by the control server
+//! from the bus.
 
 use std::collections::BTreeMap;
 
@@ -7,7 +8,7 @@ use jvpn_common::counters;
 
 use super::core::{Core, Entry};
 use crate::{
-    control::api::{Request, Response, SessionId, SessionInfo, Stats},
+    control::api::{NOT_A_CLUSTER, Request, Response, SessionId, SessionInfo, Stats},
     session::{Event, State},
 };
 
@@ -37,6 +38,11 @@ impl Core {
             }
             Request::Stats => Response::ok(&self.stats(now_ms)),
             Request::Policy => Response::ok(&self.policy),
+            // Without the etcd facts (the shell adds them: `cluster::etcd_facts`).
+            Request::ClusterStatus => match self.cluster_status(now_ms) {
+                Some(s) => Response::ok(&s),
+                None => Response::error(NOT_A_CLUSTER),
+            },
             Request::Drain => {
                 let n = self.session_count();
                 self.shutdown(now_ms);
@@ -53,6 +59,7 @@ impl Core {
     fn info(&self, id: u64, e: &Entry, now_ms: u64) -> SessionInfo {
         let st = self.stats_of(id);
         let s = &e.session;
+        let owner = self.owner_of(id);
         SessionInfo {
             id: SessionId(id),
             state: s.state,
@@ -74,6 +81,8 @@ impl Core {
             down_packets: st.down_packets,
             down_bytes: st.down_bytes,
             stale_drops: st.stale_drops,
+            owner_node: owner.map(|(node, _)| node),
+            owner_epoch: owner.map(|(_, epoch)| epoch),
         }
     }
 
@@ -116,6 +125,7 @@ impl Core {
             down_bytes: down_b,
             events_emitted: self.bus.emitted(),
             events_dropped: self.bus.dropped(),
+            cluster: self.cluster_stats(now_ms),
         }
     }
 }

@@ -20,8 +20,9 @@
 //!   exit belongs to the new owner's epoch now), its tunnel address stays taken.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     net::SocketAddr,
+    time::Instant,
 };
 
 use super::{
@@ -30,8 +31,11 @@ use super::{
     record::SessionRecord,
 };
 use crate::{
-    cluster::{Change, Owner, Snapshot},
-    control::api::{EventRecord, SessionId},
+    cluster::{Change, Cluster, NodeInfo, Owner, Snapshot},
+    control::api::{
+        ClusterSessions, ClusterStats, ClusterStatus, EtcdHealth, EventRecord, NodeStatus,
+        OWNERSHIP_KINDS, SessionId,
+    },
     datapath::DatapathError,
     proto::Body,
     session::Detail,
@@ -53,6 +57,17 @@ pub struct ClusterView {
     /// Sessions adopted in the current batch (they had no owner): a refused write
     /// puts them back.
     pub adopted: HashSet<u64>,
+    /// The nodes seen under `nodes/` (for `jvpn-ctl cluster status` only).
+    pub nodes: BTreeMap<u16, Announced>,
+}
+
+/// A node's announcement as the snapshot and the watch showed it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Announced {
+    /// Present now (its lease is alive).
+    pub up: bool,
+    /// What it said about itself, as of the last snapshot.
+    pub about: Option<String>,
 }
 
 impl Core {
@@ -63,7 +78,86 @@ impl Core {
             sealer,
             foreign: HashMap::new(),
             adopted: HashSet::new(),
+            nodes: BTreeMap::new(),
         });
+    }
+
+    /// The announcements of a snapshot: these nodes are up, the others known
+    /// before are down.
+    pub fn note_nodes(&mut self, nodes: &[NodeInfo]) {
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        for a in c.nodes.values_mut() {
+            a.up = false;
+        }
+        for n in nodes {
+            c.nodes.insert(
+                n.node,
+                Announced {
+                    up: true,
+                    about: Some(n.about.clone()),
+                },
+            );
+        }
+    }
+
+    /// The core's half of `jvpn-ctl cluster status` (`None`: a single gateway);
+    /// [`etcd_facts`] adds the lease's id and what etcd last said.
+    pub fn cluster_status(&self, now_ms: u64) -> Option<ClusterStatus> {
+        let c = self.cluster.as_ref()?;
+        let mut owned: BTreeMap<u16, u64> = BTreeMap::new();
+        owned.insert(c.node, self.sessions.len() as u64);
+        for f in c.foreign.values() {
+            if let Some(o) = f.owner {
+                *owned.entry(o.node).or_default() += 1;
+            }
+        }
+        let nodes: Vec<NodeStatus> = c
+            .nodes
+            .keys()
+            .chain(owned.keys())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .map(|&node| {
+                let a = c.nodes.get(&node);
+                NodeStatus {
+                    node,
+                    announced: a.is_some_and(|a| a.up),
+                    about: a.and_then(|a| a.about.clone()),
+                    sessions: owned.get(&node).copied().unwrap_or(0),
+                }
+            })
+            .collect();
+        let mut s = ClusterStatus {
+            node: c.node,
+            nodes,
+            ..ClusterStatus::default()
+        };
+        let stats = self.cluster_stats(now_ms)?;
+        s.sessions = stats.sessions;
+        s.ownership = stats.ownership;
+        s.lease.live = stats.lease_live;
+        s.lease.left_ms = c.lease_until_ms.saturating_sub(now_ms);
+        Some(s)
+    }
+
+    /// The cluster figures of `jvpn-ctl stats` and `/metrics`.
+    pub(super) fn cluster_stats(&self, now_ms: u64) -> Option<ClusterStats> {
+        let c = self.cluster.as_ref()?;
+        let mut ownership: BTreeMap<String, u64> =
+            OWNERSHIP_KINDS.iter().map(|k| (k.to_string(), 0)).collect();
+        ownership.extend(self.counters.ownership.iter().map(|(k, n)| (k.clone(), *n)));
+        Some(ClusterStats {
+            node: c.node,
+            lease_live: self.lease_live(now_ms),
+            sessions: ClusterSessions {
+                owned: self.sessions.len() as u64,
+                foreign: c.foreign.len() as u64,
+                unowned: c.foreign.values().filter(|f| f.owner.is_none()).count() as u64,
+            },
+            ownership,
+        })
     }
 
     pub fn set_lease_until(&mut self, until_ms: u64) {
@@ -107,6 +201,7 @@ impl Core {
         now_ms: u64,
     ) -> Result<Vec<(Revision, Entry, Option<Owner>)>, String> {
         let me = self.cluster.as_ref().map(|c| c.node).ok_or("no cluster")?;
+        self.note_nodes(&snap.nodes);
         let mut mine = Vec::new();
         for (&id, s) in &snap.sessions {
             let Some((rev, sealed)) = &s.record else {
@@ -224,7 +319,12 @@ impl Core {
                     f.owner = owner;
                 }
             }
-            Change::Node { .. } | Change::Resync => {}
+            Change::Node { node, up } => {
+                if let Some(c) = self.cluster.as_mut() {
+                    c.nodes.entry(node).or_default().up = up;
+                }
+            }
+            Change::Resync => {}
         }
     }
 
@@ -429,5 +529,349 @@ impl Core {
         };
         self.send_sealed(id, &mac, local, peer, body, false);
         bump(&mut self.counters.keepalives, "foreign");
+    }
+}
+
+/// The etcd half of `jvpn-ctl cluster status`: the lease's id, TTL and term and
+/// what the client thread last heard from etcd. Reads shared state; never waits
+/// for etcd.
+pub fn etcd_facts(c: &Cluster, s: &mut ClusterStatus) {
+    let now = Instant::now();
+    let lease = c.lease();
+    let ttl = c.ttl().as_secs().max(1);
+    s.root = c.root().to_owned();
+    s.lease.id = lease.id;
+    s.lease.ttl_s = ttl;
+    s.lease.term = lease.term;
+    let h = c.health();
+    let ago = |t: Instant| {
+        u64::try_from(now.saturating_duration_since(t).as_millis()).unwrap_or(u64::MAX)
+    };
+    let answered = h.last_answer.map(ago);
+    s.etcd = EtcdHealth {
+        endpoints: c.endpoint_list().to_vec(),
+        reachable: answered.is_some_and(|ms| ms < ttl * 1000),
+        last_answer_ms_ago: answered,
+        last_error: h.last_error.as_ref().map(|(_, e)| e.clone()),
+        last_error_ms_ago: h.last_error.as_ref().map(|(t, _)| ago(*t)),
+        revision: (h.revision > 0).then_some(h.revision),
+        member_id: (h.member_id != 0).then_some(h.member_id),
+        raft_term: (h.raft_term != 0).then_some(h.raft_term),
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    //! The operator's view of a cluster node against a real etcd (`lab::etcd`), real
+    //! BPF maps (root) and the real control socket: `cluster status` and the owner
+    //! columns of `sessions`, answered as the run loop answers them.
+
+    use std::{
+        net::Ipv4Addr,
+        path::{Path, PathBuf},
+        time::Duration,
+    };
+
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::{
+        clock::Clock,
+        cluster::{JoinParams, Op, Outcome},
+        control::{
+            Client, EventBus,
+            api::{NOT_A_CLUSTER, Request, Response, SessionInfo, Stats},
+            server::{Call, serve, tests::temp_dir},
+        },
+        datapath::{Datapath, DatapathConfig},
+        gateway::{
+            core::CoreParams,
+            pool::Pool,
+            record::SessionRecord,
+            run::{cluster_status, lease_until_ms},
+        },
+        lab::etcd::start_or_skip,
+        proto::Peers,
+        session::{Policy, Session, State},
+        store::StoreKey,
+    };
+
+    struct Pins(PathBuf);
+
+    impl Drop for Pins {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn join(endpoint: String, root: &str, node: u16) -> Cluster {
+        Cluster::join(JoinParams {
+            endpoints: vec![endpoint],
+            root: root.into(),
+            node,
+            ttl: Duration::from_secs(2),
+            timeout: Duration::from_secs(2),
+            about: format!("test node {node}"),
+        })
+        .unwrap()
+    }
+
+    fn record(id: u64, tunnel: Ipv4Addr, now_ms: u64) -> Vec<u8> {
+        let mut session = Session::new(id, now_ms);
+        session.state = State::Attached;
+        session.version = 2;
+        session.binding = Some("192.0.2.7:40000".parse().unwrap());
+        session.generation = 1;
+        session.last_rx_ms = now_ms;
+        SessionRecord {
+            session,
+            k_reattach: [1; 32],
+            k_c2x: [2; 32],
+            k_x2c: [3; 32],
+            transcript: [4; 32],
+            peer: [5; 32],
+            tunnel,
+            local: "192.0.2.1:51820".parse().unwrap(),
+            ctl_highest: 0,
+        }
+        .encode()
+    }
+
+    /// Creates session `id` at node `c`: its epoch.
+    fn create(c: &Cluster, sealer: &Sealer, id: u64, tunnel: [u8; 4], now_ms: u64) -> u64 {
+        let value = sealer.seal(id, &record(id, tunnel.into(), now_ms));
+        match c
+            .commit(vec![Op::Put {
+                id,
+                expect: 0,
+                value,
+                epoch: 0,
+            }])
+            .pop()
+        {
+            Some(Outcome::Done { epoch, .. }) => epoch,
+            o => panic!("creating {id:x}: {o:?}"),
+        }
+    }
+
+    /// Feeds the watch's changes to the core until `done` holds.
+    fn until(
+        core: &mut Core,
+        rx: &mut mpsc::UnboundedReceiver<Change>,
+        clock: &Clock,
+        what: &str,
+        done: impl Fn(&Core) -> bool,
+    ) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !done(core) {
+            assert!(std::time::Instant::now() < deadline, "{what}: not seen");
+            match rx.try_recv() {
+                Ok(ch) => core.on_cluster_change(ch, clock.now_ms()),
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    }
+
+    /// `cluster status` and `sessions` through the control socket, the core
+    /// answering on this thread as the run loop does.
+    fn ask(
+        core: &mut Core,
+        c: &Cluster,
+        sock: &Path,
+        clock: &Clock,
+    ) -> (Response, Vec<SessionInfo>) {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (tx, mut rx) = mpsc::channel::<Call>(4);
+        let server = rt.block_on(serve(sock, tx, EventBus::new(4))).unwrap();
+        let path = sock.to_owned();
+        let client = std::thread::spawn(move || {
+            let mut cl = Client::connect(&path).unwrap();
+            let status = cl.request(&Request::ClusterStatus);
+            let sessions = cl.sessions().unwrap();
+            (status, sessions)
+        });
+        for _ in 0..2 {
+            let call = rx.blocking_recv().unwrap();
+            let now = clock.now_ms();
+            let resp = match call.request {
+                Request::ClusterStatus => cluster_status(core, c, now),
+                r => core.on_request(&r, now),
+            };
+            let _ = call.reply.send(resp);
+        }
+        let (status, sessions) = client.join().unwrap();
+        drop(server);
+        let status = match status {
+            Ok(data) => Response::Ok { data },
+            Err(e) => Response::error(e),
+        };
+        (status, sessions)
+    }
+
+    fn status_of(r: Response) -> ClusterStatus {
+        match r {
+            Response::Ok { data } => serde_json::from_value(data).unwrap(),
+            Response::Error { error } => panic!("cluster status: {error}"),
+        }
+    }
+
+    #[test]
+    fn cluster_status_and_owner_columns() {
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIPPED cluster_status_and_owner_columns: needs root (BPF maps)");
+            return;
+        }
+        let Some(etcd) = start_or_skip("cluster status") else {
+            return;
+        };
+        let root = "/t/status/";
+        let dir = temp_dir("cl-status");
+        let (key, _) = StoreKey::load_or_create(&dir.join("store.key")).unwrap();
+        let sealer = Sealer::new(&key);
+        let clock = Clock::new();
+        let a = join(etcd.endpoint(), root, 1);
+        let b = join(etcd.endpoint(), root, 2);
+        let now = clock.now_ms();
+        let e1 = create(&a, &sealer, 0xa1, [10, 77, 0, 2], now);
+        let e2 = create(&b, &sealer, 0xb2, [10, 77, 0, 3], now);
+
+        let pins = Pins(PathBuf::from(format!(
+            "/sys/fs/bpf/jvpn-cl-status-{}",
+            std::process::id()
+        )));
+        let dp = Datapath::load(DatapathConfig {
+            max_sessions: 64,
+            pin_dir: pins.0.clone(),
+            ..DatapathConfig::default()
+        })
+        .unwrap();
+        let mut core = Core::new(
+            CoreParams {
+                policy: Policy::default(),
+                identity: crate::proto::identity::generate(&dir.join("gw.key"), false).unwrap(),
+                peers: Peers::new(),
+                pool: Pool::new(
+                    "10.77.0.0/24".parse().unwrap(),
+                    [Ipv4Addr::new(10, 77, 0, 1)],
+                ),
+                exit_data: "127.0.0.1:9".parse().unwrap(),
+                gw_exit: "127.0.0.1:9".parse().unwrap(),
+                link_key: [9; 32],
+                start_us: now * 1000,
+                node: 1,
+            },
+            dp,
+            EventBus::new(64),
+            now,
+        );
+        // As `gateway::run` starts a cluster node.
+        core.enable_cluster(1, Sealer::new(&key));
+        core.set_lease_until(lease_until_ms(&a, &clock));
+        let snap = a.snapshot().unwrap();
+        let mine = core.split_snapshot(&snap, now).unwrap();
+        assert_eq!(mine.len(), 1, "node 1's own session");
+        core.resume(mine.into_iter().map(|(rev, e, _)| (rev, e)).collect(), now);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        a.watch(snap.revision, tx).unwrap();
+        // Node 2 starts another session after the snapshot: the watch tells node 1.
+        let e3 = create(&b, &sealer, 0xb3, [10, 77, 0, 4], now);
+        until(&mut core, &mut rx, &clock, "node 2's new session", |c| {
+            c.owner_of(0xb3) == Some((2, e3))
+        });
+
+        let sock = dir.join("jvpn.sock");
+        let (status, sessions) = ask(&mut core, &a, &sock, &clock);
+        let s = status_of(status);
+        println!("{}", serde_json::to_string_pretty(&s).unwrap());
+        assert_eq!((s.node, s.root.as_str()), (1, root));
+        let lease = a.lease();
+        assert_eq!((s.lease.id, s.lease.ttl_s, s.lease.term), (lease.id, 2, 1));
+        assert!(
+            s.lease.live && s.lease.left_ms > 0 && s.lease.left_ms <= 2000,
+            "{:?}",
+            s.lease
+        );
+        assert!(s.etcd.reachable, "{:?}", s.etcd);
+        assert_eq!(s.etcd.endpoints, vec![etcd.endpoint()]);
+        assert!(
+            s.etcd.revision.is_some_and(|r| r >= e3 as i64),
+            "{:?}",
+            s.etcd
+        );
+        assert!(s.etcd.member_id.is_some() && s.etcd.raft_term.is_some());
+        let node = |n: u16, announced, sessions| NodeStatus {
+            node: n,
+            announced,
+            about: Some(format!("test node {n}")),
+            sessions,
+        };
+        assert_eq!(s.nodes, vec![node(1, true, 1), node(2, true, 2)]);
+        let counts = ClusterSessions {
+            owned: 1,
+            foreign: 2,
+            unowned: 0,
+        };
+        assert_eq!(s.sessions, counts);
+        assert_eq!(
+            s.ownership.keys().collect::<Vec<_>>().len(),
+            OWNERSHIP_KINDS.len()
+        );
+        // `sessions` lists node 1's own, with its owner and the epoch of its creation.
+        let owners: Vec<_> = sessions
+            .iter()
+            .map(|i| (i.id, i.owner_node, i.owner_epoch))
+            .collect();
+        assert_eq!(owners, vec![(SessionId(0xa1), Some(1), Some(e1))]);
+        assert_ne!(e1, e2);
+
+        // Node 2 ends its lease: its announcement and its owner keys go with it; its
+        // sessions stay admitted here, with no owner, for a takeover.
+        b.resign().unwrap();
+        until(&mut core, &mut rx, &clock, "node 2 gone", |c| {
+            c.cluster_status(0).is_some_and(|s| s.sessions.unowned == 2)
+                && c.cluster.as_ref().is_some_and(|v| !v.nodes[&2].up)
+        });
+        let (status, _) = ask(&mut core, &a, &sock, &clock);
+        let s = status_of(status);
+        assert_eq!(s.nodes, vec![node(1, true, 1), node(2, false, 0)]);
+        assert_eq!(
+            s.sessions,
+            ClusterSessions {
+                unowned: 2,
+                ..counts
+            }
+        );
+        let stats: Stats = match core.on_request(&Request::Stats, clock.now_ms()) {
+            Response::Ok { data } => serde_json::from_value(data).unwrap(),
+            r => panic!("{r:?}"),
+        };
+        let cs = stats.cluster.clone().expect("a cluster node's stats");
+        assert!(cs.lease_live);
+        assert_eq!((cs.node, cs.sessions.clone()), (1, s.sessions.clone()));
+        let text = crate::control::metrics::render(&stats);
+        for want in [
+            "jvpn_cluster_sessions{owner=\"this_node\"} 1\n",
+            "jvpn_cluster_sessions{owner=\"other_node\"} 0\n",
+            "jvpn_cluster_sessions{owner=\"none\"} 2\n",
+            "jvpn_cluster_lease_live 1\n",
+            "jvpn_ownership_changes_total{kind=\"lost\"} 0\n",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
+        }
+
+        // Without a cluster the same request is the one-line error.
+        let view = core.cluster.take();
+        match core.on_request(&Request::ClusterStatus, clock.now_ms()) {
+            Response::Error { error } => assert_eq!(error, NOT_A_CLUSTER),
+            r => panic!("{r:?}"),
+        }
+        core.cluster = view;
+        drop(core);
+        drop(pins);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

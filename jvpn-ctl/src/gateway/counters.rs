@@ -12,8 +12,9 @@ pub struct Counters {
     pub malformed: BTreeMap<String, u64>,
     /// KEEPALIVE answers by outcome (see `control::api::Stats::keepalives`).
     pub keepalives: BTreeMap<String, u64>,
-    /// Cluster ownership: `adopting` (a takeover started), `acquired`, `lost`,
-    /// `refused` (a write etcd did not take), `in_doubt` (no answer).
+    /// Cluster ownership (`control::api::OWNERSHIP_KINDS`): `adopting` (a takeover
+    /// started), `acquired`, `lost`, `refused` (a write etcd did not take),
+    /// `in_doubt` (no answer).
     pub ownership: BTreeMap<String, u64>,
     pub security_events: u64,
     /// Replies the socket buffer refused.

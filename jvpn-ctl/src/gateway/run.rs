@@ -237,7 +237,12 @@ pub async fn run(
             Some(c) = call_rx.recv() => {
                 // Answered after the commit: a kill or drain the store refused did
                 // not happen.
-                let resp = core.on_request(&c.request, clock.now_ms());
+                let resp = match (&c.request, &db) {
+                    (control::api::Request::ClusterStatus, Db::Cluster(cl, ..)) => {
+                        cluster_status(&core, cl, clock.now_ms())
+                    }
+                    _ => core.on_request(&c.request, clock.now_ms()),
+                };
                 let resp = match db.commit(&mut core, clock.now_ms())? {
                     Some(e) => control::api::Response::error(format_args!("nothing changed: {e}")),
                     None => resp,
@@ -417,8 +422,24 @@ fn open_store(cfg: &GatewayConfig) -> Result<(Opened, Sealer), GatewayError> {
     Ok((Opened::Single(store), Sealer::new(&key)))
 }
 
+/// `jvpn-ctl cluster status`: the core's view and what the etcd client thread last
+/// heard (shared state; the loop never waits for etcd to answer it).
+pub(super) fn cluster_status(
+    core: &Core,
+    c: &crate::cluster::Cluster,
+    now_ms: u64,
+) -> control::api::Response {
+    match core.cluster_status(now_ms) {
+        Some(mut s) => {
+            super::cluster::etcd_facts(c, &mut s);
+            control::api::Response::ok(&s)
+        }
+        None => control::api::Response::error(control::api::NOT_A_CLUSTER),
+    }
+}
+
 /// The lease's deadline on the core's clock.
-fn lease_until_ms(c: &crate::cluster::Cluster, clock: &Clock) -> u64 {
+pub(super) fn lease_until_ms(c: &crate::cluster::Cluster, clock: &Clock) -> u64 {
     let now = Instant::now();
     match c.lease().until {
         Some(u) if u > now => clock.now_ms() + (u - now).as_millis() as u64,
@@ -479,6 +500,7 @@ impl Db {
         // The watch missed changes: every session as the cluster holds it now.
         tracing::warn!("the cluster watch fell behind: reading every session again");
         let snap = c.snapshot()?;
+        core.note_nodes(&snap.nodes);
         for (id, s) in &snap.sessions {
             core.on_cluster_change(
                 crate::cluster::Change::Owner {
