@@ -170,10 +170,16 @@ impl TestClient {
     /// Waits up to `timeout` for a datagram on `t`: a verified control message, a
     /// decrypted DATA payload (the inner packet), or silence.
     pub fn recv(&mut self, t: impl Route, timeout: Duration) -> Reply {
+        self.recv_from(t.sock(), timeout)
+            .map_or(Reply::Silence, |(r, _)| r)
+    }
+
+    /// As [`TestClient::recv`] on socket `sock`, with the sender (which node).
+    pub fn recv_from(&mut self, sock: usize, timeout: Duration) -> Option<(Reply, SocketAddr)> {
         let deadline = Instant::now() + timeout;
         let mut buf = [0u8; 2048];
         while Instant::now() < deadline {
-            let Ok((n, _)) = self.socks[t.sock()].recv_from(&mut buf) else {
+            let Ok((n, from)) = self.socks[sock].recv_from(&mut buf) else {
                 continue;
             };
             let pkt = &mut buf[..n];
@@ -181,16 +187,16 @@ impl TestClient {
                 let (sid, _, inner) =
                     proto::data::open(&self.x2c, pkt).expect("DATA from the exit authenticates");
                 assert_eq!(sid, self.id());
-                return Reply::Data(inner.to_vec());
+                return Some((Reply::Data(inner.to_vec()), from));
             }
             let u = Unverified::decode(pkt).expect("well-formed control message");
             let m = u
                 .verify(&self.mac)
                 .expect("control message MAC verifies")
                 .clone();
-            return Reply::Control(m);
+            return Some((Reply::Control(m), from));
         }
-        Reply::Silence
+        None
     }
 
     /// Receives, skipping DATA and keepalive acks, until a control message or silence.

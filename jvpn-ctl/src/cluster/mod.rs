@@ -34,7 +34,7 @@ pub mod lease;
 mod thread;
 
 pub use health::Health;
-pub use keys::Keys;
+pub use keys::{Key, Keys, parse_owner_value};
 pub use lease::LeaseView;
 
 pub const DEFAULT_ROOT: &str = "/jvpn/v1/";

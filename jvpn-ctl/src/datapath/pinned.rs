@@ -42,6 +42,12 @@ impl Pinned {
         self.sessions.keys().filter(Result::is_ok).count()
     }
 
+    /// Session `id`'s entry as the relay sees it (`None`: the relay drops its
+    /// packets as unknown).
+    pub fn entry(&self, id: u64) -> Option<SessionEntry> {
+        self.sessions.get(&id, 0).ok()
+    }
+
     pub fn drops(&self) -> Result<Drops, DatapathError> {
         super::sum_drops(&self.drops)
     }

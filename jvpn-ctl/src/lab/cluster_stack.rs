@@ -31,7 +31,7 @@ use crate::{
     client::ClientStatus,
     control::{
         Client,
-        api::{SessionId, SessionInfo},
+        api::{SessionId, SessionInfo, Stats},
     },
     exit::{self, CountersSnapshot},
     proto::{self, Peers},
@@ -392,6 +392,11 @@ etcd_timeout_ms = {timeout}
             .ok()
     }
 
+    /// Node `n`'s counters (`None` if it is down).
+    pub fn stats(&self, n: usize) -> Option<Stats> {
+        Client::connect(self.socket(n)).ok()?.stats().ok()
+    }
+
     /// A UDP socket in the client's namespace on its tunnel address (the agent's
     /// TUN), for traffic through the tunnel.
     pub fn tunnel_socket(&self) -> Option<UdpSocket> {
@@ -450,7 +455,7 @@ etcd_timeout_ms = {timeout}
     pub fn logs(&self) -> String {
         let mut s = String::new();
         for n in 0..self.lab.nodes.len() {
-            if let Ok(st) = Client::connect(self.socket(n)).and_then(|mut c| c.stats()) {
+            if let Some(st) = self.stats(n) {
                 s.push_str(&format!("--- node{} stats ---\n{st:?}\n", n + 1));
             }
         }

@@ -6,6 +6,7 @@ pub mod capture;
 pub mod cluster;
 pub mod cluster_stack;
 pub mod etcd;
+pub mod etcd_view;
 pub mod exit_thread;
 pub mod gateway;
 pub mod netns;
