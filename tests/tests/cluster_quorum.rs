@@ -1,0 +1,134 @@
+//! etcd loses its quorum (two of three members killed): every reattach, at the owner
+//! and at the other node, is denied `ownership_ambiguous` and changes nothing, also
+//! once the owner's lease has run out on its own clock; established traffic keeps
+//! flowing (the relay and the exit need no etcd). With the members back, the
+//! session's next reattach succeeds, and it never left its owner.
+
+use std::{net::SocketAddr, time::Duration};
+
+use jvpn_ctl::{
+    lab::{cluster::CLIENT, cluster_stack::ClusterOptions, etcd_view},
+    proto::{self, Body},
+    session::{Detail, State},
+};
+use jvpn_tests::{
+    cluster::{ClusterStack, ECHO_PORT, EXIT_TUN, LEASE_TTL_S},
+    require_root,
+    tclient::{TestClient, Via},
+};
+
+fn denied(reply: &Option<proto::Control>) -> Option<Detail> {
+    match reply.as_ref().map(|c| &c.body) {
+        Some(Body::ReattachDenied { reason }) => Detail::from_code(*reason),
+        _ => None,
+    }
+}
+
+#[test]
+fn without_an_etcd_quorum_every_reattach_is_denied_and_nothing_changes() {
+    require_root!();
+    let Some(mut s) = ClusterStack::start_with(
+        "clq",
+        ClusterOptions {
+            etcd_members: 3,
+            ..ClusterOptions::default()
+        },
+    ) else {
+        return;
+    };
+    let key = proto::identity::load(&s.dir.join("client.key")).unwrap();
+    let gw_pub =
+        proto::identity::public_key(&proto::identity::load(&s.dir.join("gateway.key")).unwrap());
+    let (a, b) = (s.lab.nodes[0].addr(), s.lab.nodes[1].addr());
+    let binds = [42000, 42001, 42002].map(|p| SocketAddr::from((CLIENT, p)));
+    let mut c = TestClient::connect_in(&s.lab.client, &binds, Via(0, a), &key, &gw_pub, EXIT_TUN);
+    let id = c.id();
+    let before = s.session(0, id).expect("node 1 owns it");
+    let view = etcd_view::read(
+        &s.lab.exit.name,
+        &s.etcd.endpoints(),
+        "/jvpn/v1/",
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    let owner = view.owners[&id];
+    let installs = s.exit_counters().link_installs;
+
+    s.etcd.members[1].kill().unwrap();
+    s.etcd.members[2].kill().unwrap();
+    let check = |c: &mut TestClient, when: &str| {
+        for (sock, gw, who) in [(1, a, "the owner"), (1, b, "the other node")] {
+            assert_eq!(
+                denied(&c.reattach(Via(sock, gw))),
+                Some(Detail::OwnershipAmbiguous),
+                "{who} denies without a quorum ({when})\n{}",
+                s.logs()
+            );
+        }
+        let now = s.session(0, id).expect("node 1 still holds it");
+        assert_eq!(
+            (now.state, now.generation, &now.binding),
+            (State::Attached, before.generation, &before.binding),
+            "nothing changed ({when})"
+        );
+        assert!(s.session(1, id).is_none(), "node 2 holds nothing ({when})");
+        assert_eq!(
+            c.echo(Via(0, a), ECHO_PORT, b"no quorum"),
+            Some(b"no quorum".to_vec()),
+            "established traffic flows ({when})"
+        );
+    };
+    check(&mut c, "at once");
+    // Node 1 cannot renew its lease: past its own deadline it stops acting as owner.
+    s.wait(
+        "node 1's lease to lapse on its own clock",
+        Duration::from_secs(LEASE_TTL_S + 5),
+        || {
+            s.stats(0)
+                .and_then(|st| st.cluster)
+                .is_some_and(|cl| !cl.lease_live)
+        },
+    );
+    check(&mut c, "after node 1's lease deadline");
+    assert_eq!(
+        s.exit_counters().link_installs,
+        installs,
+        "the exit was told nothing"
+    );
+
+    for m in &mut s.etcd.members[1..] {
+        m.restart().unwrap();
+    }
+    // The next reattach succeeds at the owner once it has a live lease again.
+    let mut tries = 0;
+    s.wait(
+        "a reattach at the owner after the quorum is back",
+        Duration::from_secs(20),
+        || {
+            tries += 1;
+            matches!(
+                c.reattach(Via(2, a)).map(|m| m.body),
+                Some(Body::ReattachAck { .. })
+            )
+        },
+    );
+    let after = s.session(0, id).expect("node 1 owns it still");
+    assert_eq!((after.state, after.generation), (State::Attached, 2));
+    assert!(s.session(1, id).is_none());
+    let view = etcd_view::read(
+        &s.lab.exit.name,
+        &s.etcd.endpoints(),
+        "/jvpn/v1/",
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    assert_eq!(view.owners[&id].node, 1, "etcd: still node 1's");
+    eprintln!(
+        "owner epoch {} before, {} after the outage; {tries} reattach attempt(s) after the restore",
+        owner.epoch, view.owners[&id].epoch
+    );
+    assert_eq!(
+        c.echo(Via(2, a), ECHO_PORT, b"quorum back"),
+        Some(b"quorum back".to_vec())
+    );
+}
