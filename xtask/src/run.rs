@@ -2,6 +2,7 @@
 //!
 //! * no arguments: `jvpn-ctl lab run` (the lab scenario);
 //! * `--keep`: `jvpn-ctl lab run --keep` (the lab stays up);
+//! * `--cluster`: `jvpn-ctl lab run --cluster` (the gateway-cluster scenario);
 //! * `--iface IFACE [--config FILE]`: `jvpn-ctl gateway` on a real interface;
 //! * anything else starting with a verb: `jvpn-ctl ARGS`.
 
@@ -20,11 +21,12 @@ fn translate(args: &[OsString]) -> Result<Vec<OsString>> {
     let out: Vec<&str> = match strs.as_slice() {
         [] => vec!["lab", "run"],
         ["--keep"] => vec!["lab", "run", "--keep"],
+        ["--cluster"] => vec!["lab", "run", "--cluster"],
         [first, ..] if first.starts_with("--") => {
             if !strs.contains(&"--iface") {
                 bail!(
                     "unknown option {first}: use `cargo xtask run` (lab scenario), \
-                     `-- --keep`, `-- --iface IFACE [--config FILE]`, or `-- VERB ARGS` for jvpn-ctl"
+                     `-- --keep`, `-- --cluster`, `-- --iface IFACE [--config FILE]`, or `-- VERB ARGS` for jvpn-ctl"
                 );
             }
             let mut v = vec!["gateway"];
@@ -75,6 +77,7 @@ mod tests {
     fn arguments_map_to_jvpn_ctl() {
         assert_eq!(t(&[]).unwrap(), ["lab", "run"]);
         assert_eq!(t(&["--keep"]).unwrap(), ["lab", "run", "--keep"]);
+        assert_eq!(t(&["--cluster"]).unwrap(), ["lab", "run", "--cluster"]);
         assert_eq!(
             t(&["--iface", "eth0", "--config", "g.toml"]).unwrap(),
             ["gateway", "--iface", "eth0", "--config", "g.toml"]

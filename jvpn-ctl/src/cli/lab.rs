@@ -1,10 +1,10 @@
-//! `jvpn-ctl lab run|down`: the scenario of `cargo xtask run`, and removing labs left
-//! by `--keep`.
+//! `jvpn-ctl lab run|down`: the scenarios of `cargo xtask run` (a single gateway, or
+//! `--cluster`), and removing labs left by `--keep`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context as _;
-use jvpn_ctl::lab::{scenario, stack};
+use jvpn_ctl::lab::{cluster_scenario, scenario, stack};
 
 #[derive(clap::Subcommand)]
 pub enum Command {
@@ -15,6 +15,10 @@ pub enum Command {
         /// Leave the lab running (with instructions) instead of running the scenario.
         #[arg(long)]
         keep: bool,
+        /// The gateway-cluster scenario instead: two nodes on a 3-member etcd, the
+        /// owner killed, partitioned from etcd, etcd's quorum lost (docs/gateway.md).
+        #[arg(long, conflicts_with = "keep")]
+        cluster: bool,
     },
     /// Remove the labs left running by `lab run --keep` (all, or the one named).
     Down {
@@ -41,13 +45,16 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Run { keep } => {
+        Command::Run { keep, cluster } => {
             // SAFETY: the handler only stores to an atomic.
             unsafe {
                 libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
                 libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
             }
             let bin = std::env::current_exe().context("locating jvpn-ctl")?;
+            if cluster {
+                return run_cluster(&bin);
+            }
             match scenario::run(&bin, keep, &INTERRUPTED) {
                 Ok(Some(summary)) => {
                     print!("{}", scenario::render(&summary));
@@ -65,5 +72,23 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
                 Err(e) => Err(e).context("lab scenario failed; the lab has been removed"),
             }
         }
+    }
+}
+
+fn run_cluster(bin: &std::path::Path) -> anyhow::Result<()> {
+    match cluster_scenario::run(bin, &INTERRUPTED) {
+        Ok(summary) => {
+            print!("{}", cluster_scenario::render(&summary));
+            println!("\nLab removed.");
+            anyhow::ensure!(
+                summary.failures.is_empty(),
+                "the cluster's guarantees did not all hold (see the summary)"
+            );
+            Ok(())
+        }
+        Err(e) if INTERRUPTED.load(Ordering::SeqCst) => {
+            anyhow::bail!("interrupted ({e}); the lab has been removed")
+        }
+        Err(e) => Err(e).context("cluster lab scenario failed; the lab has been removed"),
     }
 }

@@ -156,21 +156,30 @@ impl ClusterLab {
     }
 
     /// The client's UDP from [`CLIENT_PORT`] leaves with source port `port` from now
-    /// on (`None`: unmapped again), as behind a NAT whose mapping moved: an
-    /// nftables SNAT in the client's namespace, its UDP conntrack flushed so that
-    /// the flows already seen are mapped anew. The gateway sees a new binding.
+    /// on (`None`: unmapped again), as behind a NAT whose mapping moved: the gateway
+    /// sees a new binding. A stateless nftables rewrite in the client's namespace
+    /// (the source port on the way out, the destination port back on the way in,
+    /// what still arrives for the unmapped port dropped, as a NAT drops it), so the
+    /// move is atomic with the next packet. (A conntrack SNAT plus a flush is not:
+    /// a packet from the gateway arriving first after the flush creates an entry
+    /// without the mapping, or one that clashes with it, and the client keeps its
+    /// old port or cannot send at all.)
     pub fn rebind_client(&self, port: Option<u16>) -> Result<()> {
         let script = match port {
             Some(p) => format!(
                 "add table ip jvpn_rebind; delete table ip jvpn_rebind; add table ip jvpn_rebind; \
-                 add chain ip jvpn_rebind post {{ type nat hook postrouting priority 100; }}; \
-                 add rule ip jvpn_rebind post ip saddr {CLIENT} udp sport {CLIENT_PORT} \
-                 snat to {CLIENT}:{p}"
+                 add chain ip jvpn_rebind out {{ type filter hook output priority -300; }}; \
+                 add rule ip jvpn_rebind out ip saddr {CLIENT} udp sport {CLIENT_PORT} \
+                 notrack udp sport set {p}; \
+                 add chain ip jvpn_rebind pre {{ type filter hook prerouting priority -300; }}; \
+                 add rule ip jvpn_rebind pre ip daddr {CLIENT} udp dport {CLIENT_PORT} drop; \
+                 add rule ip jvpn_rebind pre ip daddr {CLIENT} udp dport {p} \
+                 notrack udp dport set {CLIENT_PORT}"
             ),
             None => "add table ip jvpn_rebind; delete table ip jvpn_rebind".to_string(),
         };
         self.client.exec("nft", &[&script])?;
-        super::gateway::flush_udp_conntrack(&self.client)
+        Ok(())
     }
 
     /// Drops (or, `false`, allows again) node `n`'s traffic to etcd (every member:

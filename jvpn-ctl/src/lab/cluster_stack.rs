@@ -279,6 +279,15 @@ etcd_timeout_ms = {timeout}
         self.dir.join("client.sock")
     }
 
+    /// The echo server's (distinct stream packets received, duplicates): a stream
+    /// packet the exit delivers twice shows as a duplicate.
+    pub fn echo_counts(&self) -> (u64, u64) {
+        self.echo
+            .as_ref()
+            .map(EchoServer::counts)
+            .unwrap_or_default()
+    }
+
     /// Starts node `n` (0-based) and waits for its control socket.
     pub fn start_node(&mut self, n: usize) -> Result<()> {
         let name = format!("node{}", n + 1);

@@ -4,6 +4,7 @@
 
 pub mod capture;
 pub mod cluster;
+pub mod cluster_scenario;
 pub mod cluster_stack;
 pub mod etcd;
 pub mod etcd_view;

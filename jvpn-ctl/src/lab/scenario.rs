@@ -84,7 +84,7 @@ pub struct Switch {
 }
 
 /// Prints one timeline line: seconds since `t0` (Unix ms), who, what.
-fn line(t0: u64, at_ms: u64, who: &str, what: &str) {
+pub(super) fn line(t0: u64, at_ms: u64, who: &str, what: &str) {
     let t = at_ms.saturating_sub(t0) as f64 / 1000.0;
     println!("{t:8.3}s  {who:<8} {what}");
 }
@@ -148,7 +148,7 @@ fn describe(e: &EventRecord) -> Option<String> {
 }
 
 /// Prints `socket`'s events as they happen, until the socket goes away.
-fn follow(socket: &Path, who: &'static str, t0: u64) {
+pub(super) fn follow(socket: &Path, who: &'static str, t0: u64) {
     let socket = socket.to_path_buf();
     std::thread::spawn(move || {
         if let Ok(c) = crate::control::Client::connect(&socket) {
