@@ -70,11 +70,75 @@ fn the_owner_killed_the_session_continues_on_the_other_node() {
     // Node 1 back: the session stays with node 2 and keeps working.
     s.node_links(0, true);
     s.start_node(0);
-    std::thread::sleep(Duration::from_millis(500));
+    // Started, node 1 admits node 2's session in its relay (so that a reattach can
+    // reach it), without forwarding it.
+    let entry = jvpn_ctl::datapath::Pinned::open(&s.lab.nodes[0].pins.0)
+        .unwrap()
+        .entry(id)
+        .expect("node 1's relay admits node 2's session after a restart");
+    assert_eq!(entry.flags & jvpn_common::maps::FLAG_FORWARDING, 0);
     assert!(s.session(0, id).is_none(), "node 1 does not take it back");
     assert!(
         s.ping(Duration::from_secs(1)),
         "traffic still flows through node 2"
     );
     assert_eq!(s.session(1, id).map(|x| x.generation), Some(2));
+}
+
+/// Every node down longer than its lease: etcd keeps the session's record but no
+/// owner. Both nodes back, the session is nobody's until the client's next
+/// reattach, which the node it reaches takes (same SessionID, next generation).
+#[test]
+fn all_nodes_restarted_after_their_leases_the_next_reattach_resumes_the_session() {
+    use jvpn_ctl::lab::{cluster::CLIENT, etcd_view};
+    use jvpn_tests::{
+        cluster::EXIT_TUN,
+        tclient::{TestClient, Via},
+    };
+    require_root!();
+    let Some(mut s) = ClusterStack::start("clz") else {
+        return;
+    };
+    let key = jvpn_ctl::proto::identity::load(&s.dir.join("client.key")).unwrap();
+    let gw_pub = jvpn_ctl::proto::identity::public_key(
+        &jvpn_ctl::proto::identity::load(&s.dir.join("gateway.key")).unwrap(),
+    );
+    let a = s.lab.nodes[0].addr();
+    let binds = [45000, 45001].map(|p| std::net::SocketAddr::from((CLIENT, p)));
+    let mut c = TestClient::connect_in(&s.lab.client, &binds, Via(0, a), &key, &gw_pub, EXIT_TUN);
+    let id = c.id();
+    let owners = |s: &ClusterStack| {
+        etcd_view::read(
+            &s.lab.exit.name,
+            &s.etcd.endpoints(),
+            "/jvpn/v1/",
+            Duration::from_secs(2),
+        )
+        .unwrap()
+    };
+    assert_eq!(owners(&s).owners.get(&id).map(|o| o.node), Some(1));
+    s.kill_node(0);
+    s.kill_node(1);
+    s.wait("etcd to drop both leases", Duration::from_secs(10), || {
+        !owners(&s).owners.contains_key(&id)
+    });
+    assert!(owners(&s).records.contains_key(&id), "the record stays");
+    s.start_node(0);
+    s.start_node(1);
+    let reply = c.reattach(Via(1, a));
+    assert!(
+        matches!(
+            reply.as_ref().map(|m| &m.body),
+            Some(jvpn_ctl::proto::Body::ReattachAck { .. })
+        ),
+        "the reattach resumes the session: {reply:?}\n{}",
+        s.logs()
+    );
+    let info = s.session(0, id).expect("node 1 holds it again");
+    assert_eq!((info.state, info.generation), (State::Attached, 2));
+    assert_eq!(owners(&s).owners.get(&id).map(|o| o.node), Some(1));
+    assert_eq!(
+        c.echo(Via(1, a), jvpn_tests::cluster::ECHO_PORT, b"resumed"),
+        Some(b"resumed".to_vec())
+    );
 }

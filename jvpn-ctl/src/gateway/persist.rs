@@ -228,11 +228,16 @@ impl Core {
     /// the record says (the record wins over a map entry a crash left half-way: the
     /// reply that depended on the newer one was never sent), its tunnel address
     /// back from the pool, and its keys at the exit again; map entries no record
-    /// explains are removed; then one tick ends what expired while the controller
-    /// was away (CLOSE, REVOKE, the record deleted).
+    /// explains are removed (another node's session in a cluster is explained: its
+    /// admission entry, written from the snapshot before this, is what lets its
+    /// reattach reach this node); then one tick ends what expired while the
+    /// controller was away (CLOSE, REVOKE, the record deleted).
     pub fn resume(&mut self, records: Vec<(Revision, Entry)>, now_ms: u64) -> Resumed {
         let mut r = Resumed::default();
-        let known: HashSet<u64> = records.iter().map(|(_, e)| e.session.id).collect();
+        let mut known: HashSet<u64> = records.iter().map(|(_, e)| e.session.id).collect();
+        if let Some(c) = &self.cluster {
+            known.extend(c.foreign.keys().copied());
+        }
         for id in self.dp.session_ids() {
             if !known.contains(&id) {
                 match self.dp.remove_session(id) {
