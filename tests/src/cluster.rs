@@ -57,6 +57,11 @@ impl ClusterStack {
             .unwrap_or_else(|e| panic!("starting node {}: {e}", n + 1));
     }
 
+    /// As [`ClusterStack::start_node`], the error returned (the node exited).
+    pub fn try_start_node(&mut self, n: usize) -> std::io::Result<()> {
+        self.0.start_node(n)
+    }
+
     pub fn start_client(&mut self, extra: &str) {
         self.0
             .start_client(extra)

@@ -230,13 +230,7 @@ impl TestClient {
 
     /// An inner IPv4/UDP packet from the tunnel address to `EXIT_TUN:port`, sealed.
     pub fn data(&mut self, port: u16, payload: &[u8]) -> Vec<u8> {
-        let inner = udp_packet(
-            self.tunnel_addr(),
-            self.exit_tun,
-            5555,
-            port,
-            payload,
-        );
+        let inner = udp_packet(self.tunnel_addr(), self.exit_tun, 5555, port, payload);
         self.data_ctr += 1;
         let mut out = Vec::new();
         proto::data::seal(&self.c2x, self.id(), self.data_ctr, &inner, &mut out);

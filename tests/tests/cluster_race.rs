@@ -27,8 +27,13 @@ const SESSIONS: usize = 6;
 const ROOT: &str = "/jvpn/v1/";
 
 fn etcd(s: &ClusterStack) -> etcd_view::View {
-    etcd_view::read(&s.lab.exit.name, &s.etcd.endpoints(), ROOT, Duration::from_secs(2))
-        .unwrap_or_else(|e| panic!("reading etcd: {e}"))
+    etcd_view::read(
+        &s.lab.exit.name,
+        &s.etcd.endpoints(),
+        ROOT,
+        Duration::from_secs(2),
+    )
+    .unwrap_or_else(|e| panic!("reading etcd: {e}"))
 }
 
 /// What one node answered a request: `Some(true)` a challenge, `Some(false)` a
@@ -139,7 +144,10 @@ fn two_nodes_race_for_a_session_and_exactly_one_wins() {
         // The winner's ACK ends the exchange.
         let ack = c.recv_control(Via(1, addrs[winner]), Duration::from_secs(3));
         assert!(
-            matches!(ack.as_ref().map(|m| &m.body), Some(Body::ReattachAck { .. })),
+            matches!(
+                ack.as_ref().map(|m| &m.body),
+                Some(Body::ReattachAck { .. })
+            ),
             "node {} acknowledged: {ack:?}\n{}",
             winner + 1,
             s.logs()

@@ -59,7 +59,17 @@ pub struct ClusterView {
     pub adopted: HashSet<u64>,
     /// The nodes seen under `nodes/` (for `jvpn-ctl cluster status` only).
     pub nodes: BTreeMap<u16, Announced>,
+    /// Claims and acquisitions of this node's sessions that got no answer (etcd
+    /// unreachable, no lease yet): the session stays here, its owner key perhaps
+    /// missing, until the same op, sent again, settles it either way.
+    pub unclaimed: HashMap<u64, crate::cluster::Op>,
+    /// When those may be sent again (core clock, ms).
+    pub retry_claims_at_ms: u64,
 }
+
+/// How often unanswered claims go out again: seldom enough that a slow etcd is
+/// not flooded, often enough that the store agrees again soon after it answers.
+const CLAIM_RETRY_MS: u64 = 1000;
 
 /// A node's announcement as the snapshot and the watch showed it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -79,6 +89,8 @@ impl Core {
             foreign: HashMap::new(),
             adopted: HashSet::new(),
             nodes: BTreeMap::new(),
+            unclaimed: HashMap::new(),
+            retry_claims_at_ms: 0,
         });
     }
 
@@ -419,12 +431,31 @@ impl Core {
 
     /// After a new lease: every session of this node, to be acquired again (its
     /// owner key went with the old lease).
-    pub fn reacquire_ops(&self) -> Vec<crate::cluster::Op> {
+    pub fn reacquire_ops(&mut self) -> Vec<crate::cluster::Op> {
+        // These replace whatever was still unanswered.
+        if let Some(c) = self.cluster.as_mut() {
+            c.unclaimed.clear();
+        }
         self.sessions
             .iter()
             .filter(|(_, e)| e.rev > 0)
             .map(|(&id, e)| crate::cluster::Op::Acquire { id, expect: e.rev })
             .collect()
+    }
+
+    /// The unanswered claims and acquisitions to send again now (at most once a
+    /// second, and only with a live lease): those of sessions still here.
+    pub fn claims_to_retry(&mut self, now_ms: u64) -> Vec<crate::cluster::Op> {
+        let live = self.lease_live(now_ms);
+        let Some(c) = self.cluster.as_mut() else {
+            return Vec::new();
+        };
+        if c.unclaimed.is_empty() || !live || now_ms < c.retry_claims_at_ms {
+            return Vec::new();
+        }
+        c.retry_claims_at_ms = now_ms + CLAIM_RETRY_MS;
+        c.unclaimed.retain(|id, _| self.sessions.contains_key(id));
+        c.unclaimed.values().cloned().collect()
     }
 
     /// The outcomes of claims and acquisitions ([`crate::cluster::Op::Claim`],
@@ -439,12 +470,20 @@ impl Core {
         use crate::cluster::Outcome;
         for (op, o) in ops.iter().zip(outcomes) {
             let id = op.id();
+            let unanswered = matches!(o, Outcome::Failed(_));
             match o {
                 Outcome::Done { epoch, .. } => self.owned_at(id, epoch, true, now_ms),
                 Outcome::Lost { owner, .. } => self.lose(id, owner, now_ms),
                 Outcome::Failed(err) => {
-                    tracing::warn!(session = %SessionId(id), "claiming a session: {err}");
+                    tracing::warn!(session = %SessionId(id), "claiming a session (sent again later): {err}");
                     bump(&mut self.counters.ownership, "in_doubt");
+                }
+            }
+            if let Some(c) = self.cluster.as_mut() {
+                if unanswered {
+                    c.unclaimed.insert(id, op.clone());
+                } else {
+                    c.unclaimed.remove(&id);
                 }
             }
         }
@@ -593,7 +632,7 @@ mod tests {
         lab::etcd::start_or_skip,
         proto::Peers,
         session::{Policy, Session, State},
-        store::StoreKey,
+        store::{StoreError, StoreKey},
     };
 
     struct Pins(PathBuf);
@@ -719,6 +758,105 @@ mod tests {
         }
     }
 
+    /// A core on real BPF maps (pinned under `pins`), as `gateway::run` makes one.
+    fn node_core(dir: &Path, pins: &Pins, now: u64) -> Core {
+        let dp = Datapath::load(DatapathConfig {
+            max_sessions: 64,
+            pin_dir: pins.0.clone(),
+            ..DatapathConfig::default()
+        })
+        .unwrap();
+        Core::new(
+            CoreParams {
+                policy: Policy::default(),
+                identity: crate::proto::identity::generate(&dir.join("gw.key"), false).unwrap(),
+                peers: Peers::new(),
+                pool: Pool::new(
+                    "10.77.0.0/24".parse().unwrap(),
+                    [Ipv4Addr::new(10, 77, 0, 1)],
+                ),
+                exit_data: "127.0.0.1:9".parse().unwrap(),
+                gw_exit: "127.0.0.1:9".parse().unwrap(),
+                link_key: [9; 32],
+                start_us: now * 1000,
+                node: 1,
+            },
+            dp,
+            EventBus::new(64),
+            now,
+        )
+    }
+
+    /// An acquisition etcd did not answer (a new lease, etcd slow): the session
+    /// stays, and the same op goes out again, once a second with a live lease,
+    /// until an answer settles it; then the store names this node again.
+    #[test]
+    fn an_unanswered_acquisition_is_sent_again_until_it_settles() {
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIPPED an_unanswered_acquisition_is_sent_again: needs root (BPF maps)");
+            return;
+        }
+        let Some(etcd) = start_or_skip("claim retry") else {
+            return;
+        };
+        let root = "/t/retry/";
+        let dir = temp_dir("cl-retry");
+        let (key, _) = StoreKey::load_or_create(&dir.join("store.key")).unwrap();
+        let sealer = Sealer::new(&key);
+        let clock = Clock::new();
+        let a = join(etcd.endpoint(), root, 1);
+        let now = clock.now_ms();
+        let epoch = create(&a, &sealer, 0xa1, [10, 77, 0, 2], now);
+        let pins = Pins(PathBuf::from(format!(
+            "/sys/fs/bpf/jvpn-cl-retry-{}",
+            std::process::id()
+        )));
+        let mut core = node_core(&dir, &pins, now);
+        core.enable_cluster(1, Sealer::new(&key));
+        core.set_lease_until(lease_until_ms(&a, &clock));
+        let snap = a.snapshot().unwrap();
+        let mine = core.split_snapshot(&snap, now).unwrap();
+        core.resume(mine.into_iter().map(|(rev, e, _)| (rev, e)).collect(), now);
+        assert_eq!(core.owner_of(0xa1), Some((1, epoch)));
+
+        // The node's lease ends at etcd (its owner key goes with it); the next
+        // lease's acquisition gets no answer.
+        a.resign().unwrap();
+        let a = join(etcd.endpoint(), root, 1);
+        core.set_lease_until(lease_until_ms(&a, &clock));
+        let ops = core.reacquire_ops();
+        assert_eq!(ops.len(), 1);
+        let now = clock.now_ms();
+        let unanswered = StoreError::Etcd {
+            endpoints: etcd.endpoint(),
+            what: "committing",
+            cause: "no answer within 500ms".into(),
+        };
+        core.claimed(&ops, vec![Outcome::Failed(unanswered)], now);
+        assert!(core.sessions.contains_key(&0xa1), "the session stays");
+        let again = core.claims_to_retry(now);
+        assert_eq!(again.len(), 1, "sent again");
+        assert!(
+            core.claims_to_retry(now + 10).is_empty(),
+            "not before a second has passed"
+        );
+        // Answered this time: this node owns it again, at a new epoch.
+        let outcomes = a.commit(again.clone());
+        core.claimed(&again, outcomes, now);
+        let (node, new_epoch) = core.owner_of(0xa1).expect("owned");
+        assert_eq!(node, 1);
+        assert!(new_epoch > epoch, "a new epoch: {new_epoch} after {epoch}");
+        assert_eq!(
+            a.get(0xa1).unwrap().owner.map(|o| (o.node, o.epoch)),
+            Some((1, new_epoch)),
+            "etcd names this node again"
+        );
+        assert!(
+            core.claims_to_retry(now + 2000).is_empty(),
+            "nothing left to send"
+        );
+    }
+
     #[test]
     fn cluster_status_and_owner_columns() {
         if unsafe { libc::geteuid() } != 0 {
@@ -743,31 +881,7 @@ mod tests {
             "/sys/fs/bpf/jvpn-cl-status-{}",
             std::process::id()
         )));
-        let dp = Datapath::load(DatapathConfig {
-            max_sessions: 64,
-            pin_dir: pins.0.clone(),
-            ..DatapathConfig::default()
-        })
-        .unwrap();
-        let mut core = Core::new(
-            CoreParams {
-                policy: Policy::default(),
-                identity: crate::proto::identity::generate(&dir.join("gw.key"), false).unwrap(),
-                peers: Peers::new(),
-                pool: Pool::new(
-                    "10.77.0.0/24".parse().unwrap(),
-                    [Ipv4Addr::new(10, 77, 0, 1)],
-                ),
-                exit_data: "127.0.0.1:9".parse().unwrap(),
-                gw_exit: "127.0.0.1:9".parse().unwrap(),
-                link_key: [9; 32],
-                start_us: now * 1000,
-                node: 1,
-            },
-            dp,
-            EventBus::new(64),
-            now,
-        );
+        let mut core = node_core(&dir, &pins, now);
         // As `gateway::run` starts a cluster node.
         core.enable_cluster(1, Sealer::new(&key));
         core.set_lease_until(lease_until_ms(&a, &clock));

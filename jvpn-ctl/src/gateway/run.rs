@@ -531,6 +531,11 @@ impl Db {
         core.set_lease_until(lease_until_ms(c, clock));
         let now = c.lease();
         if now.term == *term || now.id == 0 {
+            let ops = core.claims_to_retry(clock.now_ms());
+            if !ops.is_empty() {
+                let outcomes = c.commit(ops.clone());
+                core.claimed(&ops, outcomes, clock.now_ms());
+            }
             return;
         }
         *term = now.term;

@@ -297,11 +297,32 @@ etcd_timeout_ms = {timeout}
         let sock = self.socket(n);
         let _ = fs::remove_file(&sock);
         self.spawn(&ns, &name, &["gateway", "--config", &cfg])?;
-        self.wait(
-            &format!("{name}'s control socket"),
-            Duration::from_secs(15),
-            || Client::connect(&sock).is_ok(),
-        )
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Client::connect(&sock).is_err() {
+            // A gateway that cannot join its cluster (etcd unreachable, no leader)
+            // exits saying why; a supervisor would start it again.
+            if let Some(status) = self.exited(&name) {
+                let log = self.log(&name);
+                let last = log.lines().last().unwrap_or_default();
+                return Err(Error::other(format!("{name} exited ({status}): {last}")));
+            }
+            if Instant::now() > deadline {
+                return Err(Error::other(format!(
+                    "{name}'s control socket did not answer within 15 s\n{}",
+                    self.logs()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// The exit status of process `name` if it has exited (it is then forgotten).
+    fn exited(&mut self, name: &str) -> Option<std::process::ExitStatus> {
+        let i = self.procs.iter().position(|(p, _)| p == name)?;
+        let status = self.procs[i].1.try_wait().ok().flatten()?;
+        self.procs.remove(i);
+        Some(status)
     }
 
     /// Whether node `n`'s controller runs.

@@ -90,6 +90,10 @@ fn read_here(endpoints: &[String], root: &str, timeout: Duration) -> Result<View
     rt.block_on(async {
         tokio::time::timeout(timeout, read)
             .await
-            .unwrap_or_else(|_| Err(format!("etcd ({endpoints:?}) did not answer within {timeout:?}")))
+            .unwrap_or_else(|_| {
+                Err(format!(
+                    "etcd ({endpoints:?}) did not answer within {timeout:?}"
+                ))
+            })
     })
 }
