@@ -76,6 +76,12 @@ fn cluster_lab_scenario_runs_and_cleans_up() {
     assert!(text.contains("unchanged through every step"), "{text}");
     assert!(text.contains("  guarantees    all held\n"), "{text}");
     assert!(text.contains("Lab removed."), "{text}");
+    // The honest client's answers never look forged, also when a node's etcd
+    // write was refused after it had asked.
+    assert!(
+        !text.contains("SECURITY"),
+        "a security event from the lab's own client:\n{text}"
+    );
 
     // The session's path: A, B after A died, still B with A back, A after B was cut
     // off, one more reattach once etcd had its quorum again.

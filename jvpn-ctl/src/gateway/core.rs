@@ -236,7 +236,8 @@ impl Core {
     }
 
     /// The replies of the current batch that need not wait for its commit
-    /// (WELCOME, REATTACH_CHALLENGE, KEEPALIVE_ACK, refusals): what they announce is
+    /// (WELCOME, REATTACH_CHALLENGE of a single gateway, KEEPALIVE_ACK, refusals):
+    /// what they announce is
     /// either not stored (BIRTH, liveness) or harmless if a crash takes it back (a
     /// challenge the restarted gateway no longer knows is refused when answered,
     /// and the client asks again). Sending them now spares them the fsync.
@@ -469,11 +470,15 @@ impl Core {
         let Some(e) = self.sessions.get(&id) else {
             return;
         };
-        // A session being taken over is not this node's until its owner key is
-        // written: its challenge waits for that too.
-        let adopting = self.cluster.is_some() && e.epoch == 0;
+        // In a cluster a challenge waits for the batch that moved the session into
+        // RECOVERING: etcd may refuse it (the owner cannot confirm its lease, another
+        // node took the session), and a challenge whose state was rolled back would
+        // make the client's honest answer look forged (proof_invalid). A session
+        // being taken over is not this node's until its owner key is written either.
+        let challenge_waits =
+            self.cluster.is_some() && matches!(body, Body::ReattachChallenge { .. });
         let after_commit =
-            adopting || matches!(body, Body::ReattachAck { .. } | Body::Close { .. });
+            challenge_waits || matches!(body, Body::ReattachAck { .. } | Body::Close { .. });
         let mac = e.mac.clone();
         self.send_sealed(id, &mac, local, to, body, after_commit);
     }

@@ -368,7 +368,25 @@ impl Core {
                 }
             })
             .collect();
-        let outcomes = cluster.commit(ops);
+        // Without a lease it can vouch for, this node changes nothing (its lease may
+        // be gone at etcd): refused at once rather than after a timeout that would
+        // hold up every other answer of this loop while etcd is away.
+        let vouched = self.lease_live(now_ms);
+        let outcomes = if vouched {
+            cluster.commit(ops)
+        } else {
+            ops.iter()
+                .map(|_| {
+                    Outcome::Failed(crate::store::StoreError::Etcd {
+                        endpoints: cluster.endpoints().to_owned(),
+                        what: "committing",
+                        cause: "this node's lease is not confirmed (etcd has not answered \
+                                its keep-alives): no change until it is"
+                            .into(),
+                    })
+                })
+                .collect()
+        };
         let mut refused = std::collections::BTreeSet::new();
         let mut lost = Vec::new();
         let me = cluster.node();
@@ -405,7 +423,12 @@ impl Core {
                     refused.insert(id);
                 }
                 Outcome::Failed(e) => {
-                    tracing::warn!(session = %crate::control::api::SessionId(id), "cluster write: {e}");
+                    // The lease's own warnings already say that etcd is away.
+                    if vouched {
+                        tracing::warn!(session = %crate::control::api::SessionId(id), "cluster write: {e}");
+                    } else {
+                        tracing::debug!(session = %crate::control::api::SessionId(id), "cluster write: {e}");
+                    }
                     r.in_doubt += 1;
                     bump(&mut self.counters.ownership, "in_doubt");
                     refused.insert(id);

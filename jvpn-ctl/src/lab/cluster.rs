@@ -184,8 +184,9 @@ impl ClusterLab {
 
     /// Drops (or, `false`, allows again) node `n`'s traffic to etcd (every member:
     /// all TCP to the exit's address, where only etcd listens; the link and DATA are
-    /// UDP): an nftables rule in its own namespace, so etcd and the other nodes are
-    /// untouched. Established connections stall as in a real partition.
+    /// UDP), both ways: nftables rules in its own namespace, so etcd and the other
+    /// nodes are untouched. Established connections stall as in a real partition
+    /// (with only the way out dropped, etcd's watch events would still get in).
     pub fn cut_from_etcd(&self, n: usize, cut: bool) -> Result<()> {
         let ns = &self.nodes[n].ns;
         if cut {
@@ -194,7 +195,10 @@ impl ClusterLab {
                 &[&format!(
                     "add table inet jvpn_cut; add chain inet jvpn_cut out \
                      {{ type filter hook output priority 0; policy accept; }}; \
-                     add rule inet jvpn_cut out ip daddr {EXIT} meta l4proto tcp drop"
+                     add rule inet jvpn_cut out ip daddr {EXIT} meta l4proto tcp drop; \
+                     add chain inet jvpn_cut in \
+                     {{ type filter hook input priority 0; policy accept; }}; \
+                     add rule inet jvpn_cut in ip saddr {EXIT} meta l4proto tcp drop"
                 )],
             )?;
         } else {

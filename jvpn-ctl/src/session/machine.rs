@@ -242,7 +242,26 @@ fn reattach_request(s: &Session, mut c: Ctx, r: &Request, p: &Policy) -> Step {
     };
     match refusal {
         Some(detail) => c.deny(r.from, detail, true),
-        // (7) Challenge the candidate.
+        // (7) Challenge the candidate. A request again from the address already
+        // being challenged (the client's attempt timed out while this controller
+        // was busy) gets the same challenge again: the client answers whichever
+        // arrives first, and a fresh one would make its answer look forged.
+        None if c
+            .s
+            .pending
+            .as_ref()
+            .is_some_and(|k| k.addr == r.from && k.expires_ms > now) =>
+        {
+            let challenge =
+                c.s.pending
+                    .as_ref()
+                    .map(|k| k.challenge)
+                    .unwrap_or_default();
+            c.actions.push(Action::SendChallenge {
+                to: r.from,
+                challenge,
+            });
+        }
         None => {
             c.s.pending = Some(Candidate {
                 addr: r.from,

@@ -1393,3 +1393,34 @@ fn policy_toml_wrong_type_errors() {
     let e = toml::from_str::<Policy>("max_rtt_ms = \"fast\"").unwrap_err();
     assert!(e.to_string().contains("max_rtt_ms"), "{e}");
 }
+
+/// The client asks again from the same address before its first challenge came
+/// back (the controller was slow): it gets the same challenge, so whichever copy
+/// it answers proves it, and no honest answer looks forged.
+#[test]
+fn a_repeated_request_from_the_candidate_gets_the_same_challenge() {
+    let first = run(&attached(), req(a(2), 1, T0 + 10, 7), T0 + 10);
+    assert_eq!(
+        first.session.pending.as_ref().map(|k| k.challenge),
+        Some([7; 16])
+    );
+    let again = run(&first.session, req(a(2), 2, T0 + 20, 8), T0 + 20);
+    assert!(again.actions.contains(&Action::SendChallenge {
+        to: a(2),
+        challenge: [7; 16]
+    }));
+    assert_eq!(again.session.pending, first.session.pending);
+    let done = run(&again.session, confirm(a(2), 7), T0 + 30);
+    assert_eq!(done.session.state, State::Attached);
+    assert_eq!(done.session.binding, Some(a(2)));
+    // From another address, a request still gets its own challenge.
+    let other = run(&first.session, req(a(3), 2, T0 + 20, 9), T0 + 20);
+    assert_eq!(
+        other
+            .session
+            .pending
+            .as_ref()
+            .map(|k| (k.addr, k.challenge)),
+        Some((a(3), [9; 16]))
+    );
+}
