@@ -153,9 +153,14 @@ fn a_full_state_dir_refuses_handshakes_and_reattaches_and_changes_nothing() {
         Some(&b"still bound"[..])
     );
 
-    // A new request needs a write too (its candidate): refused at once.
+    // A new request needs a write too (its candidate): refused at once. Its
+    // challenge left before the commit (a single gateway does not hold it back) and
+    // is the pending one again (the same candidate), so the client's confirm of it
+    // is refused the same way.
     let reply = a.reattach(Lte);
     assert!(denied(&reply), "{reply:?}");
+    let reply = a.recv_control(Lte, Duration::from_secs(2));
+    assert!(denied(&reply), "the confirm sent meanwhile: {reply:?}");
     unchanged(&lab, "a refused request");
     assert!(lab.events().iter().any(|e| matches!(
         e,

@@ -298,7 +298,9 @@ etcd_timeout_ms = {timeout}
         let _ = fs::remove_file(&sock);
         self.spawn(&ns, &name, &["gateway", "--config", &cfg])?;
         let deadline = Instant::now() + Duration::from_secs(15);
-        while Client::connect(&sock).is_err() {
+        // Answered, not just bound: the socket exists before the node has read its
+        // snapshot and resumed; the run loop answers only after that.
+        while Client::connect(&sock).and_then(|mut c| c.stats()).is_err() {
             // A gateway that cannot join its cluster (etcd unreachable, no leader)
             // exits saying why; a supervisor would start it again.
             if let Some(status) = self.exited(&name) {
