@@ -7,12 +7,21 @@ use std::{
     time::Duration,
 };
 
-use jvpn_ctl::lab::{
-    cluster_stack::{self, ClusterOptions, ClusterStackError},
-    etcd::EtcdError,
+use jvpn_ctl::{
+    lab::{
+        cluster::CLIENT,
+        cluster_stack::{self, ClusterOptions, ClusterStackError},
+        etcd::EtcdError,
+        etcd_view,
+    },
+    proto::{self, Body, Control},
+    session::Detail,
 };
 
-use crate::gwlab::jvpn_ctl_bin;
+use crate::{
+    gwlab::jvpn_ctl_bin,
+    tclient::{TestClient, Via},
+};
 
 pub use jvpn_ctl::lab::cluster_stack::{ECHO_PORT, EXIT_TUN};
 
@@ -45,6 +54,43 @@ impl ClusterStack {
         }
     }
 
+    /// A protocol-level client with a socket on each of the client's `ports`, its
+    /// session established over the first one with node `n`.
+    pub fn test_client(&self, ports: &[u16], n: usize) -> TestClient {
+        let key = proto::identity::load(&self.dir.join("client.key")).unwrap();
+        let gw = proto::identity::load(&self.dir.join("gateway.key")).unwrap();
+        let binds: Vec<_> = ports
+            .iter()
+            .map(|&p| std::net::SocketAddr::from((CLIENT, p)))
+            .collect();
+        TestClient::connect_in(
+            &self.lab.client,
+            &binds,
+            Via(0, self.lab.nodes[n].addr()),
+            &key,
+            &proto::identity::public_key(&gw),
+            EXIT_TUN,
+        )
+    }
+
+    /// What etcd holds, read directly (a few tries: a member just killed may have
+    /// been the leader).
+    pub fn etcd_view(&self) -> etcd_view::View {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match etcd_view::read(
+                &self.lab.exit.name,
+                &self.etcd.endpoints(),
+                jvpn_ctl::cluster::DEFAULT_ROOT,
+                Duration::from_secs(3),
+            ) {
+                Ok(v) => return v,
+                Err(e) if std::time::Instant::now() > deadline => panic!("reading etcd: {e}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+
     pub fn wait(&self, what: &str, within: Duration, ok: impl FnMut() -> bool) {
         self.0
             .wait(what, within, ok)
@@ -74,6 +120,14 @@ impl ClusterStack {
 
     pub fn cut_from_etcd(&self, n: usize, cut: bool) {
         self.0.cut_from_etcd(n, cut).unwrap();
+    }
+}
+
+/// The reason of a REATTACH_DENIED (`None`: some other answer, or none).
+pub fn denied(reply: &Option<Control>) -> Option<Detail> {
+    match reply.as_ref().map(|c| &c.body) {
+        Some(Body::ReattachDenied { reason }) => Detail::from_code(*reason),
+        _ => None,
     }
 }
 

@@ -6,28 +6,17 @@
 //! drops every packet of it (`data_stale_owner`) and delivers none; reconnected, the
 //! old owner learns it lost the session and lets go of it.
 
-use std::{
-    net::SocketAddr,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use jvpn_ctl::{
-    lab::cluster::CLIENT,
-    proto::{self, Body},
+    proto::Body,
     session::{Detail, State},
 };
 use jvpn_tests::{
-    cluster::{ClusterStack, ECHO_PORT, EXIT_TUN, LEASE_TTL_S},
+    cluster::{ClusterStack, ECHO_PORT, LEASE_TTL_S, denied},
     require_root,
-    tclient::{Reply, TestClient, Via, random},
+    tclient::{Reply, Via, random},
 };
-
-fn denied(reply: &Option<proto::Control>) -> Option<Detail> {
-    match reply.as_ref().map(|c| &c.body) {
-        Some(Body::ReattachDenied { reason }) => Detail::from_code(*reason),
-        _ => None,
-    }
-}
 
 #[test]
 fn an_owner_cut_from_etcd_is_fenced_and_taken_over() {
@@ -35,12 +24,8 @@ fn an_owner_cut_from_etcd_is_fenced_and_taken_over() {
     let Some(s) = ClusterStack::start("clp") else {
         return;
     };
-    let key = proto::identity::load(&s.dir.join("client.key")).unwrap();
-    let gw_pub =
-        proto::identity::public_key(&proto::identity::load(&s.dir.join("gateway.key")).unwrap());
     let (a, b) = (s.lab.nodes[0].addr(), s.lab.nodes[1].addr());
-    let binds = [41000, 41001].map(|p| SocketAddr::from((CLIENT, p)));
-    let mut c = TestClient::connect_in(&s.lab.client, &binds, Via(0, a), &key, &gw_pub, EXIT_TUN);
+    let mut c = s.test_client(&[41000, 41001], 0);
     let id = c.id();
     assert_eq!(
         c.echo(Via(0, a), ECHO_PORT, b"through a"),

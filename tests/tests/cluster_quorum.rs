@@ -4,25 +4,18 @@
 //! flowing (the relay and the exit need no etcd). With the members back, the
 //! session's next reattach succeeds, and it never left its owner.
 
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
 use jvpn_ctl::{
-    lab::{cluster::CLIENT, cluster_stack::ClusterOptions, etcd_view},
-    proto::{self, Body},
+    lab::cluster_stack::ClusterOptions,
+    proto::Body,
     session::{Detail, State},
 };
 use jvpn_tests::{
-    cluster::{ClusterStack, ECHO_PORT, EXIT_TUN, LEASE_TTL_S},
+    cluster::{ClusterStack, ECHO_PORT, LEASE_TTL_S, denied},
     require_root,
     tclient::{TestClient, Via},
 };
-
-fn denied(reply: &Option<proto::Control>) -> Option<Detail> {
-    match reply.as_ref().map(|c| &c.body) {
-        Some(Body::ReattachDenied { reason }) => Detail::from_code(*reason),
-        _ => None,
-    }
-}
 
 #[test]
 fn without_an_etcd_quorum_every_reattach_is_denied_and_nothing_changes() {
@@ -36,22 +29,11 @@ fn without_an_etcd_quorum_every_reattach_is_denied_and_nothing_changes() {
     ) else {
         return;
     };
-    let key = proto::identity::load(&s.dir.join("client.key")).unwrap();
-    let gw_pub =
-        proto::identity::public_key(&proto::identity::load(&s.dir.join("gateway.key")).unwrap());
     let (a, b) = (s.lab.nodes[0].addr(), s.lab.nodes[1].addr());
-    let binds = [42000, 42001, 42002].map(|p| SocketAddr::from((CLIENT, p)));
-    let mut c = TestClient::connect_in(&s.lab.client, &binds, Via(0, a), &key, &gw_pub, EXIT_TUN);
+    let mut c = s.test_client(&[42000, 42001, 42002], 0);
     let id = c.id();
     let before = s.session(0, id).expect("node 1 owns it");
-    let view = etcd_view::read(
-        &s.lab.exit.name,
-        &s.etcd.endpoints(),
-        "/jvpn/v1/",
-        Duration::from_secs(2),
-    )
-    .unwrap();
-    let owner = view.owners[&id];
+    let owner = s.etcd_view().owners[&id];
     let installs = s.exit_counters().link_installs;
 
     s.etcd.members[1].kill().unwrap();
@@ -115,13 +97,7 @@ fn without_an_etcd_quorum_every_reattach_is_denied_and_nothing_changes() {
     let after = s.session(0, id).expect("node 1 owns it still");
     assert_eq!((after.state, after.generation), (State::Attached, 2));
     assert!(s.session(1, id).is_none());
-    let view = etcd_view::read(
-        &s.lab.exit.name,
-        &s.etcd.endpoints(),
-        "/jvpn/v1/",
-        Duration::from_secs(2),
-    )
-    .unwrap();
+    let view = s.etcd_view();
     assert_eq!(view.owners[&id].node, 1, "etcd: still node 1's");
     eprintln!(
         "owner epoch {} before, {} after the outage; {tries} reattach attempt(s) after the restore",

@@ -13,28 +13,17 @@ use std::{
 use jvpn_common::maps::FLAG_FORWARDING;
 use jvpn_ctl::{
     datapath::Pinned,
-    lab::{cluster::CLIENT, cluster_stack::ClusterOptions, etcd_view},
+    lab::{cluster::CLIENT, cluster_stack::ClusterOptions},
     proto::{self, Body},
     session::{Detail, State},
 };
 use jvpn_tests::{
-    cluster::{ClusterStack, ECHO_PORT, EXIT_TUN, LEASE_TTL_S},
+    cluster::{ClusterStack, ECHO_PORT, LEASE_TTL_S},
     require_root,
     tclient::{Reply, TestClient, Via, now_ms},
 };
 
 const SESSIONS: usize = 6;
-const ROOT: &str = "/jvpn/v1/";
-
-fn etcd(s: &ClusterStack) -> etcd_view::View {
-    etcd_view::read(
-        &s.lab.exit.name,
-        &s.etcd.endpoints(),
-        ROOT,
-        Duration::from_secs(2),
-    )
-    .unwrap_or_else(|e| panic!("reading etcd: {e}"))
-}
 
 /// What one node answered a request: `Some(true)` a challenge, `Some(false)` a
 /// denial `ownership_ambiguous`.
@@ -83,25 +72,12 @@ fn two_nodes_race_for_a_session_and_exactly_one_wins() {
     ) else {
         return;
     };
-    let key = proto::identity::load(&s.dir.join("client.key")).unwrap();
-    let gw_pub =
-        proto::identity::public_key(&proto::identity::load(&s.dir.join("gateway.key")).unwrap());
     let addrs: Vec<SocketAddr> = s.lab.nodes.iter().map(|n| n.addr()).collect();
     let mut clients: Vec<TestClient> = (0..SESSIONS as u16)
-        .map(|i| {
-            let binds = [43000 + 2 * i, 43001 + 2 * i].map(|p| SocketAddr::from((CLIENT, p)));
-            TestClient::connect_in(
-                &s.lab.client,
-                &binds,
-                Via(0, addrs[2]),
-                &key,
-                &gw_pub,
-                EXIT_TUN,
-            )
-        })
+        .map(|i| s.test_client(&[43000 + 2 * i, 43001 + 2 * i], 2))
         .collect();
     let ids: Vec<u64> = clients.iter().map(TestClient::id).collect();
-    let v = etcd(&s);
+    let v = s.etcd_view();
     for id in &ids {
         assert_eq!(v.owners.get(id).map(|o| o.node), Some(3), "{id:016x}");
     }
@@ -112,7 +88,7 @@ fn two_nodes_race_for_a_session_and_exactly_one_wins() {
         "etcd to drop node 3's lease",
         Duration::from_secs(LEASE_TTL_S + 5),
         || {
-            let v = etcd(&s);
+            let v = s.etcd_view();
             ids.iter().all(|id| !v.owners.contains_key(id))
         },
     );
@@ -156,7 +132,7 @@ fn two_nodes_race_for_a_session_and_exactly_one_wins() {
     }
 
     // Everyone agrees on each winner.
-    let v = etcd(&s);
+    let v = s.etcd_view();
     for (i, (id, &w)) in ids.iter().zip(&winners).enumerate() {
         let owner = v.owners.get(id).copied();
         assert_eq!(owner.map(|o| o.node), Some(w as u16 + 1), "etcd, {id:016x}");

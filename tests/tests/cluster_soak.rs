@@ -29,12 +29,12 @@ use std::{
 };
 
 use jvpn_ctl::{
-    lab::{cluster::CLIENT, cluster_stack::ClusterOptions, etcd_view},
+    lab::{cluster_stack::ClusterOptions, etcd_view},
     proto::{self, Body},
     session::{Detail, State},
 };
 use jvpn_tests::{
-    cluster::{ClusterStack, ECHO_PORT, EXIT_TUN},
+    cluster::{ClusterStack, ECHO_PORT},
     require_root,
     tclient::{Reply, TestClient, Via, now_ms, udp_payload},
 };
@@ -333,26 +333,16 @@ fn a_seeded_soak_of_faults_under_traffic() {
     ) else {
         return;
     };
-    let key = proto::identity::load(&s.dir.join("client.key")).unwrap();
-    let gw_pub =
-        proto::identity::public_key(&proto::identity::load(&s.dir.join("gateway.key")).unwrap());
     let nodes = [s.lab.nodes[0].addr(), s.lab.nodes[1].addr()];
     let mut tallies = Vec::new();
     let mut threads = Vec::new();
     let mut ids = Vec::new();
     for k in 0..CLIENTS {
-        let binds: Vec<SocketAddr> = (0..SOCKETS)
-            .map(|j| SocketAddr::from((CLIENT, 44000 + (k * SOCKETS + j) as u16)))
+        let ports: Vec<u16> = (0..SOCKETS)
+            .map(|j| 44000 + (k * SOCKETS + j) as u16)
             .collect();
         let birth = k % NODES;
-        let c = TestClient::connect_in(
-            &s.lab.client,
-            &binds,
-            Via(0, nodes[birth]),
-            &key,
-            &gw_pub,
-            EXIT_TUN,
-        );
+        let c = s.test_client(&ports, birth);
         // Polled in turn with the others: a short wait each.
         for sock in &c.socks {
             sock.set_read_timeout(Some(Duration::from_millis(1)))
@@ -384,20 +374,7 @@ fn a_seeded_soak_of_faults_under_traffic() {
         if !quorum {
             return;
         }
-        // A member just killed may have been the leader: a few tries.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let v = loop {
-            match etcd_view::read(
-                &s.lab.exit.name,
-                &s.etcd.endpoints(),
-                "/jvpn/v1/",
-                Duration::from_secs(3),
-            ) {
-                Ok(v) => break v,
-                Err(e) if Instant::now() > deadline => panic!("reading etcd: {e}"),
-                Err(_) => thread::sleep(Duration::from_millis(100)),
-            }
-        };
+        let v = s.etcd_view();
         assert!(v.strays.is_empty(), "unexpected keys: {:?}", v.strays);
         for (id, o) in &v.owners {
             assert!((1..=NODES as u16).contains(&o.node), "{id:016x}: {o:?}");

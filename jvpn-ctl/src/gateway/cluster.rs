@@ -758,6 +758,33 @@ mod tests {
         }
     }
 
+    struct Setup {
+        etcd: crate::lab::etcd::Etcd,
+        dir: PathBuf,
+        key: StoreKey,
+        sealer: Sealer,
+        clock: Clock,
+    }
+
+    /// A real etcd, a temporary directory with a store key; `None` (said why) when
+    /// not root (BPF maps) or etcd is missing outside CI.
+    fn setup(test: &str, tag: &str) -> Option<Setup> {
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIPPED {test}: needs root (BPF maps)");
+            return None;
+        }
+        let etcd = start_or_skip(test)?;
+        let dir = temp_dir(tag);
+        let (key, _) = StoreKey::load_or_create(&dir.join("store.key")).unwrap();
+        Some(Setup {
+            etcd,
+            dir,
+            sealer: Sealer::new(&key),
+            key,
+            clock: Clock::new(),
+        })
+    }
+
     /// A core on real BPF maps (pinned under `pins`), as `gateway::run` makes one.
     fn node_core(dir: &Path, pins: &Pins, now: u64) -> Core {
         let dp = Datapath::load(DatapathConfig {
@@ -792,18 +819,17 @@ mod tests {
     /// until an answer settles it; then the store names this node again.
     #[test]
     fn an_unanswered_acquisition_is_sent_again_until_it_settles() {
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("SKIPPED an_unanswered_acquisition_is_sent_again: needs root (BPF maps)");
-            return;
-        }
-        let Some(etcd) = start_or_skip("claim retry") else {
+        let Some(Setup {
+            etcd,
+            dir,
+            key,
+            sealer,
+            clock,
+        }) = setup("an_unanswered_acquisition_is_sent_again", "cl-retry")
+        else {
             return;
         };
         let root = "/t/retry/";
-        let dir = temp_dir("cl-retry");
-        let (key, _) = StoreKey::load_or_create(&dir.join("store.key")).unwrap();
-        let sealer = Sealer::new(&key);
-        let clock = Clock::new();
         let a = join(etcd.endpoint(), root, 1);
         let now = clock.now_ms();
         let epoch = create(&a, &sealer, 0xa1, [10, 77, 0, 2], now);
@@ -859,18 +885,17 @@ mod tests {
 
     #[test]
     fn cluster_status_and_owner_columns() {
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("SKIPPED cluster_status_and_owner_columns: needs root (BPF maps)");
-            return;
-        }
-        let Some(etcd) = start_or_skip("cluster status") else {
+        let Some(Setup {
+            etcd,
+            dir,
+            key,
+            sealer,
+            clock,
+        }) = setup("cluster_status_and_owner_columns", "cl-status")
+        else {
             return;
         };
         let root = "/t/status/";
-        let dir = temp_dir("cl-status");
-        let (key, _) = StoreKey::load_or_create(&dir.join("store.key")).unwrap();
-        let sealer = Sealer::new(&key);
-        let clock = Clock::new();
         let a = join(etcd.endpoint(), root, 1);
         let b = join(etcd.endpoint(), root, 2);
         let now = clock.now_ms();
