@@ -19,13 +19,15 @@ use serde_json::Value;
 use super::{Bench, percentile, progress::Phase, stopped};
 use crate::agent::AgentLab;
 
-/// Four ctl-bench runs: the headline figures at `ctl_sessions` without a store, then
+/// Five ctl-bench runs: the headline figures at `ctl_sessions` without a store, then
 /// at `store_sessions` without a store, with the durable store (a directory on the
-/// disk the lab uses) and with a real single-member etcd on loopback, side by side.
+/// disk the lab uses), with a real single-member etcd on loopback as a single
+/// gateway's store, and as a cluster node commits (`--cluster`: one CAS transaction
+/// per changed session), side by side.
 pub fn controller(b: &mut Bench) -> Result<()> {
     let n = b.profile.ctl_sessions;
     let m = b.profile.store_sessions;
-    let phase = Phase::new("controller", 4);
+    let phase = Phase::new("controller", 5);
     let exe = std::env::current_exe()?;
     let bin = exe
         .parent()
@@ -73,6 +75,38 @@ pub fn controller(b: &mut Bench) -> Result<()> {
         b.set(key, etcd.get(from).cloned().unwrap_or(Value::Null));
     }
     b.set("ctl_bench_etcd", etcd.clone());
+    b.set(
+        "etcd_store_txns_per_reattach",
+        etcd.get("etcd_txns_per_reattach")
+            .cloned()
+            .unwrap_or(Value::Null),
+    );
+    let cluster = ctl_bench(&bin, &phase, &["--sessions", &m.to_string(), "--cluster"])?;
+    phase.step();
+    for (key, from) in [
+        ("handshakes_per_s_cluster", "handshakes_per_s"),
+        ("reattaches_per_s_cluster", "reattaches_per_s"),
+        ("etcd_txns_per_reattach", "etcd_txns_per_reattach"),
+        ("etcd_txns_per_handshake", "etcd_txns_per_handshake"),
+        ("etcd_rpcs_per_reattach", "etcd_rpcs_per_reattach"),
+    ] {
+        b.set(key, cluster.get(from).cloned().unwrap_or(Value::Null));
+    }
+    b.set("ctl_bench_cluster", cluster.clone());
+    let over = |a: &Value, base: &Value, k: &str| {
+        let (a, d) = (a.get(k)?.as_f64()?, base.get(k)?.as_f64()?);
+        (d > 0.0).then(|| (a / d * 1000.0).round() / 1000.0)
+    };
+    for (key, base, k) in [
+        ("handshakes_cluster_over_nostore", &none, "handshakes_per_s"),
+        ("reattaches_cluster_over_nostore", &none, "reattaches_per_s"),
+        ("handshakes_cluster_over_store", &store, "handshakes_per_s"),
+        ("reattaches_cluster_over_store", &store, "reattaches_per_s"),
+        ("handshakes_cluster_over_etcd", &etcd, "handshakes_per_s"),
+        ("reattaches_cluster_over_etcd", &etcd, "reattaches_per_s"),
+    ] {
+        b.set(key, over(&cluster, base, k));
+    }
     let ratio = |k: &str| {
         let (a, b) = (store.get(k)?.as_f64()?, none.get(k)?.as_f64()?);
         (b > 0.0).then(|| (a / b * 100.0).round() / 100.0)
@@ -104,13 +138,17 @@ pub fn controller(b: &mut Bench) -> Result<()> {
     b.set("ctl_bench_store", store.clone());
     phase.done(format!(
         "{} handshakes/s, {} reattaches/s, {} controller bytes/session at {n}; with the store \
-         at {m}: handshakes {}x, reattaches {}x, restart {} ms",
+         at {m}: handshakes {}x, reattaches {}x, restart {} ms; a cluster node at {m}: \
+         {} handshakes/s, {} reattaches/s, {} etcd transactions per reattach",
         v["handshakes_per_s"],
         v["reattaches_per_s"],
         v["bytes_per_session_ctl"],
         ratio("handshakes_per_s").unwrap_or(f64::NAN),
         ratio("reattaches_per_s").unwrap_or(f64::NAN),
-        store["restart_ms"]
+        store["restart_ms"],
+        cluster["handshakes_per_s"],
+        cluster["reattaches_per_s"],
+        cluster["etcd_txns_per_reattach"],
     ));
     Ok(())
 }
@@ -171,6 +209,10 @@ pub fn reattach_rtt(b: &mut Bench) -> Result<()> {
     let (t50, t99) = (percentile(&tmpfs, 0.5), percentile(&tmpfs, 0.99));
     b.set("reattach_rtt_us_p50", p50.round());
     b.set("reattach_rtt_us_p99", p99.round());
+    // The summary the cluster phase reports too, for the side-by-side table.
+    for (k, v) in super::cluster::summary(&disk) {
+        b.set(&format!("reattach_rtt_us_{k}"), v);
+    }
     b.set(
         "reattach_rtt_us",
         disk.iter().map(|v| v.round()).collect::<Vec<_>>(),

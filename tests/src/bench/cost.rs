@@ -2,6 +2,13 @@
 //! one frame and reports the average), the relay next to `XDP_DROP`, interleaved round
 //! by round so both see the same machine, at 1,000 / 65,536 / 1,000,000 sessions in
 //! the map. Also the kernel memory of the session maps at the largest count.
+//!
+//! The cluster check, in the same rounds: a cluster node admits the other nodes'
+//! sessions with a map entry that does not forward (`FLAG_FORWARDING` clear), so a
+//! reattach reaches its controller; their DATA is dropped `not_forwarding`, and a
+//! session id in no entry is dropped `unknown_session`, as on a single gateway. The
+//! same DATA frame, for an admitted foreign session and for an unknown id, timed next
+//! to the relayed frame: what a flood of each costs per packet.
 
 use anyhow::{Context as _, Result, ensure};
 use jvpn_common::maps::{FLAG_FORWARDING, SessionEntry};
@@ -12,12 +19,16 @@ use jvpn_ctl::{
 use serde_json::{Map, json};
 
 use super::{Bench, progress::Phase, stopped, topo};
-use crate::testrun::{XDP_REDIRECT, ns_per_run, run as test_run};
+use crate::testrun::{XDP_DROP, XDP_REDIRECT, ns_per_run, run as test_run};
 
 pub const COUNTS: [u64; 3] = [1_000, 65_536, 1_000_000];
 
 /// The probe session (outside the generator's id range), one more entry in the map.
 const PROBE_ID: u64 = 0x00c0_ffee_0000_0001;
+/// Another node's session, admitted without forwarding (one more entry).
+const FOREIGN_ID: u64 = 0x00c0_ffee_0000_0002;
+/// An id in no entry.
+const UNKNOWN_ID: u64 = 0x00c0_ffee_0000_0003;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -53,17 +64,34 @@ pub fn run(b: &mut Bench) -> Result<()> {
             ..Default::default()
         },
     )?;
-    let frame = FrameSpec {
+    // The foreign session's entry as a cluster node installs it for another node's
+    // session: its binding, forwarding off.
+    b.big.insert_session(
+        FOREIGN_ID,
+        &SessionEntry {
+            generation: 1,
+            flags: 0,
+            client: client.into(),
+            gw_client: topo::v4(topo::GW_IN_IP, topo::GW_PORT).into(),
+            exit: topo::v4(topo::SINK_IP, topo::GW_PORT).into(),
+            gw_exit: client.into(),
+            ..Default::default()
+        },
+    )?;
+    let spec = |session_id| FrameSpec {
         src_mac: b.topo.gen_mac,
         dst_mac: b.topo.gw_in_mac,
         src: client,
         dst: topo::v4(topo::GW_IN_IP, topo::GW_PORT),
         payload_len: p.payloads[0],
-        session_id: probe,
-    }
-    .build()?;
+        session_id,
+    };
+    let frame = spec(probe).build()?;
+    let foreign = spec(FOREIGN_ID).build()?;
+    let unknown = spec(UNKNOWN_ID).build()?;
     let ingress = b.topo.gw.ifindex(topo::GW_IN)?;
     let (mut relay_ns, mut drop_ns) = (Map::new(), Map::new());
+    let (mut foreign_ns, mut unknown_ns) = (Map::new(), Map::new());
     for &n in &counts {
         b.fill_big(n, &phase)?;
         stopped()?;
@@ -72,7 +100,7 @@ pub fn run(b: &mut Bench) -> Result<()> {
             p.cost_rounds, p.cost_repeat
         ));
         let Bench { topo, big, .. } = b;
-        let (r, d) = topo.gw.run(|| -> Result<(f64, f64)> {
+        let [r, d, f, u] = topo.gw.run(|| -> Result<[f64; 4]> {
             let once = test_run(big.program(RELAY_PROGRAM)?, &frame, ingress);
             let twice = test_run(big.program(RELAY_PROGRAM)?, &once.out, ingress);
             ensure!(
@@ -83,33 +111,84 @@ pub fn run(b: &mut Bench) -> Result<()> {
                 once.action,
                 twice.action
             );
-            let (mut relay, mut drop) = (Vec::new(), Vec::new());
-            for _ in 0..p.cost_rounds {
-                relay.push(ns_per_run(
-                    big.program(RELAY_PROGRAM)?,
-                    &frame,
-                    ingress,
-                    p.cost_repeat,
-                ));
-                drop.push(ns_per_run(
-                    big.program(DROP_PROGRAM)?,
-                    &frame,
-                    ingress,
-                    p.cost_repeat,
-                ));
+            // The foreign and unknown frames are dropped, each for its reason.
+            for (what, f, reason) in [
+                ("foreign", &foreign, jvpn_common::counters::NOT_FORWARDING),
+                ("unknown", &unknown, jvpn_common::counters::UNKNOWN_SESSION),
+            ] {
+                let before = big.drops()?;
+                let run = test_run(big.program(RELAY_PROGRAM)?, f, ingress);
+                let after = big.drops()?;
+                ensure!(
+                    run.action == XDP_DROP && after[reason as usize] == before[reason as usize] + 1,
+                    "the {what} session's DATA: action {}, {} counted {} times",
+                    run.action,
+                    jvpn_common::counters::name(reason),
+                    after[reason as usize] - before[reason as usize]
+                );
             }
-            Ok((median(relay), median(drop)))
+            let mut v: [Vec<f64>; 4] = Default::default();
+            for _ in 0..p.cost_rounds {
+                for (k, (prog, f)) in [
+                    (RELAY_PROGRAM, &frame),
+                    (DROP_PROGRAM, &frame),
+                    (RELAY_PROGRAM, &foreign),
+                    (RELAY_PROGRAM, &unknown),
+                ]
+                .into_iter()
+                .enumerate()
+                {
+                    v[k].push(ns_per_run(big.program(prog)?, f, ingress, p.cost_repeat));
+                }
+            }
+            Ok(v.map(median))
         })?;
         relay_ns.insert(n.to_string(), round1(r).into());
         drop_ns.insert(n.to_string(), round1(d).into());
-        phase.say(format!("{n} sessions: relay {r:.1} ns, drop {d:.1} ns"));
+        foreign_ns.insert(n.to_string(), round1(f).into());
+        unknown_ns.insert(n.to_string(), round1(u).into());
+        phase.say(format!(
+            "{n} sessions: relay {r:.1} ns, drop {d:.1} ns; foreign (not_forwarding) {f:.1} ns, \
+             unknown id {u:.1} ns"
+        ));
         phase.step();
     }
     let at =
         |m: &Map<String, serde_json::Value>, n: u64| m.get(&n.to_string()).and_then(|v| v.as_f64());
     let (r1k, d1k) = (at(&relay_ns, 1_000), at(&drop_ns, 1_000));
     let r1m = at(&relay_ns, 1_000_000);
-    b.set("ns_per_pkt", json!({ "relay": relay_ns, "drop": drop_ns }));
+    b.set(
+        "ns_per_pkt",
+        json!({
+            "relay": relay_ns,
+            "drop": drop_ns,
+            "foreign": foreign_ns,
+            "unknown": unknown_ns,
+        }),
+    );
+    // The cluster check's figures at 1,000 sessions and at the largest count.
+    let big_n = counts.last().copied().unwrap_or(1_000);
+    let (f1k, u1k) = (at(&foreign_ns, 1_000), at(&unknown_ns, 1_000));
+    let ratio = |a: Option<f64>, d: Option<f64>| {
+        a.zip(d)
+            .filter(|(_, d)| *d > 0.0)
+            .map(|(a, d)| (a / d * 1000.0).round() / 1000.0)
+    };
+    b.set("foreign_over_relay", ratio(f1k, r1k));
+    b.set("unknown_over_relay", ratio(u1k, r1k));
+    b.set("foreign_over_unknown", ratio(f1k, u1k));
+    b.set(
+        "foreign_over_unknown_big",
+        ratio(at(&foreign_ns, big_n), at(&unknown_ns, big_n)),
+    );
+    b.set(
+        "foreign_minus_drop_ns",
+        f1k.zip(d1k).map(|(f, d)| round1(f - d)),
+    );
+    b.set(
+        "unknown_minus_drop_ns",
+        u1k.zip(d1k).map(|(u, d)| round1(u - d)),
+    );
     b.set(
         "relay_minus_drop_ns",
         r1k.zip(d1k).map(|(r, d)| round1(r - d)),

@@ -4,6 +4,7 @@
 //! controller and memory. Writes one JSON object; `cargo xtask bench` renders the
 //! report from it.
 
+mod cluster;
 mod control;
 mod cost;
 pub mod machine;
@@ -57,7 +58,14 @@ pub fn percentile<T: Copy>(sorted: &[T], q: f64) -> T {
 }
 
 /// The phases, in the order they run.
-pub const PHASES: [&str; 5] = ["cost", "throughput", "swap", "controller", "reattach"];
+pub const PHASES: [&str; 6] = [
+    "cost",
+    "throughput",
+    "swap",
+    "controller",
+    "reattach",
+    "cluster",
+];
 
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -86,6 +94,8 @@ pub struct Profile {
     /// Sessions of the ctl-bench pair run without and with the durable store.
     pub store_sessions: u64,
     pub moves: usize,
+    /// Reattaches at a cluster node (the `cluster` phase): at least 20 samples.
+    pub cluster_moves: usize,
 }
 
 impl Profile {
@@ -102,6 +112,7 @@ impl Profile {
             ctl_sessions: 1_000_000,
             store_sessions: 100_000,
             moves: 200,
+            cluster_moves: 100,
         };
         if quick {
             Self {
@@ -113,6 +124,7 @@ impl Profile {
                 ctl_sessions: 2_000,
                 store_sessions: 2_000,
                 moves: 10,
+                cluster_moves: 20,
                 ..full
             }
         } else {
@@ -231,7 +243,8 @@ pub fn run(opts: Options) -> Result<(Value, bool)> {
             "throughput" => throughput::run(&mut b),
             "swap" => swap::run(&mut b),
             "controller" => control::controller(&mut b),
-            _ => control::reattach_rtt(&mut b),
+            "reattach" => control::reattach_rtt(&mut b),
+            _ => cluster::reattach_rtt(&mut b),
         };
         if let Err(e) = result {
             eprintln!("== {phase}: FAILED: {e:#}");

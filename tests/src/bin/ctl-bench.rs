@@ -9,9 +9,18 @@
 //! batches. The core gets a virtual clock (a wall-clock start, advanced 1 ms per
 //! batch step) so BIRTH and freshness timers behave as for back-to-back clients.
 //!
+//! `--store etcd` commits to a single gateway's etcd store; `--cluster` commits as a
+//! cluster node does (`Cluster::join`, one CAS transaction per changed session,
+//! `Core::persist_cluster`), both against a real single-member etcd on loopback
+//! started by the bench. etcd and the etcd client's threads run on the other CPUs,
+//! the controller alone on its own (a node's etcd is another machine). With etcd the
+//! round trips are counted from etcd's own `/metrics` (`grpc_server_handled_total`
+//! of the KV service, by method, and `etcd_server_proposals_committed_total`), read
+//! before and after each phase.
+//!
 //! Run as root: `cargo run --release -p jvpn-tests --bin ctl-bench -- [--sessions N]
-//! [--seconds S]`. Progress goes to stderr; the figures end as one JSON object on
-//! stdout.
+//! [--seconds S] [--store DIR|memory|etcd | --cluster]`. Progress goes to stderr;
+//! the figures end as one JSON object on stdout.
 
 use std::{
     alloc::{GlobalAlloc, Layout, System},
@@ -142,15 +151,19 @@ struct Args {
     /// A directory for the durable session store: every batch is committed (one
     /// fsync) before its replies count, as the daemon does.
     store: Option<std::path::PathBuf>,
+    /// Commit as a cluster node (node 1 of a one-node cluster on a real etcd).
+    cluster: bool,
 }
 
-const USAGE: &str = "usage: ctl-bench [--sessions N] [--seconds S] [--store DIR|memory|etcd]";
+const USAGE: &str =
+    "usage: ctl-bench [--sessions N] [--seconds S] [--store DIR|memory|etcd | --cluster]";
 
 fn parse_args() -> Result<Args, String> {
     let mut a = Args {
         sessions: DEFAULT_SESSIONS,
         seconds: 0.0,
         store: None,
+        cluster: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -180,21 +193,43 @@ fn parse_args() -> Result<Args, String> {
                     ))?;
             }
             "--store" => a.store = Some(value("--store")?.into()),
+            "--cluster" => a.cluster = true,
             "-h" | "--help" => return Err(USAGE.to_string()),
             other => return Err(format!("unknown argument {other:?} ({USAGE})")),
         }
     }
+    if a.cluster && a.store.is_some() {
+        return Err(format!(
+            "--cluster and --store exclude each other ({USAGE})"
+        ));
+    }
     Ok(a)
 }
 
-/// Pins this (single-threaded) process to the CPU it is running on; returns that CPU.
-fn pin_to_one_cpu() -> anyhow::Result<usize> {
+/// The CPU this thread is running on: the controller's.
+fn current_cpu() -> anyhow::Result<usize> {
     // SAFETY: sched_getcpu has no preconditions.
     let cpu = unsafe { libc::sched_getcpu() };
-    let cpu = usize::try_from(cpu)
-        .map_err(|_| anyhow!("sched_getcpu: {}", std::io::Error::last_os_error()))?;
-    jvpn_ctl::bench::cpus::pin_current_thread(cpu)?;
-    Ok(cpu)
+    usize::try_from(cpu).map_err(|_| anyhow!("sched_getcpu: {}", std::io::Error::last_os_error()))
+}
+
+/// Confines this thread to `cpus`; what it starts from now on (etcd, the etcd
+/// client's threads) inherits that.
+fn confine_to(cpus: &[usize]) -> anyhow::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &c in cpus {
+        // SAFETY: c < CPU_SETSIZE (an allowed CPU).
+        unsafe { libc::CPU_SET(c, &mut set) };
+    }
+    // SAFETY: pid 0 is the calling thread; the set is initialised.
+    if unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) } != 0 {
+        bail!(
+            "confining a thread to CPUs {cpus:?}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
 }
 
 fn wall_ms() -> u64 {
@@ -238,20 +273,37 @@ struct Bench {
     now: u64,
     /// Clients created so far (warm-up included): the next client's index.
     created: usize,
-    store: Option<(Box<dyn SessionStore>, Sealer)>,
+    store: Db,
+}
+
+/// Where the group commits go.
+enum Db {
+    None,
+    Store(Box<dyn SessionStore>, Box<Sealer>),
+    /// A cluster node: every changed session is one CAS transaction at etcd.
+    Cluster(Box<jvpn_ctl::cluster::Cluster>),
 }
 
 /// The daemon's group commit: what a batch changed, durable before its replies.
-fn commit(
-    core: &mut Core,
-    store: &mut Option<(Box<dyn SessionStore>, Sealer)>,
-) -> anyhow::Result<()> {
+fn commit(core: &mut Core, store: &mut Db, now: u64) -> anyhow::Result<()> {
     match store {
-        Some((st, sealer)) => match core.persist(st.as_mut(), sealer, 0)? {
+        Db::Store(st, sealer) => match core.persist(st.as_mut(), sealer, 0)? {
             jvpn_ctl::gateway::Commit::Durable => {}
             jvpn_ctl::gateway::Commit::RolledBack { error, .. } => bail!("store: {error}"),
         },
-        None => core.discard_pending(),
+        Db::Cluster(c) => {
+            let r = core
+                .persist_cluster(c, now)
+                .map_err(|e| anyhow!("cluster commit: {e}"))?;
+            ensure!(
+                r.lost == 0 && r.in_doubt == 0,
+                "cluster commit: {} writes refused, {} without an answer ({} written)",
+                r.lost,
+                r.in_doubt,
+                r.written
+            );
+        }
+        Db::None => core.discard_pending(),
     }
     Ok(())
 }
@@ -275,8 +327,22 @@ fn us_per(d: Duration, n: usize) -> f64 {
 }
 
 impl Bench {
+    /// The next instant of the virtual clock. A cluster node's lease deadline is
+    /// carried into the core before every step, as the run loop keeps it (the
+    /// deadline as the etcd client thread has it now, on the core's clock).
     fn tick(&mut self) -> u64 {
         self.now += 1;
+        if let Db::Cluster(c) = &self.store {
+            let left = c.lease().until.map_or(0, |u| {
+                u.saturating_duration_since(Instant::now()).as_millis()
+            });
+            let until = if left == 0 {
+                0
+            } else {
+                self.now + u64::try_from(left).unwrap_or(u64::MAX / 2)
+            };
+            self.core.set_lease_until(until);
+        }
         self.now
     }
 
@@ -336,7 +402,7 @@ impl Bench {
             for (hello, peer) in hellos.iter().zip(&peers) {
                 self.core.on_datagram(GW_LOCAL, *peer, hello, now);
             }
-            commit(&mut self.core, &mut self.store)?;
+            commit(&mut self.core, &mut self.store, now)?;
             steps.first += t.elapsed();
             let welcomes = self.take_udp(&peers, "HELLO")?;
 
@@ -352,7 +418,7 @@ impl Bench {
             for (s, peer) in sessions.iter().zip(&peers) {
                 self.core.on_datagram(GW_LOCAL, *peer, &s.confirm, now);
             }
-            commit(&mut self.core, &mut self.store)?;
+            commit(&mut self.core, &mut self.store, now)?;
             steps.second += t.elapsed();
 
             // Exit: open INSTALLs, seal ACKs (untimed).
@@ -385,9 +451,54 @@ impl Bench {
             for ack in &acks {
                 self.core.on_link_frame(ack, now);
             }
-            commit(&mut self.core, &mut self.store)?;
+            commit(&mut self.core, &mut self.store, now)?;
             steps.third += t.elapsed();
+            // A cluster node learns the session's epoch from that commit (the owner
+            // key it created) and INSTALLs the keys again with it: the exit's fencing
+            // token. Those go out next to the ESTABLISHEDs.
+            let (udp, link): (Vec<Outgoing>, Vec<Outgoing>) = std::mem::take(&mut self.core.out)
+                .into_iter()
+                .partition(|o| matches!(o, Outgoing::Udp { .. }));
+            self.core.out = udp;
             let established = self.take_udp(&peers, "INSTALL ACK")?;
+            if !link.is_empty() {
+                ensure!(
+                    link.len() == b,
+                    "INSTALL ACK: {} link frames for {b} sessions",
+                    link.len()
+                );
+                // In the order the commit's answers came back, not the batch's.
+                let mut want: std::collections::HashSet<u64> =
+                    sessions.iter().map(|s| s.session_id).collect();
+                let mut acks = Vec::with_capacity(b);
+                for o in link {
+                    let Outgoing::Link { data: frame, .. } = o else {
+                        bail!("INSTALL ACK: unexpected reply {o:?}");
+                    };
+                    let id = match self.exit.open(&frame).context("exit: epoch INSTALL")? {
+                        LinkMsg::Install {
+                            session_id, epoch, ..
+                        } if want.remove(&session_id) && epoch > 0 => session_id,
+                        other => bail!("exit: wanted an INSTALL with an epoch, got {other:?}"),
+                    };
+                    acks.push(self.exit.seal(&LinkMsg::Ack {
+                        session_id: id,
+                        acked_type: link_type::INSTALL,
+                    }));
+                }
+                let now = self.tick();
+                let t = Instant::now();
+                for ack in &acks {
+                    self.core.on_link_frame(ack, now);
+                }
+                commit(&mut self.core, &mut self.store, now)?;
+                steps.third += t.elapsed();
+                ensure!(
+                    self.core.out.is_empty(),
+                    "epoch INSTALL ACK: {} unexpected replies",
+                    self.core.out.len()
+                );
+            }
             for (s, e) in sessions.iter().zip(&established) {
                 s.verify_established(e)
                     .context("client: ESTABLISHED does not verify")?;
@@ -453,7 +564,7 @@ impl Bench {
             for (r, peer) in reqs.iter().zip(&peers) {
                 self.core.on_datagram(GW_LOCAL, *peer, r, now);
             }
-            commit(&mut self.core, &mut self.store)?;
+            commit(&mut self.core, &mut self.store, now)?;
             steps.first += t.elapsed();
             let challenges = self.take_udp(&peers, "REATTACH_REQUEST")?;
 
@@ -484,7 +595,7 @@ impl Bench {
             for (r, peer) in confirms.iter().zip(&peers) {
                 self.core.on_datagram(GW_LOCAL, *peer, r, now);
             }
-            commit(&mut self.core, &mut self.store)?;
+            commit(&mut self.core, &mut self.store, now)?;
             steps.second += t.elapsed();
             let acks = self.take_udp(&peers, "REATTACH_CONFIRM")?;
             for ((c, a), peer) in batch.iter_mut().zip(&acks).zip(&peers) {
@@ -633,6 +744,7 @@ fn new_core(
     link_key: [u8; 32],
     dp: Datapath,
     start: u64,
+    node: u16,
 ) -> Core {
     let policy = Policy {
         max_switches_per_minute: 1_000_000,
@@ -651,7 +763,7 @@ fn new_core(
             gw_exit: GW_EXIT,
             link_key,
             start_us: start * 1000,
-            node: 0,
+            node,
         },
         dp,
         EventBus::new(jvpn_ctl::control::events::DEFAULT_CAPACITY),
@@ -684,7 +796,7 @@ fn restart(
         ..DatapathConfig::default()
     })
     .context("loading the data plane again")?;
-    let mut core = new_core(identity, Peers::new(), link_key, dp, now);
+    let mut core = new_core(identity, Peers::new(), link_key, dp, now, 0);
     let r = core.resume(records, now);
     match core.persist(store.as_mut(), &sealer, now)? {
         jvpn_ctl::gateway::Commit::Durable => {}
@@ -707,6 +819,21 @@ enum StoreKind {
     /// A real single-member etcd on loopback, started by the bench, with etcd's
     /// default transaction limit (group commits of 256 are split in two).
     Etcd(Box<jvpn_ctl::lab::etcd::Etcd>, PathBuf),
+    /// The same etcd, written as a cluster node writes it (`--cluster`).
+    Cluster(Box<jvpn_ctl::lab::etcd::Etcd>, PathBuf),
+}
+
+/// The cluster node the bench plays.
+const NODE: u16 = 1;
+
+fn start_etcd() -> anyhow::Result<Box<jvpn_ctl::lab::etcd::Etcd>> {
+    let etcd = jvpn_ctl::lab::etcd::Etcd::start().context("starting etcd")?;
+    eprintln!(
+        "ctl-bench: etcd at {} (pid {:?})",
+        etcd.endpoint(),
+        etcd.pid()
+    );
+    Ok(Box::new(etcd))
 }
 
 impl StoreKind {
@@ -714,16 +841,21 @@ impl StoreKind {
         let tmp = std::env::temp_dir().join(format!("ctl-bench-{}", std::process::id()));
         Ok(match arg.to_str() {
             Some("memory") => Self::Memory(tmp),
-            Some("etcd") => {
-                let etcd = jvpn_ctl::lab::etcd::Etcd::start().context("starting etcd")?;
-                eprintln!("ctl-bench: etcd at {}", etcd.endpoint());
-                Self::Etcd(Box::new(etcd), tmp)
-            }
+            Some("etcd") => Self::Etcd(start_etcd()?, tmp),
+            Some("cluster") => Self::Cluster(start_etcd()?, tmp),
             _ => {
                 std::fs::create_dir_all(arg)?;
                 Self::Local(arg.to_path_buf())
             }
         })
+    }
+
+    /// The etcd it runs, if any.
+    fn etcd(&self) -> Option<&jvpn_ctl::lab::etcd::Etcd> {
+        match self {
+            Self::Etcd(e, _) | Self::Cluster(e, _) => Some(e),
+            _ => None,
+        }
     }
 
     fn open(&self) -> anyhow::Result<(Box<dyn SessionStore>, Sealer)> {
@@ -734,6 +866,7 @@ impl StoreKind {
             ))
         };
         Ok(match self {
+            Self::Cluster(..) => bail!("a cluster node has no session store"),
             Self::Memory(dir) => (Box::new(jvpn_ctl::store::MemoryStore::new()), key(dir)?),
             Self::Local(dir) => (Box::new(LocalStore::open(dir)?), key(dir)?),
             Self::Etcd(etcd, dir) => (
@@ -750,6 +883,26 @@ impl StoreKind {
         })
     }
 
+    /// Joins the cluster as node [`NODE`], as `gateway::run` does: the client thread,
+    /// a lease (kept alive), the node announced on it; the core's sealer.
+    fn join(&self) -> anyhow::Result<(jvpn_ctl::cluster::Cluster, Sealer)> {
+        let Self::Cluster(etcd, dir) = self else {
+            bail!("not a cluster");
+        };
+        std::fs::create_dir_all(dir)?;
+        let sealer = Sealer::new(&StoreKey::load_or_create(&dir.join("store.key"))?.0);
+        let c = jvpn_ctl::cluster::Cluster::join(jvpn_ctl::cluster::JoinParams {
+            endpoints: vec![etcd.endpoint()],
+            root: jvpn_ctl::cluster::DEFAULT_ROOT.into(),
+            node: NODE,
+            ttl: jvpn_ctl::cluster::DEFAULT_TTL,
+            timeout: Duration::from_millis(1000),
+            about: format!("ctl-bench pid={}", std::process::id()),
+        })
+        .context("joining the cluster")?;
+        Ok((c, sealer))
+    }
+
     /// Bytes the store's file holds (the local store only).
     fn bytes(&self) -> Option<u64> {
         match self {
@@ -761,11 +914,168 @@ impl StoreKind {
     }
 }
 
+fn round3(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
+}
+
+/// etcd's own counters, from its `/metrics` (Prometheus text): the unary KV
+/// round trips it answered by method, and the raft proposals it committed (every
+/// write, one per transaction that writes).
+#[derive(Clone, Debug, Default)]
+struct EtcdCounts {
+    txn: f64,
+    range: f64,
+    put: f64,
+    delete: f64,
+    proposals: f64,
+    /// etcd's WAL fsyncs and the seconds they took (`etcd_disk_wal_fsync_duration_seconds`).
+    fsyncs: f64,
+    fsync_s: f64,
+}
+
+impl EtcdCounts {
+    fn read(endpoint: &str) -> anyhow::Result<Self> {
+        use std::io::{Read as _, Write as _};
+        let addr: SocketAddr = endpoint
+            .trim_start_matches("http://")
+            .parse()
+            .with_context(|| format!("etcd endpoint {endpoint}"))?;
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+        let mut text = String::new();
+        s.read_to_string(&mut text)?;
+        ensure!(
+            text.starts_with("HTTP/1.") && text.contains(" 200 "),
+            "etcd's /metrics: {}",
+            text.lines().next().unwrap_or_default()
+        );
+        let mut c = Self::default();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let Some((name, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let Ok(v) = value.parse::<f64>() else {
+                continue;
+            };
+            if name == "etcd_server_proposals_committed_total" {
+                c.proposals = v;
+            } else if name == "etcd_disk_wal_fsync_duration_seconds_count" {
+                c.fsyncs = v;
+            } else if name == "etcd_disk_wal_fsync_duration_seconds_sum" {
+                c.fsync_s = v;
+            } else if name.starts_with("grpc_server_handled_total{")
+                && name.contains(r#"grpc_service="etcdserverpb.KV""#)
+            {
+                let slot = if name.contains(r#"grpc_method="Txn""#) {
+                    &mut c.txn
+                } else if name.contains(r#"grpc_method="Range""#) {
+                    &mut c.range
+                } else if name.contains(r#"grpc_method="Put""#) {
+                    &mut c.put
+                } else if name.contains(r#"grpc_method="DeleteRange""#) {
+                    &mut c.delete
+                } else {
+                    continue;
+                };
+                *slot += v;
+            }
+        }
+        Ok(c)
+    }
+
+    fn minus(&self, o: &Self) -> Self {
+        Self {
+            txn: self.txn - o.txn,
+            range: self.range - o.range,
+            put: self.put - o.put,
+            delete: self.delete - o.delete,
+            proposals: self.proposals - o.proposals,
+            fsyncs: self.fsyncs - o.fsyncs,
+            fsync_s: self.fsync_s - o.fsync_s,
+        }
+    }
+
+    fn per(&self, n: usize) -> Self {
+        let d = n.max(1) as f64;
+        Self {
+            txn: self.txn / d,
+            range: self.range / d,
+            put: self.put / d,
+            delete: self.delete / d,
+            proposals: self.proposals / d,
+            fsyncs: self.fsyncs / d,
+            fsync_s: self.fsync_s / d,
+        }
+    }
+
+    /// Every KV round trip (the lease keep-alives are one stream, not counted).
+    fn rpcs(&self) -> f64 {
+        self.txn + self.range + self.put + self.delete
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "txn": round3(self.txn),
+            "range": round3(self.range),
+            "put": round3(self.put),
+            "delete_range": round3(self.delete),
+            "proposals_committed": round3(self.proposals),
+            "wal_fsyncs": round3(self.fsyncs),
+            "wal_fsync_us_each": (self.fsyncs > 0.0)
+                .then(|| (self.fsync_s / self.fsyncs * 1e7).round() / 10.0),
+        })
+    }
+}
+
+impl std::fmt::Display for EtcdCounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:.3} Txn, {:.3} Range, {:.3} Put, {:.3} DeleteRange round trips; {:.3} raft \
+             proposals; {:.3} WAL fsyncs",
+            self.txn, self.range, self.put, self.delete, self.proposals, self.fsyncs
+        )?;
+        if self.fsyncs > 0.0 {
+            write!(f, " of {:.0} µs each", self.fsync_s / self.fsyncs * 1e6)?;
+        }
+        Ok(())
+    }
+}
+
 fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
     let n = args.sessions;
-    let cpu = pin_to_one_cpu()?;
+    // The controller gets this CPU alone; etcd and the etcd clients' threads,
+    // started next, inherit the others.
+    let cpu = current_cpu()?;
+    let others: Vec<usize> = jvpn_ctl::bench::cpus::allowed()?
+        .into_iter()
+        .filter(|&c| c != cpu)
+        .collect();
+    if !others.is_empty() {
+        confine_to(&others)?;
+    }
+    let kind = if args.cluster {
+        Some(StoreKind::new(Path::new("cluster"))?)
+    } else {
+        args.store.as_deref().map(StoreKind::new).transpose()?
+    };
+    let mut db = match &kind {
+        Some(k @ StoreKind::Cluster(..)) => {
+            let (c, sealer) = k.join()?;
+            (Db::Cluster(Box::new(c)), Some(sealer))
+        }
+        Some(k) => {
+            let (st, sealer) = k.open()?;
+            (Db::Store(st, Box::new(sealer)), None)
+        }
+        None => (Db::None, None),
+    };
+    jvpn_ctl::bench::cpus::pin_current_thread(cpu)?;
     let model = jvpn_tests::bench::machine::cpu_model().unwrap_or_else(|| "unknown".into());
-    eprintln!("ctl-bench: {n} sessions, pinned to CPU {cpu} ({model})");
+    eprintln!(
+        "ctl-bench: {n} sessions, pinned to CPU {cpu} ({model}); etcd and its clients on {others:?}"
+    );
     let rng = SystemRandom::new();
 
     let pins = PinDir::new("ctlb");
@@ -788,20 +1098,37 @@ fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
     let gateway = keypair(&rng)?;
     let link_key: [u8; 32] = random(&rng);
     let start = wall_ms();
-    let core = new_core(gateway, peers, link_key, dp, start);
-    let kind = args.store.as_deref().map(StoreKind::new).transpose()?;
+    let node = if args.cluster { NODE } else { 0 };
+    let mut core = new_core(gateway, peers, link_key, dp, start, node);
+    if let (Db::Cluster(c), Some(sealer)) = (&db.0, db.1.take()) {
+        // As `gateway::run` starts a cluster node (the cluster is empty: nothing
+        // to resume, no other node's sessions to admit).
+        core.enable_cluster(c.node(), sealer);
+        let snap = c.snapshot()?;
+        ensure!(
+            snap.sessions.is_empty(),
+            "a fresh etcd holds {} sessions",
+            snap.sessions.len()
+        );
+        core.note_nodes(&snap.nodes);
+    }
     let mut bench = Bench {
         gw_pub: core.gateway_pub(),
         core,
-        exit: LinkCrypto::new(&link_key, Dir::ExitToGateway, 0, start * 1000 + 1),
+        exit: LinkCrypto::new(&link_key, Dir::ExitToGateway, node, start * 1000 + 1),
         identities,
         rng,
         now: start,
         created: 0,
-        store: match &kind {
-            Some(k) => Some(k.open()?),
-            None => None,
-        },
+        store: db.0,
+    };
+    let etcd_at = |what: &str| -> anyhow::Result<Option<EtcdCounts>> {
+        kind.as_ref()
+            .and_then(StoreKind::etcd)
+            .map(|e| {
+                EtcdCounts::read(&e.endpoint()).with_context(|| format!("etcd metrics {what}"))
+            })
+            .transpose()
     };
 
     // Warm-up (untimed, not counted), then the heap baseline.
@@ -812,6 +1139,7 @@ fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
     );
     let mut clients: Vec<Client> = Vec::with_capacity(n);
     let heap_before = live();
+    let etcd_before_hs = etcd_at("before the handshakes")?;
 
     // 1. Handshakes.
     eprintln!("phase 1: {n} handshakes (HELLO → WELCOME → CONFIRM → INSTALL/ACK → ESTABLISHED)");
@@ -831,6 +1159,7 @@ fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
         bench.core.link_pending() == 0,
         "link messages left unacknowledged"
     );
+    let etcd_after_hs = etcd_at("after the handshakes")?;
     let handshake_us = us_per(hs.total(), n);
     eprintln!(
         "handshakes: {n} established, gateway {handshake_us:.1} µs each = {:.0}/s \
@@ -843,8 +1172,24 @@ fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
 
     // 2. Reattaches: one round for every session, then more rounds while --seconds lasts.
     eprintln!("phase 2: {n} validated reattaches (REQUEST → CHALLENGE → CONFIRM → swap → ACK)");
+    let etcd_before_ra = etcd_at("before the reattaches")?;
+    let ra_start = Instant::now();
     let mut ra = bench.reattach_round(&mut clients, 1)?;
+    let ra_wall = ra_start.elapsed();
+    let etcd_after_ra = etcd_at("after the reattaches")?;
     bench.verify_bindings(&pins.0, &clients, 2)?;
+    let per_op = |a: &Option<EtcdCounts>, b: &Option<EtcdCounts>, ops: usize| {
+        a.as_ref().zip(b.as_ref()).map(|(a, b)| b.minus(a).per(ops))
+    };
+    let etcd_hs = per_op(&etcd_before_hs, &etcd_after_hs, n);
+    let etcd_ra = per_op(&etcd_before_ra, &etcd_after_ra, n);
+    if let (Some(h), Some(r)) = (&etcd_hs, &etcd_ra) {
+        eprintln!("etcd, per handshake: {h}");
+        eprintln!(
+            "etcd, per reattach: {r} (the first round: {n} reattaches in {:.2} s of wall time)",
+            ra_wall.as_secs_f64()
+        );
+    }
 
     // 3. Heap bytes, right after every session exists and moved once.
     let heap_after = live();
@@ -934,6 +1279,18 @@ fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
         "session_slot_bytes": entry_bytes,
         "sessions": n,
         "warmup_sessions": WARMUP,
+        "db": match &kind {
+            None => "none",
+            Some(StoreKind::Memory(_)) => "memory",
+            Some(StoreKind::Local(_)) => "local",
+            Some(StoreKind::Etcd(..)) => "etcd",
+            Some(StoreKind::Cluster(..)) => "cluster",
+        },
+        "etcd_per_handshake": etcd_hs.as_ref().map(EtcdCounts::json),
+        "etcd_per_reattach": etcd_ra.as_ref().map(EtcdCounts::json),
+        "etcd_txns_per_reattach": etcd_ra.as_ref().map(|c| round3(c.txn)),
+        "etcd_txns_per_handshake": etcd_hs.as_ref().map(|c| round3(c.txn)),
+        "etcd_rpcs_per_reattach": etcd_ra.as_ref().map(|c| round3(c.rpcs())),
         "context_us": {
             "ed25519_sign": round1(ctx.ed25519_sign),
             "ed25519_verify": round1(ctx.ed25519_verify),

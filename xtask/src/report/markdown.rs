@@ -20,6 +20,7 @@ pub fn report(results: &Value, json_name: &str) -> String {
     ns_per_pkt(&mut md, results);
     swap(&mut md, results);
     controller(&mut md, results);
+    cluster(&mut md, results);
     memory(&mut md, results);
     md.push_str(
         "---\n\nA figure shown as — was not measured: its phase failed or was skipped \
@@ -351,6 +352,150 @@ fn controller(md: &mut String, r: &Value) {
                 ),
             ),
         ],
+    );
+}
+
+fn cluster(md: &mut String, r: &Value) {
+    md.push_str(
+        "## A cluster node on etcd\n\n\
+         The same ctl-bench once more as a cluster node commits (`--cluster`: node 1 joined \
+         to a real one-member etcd on loopback, every changed session one CAS transaction, \
+         the controller alone on its core, etcd and the etcd client on the other), next to \
+         the runs above at the same session count; etcd's round trips counted from its own \
+         `/metrics` before and after the phase.\n\n",
+    );
+    let n = |k: &str| format::count(num(r, &[k]));
+    let x = |k: &str| format!("{}×", format::fixed(num(r, &[k]), 3));
+    let per = |k: &str| format::fixed(num(r, &[k]), 3);
+    md.push_str(
+        "| commits to | handshakes/s | reattaches/s | etcd transactions per handshake / reattach |\n\
+         |---|---:|---:|---:|\n",
+    );
+    let _ = writeln!(
+        md,
+        "| nothing | {} | {} | no etcd |",
+        n("handshakes_per_s_nostore"),
+        n("reattaches_per_s_nostore")
+    );
+    let _ = writeln!(
+        md,
+        "| the local store (redb, fsync) | {} | {} | no etcd |",
+        n("handshakes_per_s_store"),
+        n("reattaches_per_s_store")
+    );
+    let _ = writeln!(
+        md,
+        "| etcd, a single gateway's store | {} | {} | {} / {} |",
+        n("handshakes_per_s_etcd"),
+        n("reattaches_per_s_etcd"),
+        format::fixed(num(r, &["ctl_bench_etcd", "etcd_txns_per_handshake"]), 3),
+        per("etcd_store_txns_per_reattach"),
+    );
+    let _ = writeln!(
+        md,
+        "| etcd, a cluster node | {} | {} | {} / {} |\n",
+        n("handshakes_per_s_cluster"),
+        n("reattaches_per_s_cluster"),
+        per("etcd_txns_per_handshake"),
+        per("etcd_txns_per_reattach"),
+    );
+    table(
+        md,
+        &[
+            (
+                "cluster node / no store: handshakes, reattaches",
+                format!(
+                    "{}, {}",
+                    x("handshakes_cluster_over_nostore"),
+                    x("reattaches_cluster_over_nostore")
+                ),
+            ),
+            (
+                "cluster node / local store: handshakes, reattaches",
+                format!(
+                    "{}, {}",
+                    x("handshakes_cluster_over_store"),
+                    x("reattaches_cluster_over_store")
+                ),
+            ),
+            (
+                "etcd round trips (KV requests) per reattach",
+                per("etcd_rpcs_per_reattach"),
+            ),
+        ],
+    );
+    md.push_str(
+        "The reattach round trip as the client sees it (REATTACH_REQUEST out → \
+         REATTACH_ACK in, captured on its interface): the single gateway with its local \
+         store (the `reattach` phase) and the owner node of a two-node cluster, whose \
+         commits are CAS transactions at etcd (the client's NAT mapping moved, the \
+         `cluster` phase).\n\n\
+         | reattach round trip | samples | min | p50 | p90 | max |\n\
+         |---|---:|---:|---:|---:|---:|\n",
+    );
+    let samples = |k: &str| {
+        r.get(k)
+            .and_then(Value::as_array)
+            .map(|a| format::thousands(a.len() as f64))
+            .unwrap_or_else(|| MISSING.into())
+    };
+    for (what, prefix) in [
+        ("single gateway, local store", "reattach_rtt_us"),
+        ("cluster node, etcd CAS", "cluster_reattach_rtt_us"),
+    ] {
+        let us = |q: &str| format::micros(num(r, &[&format!("{prefix}_{q}")]));
+        let _ = writeln!(
+            md,
+            "| {what} | {} | {} | {} | {} | {} |",
+            samples(prefix),
+            us("min"),
+            us("p50"),
+            us("p90"),
+            us("max")
+        );
+    }
+    let ratio = num(r, &["cluster_reattach_rtt_us_p50"])
+        .zip(num(r, &["reattach_rtt_us_p50"]))
+        .filter(|(_, l)| *l > 0.0)
+        .map(|(c, l)| c / l);
+    let _ = writeln!(
+        md,
+        "\nCluster / local store at p50: {}×.\n",
+        format::fixed(ratio, 2)
+    );
+
+    md.push_str(
+        "The XDP cluster check: a node admits the other nodes' sessions with an entry that \
+         does not forward, so their reattaches reach its controller; their DATA is dropped \
+         `not_forwarding`, an id in no entry `unknown_session`. Nanoseconds per packet \
+         (`BPF_PROG_TEST_RUN`, as \"Time per packet\"), the same 64-byte DATA frame.\n\n\
+         | sessions | forwarded (ns) | admitted foreign, dropped (ns) | unknown id, dropped (ns) | XDP_DROP (ns) |\n\
+         |---:|---:|---:|---:|---:|\n",
+    );
+    let ns = NsPerPkt::read(r);
+    for (i, sessions) in ns.sessions.iter().enumerate() {
+        let at = |series: &str| num(r, &["ns_per_pkt", series, &sessions.to_string()]);
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} |",
+            format::thousands(*sessions as f64),
+            format::fixed(ns.relay[i], 1),
+            format::fixed(at("foreign"), 1),
+            format::fixed(at("unknown"), 1),
+            format::fixed(ns.drop[i], 1),
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nAt 1,000 sessions: foreign / forwarded {}, unknown / forwarded {}, foreign / \
+         unknown {} (at the largest count {}); foreign − XDP_DROP {} ns, unknown − XDP_DROP \
+         {} ns.\n",
+        format::fixed(num(r, &["foreign_over_relay"]), 2),
+        format::fixed(num(r, &["unknown_over_relay"]), 2),
+        format::fixed(num(r, &["foreign_over_unknown"]), 2),
+        format::fixed(num(r, &["foreign_over_unknown_big"]), 2),
+        format::fixed(num(r, &["foreign_minus_drop_ns"]), 1),
+        format::fixed(num(r, &["unknown_minus_drop_ns"]), 1),
     );
 }
 

@@ -164,9 +164,42 @@ mod tests {
             "reattach_rtt_tmpfs_us_p99": 700, "handshakes_per_s_etcd": 7400,
             "reattaches_per_s_etcd": 22600, "restart_ms_etcd": 215.9,
         });
+        // The cluster figures.
+        let cluster = json!({
+            "handshakes_per_s_cluster": 4000, "reattaches_per_s_cluster": 4500,
+            "etcd_txns_per_handshake": 1.0, "etcd_txns_per_reattach": 2.0,
+            "etcd_rpcs_per_reattach": 2.0, "etcd_store_txns_per_reattach": 0.016,
+            "ctl_bench_etcd": {"etcd_txns_per_handshake": 0.008},
+            "handshakes_cluster_over_nostore": 0.444, "reattaches_cluster_over_nostore": 0.02,
+            "handshakes_cluster_over_store": 0.523, "reattaches_cluster_over_store": 0.178,
+            "reattach_rtt_us_min": 300, "reattach_rtt_us_p90": 700, "reattach_rtt_us_max": 1200,
+            "cluster_reattach_rtt_us": [2500, 3000, 4000],
+            "cluster_reattach_rtt_us_min": 2500, "cluster_reattach_rtt_us_p50": 3000,
+            "cluster_reattach_rtt_us_p90": 4000, "cluster_reattach_rtt_us_max": 4000,
+            "foreign_over_relay": 0.26, "unknown_over_relay": 0.25,
+            "foreign_over_unknown": 1.04, "foreign_over_unknown_big": 1.1,
+            "foreign_minus_drop_ns": 16.0, "unknown_minus_drop_ns": 15.0,
+        });
         let mut v = v;
-        for (k, x) in store.as_object().expect("an object") {
+        for (k, x) in store
+            .as_object()
+            .expect("an object")
+            .iter()
+            .chain(cluster.as_object().expect("an object"))
+        {
             v[k] = x.clone();
+        }
+        for (series, values) in [
+            (
+                "foreign",
+                json!({"1000": 22.0, "65536": 22.5, "1000000": 24.0}),
+            ),
+            (
+                "unknown",
+                json!({"1000": 21.0, "65536": 21.0, "1000000": 22.0}),
+            ),
+        ] {
+            v["ns_per_pkt"][series] = values;
         }
         v
     }
@@ -225,6 +258,13 @@ mod tests {
             "| handshakes/s / reattaches/s, etcd store (one member on loopback) | 7,400 / 22,600 |",
             "| restart, controller's part, from etcd | 215.9 ms |",
             "| reattach round trip p50 / p99, store on a tmpfs | 400.0 µs / 700.0 µs |",
+            "| etcd, a cluster node | 4,000 | 4,500 | 1.000 / 2.000 |",
+            "| etcd, a single gateway's store | 7,400 | 22,600 | 0.008 / 0.016 |",
+            "| cluster node / local store: handshakes, reattaches | 0.523×, 0.178× |",
+            "| cluster node, etcd CAS | 3 | 2500.0 µs | 3000.0 µs | 4000.0 µs | 4000.0 µs |",
+            "| single gateway, local store | 2,000 | 300.0 µs | 480.0 µs | 700.0 µs | 1200.0 µs |",
+            "Cluster / local store at p50: 6.25×.",
+            "| 65,536 | 41.0 | 22.5 | 21.0 | 26.1 |",
             "| for 1,000,000 sessions | 1.4 GiB |",
             "![Throughput by mode](plots/pps.svg)",
             "](plots/ns_per_pkt.svg)",
