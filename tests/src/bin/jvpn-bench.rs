@@ -27,7 +27,8 @@ struct Args {
     /// CPUs of the userspace relay's workers [default: every allowed CPU].
     #[arg(long, value_name = "LIST")]
     relay_cpus: Option<String>,
-    /// Phases to leave out, comma-separated (cost, throughput, swap, controller, reattach).
+    /// Phases to leave out, comma-separated (cost, throughput, swap, controller, reattach,
+    /// cluster).
     #[arg(long, value_delimiter = ',')]
     skip: Vec<String>,
 }
