@@ -12,9 +12,9 @@ use std::{
     fs,
     io::{Error, Result, Write as _},
     net::{SocketAddr, UdpSocket},
-    os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
+    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Child,
     time::{Duration, Instant},
 };
 
@@ -249,24 +249,8 @@ etcd_timeout_ms = {timeout}
     }
 
     fn spawn(&mut self, ns: &str, name: &str, args: &[&str]) -> Result<()> {
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join(format!("{name}.log")))?;
-        let child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{ns}"))
-            .arg(&self.bin)
-            .args(args)
-            .current_dir(&self.dir)
-            .env(
-                "JVPN_LOG",
-                std::env::var("JVPN_LOG").unwrap_or("info".into()),
-            )
-            .stdin(Stdio::null())
-            .process_group(0)
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()?;
+        let log = self.dir.join(format!("{name}.log"));
+        let child = super::netns::spawn_in(ns, &self.bin, args, &self.dir, &log, &[])?;
         self.procs.push((name.to_string(), child));
         Ok(())
     }

@@ -4,6 +4,7 @@
 use std::{
     fs::File,
     os::fd::AsRawFd as _,
+    path::Path,
     process::{Command, Output},
 };
 
@@ -197,4 +198,38 @@ impl Drop for PinDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// Starts `bin args` inside the namespace `ns` (under `nsenter`, which execs it: the
+/// child is the program itself), in `dir`, its output appended to `log`, with the
+/// caller's `JVPN_LOG` (default `info`) and `env`. It gets its own process group:
+/// a Ctrl-C reaches the lab's owner, which stops the lab's processes in order.
+pub fn spawn_in(
+    ns: &str,
+    bin: &Path,
+    args: &[&str],
+    dir: &Path,
+    log: &Path,
+    env: &[(&str, &str)],
+) -> Result<std::process::Child> {
+    use std::os::unix::process::CommandExt as _;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{ns}"))
+        .arg(bin)
+        .args(args)
+        .current_dir(dir)
+        .env(
+            "JVPN_LOG",
+            std::env::var("JVPN_LOG").unwrap_or("info".into()),
+        )
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .process_group(0)
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
 }

@@ -10,11 +10,9 @@ use std::{
     fs,
     io::{Error, Result},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Command},
     time::{Duration, Instant},
 };
-
-use std::os::unix::process::CommandExt as _;
 
 use ring::rand::SecureRandom as _;
 use serde::{Deserialize, Serialize};
@@ -230,24 +228,10 @@ reserved = ["{EXIT_TUN}"]
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Result<()> {
-        let log = fs::File::create(self.dir.join(format!("{name}.log")))?;
-        let child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{ns}"))
-            .arg(&self.bin)
-            .args(args)
-            .current_dir(&self.dir)
-            .env(
-                "JVPN_LOG",
-                std::env::var("JVPN_LOG").unwrap_or("info".into()),
-            )
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            // Their own process group: a Ctrl-C reaches the lab's owner, which stops
-            // them in order (client first, so it can CLOSE its session).
-            .process_group(0)
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
+        // A fresh log per start, as before (the cluster stack appends across restarts).
+        let path = self.dir.join(format!("{name}.log"));
+        fs::File::create(&path)?;
+        let child = super::netns::spawn_in(ns, &self.bin, args, &self.dir, &path, env)
             .map_err(|e| Error::other(format!("starting the {name}: {e}")))?;
         self.procs.push((name, child));
         Ok(())
