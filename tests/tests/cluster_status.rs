@@ -174,3 +174,33 @@ fn a_single_gateway_is_not_part_of_a_cluster() {
     let (ok, out, _) = ctl(&lab.socket, &["sessions", "--json"]);
     assert!(ok && !out.contains("owner"), "{out}");
 }
+
+/// A node configured with a pool that overlaps another live node's refuses to start,
+/// naming both pools, and leaves the cluster as it was; fixed, it starts.
+#[test]
+fn a_node_with_another_nodes_pool_refuses_to_start() {
+    require_root!();
+    let Some(mut s) = ClusterStack::start("clo") else {
+        return;
+    };
+    s.kill_node(1);
+    let cfg = s.dir.join("node2.toml");
+    let good = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, good.replace("10.99.1.0/24", "10.99.0.128/25")).unwrap();
+    let err = s
+        .try_start_node(1)
+        .expect_err("a node whose pool overlaps node 1's must not start");
+    let err = err.to_string();
+    assert!(
+        err.contains("10.99.0.128/25")
+            && err.contains("overlaps node 1's pool 10.99.0.0/24")
+            && err.contains("a pool of its own"),
+        "{err}"
+    );
+    assert!(
+        !s.etcd_view().owners.values().any(|o| o.node == 2),
+        "nothing of node 2 in etcd"
+    );
+    std::fs::write(&cfg, good).unwrap();
+    s.start_node(1);
+}

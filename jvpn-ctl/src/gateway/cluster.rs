@@ -80,6 +80,25 @@ pub struct Announced {
     pub about: Option<String>,
 }
 
+/// The first other node whose announced pool (`pool=<cidr>` in what it wrote about
+/// itself) overlaps `mine`.
+pub fn overlapping_pool(
+    me: u16,
+    mine: ipnet::IpNet,
+    nodes: &[NodeInfo],
+) -> Option<(u16, ipnet::IpNet)> {
+    nodes.iter().filter(|n| n.node != me).find_map(|n| {
+        let theirs: ipnet::IpNet = n
+            .about
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("pool="))?
+            .parse()
+            .ok()?;
+        (theirs.contains(&mine.network()) || mine.contains(&theirs.network()))
+            .then_some((n.node, theirs))
+    })
+}
+
 impl Core {
     pub fn enable_cluster(&mut self, node: u16, sealer: Sealer) {
         self.cluster = Some(ClusterView {
@@ -756,6 +775,38 @@ mod tests {
             Response::Ok { data } => serde_json::from_value(data).unwrap(),
             Response::Error { error } => panic!("cluster status: {error}"),
         }
+    }
+
+    #[test]
+    fn overlapping_pools_are_found_in_the_announcements() {
+        let node = |node: u16, pool: &str| NodeInfo {
+            node,
+            lease: 1,
+            about: format!("pid=1 port=51820 pool={pool} interfaces=eth0"),
+        };
+        let mine: ipnet::IpNet = "10.99.0.0/24".parse().unwrap();
+        let others = [node(2, "10.99.1.0/24"), node(3, "10.98.0.0/16")];
+        assert_eq!(overlapping_pool(1, mine, &others), None);
+        let wide = [node(2, "10.99.1.0/24"), node(3, "10.99.0.0/16")];
+        assert_eq!(
+            overlapping_pool(1, mine, &wide),
+            Some((3, "10.99.0.0/16".parse().unwrap()))
+        );
+        let narrow = [node(2, "10.99.0.128/25")];
+        assert_eq!(
+            overlapping_pool(1, mine, &narrow),
+            Some((2, "10.99.0.128/25".parse().unwrap()))
+        );
+        // Its own announcement (a restart within the TTL) and unparsable ones count for nothing.
+        let own = [
+            node(1, "10.99.0.0/24"),
+            NodeInfo {
+                node: 4,
+                lease: 1,
+                about: "pool=x".into(),
+            },
+        ];
+        assert_eq!(overlapping_pool(1, mine, &own), None);
     }
 
     struct Setup {

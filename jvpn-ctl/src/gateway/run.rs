@@ -54,6 +54,16 @@ pub enum GatewayError {
     Record { store: String, cause: String },
     #[error("{what}: {cause}")]
     Io { what: String, cause: std::io::Error },
+    #[error(
+        "[pool] cidr {mine} overlaps node {node}'s pool {theirs} (announced in etcd): the exit \
+         routes return traffic by tunnel address, so give each node of the cluster a pool of \
+         its own"
+    )]
+    PoolOverlap {
+        mine: ipnet::IpNet,
+        node: u16,
+        theirs: ipnet::IpNet,
+    },
 }
 
 /// Runs the gateway until `shutdown` resolves. Sessions outlive the process: they are
@@ -167,6 +177,17 @@ pub async fn run(
             core.enable_cluster(c.node(), sealer.take().expect("sealer"));
             core.set_lease_until(lease_until_ms(c, &clock));
             let snap = c.snapshot()?;
+            if let Some((node, theirs)) =
+                super::cluster::overlapping_pool(c.node(), cfg.pool.cidr, &snap.nodes)
+            {
+                // Nothing of this node is in use yet: leave etcd as it was.
+                let _ = c.resign();
+                return Err(GatewayError::PoolOverlap {
+                    mine: cfg.pool.cidr,
+                    node,
+                    theirs,
+                });
+            }
             let mine = core
                 .split_snapshot(&snap, now)
                 .map_err(|cause| GatewayError::Record {
