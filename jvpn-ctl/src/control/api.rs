@@ -305,7 +305,9 @@ pub struct ClusterSessions {
 
 /// The kinds of [`ClusterStatus::ownership`], each always reported (0 until it
 /// happens).
-pub const OWNERSHIP_KINDS: [&str; 5] = ["adopting", "acquired", "lost", "refused", "in_doubt"];
+pub const OWNERSHIP_KINDS: [&str; 6] = [
+    "adopting", "acquired", "lost", "refused", "in_doubt", "no_lease",
+];
 
 /// The cluster part of [`Stats`].
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

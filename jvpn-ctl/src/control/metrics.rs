@@ -158,7 +158,8 @@ fn cluster(out: &mut String, c: &ClusterStats) {
         "jvpn_ownership_changes_total",
         "Cluster ownership changes by kind: adopting (a takeover began), acquired (a new \
          epoch written), lost (another node took a session), refused (a write etcd did \
-         not take), in_doubt (a write without an answer).",
+         not take), in_doubt (a write without an answer), no_lease (a write not sent: the \
+         node's lease is not confirmed).",
         "counter",
         "kind",
         &with_all(&c.ownership, &OWNERSHIP_KINDS),
@@ -565,6 +566,7 @@ mod tests {
              jvpn_ownership_changes_total{kind=\"lost\"} 0\n\
              jvpn_ownership_changes_total{kind=\"refused\"} 0\n\
              jvpn_ownership_changes_total{kind=\"in_doubt\"} 0\n\
+             jvpn_ownership_changes_total{kind=\"no_lease\"} 0\n\
              jvpn_ownership_changes_total{kind=\"new_kind\"} 1\n",
             "# TYPE jvpn_cluster_sessions gauge\n\
              jvpn_cluster_sessions{owner=\"this_node\"} 3\n\

@@ -362,6 +362,7 @@ impl Core {
     /// This node no longer owns `id` (another node took it, or etcd refused our
     /// write): demoted to foreign at once.
     pub(super) fn lose(&mut self, id: u64, owner: Option<Owner>, now_ms: u64) {
+        self.claim_settled(id);
         let Some(e) = self.sessions.remove(&id) else {
             return;
         };
@@ -478,33 +479,75 @@ impl Core {
     }
 
     /// The outcomes of claims and acquisitions ([`crate::cluster::Op::Claim`],
-    /// [`crate::cluster::Op::Acquire`]): a new epoch goes to the exit, a session
-    /// another node holds now (or that this node could not get back) is foreign.
+    /// [`crate::cluster::Op::Acquire`]) made under this node's lease `lease`: a new
+    /// epoch goes to the exit, a session another node holds now (or that this node
+    /// could not get back) is foreign. An op is not safe to repeat blindly: one
+    /// whose answer was lost may have been applied, and then its repetition finds
+    /// this node's own key — the session is this node's, not lost.
     pub fn claimed(
         &mut self,
         ops: &[crate::cluster::Op],
         outcomes: Vec<crate::cluster::Outcome>,
+        lease: i64,
         now_ms: u64,
     ) {
-        use crate::cluster::Outcome;
+        use crate::cluster::{Op, Outcome};
+        let me = self.cluster.as_ref().map_or(0, |c| c.node);
+        let (mut unanswered, mut first) = (0u64, None);
         for (op, o) in ops.iter().zip(outcomes) {
             let id = op.id();
-            let unanswered = matches!(o, Outcome::Failed(_));
-            match o {
-                Outcome::Done { epoch, .. } => self.owned_at(id, epoch, true, now_ms),
-                Outcome::Lost { owner, .. } => self.lose(id, owner, now_ms),
+            let again = match o {
+                Outcome::Done { epoch, .. } => {
+                    self.owned_at(id, epoch, true, now_ms);
+                    None
+                }
+                Outcome::Lost { owner: Some(o), .. } if o.node == me => {
+                    if o.lease == lease {
+                        self.owned_at(id, o.epoch, true, now_ms);
+                        None
+                    } else {
+                        // On an earlier lease of this node: moved onto this one.
+                        Some(Op::Claim { id, epoch: o.epoch })
+                    }
+                }
+                Outcome::Lost { owner, .. } => {
+                    self.lose(id, owner, now_ms);
+                    None
+                }
                 Outcome::Failed(err) => {
-                    tracing::warn!(session = %SessionId(id), "claiming a session (sent again later): {err}");
+                    unanswered += 1;
+                    first.get_or_insert(err);
                     bump(&mut self.counters.ownership, "in_doubt");
+                    Some(op.clone())
                 }
-            }
+            };
             if let Some(c) = self.cluster.as_mut() {
-                if unanswered {
-                    c.unclaimed.insert(id, op.clone());
-                } else {
-                    c.unclaimed.remove(&id);
+                match again {
+                    Some(op) if self.sessions.contains_key(&id) => {
+                        c.unclaimed.insert(id, op);
+                    }
+                    _ => {
+                        c.unclaimed.remove(&id);
+                    }
                 }
             }
+        }
+        if let Some(err) = first {
+            // One line per round, not one per session.
+            tracing::warn!(
+                "{unanswered} claims of this node's sessions without an answer (sent again \
+                 in {CLAIM_RETRY_MS} ms): {err}"
+            );
+            if let Some(c) = self.cluster.as_mut() {
+                c.retry_claims_at_ms = now_ms + CLAIM_RETRY_MS;
+            }
+        }
+    }
+
+    /// Session `id` needs no claim sent again (written, or no longer here).
+    pub(super) fn claim_settled(&mut self, id: u64) {
+        if let Some(c) = self.cluster.as_mut() {
+            c.unclaimed.remove(&id);
         }
     }
 
@@ -909,27 +952,54 @@ mod tests {
             what: "committing",
             cause: "no answer within 500ms".into(),
         };
-        core.claimed(&ops, vec![Outcome::Failed(unanswered)], now);
+        core.claimed(&ops, vec![Outcome::Failed(unanswered)], a.lease().id, now);
         assert!(core.sessions.contains_key(&0xa1), "the session stays");
-        let again = core.claims_to_retry(now);
-        assert_eq!(again.len(), 1, "sent again");
+        // The core's time is an input: its lease stays live over these seconds.
+        core.set_lease_until(now + 10_000);
         assert!(
             core.claims_to_retry(now + 10).is_empty(),
             "not before a second has passed"
         );
-        // Answered this time: this node owns it again, at a new epoch.
+        let again = core.claims_to_retry(now + 1000);
+        assert_eq!(again.len(), 1, "sent again");
+        // Applied at etcd all the same, its answer lost: sent again, it finds this
+        // node's own key — the session stays this node's, at that key's epoch.
+        let landed = a.commit(again.clone());
+        let landed_at = match landed.first() {
+            Some(Outcome::Done { epoch, .. }) => *epoch,
+            o => panic!("acquiring: {o:?}"),
+        };
+        let lost_answer = StoreError::Etcd {
+            endpoints: etcd.endpoint(),
+            what: "committing",
+            cause: "no answer within 500ms".into(),
+        };
+        core.claimed(
+            &again,
+            vec![Outcome::Failed(lost_answer)],
+            a.lease().id,
+            now + 1000,
+        );
+        let again = core.claims_to_retry(now + 2000);
+        assert_eq!(again.len(), 1, "sent again");
         let outcomes = a.commit(again.clone());
-        core.claimed(&again, outcomes, now);
+        assert!(
+            matches!(&outcomes[..], [Outcome::Lost { owner: Some(o), .. }] if o.node == 1),
+            "{outcomes:?}"
+        );
+        core.claimed(&again, outcomes, a.lease().id, now + 2000);
+        assert!(core.sessions.contains_key(&0xa1), "still this node's own");
         let (node, new_epoch) = core.owner_of(0xa1).expect("owned");
         assert_eq!(node, 1);
         assert!(new_epoch > epoch, "a new epoch: {new_epoch} after {epoch}");
+        assert_eq!(new_epoch, landed_at, "the epoch of the key that landed");
         assert_eq!(
             a.get(0xa1).unwrap().owner.map(|o| (o.node, o.epoch)),
             Some((1, new_epoch)),
             "etcd names this node again"
         );
         assert!(
-            core.claims_to_retry(now + 2000).is_empty(),
+            core.claims_to_retry(now + 5000).is_empty(),
             "nothing left to send"
         );
     }

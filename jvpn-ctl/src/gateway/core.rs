@@ -285,6 +285,10 @@ impl Core {
     /// Runs timers, polls the data plane for traffic, retransmits link messages.
     pub fn tick(&mut self, now_ms: u64) {
         self.poll_traffic(now_ms);
+        // A cluster node without a confirmed lease can make no change durable: its
+        // timers would fire, be refused and be rolled back on every tick. They wait
+        // for the lease (the deadlines stay due).
+        let frozen = self.cluster.is_some() && !self.lease_live(now_ms);
         // Only sessions with a timer due: a scan without allocation, where stepping
         // every session would clone a million of them per tick.
         let policy = &self.policy;
@@ -296,7 +300,7 @@ impl Core {
             })
             .map(|(id, _)| *id)
             .collect();
-        for id in due {
+        for id in due.into_iter().filter(|_| !frozen) {
             self.drive(id, &Event::Tick, None, now_ms);
         }
         let (frames, gave_up) = self.link.due(now_ms);

@@ -320,6 +320,8 @@ pub struct ClusterCommit {
     pub lost: u64,
     /// No answer: perhaps written, perhaps not; taken back here all the same.
     pub in_doubt: u64,
+    /// Not sent: this node's lease is not confirmed (no change without it).
+    pub no_lease: u64,
     pub refused: RolledBack,
 }
 
@@ -389,12 +391,15 @@ impl Core {
         };
         let mut refused = std::collections::BTreeSet::new();
         let mut lost = Vec::new();
+        let mut mine_at = Vec::new();
         let me = cluster.node();
+        let lease = cluster.lease().id;
         for (w, o) in writes.iter().zip(outcomes) {
             let id = w.id();
             match o {
                 Outcome::Done { rev, epoch } => {
                     r.written += 1;
+                    self.claim_settled(id);
                     self.record_revisions(std::slice::from_ref(w), &[rev.unwrap_or(0)]);
                     if let Some(c) = self.cluster.as_mut() {
                         c.adopted.remove(&id);
@@ -403,16 +408,20 @@ impl Core {
                     self.owned_at(id, epoch, w.expect() != 0, now_ms);
                 }
                 Outcome::Lost { owner, rev } => {
-                    let still_mine = owner.is_some_and(|o| o.node == me)
-                        && self
-                            .sessions
-                            .get(&id)
-                            .is_some_and(|e| Some(e.epoch) == owner.map(|o| o.epoch));
-                    if still_mine {
-                        // Our own earlier write landed after all (its answer was lost).
+                    // This node's own key: at the epoch it holds (an earlier write's
+                    // answer was lost), or under its current lease at another epoch
+                    // (an acquisition whose answer was lost): the session is still
+                    // this node's; the write goes again at the right revision.
+                    let still_mine = owner.filter(|o| {
+                        o.node == me
+                            && (o.lease == lease
+                                || self.sessions.get(&id).is_some_and(|e| e.epoch == o.epoch))
+                    });
+                    if let Some(o) = still_mine {
                         if let Some(e) = self.sessions.get_mut(&id) {
                             e.rev = rev;
                         }
+                        mine_at.push((id, o.epoch));
                         r.in_doubt += 1;
                         bump(&mut self.counters.ownership, "in_doubt");
                     } else {
@@ -423,14 +432,16 @@ impl Core {
                     refused.insert(id);
                 }
                 Outcome::Failed(e) => {
-                    // The lease's own warnings already say that etcd is away.
                     if vouched {
                         tracing::warn!(session = %crate::control::api::SessionId(id), "cluster write: {e}");
+                        r.in_doubt += 1;
+                        bump(&mut self.counters.ownership, "in_doubt");
                     } else {
+                        // Never sent; the lease's own warnings say that etcd is away.
                         tracing::debug!(session = %crate::control::api::SessionId(id), "cluster write: {e}");
+                        r.no_lease += 1;
+                        bump(&mut self.counters.ownership, "no_lease");
                     }
-                    r.in_doubt += 1;
-                    bump(&mut self.counters.ownership, "in_doubt");
                     refused.insert(id);
                 }
             }
@@ -441,6 +452,10 @@ impl Core {
                 crate::session::Detail::OwnershipAmbiguous,
                 now_ms,
             )?;
+            // After the rollback, which takes back what the batch queued.
+            for (id, epoch) in mine_at {
+                self.owned_at(id, epoch, false, now_ms);
+            }
             for (id, owner, _) in lost {
                 // Another node's now, or no one's (our lease ran out): not ours.
                 if owner.is_none_or(|o| o.node != me) {

@@ -227,7 +227,7 @@ pub async fn run(
     if let Db::Cluster(c, _, term) = &mut db {
         *term = c.lease().term;
         let outcomes = c.commit(claims.clone());
-        core.claimed(&claims, outcomes, now);
+        core.claimed(&claims, outcomes, c.lease().id, now);
     }
     // At start a store that cannot write is an error, not a rollback.
     if let Some(e) = db.commit(&mut core, now)? {
@@ -494,10 +494,11 @@ impl Db {
                         store: c.describe(),
                         cause,
                     })?;
-                Ok((r.lost + r.in_doubt > 0).then(|| {
+                Ok((r.lost + r.in_doubt + r.no_lease > 0).then(|| {
                     format!(
-                        "{} writes refused by the cluster, {} without an answer",
-                        r.lost, r.in_doubt
+                        "{} writes refused by the cluster, {} without an answer, {} not sent \
+                         (this node's lease is not confirmed)",
+                        r.lost, r.in_doubt, r.no_lease
                     )
                 }))
             }
@@ -555,7 +556,7 @@ impl Db {
             let ops = core.claims_to_retry(clock.now_ms());
             if !ops.is_empty() {
                 let outcomes = c.commit(ops.clone());
-                core.claimed(&ops, outcomes, clock.now_ms());
+                core.claimed(&ops, outcomes, now.id, clock.now_ms());
             }
             return;
         }
@@ -566,7 +567,7 @@ impl Db {
             ops.len()
         );
         let outcomes = c.commit(ops.clone());
-        core.claimed(&ops, outcomes, clock.now_ms());
+        core.claimed(&ops, outcomes, now.id, clock.now_ms());
     }
 }
 

@@ -23,7 +23,7 @@
 //! | VOL, DEG | `BoundTraffic` | ATTACHED | transport_recovered | — |
 //! | ATTACHED | `Quality` over a threshold | VOLATILE | transport_volatile | — |
 //! | ATTACHED | `ReattachRequest` (auth, fresh) | VOLATILE → RECOVERING | client_reported_loss, reattach_started | (see below) |
-//! | VOL, DEG, REC | `ReattachRequest` (auth, fresh) | RECOVERING | reattach_started | SendChallenge |
+//! | VOL, DEG, REC | `ReattachRequest` (auth, fresh) | RECOVERING | reattach_started | SendChallenge (a new candidate; the pending one's challenge again if the request comes from its unexpired address) |
 //! | (either row) | the request's cause is `address_changed` | as above | address_changed replaces reattach_started | as above |
 //! | REC | … request failing policy | DEGRADED | reattach_validation_failed (rate_limited / blacklisted) | SendDenied, TransportSwitchDenied |
 //! | REC | `ReattachConfirm` matching pending | ATTACHED | reattach_success | *SwapBinding before StateChange*, TransportSwitch, SendAck |
