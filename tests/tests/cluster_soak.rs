@@ -261,6 +261,21 @@ impl Driver {
     }
 }
 
+/// The reason session `id` was TERMINATED with, as a node's events tell.
+fn terminated(s: &ClusterStack, id: u64) -> Option<String> {
+    let id = format!("{id:016x}");
+    (0..NODES).find_map(|n| {
+        s.events(n)
+            .lines()
+            .filter(|l| l.contains("STATE_CHANGE") && l.contains(&id))
+            .filter(|l| l.contains("\"to\":\"TERMINATED\""))
+            .find_map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).ok()?;
+                Some(v["reason"].as_str()?.to_owned())
+            })
+    })
+}
+
 /// Starts node `n` as its supervisor would: again while it exits because it could
 /// not join the cluster yet (etcd just regained its leader).
 fn start(s: &mut ClusterStack, n: usize) {
@@ -284,6 +299,8 @@ struct Settling {
     holders: Vec<usize>,
     /// etcd's owner (a node number, 1-based).
     owner: Option<u16>,
+    /// etcd holds its record.
+    recorded: bool,
     /// The node (0-based) the client is attached through.
     at: usize,
     /// Its traffic comes back.
@@ -519,6 +536,7 @@ fn a_seeded_soak_of_faults_under_traffic() {
                     id: *id,
                     holders,
                     owner: v.owners.get(id).map(|o| o.node),
+                    recorded: v.records.contains_key(id),
                     at,
                     fresh,
                     last,
@@ -530,15 +548,20 @@ fn a_seeded_soak_of_faults_under_traffic() {
     loop {
         let st = state(&s);
         let ok = st.as_ref().is_ok_and(|st| {
-            st.iter()
-                .all(|x| x.holders == [x.at] && x.owner == Some(x.at as u16 + 1) && x.fresh)
+            st.iter().all(|x| {
+                let attached = x.holders == [x.at] && x.owner == Some(x.at as u16 + 1) && x.fresh;
+                attached || (x.holders.is_empty() && !x.recorded && terminated(&s, x.id).is_some())
+            })
         });
         if ok {
             break;
         }
+        let events: String = (0..NODES)
+            .map(|n| format!("node {} events:\n{}", n + 1, s.events(n)))
+            .collect();
         assert!(
             Instant::now() < deadline,
-            "sessions did not settle within 30 s:\n{st:#?}\n{}",
+            "sessions did not settle within 30 s:\n{st:#?}\n{}\n{events}",
             s.logs()
         );
         thread::sleep(Duration::from_millis(50));
@@ -552,11 +575,15 @@ fn a_seeded_soak_of_faults_under_traffic() {
     check_etcd(&s, &mut epochs, true);
     let sum = |f: fn(&Tally) -> &AtomicU64| tallies.iter().map(|t| f(t).load(Relaxed)).sum::<u64>();
     let stale_delivered = sum(|t| &t.stale_delivered);
+    let ended: Vec<String> = ids
+        .iter()
+        .filter_map(|id| terminated(&s, *id).map(|r| format!("{id:016x} {r}")))
+        .collect();
     let x = s.exit_counters();
     eprintln!(
         "soak: {faults} faults in {:?} {counts:?}; delivered {} echoes, {} reattaches acknowledged, \
          {} denied; {} packets sent from replaced bindings, {stale_delivered} delivered; \
-         exit: data_in {} data_stale_owner {} link_stale_epoch {}",
+         exit: data_in {} data_stale_owner {} link_stale_epoch {}; terminated: {ended:?}",
         started.elapsed(),
         sum(|t| &t.delivered),
         sum(|t| &t.switches),
