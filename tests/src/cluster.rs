@@ -114,6 +114,25 @@ impl ClusterStack {
             .unwrap_or_else(|e| panic!("starting the client: {e}"));
     }
 
+    /// Starts the client agent and waits until its session is attached (through
+    /// node 1, the first of its gateways) and carries traffic: the session's id.
+    pub fn start_attached_client(&mut self) -> u64 {
+        self.start_client("");
+        self.wait(
+            "the session through node 1",
+            Duration::from_secs(15),
+            || {
+                self.client_status()
+                    .is_some_and(|c| c.state == jvpn_ctl::session::State::Attached)
+                    && self.ping(Duration::from_millis(500))
+            },
+        );
+        self.client_status()
+            .and_then(|c| c.session_id)
+            .expect("an attached client has a session")
+            .0
+    }
+
     pub fn node_links(&self, n: usize, up: bool) {
         self.0.node_links(n, up).unwrap();
     }

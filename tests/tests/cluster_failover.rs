@@ -18,18 +18,7 @@ fn the_owner_killed_the_session_continues_on_the_other_node() {
     let Some(mut s) = ClusterStack::start("clf") else {
         return;
     };
-    s.start_client("");
-    s.wait(
-        "the session through node 1",
-        Duration::from_secs(15),
-        || {
-            s.client_status()
-                .is_some_and(|c| c.state == State::Attached)
-                && s.ping(Duration::from_millis(500))
-        },
-    );
-    let st = s.client_status().unwrap();
-    let id = st.session_id.unwrap().0;
+    let id = s.start_attached_client();
     let on_a = s.session(0, id).expect("node 1 owns the new session");
     assert_eq!(on_a.generation, 1);
     assert!(

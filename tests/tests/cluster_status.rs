@@ -10,10 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use jvpn_ctl::{
-    control::api::{ClusterSessions, ClusterStatus, SessionInfo},
-    session::State,
-};
+use jvpn_ctl::control::api::{ClusterSessions, ClusterStatus, SessionId, SessionInfo};
 use jvpn_tests::{cluster::ClusterStack, gwlab::jvpn_ctl_bin, require_root};
 
 /// `jvpn-ctl ARGS --socket SOCK`: (success, stdout, stderr).
@@ -66,17 +63,7 @@ fn cluster_status_and_owners_follow_a_takeover() {
     let Some(mut s) = ClusterStack::start("cls") else {
         return;
     };
-    s.start_client("");
-    s.wait(
-        "the session through node 1",
-        Duration::from_secs(15),
-        || {
-            s.client_status()
-                .is_some_and(|c| c.state == State::Attached)
-                && s.ping(Duration::from_millis(500))
-        },
-    );
-    let id = s.client_status().unwrap().session_id.unwrap();
+    let id = SessionId(s.start_attached_client());
     let (n1, n2) = (s.socket(0), s.socket(1));
 
     // Node 1 owns the session: its epoch is the owner key's create revision.
