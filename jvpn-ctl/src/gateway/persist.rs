@@ -374,6 +374,14 @@ impl Core {
         // be gone at etcd): refused at once rather than after a timeout that would
         // hold up every other answer of this loop while etcd is away.
         let vouched = self.lease_live(now_ms);
+        // Writes that create the owner key on this node's current lease (epoch 0): only
+        // these settle a claim still to be sent; a record written under an existing
+        // key leaves that key on whatever lease holds it.
+        let acquiring: HashSet<u64> = ops
+            .iter()
+            .filter(|op| matches!(op, Op::Put { epoch: 0, .. }))
+            .map(Op::id)
+            .collect();
         let outcomes = if vouched {
             cluster.commit(ops)
         } else {
@@ -399,7 +407,9 @@ impl Core {
             match o {
                 Outcome::Done { rev, epoch } => {
                     r.written += 1;
-                    self.claim_settled(id);
+                    if acquiring.contains(&id) {
+                        self.claim_settled(id);
+                    }
                     self.record_revisions(std::slice::from_ref(w), &[rev.unwrap_or(0)]);
                     if let Some(c) = self.cluster.as_mut() {
                         c.adopted.remove(&id);
