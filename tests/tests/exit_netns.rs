@@ -67,6 +67,16 @@ fn lab() -> (Netns, Arc<Netns>) {
     (gw, exit)
 }
 
+/// The exit on the lab's addresses with the test link key.
+fn exit_config() -> Config {
+    Config::new(
+        SocketAddr::from((EXIT, DATA_PORT)),
+        SocketAddr::from((EXIT, LINK_PORT)),
+        LINK_KEY,
+        format!("{EXIT_TUN}/24").parse().unwrap(),
+    )
+}
+
 /// The exit in-process, inside the exit namespace, its counters readable.
 struct RunningExit(ExitThread);
 
@@ -173,12 +183,7 @@ fn recv_return(sock: &UdpSocket) -> Option<(u64, SocketAddr, SocketAddr, Vec<u8>
 fn exit_installs_decrypts_returns_and_drops() {
     require_root!();
     let (gw, exit_ns) = lab();
-    let config = Config::new(
-        SocketAddr::from((EXIT, DATA_PORT)),
-        SocketAddr::from((EXIT, LINK_PORT)),
-        LINK_KEY,
-        format!("{EXIT_TUN}/24").parse().unwrap(),
-    );
+    let config = exit_config();
     let tun_name = config.tun_name.clone();
     let mut exit = RunningExit::start(exit_ns.clone(), config);
 
@@ -353,12 +358,7 @@ fn exit_installs_decrypts_returns_and_drops() {
 fn exit_replaces_a_stale_address_holder_and_refuses_bad_config() {
     require_root!();
     let (gw, exit_ns) = lab();
-    let mut config = Config::new(
-        SocketAddr::from((EXIT, DATA_PORT)),
-        SocketAddr::from((EXIT, LINK_PORT)),
-        LINK_KEY,
-        format!("{EXIT_TUN}/24").parse().unwrap(),
-    );
+    let mut config = exit_config();
     config.tun_name = unique("jvx");
     config.mtu = 1300;
     let exit = RunningExit::start(exit_ns.clone(), config.clone());
@@ -440,12 +440,7 @@ fn exit_replaces_a_stale_address_holder_and_refuses_bad_config() {
 fn exit_fences_a_superseded_owner() {
     require_root!();
     let (gw, exit_ns) = lab();
-    let mut config = Config::new(
-        SocketAddr::from((EXIT, DATA_PORT)),
-        SocketAddr::from((EXIT, LINK_PORT)),
-        LINK_KEY,
-        format!("{EXIT_TUN}/24").parse().unwrap(),
-    );
+    let mut config = exit_config();
     config.tun_name = unique("jvf");
     let mut exit = RunningExit::start(exit_ns.clone(), config);
     let (link1, link2) = (

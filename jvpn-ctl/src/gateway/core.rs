@@ -288,20 +288,21 @@ impl Core {
         // A cluster node without a confirmed lease can make no change durable: its
         // timers would fire, be refused and be rolled back on every tick. They wait
         // for the lease (the deadlines stay due).
-        let frozen = self.cluster.is_some() && !self.lease_live(now_ms);
-        // Only sessions with a timer due: a scan without allocation, where stepping
-        // every session would clone a million of them per tick.
-        let policy = &self.policy;
-        let due: Vec<u64> = self
-            .sessions
-            .iter()
-            .filter(|(_, e)| {
-                session::next_deadline(&e.session, policy).is_some_and(|d| d <= now_ms)
-            })
-            .map(|(id, _)| *id)
-            .collect();
-        for id in due.into_iter().filter(|_| !frozen) {
-            self.drive(id, &Event::Tick, None, now_ms);
+        if self.cluster.is_none() || self.lease_live(now_ms) {
+            // Only sessions with a timer due: a scan without allocation, where
+            // stepping every session would clone a million of them per tick.
+            let policy = &self.policy;
+            let due: Vec<u64> = self
+                .sessions
+                .iter()
+                .filter(|(_, e)| {
+                    session::next_deadline(&e.session, policy).is_some_and(|d| d <= now_ms)
+                })
+                .map(|(id, _)| *id)
+                .collect();
+            for id in due {
+                self.drive(id, &Event::Tick, None, now_ms);
+            }
         }
         let (frames, gave_up) = self.link.due(now_ms);
         self.out.extend(

@@ -31,7 +31,7 @@ use super::{
     capture::{self, Capture, Frame},
     cluster::CLIENT_PORT,
     cluster_stack::{ClusterOptions, ClusterStack, ECHO_PORT, EXIT_TUN},
-    scenario::{follow, line},
+    scenario::{follow, line, session_line, tunnel_line},
     traffic::{Stream, StreamReport},
 };
 use crate::{
@@ -115,6 +115,17 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
+    /// The client's NAT mapping moves to source `port` (the client reattaches);
+    /// when it did.
+    fn move_nat(&self, port: u16, again: &str) -> Result<Instant> {
+        self.s.lab.rebind_client(Some(port))?;
+        let moved = Instant::now();
+        self.say(&format!(
+            "↻ the client's NAT mapping moves{again} (source port {port}): the client reattaches"
+        ));
+        Ok(moved)
+    }
+
     fn say(&self, what: &str) {
         line(self.t0, unix_ms(), "lab", what);
     }
@@ -526,12 +537,7 @@ pub fn run(bin: &Path, stop: &AtomicBool) -> Result<Summary> {
     let cut_ms = unix_ms();
     let cut = Instant::now();
     run.s.cut_from_etcd(1, true)?;
-    run.s.lab.rebind_client(Some(CLIENT_PORT + 1))?;
-    let moved = Instant::now();
-    run.say(&format!(
-        "↻ the client's NAT mapping moves (source port {}): the client reattaches",
-        CLIENT_PORT + 1
-    ));
+    let moved = run.move_nat(CLIENT_PORT + 1, "")?;
     run.wait(
         "B to deny the reattach ownership_ambiguous",
         Duration::from_secs(10),
@@ -635,12 +641,7 @@ pub fn run(bin: &Path, stop: &AtomicBool) -> Result<Summary> {
     }
     run.flowing(&stream, 250, "traffic through A without etcd")?;
     run.say("traffic through A goes on (an established binding needs no write)");
-    run.s.lab.rebind_client(Some(CLIENT_PORT + 2))?;
-    let moved = Instant::now();
-    run.say(&format!(
-        "↻ the client's NAT mapping moves again (source port {}): the client reattaches",
-        CLIENT_PORT + 2
-    ));
+    let moved = run.move_nat(CLIENT_PORT + 2, " again")?;
     run.wait(
         "both nodes to deny reattaches",
         Duration::from_secs(15),
@@ -773,14 +774,11 @@ pub fn run(bin: &Path, stop: &AtomicBool) -> Result<Summary> {
 /// The summary as printed at the end.
 pub fn render(s: &Summary) -> String {
     let mut out = String::from("\nSummary\n");
-    out.push_str(&format!(
-        "  session       {} — {}\n",
-        s.session_id.as_deref().unwrap_or("-"),
-        if s.session_unchanged {
-            "unchanged through every step"
-        } else {
-            "CHANGED (the client established another session)"
-        }
+    out.push_str(&session_line(
+        s.session_id.as_deref(),
+        s.session_unchanged,
+        "unchanged through every step",
+        "CHANGED (the client established another session)",
     ));
     out.push_str(&format!(
         "      {:<44} {:<8} {:>10}   {:>9}   {:>12}\n",
@@ -837,20 +835,10 @@ pub fn render(s: &Summary) -> String {
             "STATE CHANGED without quorum"
         }
     ));
-    let st = &s.stream;
-    let lost = st.sent.saturating_sub(st.echoed);
-    out.push_str(&format!(
-        "  tunnel        {} packets sent, {} echoed back, {} lost ({:.2}%: the outages above), \
-         {} duplicates\n",
-        st.sent,
-        st.echoed,
-        lost,
-        if st.sent > 0 {
-            lost as f64 * 100.0 / st.sent as f64
-        } else {
-            0.0
-        },
-        st.duplicate_echoes
+    out.push_str(&tunnel_line(
+        &s.stream,
+        s.stream.duplicate_echoes,
+        ": the outages above",
     ));
     if s.failures.is_empty() {
         out.push_str("  guarantees    all held\n");

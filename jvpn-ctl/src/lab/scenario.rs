@@ -558,17 +558,39 @@ fn print_keep(stack: &Stack, s: &ClientStatus) {
     );
 }
 
+/// A summary's first line: the session, and whether it stayed the same.
+pub(super) fn session_line(id: Option<&str>, unchanged: bool, kept: &str, changed: &str) -> String {
+    format!(
+        "  session       {} — {}\n",
+        id.unwrap_or("-"),
+        if unchanged { kept } else { changed }
+    )
+}
+
+/// A summary's line on the echo stream: sent, echoed, lost (`note` after the
+/// percentage) and `duplicates`.
+pub(super) fn tunnel_line(st: &StreamReport, duplicates: u64, note: &str) -> String {
+    let lost = st.sent.saturating_sub(st.echoed);
+    let pct = if st.sent > 0 {
+        lost as f64 * 100.0 / st.sent as f64
+    } else {
+        0.0
+    };
+    format!(
+        "  tunnel        {} packets sent, {} echoed back, {lost} lost ({pct:.2}%{note}), \
+         {duplicates} duplicates\n",
+        st.sent, st.echoed
+    )
+}
+
 /// The summary as printed at the end.
 pub fn render(s: &Summary) -> String {
     let mut out = String::from("\nSummary\n");
-    out.push_str(&format!(
-        "  session       {} — {}\n",
-        s.session_id.as_deref().unwrap_or("-"),
-        if s.session_unchanged {
-            "unchanged through every switch"
-        } else {
-            "CHANGED (a new session was established)"
-        }
+    out.push_str(&session_line(
+        s.session_id.as_deref(),
+        s.session_unchanged,
+        "unchanged through every switch",
+        "CHANGED (a new session was established)",
     ));
     out.push_str(&format!("  switches      {}\n", s.switches.len()));
     out.push_str(
@@ -596,19 +618,10 @@ pub fn render(s: &Summary) -> String {
             w.tcp_stall_ms
         ));
     }
-    let st = &s.stream;
-    let lost = st.sent.saturating_sub(st.echoed);
-    out.push_str(&format!(
-        "  tunnel        {} packets sent, {} echoed back, {} lost ({:.2}%), {} duplicates\n",
-        st.sent,
-        st.echoed,
-        lost,
-        if st.sent > 0 {
-            lost as f64 * 100.0 / st.sent as f64
-        } else {
-            0.0
-        },
-        st.duplicate_echoes + s.exit_duplicates
+    out.push_str(&tunnel_line(
+        &s.stream,
+        s.stream.duplicate_echoes + s.exit_duplicates,
+        "",
     ));
     let t = &s.tcp;
     out.push_str(&format!(

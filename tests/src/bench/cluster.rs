@@ -9,10 +9,9 @@
 //! phase does in the single-gateway lab with the local store; the report puts the
 //! two side by side.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
-use jvpn_common::wire::msg_type;
 use jvpn_ctl::{
     lab::{
         capture::Capture,
@@ -147,19 +146,7 @@ fn measure(s: &mut ClusterStack, moves: usize, phase: &Phase) -> Result<(Vec<f64
         "node 1 holds generation {}, the client {generation}",
         on1.generation
     );
-    let mut rtts = Vec::new();
-    let mut pending: Option<Instant> = None;
-    for f in cap.frames() {
-        match (f.msg_type(), f.outgoing) {
-            (Some(msg_type::REATTACH_REQUEST), true) => pending = Some(f.at),
-            (Some(msg_type::REATTACH_ACK), false) => {
-                if let Some(at) = pending.take() {
-                    rtts.push(f.at.duration_since(at).as_secs_f64() * 1e6);
-                }
-            }
-            _ => {}
-        }
-    }
+    let mut rtts = super::reattach_rtts_us(&cap.frames());
     if rtts.len() < moves * 9 / 10 {
         bail!(
             "only {} of {moves} reattach exchanges were captured",

@@ -12,7 +12,6 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
-use jvpn_common::wire::msg_type;
 use jvpn_ctl::lab::{capture::Capture, gateway::Transport};
 use serde_json::Value;
 
@@ -252,21 +251,10 @@ fn rtts(lab: &AgentLab, moves: usize, phase: &Phase) -> Result<Vec<f64>> {
         phase.step();
     }
     std::thread::sleep(Duration::from_millis(50));
-    let mut rtts = Vec::new();
-    for cap in &caps {
-        let mut pending = None;
-        for f in cap.frames() {
-            match (f.msg_type(), f.outgoing) {
-                (Some(msg_type::REATTACH_REQUEST), true) => pending = Some(f.at),
-                (Some(msg_type::REATTACH_ACK), false) => {
-                    if let Some(at) = pending.take() {
-                        rtts.push(f.at.duration_since(at).as_secs_f64() * 1e6);
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
+    let mut rtts: Vec<f64> = caps
+        .iter()
+        .flat_map(|cap| super::reattach_rtts_us(&cap.frames()))
+        .collect();
     ensure!(
         rtts.len() >= moves * 9 / 10,
         "only {} of {moves} reattach exchanges were captured",

@@ -52,32 +52,20 @@ pub fn run(b: &mut Bench) -> Result<()> {
     // run does the full work: parse, lookup, FIB, rewrite, statistics.
     let probe = PROBE_ID;
     let client = topo::v4(topo::GEN_IP, topo::GW_PORT);
-    b.big.insert_session(
-        probe,
-        &SessionEntry {
-            generation: 1,
-            flags: FLAG_FORWARDING,
-            client: client.into(),
-            gw_client: topo::v4(topo::GW_IN_IP, topo::GW_PORT).into(),
-            exit: topo::v4(topo::SINK_IP, topo::GW_PORT).into(),
-            gw_exit: client.into(),
-            ..Default::default()
-        },
-    )?;
+    let entry = SessionEntry {
+        generation: 1,
+        flags: FLAG_FORWARDING,
+        client: client.into(),
+        gw_client: topo::v4(topo::GW_IN_IP, topo::GW_PORT).into(),
+        exit: topo::v4(topo::SINK_IP, topo::GW_PORT).into(),
+        gw_exit: client.into(),
+        ..Default::default()
+    };
+    b.big.insert_session(probe, &entry)?;
     // The foreign session's entry as a cluster node installs it for another node's
     // session: its binding, forwarding off.
-    b.big.insert_session(
-        FOREIGN_ID,
-        &SessionEntry {
-            generation: 1,
-            flags: 0,
-            client: client.into(),
-            gw_client: topo::v4(topo::GW_IN_IP, topo::GW_PORT).into(),
-            exit: topo::v4(topo::SINK_IP, topo::GW_PORT).into(),
-            gw_exit: client.into(),
-            ..Default::default()
-        },
-    )?;
+    b.big
+        .insert_session(FOREIGN_ID, &SessionEntry { flags: 0, ..entry })?;
     let spec = |session_id| FrameSpec {
         src_mac: b.topo.gen_mac,
         dst_mac: b.topo.gw_in_mac,

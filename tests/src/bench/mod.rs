@@ -291,3 +291,23 @@ fn drops_delta(before: &jvpn_ctl::datapath::Drops, after: &jvpn_ctl::datapath::D
     }
     Value::Object(m)
 }
+
+/// REATTACH_REQUEST out → REATTACH_ACK in round trips (µs) in one capture of a
+/// client interface, in order.
+pub fn reattach_rtts_us(frames: &[jvpn_ctl::lab::capture::Frame]) -> Vec<f64> {
+    use jvpn_common::wire::msg_type;
+    let mut rtts = Vec::new();
+    let mut pending = None;
+    for f in frames {
+        match (f.msg_type(), f.outgoing) {
+            (Some(msg_type::REATTACH_REQUEST), true) => pending = Some(f.at),
+            (Some(msg_type::REATTACH_ACK), false) => {
+                if let Some(at) = pending.take() {
+                    rtts.push(f.at.duration_since(at).as_secs_f64() * 1e6);
+                }
+            }
+            _ => {}
+        }
+    }
+    rtts
+}

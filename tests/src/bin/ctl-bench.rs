@@ -330,6 +330,17 @@ impl Bench {
     /// The next instant of the virtual clock. A cluster node's lease deadline is
     /// carried into the core before every step, as the run loop keeps it (the
     /// deadline as the etcd client thread has it now, on the core's clock).
+    /// The exit's ACKs into the core and the batch committed: the gateway's time.
+    fn feed_link_acks(&mut self, acks: &[Vec<u8>]) -> anyhow::Result<Duration> {
+        let now = self.tick();
+        let t = Instant::now();
+        for ack in acks {
+            self.core.on_link_frame(ack, now);
+        }
+        commit(&mut self.core, &mut self.store, now)?;
+        Ok(t.elapsed())
+    }
+
     fn tick(&mut self) -> u64 {
         self.now += 1;
         if let Db::Cluster(c) = &self.store {
@@ -446,13 +457,7 @@ impl Bench {
             }
 
             // Gateway: exit ACK → map insert, ATTACHED, ESTABLISHED.
-            let now = self.tick();
-            let t = Instant::now();
-            for ack in &acks {
-                self.core.on_link_frame(ack, now);
-            }
-            commit(&mut self.core, &mut self.store, now)?;
-            steps.third += t.elapsed();
+            steps.third += self.feed_link_acks(&acks)?;
             // A cluster node learns the session's epoch from that commit (the owner
             // key it created) and INSTALLs the keys again with it: the exit's fencing
             // token. Those go out next to the ESTABLISHEDs.
@@ -486,13 +491,7 @@ impl Bench {
                         acked_type: link_type::INSTALL,
                     }));
                 }
-                let now = self.tick();
-                let t = Instant::now();
-                for ack in &acks {
-                    self.core.on_link_frame(ack, now);
-                }
-                commit(&mut self.core, &mut self.store, now)?;
-                steps.third += t.elapsed();
+                steps.third += self.feed_link_acks(&acks)?;
                 ensure!(
                     self.core.out.is_empty(),
                     "epoch INSTALL ACK: {} unexpected replies",
