@@ -19,3 +19,4 @@ pub mod sockopt;
 pub mod store;
 pub mod toml_file;
 pub mod tun;
+pub mod udp_batch;
