@@ -9,7 +9,7 @@ use anyhow::{Context as _, Result, bail};
 use crate::util;
 
 /// (command, Debian package providing it)
-const TOOLS: [(&str, &str); 10] = [
+const TOOLS: [(&str, &str); 12] = [
     ("ip", "iproute2"),
     ("tc", "iproute2"),
     ("sysctl", "procps"),
@@ -22,6 +22,9 @@ const TOOLS: [(&str, &str); 10] = [
     ("conntrack", "conntrack"),
     // Throughput through the tunnel.
     ("iperf3", "iperf3"),
+    // The bench's tunnel phase measures userspace WireGuard as its baseline.
+    ("wireguard-go", "wireguard-go"),
+    ("wg", "wireguard-tools"),
     // The real server the etcd session store is tested against (lab::etcd).
     ("etcd", "etcd-server"),
     // etcd-client's build script compiles etcd's .proto files with it.

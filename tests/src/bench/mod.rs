@@ -13,6 +13,8 @@ pub mod sessions;
 mod swap;
 mod throughput;
 pub mod topo;
+mod tunnel;
+mod wireguard;
 
 use std::{
     path::PathBuf,
@@ -58,13 +60,14 @@ pub fn percentile<T: Copy>(sorted: &[T], q: f64) -> T {
 }
 
 /// The phases, in the order they run.
-pub const PHASES: [&str; 6] = [
+pub const PHASES: [&str; 7] = [
     "cost",
     "throughput",
     "swap",
     "controller",
     "reattach",
     "cluster",
+    "tunnel",
 ];
 
 #[derive(Clone, Debug)]
@@ -244,7 +247,8 @@ pub fn run(opts: Options) -> Result<(Value, bool)> {
             "swap" => swap::run(&mut b),
             "controller" => control::controller(&mut b),
             "reattach" => control::reattach_rtt(&mut b),
-            _ => cluster::reattach_rtt(&mut b),
+            "cluster" => cluster::reattach_rtt(&mut b),
+            _ => tunnel::run(&mut b),
         };
         if let Err(e) = result {
             eprintln!("== {phase}: FAILED: {e:#}");
