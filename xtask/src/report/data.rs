@@ -270,6 +270,54 @@ impl Rtt {
     }
 }
 
+/// The `tunnel` phase: TCP through the jvpn tunnel and through wireguard-go, up
+/// (client → exit) and down (exit → client), medians of the rounds.
+pub struct Tunnel {
+    /// `[up, down]`, Mbit/s.
+    pub jvpn: [Option<f64>; 2],
+    pub wireguard_go: [Option<f64>; 2],
+    /// The senders' TCP retransmits per run, `[up, down]`.
+    pub jvpn_retransmits: [Option<f64>; 2],
+    pub wireguard_go_retransmits: [Option<f64>; 2],
+    /// jvpn / wireguard-go, `[up, down]`.
+    pub ratio: [Option<f64>; 2],
+}
+
+/// The two directions, as the tunnel keys spell them.
+pub const DIRECTIONS: [&str; 2] = ["up", "down"];
+
+impl Tunnel {
+    pub fn read(r: &Value) -> Self {
+        let per = |f: &dyn Fn(&str) -> String| DIRECTIONS.map(|d| num(r, &[&f(d)]));
+        let mbps = per(&|d| format!("tunnel_{d}_mbps"));
+        let wg = per(&|d| format!("wireguard_go_{d}_mbps"));
+        let ratio = per(&|d| format!("tunnel_over_wireguard_go_{d}"));
+        let mut computed = [None; 2];
+        for i in 0..2 {
+            computed[i] = ratio[i].or_else(|| {
+                mbps[i]
+                    .zip(wg[i])
+                    .filter(|(_, w)| *w > 0.0)
+                    .map(|(m, w)| m / w)
+            });
+        }
+        Self {
+            jvpn: mbps,
+            wireguard_go: wg,
+            jvpn_retransmits: per(&|d| format!("tunnel_{d}_retransmits")),
+            wireguard_go_retransmits: per(&|d| format!("wireguard_go_{d}_retransmits")),
+            ratio: computed,
+        }
+    }
+
+    pub fn has_data(&self) -> bool {
+        self.jvpn
+            .iter()
+            .chain(&self.wireguard_go)
+            .any(Option::is_some)
+    }
+}
+
 /// The nearest-rank percentile of ascending `sorted`.
 pub fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
     if sorted.is_empty() {
@@ -348,6 +396,24 @@ mod tests {
         assert_eq!(r.p99, Some(4.5));
         assert!(!NsPerPkt::read(&json!({"ns_per_pkt": 3})).has_data());
         assert_eq!(Rtt::read(&json!({})).p50, None);
+    }
+
+    #[test]
+    fn tunnel_figures() {
+        let t = Tunnel::read(&json!({
+            "tunnel_up_mbps": 2000.0, "tunnel_down_mbps": 1500.0,
+            "wireguard_go_up_mbps": 800.0, "wireguard_go_down_mbps": null,
+            "tunnel_over_wireguard_go_up": 2.4, "tunnel_up_retransmits": 12,
+        }));
+        assert_eq!(t.jvpn, [Some(2000.0), Some(1500.0)]);
+        assert_eq!(t.wireguard_go, [Some(800.0), None]);
+        // The runner's ratio wins; a missing one is not made up.
+        assert_eq!(t.ratio, [Some(2.4), None]);
+        assert_eq!(t.jvpn_retransmits, [Some(12.0), None]);
+        assert!(t.has_data());
+        let t = Tunnel::read(&json!({"tunnel_up_mbps": 2000, "wireguard_go_up_mbps": 800}));
+        assert_eq!(t.ratio, [Some(2.5), None]);
+        assert!(!Tunnel::read(&json!({})).has_data());
     }
 
     #[test]

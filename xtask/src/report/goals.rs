@@ -25,7 +25,7 @@ struct Spec {
     decimals: usize,
 }
 
-const SPECS: [Spec; 10] = [
+const SPECS: [Spec; 11] = [
     Spec {
         key: "relay_over_fwd",
         what: "relay throughput / plain XDP redirect forwarder",
@@ -106,6 +106,14 @@ const SPECS: [Spec; 10] = [
         unit: " µs",
         decimals: 0,
     },
+    Spec {
+        key: "tunnel_over_wireguard_go",
+        what: "TCP through the tunnel / through wireguard-go, the lower direction",
+        cmp: Cmp::AtLeast,
+        threshold: 2.0,
+        unit: "",
+        decimals: 2,
+    },
 ];
 
 /// A goal checked against one run.
@@ -122,9 +130,14 @@ pub struct Goal {
 }
 
 /// A goal's value that results written before the runner computed it still allow:
-/// the store's extra reattach round trip from its two measured p99s (same run).
+/// the store's extra reattach round trip from its two measured p99s (same run), and
+/// the tunnel's lower ratio from its two directions.
 fn derived(results: &Value, key: &str) -> Option<f64> {
     match key {
+        "tunnel_over_wireguard_go" => {
+            let [up, down] = data::Tunnel::read(results).ratio;
+            Some(up?.min(down?))
+        }
         "reattach_rtt_store_extra_us_p99" => Some(
             data::num(results, &["reattach_rtt_us_p99"])?
                 - data::num(results, &["reattach_rtt_tmpfs_us_p99"])?,
@@ -235,6 +248,7 @@ mod tests {
                 ("swap_us_p99", "≤ 50 µs"),
                 ("reattaches_store_ratio", "≥ 0.8"),
                 ("reattach_rtt_store_extra_us_p99", "≤ 2000 µs"),
+                ("tunnel_over_wireguard_go", "≥ 2"),
             ]
         );
         for g in &gs {
@@ -250,7 +264,7 @@ mod tests {
             "relay_over_fwd": 0.85, "relay_over_drop": 0.5, "relay_over_userspace": 5,
             "relay_minus_drop_ns": 30, "relay_1m_over_1k": 1.5, "swap_misrouted": 0,
             "swap_lost": 0.0, "swap_us_p99": 50.0, "reattaches_store_ratio": 0.8,
-            "reattach_rtt_store_extra_us_p99": 2000,
+            "reattach_rtt_store_extra_us_p99": 2000, "tunnel_over_wireguard_go": 2.0,
         }));
         for g in &gs {
             assert_eq!(g.met, Some(true), "{}", g.name);
@@ -276,6 +290,22 @@ mod tests {
         assert_eq!(
             goal(&gs, "reattach_rtt_store_extra_us_p99").met,
             Some(false)
+        );
+    }
+
+    #[test]
+    fn the_tunnel_goal_takes_the_lower_direction() {
+        let gs = goals(&json!({"tunnel_over_wireguard_go_up": 2.6,
+                               "tunnel_over_wireguard_go_down": 1.9}));
+        let g = goal(&gs, "tunnel_over_wireguard_go");
+        assert_eq!((g.value, g.met), (Some(1.9), Some(false)));
+        assert_eq!(g.verdict(), "❌ missed by 0.10");
+        let gs = goals(&json!({"tunnel_up_mbps": 2000, "wireguard_go_up_mbps": 800}));
+        let g = goal(&gs, "tunnel_over_wireguard_go");
+        assert_eq!(
+            (g.value, g.met),
+            (None, None),
+            "one direction alone is not measured"
         );
     }
 

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use super::{
     PLOTS,
-    data::{self, NsPerPkt, Rtt, Throughput, num, text},
+    data::{self, NsPerPkt, Rtt, Throughput, Tunnel, num, text},
     format::{self, MISSING},
     goals,
 };
@@ -17,6 +17,7 @@ pub fn report(results: &Value, json_name: &str) -> String {
     header(&mut md, results, json_name);
     goals_section(&mut md, results);
     throughput(&mut md, results);
+    tunnel(&mut md, results);
     ns_per_pkt(&mut md, results);
     swap(&mut md, results);
     controller(&mut md, results);
@@ -186,6 +187,75 @@ fn throughput(md: &mut String, r: &Value) {
         }
         md.push_str("\n</details>\n\n");
     }
+}
+
+fn tunnel(md: &mut String, r: &Value) {
+    md.push_str(
+        "## TCP through the tunnel\n\n\
+         What a user gets: `iperf3` TCP from the client namespace to a server on the exit's \
+         tunnel address, through the whole product (client TUN → client agent → gateway \
+         XDP relay → exit → exit TUN; up is client → exit, down is `iperf3 -R`), and the \
+         same through wireguard-go (userspace WireGuard at the client and the exit, the \
+         gateway forwarding with the kernel) over the same namespaces and veths, the two \
+         interleaved in the same run; the median of the rounds. Retransmits are the \
+         sender's TCP retransmits per run (iperf3's `end.sum_sent.retransmits`).\n\n",
+    );
+    let t = Tunnel::read(r);
+    let mbps = |v: Option<f64>| format::fixed(v, 0);
+    let x = |v: Option<f64>| match v {
+        Some(v) => format!("{v:.2}×"),
+        None => MISSING.into(),
+    };
+    md.push_str(
+        "| direction | jvpn (Mbit/s) | wireguard-go (Mbit/s) | jvpn / wireguard-go | \
+         jvpn retransmits | wireguard-go retransmits |\n|---|---:|---:|---:|---:|---:|\n",
+    );
+    for (i, name) in ["up (client → exit)", "down (exit → client)"]
+        .iter()
+        .enumerate()
+    {
+        let _ = writeln!(
+            md,
+            "| {name} | {} | {} | {} | {} | {} |",
+            mbps(t.jvpn[i]),
+            mbps(t.wireguard_go[i]),
+            x(t.ratio[i]),
+            format::count(t.jvpn_retransmits[i]),
+            format::count(t.wireguard_go_retransmits[i]),
+        );
+    }
+    let mut setup = Vec::new();
+    if let Some(n) = num(r, &["tunnel", "rounds"]) {
+        setup.push(format!("{n} rounds"));
+    }
+    if let Some(s) = num(r, &["tunnel", "seconds_per_run"]) {
+        setup.push(format!("{s} s per run"));
+    }
+    if let Some(m) = num(r, &["tunnel", "tunnel_mtu"]) {
+        setup.push(format!("jvpn tunnel MTU {m}"));
+    }
+    if let Some(m) = num(r, &["tunnel", "wireguard_go_mtu"]) {
+        setup.push(format!("wireguard-go MTU {m}"));
+    }
+    if let Some(v) = text(r, &["tunnel", "wireguard_go_version"]) {
+        setup.push(escape(v));
+    }
+    if let Some(n) = num(r, &["tunnel", "client_switches"]) {
+        setup.push(format!(
+            "{n} transport switches of the agent during the runs"
+        ));
+    }
+    let _ = writeln!(
+        md,
+        "\n`tunnel_over_wireguard_go` (the lower of the two directions): {}. {}.\n",
+        x(num(r, &["tunnel_over_wireguard_go"])),
+        joined(&setup)
+    );
+    plot(
+        md,
+        "TCP through the tunnel, jvpn vs. wireguard-go",
+        "tunnel",
+    );
 }
 
 fn ns_per_pkt(md: &mut String, r: &Value) {
@@ -592,7 +662,7 @@ mod tests {
         assert!(md.contains("(quick run)"));
         assert!(md.contains("Quick run: a smoke check"));
         assert!(md.contains("date unknown"));
-        assert!(md.contains("**1 of 10 goals met**, 9 not measured."));
+        assert!(md.contains("**1 of 11 goals met**, 10 not measured."));
         assert!(md.contains("| swaps | — |"));
         assert!(md.contains("No throughput was measured."));
         assert!(md.contains("**Machine:** —."));

@@ -1,5 +1,5 @@
 //! The benchmark report: `cargo xtask bench` writes its results as JSON (schema 1) and
-//! this turns them into `REPORT.md` with three SVG plots beside it. The plots are
+//! this turns them into `REPORT.md` with four SVG plots beside it. The plots are
 //! hand-written SVG rather than a plotting crate's, to keep xtask quick to compile.
 //! A partial run (a phase failed or was skipped) still renders: whatever is missing
 //! shows as "—", and a plot without data says so.
@@ -28,7 +28,7 @@ pub use goals::goals;
 /// The plots' directory under the output directory, as REPORT.md links it.
 const PLOTS: &str = "plots";
 
-/// Writes `out_dir/REPORT.md` and `out_dir/plots/{pps,ns_per_pkt,reattach_rtt}.svg`
+/// Writes `out_dir/REPORT.md` and `out_dir/plots/{pps,ns_per_pkt,reattach_rtt,tunnel}.svg`
 /// from a results JSON; `json_name` is how REPORT.md refers to the JSON file (a path
 /// relative to `out_dir`). Returns the files written.
 pub fn render(results: &Value, json_name: &str, out_dir: &Path) -> Result<Vec<PathBuf>> {
@@ -59,6 +59,10 @@ pub fn render(results: &Value, json_name: &str, out_dir: &Path) -> Result<Vec<Pa
         (
             plots.join("reattach_rtt.svg"),
             plots::reattach_rtt(&data::Rtt::read(results)),
+        ),
+        (
+            plots.join("tunnel.svg"),
+            plots::tunnel(&data::Tunnel::read(results)),
         ),
     ];
     files
@@ -180,12 +184,25 @@ mod tests {
             "foreign_over_unknown": 1.04, "foreign_over_unknown_big": 1.1,
             "foreign_minus_drop_ns": 16.0, "unknown_minus_drop_ns": 15.0,
         });
+        // The tunnel figures.
+        let tunnel = json!({
+            "tunnel_up_mbps": 2100.0, "tunnel_down_mbps": 1800.0,
+            "wireguard_go_up_mbps": 700.0, "wireguard_go_down_mbps": 600.0,
+            "tunnel_over_wireguard_go_up": 3.0, "tunnel_over_wireguard_go_down": 3.0,
+            "tunnel_over_wireguard_go": 3.0,
+            "tunnel_up_retransmits": 120, "tunnel_down_retransmits": 80,
+            "wireguard_go_up_retransmits": 4500, "wireguard_go_down_retransmits": 3900,
+            "tunnel": {"rounds": 3, "seconds_per_run": 5, "tunnel_mtu": 1400,
+                       "wireguard_go_mtu": 1400, "wireguard_go_version": "wireguard-go v0.0.20220316",
+                       "client_switches": 0},
+        });
         let mut v = v;
         for (k, x) in store
             .as_object()
             .expect("an object")
             .iter()
             .chain(cluster.as_object().expect("an object"))
+            .chain(tunnel.as_object().expect("an object"))
         {
             v[k] = x.clone();
         }
@@ -218,7 +235,8 @@ mod tests {
                 "REPORT.md",
                 "plots/pps.svg",
                 "plots/ns_per_pkt.svg",
-                "plots/reattach_rtt.svg"
+                "plots/reattach_rtt.svg",
+                "plots/tunnel.svg"
             ]
             .map(PathBuf::from)
         );
@@ -240,7 +258,12 @@ mod tests {
             "(full run) from a run started 2026-11-18 11:06 UTC, which took 8m32s",
             "[results.json](results.json)",
             "**Machine:** AMD EPYC 7B13, 2 cores, Linux 6.18.0, 24.0 GiB RAM.",
-            "**9 of 10 goals met**, 1 missed.",
+            "**10 of 11 goals met**, 1 missed.",
+            "| up (client → exit) | 2100 | 700 | 3.00× | 120 | 4,500 |",
+            "| down (exit → client) | 1800 | 600 | 3.00× | 80 | 3,900 |",
+            "`tunnel_over_wireguard_go` (the lower of the two directions): 3.00×. 3 rounds, 5 s per run",
+            "| TCP through the tunnel / through wireguard-go, the lower direction (`tunnel_over_wireguard_go`) | ≥ 2 | 3.00 | ✅ met |",
+            "](plots/tunnel.svg)",
             "| relay throughput / plain XDP redirect forwarder (`relay_over_fwd`) | ≥ 0.85 | 0.93 | ✅ met |",
             "| mode | 64 B payload (106 B frame) | 1400 B payload (1442 B frame) |",
             "| XDP_DROP (ceiling) | 7.10 | 2.00 |",
@@ -284,7 +307,7 @@ mod tests {
     fn renders_partial_and_empty_results() {
         let (_dir, files) = render_into(&json!({}));
         let md = fs::read_to_string(&files[0]).unwrap();
-        assert!(md.contains("**0 of 10 goals met**, 10 not measured."));
+        assert!(md.contains("**0 of 11 goals met**, 11 not measured."));
         for plot in &files[1..] {
             assert!(fs::read_to_string(plot).unwrap().contains("no data"));
         }
@@ -306,7 +329,7 @@ mod tests {
         let (_dir, files) = render_into(&partial);
         let md = fs::read_to_string(&files[0]).unwrap();
         assert!(
-            md.contains("**7 of 10 goals met**, 1 missed, 2 not measured."),
+            md.contains("**8 of 11 goals met**, 1 missed, 2 not measured."),
             "{md}"
         );
         assert!(

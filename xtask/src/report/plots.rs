@@ -1,8 +1,8 @@
-//! The three plots of REPORT.md, as SVG text. Each has a "no data" form, so a partial
+//! The plots of REPORT.md, as SVG text. Each has a "no data" form, so a partial
 //! run still gets every file the report links to.
 
 use super::{
-    data::{self, NsPerPkt, Rtt, Throughput},
+    data::{self, NsPerPkt, Rtt, Throughput, Tunnel},
     format,
     svg::{self, Anchor, Area, GRID, INK, MUTED, PALETTE, Svg, Ticks},
 };
@@ -303,6 +303,72 @@ pub fn reattach_rtt(r: &Rtt) -> String {
     svg.finish()
 }
 
+/// Grouped bars: upload and download, jvpn next to wireguard-go, in Mbit/s.
+pub fn tunnel(t: &Tunnel) -> String {
+    const TITLE: &str = "TCP through the tunnel: jvpn vs. wireguard-go (higher is better)";
+    if !t.has_data() {
+        return svg::no_data(TITLE, "the run measured no tunnel throughput");
+    }
+    let area = Area::DEFAULT;
+    let mut svg = Svg::new(TITLE);
+    let series = [
+        ("jvpn", &t.jvpn, PALETTE[0]),
+        ("wireguard-go", &t.wireguard_go, PALETTE[1]),
+    ];
+    let max = series
+        .iter()
+        .flat_map(|s| s.1.iter().flatten())
+        .fold(0.0, |m: f64, &v| m.max(v));
+    let y = svg::y_axis(
+        &mut svg,
+        area,
+        Ticks::from_zero(max * 1.1, 5),
+        "megabits per second (Mbit/s)",
+    );
+    let groups = [
+        ("upload", "client → exit"),
+        ("download", "exit → client (iperf3 -R)"),
+    ];
+    let group = area.width() / groups.len() as f64;
+    let bar = group * 0.5 / series.len() as f64;
+    for (i, (name, path)) in groups.iter().enumerate() {
+        let gx = area.left + group * i as f64;
+        for (j, (_, values, colour)) in series.iter().enumerate() {
+            let x = gx + group * 0.25 + bar * j as f64;
+            let cx = x + bar / 2.0;
+            match values[i] {
+                Some(v) => {
+                    let top = y(v).min(area.bottom);
+                    svg.rect(x + 2.0, top, bar - 4.0, area.bottom - top, colour);
+                    svg.text(cx, top - 4.0, 11.0, Anchor::Middle, &format!("{v:.0}"), INK);
+                }
+                None => svg.text(
+                    cx,
+                    area.bottom - 4.0,
+                    11.0,
+                    Anchor::Middle,
+                    format::MISSING,
+                    MUTED,
+                ),
+            }
+        }
+        let cx = gx + group / 2.0;
+        let ratio = match t.ratio[i] {
+            Some(r) => format!("{name}: jvpn / wireguard-go = {r:.2}×"),
+            None => (*name).to_string(),
+        };
+        svg.text(cx, area.bottom + 17.0, 12.0, Anchor::Middle, &ratio, INK);
+        svg.text(cx, area.bottom + 31.0, 11.0, Anchor::Middle, path, MUTED);
+    }
+    svg::axes(&mut svg, area);
+    let items: Vec<(&str, String)> = series
+        .iter()
+        .map(|(name, _, colour)| (*colour, (*name).to_string()))
+        .collect();
+    svg::legend(&mut svg, area, &items);
+    svg.finish()
+}
+
 /// A round number without trailing zeros: `20`, `2.5`, `0.05`.
 fn trim(v: f64) -> String {
     let s = format!("{v:.6}");
@@ -354,6 +420,14 @@ mod tests {
             rtt.contains("p99 100000.0 µs") && !rtt.contains("not shown"),
             "{rtt}"
         );
+        let tun = tunnel(&Tunnel::read(&json!({
+            "tunnel_up_mbps": 2100.0, "wireguard_go_up_mbps": 700.0,
+            "wireguard_go_down_mbps": 650.0,
+        })));
+        xml_check::check(&tun).unwrap();
+        assert!(tun.contains(">2100<") && tun.contains(">650<"), "{tun}");
+        assert!(tun.contains("upload: jvpn / wireguard-go = 3.00×"), "{tun}");
+        assert!(tun.contains(">download<"), "{tun}");
         let rtt = reattach_rtt(&Rtt::read(&tail));
         xml_check::check(&rtt).unwrap();
         assert!(
@@ -372,11 +446,13 @@ mod tests {
             json!({"ns_per_pkt": {"relay": {"0": 1.0}}}),
             json!({"ns_per_pkt": {"drop": {"1000": 0.0}}}),
             json!({"pps": [{"mode": "drop", "payload": 64, "pps": 0}]}),
+            json!({"tunnel_up_mbps": 0, "wireguard_go_up_mbps": 0}),
         ] {
             for doc in [
                 pps(&Throughput::read(&v)),
                 ns_per_pkt(&NsPerPkt::read(&v)),
                 reattach_rtt(&Rtt::read(&v)),
+                tunnel(&Tunnel::read(&v)),
             ] {
                 xml_check::check(&doc).unwrap_or_else(|e| panic!("{v}: {e}\n{doc}"));
                 assert!(!doc.contains("NaN") && !doc.contains("inf\""), "{v}: {doc}");
