@@ -62,6 +62,19 @@ impl AgentLab {
         client_extra: &str,
         opts: LabOptions,
     ) -> Self {
+        Self::start_edited(tag, policy, transports, client_extra, opts, |c| c)
+    }
+
+    /// As [`AgentLab::start_with`], with the client's configuration passed through
+    /// `edit` before it starts.
+    pub fn start_edited(
+        tag: &str,
+        policy: &str,
+        transports: &[Transport],
+        client_extra: &str,
+        opts: LabOptions,
+        edit: impl FnOnce(String) -> String,
+    ) -> Self {
         // The test's keys replace the fast defaults (TOML refuses a key twice).
         let keys: Vec<&str> = policy
             .lines()
@@ -75,7 +88,7 @@ impl AgentLab {
             .collect();
         let mut gw = GwLab::start_with(tag, &format!("{fast}{policy}"), opts);
         let echo = EchoServer::start(&gw.lab.exit, echo_addr()).expect("echo server");
-        let cfg = gw.client_config(transports, client_extra);
+        let cfg = edit(gw.client_config(transports, client_extra));
         gw.start_client(&cfg).expect("starting the client agent");
         let me = Self { gw, echo };
         me.wait_status("the session to be ATTACHED", Duration::from_secs(10), |s| {
@@ -139,6 +152,34 @@ impl AgentLab {
                 if up { "up" } else { "down" },
             ])
             .expect("ip link set");
+    }
+
+    /// Drops `pct` % (at random, nftables `numgen`) of what transport `t` sends to
+    /// the gateway, in the client namespace; 100 also drops what comes back (a
+    /// black hole with the link up). Replaces any earlier rule; 0 removes it.
+    pub fn lossy(&self, t: Transport, pct: u32) {
+        let ns = &self.gw.lab.client;
+        let _ = ns.exec("nft", &["delete table inet jvpn_loss"]);
+        if pct == 0 {
+            return;
+        }
+        let (dev, port) = (t.client_dev(), t.gw_addr().port());
+        let (back, random) = if pct >= 100 {
+            (
+                format!("add rule inet jvpn_loss in iifname \"{dev}\" udp sport {port} drop\n"),
+                String::new(),
+            )
+        } else {
+            (String::new(), format!("numgen random mod 100 < {pct} "))
+        };
+        let script = format!(
+            "add table inet jvpn_loss\n\
+             add chain inet jvpn_loss out {{ type filter hook output priority 0; }}\n\
+             add chain inet jvpn_loss in {{ type filter hook input priority 0; }}\n\
+             add rule inet jvpn_loss out oifname \"{dev}\" udp dport {port} \
+             {random}counter drop\n{back}"
+        );
+        ns.exec("nft", &[&script]).expect("nft");
     }
 
     /// A numbered UDP stream through the tunnel to the exit's echo server.

@@ -62,8 +62,10 @@ fn birth_then_traffic_both_ways() {
     );
 }
 
-/// 2. Transport death → reattach → traffic continues, SessionID unchanged, the
-///    interruption bounded by the loss TTL plus a stated margin.
+/// 2. Silent transport death (a black hole, the link still up: nothing tells the
+///    kernel) → reattach after the loss TTL → traffic continues, SessionID
+///    unchanged, the interruption bounded by the loss TTL plus a stated margin.
+///    (A link that goes down is seen at once: agent_links.rs.)
 #[test]
 fn transport_death_reattaches_and_traffic_continues() {
     require_root!();
@@ -73,7 +75,7 @@ fn transport_death_reattaches_and_traffic_continues() {
     std::thread::sleep(Duration::from_millis(500));
     let stream = lab.stream(TICK);
     std::thread::sleep(Duration::from_millis(500));
-    lab.link(Wifi, false);
+    lab.lossy(Wifi, 100);
     let s = lab.wait_status("the move to LTE", Duration::from_secs(5), |s| {
         s.bound.as_deref() == Some("lte") && s.state == State::Attached
     });
@@ -83,6 +85,7 @@ fn transport_death_reattaches_and_traffic_continues() {
     assert_eq!(s.generation, 2);
     let sw = s.last_switch.expect("switch recorded");
     assert!(!sw.planned);
+    assert_eq!(sw.trigger, "loss_ttl", "{sw:?}");
     // Loss TTL 500 ms; margin: one keepalive interval (100 ms) for the last packet
     // heard before the cut, the 10 ms tick, and 100 ms for the exchange and CPU noise.
     const BOUND_MS: f64 = 500.0 + 210.0;

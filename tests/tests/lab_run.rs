@@ -21,7 +21,7 @@ fn lab_namespaces() -> Vec<String> {
 fn switch_row<'a>(text: &'a str, from: &str, to: &str) -> Vec<&'a str> {
     text.lines()
         .map(|l| l.split_whitespace().collect::<Vec<_>>())
-        .find(|w| w.len() == 14 && w[1] == from && w[2] == "→" && w[3] == to)
+        .find(|w| w.len() == 15 && w[1] == from && w[2] == "→" && w[3] == to)
         .unwrap_or_else(|| panic!("no {from} → {to} row: {text}"))
 }
 
@@ -49,6 +49,14 @@ fn lab_scenario_runs_and_cleans_up() {
     assert_eq!(switch_row(&text, "wifi", "lte")[11], "1336", "{text}");
     assert_eq!(switch_row(&text, "wifi", "lte6")[11], "1196", "{text}");
     assert_eq!(switch_row(&text, "lte", "wifi")[11], "1400", "{text}");
+    // A link that goes down is seen at once; a black hole only by its silence.
+    let down = switch_row(&text, "wifi", "lte");
+    let hole = switch_row(&text, "wifi", "lte6");
+    assert_eq!(down.last().copied(), Some("link_down"), "{text}");
+    assert_eq!(hole.last().copied(), Some("loss_ttl"), "{text}");
+    let detection = |row: &[&str]| row[7].parse::<u64>().unwrap();
+    assert!(detection(&down) < 100, "{text}");
+    assert!(detection(&hole) >= 400, "{text}");
     // The TCP flow crossed every switch: it never stalled for long (a recovery costs
     // ~500 ms by design, plus TCP's retransmission timeout), and it got through on
     // every transport.

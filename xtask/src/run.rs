@@ -55,7 +55,8 @@ fn exec_jvpn_ctl(args: Vec<OsString>) -> Result<()> {
         );
     }
     bootstrap::run()?;
-    let built = build::build(false)?;
+    // Release binaries: the lab's figures are the product's, not a debug build's.
+    let built = build::build(true)?;
     let mut cmd = Command::new(&built.binary);
     cmd.args(&args);
     println!("==> {}", util::display(&cmd));

@@ -99,6 +99,12 @@ fn one_line(ev: &EventRecord) -> String {
             Some(f) => format!("owner node {f} -> node {to_node} (epoch {epoch})"),
             None => format!("no owner -> node {to_node} (epoch {epoch})"),
         },
+        EventRecord::TransportHealth {
+            transport,
+            health,
+            cause,
+            ..
+        } => format!("{transport} {health} ({cause})"),
         EventRecord::ControllerStarted {
             resumed,
             reinstalled,

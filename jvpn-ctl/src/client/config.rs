@@ -57,10 +57,15 @@ pub struct TransportConfig {
     /// Short name used in events, status and `jvpn-ctl client move`.
     pub name: String,
     pub kind: Kind,
-    /// Local source address; the port may be 0 (any).
-    pub bind: SocketAddr,
+    /// Local source address; the port may be 0 (any). Without it (or with an
+    /// unspecified address such as `0.0.0.0:40000`) the transport **follows its
+    /// interface**: its source is the interface's current address of the gateway's
+    /// family, and the socket is bound anew when that address changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bind: Option<SocketAddr>,
     /// Interface the socket is tied to (SO_BINDTODEVICE), so its packets never leave
-    /// through another link when routes change.
+    /// through another link when routes change; its link and address events make the
+    /// transport DEAD at once (or usable again).
     #[serde(default)]
     pub interface: Option<String>,
     /// The gateway's address on this transport (same family as `bind`). Exactly one
@@ -76,6 +81,29 @@ pub struct TransportConfig {
 }
 
 impl TransportConfig {
+    /// IPv6 outer packets (the gateway addresses' family).
+    pub fn v6(&self) -> bool {
+        match self.bind {
+            Some(b) => b.is_ipv6(),
+            None => self.addresses().first().is_some_and(SocketAddr::is_ipv6),
+        }
+    }
+
+    /// Its source address comes from its interface (see `bind`).
+    pub fn follows_interface(&self) -> bool {
+        self.interface.is_some() && self.bind.is_none_or(|b| b.ip().is_unspecified())
+    }
+
+    /// What the socket binds before an interface address is known: `bind`, or the
+    /// unspecified address of the family, port 0.
+    pub fn bind_addr(&self) -> SocketAddr {
+        self.bind.unwrap_or(if self.v6() {
+            SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
+        } else {
+            SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0))
+        })
+    }
+
     /// The gateway addresses, in order: `gateway` alone, or `gateways` (empty only in
     /// a configuration that [`ClientConfig::validate`] refuses).
     pub fn addresses(&self) -> Vec<SocketAddr> {
@@ -117,10 +145,18 @@ impl TransportConfig {
         };
         let mut seen = HashSet::new();
         for (key, a) in list {
-            if self.bind.is_ipv4() != a.is_ipv4() {
+            if let Some(b) = self.bind
+                && b.is_ipv4() != a.is_ipv4()
+            {
                 return Err(invalid(
                     key,
-                    format!("{a} is not the same family as bind {}", self.bind),
+                    format!("{a} is not the same family as bind {b}"),
+                ));
+            }
+            if self.bind.is_none() && a.is_ipv4() == self.v6() {
+                return Err(invalid(
+                    key,
+                    format!("{a} is not the same family as the transport's other addresses"),
                 ));
             }
             if a.port() == 0 || a.ip().is_unspecified() {
@@ -153,6 +189,14 @@ pub struct HealthConfig {
     /// Overrides the gateway's keepalive interval / loss TTL hints (0: use the hint).
     pub keepalive_interval_ms: u64,
     pub transport_loss_ttl_ms: u64,
+    /// KEEPALIVE period on the **bound** transport (standby ones use the keepalive
+    /// interval), so its loss, RTT and jitter are measured whether or not data flows;
+    /// 0: the keepalive interval. Each costs the gateway one authenticated answer.
+    pub probe_interval_ms: u64,
+    /// Over a loss / RTT / jitter threshold this long → VOLATILE (and moved away from
+    /// when another transport is healthy); back under the leave thresholds (half the
+    /// loss, 80 % of RTT and jitter) three times as long → healthy again.
+    pub quality_dwell_ms: u64,
 }
 
 impl Default for HealthConfig {
@@ -166,6 +210,8 @@ impl Default for HealthConfig {
             attempt_timeout_ms: 500,
             keepalive_interval_ms: 0,
             transport_loss_ttl_ms: 0,
+            probe_interval_ms: 100,
+            quality_dwell_ms: 400,
         }
     }
 }
@@ -255,6 +301,13 @@ impl ClientConfig {
             }
             if !names.insert(t.name.as_str()) {
                 return Err(invalid(key("name"), format!("{:?} is used twice", t.name)));
+            }
+            if t.bind.is_none() && t.interface.is_none() {
+                return Err(invalid(
+                    key("bind"),
+                    "missing: give a source address, or interface = \"NAME\" to follow \
+                     that interface's address",
+                ));
             }
             t.validate_gateways(i)?;
             if let Some(dev) = &t.interface

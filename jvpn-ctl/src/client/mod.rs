@@ -6,6 +6,7 @@
 pub mod config;
 pub mod core;
 pub mod health;
+pub mod netwatch;
 pub mod pmtu;
 pub mod run;
 pub mod status;

@@ -1,13 +1,20 @@
 //! The client agent's I/O shell: one UDP socket per transport, the TUN device, the
 //! control socket and a tick, all feeding the synchronous [`Core`].
 
-use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    future::Future,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
 
 use tokio::{net::UdpSocket, sync::mpsc};
 
 use super::{
-    config::{ClientConfig, ConfigError},
-    core::{Core, Out},
+    config::{ClientConfig, ConfigError, TransportConfig},
+    core::{Core, LinkSignal, Out},
+    netwatch,
 };
 use crate::{
     clock::Clock,
@@ -24,8 +31,11 @@ use crate::{
 
 /// Timer resolution of health checks, keepalives and reattach timeouts.
 const TICK: Duration = Duration::from_millis(10);
-/// How often each transport's route MTU is asked again (a link or route changed).
+/// How often each transport's route MTU and link state are read again (a missed
+/// link event, a route change without one).
 const ROUTE_MTU_EVERY: Duration = Duration::from_secs(2);
+/// A tick this much later than the last: the agent itself was stalled.
+const STALL_GAP_MS: u64 = 100;
 
 /// Messages include their cause (no `source`, so `{:#}` does not repeat it).
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +46,8 @@ pub enum ClientError {
     Identity(ProtoError),
     #[error(transparent)]
     Tun(#[from] TunError),
+    #[error("reading the network interfaces: {0}")]
+    Interfaces(std::io::Error),
     #[error(transparent)]
     Control(#[from] control::ControlError),
     #[error("transport {name}: {what}: {cause}")]
@@ -48,51 +60,176 @@ pub enum ClientError {
     Terminated(Reason),
 }
 
+/// Kernel buffers of each transport socket: room for a burst of tunnel traffic
+/// without dropping the KEEPALIVE answers that arrive among it.
+const SOCKET_BUFFER: usize = 4 << 20;
+
+/// One transport's socket and the task that reads it.
+struct Socket {
+    sock: Arc<UdpSocket>,
+    reader: tokio::task::JoinHandle<()>,
+    bound: SocketAddr,
+}
+
 struct Sockets {
-    socks: Vec<Arc<UdpSocket>>,
-    binds: Vec<SocketAddr>,
+    socks: Vec<Socket>,
     devices: Vec<Option<String>>,
+    tx: mpsc::Sender<Datagram>,
 }
 
 impl Sockets {
     /// The route MTU from transport `t` towards its gateway address `to`.
     fn route_mtu(&self, t: usize, to: SocketAddr) -> Option<u16> {
-        sockopt::route_mtu(self.binds[t], self.devices[t].as_deref(), to)
+        sockopt::route_mtu(self.socks[t].bound, self.devices[t].as_deref(), to)
+    }
+
+    fn send(&self, t: usize, data: &[u8], to: SocketAddr) -> std::io::Result<usize> {
+        self.socks[t].sock.try_send_to(data, to)
+    }
+
+    /// Binds transport `i` (`t`) to `addr` and starts reading it.
+    fn bind(
+        i: usize,
+        t: &TransportConfig,
+        addr: SocketAddr,
+        tx: &mpsc::Sender<Datagram>,
+    ) -> Result<Socket, ClientError> {
+        let err = |what, cause| ClientError::Transport {
+            name: t.name.clone(),
+            what,
+            cause,
+        };
+        let std_sock =
+            std::net::UdpSocket::bind(addr).map_err(|e| err("binding its source address", e))?;
+        std_sock
+            .set_nonblocking(true)
+            .map_err(|e| err("making its socket nonblocking", e))?;
+        let sock = UdpSocket::from_std(std_sock).map_err(|e| err("registering its socket", e))?;
+        if let Some(dev) = &t.interface {
+            sock.bind_device(Some(dev.as_bytes()))
+                .map_err(|e| err("binding to its interface", e))?;
+        }
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&sock);
+        sockopt::dont_fragment(fd, t.v6()).map_err(|e| err("setting don't-fragment", e))?;
+        if let Err(e) = crate::udp_batch::set_buffers(fd, SOCKET_BUFFER, SOCKET_BUFFER) {
+            tracing::warn!("transport {}: socket buffers: {e}", t.name);
+        }
+        let bound = sock
+            .local_addr()
+            .map_err(|e| err("reading its address", e))?;
+        let sock = Arc::new(sock);
+        let reader = spawn_reader(i, sock.clone(), t.addresses(), tx.clone());
+        Ok(Socket {
+            sock,
+            reader,
+            bound,
+        })
+    }
+
+    /// Transport `i` follows its interface, whose address is now `ip`: a new socket
+    /// there (the old one is closed); returns its address.
+    fn rebind(
+        &mut self,
+        i: usize,
+        t: &TransportConfig,
+        ip: IpAddr,
+    ) -> Result<SocketAddr, ClientError> {
+        let port = t.bind.map_or(0, |b| b.port());
+        let new = Self::bind(i, t, SocketAddr::new(ip, port), &self.tx)?;
+        let old = std::mem::replace(&mut self.socks[i], new);
+        old.reader.abort();
+        Ok(self.socks[i].bound)
     }
 }
 
 /// A datagram for the core: transport, source (one of its gateway addresses), bytes.
 type Datagram = (usize, SocketAddr, Vec<u8>);
 
-async fn bind_transports(
+/// Binds every transport: a following one to its interface's address of its
+/// family if it has one now (else the unspecified address until it gets one).
+fn bind_transports(
     cfg: &ClientConfig,
+    ifaces: &HashMap<String, netwatch::Iface>,
     tx: mpsc::Sender<Datagram>,
 ) -> Result<Sockets, ClientError> {
     let mut socks = Vec::new();
     for (i, t) in cfg.transports.iter().enumerate() {
-        let err = |what, cause| ClientError::Transport {
-            name: t.name.clone(),
-            what,
-            cause,
-        };
-        let sock = UdpSocket::bind(t.bind)
-            .await
-            .map_err(|e| err("binding its source address", e))?;
-        if let Some(dev) = &t.interface {
-            sock.bind_device(Some(dev.as_bytes()))
-                .map_err(|e| err("binding to its interface", e))?;
+        let mut addr = t.bind_addr();
+        if t.follows_interface()
+            && let Some(ip) = t
+                .interface
+                .as_ref()
+                .and_then(|d| ifaces.get(d))
+                .and_then(|f| f.addrs.iter().find(|a| a.is_ipv6() == t.v6()))
+        {
+            addr.set_ip(*ip);
         }
-        sockopt::dont_fragment(std::os::fd::AsRawFd::as_raw_fd(&sock), t.bind.is_ipv6())
-            .map_err(|e| err("setting don't-fragment", e))?;
-        let sock = Arc::new(sock);
-        spawn_reader(i, sock.clone(), t.addresses(), tx.clone());
-        socks.push(sock);
+        socks.push(Sockets::bind(i, t, addr, &tx)?);
     }
     Ok(Sockets {
         socks,
-        binds: cfg.transports.iter().map(|t| t.bind).collect(),
         devices: cfg.transports.iter().map(|t| t.interface.clone()).collect(),
+        tx,
     })
+}
+
+/// What the kernel said about each transport last time it was asked.
+struct Watch {
+    ifaces: Vec<Option<String>>,
+    last: Vec<Option<netwatch::View>>,
+}
+
+impl Watch {
+    fn new(cfg: &ClientConfig, ifaces: &HashMap<String, netwatch::Iface>) -> Self {
+        Self {
+            ifaces: cfg
+                .transports
+                .iter()
+                .map(|t| netwatch::interface_of(t, ifaces))
+                .collect(),
+            last: vec![None; cfg.transports.len()],
+        }
+    }
+
+    /// Reads the kernel's state again and tells the core what changed; a following
+    /// transport whose interface has a new address is bound there first.
+    fn refresh(&mut self, cfg: &ClientConfig, sockets: &mut Sockets, core: &mut Core, now: u64) {
+        let ifaces = match netwatch::interfaces() {
+            Ok(i) => i,
+            Err(e) => return tracing::warn!("reading the interfaces: {e}"),
+        };
+        for (i, t) in cfg.transports.iter().enumerate() {
+            let bound = sockets.socks[i].bound;
+            let v = netwatch::view(
+                t,
+                self.ifaces[i].as_deref(),
+                &ifaces,
+                bound,
+                core.gateway(i),
+            );
+            let before = self.last[i].replace(v);
+            if let Some(ip) = v.addr
+                && ip != bound.ip()
+            {
+                match sockets.rebind(i, t, ip) {
+                    Ok(local) => {
+                        core.on_link(i, LinkSignal::Rebound(local), now);
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!("{e}");
+                        self.last[i] = before;
+                        continue;
+                    }
+                }
+            }
+            match (before.and_then(|b| b.down), v.down) {
+                (_, Some(d)) => core.on_link(i, LinkSignal::Down(d), now),
+                (Some(_), None) => core.on_link(i, LinkSignal::Up, now),
+                (None, None) => {}
+            }
+        }
+    }
 }
 
 /// Forwards what the gateway sends on one transport, from any of its addresses (the
@@ -103,7 +240,7 @@ fn spawn_reader(
     sock: Arc<UdpSocket>,
     gateways: Vec<SocketAddr>,
     tx: mpsc::Sender<Datagram>,
-) {
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut buf = vec![0u8; 65_536];
         loop {
@@ -118,7 +255,7 @@ fn spawn_reader(
                 Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
             }
         }
-    });
+    })
 }
 
 /// Runs the agent until `shutdown` resolves (then the session is CLOSEd) or the
@@ -130,7 +267,17 @@ pub async fn run(cfg: ClientConfig, shutdown: impl Future<Output = ()>) -> Resul
     let clock = Clock::new();
     let tun = Tun::open(&cfg.tun_name)?;
     let (dg_tx, mut dg_rx) = mpsc::channel(4096);
-    let sockets = bind_transports(&cfg, dg_tx).await?;
+    let ifaces = netwatch::interfaces().map_err(ClientError::Interfaces)?;
+    let mut sockets = bind_transports(&cfg, &ifaces, dg_tx)?;
+    let mut watch = Watch::new(&cfg, &ifaces);
+    // Without the subscription the periodic resync still sees every change, later.
+    let mut link_events = match netwatch::subscribe() {
+        Ok(rx) => Some(rx),
+        Err(e) => {
+            tracing::warn!("no link events (rtnetlink: {e}); link state is read every 2 s");
+            None
+        }
+    };
 
     let bus = EventBus::new(4096);
     let _sink = match &cfg.event_log {
@@ -142,10 +289,9 @@ pub async fn run(cfg: ClientConfig, shutdown: impl Future<Output = ()>) -> Resul
 
     let mut core = Core::new(&cfg, identity, gateway_pub, clock.now_ms());
     for (i, s) in sockets.socks.iter().enumerate() {
-        if let Ok(local) = s.local_addr() {
-            core.set_local(i, local);
-        }
+        core.set_local(i, s.bound);
     }
+    watch.refresh(&cfg, &mut sockets, &mut core, clock.now_ms());
     let mut route_mtus: Vec<(SocketAddr, Option<u16>)> = (0..sockets.socks.len())
         .map(|t| (core.gateway(t), None))
         .collect();
@@ -156,9 +302,10 @@ pub async fn run(cfg: ClientConfig, shutdown: impl Future<Output = ()>) -> Resul
         tun.name(),
         cfg.transports
             .iter()
-            .map(|t| {
+            .enumerate()
+            .map(|(i, t)| {
                 let gw: Vec<String> = t.addresses().iter().map(ToString::to_string).collect();
-                format!("{} {}→{}", t.name, t.bind, gw.join("|"))
+                format!("{} {}→{}", t.name, sockets.socks[i].bound, gw.join("|"))
             })
             .collect::<Vec<_>>()
             .join(", "),
@@ -167,8 +314,12 @@ pub async fn run(cfg: ClientConfig, shutdown: impl Future<Output = ()>) -> Resul
 
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_tick = clock.now_ms();
     let mut buf = vec![0u8; 65_536];
     tokio::pin!(shutdown);
+    // Control before data: operator calls, the gateway's datagrams, link events and
+    // the timers are served before the next TUN packet, so a saturated tunnel never
+    // delays a KEEPALIVE or its answer (docs/client.md, "Control before data").
     let outcome = loop {
         tokio::select! {
             biased;
@@ -188,17 +339,27 @@ pub async fn run(cfg: ClientConfig, shutdown: impl Future<Output = ()>) -> Resul
                 let _ = c.reply.send(resp);
             }
             Some((i, from, d)) = dg_rx.recv() => core.on_datagram(i, from, &d, clock.now_ms()),
+            Some(()) = recv_opt(&mut link_events) => {
+                watch.refresh(&cfg, &mut sockets, &mut core, clock.now_ms());
+            }
+            _ = tick.tick() => {
+                let now = clock.now_ms();
+                let gap = now.saturating_sub(last_tick);
+                last_tick = now;
+                if gap > STALL_GAP_MS {
+                    core.note_stall(gap - TICK.as_millis() as u64);
+                }
+                if route_mtu_at.elapsed() >= ROUTE_MTU_EVERY {
+                    route_mtu_at = tokio::time::Instant::now();
+                    watch.refresh(&cfg, &mut sockets, &mut core, now);
+                    refresh_route_mtus(&mut core, &sockets, &mut route_mtus, now);
+                }
+                core.tick(now)
+            }
             r = tun.recv(&mut buf) => match r {
                 Ok(n) => core.on_tun(&buf[..n]),
                 Err(e) => tracing::warn!("reading {}: {e}", tun.name()),
             },
-            _ = tick.tick() => {
-                if route_mtu_at.elapsed() >= ROUTE_MTU_EVERY {
-                    route_mtu_at = tokio::time::Instant::now();
-                    refresh_route_mtus(&mut core, &sockets, &mut route_mtus, clock.now_ms());
-                }
-                core.tick(clock.now_ms())
-            }
         }
         if let Err(e) = flush(&mut core, &sockets, &tun, &cfg, &bus, &clock).await {
             break Err(e);
@@ -212,6 +373,14 @@ pub async fn run(cfg: ClientConfig, shutdown: impl Future<Output = ()>) -> Resul
     // Let the file sink write the last events.
     tokio::time::sleep(Duration::from_millis(50)).await;
     outcome
+}
+
+/// The next wake-up of an optional receiver (never, without one).
+async fn recv_opt(rx: &mut Option<mpsc::Receiver<()>>) -> Option<()> {
+    match rx {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Tells the core each transport's route MTU towards its current gateway address
@@ -251,7 +420,7 @@ async fn flush(
                     to,
                     data,
                 } => {
-                    let sent = sockets.socks[transport].try_send_to(&data, to);
+                    let sent = sockets.send(transport, &data, to);
                     match sent {
                         Ok(_) => {}
                         Err(e) if sockopt::is_emsgsize(&e) => {

@@ -87,6 +87,13 @@ pub struct SwitchRecord {
     /// `recovery`, `planned move` or `address changed` (a rebinding).
     #[serde(default)]
     pub cause: String,
+    /// What set it going: `link_down`, `address_lost`, `no_route` (the kernel said
+    /// so), `loss_ttl` (silence), `stalled`, `quality` (over a threshold while
+    /// another transport was healthy), `not_bound` (a NAT rebinding),
+    /// `address_added` (a new address on the transport), `return` (back to a more
+    /// preferred transport), `operator` (`client move`), `gateway_moved`.
+    #[serde(default)]
+    pub trigger: String,
     pub silent_ms: u64,
     pub detection_ms: u64,
     pub exchange_ms: u64,
@@ -131,4 +138,7 @@ pub struct Counters {
     /// Transports moved to their next gateway address (clusters).
     #[serde(default)]
     pub gateway_moves: u64,
+    /// Times the agent's own loop ran late (its backlog): not counted as silence.
+    #[serde(default)]
+    pub stalls: u64,
 }

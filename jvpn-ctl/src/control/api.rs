@@ -396,6 +396,18 @@ pub enum EventRecord {
         to_node: u16,
         epoch: u64,
     },
+    /// A client transport's health changed (client agents only): `health` is
+    /// `unknown`, `healthy`, `volatile` or `dead`; `cause` says why — `link_down`,
+    /// `address_lost`, `no_route` (from the kernel, at once), `loss_ttl` (silence),
+    /// `stalled`, `loss`, `rtt`, `jitter`, `silence`, `link_up`, `address_added`,
+    /// `gateway_moved`, `measured`.
+    TransportHealth {
+        ts_ms: u64,
+        session_id: Option<SessionId>,
+        transport: String,
+        health: String,
+        cause: String,
+    },
     /// A gateway controller started and took back its sessions from the store.
     ControllerStarted {
         ts_ms: u64,
@@ -417,6 +429,7 @@ impl EventRecord {
             | EventRecord::TransportSwitchDenied { ts_ms, .. }
             | EventRecord::SecurityEvent { ts_ms, .. }
             | EventRecord::OwnershipChange { ts_ms, .. }
+            | EventRecord::TransportHealth { ts_ms, .. }
             | EventRecord::ControllerStarted { ts_ms, .. } => *ts_ms,
         }
     }
@@ -427,7 +440,8 @@ impl EventRecord {
             | EventRecord::TransportSwitch { session_id, .. }
             | EventRecord::TransportSwitchDenied { session_id, .. }
             | EventRecord::OwnershipChange { session_id, .. } => Some(*session_id),
-            EventRecord::SecurityEvent { session_id, .. } => *session_id,
+            EventRecord::SecurityEvent { session_id, .. }
+            | EventRecord::TransportHealth { session_id, .. } => *session_id,
             EventRecord::ControllerStarted { .. } => None,
         }
     }
@@ -440,6 +454,7 @@ impl EventRecord {
             EventRecord::TransportSwitchDenied { .. } => "TRANSPORT_SWITCH_DENIED",
             EventRecord::SecurityEvent { .. } => "SECURITY_EVENT",
             EventRecord::OwnershipChange { .. } => "OWNERSHIP_CHANGE",
+            EventRecord::TransportHealth { .. } => "TRANSPORT_HEALTH",
             EventRecord::ControllerStarted { .. } => "CONTROLLER_STARTED",
         }
     }

@@ -135,7 +135,9 @@ impl Core {
                     d
                 }
                 EventRecord::OwnershipChange { session_id, .. } => ids.contains(&session_id.0),
-                EventRecord::SecurityEvent { .. } | EventRecord::ControllerStarted { .. } => false,
+                EventRecord::SecurityEvent { .. }
+                | EventRecord::TransportHealth { .. }
+                | EventRecord::ControllerStarted { .. } => false,
             };
             !drop
         });

@@ -6,10 +6,12 @@
 //!
 //! Wi-Fi sits behind a NAT, whose mapping moves (a NAT reboot: new UDP port, state
 //! flushed) → the client rebinds over Wi-Fi, same session →
-//! Wi-Fi dies → the client reattaches over LTE (a 1400-byte link: the tunnel MTU
-//! follows) → Wi-Fi returns → the client moves back
-//! → LTE loses IPv4 and Wi-Fi dies again → reattach over LTE's IPv6 (cross-family) →
-//! Wi-Fi returns → back to Wi-Fi (IPv6 → IPv4). While Wi-Fi is up but not bound,
+//! Wi-Fi's link goes down → the kernel says so and the client reattaches over LTE
+//! at once (a 1400-byte link: the tunnel MTU follows) → Wi-Fi returns → the client
+//! moves back → LTE loses IPv4 and Wi-Fi becomes a black hole (its link still up,
+//! every packet dropped: only silence tells) → reattach over LTE's IPv6
+//! (cross-family) after the loss TTL → Wi-Fi recovers → back to Wi-Fi (IPv6 → IPv4).
+//! The summary's detection and cause columns show the two kinds of death apart. While Wi-Fi is up but not bound,
 //! frames it carried earlier are replayed on it: the relay must deliver none.
 
 use std::{
@@ -134,6 +136,12 @@ fn describe(e: &EventRecord) -> Option<String> {
             "ownership: {} -> node {to_node}, epoch {epoch}",
             from_node.map_or("no owner".to_string(), |f| format!("node {f}"))
         ),
+        EventRecord::TransportHealth {
+            transport,
+            health,
+            cause,
+            ..
+        } => format!("{transport} {health} ({cause})"),
         EventRecord::ControllerStarted {
             resumed,
             reinstalled,
@@ -258,6 +266,26 @@ impl Run<'_> {
         Ok(())
     }
 
+    /// Drops everything between the client's Wi-Fi and the gateway, both ways, with
+    /// the link up (nftables in the client's namespace); `false` lifts it.
+    fn black_hole(&self, on: bool) -> Result<()> {
+        let ns = &self.stack.lab.client;
+        if !on {
+            ns.exec("nft", &["delete table inet jvpn_hole"])?;
+            return Ok(());
+        }
+        let port = Wifi.gw_addr().port();
+        let script = format!(
+            "add table inet jvpn_hole\n\
+             add chain inet jvpn_hole out {{ type filter hook output priority 0; }}\n\
+             add chain inet jvpn_hole in {{ type filter hook input priority 0; }}\n\
+             add rule inet jvpn_hole out oifname \"c-wifi\" udp dport {port} drop\n\
+             add rule inet jvpn_hole in iifname \"c-wifi\" udp sport {port} drop\n"
+        );
+        ns.exec("nft", &[&script])?;
+        Ok(())
+    }
+
     fn lte_ipv4(&self, present: bool) -> Result<()> {
         let verb = if present { "add" } else { "del" };
         self.stack
@@ -377,7 +405,7 @@ pub fn run(bin: &Path, keep: bool, stop: &AtomicBool) -> Result<Option<Summary>>
     records.push(run.wait_generation(Wifi, generation + 1, Duration::from_secs(8))?);
 
     run.sleep(Duration::from_millis(1500))?;
-    run.say("✂ Wi-Fi link dies (ip link set c-wifi down)");
+    run.say("✂ Wi-Fi link goes down (ip link set c-wifi down): the kernel tells the agent");
     run.link(Wifi, false)?;
     records.push(run.wait_bound(Lte, Duration::from_secs(8))?);
 
@@ -392,13 +420,16 @@ pub fn run(bin: &Path, keep: bool, stop: &AtomicBool) -> Result<Option<Summary>>
     run.say("LTE loses IPv4 (IPv6-only from now on: ip addr del 10.77.2.2/24 dev c-lte)");
     run.lte_ipv4(false)?;
     run.sleep(Duration::from_millis(1000))?;
-    run.say("✂ Wi-Fi link dies again");
-    run.link(Wifi, false)?;
+    run.say(
+        "✂ Wi-Fi becomes a black hole (link up, every packet dropped by nftables): only \
+         the loss TTL can tell",
+    );
+    run.black_hole(true)?;
     records.push(run.wait_bound(Lte6, Duration::from_secs(8))?);
 
     run.sleep(Duration::from_millis(1500))?;
-    run.say("Wi-Fi is back, LTE has IPv4 again");
-    run.link(Wifi, true)?;
+    run.say("Wi-Fi gets through again, LTE has IPv4 again");
+    run.black_hole(false)?;
     run.lte_ipv4(true)?;
     let (n, d) = replay_wifi(&run, &wifi_cap, &exit_cap)?;
     (replayed, replayed_delivered) = (replayed + n, replayed_delivered + d);
@@ -595,12 +626,13 @@ pub fn render(s: &Summary) -> String {
     out.push_str(&format!("  switches      {}\n", s.switches.len()));
     out.push_str(
         "      from → to      kind       interruption   detection   exchange   tunnel MTU   \
-         tcp stall\n",
+         tcp stall   cause\n",
     );
     for (i, w) in s.switches.iter().enumerate() {
         let r = &w.record;
         out.push_str(&format!(
-            "   {}  {:<5}→ {:<6}  {:<9} {:>9.0} ms   {:>6} ms   {:>5} ms   {:>10}   {:>6.0} ms\n",
+            "   {}  {:<5}→ {:<6}  {:<9} {:>9.0} ms   {:>6} ms   {:>5} ms   {:>10}   {:>6.0} ms   \
+             {}\n",
             i + 1,
             r.from,
             r.to,
@@ -615,7 +647,8 @@ pub fn render(s: &Summary) -> String {
             r.detection_ms,
             r.exchange_ms,
             w.tunnel_mtu,
-            w.tcp_stall_ms
+            w.tcp_stall_ms,
+            r.trigger
         ));
     }
     out.push_str(&tunnel_line(

@@ -16,24 +16,36 @@ impl Core {
         let candidate = s.attempt.as_ref().map(|a| a.candidate);
         self.probe_all(now_ms, false);
         let mut silent = Vec::new();
+        let mut changes = Vec::new();
         for (i, l) in self.links.iter_mut().enumerate() {
             let (st, healthy_for) = l.health.evaluate(now_ms, &th);
             // Silent for the loss TTL at this address: try the next one (not while a
             // reattach over it is under way; its timeout moves it on).
-            if st == Status::Dead && l.gateways.len() > 1 && candidate != Some(i) {
+            if st == Status::Dead
+                && l.gateways.len() > 1
+                && candidate != Some(i)
+                && l.down.is_none()
+            {
                 silent.push(i);
             }
-            // KEEPALIVEs answered while the tunnel's DATA is not forwarded: not healthy.
-            l.status = match l.stalled_since {
-                Some(t) if now_ms.saturating_sub(t) >= th.loss_ttl_ms => Status::Dead,
-                Some(_) if st == Status::Healthy => Status::Volatile,
-                _ => st,
+            let (status, cause) = match (l.down, l.stalled_since) {
+                (Some(d), _) => (Status::Dead, d.name()),
+                // KEEPALIVEs answered while the tunnel's DATA is not forwarded.
+                (None, Some(t)) if now_ms.saturating_sub(t) >= th.loss_ttl_ms => {
+                    (Status::Dead, "stalled")
+                }
+                (None, Some(_)) if st == Status::Healthy => (Status::Volatile, "stalled"),
+                _ => (st, status_cause(st, &l.health)),
             };
-            l.healthy_for_ms = if l.status == Status::Healthy {
+            l.healthy_for_ms = if status == Status::Healthy {
                 healthy_for
             } else {
                 0
             };
+            changes.push((i, status, cause));
+        }
+        for (i, status, cause) in changes {
+            self.set_status(i, status, cause, now_ms);
         }
         if !silent.is_empty() {
             for i in silent {
@@ -59,7 +71,8 @@ impl Core {
         match s.state {
             State::Attached => match bound_status {
                 Status::Volatile => {
-                    self.go(State::Volatile, Reason::TransportVolatile, None, now_ms)
+                    self.go(State::Volatile, Reason::TransportVolatile, None, now_ms);
+                    self.quality_move(now_ms);
                 }
                 Status::Dead => {
                     self.go(State::Volatile, Reason::TransportVolatile, None, now_ms);
@@ -73,7 +86,8 @@ impl Core {
                     self.go(State::Attached, Reason::TransportRecovered, None, now_ms)
                 }
                 Status::Dead => self.recover(now_ms),
-                Status::Volatile | Status::Unknown => {}
+                Status::Volatile => self.quality_move(now_ms),
+                Status::Unknown => {}
             },
             State::Recovering | State::Birth | State::Terminated => {}
         }
@@ -164,10 +178,13 @@ impl Core {
         };
         if s.dead_since.is_none() {
             s.dead_since = Some(now_ms);
-            tracing::warn!(
-                "transport {} is DEAD (silent for the loss TTL)",
-                self.links[s.bound].cfg.name
-            );
+            let b = &self.links[s.bound];
+            s.trigger = if b.current != s.bound_addr {
+                "gateway_moved"
+            } else {
+                b.cause
+            };
+            tracing::warn!("transport {} is DEAD ({})", b.cfg.name, s.trigger);
         }
         if now_ms < s.rate_backoff_until {
             return;
@@ -182,7 +199,10 @@ impl Core {
             Status::Dead => 3,
         };
         let best = (0..self.links.len())
-            .filter(|&i| (i != bound || moved) && now_ms >= self.links[i].backoff_until)
+            .filter(|&i| {
+                let l = &self.links[i];
+                (i != bound || moved) && now_ms >= l.backoff_until && l.down.is_none()
+            })
             .min_by_key(|&i| (rank(self.links[i].status), i));
         if let Some(c) = best {
             self.start_attempt(c, ReattachCause::Recovery, now_ms);
@@ -196,6 +216,7 @@ impl Core {
             return;
         };
         if let Some(c) = s.move_to.take() {
+            s.trigger = "operator";
             return self.start_attempt(c, ReattachCause::Planned, now_ms);
         }
         if now_ms < s.rate_backoff_until {
@@ -203,12 +224,62 @@ impl Core {
         }
         let bound = s.bound;
         let ret = self.health.return_after_ms;
+        // A transport with a new address (a new network) is taken at its first
+        // answer: the address change is the kernel's word, not a guess from silence.
         let better = (0..bound).find(|&i| {
             let l = &self.links[i];
-            l.status == Status::Healthy && l.healthy_for_ms >= ret && now_ms >= l.backoff_until
+            l.status == Status::Healthy
+                && (l.healthy_for_ms >= ret || l.fast_return)
+                && now_ms >= l.backoff_until
         });
         if let Some(c) = better {
+            s.trigger = if self.links[c].fast_return {
+                "address_added"
+            } else {
+                "return"
+            };
             self.start_attempt(c, ReattachCause::Planned, now_ms);
         }
+    }
+
+    /// The bound transport is judged over a loss / RTT / jitter threshold (after its
+    /// dwell): move to the most preferred healthy transport, if there is one.
+    fn quality_move(&mut self, now_ms: u64) {
+        let Phase::Up(s) = &mut self.phase else {
+            return;
+        };
+        let b = &self.links[s.bound];
+        if s.attempt.is_some()
+            || now_ms < s.rate_backoff_until
+            || b.health.over().is_none()
+            || b.current != s.bound_addr
+        {
+            return;
+        }
+        let bound = s.bound;
+        let best = (0..self.links.len()).find(|&i| {
+            let l = &self.links[i];
+            i != bound && l.status == Status::Healthy && now_ms >= l.backoff_until
+        });
+        if let Some(c) = best {
+            tracing::warn!(
+                "transport {} is over its {} threshold: moving to {}",
+                self.links[bound].cfg.name,
+                self.links[bound].health.over().map_or("?", Over::name),
+                self.links[c].cfg.name
+            );
+            s.trigger = "quality";
+            self.start_attempt(c, ReattachCause::Planned, now_ms);
+        }
+    }
+}
+
+/// The cause code of a status the measurements gave.
+fn status_cause(st: Status, h: &Health) -> &'static str {
+    match st {
+        Status::Dead => "loss_ttl",
+        Status::Volatile => h.over().map_or("silence", Over::name),
+        Status::Healthy => "measured",
+        Status::Unknown => "unheard",
     }
 }

@@ -20,6 +20,16 @@ impl Core {
         let Phase::Connecting(c) = &mut self.phase else {
             return;
         };
+        // A transport the kernel says is down gets no HELLO while another is up.
+        let n = self.links.len();
+        if self.links[c.transport].down.is_some()
+            && let Some(next) = (1..n)
+                .map(|k| (c.transport + k) % n)
+                .find(|&i| self.links[i].down.is_none())
+        {
+            c.transport = next;
+            c.hellos_on_transport = 0;
+        }
         // Each address of a transport gets at least one HELLO before the next transport.
         let per_transport = HELLOS_PER_TRANSPORT.max(self.links[c.transport].gateways.len() as u32);
         if c.hellos_on_transport >= per_transport {
@@ -139,6 +149,7 @@ impl Core {
             tun_mtu: 0,
             notices_left: 0,
             notice_at: 0,
+            trigger: "",
         };
         for l in &mut self.links {
             l.health.reset(now_ms);

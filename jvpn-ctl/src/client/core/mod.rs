@@ -40,9 +40,11 @@ use ring::{
     signature::Ed25519KeyPair,
 };
 
+pub use links::{Down, LinkSignal};
+
 use super::{
     config::{ClientConfig, HealthConfig, TransportConfig},
-    health::{Health, Status, Thresholds},
+    health::{Health, Over, Status, Thresholds},
     pmtu::PathMtu,
     status::{ClientStatus, Counters, SwitchRecord, TransportStatus},
 };
@@ -143,11 +145,19 @@ struct Link {
     stalled_since: Option<u64>,
     /// The gateway answered this transport's KEEPALIVE with "not bound".
     not_bound: bool,
+    /// The kernel says it cannot carry anything (link down, address gone, no
+    /// route): DEAD whatever its last answers said, and not probed.
+    down: Option<Down>,
+    /// It came back with a new address (a new network): the session moves back to
+    /// it at its first answered probe rather than after `return_after_ms`.
+    fast_return: bool,
+    /// The cause of its last reported health change (for its next event).
+    cause: &'static str,
 }
 
 impl Link {
     fn v6(&self) -> bool {
-        self.cfg.bind.is_ipv6()
+        self.cfg.v6()
     }
 
     fn gateway(&self) -> SocketAddr {
@@ -232,6 +242,9 @@ struct Session {
     /// MTU notices to the exit still to send (DATA can be lost), and when the next.
     notices_left: u8,
     notice_at: u64,
+    /// What set the reattach under way going (`link_down`, `loss_ttl`, `quality`,
+    /// `return`, `operator`, ...), for the switch record.
+    trigger: &'static str,
 }
 
 impl Session {
@@ -324,7 +337,7 @@ impl Core {
             .transports
             .iter()
             .map(|t| Link {
-                local: t.bind.to_string(),
+                local: t.bind_addr().to_string(),
                 gateways: t.addresses(),
                 current: 0,
                 failed_in_row: 0,
@@ -337,12 +350,15 @@ impl Core {
                 last_probe_ms: None,
                 backoff_until: 0,
                 last_ts: 0,
-                pmtu: new_pmtu(t.bind.is_ipv6(), DEFAULT_MAX_MTU, now_ms),
+                pmtu: new_pmtu(t.v6(), DEFAULT_MAX_MTU, now_ms),
                 mtu_probes: VecDeque::new(),
                 sent_at: VecDeque::new(),
                 last_fwd: None,
                 stalled_since: None,
                 not_bound: false,
+                down: None,
+                fast_return: false,
+                cause: "",
             })
             .collect();
         let mut core = Self {
@@ -449,6 +465,36 @@ impl Core {
         self.out.push(Out::Event(ev));
     }
 
+    /// Records transport `t`'s health and, when it changed, says so in a
+    /// TRANSPORT_HEALTH event with its cause.
+    fn set_status(&mut self, t: usize, st: Status, cause: &'static str, now_ms: u64) {
+        let session_id = self.session_id().map(SessionId);
+        let l = &mut self.links[t];
+        if l.status == st && (st != Status::Dead || l.cause == cause) {
+            return;
+        }
+        l.status = st;
+        l.cause = cause;
+        let ev = EventRecord::TransportHealth {
+            ts_ms: now_ms,
+            session_id,
+            transport: l.cfg.name.clone(),
+            health: st.name().into(),
+            cause: cause.into(),
+        };
+        self.out.push(Out::Event(ev));
+    }
+
+    /// The shell's loop could not run for `gap_ms` (its own backlog, a suspended
+    /// process): no transport was heard in that time because nothing was read, so
+    /// that time does not count as their silence.
+    pub fn note_stall(&mut self, gap_ms: u64) {
+        self.counters.stalls += 1;
+        for l in &mut self.links {
+            l.health.pause(gap_ms);
+        }
+    }
+
     fn emit_switch(&mut self, old: Option<String>, new: String, generation: u32, now_ms: u64) {
         if let Phase::Up(s) = &self.phase {
             let ev = EventRecord::TransportSwitch {
@@ -508,6 +554,7 @@ fn cause_name(c: ReattachCause) -> &'static str {
 mod decide;
 mod handshake;
 mod input;
+mod links;
 mod probes;
 mod reattach;
 mod view;

@@ -58,6 +58,7 @@ impl Core {
             volatile_after_ms: volatile_after,
             loss_ttl_ms: loss_ttl,
             probe_timeout_ms: keepalive.max(2 * u64::from(h.max_rtt_ms)),
+            quality_dwell_ms: h.quality_dwell_ms,
         };
         (t, keepalive)
     }
@@ -67,15 +68,22 @@ impl Core {
             return;
         };
         let keepalive = self.thresholds(&s.hint).1;
+        // The bound transport is measured more often: its quality decides moves.
+        let bound_every = match self.health.probe_interval_ms {
+            0 => keepalive,
+            p => p.min(keepalive),
+        };
         let Phase::Up(s) = &mut self.phase else {
             return;
         };
         let sent = self.counters.tx_packets;
         for (i, l) in self.links.iter_mut().enumerate() {
+            let every = if i == s.bound { bound_every } else { keepalive };
             let due = force
                 || l.last_probe_ms
-                    .is_none_or(|t| now_ms.saturating_sub(t) >= keepalive);
-            if !due {
+                    .is_none_or(|t| now_ms.saturating_sub(t) >= every);
+            // A link the kernel says is down cannot carry a probe.
+            if !due || l.down.is_some() {
                 continue;
             }
             let ts = l.next_ts(now_ms);
@@ -232,6 +240,8 @@ impl Core {
             Some((sent0, _)) if sent < sent0 => return,
             Some((sent0, fwd0)) => {
                 let got = fwd.wrapping_sub(fwd0);
+                l.health
+                    .on_data_sample(now_ms, sent - sent0, u64::from(got));
                 if got > 0 {
                     l.stalled_since = None;
                 } else if sent - sent0 >= STALL_MIN_SENT && l.stalled_since.is_none() {
@@ -263,6 +273,7 @@ impl Core {
             return;
         }
         s.dead_since.get_or_insert(now_ms);
+        s.trigger = "not_bound";
         self.counters.rebinds += 1;
         self.start_attempt(t, ReattachCause::AddressChanged, now_ms);
     }

@@ -183,6 +183,7 @@ impl Core {
             detection_ms,
             exchange_ms: now_ms.saturating_sub(a.started_ms),
             attempts: s.tries,
+            trigger: s.trigger.into(),
         });
         tracing::info!(
             "bound to {} at {} (generation {generation}); transport {} retired",
@@ -190,7 +191,9 @@ impl Core {
             self.links[t].gateways[a.addr],
             self.links[old].cfg.name
         );
+        self.links[old].fast_return = false;
         let l = &mut self.links[t];
+        l.fast_return = false;
         l.backoff_until = 0;
         l.failed_in_row = 0;
         l.not_bound = false;
