@@ -3,7 +3,28 @@
 //! fd driven by tokio's [`AsyncFd`]. [`configure`] assigns the address, sets the MTU and
 //! brings the link up over rtnetlink; [`add_route`] adds a route through the device.
 //!
-//! Role-neutral: the exit and the client agent both use it. The device is not
+//! Role-neutral: the exit and the client agent both use it.
+//!
+//! Per packet, [`Tun::recv`] / [`Tun::send`] wait for readiness and do one `read` /
+//! `write`. For batches (fewer wake-ups: many packets per readiness), wait once with
+//! [`Tun::readable`] and drain with [`TunReadable::try_recv`] until it says `None`
+//! (the device is empty and its readiness cleared), into a caller-owned buffer:
+//!
+//! ```ignore
+//! let mut ready = tun.readable().await?;
+//! for _ in 0..64 {
+//!     match ready.try_recv(&mut buf) {
+//!         Some(Ok(n)) => handle(&buf[..n]),
+//!         Some(Err(e)) => return Err(e),
+//!         None => break, // nothing more queued
+//!     }
+//! }
+//! ```
+//!
+//! and write a batch with [`Tun::try_send`] (no wait; `WouldBlock` only if the
+//! kernel's queue is full, then fall back to [`Tun::send`]). A TUN device takes one
+//! packet per `read`/`write`; fewer system calls than that need `IFF_VNET_HDR`
+//! offloads, which this module does not use yet. The device is not
 //! persistent, so the kernel removes it (with its addresses and routes) when the
 //! [`Tun`] is dropped or the process exits.
 
@@ -20,7 +41,7 @@ use std::{
 
 use netlink_packet_route::route::RouteScope;
 use rtnetlink::{LinkUnspec, RouteMessageBuilder};
-use tokio::io::unix::AsyncFd;
+use tokio::io::unix::{AsyncFd, AsyncFdReadyGuard};
 
 /// Default tunnel MTU. A tunnelled packet grows by the outer IPv6 header (40), UDP (8),
 /// the jvpn header (20) and the AEAD tag (16): 84 bytes, so 1416 would just fit a
@@ -172,6 +193,19 @@ impl Tun {
             .await
     }
 
+    /// Waits until at least one packet can be read; read them with
+    /// [`TunReadable::try_recv`].
+    pub async fn readable(&self) -> io::Result<TunReadable<'_>> {
+        Ok(TunReadable(self.fd.readable().await?))
+    }
+
+    /// Writes one IP packet to the kernel without waiting (`WouldBlock` if its queue
+    /// is full: then use [`Tun::send`]).
+    pub fn try_send(&self, pkt: &[u8]) -> io::Result<usize> {
+        // SAFETY: reads pkt.len() bytes from pkt.
+        cvt(unsafe { libc::write(self.fd.as_raw_fd(), pkt.as_ptr().cast(), pkt.len()) })
+    }
+
     /// Writes one IP packet to the kernel.
     pub async fn send(&self, pkt: &[u8]) -> io::Result<usize> {
         self.fd
@@ -180,6 +214,23 @@ impl Tun {
                 cvt(unsafe { libc::write(fd.as_raw_fd(), pkt.as_ptr().cast(), pkt.len()) })
             })
             .await
+    }
+}
+
+/// A readable TUN device (from [`Tun::readable`]): read packets until none is left.
+pub struct TunReadable<'a>(AsyncFdReadyGuard<'a, OwnedFd>);
+
+impl TunReadable<'_> {
+    /// Reads one packet into `buf` (truncated to `buf`'s length, as with
+    /// [`Tun::recv`]); `None` when no packet is queued (readiness is then cleared, so
+    /// the next [`Tun::readable`] waits for a new one).
+    pub fn try_recv(&mut self, buf: &mut [u8]) -> Option<io::Result<usize>> {
+        self.0
+            .try_io(|fd| {
+                // SAFETY: reads at most buf.len() bytes into buf.
+                cvt(unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) })
+            })
+            .ok()
     }
 }
 

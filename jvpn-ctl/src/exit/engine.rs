@@ -46,8 +46,9 @@ pub enum FromTun {
     /// Too big for its session's tunnel: `out` holds the ICMP error to write back
     /// into the TUN, so the sender lowers its path MTU.
     Reply,
-    /// Too big, IPv4 without DF: sealed fragments, each to send to the address.
-    Fragments(SocketAddr, Vec<Vec<u8>>),
+    /// Too big, IPv4 without DF: this many sealed fragments, in
+    /// [`Engine::fragments_mut`], each to send to the address.
+    Fragments(SocketAddr, usize),
     /// Counted and dropped.
     Dropped,
 }
@@ -61,6 +62,8 @@ pub(crate) struct Engine {
     counters: Arc<Counters>,
     /// The kernel's MTU towards the gateway (DF is set on the DATA socket).
     link_mtu: u16,
+    /// Sealed fragments of the last [`FromTun::Fragments`]: buffers kept for reuse.
+    frags: Vec<Vec<u8>>,
 }
 
 impl Engine {
@@ -73,6 +76,7 @@ impl Engine {
             boot: link_start,
             counters,
             link_mtu: u16::MAX,
+            frags: Vec::new(),
         }
     }
 
@@ -344,13 +348,15 @@ impl Engine {
             data::seal(&s.x2c, s.id, ctr, pkt, out);
             return FromTun::Send(s.ret);
         }
-        let mut sealed = Vec::new();
+        let (frags, mut n) = (&mut self.frags, 0);
         let mut exhausted = false;
         let fitted = icmp::fit(pkt, mtu, out, |f| match s.take_counter() {
             Some(ctr) => {
-                let mut o = Vec::with_capacity(f.len() + 64);
-                data::seal(&s.x2c, s.id, ctr, f, &mut o);
-                sealed.push(o);
+                if frags.len() == n {
+                    frags.push(Vec::with_capacity(usize::from(mtu) + 64));
+                }
+                data::seal(&s.x2c, s.id, ctr, f, &mut frags[n]);
+                n += 1;
             }
             None => exhausted = true,
         });
@@ -361,7 +367,7 @@ impl Engine {
             }
             icmp::Fitted::Fragmented => {
                 bump(&c.tun_fragmented);
-                FromTun::Fragments(s.ret, sealed)
+                FromTun::Fragments(s.ret, n)
             }
             icmp::Fitted::Replied => {
                 bump(&c.tun_too_big);
@@ -376,6 +382,13 @@ impl Engine {
                 FromTun::Dropped
             }
         }
+    }
+
+    /// The sealed fragments of the last [`FromTun::Fragments`] (its count first);
+    /// the caller may take them (e.g. swap them into a send batch) and leave others
+    /// in their place: the buffers are reused for the next fragmented packet.
+    pub fn fragments_mut(&mut self, n: usize) -> &mut [Vec<u8>] {
+        &mut self.frags[..n]
     }
 
     /// Counts a DATA packet sent to the gateway (or a failed send).
@@ -662,11 +675,10 @@ mod tests {
         assert_eq!(u16::from_be_bytes([out[26], out[27]]), 1336);
         assert_eq!(&out[16..20], &[10, 99, 0, 1], "back to the sender");
         match e.on_tun(&big(1400, false), &mut out) {
-            FromTun::Fragments(to, f) => {
-                assert_eq!((to, f.len()), (gw(), 2));
-                for (i, frag) in f.into_iter().enumerate() {
-                    let mut frag = frag;
-                    let (_, ctr, plain) = data::open(&data::DataKey::new(&X2C), &mut frag).unwrap();
+            FromTun::Fragments(to, n) => {
+                assert_eq!((to, n), (gw(), 2));
+                for (i, frag) in e.fragments_mut(n).iter_mut().enumerate() {
+                    let (_, ctr, plain) = data::open(&data::DataKey::new(&X2C), frag).unwrap();
                     assert!(plain.len() <= 1336 && ctr == BASE + 2 + i as u64);
                 }
             }

@@ -17,6 +17,14 @@
 //!
 //! One task owns all state and serves the three sockets in turn, so no locks are
 //! needed; everything dropped is counted by reason in [`Counters`].
+//!
+//! I/O (docs/exit-io.md): DATA is read in batches ([`crate::udp_batch`], one
+//! `recvmmsg` for up to `BATCH` (64) datagrams, opened in place); the TUN is drained up
+//! to `BATCH` packets per wake-up, sealed into reused send slots and sent with
+//! `sendmmsg` (as UDP GSO runs where the kernel takes them). No buffer is allocated
+//! per packet. Link frames come first: every DATA or TUN batch starts by answering
+//! any link frame waiting, and the link socket has its own kernel buffers, while the
+//! DATA socket's are enlarged so bursts wait instead of being dropped.
 
 mod config;
 mod counters;
@@ -31,13 +39,19 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use tokio::net::UdpSocket;
+use std::os::fd::AsRawFd as _;
+
+use tokio::{io::Interest, net::UdpSocket};
 
 pub use config::{Config, ConfigError, ConfigFile, DEFAULT_TUN_NAME};
 pub use counters::{Counters, CountersSnapshot};
 pub use sessions::Refused;
 
-use crate::tun::{self, Tun, TunError};
+use crate::{
+    proto::data::DATA_OVERHEAD,
+    tun::{self, Tun, TunError},
+    udp_batch::{self, RecvBatch, SendBatch},
+};
 use counters::bump;
 use engine::{Engine, FromTun};
 
@@ -60,6 +74,19 @@ pub enum ExitError {
 
 /// Room for any packet: TUN reads up to the MTU (≤ 65535), UDP datagrams up to 64 KiB.
 const BUF: usize = 65536;
+
+/// Datagrams per `recvmmsg`, and TUN packets read per readiness (sent with one
+/// `sendmmsg`, or a few).
+const BATCH: usize = 64;
+
+/// Return DATA as UDP GSO runs where the kernel takes them (see [`udp_batch`]).
+const GSO: bool = true;
+
+/// Kernel buffers of the DATA socket: a burst from the relay waits here instead of
+/// being dropped (each lost segment costs the tunnelled TCP a retransmit). The link
+/// socket keeps its own, so control is never queued behind data.
+const DATA_RCVBUF: usize = 4 << 20;
+const DATA_SNDBUF: usize = 4 << 20;
 
 /// A running exit's sockets and TUN device, ready to serve.
 pub struct Exit {
@@ -101,6 +128,10 @@ impl Exit {
             addr: config.listen,
             error,
         })?;
+        match udp_batch::set_buffers(data.as_raw_fd(), DATA_RCVBUF, DATA_SNDBUF) {
+            Ok((rcv, snd)) => tracing::debug!(rcv, snd, "DATA socket buffers"),
+            Err(e) => tracing::warn!(error = %e, "sizing the DATA socket's buffers failed"),
+        }
         let link = bind("link", config.link_listen).await?;
         Ok(Exit {
             config,
@@ -143,14 +174,26 @@ impl Exit {
             data = %config.listen, link = %config.link_listen, "exit up"
         );
 
-        let (mut link_buf, mut data_buf, mut tun_buf) =
-            (vec![0u8; BUF], vec![0u8; BUF], vec![0u8; BUF]);
-        let mut out = Vec::with_capacity(BUF);
+        let mut link_buf = vec![0u8; BUF];
+        let mut tun_buf = vec![0u8; BUF];
+        let mut rx = RecvBatch::new(BATCH, BUF);
+        let mut tx = SendBatch::new(
+            BATCH,
+            usize::from(u16::try_from(config.mtu).unwrap_or(u16::MAX)) + 64,
+        );
+        let data_fd = data.as_raw_fd();
+        tx.set_gso(GSO && udp_batch::gso_supported(data_fd));
+        // ICMP errors for the TUN, collected during a batch (rare; buffers reused).
+        let mut replies: Vec<Vec<u8>> = Vec::new();
         let mut mtu_check = tokio::time::interval(std::time::Duration::from_secs(2));
         tokio::pin!(shutdown);
         let result = loop {
             tokio::select! {
                 () = &mut shutdown => break Ok(()),
+                r = link.readable() => match r {
+                    Ok(()) => serve_link(&link, &mut link_buf, &mut engine, &counters).await,
+                    Err(e) => recv_error(&counters, "link", e),
+                },
                 _ = mtu_check.tick() => {
                     // The smallest route MTU towards any gateway bounds every session.
                     let listen = config.listen;
@@ -163,60 +206,119 @@ impl Exit {
                         engine.set_link_mtu(m);
                     }
                 }
-                r = link.recv_from(&mut link_buf) => match r {
-                    Ok((n, from)) => {
-                        if let Some(ack) = engine.on_link(&link_buf[..n], from) {
-                            match link.send_to(&ack, from).await {
-                                Ok(_) => bump(&counters.link_acks_sent),
-                                Err(e) => {
-                                    bump(&counters.send_errors);
-                                    tracing::warn!(%from, error = %e, "sending a link ACK failed");
+                // Data, a batch at a time, each after any link frame waiting (the
+                // branches are polled in random order, so neither side starves).
+                r = data.readable() => {
+                    if let Err(e) = r {
+                        recv_error(&counters, "DATA", e);
+                        continue;
+                    }
+                    serve_link(&link, &mut link_buf, &mut engine, &counters).await;
+                    match data.try_io(Interest::READABLE, || rx.recv(data_fd)) {
+                        Ok(n) => {
+                            for i in 0..n {
+                                let (pkt, from) = rx.get_mut(i);
+                                let Some(from) = from else { continue };
+                                if let Some(pkt) = engine.on_data(pkt, from) {
+                                    let res = match tun.try_send(pkt) {
+                                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                                            tun.send(pkt).await
+                                        }
+                                        r => r,
+                                    };
+                                    engine.delivered(res);
                                 }
                             }
                         }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(e) => recv_error(&counters, "DATA", e),
                     }
-                    Err(e) => recv_error(&counters, "link", e),
-                },
-                r = data.recv_from(&mut data_buf) => match r {
-                    Ok((n, from)) => {
-                        if let Some(pkt) = engine.on_data(&mut data_buf[..n], from) {
-                            let res = tun.send(pkt).await;
-                            engine.delivered(res);
-                        }
-                    }
-                    Err(e) => recv_error(&counters, "DATA", e),
-                },
-                r = tun.recv(&mut tun_buf) => match r {
-                    Ok(n) => {
-                        match engine.on_tun(&tun_buf[..n], &mut out) {
-                            FromTun::Send(to) => {
-                                let res = data.send_to(&out, to).await;
-                                engine.sent(n, res);
+                }
+                r = tun.readable() => {
+                    let mut ready = match r {
+                        Ok(g) => g,
+                        Err(error) => break Err(ExitError::TunRead {
+                            name: config.tun_name.clone(),
+                            error,
+                        }),
+                    };
+                    serve_link(&link, &mut link_buf, &mut engine, &counters).await;
+                    let mut n_replies = 0;
+                    let mut failed = None;
+                    while !tx.is_full() {
+                        let n = match ready.try_recv(&mut tun_buf) {
+                            None => break,
+                            Some(Ok(n)) => n,
+                            Some(Err(e)) => {
+                                failed = Some(e);
+                                break;
                             }
-                            FromTun::Fragments(to, frags) => {
-                                for f in frags {
-                                    let res = data.send_to(&f, to).await;
-                                    engine.sent(f.len(), res);
+                        };
+                        match engine.on_tun(&tun_buf[..n], tx.slot()) {
+                            FromTun::Send(to) => tx.commit(to),
+                            FromTun::Fragments(to, k) => {
+                                for f in engine.fragments_mut(k) {
+                                    tx.push_swap(f, to);
                                 }
                             }
                             FromTun::Reply => {
-                                if let Err(e) = tun.send(&out).await {
-                                    tracing::debug!(error = %e, "writing an ICMP error to the TUN");
+                                if replies.len() == n_replies {
+                                    replies.push(Vec::new());
                                 }
+                                std::mem::swap(&mut replies[n_replies], tx.slot());
+                                n_replies += 1;
                             }
                             FromTun::Dropped => {}
                         }
                     }
-                    Err(error) => break Err(ExitError::TunRead {
-                        name: config.tun_name.clone(),
-                        error,
-                    }),
-                },
+                    let sent = udp_batch::send_batch(&data, &mut tx, |d, res| {
+                        engine.sent(d.len().saturating_sub(usize::from(DATA_OVERHEAD)), res.map(|()| d.len()))
+                    })
+                    .await;
+                    if let Err(e) = sent {
+                        // Only a failure to wait for the socket: what is left is lost.
+                        bump(&counters.send_errors);
+                        tracing::warn!(error = %e, "DATA socket unusable for sending");
+                        tx.clear();
+                    }
+                    for r in &replies[..n_replies] {
+                        if let Err(e) = tun.send(r).await {
+                            tracing::debug!(error = %e, "writing an ICMP error to the TUN");
+                        }
+                    }
+                    if let Some(error) = failed {
+                        break Err(ExitError::TunRead {
+                            name: config.tun_name.clone(),
+                            error,
+                        });
+                    }
+                }
             }
         };
         let snap = counters.snapshot();
         tracing::info!(sessions = engine.sessions(), "exit stopped: {snap}");
         result.map(|()| snap)
+    }
+}
+
+/// Serves every link frame waiting (without waiting for more): each is answered at
+/// once, ahead of any data.
+async fn serve_link(link: &UdpSocket, buf: &mut [u8], engine: &mut Engine, counters: &Counters) {
+    loop {
+        let (n, from) = match link.try_recv_from(buf) {
+            Ok(r) => r,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+            Err(e) => return recv_error(counters, "link", e),
+        };
+        if let Some(ack) = engine.on_link(&buf[..n], from) {
+            match link.send_to(&ack, from).await {
+                Ok(_) => bump(&counters.link_acks_sent),
+                Err(e) => {
+                    bump(&counters.send_errors);
+                    tracing::warn!(%from, error = %e, "sending a link ACK failed");
+                }
+            }
+        }
     }
 }
 
