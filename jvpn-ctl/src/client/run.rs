@@ -13,7 +13,7 @@ use tokio::{net::UdpSocket, sync::mpsc};
 
 use super::{
     config::{ClientConfig, ConfigError, TransportConfig},
-    core::{Core, LinkSignal, Out},
+    core::{Core, Input, LinkSignal, Out},
     netwatch,
 };
 use crate::{
@@ -191,29 +191,38 @@ impl Watch {
         }
     }
 
-    /// Reads the kernel's state again and tells the core what changed; a following
-    /// transport whose interface has a new address is bound there first.
-    fn refresh(&mut self, cfg: &ClientConfig, sockets: &mut Sockets, core: &mut Core, now: u64) {
+    /// Reads the kernel's state again and tells the core what changed (returning
+    /// what the core wants done); a following transport whose interface has a new
+    /// address is bound there first.
+    fn refresh(
+        &mut self,
+        cfg: &ClientConfig,
+        sockets: &mut Sockets,
+        core: &mut Core,
+        now: u64,
+    ) -> Vec<Out> {
+        let mut outs = Vec::new();
         let ifaces = match netwatch::interfaces() {
             Ok(i) => i,
-            Err(e) => return tracing::warn!("reading the interfaces: {e}"),
+            Err(e) => {
+                tracing::warn!("reading the interfaces: {e}");
+                return outs;
+            }
+        };
+        let gateways: Vec<SocketAddr> = (0..self.last.len()).map(|i| core.gateway(i)).collect();
+        let mut signal = |transport, signal| {
+            outs.extend(core.step(Input::Link { transport, signal }, now));
         };
         for (i, t) in cfg.transports.iter().enumerate() {
             let bound = sockets.socks[i].bound;
-            let v = netwatch::view(
-                t,
-                self.ifaces[i].as_deref(),
-                &ifaces,
-                bound,
-                core.gateway(i),
-            );
+            let v = netwatch::view(t, self.ifaces[i].as_deref(), &ifaces, bound, gateways[i]);
             let before = self.last[i].replace(v);
             if let Some(ip) = v.addr
                 && ip != bound.ip()
             {
                 match sockets.rebind(i, t, ip) {
                     Ok(local) => {
-                        core.on_link(i, LinkSignal::Rebound(local), now);
+                        signal(i, LinkSignal::Rebound(local));
                         continue;
                     }
                     Err(e) => {
@@ -224,11 +233,12 @@ impl Watch {
                 }
             }
             match (before.and_then(|b| b.down), v.down) {
-                (_, Some(d)) => core.on_link(i, LinkSignal::Down(d), now),
-                (Some(_), None) => core.on_link(i, LinkSignal::Up, now),
+                (_, Some(d)) => signal(i, LinkSignal::Down(d)),
+                (Some(_), None) => signal(i, LinkSignal::Up),
                 (None, None) => {}
             }
         }
+        outs
     }
 }
 
@@ -291,12 +301,17 @@ pub async fn run(cfg: ClientConfig, shutdown: impl Future<Output = ()>) -> Resul
     for (i, s) in sockets.socks.iter().enumerate() {
         core.set_local(i, s.bound);
     }
-    watch.refresh(&cfg, &mut sockets, &mut core, clock.now_ms());
+    let mut outs = watch.refresh(&cfg, &mut sockets, &mut core, clock.now_ms());
     let mut route_mtus: Vec<(SocketAddr, Option<u16>)> = (0..sockets.socks.len())
         .map(|t| (core.gateway(t), None))
         .collect();
     let mut route_mtu_at = tokio::time::Instant::now();
-    refresh_route_mtus(&mut core, &sockets, &mut route_mtus, clock.now_ms());
+    outs.extend(refresh_route_mtus(
+        &mut core,
+        &sockets,
+        &mut route_mtus,
+        clock.now_ms(),
+    ));
     tracing::info!(
         "client agent up: TUN {}, transports {}; control socket {}",
         tun.name(),
@@ -321,7 +336,10 @@ pub async fn run(cfg: ClientConfig, shutdown: impl Future<Output = ()>) -> Resul
     // the timers are served before the next TUN packet, so a saturated tunnel never
     // delays a KEEPALIVE or its answer (docs/client.md, "Control before data").
     let outcome = loop {
-        tokio::select! {
+        if let Err(e) = flush(outs, &mut core, &sockets, &tun, &cfg, &bus, &clock).await {
+            break Err(e);
+        }
+        outs = tokio::select! {
             biased;
             () = &mut shutdown => break Ok(()),
             Some(c) = call_rx.recv() => {
@@ -337,37 +355,43 @@ pub async fn run(cfg: ClientConfig, shutdown: impl Future<Output = ()>) -> Resul
                     ),
                 };
                 let _ = c.reply.send(resp);
+                Vec::new()
             }
-            Some((i, from, d)) = dg_rx.recv() => core.on_datagram(i, from, &d, clock.now_ms()),
+            Some((transport, from, data)) = dg_rx.recv() => {
+                core.step(Input::Datagram { transport, from, data: &data }, clock.now_ms())
+            }
             Some(()) = recv_opt(&mut link_events) => {
-                watch.refresh(&cfg, &mut sockets, &mut core, clock.now_ms());
+                watch.refresh(&cfg, &mut sockets, &mut core, clock.now_ms())
             }
             _ = tick.tick() => {
                 let now = clock.now_ms();
                 let gap = now.saturating_sub(last_tick);
                 last_tick = now;
+                let mut outs = Vec::new();
                 if gap > STALL_GAP_MS {
-                    core.note_stall(gap - TICK.as_millis() as u64);
+                    let gap_ms = gap - TICK.as_millis() as u64;
+                    outs.extend(core.step(Input::Stall { gap_ms }, now));
                 }
                 if route_mtu_at.elapsed() >= ROUTE_MTU_EVERY {
                     route_mtu_at = tokio::time::Instant::now();
-                    watch.refresh(&cfg, &mut sockets, &mut core, now);
-                    refresh_route_mtus(&mut core, &sockets, &mut route_mtus, now);
+                    outs.extend(watch.refresh(&cfg, &mut sockets, &mut core, now));
+                    outs.extend(refresh_route_mtus(&mut core, &sockets, &mut route_mtus, now));
                 }
-                core.tick(now)
+                outs.extend(core.step(Input::Tick, now));
+                outs
             }
             r = tun.recv(&mut buf) => match r {
-                Ok(n) => core.on_tun(&buf[..n]),
-                Err(e) => tracing::warn!("reading {}: {e}", tun.name()),
+                Ok(n) => core.step(Input::Tun(&buf[..n]), clock.now_ms()),
+                Err(e) => {
+                    tracing::warn!("reading {}: {e}", tun.name());
+                    Vec::new()
+                }
             },
-        }
-        if let Err(e) = flush(&mut core, &sockets, &tun, &cfg, &bus, &clock).await {
-            break Err(e);
-        }
+        };
     };
     if outcome.is_ok() {
-        core.close(clock.now_ms());
-        let _ = flush(&mut core, &sockets, &tun, &cfg, &bus, &clock).await;
+        let outs = core.step(Input::Close, clock.now_ms());
+        let _ = flush(outs, &mut core, &sockets, &tun, &cfg, &bus, &clock).await;
         tracing::info!("client agent stopped");
     }
     // Let the file sink write the last events.
@@ -390,20 +414,24 @@ fn refresh_route_mtus(
     sockets: &Sockets,
     last: &mut [(SocketAddr, Option<u16>)],
     now_ms: u64,
-) {
-    for (t, prev) in last.iter_mut().enumerate() {
-        let to = core.gateway(t);
-        let mtu = sockets.route_mtu(t, to);
+) -> Vec<Out> {
+    let mut outs = Vec::new();
+    for (transport, prev) in last.iter_mut().enumerate() {
+        let to = core.gateway(transport);
+        let mtu = sockets.route_mtu(transport, to);
         if (to, mtu) != *prev {
             *prev = (to, mtu);
-            if let Some(m) = mtu {
-                core.set_path_max(t, m, now_ms);
+            if let Some(mtu) = mtu {
+                outs.extend(core.step(Input::PathMax { transport, mtu }, now_ms));
             }
         }
     }
+    outs
 }
 
+/// Carries out what the core asked for.
 async fn flush(
+    mut outs: Vec<Out>,
     core: &mut Core,
     sockets: &Sockets,
     tun: &Tun,
@@ -411,9 +439,11 @@ async fn flush(
     bus: &EventBus,
     clock: &Clock,
 ) -> Result<(), ClientError> {
-    // Outputs may queue more (an EMSGSIZE lowers the tunnel MTU): drain until empty.
-    while !core.out.is_empty() {
-        for o in std::mem::take(&mut core.out) {
+    // A failed send is news for the core (an EMSGSIZE lowers the tunnel MTU), which
+    // may ask for more: carry on until it asks nothing.
+    while !outs.is_empty() {
+        let mut more = Vec::new();
+        for o in std::mem::take(&mut outs) {
             match o {
                 Out::Udp {
                     transport,
@@ -424,10 +454,15 @@ async fn flush(
                     match sent {
                         Ok(_) => {}
                         Err(e) if sockopt::is_emsgsize(&e) => {
-                            let mtu = sockets.route_mtu(transport, to);
-                            core.note_too_big(transport, data.len(), mtu, clock.now_ms());
+                            let route_mtu = sockets.route_mtu(transport, to);
+                            let input = Input::TooBig {
+                                transport,
+                                len: data.len(),
+                                route_mtu,
+                            };
+                            more.extend(core.step(input, clock.now_ms()));
                         }
-                        Err(_) => core.note_send_error(),
+                        Err(_) => more.extend(core.step(Input::SendError, clock.now_ms())),
                     }
                 }
                 Out::TunMtu(mtu) => {
@@ -452,6 +487,7 @@ async fn flush(
                 Out::Exit(reason) => return Err(ClientError::Terminated(reason)),
             }
         }
+        outs = more;
     }
     Ok(())
 }

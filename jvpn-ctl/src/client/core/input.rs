@@ -7,7 +7,7 @@ impl Core {
     /// A datagram received on transport `t` from `from`, one of its gateway addresses
     /// (anything else is not the gateway and is ignored). Only what comes from the
     /// transport's current address counts as its health.
-    pub fn on_datagram(&mut self, t: usize, from: SocketAddr, data: &[u8], now_ms: u64) {
+    pub(super) fn on_datagram(&mut self, t: usize, from: SocketAddr, data: &[u8], now_ms: u64) {
         let Some(a) = self.links.get(t).and_then(|l| l.addr_index(from)) else {
             return;
         };
@@ -118,7 +118,7 @@ impl Core {
     /// before the TUN learned a smaller one) is answered like a router would: ICMP
     /// "too big" back into the TUN, or fragments for IPv4 without DF. Outer packets
     /// are never fragmented.
-    pub fn on_tun(&mut self, pkt: &[u8]) {
+    pub(super) fn on_tun(&mut self, pkt: &[u8]) {
         let Phase::Up(s) = &self.phase else {
             self.counters.tx_no_session += 1;
             return;
@@ -177,7 +177,7 @@ impl Core {
     }
 
     /// Ends the session on the agent's own initiative (shutdown): CLOSE to the gateway.
-    pub fn close(&mut self, now_ms: u64) {
+    pub(super) fn close(&mut self, now_ms: u64) {
         if let Phase::Up(s) = &mut self.phase {
             let msg = s.control(Body::close(Reason::Closed));
             let bound = s.bound;

@@ -41,7 +41,7 @@ pub enum LinkSignal {
 
 impl Core {
     /// A change the shell saw in transport `t`'s link; repeated signals are no-ops.
-    pub fn on_link(&mut self, t: usize, signal: LinkSignal, now_ms: u64) {
+    pub(super) fn on_link(&mut self, t: usize, signal: LinkSignal, now_ms: u64) {
         let Some(l) = self.links.get_mut(t) else {
             return;
         };

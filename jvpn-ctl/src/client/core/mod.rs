@@ -13,9 +13,17 @@
 //! | VOLATILE, DEGRADED | bound transport DEAD, a candidate to try | RECOVERING | reattach_started |
 //! | ATTACHED | a more preferred transport healthy for `return_after_ms`, or `client move` | RECOVERING | reattach_started |
 //! | ATTACHED, VOLATILE, DEGRADED | the bound transport's KEEPALIVE answered "not bound" (current generation) | RECOVERING (rebind over the same transport) | address_changed |
+//! | ATTACHED, VOLATILE, DEGRADED | the bound transport's interface got a new address (it follows its interface) | RECOVERING (rebind from the new address) | address_changed |
+//! | ATTACHED, VOLATILE | bound transport over a loss / RTT / jitter threshold for its dwell, another transport healthy | RECOVERING (a planned move, trigger `quality`) | reattach_started |
+//! | ATTACHED | a more preferred transport got a new address and answered | RECOVERING | reattach_started |
 //! | RECOVERING | REATTACH_ACK | ATTACHED | reattach_success |
 //! | RECOVERING | REATTACH_DENIED, or no answer within `attempt_timeout_ms` | DEGRADED | reattach_validation_failed (+detail) |
 //! | any | CLOSE from the gateway; recovery window or session TTL over | TERMINATED | the CLOSE's reason / recovery_window_expired / session_ttl_expired |
+//!
+//! A transport is DEAD when silent for the loss TTL, when its DATA stalls for as
+//! long, or at once when the kernel says its link is down, its address is gone or
+//! there is no route to its gateway ([`LinkSignal`]); the bound one being DEAD
+//! starts the recovery in the same step. Everything enters through [`Core::step`].
 //!
 //! Refusals are obeyed: a DENIED candidate backs off (rate limits back off the whole
 //! session), and nothing ever falls back silently to a fresh session. Only after
@@ -83,6 +91,9 @@ const STALL_MIN_SENT: u64 = 4;
 const SENT_AT: usize = 16;
 /// Largest path MTU tried when the shell could not ask the kernel.
 const DEFAULT_MAX_MTU: u16 = 1500;
+/// Probes on the bound transport in a row unanswered before its silence makes it
+/// VOLATILE (when `volatile_after_ms` is left at 0).
+const SILENT_PROBES: u64 = 3;
 /// Times each tunnel-MTU change is told to the exit.
 const MTU_NOTICES: u8 = 3;
 /// Gateway control counters remembered across addresses: one accepted from one
@@ -108,6 +119,46 @@ pub enum Out {
     Event(EventRecord),
     /// The session is TERMINATED and `reconnect` is off: stop.
     Exit(Reason),
+}
+
+/// One event for the core. [`Core::step`] takes it with the time and returns what
+/// the shell must do; nothing else reaches the core (the operator's status and
+/// move requests are questions answered at once: [`Core::status`],
+/// [`Core::request_move`]).
+#[derive(Debug)]
+pub enum Input<'a> {
+    /// A datagram on transport `transport` from `from` (one of its gateway
+    /// addresses; the shell drops anything else).
+    Datagram {
+        transport: usize,
+        from: SocketAddr,
+        data: &'a [u8],
+    },
+    /// An inner packet read from the TUN device.
+    Tun(&'a [u8]),
+    /// What the kernel says about a transport's link.
+    Link {
+        transport: usize,
+        signal: LinkSignal,
+    },
+    /// The timer (every 10 ms in the shell).
+    Tick,
+    /// The shell's loop ran `gap_ms` late: its own backlog, not the links' silence.
+    Stall { gap_ms: u64 },
+    /// The kernel's route MTU towards transport `transport`'s current gateway
+    /// address (where path-MTU probing starts).
+    PathMax { transport: usize, mtu: u16 },
+    /// A send of `len` UDP payload bytes on `transport` failed with EMSGSIZE;
+    /// `route_mtu` is what the kernel now reports for the path, if it could be read.
+    TooBig {
+        transport: usize,
+        len: usize,
+        route_mtu: Option<u16>,
+    },
+    /// A send failed otherwise.
+    SendError,
+    /// Shutting down: CLOSE the session.
+    Close,
 }
 
 /// One transport and what the agent knows about it.
@@ -321,7 +372,8 @@ pub struct Core {
     last_state: State,
     /// The configured tunnel MTU: the most the tunnel is given, whatever the paths.
     mtu_cap: u16,
-    pub out: Vec<Out>,
+    /// What the shell must do, returned by [`Core::step`].
+    out: Vec<Out>,
 }
 
 impl Core {
@@ -379,6 +431,30 @@ impl Core {
         core
     }
 
+    /// Feeds one event at `now_ms`; returns what the shell must do, in order.
+    pub fn step(&mut self, input: Input<'_>, now_ms: u64) -> Vec<Out> {
+        match input {
+            Input::Datagram {
+                transport,
+                from,
+                data,
+            } => self.on_datagram(transport, from, data, now_ms),
+            Input::Tun(pkt) => self.on_tun(pkt),
+            Input::Link { transport, signal } => self.on_link(transport, signal, now_ms),
+            Input::Tick => self.tick(now_ms),
+            Input::Stall { gap_ms } => self.note_stall(gap_ms),
+            Input::PathMax { transport, mtu } => self.set_path_max(transport, mtu, now_ms),
+            Input::TooBig {
+                transport,
+                len,
+                route_mtu,
+            } => self.note_too_big(transport, len, route_mtu, now_ms),
+            Input::SendError => self.note_send_error(),
+            Input::Close => self.close(now_ms),
+        }
+        std::mem::take(&mut self.out)
+    }
+
     /// The shell reports the socket's real local address (port 0 resolved).
     pub fn set_local(&mut self, transport: usize, local: SocketAddr) {
         self.links[transport].local = local.to_string();
@@ -397,13 +473,13 @@ impl Core {
         }
     }
 
-    pub fn note_send_error(&mut self) {
+    fn note_send_error(&mut self) {
         self.counters.send_errors += 1;
     }
 
     /// The largest packet the kernel will send on transport `t` (its route's MTU,
     /// which includes what ICMP "too big" taught it): where path-MTU probing starts.
-    pub fn set_path_max(&mut self, t: usize, mtu: u16, now_ms: u64) {
+    fn set_path_max(&mut self, t: usize, mtu: u16, now_ms: u64) {
         let l = &mut self.links[t];
         l.route_max = mtu.max(PathMtu::base_for(l.v6()));
         l.pmtu.set_max(l.route_max, now_ms);
@@ -412,7 +488,7 @@ impl Core {
 
     /// A send of `len` UDP payload bytes on `t` failed with EMSGSIZE; `route_mtu` is
     /// what the kernel now reports for the path, if it could be read.
-    pub fn note_too_big(&mut self, t: usize, len: usize, route_mtu: Option<u16>, now_ms: u64) {
+    fn note_too_big(&mut self, t: usize, len: usize, route_mtu: Option<u16>, now_ms: u64) {
         self.counters.send_errors += 1;
         self.counters.emsgsize += 1;
         let l = &mut self.links[t];
@@ -488,7 +564,7 @@ impl Core {
     /// The shell's loop could not run for `gap_ms` (its own backlog, a suspended
     /// process): no transport was heard in that time because nothing was read, so
     /// that time does not count as their silence.
-    pub fn note_stall(&mut self, gap_ms: u64) {
+    fn note_stall(&mut self, gap_ms: u64) {
         self.counters.stalls += 1;
         for l in &mut self.links {
             l.health.pause(gap_ms);
@@ -561,3 +637,5 @@ mod view;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod transitions;

@@ -4,7 +4,7 @@
 use super::*;
 
 impl Core {
-    pub fn tick(&mut self, now_ms: u64) {
+    pub(super) fn tick(&mut self, now_ms: u64) {
         match &mut self.phase {
             Phase::Connecting(c) => {
                 if let Some((session, since)) = &c.confirming {
@@ -46,10 +46,15 @@ impl Core {
         let pick = |own: u64, hint: u32| if own > 0 { own } else { u64::from(hint).max(1) };
         let keepalive = pick(h.keepalive_interval_ms, hint.keepalive_interval_ms);
         let loss_ttl = pick(h.transport_loss_ttl_ms, hint.transport_loss_ttl_ms);
+        // Silence long enough to be more than a lost probe or two on the bound
+        // transport (probed every `probe_interval_ms`): loss is the quality
+        // verdict's business, with its dwell; this is "nothing comes back at all".
         let volatile_after = if h.volatile_after_ms > 0 {
             h.volatile_after_ms
         } else {
-            (2 * keepalive).min(loss_ttl)
+            (2 * keepalive)
+                .max(SILENT_PROBES * h.probe_interval_ms)
+                .min(loss_ttl)
         };
         let t = Thresholds {
             max_loss_pct: h.max_loss_pct,

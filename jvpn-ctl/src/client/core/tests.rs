@@ -19,21 +19,21 @@ use crate::{
     session::{Detail, Reason, State},
 };
 
-const T0: u64 = 1_700_000_000_000;
+pub(super) const T0: u64 = 1_700_000_000_000;
 const SID: u64 = 0x5e55_1011;
-const HINT: Hint = Hint {
+pub(super) const HINT: Hint = Hint {
     recovery_window_ms: 10_000,
     keepalive_interval_ms: 100,
     transport_loss_ttl_ms: 500,
     session_ttl_s: 3_600,
 };
-const WIFI: usize = 0;
-const LTE: usize = 1;
+pub(super) const WIFI: usize = 0;
+pub(super) const LTE: usize = 1;
 /// The gateway addresses of the two transports of [`TRANSPORTS`].
-const WIFI_GW: SocketAddr = v4([10, 0, 0, 1], 51820);
-const LTE_GW: SocketAddr = v4([10, 0, 1, 1], 51820);
+pub(super) const WIFI_GW: SocketAddr = v4([10, 0, 0, 1], 51820);
+pub(super) const LTE_GW: SocketAddr = v4([10, 0, 1, 1], 51820);
 
-const fn v4(ip: [u8; 4], port: u16) -> SocketAddr {
+pub(super) const fn v4(ip: [u8; 4], port: u16) -> SocketAddr {
     SocketAddr::V4(SocketAddrV4::new(
         Ipv4Addr::new(ip[0], ip[1], ip[2], ip[3]),
         port,
@@ -47,19 +47,19 @@ const TRANSPORTS: &str = "[[transport]]\nname = \"wifi\"\nkind = \"wifi\"\nbind 
      gateway = \"10.0.1.1:51820\"\n";
 
 /// The gateway's half: keys and its control counter.
-struct Gw {
+pub(super) struct Gw {
     keys: SessionKeys,
     mac: hmac::Key,
     ctr: u64,
 }
 
 impl Gw {
-    fn ack(&mut self, ts: u64, generation: u32, fwd: u32, flags: u8) -> Vec<u8> {
+    pub(super) fn ack(&mut self, ts: u64, generation: u32, fwd: u32, flags: u8) -> Vec<u8> {
         self.ctr += 1;
         keepalive_ack(&self.mac, SID, self.ctr, ts, generation, fwd, flags)
     }
 
-    fn send(&mut self, body: Body) -> Vec<u8> {
+    pub(super) fn send(&mut self, body: Body) -> Vec<u8> {
         self.ctr += 1;
         Control {
             session_id: SID,
@@ -109,7 +109,7 @@ fn sent_on(out: &[(usize, Vec<u8>)], t: usize) -> Vec<Control> {
 }
 
 /// An established session over Wi-Fi.
-fn established() -> (Core, Gw) {
+pub(super) fn established() -> (Core, Gw) {
     established_with(TRANSPORTS)
 }
 

@@ -1,0 +1,542 @@
+//! Every client transition of the table in `core/mod.rs`, every DENIED reason, and
+//! the link signals, driven through virtual time against a gateway played in
+//! memory ([`Peer`]): it answers KEEPALIVEs and reattaches on every transport that
+//! is not cut, as the real gateway does.
+
+use std::net::SocketAddr;
+
+use super::tests::{Gw, LTE, LTE_GW, WIFI, WIFI_GW, established, v4};
+use super::{Core, Down, LinkSignal, Out};
+use crate::{
+    control::api::EventRecord,
+    proto::{Body, Hint, ReattachCause, Unverified, control::ACK_FROM_BINDING},
+    session::{Detail, Reason, State},
+};
+
+const T0: u64 = super::tests::T0;
+const TICK: u64 = 10;
+
+struct Peer {
+    gw: Gw,
+    generation: u32,
+    bound: usize,
+    /// Nothing gets through on this transport, either way.
+    cut: [bool; 2],
+    /// Of every 10 KEEPALIVEs on a transport, these (by count mod 10) go unanswered.
+    lose: [Vec<u64>; 2],
+    probes: [u64; 2],
+    /// The answer to the next REATTACH_REQUEST: a refusal, or none at all.
+    deny: Option<Detail>,
+    ignore_requests: bool,
+    /// What the core sent: (transport, message); and its events.
+    sent: Vec<(usize, Body)>,
+    events: Vec<EventRecord>,
+}
+
+impl Peer {
+    fn new(gw: Gw) -> Self {
+        Self {
+            gw,
+            generation: 1,
+            bound: WIFI,
+            cut: [false; 2],
+            lose: [Vec::new(), Vec::new()],
+            probes: [0; 2],
+            deny: None,
+            ignore_requests: false,
+            sent: Vec::new(),
+            events: Vec::new(),
+        }
+    }
+
+    fn addr(t: usize) -> SocketAddr {
+        if t == WIFI { WIFI_GW } else { LTE_GW }
+    }
+
+    /// Takes what the core queued and answers it (answers are fed back at once).
+    fn serve(&mut self, core: &mut Core, now: u64) {
+        loop {
+            let out = std::mem::take(&mut core.out);
+            if out.is_empty() {
+                return;
+            }
+            for o in out {
+                match o {
+                    Out::Udp {
+                        transport, data, ..
+                    } => self.answer(core, transport, &data, now),
+                    Out::Event(e) => self.events.push(e),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    fn answer(&mut self, core: &mut Core, t: usize, data: &[u8], now: u64) {
+        if self.cut[t] {
+            return;
+        }
+        let Ok(u) = Unverified::decode(data) else {
+            return; // DATA
+        };
+        let body = u.into_msg().body;
+        self.sent.push((t, body.clone()));
+        let reply = match body {
+            Body::Keepalive { ts_ms, .. } => {
+                self.probes[t] += 1;
+                if self.lose[t].contains(&(self.probes[t] % 10)) {
+                    return;
+                }
+                let flags = if t == self.bound { ACK_FROM_BINDING } else { 0 };
+                self.gw.ack(ts_ms, self.generation, 0, flags)
+            }
+            Body::ReattachRequest(_) if self.ignore_requests => return,
+            Body::ReattachRequest(_) => match self.deny {
+                Some(d) => self.gw.send(Body::ReattachDenied { reason: d.code() }),
+                None => self.gw.send(Body::ReattachChallenge { challenge: [3; 16] }),
+            },
+            Body::ReattachConfirm { .. } => {
+                self.generation += 1;
+                self.bound = t;
+                self.gw.send(Body::ReattachAck {
+                    generation: self.generation,
+                    hint: super::tests::HINT,
+                })
+            }
+            _ => return,
+        };
+        core.on_datagram(t, Self::addr(t), &reply, now);
+    }
+
+    /// Ticks every 10 ms from `*now` for `ms`, serving everything.
+    fn run(&mut self, core: &mut Core, now: &mut u64, ms: u64) {
+        let end = *now + ms;
+        while *now < end {
+            *now += TICK;
+            core.tick(*now);
+            self.serve(core, *now);
+        }
+    }
+
+    /// Ticks until `pred` holds (at most `ms`); panics otherwise.
+    fn until(
+        &mut self,
+        core: &mut Core,
+        now: &mut u64,
+        ms: u64,
+        pred: impl Fn(&Core, u64) -> bool,
+    ) {
+        let end = *now + ms;
+        while !pred(core, *now) {
+            assert!(*now < end, "not within {ms} ms: {:#?}", core.status(*now));
+            *now += TICK;
+            core.tick(*now);
+            self.serve(core, *now);
+        }
+    }
+
+    /// (to, reason, detail) of every state change so far.
+    fn path(&self) -> Vec<(State, Reason, Option<Detail>)> {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                EventRecord::StateChange {
+                    to, reason, detail, ..
+                } => Some((*to, *reason, *detail)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn health_events(&self) -> Vec<(String, String, String)> {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                EventRecord::TransportHealth {
+                    transport,
+                    health,
+                    cause,
+                    ..
+                } => Some((transport.clone(), health.clone(), cause.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn requests(&self) -> Vec<(usize, ReattachCause)> {
+        self.sent
+            .iter()
+            .filter_map(|(t, b)| match b {
+                Body::ReattachRequest(r) => Some((*t, r.cause)),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// An established session over Wi-Fi, LTE known healthy, the peer's log cleared.
+fn attached() -> (Core, Peer, u64) {
+    let (mut core, gw) = established();
+    let mut peer = Peer::new(gw);
+    let mut now = T0 + 2;
+    peer.serve(&mut core, now);
+    peer.run(&mut core, &mut now, 300);
+    let s = core.status(now);
+    assert_eq!(s.state, State::Attached);
+    assert!(
+        s.transports.iter().all(|t| t.health.name() == "healthy"),
+        "{s:#?}"
+    );
+    peer.events.clear();
+    peer.sent.clear();
+    (core, peer, now)
+}
+
+fn state(core: &Core, now: u64) -> State {
+    core.status(now).state
+}
+
+fn bound(core: &Core, now: u64) -> String {
+    core.status(now).bound.unwrap_or_default()
+}
+
+#[test]
+fn silence_makes_the_binding_volatile_and_an_answer_attached_again() {
+    let (mut core, mut peer, mut now) = attached();
+    peer.cut[WIFI] = true;
+    peer.until(&mut core, &mut now, 400, |c, n| {
+        state(c, n) == State::Volatile
+    });
+    peer.cut[WIFI] = false;
+    peer.until(&mut core, &mut now, 300, |c, n| {
+        state(c, n) == State::Attached
+    });
+    assert_eq!(
+        peer.path(),
+        [
+            (State::Volatile, Reason::TransportVolatile, None),
+            (State::Attached, Reason::TransportRecovered, None)
+        ]
+    );
+    assert!(
+        peer.requests().is_empty(),
+        "no reattach for a short silence"
+    );
+}
+
+#[test]
+fn a_dead_binding_recovers_over_the_best_candidate() {
+    let (mut core, mut peer, mut now) = attached();
+    peer.cut[WIFI] = true;
+    let cut_at = now;
+    peer.until(&mut core, &mut now, 1_000, |c, n| bound(c, n) == "lte");
+    let s = core.status(now);
+    assert_eq!(s.state, State::Attached);
+    assert_eq!(s.generation, 2);
+    let sw = s.last_switch.unwrap();
+    assert_eq!(
+        (sw.cause.as_str(), sw.trigger.as_str()),
+        ("recovery", "loss_ttl")
+    );
+    assert!(now - cut_at >= 500, "not before the loss TTL");
+    assert_eq!(peer.requests(), [(LTE, ReattachCause::Recovery)]);
+    let path: Vec<_> = peer.path().into_iter().map(|p| (p.0, p.1)).collect();
+    assert_eq!(
+        path,
+        [
+            (State::Volatile, Reason::TransportVolatile),
+            (State::Recovering, Reason::ReattachStarted),
+            (State::Attached, Reason::ReattachSuccess)
+        ]
+    );
+    assert!(
+        peer.health_events()
+            .contains(&("wifi".into(), "dead".into(), "loss_ttl".into()))
+    );
+}
+
+#[test]
+fn a_link_down_is_dead_at_once_and_never_probed() {
+    let (mut core, mut peer, now) = attached();
+    core.on_link(WIFI, LinkSignal::Down(Down::LinkDown), now);
+    peer.serve(&mut core, now);
+    // In the same step: DEAD with its cause, the recovery started, and over LTE.
+    assert_eq!(
+        peer.health_events()[0],
+        ("wifi".into(), "dead".into(), "link_down".into())
+    );
+    assert_eq!(peer.requests(), [(LTE, ReattachCause::Recovery)]);
+    let s = core.status(now);
+    assert_eq!(
+        (s.state, s.bound.as_deref()),
+        (State::Attached, Some("lte"))
+    );
+    assert_eq!(s.last_switch.unwrap().trigger, "link_down");
+    // A repeated signal is nothing new; no KEEPALIVE goes out on the dead link.
+    core.on_link(WIFI, LinkSignal::Down(Down::LinkDown), now);
+    assert!(core.out.is_empty());
+    let (mut now, before) = (now, peer.sent.len());
+    peer.run(&mut core, &mut now, 3_000);
+    assert!(
+        !peer.sent[before..].iter().any(|(t, _)| *t == WIFI),
+        "nothing sent on a link that is down"
+    );
+    assert_eq!(
+        bound(&core, now),
+        "lte",
+        "never back to a link that is down"
+    );
+}
+
+#[test]
+fn every_kernel_cause_is_named() {
+    for (d, name) in [
+        (Down::LinkDown, "link_down"),
+        (Down::AddressLost, "address_lost"),
+        (Down::NoRoute, "no_route"),
+    ] {
+        let (mut core, mut peer, now) = attached();
+        core.on_link(WIFI, LinkSignal::Down(d), now);
+        peer.serve(&mut core, now);
+        assert_eq!(core.status(now).last_switch.unwrap().trigger, name);
+    }
+}
+
+#[test]
+fn a_link_back_is_probed_at_once_and_returned_to_per_policy() {
+    let (mut core, mut peer, mut now) = attached();
+    core.on_link(WIFI, LinkSignal::Down(Down::LinkDown), now);
+    peer.serve(&mut core, now);
+    peer.run(&mut core, &mut now, 500);
+    let before = peer.sent.len();
+    core.on_link(WIFI, LinkSignal::Up, now);
+    peer.serve(&mut core, now);
+    assert!(
+        peer.sent[before..]
+            .iter()
+            .any(|(t, b)| *t == WIFI && matches!(b, Body::Keepalive { .. })),
+        "probed at once"
+    );
+    assert!(
+        peer.health_events()
+            .contains(&("wifi".into(), "unknown".into(), "link_up".into()))
+    );
+    let up_at = now;
+    peer.until(&mut core, &mut now, 3_000, |c, n| bound(c, n) == "wifi");
+    // return_after_ms (2 s by default) of health first.
+    assert!(now - up_at >= 2_000, "{}", now - up_at);
+    assert_eq!(core.status(now).last_switch.unwrap().trigger, "return");
+}
+
+#[test]
+fn a_new_address_on_the_bound_transport_rebinds_from_it() {
+    let (mut core, mut peer, now) = attached();
+    let new = v4([10, 0, 0, 7], 40000);
+    core.on_link(WIFI, LinkSignal::Rebound(new), now);
+    peer.serve(&mut core, now);
+    assert_eq!(peer.requests(), [(WIFI, ReattachCause::AddressChanged)]);
+    let s = core.status(now);
+    assert_eq!((s.state, s.generation), (State::Attached, 2));
+    assert_eq!(s.transports[WIFI].local, new.to_string());
+    assert_eq!(s.last_switch.unwrap().trigger, "address_added");
+}
+
+#[test]
+fn a_new_address_on_a_preferred_transport_is_taken_at_its_first_answer() {
+    let (mut core, mut peer, mut now) = attached();
+    core.on_link(WIFI, LinkSignal::Down(Down::AddressLost), now);
+    peer.serve(&mut core, now);
+    assert_eq!(bound(&core, now), "lte");
+    peer.run(&mut core, &mut now, 200);
+    let at = now;
+    core.on_link(WIFI, LinkSignal::Rebound(v4([10, 0, 0, 7], 40000)), now);
+    peer.serve(&mut core, now);
+    peer.until(&mut core, &mut now, 500, |c, n| bound(c, n) == "wifi");
+    assert!(now - at <= 50, "not return_after_ms: {} ms", now - at);
+    assert_eq!(
+        core.status(now).last_switch.unwrap().trigger,
+        "address_added"
+    );
+}
+
+#[test]
+fn a_lossy_binding_is_left_once_for_a_healthy_transport() {
+    let (mut core, mut peer, mut now) = attached();
+    // 40 % of Wi-Fi's probes unanswered.
+    peer.lose[WIFI] = vec![1, 3, 5, 7];
+    peer.until(&mut core, &mut now, 3_000, |c, n| bound(c, n) == "lte");
+    let sw = core.status(now).last_switch.unwrap();
+    assert_eq!((sw.trigger.as_str(), sw.planned), ("quality", true));
+    peer.run(&mut core, &mut now, 10_000);
+    assert_eq!(
+        bound(&core, now),
+        "lte",
+        "never back while Wi-Fi stays lossy"
+    );
+    let path: Vec<_> = peer.path().into_iter().map(|p| p.0).collect();
+    assert_eq!(
+        path,
+        [State::Volatile, State::Recovering, State::Attached],
+        "one VOLATILE, one move"
+    );
+    assert!(
+        peer.health_events()
+            .contains(&("wifi".into(), "volatile".into(), "loss".into()))
+    );
+}
+
+#[test]
+fn light_loss_changes_nothing() {
+    let (mut core, mut peer, mut now) = attached();
+    // 10 % of Wi-Fi's probes unanswered (half the threshold).
+    peer.lose[WIFI] = vec![4];
+    peer.run(&mut core, &mut now, 30_000);
+    assert!(peer.path().is_empty(), "{:?}", peer.path());
+    // 2 of the last 20 lost; the newest loss may not be due yet.
+    assert!((5..=10).contains(&core.status(now).transports[WIFI].loss_pct));
+}
+
+#[test]
+fn a_stall_of_the_agent_is_not_the_links_silence() {
+    let (mut core, mut peer, mut now) = attached();
+    // The agent could not run for 800 ms (past the loss TTL): nothing was read.
+    now += 800;
+    core.note_stall(800);
+    core.tick(now);
+    peer.serve(&mut core, now);
+    assert!(peer.path().is_empty(), "{:?}", peer.path());
+    assert_eq!(core.status(now).counters.stalls, 1);
+}
+
+#[test]
+fn every_denied_reason_is_obeyed_with_its_backoff() {
+    for d in Detail::ALL {
+        let (mut core, mut peer, mut now) = attached();
+        peer.deny = Some(d);
+        core.on_link(WIFI, LinkSignal::Down(Down::LinkDown), now);
+        peer.serve(&mut core, now);
+        let path = peer.path();
+        assert_eq!(
+            path.last(),
+            Some(&(State::Degraded, Reason::ReattachValidationFailed, Some(d))),
+            "{d:?}: {path:?}"
+        );
+        let s = core.status(now);
+        let lte = &s.transports[LTE];
+        let want = match d {
+            Detail::RateLimited => 1_000,
+            Detail::Blacklisted => 60_000,
+            _ => 2_000,
+        };
+        assert_eq!(lte.backoff_ms, want, "{d:?}");
+        assert!(peer.events.iter().any(|e| matches!(
+            e,
+            EventRecord::TransportSwitchDenied { detail, .. } if *detail == d
+        )));
+        // Nothing is tried again before the back-off ends, and nothing falls back to
+        // a new session.
+        let n = peer.requests().len();
+        peer.run(&mut core, &mut now, want.min(5_000) - 20);
+        assert_eq!(
+            peer.requests().len(),
+            n,
+            "{d:?}: retried during the back-off"
+        );
+        assert_eq!(core.status(now).sessions_established, 1);
+    }
+}
+
+#[test]
+fn an_unanswered_reattach_fails_as_transport_ttl_and_the_next_is_tried() {
+    let (mut core, mut peer, mut now) = attached();
+    peer.ignore_requests = true;
+    core.on_link(WIFI, LinkSignal::Down(Down::LinkDown), now);
+    peer.serve(&mut core, now);
+    assert_eq!(state(&core, now), State::Recovering);
+    peer.until(&mut core, &mut now, 600, |c, n| {
+        state(c, n) == State::Degraded
+    });
+    assert_eq!(
+        peer.path().last(),
+        Some(&(
+            State::Degraded,
+            Reason::ReattachValidationFailed,
+            Some(Detail::TransportTtl)
+        ))
+    );
+    peer.ignore_requests = false;
+    peer.until(&mut core, &mut now, 1_000, |c, n| bound(c, n) == "lte");
+}
+
+#[test]
+fn close_terminates_with_its_reason_and_a_new_session_follows() {
+    let (mut core, mut peer, mut now) = attached();
+    let close = peer.gw.send(Body::close(Reason::Operator));
+    core.on_datagram(WIFI, WIFI_GW, &close, now);
+    peer.serve(&mut core, now);
+    assert_eq!(
+        peer.path().last().map(|p| (p.0, p.1)),
+        Some((State::Terminated, Reason::Operator))
+    );
+    assert_eq!(core.session_id(), None);
+    // reconnect = true: a fresh HELLO after a pause, never a silent fallback.
+    let before = core.out.len();
+    now += 999;
+    core.tick(now);
+    assert_eq!(core.out.len(), before, "not before RECONNECT_AFTER_MS");
+    now += 1;
+    core.tick(now);
+    assert!(
+        core.out.iter().any(|o| matches!(o, Out::Udp { data, .. } if data.get(1) == Some(&jvpn_common::wire::msg_type::HELLO))),
+        "{:?}",
+        core.out
+    );
+}
+
+#[test]
+fn the_recovery_window_ends_the_session_when_nothing_answers() {
+    let (mut core, mut peer, mut now) = attached();
+    peer.cut = [true, true];
+    let window = u64::from(super::tests::HINT.recovery_window_ms);
+    peer.until(&mut core, &mut now, window + 6_000, |c, _| {
+        c.session_id().is_none()
+    });
+    assert_eq!(
+        peer.path().last().map(|p| (p.0, p.1)),
+        Some((State::Terminated, Reason::RecoveryWindowExpired))
+    );
+}
+
+#[test]
+fn the_session_ttl_ends_the_session_if_its_close_is_lost() {
+    let (mut core, mut peer, mut now) = attached();
+    let ttl_ms = u64::from(super::tests::HINT.session_ttl_s) * 1000;
+    now = T0 + 2 + ttl_ms + 5_000;
+    core.tick(now);
+    peer.serve(&mut core, now);
+    assert_eq!(
+        peer.path().last().map(|p| (p.0, p.1)),
+        Some((State::Terminated, Reason::SessionTtlExpired))
+    );
+}
+
+#[test]
+fn an_operator_move_is_planned_and_refused_when_it_cannot_be() {
+    let (mut core, mut peer, mut now) = attached();
+    assert!(
+        core.request_move("carrier-pigeon")
+            .unwrap_err()
+            .contains("no transport")
+    );
+    assert!(
+        core.request_move("wifi")
+            .unwrap_err()
+            .contains("already bound")
+    );
+    core.request_move("lte").unwrap();
+    peer.until(&mut core, &mut now, 100, |c, n| bound(c, n) == "lte");
+    let sw = core.status(now).last_switch.unwrap();
+    assert_eq!((sw.planned, sw.trigger.as_str()), (true, "operator"));
+    assert_eq!(peer.requests(), [(LTE, ReattachCause::Planned)]);
+    let _ = Hint::default;
+}
