@@ -10,6 +10,7 @@ pub mod netwatch;
 pub mod pmtu;
 pub mod run;
 pub mod status;
+mod transports;
 
 pub use config::{ClientConfig, ConfigError, HealthConfig, Kind, TransportConfig};
 pub use run::{ClientError, run};

@@ -1,20 +1,18 @@
-//! The client agent's I/O shell: one UDP socket per transport, the TUN device, the
-//! control socket and a tick, all feeding the synchronous [`Core`].
+//! The client agent's I/O shell: one UDP socket per transport
+//! ([`super::transports`]), the TUN device, link events, the control socket and a
+//! tick, all feeding the synchronous [`Core`]; the tunnel's packets go through the
+//! core's allocation-free fast path in batches (`recvmmsg`, `sendmmsg` with UDP GSO).
 
-use std::{
-    collections::HashMap,
-    future::Future,
-    net::{IpAddr, SocketAddr},
-    sync::Arc,
-    time::Duration,
-};
+use std::{future::Future, net::SocketAddr, os::fd::AsRawFd, time::Duration};
 
-use tokio::{net::UdpSocket, sync::mpsc};
+use jvpn_common::wire::msg_type;
+use tokio::{io::Interest, sync::mpsc};
 
 use super::{
-    config::{ClientConfig, ConfigError, TransportConfig},
-    core::{Core, Input, LinkSignal, Out},
+    config::{ClientConfig, ConfigError},
+    core::{Core, Input, Opened, Out},
     netwatch,
+    transports::{self, Sockets, Watch},
 };
 use crate::{
     clock::Clock,
@@ -26,7 +24,8 @@ use crate::{
     proto::{self, ProtoError},
     session::Reason,
     sockopt,
-    tun::{self, Tun, TunError},
+    tun::{self, Tun, TunError, TunReadable},
+    udp_batch::{self, RecvBatch, SendBatch},
 };
 
 /// Timer resolution of health checks, keepalives and reattach timeouts.
@@ -48,6 +47,8 @@ pub enum ClientError {
     Tun(#[from] TunError),
     #[error("reading the network interfaces: {0}")]
     Interfaces(std::io::Error),
+    #[error("reading the TUN device: {0}")]
+    TunRead(std::io::Error),
     #[error(transparent)]
     Control(#[from] control::ControlError),
     #[error("transport {name}: {what}: {cause}")]
@@ -60,213 +61,8 @@ pub enum ClientError {
     Terminated(Reason),
 }
 
-/// Kernel buffers of each transport socket: room for a burst of tunnel traffic
-/// without dropping the KEEPALIVE answers that arrive among it.
-const SOCKET_BUFFER: usize = 4 << 20;
-
-/// One transport's socket and the task that reads it.
-struct Socket {
-    sock: Arc<UdpSocket>,
-    reader: tokio::task::JoinHandle<()>,
-    bound: SocketAddr,
-}
-
-struct Sockets {
-    socks: Vec<Socket>,
-    devices: Vec<Option<String>>,
-    tx: mpsc::Sender<Datagram>,
-}
-
-impl Sockets {
-    /// The route MTU from transport `t` towards its gateway address `to`.
-    fn route_mtu(&self, t: usize, to: SocketAddr) -> Option<u16> {
-        sockopt::route_mtu(self.socks[t].bound, self.devices[t].as_deref(), to)
-    }
-
-    fn send(&self, t: usize, data: &[u8], to: SocketAddr) -> std::io::Result<usize> {
-        self.socks[t].sock.try_send_to(data, to)
-    }
-
-    /// Binds transport `i` (`t`) to `addr` and starts reading it.
-    fn bind(
-        i: usize,
-        t: &TransportConfig,
-        addr: SocketAddr,
-        tx: &mpsc::Sender<Datagram>,
-    ) -> Result<Socket, ClientError> {
-        let err = |what, cause| ClientError::Transport {
-            name: t.name.clone(),
-            what,
-            cause,
-        };
-        let std_sock =
-            std::net::UdpSocket::bind(addr).map_err(|e| err("binding its source address", e))?;
-        std_sock
-            .set_nonblocking(true)
-            .map_err(|e| err("making its socket nonblocking", e))?;
-        let sock = UdpSocket::from_std(std_sock).map_err(|e| err("registering its socket", e))?;
-        if let Some(dev) = &t.interface {
-            sock.bind_device(Some(dev.as_bytes()))
-                .map_err(|e| err("binding to its interface", e))?;
-        }
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&sock);
-        sockopt::dont_fragment(fd, t.v6()).map_err(|e| err("setting don't-fragment", e))?;
-        if let Err(e) = crate::udp_batch::set_buffers(fd, SOCKET_BUFFER, SOCKET_BUFFER) {
-            tracing::warn!("transport {}: socket buffers: {e}", t.name);
-        }
-        let bound = sock
-            .local_addr()
-            .map_err(|e| err("reading its address", e))?;
-        let sock = Arc::new(sock);
-        let reader = spawn_reader(i, sock.clone(), t.addresses(), tx.clone());
-        Ok(Socket {
-            sock,
-            reader,
-            bound,
-        })
-    }
-
-    /// Transport `i` follows its interface, whose address is now `ip`: a new socket
-    /// there (the old one is closed); returns its address.
-    fn rebind(
-        &mut self,
-        i: usize,
-        t: &TransportConfig,
-        ip: IpAddr,
-    ) -> Result<SocketAddr, ClientError> {
-        let port = t.bind.map_or(0, |b| b.port());
-        let new = Self::bind(i, t, SocketAddr::new(ip, port), &self.tx)?;
-        let old = std::mem::replace(&mut self.socks[i], new);
-        old.reader.abort();
-        Ok(self.socks[i].bound)
-    }
-}
-
-/// A datagram for the core: transport, source (one of its gateway addresses), bytes.
-type Datagram = (usize, SocketAddr, Vec<u8>);
-
-/// Binds every transport: a following one to its interface's address of its
-/// family if it has one now (else the unspecified address until it gets one).
-fn bind_transports(
-    cfg: &ClientConfig,
-    ifaces: &HashMap<String, netwatch::Iface>,
-    tx: mpsc::Sender<Datagram>,
-) -> Result<Sockets, ClientError> {
-    let mut socks = Vec::new();
-    for (i, t) in cfg.transports.iter().enumerate() {
-        let mut addr = t.bind_addr();
-        if t.follows_interface()
-            && let Some(ip) = t
-                .interface
-                .as_ref()
-                .and_then(|d| ifaces.get(d))
-                .and_then(|f| f.addrs.iter().find(|a| a.is_ipv6() == t.v6()))
-        {
-            addr.set_ip(*ip);
-        }
-        socks.push(Sockets::bind(i, t, addr, &tx)?);
-    }
-    Ok(Sockets {
-        socks,
-        devices: cfg.transports.iter().map(|t| t.interface.clone()).collect(),
-        tx,
-    })
-}
-
-/// What the kernel said about each transport last time it was asked.
-struct Watch {
-    ifaces: Vec<Option<String>>,
-    last: Vec<Option<netwatch::View>>,
-}
-
-impl Watch {
-    fn new(cfg: &ClientConfig, ifaces: &HashMap<String, netwatch::Iface>) -> Self {
-        Self {
-            ifaces: cfg
-                .transports
-                .iter()
-                .map(|t| netwatch::interface_of(t, ifaces))
-                .collect(),
-            last: vec![None; cfg.transports.len()],
-        }
-    }
-
-    /// Reads the kernel's state again and tells the core what changed (returning
-    /// what the core wants done); a following transport whose interface has a new
-    /// address is bound there first.
-    fn refresh(
-        &mut self,
-        cfg: &ClientConfig,
-        sockets: &mut Sockets,
-        core: &mut Core,
-        now: u64,
-    ) -> Vec<Out> {
-        let mut outs = Vec::new();
-        let ifaces = match netwatch::interfaces() {
-            Ok(i) => i,
-            Err(e) => {
-                tracing::warn!("reading the interfaces: {e}");
-                return outs;
-            }
-        };
-        let gateways: Vec<SocketAddr> = (0..self.last.len()).map(|i| core.gateway(i)).collect();
-        let mut signal = |transport, signal| {
-            outs.extend(core.step(Input::Link { transport, signal }, now));
-        };
-        for (i, t) in cfg.transports.iter().enumerate() {
-            let bound = sockets.socks[i].bound;
-            let v = netwatch::view(t, self.ifaces[i].as_deref(), &ifaces, bound, gateways[i]);
-            let before = self.last[i].replace(v);
-            if let Some(ip) = v.addr
-                && ip != bound.ip()
-            {
-                match sockets.rebind(i, t, ip) {
-                    Ok(local) => {
-                        signal(i, LinkSignal::Rebound(local));
-                        continue;
-                    }
-                    Err(e) => {
-                        tracing::warn!("{e}");
-                        self.last[i] = before;
-                        continue;
-                    }
-                }
-            }
-            match (before.and_then(|b| b.down), v.down) {
-                (_, Some(d)) => signal(i, LinkSignal::Down(d)),
-                (Some(_), None) => signal(i, LinkSignal::Up),
-                (None, None) => {}
-            }
-        }
-        outs
-    }
-}
-
-/// Forwards what the gateway sends on one transport, from any of its addresses (the
-/// nodes of a cluster); anything from another source is not the gateway and is
-/// ignored.
-fn spawn_reader(
-    i: usize,
-    sock: Arc<UdpSocket>,
-    gateways: Vec<SocketAddr>,
-    tx: mpsc::Sender<Datagram>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; 65_536];
-        loop {
-            match sock.recv_from(&mut buf).await {
-                Ok((n, from)) if gateways.contains(&from) => {
-                    if tx.send((i, from, buf[..n].to_vec())).await.is_err() {
-                        break;
-                    }
-                }
-                Ok(_) => {}
-                // ICMP errors surface here (e.g. the link went away); keep reading.
-                Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
-            }
-        }
-    })
-}
+/// Datagrams read or sent per system call.
+const BATCH: usize = 64;
 
 /// Runs the agent until `shutdown` resolves (then the session is CLOSEd) or the
 /// session ends without `reconnect`.
@@ -276,9 +72,8 @@ pub async fn run(cfg: ClientConfig, shutdown: impl Future<Output = ()>) -> Resul
     let identity = proto::identity::load(&cfg.identity).map_err(ClientError::Identity)?;
     let clock = Clock::new();
     let tun = Tun::open(&cfg.tun_name)?;
-    let (dg_tx, mut dg_rx) = mpsc::channel(4096);
     let ifaces = netwatch::interfaces().map_err(ClientError::Interfaces)?;
-    let mut sockets = bind_transports(&cfg, &ifaces, dg_tx)?;
+    let mut sockets = Sockets::bind_all(&cfg, &ifaces)?;
     let mut watch = Watch::new(&cfg, &ifaces);
     // Without the subscription the periodic resync still sees every change, later.
     let mut link_events = match netwatch::subscribe() {
@@ -330,15 +125,29 @@ pub async fn run(cfg: ClientConfig, shutdown: impl Future<Output = ()>) -> Resul
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_tick = clock.now_ms();
-    let mut buf = vec![0u8; 65_536];
+    // Buffers for the tunnel, allocated once: a batch of datagrams in, a batch out.
+    let slot = usize::try_from(cfg.mtu).unwrap_or(9000).max(1500) + 256;
+    let mut rx = RecvBatch::new(BATCH, slot);
+    let mut tx = SendBatch::new(BATCH, slot);
+    tx.set_gso(
+        sockets
+            .socks
+            .first()
+            .is_some_and(|s| udp_batch::gso_supported(s.sock.as_raw_fd())),
+    );
+    let mut tun_buf = vec![0u8; 65_536];
+    let mut turn = 0usize;
     tokio::pin!(shutdown);
-    // Control before data: operator calls, the gateway's datagrams, link events and
-    // the timers are served before the next TUN packet, so a saturated tunnel never
-    // delays a KEEPALIVE or its answer (docs/client.md, "Control before data").
+    // Control before data: operator calls, link events and the timers are served
+    // before any tunnel batch, and a batch of datagrams is handled control first,
+    // so a saturated tunnel never delays a KEEPALIVE or its answer; the two data
+    // directions take turns at random (docs/client.md, "Control before data").
     let outcome = loop {
         if let Err(e) = flush(outs, &mut core, &sockets, &tun, &cfg, &bus, &clock).await {
             break Err(e);
         }
+        turn = turn.wrapping_add(1);
+        let handles = sockets.handles();
         outs = tokio::select! {
             biased;
             () = &mut shutdown => break Ok(()),
@@ -356,9 +165,6 @@ pub async fn run(cfg: ClientConfig, shutdown: impl Future<Output = ()>) -> Resul
                 };
                 let _ = c.reply.send(resp);
                 Vec::new()
-            }
-            Some((transport, from, data)) = dg_rx.recv() => {
-                core.step(Input::Datagram { transport, from, data: &data }, clock.now_ms())
             }
             Some(()) = recv_opt(&mut link_events) => {
                 watch.refresh(&cfg, &mut sockets, &mut core, clock.now_ms())
@@ -380,12 +186,17 @@ pub async fn run(cfg: ClientConfig, shutdown: impl Future<Output = ()>) -> Resul
                 outs.extend(core.step(Input::Tick, now));
                 outs
             }
-            r = tun.recv(&mut buf) => match r {
-                Ok(n) => core.step(Input::Tun(&buf[..n]), clock.now_ms()),
-                Err(e) => {
-                    tracing::warn!("reading {}: {e}", tun.name());
-                    Vec::new()
+            ready = async {
+                tokio::select! {
+                    i = transports::readable(handles, turn) => Ready::Socket(i),
+                    r = tun.readable() => Ready::Tun(r),
                 }
+            } => match ready {
+                Ready::Socket(i) => from_gateway(i, &sockets, &mut rx, &mut core, &tun, &clock).await,
+                Ready::Tun(Ok(r)) => {
+                    from_tun(r, &mut tun_buf, &sockets, &mut tx, &mut core, &clock).await
+                }
+                Ready::Tun(Err(e)) => break Err(ClientError::TunRead(e)),
             },
         };
     };
@@ -397,6 +208,127 @@ pub async fn run(cfg: ClientConfig, shutdown: impl Future<Output = ()>) -> Resul
     // Let the file sink write the last events.
     tokio::time::sleep(Duration::from_millis(50)).await;
     outcome
+}
+
+enum Ready<'a> {
+    Socket(usize),
+    Tun(std::io::Result<TunReadable<'a>>),
+}
+
+/// One batch from transport `t`'s socket: control messages through the core first,
+/// then the tunnel's DATA opened in place and written to the TUN.
+async fn from_gateway(
+    t: usize,
+    sockets: &Sockets,
+    rx: &mut RecvBatch,
+    core: &mut Core,
+    tun: &Tun,
+    clock: &Clock,
+) -> Vec<Out> {
+    let mut outs = Vec::new();
+    let s = &sockets.socks[t];
+    let fd = s.sock.as_raw_fd();
+    let n = match s.sock.try_io(Interest::READABLE, || rx.recv(fd)) {
+        Ok(n) => n,
+        // ICMP errors surface here (e.g. the link went away): the next read goes on.
+        Err(_) => return outs,
+    };
+    let now = clock.now_ms();
+    let from_gateway = |from: Option<SocketAddr>| from.filter(|a| s.gateways.contains(a));
+    for i in 0..n {
+        let (data, from) = rx.get(i);
+        if let Some(from) = from_gateway(from)
+            && data.get(1) != Some(&msg_type::DATA)
+        {
+            outs.extend(core.step(
+                Input::Datagram {
+                    transport: t,
+                    from,
+                    data,
+                },
+                now,
+            ));
+        }
+    }
+    for i in 0..n {
+        let (data, from) = rx.get_mut(i);
+        let Some(from) = from_gateway(from) else {
+            continue;
+        };
+        if let Opened::Tun(r) = core.open_in_place(t, from, data, now) {
+            let pkt = &data[r];
+            let res = match tun.try_send(pkt) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => tun.send(pkt).await,
+                r => r,
+            };
+            if let Err(e) = res {
+                tracing::debug!("writing to {}: {e}", tun.name());
+            }
+        }
+    }
+    outs
+}
+
+/// Up to a batch of packets from the TUN, sealed into the send batch (the fast
+/// path) and sent over the binding with as few system calls as the socket allows;
+/// anything else through the core.
+async fn from_tun(
+    mut ready: TunReadable<'_>,
+    buf: &mut [u8],
+    sockets: &Sockets,
+    tx: &mut SendBatch,
+    core: &mut Core,
+    clock: &Clock,
+) -> Vec<Out> {
+    let mut outs = Vec::new();
+    let now = clock.now_ms();
+    let mut over = None;
+    while !tx.is_full() {
+        let n = match ready.try_recv(buf) {
+            None => break,
+            Some(Ok(n)) => n,
+            Some(Err(e)) => {
+                tracing::warn!("reading the TUN device: {e}");
+                break;
+            }
+        };
+        let pkt = &buf[..n];
+        match core.seal_into(pkt, tx.slot()) {
+            Some((t, to)) => {
+                over = Some(t);
+                tx.commit(to);
+            }
+            None => outs.extend(core.step(Input::Tun(pkt), now)),
+        }
+    }
+    let Some(t) = over else {
+        return outs;
+    };
+    let mut failed: Vec<(usize, std::io::Error)> = Vec::new();
+    let sent = udp_batch::send_batch(&sockets.socks[t].sock, tx, |d, res| {
+        if let Err(e) = res {
+            failed.push((d.len(), e));
+        }
+    })
+    .await;
+    if sent.is_err() {
+        tx.clear();
+        outs.extend(core.step(Input::SendError, now));
+    }
+    let to = core.gateway(t);
+    for (len, e) in failed {
+        let input = if sockopt::is_emsgsize(&e) {
+            Input::TooBig {
+                transport: t,
+                len,
+                route_mtu: sockets.route_mtu(t, to),
+            }
+        } else {
+            Input::SendError
+        };
+        outs.extend(core.step(input, now));
+    }
+    outs
 }
 
 /// The next wake-up of an optional receiver (never, without one).

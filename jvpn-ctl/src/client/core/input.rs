@@ -28,27 +28,15 @@ impl Core {
         }
     }
 
+    /// DATA through [`Core::step`] (the shell's fast path is
+    /// [`Core::open_in_place`]).
     pub(super) fn on_data(&mut self, t: usize, a: usize, data: &[u8], now_ms: u64) {
-        let Phase::Up(s) = &mut self.phase else {
-            return;
-        };
         let mut buf = data.to_vec();
-        let Ok((sid, ctr, inner)) = proto::data::open(&s.x2c, &mut buf) else {
-            self.counters.rx_bad += 1;
-            return;
-        };
-        if sid != s.id {
-            self.counters.rx_bad += 1;
-            return;
+        if let Some(r) = self.open_data(t, a, &mut buf, now_ms) {
+            buf.truncate(r.end);
+            buf.drain(..r.start);
+            self.out.push(Out::Tun(buf));
         }
-        if !s.rx_window.update(ctr) {
-            self.counters.rx_replayed += 1;
-            return;
-        }
-        self.counters.rx_packets += 1;
-        self.counters.rx_bytes += inner.len() as u64;
-        self.out.push(Out::Tun(inner.to_vec()));
-        self.heard(t, a, now_ms);
     }
 
     pub(super) fn on_control(&mut self, t: usize, a: usize, data: &[u8], now_ms: u64) {

@@ -49,6 +49,7 @@ use ring::{
 };
 
 pub use links::{Down, LinkSignal};
+pub use tunnel::Opened;
 
 use super::{
     config::{ClientConfig, HealthConfig, TransportConfig},
@@ -633,6 +634,7 @@ mod input;
 mod links;
 mod probes;
 mod reattach;
+mod tunnel;
 mod view;
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use super::tests::{Gw, LTE, LTE_GW, WIFI, WIFI_GW, established, v4};
 use super::{Core, Down, LinkSignal, Out};
 use crate::{
     control::api::EventRecord,
-    proto::{Body, Hint, ReattachCause, Unverified, control::ACK_FROM_BINDING},
+    proto::{Body, ReattachCause, Unverified, control::ACK_FROM_BINDING},
     session::{Detail, Reason, State},
 };
 
@@ -509,9 +509,9 @@ fn the_recovery_window_ends_the_session_when_nothing_answers() {
 
 #[test]
 fn the_session_ttl_ends_the_session_if_its_close_is_lost() {
-    let (mut core, mut peer, mut now) = attached();
+    let (mut core, mut peer, _) = attached();
     let ttl_ms = u64::from(super::tests::HINT.session_ttl_s) * 1000;
-    now = T0 + 2 + ttl_ms + 5_000;
+    let now = T0 + 2 + ttl_ms + 5_000;
     core.tick(now);
     peer.serve(&mut core, now);
     assert_eq!(
@@ -538,5 +538,4 @@ fn an_operator_move_is_planned_and_refused_when_it_cannot_be() {
     let sw = core.status(now).last_switch.unwrap();
     assert_eq!((sw.planned, sw.trigger.as_str()), (true, "operator"));
     assert_eq!(peer.requests(), [(LTE, ReattachCause::Planned)]);
-    let _ = Hint::default;
 }
