@@ -168,8 +168,8 @@ fn render(s: &ClientStatus) -> String {
             "last switch",
             if w.planned {
                 format!(
-                    "{} → {} planned, exchange {} ms",
-                    w.from, w.to, w.exchange_ms
+                    "{} → {} planned ({}), exchange {} ms",
+                    w.from, w.to, w.trigger, w.exchange_ms
                 )
             } else if w.cause == "address changed" {
                 format!(
@@ -178,8 +178,9 @@ fn render(s: &ClientStatus) -> String {
                 )
             } else {
                 format!(
-                    "{} → {}: silent {} ms (detection {} ms, {} attempt(s), last exchange {} ms)",
-                    w.from, w.to, w.silent_ms, w.detection_ms, w.attempts, w.exchange_ms
+                    "{} → {} ({}): silent {} ms (detection {} ms, {} attempt(s), last \
+                     exchange {} ms)",
+                    w.from, w.to, w.trigger, w.silent_ms, w.detection_ms, w.attempts, w.exchange_ms
                 )
             },
         );
@@ -218,6 +219,16 @@ fn render(s: &ClientStatus) -> String {
         }
         if t.stalled {
             notes.push("DATA not forwarded".to_owned());
+        }
+        if let Some(d) = t.data_loss_pct {
+            notes.push(format!("DATA loss {d}%"));
+        }
+        if matches!(
+            t.health,
+            jvpn_ctl::client::health::Status::Dead | jvpn_ctl::client::health::Status::Volatile
+        ) && !t.cause.is_empty()
+        {
+            notes.push(t.cause.clone());
         }
         if !t.path_mtu_settled {
             notes.push("path MTU search under way".to_owned());

@@ -71,6 +71,14 @@ pub struct TransportStatus {
     /// DATA over this bound transport is not being forwarded by the relay.
     #[serde(default)]
     pub stalled: bool,
+    /// Why it has its health: `link_down`, `address_lost`, `no_route` (the kernel),
+    /// `loss_ttl`, `stalled`, `loss`, `rtt`, `jitter`, `silence`, `measured`, ...
+    #[serde(default)]
+    pub cause: String,
+    /// Loss of the tunnel's DATA over the last second, from the relay's count, while
+    /// enough flows to say (the bound transport only); `loss_pct` is the probes'.
+    #[serde(default)]
+    pub data_loss_pct: Option<u32>,
 }
 
 /// One completed switch. For a recovery, `silent_ms` (last packet heard on the old

@@ -54,6 +54,8 @@ impl Core {
                     path_mtu_settled: l.pmtu.settled(),
                     not_bound: l.not_bound,
                     stalled: l.stalled_since.is_some(),
+                    cause: l.cause.into(),
+                    data_loss_pct: l.health.data_loss_pct(now_ms),
                 })
                 .collect(),
             counters: self.counters.clone(),
