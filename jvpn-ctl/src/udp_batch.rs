@@ -308,6 +308,14 @@ impl SendBatch {
         s
     }
 
+    /// Exchanges the free slot's contents, as written (not cleared, unlike
+    /// [`SendBatch::slot`]), with `other`: for something written into the slot that
+    /// turned out not to be a datagram (an ICMP answer for the TUN).
+    pub fn swap_slot(&mut self, other: &mut Vec<u8>) {
+        self.grow(self.len + 1);
+        mem::swap(&mut self.slots[self.len], other);
+    }
+
     /// Queues the datagram written into [`SendBatch::slot`], for `to`.
     pub fn commit(&mut self, to: SocketAddr) {
         self.grow(self.len + 1);
@@ -728,5 +736,18 @@ mod tests {
             got += recv_batch(&b, &mut batch).await.unwrap();
         }
         assert_eq!(batch.get(batch.len() - 1).0, &[2u8; 5]);
+    }
+
+    /// What was written into the free slot comes out whole (the exit's ICMP answers
+    /// were lost when a second `slot()` cleared them).
+    #[test]
+    fn swap_slot_keeps_what_was_written() {
+        let mut tx = SendBatch::new(4, 64);
+        tx.slot().extend_from_slice(b"icmp");
+        let mut other = vec![1, 2, 3];
+        tx.swap_slot(&mut other);
+        assert_eq!(other, b"icmp");
+        assert!(tx.is_empty(), "nothing queued");
+        assert!(tx.slot().is_empty(), "the slot is handed out cleared again");
     }
 }

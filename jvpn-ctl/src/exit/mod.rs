@@ -265,7 +265,8 @@ impl Exit {
                                 if replies.len() == n_replies {
                                     replies.push(Vec::new());
                                 }
-                                std::mem::swap(&mut replies[n_replies], tx.slot());
+                                // Not `tx.slot()`: that would clear the answer.
+                                tx.swap_slot(&mut replies[n_replies]);
                                 n_replies += 1;
                             }
                             FromTun::Dropped => {}
