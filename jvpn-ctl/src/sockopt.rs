@@ -65,23 +65,8 @@ pub fn dont_fragment(fd: RawFd, v6: bool) -> io::Result<()> {
 /// connected socket answers (the transport's own socket stays unconnected so a
 /// link that is down at start does not stop the agent). `None` if there is no route.
 pub fn route_mtu(bind: SocketAddr, device: Option<&str>, gateway: SocketAddr) -> Option<u16> {
-    let sock = UdpSocket::bind(SocketAddr::new(bind.ip(), 0)).ok()?;
+    let sock = probe_socket(bind.ip(), device).ok()?;
     let fd = sock.as_raw_fd();
-    if let Some(dev) = device {
-        // SAFETY: SO_BINDTODEVICE takes the name's bytes and their length.
-        let r = unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_BINDTODEVICE,
-                dev.as_ptr().cast(),
-                dev.len() as libc::socklen_t,
-            )
-        };
-        if r != 0 {
-            return None;
-        }
-    }
     let v6 = gateway.is_ipv6();
     dont_fragment(fd, v6).ok()?;
     sock.connect(gateway).ok()?;
@@ -92,6 +77,28 @@ pub fn route_mtu(bind: SocketAddr, device: Option<&str>, gateway: SocketAddr) ->
     };
     let mtu = getsockopt(fd, level, name).ok()?;
     u16::try_from(mtu).ok().filter(|&m| m >= 576)
+}
+
+/// A throwaway UDP socket on `ip` (any port), tied to `device` if set: for asking
+/// the kernel about a path with `connect`, never for sending.
+pub fn probe_socket(ip: std::net::IpAddr, device: Option<&str>) -> io::Result<UdpSocket> {
+    let sock = UdpSocket::bind(SocketAddr::new(ip, 0))?;
+    if let Some(dev) = device {
+        // SAFETY: SO_BINDTODEVICE takes the name's bytes and their length.
+        let r = unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_BINDTODEVICE,
+                dev.as_ptr().cast(),
+                dev.len() as libc::socklen_t,
+            )
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(sock)
 }
 
 pub fn is_emsgsize(e: &io::Error) -> bool {

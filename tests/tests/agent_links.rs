@@ -64,6 +64,16 @@ fn state_changes(lab: &AgentLab, from_ms: u64) -> usize {
         .count()
 }
 
+/// No state change and no switch in `lines`.
+fn assert_quiet(lines: &[String]) {
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.starts_with("STATE_CHANGE") || l.starts_with("TRANSPORT_SWITCH")),
+        "{lines:#?}"
+    );
+}
+
 fn now_ms() -> u64 {
     jvpn_ctl::control::api::unix_ms()
 }
@@ -252,12 +262,7 @@ fn light_loss_changes_nothing() {
         "5 % loss: Wi-Fi loss shown {} %",
         transport(&s, "wifi").loss_pct
     );
-    assert!(
-        !lines
-            .iter()
-            .any(|l| l.starts_with("STATE_CHANGE") || l.starts_with("TRANSPORT_SWITCH")),
-        "{lines:#?}"
-    );
+    assert_quiet(&lines);
     assert_eq!(s.bound.as_deref(), Some("wifi"));
     assert!(transport(&s, "wifi").loss_pct <= 15, "{s:#?}");
 }
@@ -334,11 +339,6 @@ fn a_saturating_upload_does_not_flap() {
         s.counters
     );
     assert_eq!(s.session_id.map(|i| i.0), Some(id));
-    assert!(
-        !lines
-            .iter()
-            .any(|l| l.starts_with("STATE_CHANGE") || l.starts_with("TRANSPORT_SWITCH")),
-        "{lines:#?}"
-    );
+    assert_quiet(&lines);
     assert_eq!(s.bound.as_deref(), Some("wifi"));
 }

@@ -8,8 +8,7 @@
 use std::{
     collections::HashMap,
     io,
-    net::{IpAddr, SocketAddr, UdpSocket},
-    os::fd::AsRawFd,
+    net::{IpAddr, SocketAddr},
 };
 
 use futures::StreamExt as _;
@@ -131,25 +130,10 @@ pub fn view(
 /// A route from `src` (through `device`, if any) to `gateway`: what `connect` on a
 /// UDP socket asks the kernel, without sending anything.
 fn has_route(src: IpAddr, device: Option<&str>, gateway: SocketAddr) -> bool {
-    let Ok(sock) = UdpSocket::bind(SocketAddr::new(src, 0)) else {
+    let Ok(sock) = crate::sockopt::probe_socket(src, device) else {
         // The address cannot be bound (going away): the address check decides.
         return true;
     };
-    if let Some(dev) = device {
-        // SAFETY: SO_BINDTODEVICE takes the name's bytes and their length.
-        let r = unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_BINDTODEVICE,
-                dev.as_ptr().cast(),
-                dev.len() as libc::socklen_t,
-            )
-        };
-        if r != 0 {
-            return true;
-        }
-    }
     match sock.connect(gateway) {
         Ok(()) => true,
         Err(e) => !matches!(

@@ -382,7 +382,7 @@ async fn flush(
                     to,
                     data,
                 } => {
-                    let sent = sockets.send(transport, &data, to);
+                    let sent = sockets.send(transport, &data, to).await;
                     match sent {
                         Ok(_) => {}
                         Err(e) if sockopt::is_emsgsize(&e) => {

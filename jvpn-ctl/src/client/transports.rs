@@ -72,8 +72,15 @@ impl Sockets {
         sockopt::route_mtu(self.socks[t].bound, self.devices[t].as_deref(), to)
     }
 
-    pub fn send(&self, t: usize, data: &[u8], to: SocketAddr) -> io::Result<usize> {
-        self.socks[t].sock.try_send_to(data, to)
+    /// Sends one datagram; waits for room rather than dropping it (a control
+    /// message must not be lost to a full buffer, and a socket just registered is
+    /// not known writable until the reactor has looked).
+    pub async fn send(&self, t: usize, data: &[u8], to: SocketAddr) -> io::Result<usize> {
+        let sock = &self.socks[t].sock;
+        match sock.try_send_to(data, to) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => sock.send_to(data, to).await,
+            r => r,
+        }
     }
 
     /// The sockets, for a readiness wait that does not borrow `self`.
