@@ -14,7 +14,7 @@ use jvpn_common::maps::FLAG_FORWARDING;
 use jvpn_ctl::{
     datapath::Pinned,
     lab::{cluster::CLIENT, cluster_stack::ClusterOptions},
-    proto::{self, Body},
+    proto::{self, Body, Control},
     session::{Detail, State},
 };
 use jvpn_tests::{
@@ -26,9 +26,11 @@ use jvpn_tests::{
 const SESSIONS: usize = 6;
 
 /// What one node answered a request: `Some(true)` a challenge, `Some(false)` a
-/// denial `ownership_ambiguous`.
-fn answers(c: &mut TestClient, nodes: [SocketAddr; 2]) -> [Option<bool>; 2] {
+/// denial `ownership_ambiguous`; and the challenger's ACK if it came while the other
+/// node's answer was still awaited (its CONFIRM goes out at once).
+fn answers(c: &mut TestClient, nodes: [SocketAddr; 2]) -> ([Option<bool>; 2], Option<Control>) {
     let mut got = [None, None];
+    let mut ack = None;
     let deadline = Instant::now() + Duration::from_secs(3);
     while got.iter().any(Option::is_none) && Instant::now() < deadline {
         let Some((Reply::Control(m), from)) = c.recv_from(1, Duration::from_millis(100)) else {
@@ -45,6 +47,10 @@ fn answers(c: &mut TestClient, nodes: [SocketAddr; 2]) -> [Option<bool>; 2] {
                 false
             }
             Body::KeepaliveAck { .. } => continue,
+            Body::ReattachAck { .. } if got[i] == Some(true) && ack.is_none() => {
+                ack = Some(m);
+                continue;
+            }
             other => panic!("node {} answered {other:?}", i + 1),
         };
         assert!(got[i].is_none(), "node {} answered twice", i + 1);
@@ -57,7 +63,7 @@ fn answers(c: &mut TestClient, nodes: [SocketAddr; 2]) -> [Option<bool>; 2] {
             c.send_raw(Via(1, from), &confirm);
         }
     }
-    got
+    (got, ack)
 }
 
 #[test]
@@ -102,7 +108,7 @@ fn two_nodes_race_for_a_session_and_exactly_one_wins() {
             let req = c.reattach_request(now_ms(), proto::TransportKind::Cellular);
             c.send_raw(Via(1, addrs[0]), &req);
             c.send_raw(Via(1, addrs[1]), &req);
-            let got = answers(c, [addrs[0], addrs[1]]);
+            let (got, early_ack) = answers(c, [addrs[0], addrs[1]]);
             assert!(
                 got.iter().all(Option::is_some),
                 "both nodes answer: {got:?}\n{}",
@@ -110,15 +116,17 @@ fn two_nodes_race_for_a_session_and_exactly_one_wins() {
             );
             match got {
                 [Some(true), Some(true)] => panic!("both nodes challenged {:016x}", c.id()),
-                [Some(true), _] => break 0,
-                [_, Some(true)] => break 1,
+                [Some(true), _] => break (0, early_ack),
+                [_, Some(true)] => break (1, early_ack),
                 // Neither had seen the owner key go yet; the next round will.
                 _ => both_denied += 1,
             }
             assert!(Instant::now() < deadline, "nobody took {:016x}", c.id());
         };
+        let (winner, early_ack) = winner;
         // The winner's ACK ends the exchange.
-        let ack = c.recv_control(Via(1, addrs[winner]), Duration::from_secs(3));
+        let ack =
+            early_ack.or_else(|| c.recv_control(Via(1, addrs[winner]), Duration::from_secs(3)));
         assert!(
             matches!(
                 ack.as_ref().map(|m| &m.body),

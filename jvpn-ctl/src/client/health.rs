@@ -122,11 +122,14 @@ impl Health {
 
     /// The agent itself could not run for `gap_ms` (its own backlog, a suspended
     /// process): that time is not the transport's silence.
+    /// The probes outstanding over the gap are forgotten: their answers, read late,
+    /// would say nothing of the path's RTT or loss.
     pub fn pause(&mut self, gap_ms: u64) {
         self.since_ms += gap_ms;
         if let Some(t) = &mut self.last_rx_ms {
             *t += gap_ms;
         }
+        self.probes.retain(|(_, acked)| *acked);
     }
 
     pub fn on_probe_sent(&mut self, ts_ms: u64) {
@@ -165,7 +168,10 @@ impl Health {
     /// Between two answered probes on the binding, `sent` DATA left and the relay
     /// forwarded `forwarded` of them: under traffic, many more samples than probes.
     pub fn on_data_sample(&mut self, now_ms: u64, sent: u64, forwarded: u64) {
-        self.data.push_back((now_ms, sent, forwarded.min(sent)));
+        // Raw: the relay's count is read when the gateway answers, so one sample may
+        // include DATA sent after its probe and the next one lack it; only the
+        // window's totals are meaningful (clamped in `data_loss_pct`).
+        self.data.push_back((now_ms, sent, forwarded));
         while self
             .data
             .front()
@@ -182,7 +188,7 @@ impl Health {
             .iter()
             .filter(|(at, _, _)| now_ms.saturating_sub(*at) <= DATA_WINDOW_MS)
             .fold((0, 0), |(s, f), (_, ds, df)| (s + ds, f + df));
-        (sent >= DATA_MIN).then(|| ((sent - fwd) * 100 / sent) as u32)
+        (sent >= DATA_MIN).then(|| ((sent - fwd.min(sent)) * 100 / sent) as u32)
     }
 
     /// The loss the verdict uses: the DATA's under traffic (many samples), else the
@@ -292,7 +298,7 @@ impl Health {
         match turning {
             Some(next) => {
                 let since = *self.crossing_since.get_or_insert(now_ms);
-                if now_ms - since >= dwell {
+                if now_ms.saturating_sub(since) >= dwell {
                     self.over = next;
                     self.crossing_since = None;
                 }
@@ -302,7 +308,7 @@ impl Health {
         let s = self.status(now_ms, t);
         if s == Status::Healthy {
             let since = *self.healthy_since.get_or_insert(now_ms);
-            (s, now_ms - since)
+            (s, now_ms.saturating_sub(since))
         } else {
             self.healthy_since = None;
             (s, 0)

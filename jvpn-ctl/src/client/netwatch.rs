@@ -18,8 +18,9 @@ use tokio::sync::mpsc;
 
 use super::{config::TransportConfig, core::Down};
 
-/// One interface: usable (up with carrier) and its addresses (IPv6 link-local left
-/// out: a gateway is never reached from one).
+/// One interface: usable (up with carrier) and its addresses (IPv6 link-local ones
+/// too, for a transport bound to one; a transport that follows its interface never
+/// takes one).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Iface {
     pub up: bool,
@@ -37,10 +38,7 @@ pub fn interfaces() -> io::Result<HashMap<String, Iface>> {
             if let Some(v4) = a.as_sockaddr_in() {
                 Some(IpAddr::V4(v4.ip()))
             } else {
-                a.as_sockaddr_in6()
-                    .map(|v6| v6.ip())
-                    .filter(|ip| !ip.is_unicast_link_local())
-                    .map(IpAddr::V6)
+                a.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
             }
         });
         if let Some(ip) = ip {
@@ -105,11 +103,7 @@ pub fn view(
 ) -> View {
     let dev = iface.map(|n| (n, ifaces.get(n)));
     let addr = match dev {
-        Some((_, Some(i))) if t.follows_interface() => i
-            .addrs
-            .iter()
-            .copied()
-            .find(|a| a.is_ipv6() == gateway.is_ipv6()),
+        Some((_, Some(i))) if t.follows_interface() => follow(i, bound.ip(), gateway.is_ipv6()),
         _ => None,
     };
     let down = match dev {
@@ -125,6 +119,19 @@ pub fn view(
         }
     };
     View { down, addr }
+}
+
+/// The address a following transport uses on `i`: the one it is bound to while the
+/// interface still has it (a second address, or a new IPv6 temporary address, is
+/// no reason to move), else the first of the family (never IPv6 link-local).
+fn follow(i: &Iface, bound: IpAddr, v6: bool) -> Option<IpAddr> {
+    let usable =
+        |a: &&IpAddr| a.is_ipv6() == v6 && !matches!(a, IpAddr::V6(x) if x.is_unicast_link_local());
+    let mut candidates = i.addrs.iter().filter(usable);
+    if i.addrs.contains(&bound) && usable(&&bound) {
+        return Some(bound);
+    }
+    candidates.next().copied()
 }
 
 /// A route from `src` (through `device`, if any) to `gateway`: what `connect` on a
@@ -193,6 +200,37 @@ mod tests {
         assert_eq!(v.down, None);
         let v = view(&t, Some("wlan0"), &ifaces(true, &["::1"]), bound, gw);
         assert_eq!((v.addr, v.down), (None, Some(Down::AddressLost)));
+    }
+
+    /// A second address (or a new IPv6 temporary one listed first) is no reason to
+    /// leave the one the socket is bound to; its removal is.
+    #[test]
+    fn a_following_transport_keeps_its_address_while_it_is_there() {
+        let t = transport(&format!("interface = \"wlan0\"\ngateway = \"{GW}\""));
+        let bound: SocketAddr = "127.0.0.2:40000".parse().unwrap();
+        let gw = GW.parse().unwrap();
+        let both = ifaces(true, &["127.0.0.1", "127.0.0.2"]);
+        assert_eq!(
+            view(&t, Some("wlan0"), &both, bound, gw).addr,
+            Some(bound.ip())
+        );
+        let moved = ifaces(true, &["127.0.0.1"]);
+        assert_eq!(
+            view(&t, Some("wlan0"), &moved, bound, gw).addr,
+            Some("127.0.0.1".parse().unwrap())
+        );
+        // IPv6: link-local is never taken.
+        let t6 = transport("interface = \"wlan0\"\ngateway = \"[::1]:51820\"");
+        let any6: SocketAddr = "[::]:0".parse().unwrap();
+        let ll = ifaces(true, &["fe80::1", "::1"]);
+        let v = view(
+            &t6,
+            Some("wlan0"),
+            &ll,
+            any6,
+            "[::1]:51820".parse().unwrap(),
+        );
+        assert_eq!(v.addr, Some("::1".parse().unwrap()));
     }
 
     #[test]

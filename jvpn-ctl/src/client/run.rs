@@ -283,7 +283,9 @@ async fn from_tun(
     let mut outs = Vec::new();
     let now = clock.now_ms();
     let mut over = None;
-    while !tx.is_full() {
+    // At most a batch of reads, whatever becomes of them, before the loop looks at
+    // its timers and the sockets again.
+    for _ in 0..BATCH {
         let n = match ready.try_recv(buf) {
             None => break,
             Some(Ok(n)) => n,

@@ -27,6 +27,9 @@ use crate::{sockopt, udp_batch};
 /// without dropping the KEEPALIVE answers that arrive among it.
 const SOCKET_BUFFER: usize = 4 << 20;
 
+/// The longest a single send waits for room in its socket.
+const SEND_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// One transport's socket.
 pub struct Socket {
     pub sock: Arc<UdpSocket>,
@@ -78,7 +81,13 @@ impl Sockets {
     pub async fn send(&self, t: usize, data: &[u8], to: SocketAddr) -> io::Result<usize> {
         let sock = &self.socks[t].sock;
         match sock.try_send_to(data, to) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => sock.send_to(data, to).await,
+            // Bounded: a socket that stays full must not stop the loop (its timers,
+            // the other transports).
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                tokio::time::timeout(SEND_WAIT, sock.send_to(data, to))
+                    .await
+                    .unwrap_or_else(|_| Err(io::ErrorKind::WouldBlock.into()))
+            }
             r => r,
         }
     }
@@ -191,21 +200,27 @@ impl Watch {
             outs.extend(core.step(Input::Link { transport, signal }, now));
         };
         for (i, t) in cfg.transports.iter().enumerate() {
+            if self.ifaces[i].is_none() {
+                // A fixed address that was on no interface at start may be now.
+                self.ifaces[i] = netwatch::interface_of(t, &ifaces);
+            }
             let bound = sockets.socks[i].bound;
             let v = netwatch::view(t, self.ifaces[i].as_deref(), &ifaces, bound, gateways[i]);
-            let before = self.last[i].replace(v);
+            let mut before = self.last[i].replace(v);
             if let Some(ip) = v.addr
                 && ip != bound.ip()
             {
                 match sockets.rebind(i, t, ip) {
                     Ok(local) => {
+                        // Usable again as far as the core knows: a Down that came
+                        // with the address (no route yet) is said again below.
                         signal(i, LinkSignal::Rebound(local));
-                        continue;
+                        before = None;
                     }
                     Err(e) => {
+                        // Tried again at the next refresh (a tentative address).
                         tracing::warn!("{e}");
                         self.last[i] = before;
-                        continue;
                     }
                 }
             }

@@ -121,7 +121,6 @@ impl Core {
         l.current = (l.current + 1) % l.gateways.len();
         let to = l.gateway();
         l.health.reset(now_ms);
-        l.status = Status::Unknown;
         l.healthy_for_ms = 0;
         l.last_probe_ms = None;
         l.pmtu = new_pmtu(l.v6(), l.route_max, now_ms);
@@ -133,6 +132,7 @@ impl Core {
         l.moved = Some(format!("{to} ({why})"));
         self.counters.gateway_moves += 1;
         tracing::warn!("transport {}: gateway {from} → {to} ({why})", l.cfg.name);
+        self.set_status(t, Status::Unknown, "gateway_moved", now_ms);
         if let Phase::Up(s) = &mut self.phase
             && s.bound == t
         {
@@ -229,11 +229,12 @@ impl Core {
         let better = (0..bound).find(|&i| {
             let l = &self.links[i];
             l.status == Status::Healthy
-                && (l.healthy_for_ms >= ret || l.fast_return)
+                && (l.healthy_for_ms >= ret || now_ms < l.fast_return_until)
                 && now_ms >= l.backoff_until
+                && now_ms >= l.quality_hold_until
         });
         if let Some(c) = better {
-            s.trigger = if self.links[c].fast_return {
+            s.trigger = if now_ms < self.links[c].fast_return_until {
                 "address_added"
             } else {
                 "return"
@@ -269,6 +270,12 @@ impl Core {
                 self.links[c].cfg.name
             );
             s.trigger = "quality";
+            let l = &mut self.links[bound];
+            let hold = QUALITY_HOLD_FIRST_MS
+                .saturating_mul(1 << l.quality_moves.min(10))
+                .min(QUALITY_HOLD_MAX_MS);
+            l.quality_hold_until = now_ms + hold;
+            l.quality_moves += 1;
             self.start_attempt(c, ReattachCause::Planned, now_ms);
         }
     }

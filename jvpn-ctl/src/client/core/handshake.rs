@@ -160,6 +160,8 @@ impl Core {
             l.stalled_since = None;
             l.not_bound = false;
             l.failed_in_row = 0;
+            l.quality_hold_until = 0;
+            l.quality_moves = 0;
         }
         self.links[t].health.on_rx(now_ms);
         self.out.push(Out::TunUp(s.tunnel));

@@ -51,9 +51,9 @@ impl Core {
                     return;
                 }
                 l.down = Some(d);
-                l.fast_return = false;
+                l.fast_return_until = 0;
                 tracing::warn!("transport {} is DEAD: {}", l.cfg.name, d.name());
-                self.abandon_attempt_over(t, d, now_ms);
+                self.abandon_attempt_over(t, d.name(), now_ms);
                 // Decide now: the session must not wait for the next tick.
                 self.tick(now_ms);
             }
@@ -72,8 +72,10 @@ impl Core {
                     l.local
                 );
                 l.local = local.to_string();
+                // An exchange under way over it used the old socket.
+                self.abandon_attempt_over(t, "address_added", now_ms);
                 self.restart_link(t, "address_added", now_ms);
-                self.links[t].fast_return = true;
+                self.links[t].fast_return_until = now_ms + FAST_RETURN_MS;
                 let bound_here = matches!(&self.phase, Phase::Up(s) if s.bound == t);
                 if bound_here {
                     // The binding is the old address: rebind from the new one now.
@@ -107,16 +109,13 @@ impl Core {
         self.set_status(t, Status::Unknown, cause, now_ms);
     }
 
-    /// A reattach under way over a transport that just went down cannot succeed:
-    /// it fails now (DEGRADED, `transport_ttl`) and the next candidate is tried.
-    fn abandon_attempt_over(&mut self, t: usize, d: Down, now_ms: u64) {
+    /// A reattach under way over a transport that just went down (or was bound to
+    /// a new address) cannot succeed: it fails now (DEGRADED, `transport_ttl`) and
+    /// the next candidate is tried.
+    fn abandon_attempt_over(&mut self, t: usize, why: &str, now_ms: u64) {
         let over_t = matches!(&self.phase, Phase::Up(s) if s.attempt.as_ref().is_some_and(|a| a.candidate == t));
         if over_t {
-            tracing::warn!(
-                "reattach over {} abandoned: {}",
-                self.links[t].cfg.name,
-                d.name()
-            );
+            tracing::warn!("reattach over {} abandoned: {why}", self.links[t].cfg.name);
             self.attempt_failed(t, Detail::TransportTtl, now_ms);
         }
     }

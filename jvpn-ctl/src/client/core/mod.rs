@@ -92,6 +92,11 @@ const STALL_MIN_SENT: u64 = 4;
 const SENT_AT: usize = 16;
 /// Largest path MTU tried when the shell could not ask the kernel.
 const DEFAULT_MAX_MTU: u16 = 1500;
+/// How long a new address keeps its transport's fast return.
+const FAST_RETURN_MS: u64 = 10_000;
+/// The first hold after a quality move, doubling per move up to the last.
+const QUALITY_HOLD_FIRST_MS: u64 = 10_000;
+const QUALITY_HOLD_MAX_MS: u64 = 300_000;
 /// Probes on the bound transport in a row unanswered before its silence makes it
 /// VOLATILE (when `volatile_after_ms` is left at 0).
 const SILENT_PROBES: u64 = 3;
@@ -200,9 +205,14 @@ struct Link {
     /// The kernel says it cannot carry anything (link down, address gone, no
     /// route): DEAD whatever its last answers said, and not probed.
     down: Option<Down>,
-    /// It came back with a new address (a new network): the session moves back to
-    /// it at its first answered probe rather than after `return_after_ms`.
-    fast_return: bool,
+    /// It came back with a new address (a new network): until then the session moves
+    /// back to it at its first answered probe rather than after `return_after_ms`.
+    fast_return_until: u64,
+    /// The session left it for its quality: no move back before then (doubling with
+    /// every such move, so a link that loses only the tunnel's DATA — which its
+    /// probes alone cannot see once it is not bound — is not returned to in a loop).
+    quality_hold_until: u64,
+    quality_moves: u32,
     /// The cause of its last reported health change (for its next event).
     cause: &'static str,
 }
@@ -410,7 +420,9 @@ impl Core {
                 stalled_since: None,
                 not_bound: false,
                 down: None,
-                fast_return: false,
+                fast_return_until: 0,
+                quality_hold_until: 0,
+                quality_moves: 0,
                 cause: "",
             })
             .collect();
@@ -569,6 +581,15 @@ impl Core {
         self.counters.stalls += 1;
         for l in &mut self.links {
             l.health.pause(gap_ms);
+            if let Some(t) = &mut l.stalled_since {
+                *t += gap_ms;
+            }
+        }
+        // An answer may be waiting unread: the exchange's timer did not run either.
+        if let Phase::Up(s) = &mut self.phase
+            && let Some(a) = &mut s.attempt
+        {
+            a.sent_ms += gap_ms;
         }
     }
 

@@ -191,9 +191,9 @@ impl Core {
             self.links[t].gateways[a.addr],
             self.links[old].cfg.name
         );
-        self.links[old].fast_return = false;
+        self.links[old].fast_return_until = 0;
         let l = &mut self.links[t];
-        l.fast_return = false;
+        l.fast_return_until = 0;
         l.backoff_until = 0;
         l.failed_in_row = 0;
         l.not_bound = false;

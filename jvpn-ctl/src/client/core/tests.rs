@@ -253,7 +253,7 @@ fn forged_stale_or_standby_not_bound_is_no_rebinding() {
 }
 
 /// An IPv4/UDP packet of `len` bytes (DF set) for the TUN.
-fn inner(len: usize) -> Vec<u8> {
+pub(super) fn inner(len: usize) -> Vec<u8> {
     let mut p = vec![0u8; len];
     p[0] = 0x45;
     p[2..4].copy_from_slice(&(len as u16).to_be_bytes());

@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 
-use super::tests::{Gw, LTE, LTE_GW, WIFI, WIFI_GW, established, v4};
+use super::tests::{Gw, LTE, LTE_GW, WIFI, WIFI_GW, established, inner, v4};
 use super::{Core, Down, LinkSignal, Out};
 use crate::{
     control::api::EventRecord,
@@ -25,6 +25,11 @@ struct Peer {
     /// Of every 10 KEEPALIVEs on a transport, these (by count mod 10) go unanswered.
     lose: [Vec<u64>; 2],
     probes: [u64; 2],
+    /// Of every 10 DATA on the binding, these (by count mod 10) the relay never
+    /// forwards (its count in the KEEPALIVE answers says so).
+    lose_data: Vec<u64>,
+    data_seen: u64,
+    forwarded: u32,
     /// The answer to the next REATTACH_REQUEST: a refusal, or none at all.
     deny: Option<Detail>,
     ignore_requests: bool,
@@ -42,6 +47,9 @@ impl Peer {
             cut: [false; 2],
             lose: [Vec::new(), Vec::new()],
             probes: [0; 2],
+            lose_data: Vec::new(),
+            data_seen: 0,
+            forwarded: 0,
             deny: None,
             ignore_requests: false,
             sent: Vec::new(),
@@ -76,8 +84,17 @@ impl Peer {
         if self.cut[t] {
             return;
         }
+        if data.get(1) == Some(&jvpn_common::wire::msg_type::DATA) {
+            if t == self.bound {
+                self.data_seen += 1;
+                if !self.lose_data.contains(&(self.data_seen % 10)) {
+                    self.forwarded += 1;
+                }
+            }
+            return;
+        }
         let Ok(u) = Unverified::decode(data) else {
-            return; // DATA
+            return;
         };
         let body = u.into_msg().body;
         self.sent.push((t, body.clone()));
@@ -87,8 +104,12 @@ impl Peer {
                 if self.lose[t].contains(&(self.probes[t] % 10)) {
                     return;
                 }
-                let flags = if t == self.bound { ACK_FROM_BINDING } else { 0 };
-                self.gw.ack(ts_ms, self.generation, 0, flags)
+                let (flags, fwd) = if t == self.bound {
+                    (ACK_FROM_BINDING, self.forwarded)
+                } else {
+                    (0, 0)
+                };
+                self.gw.ack(ts_ms, self.generation, fwd, flags)
             }
             Body::ReattachRequest(_) if self.ignore_requests => return,
             Body::ReattachRequest(_) => match self.deny {
@@ -538,4 +559,86 @@ fn an_operator_move_is_planned_and_refused_when_it_cannot_be() {
     let sw = core.status(now).last_switch.unwrap();
     assert_eq!((sw.planned, sw.trigger.as_str()), (true, "operator"));
     assert_eq!(peer.requests(), [(LTE, ReattachCause::Planned)]);
+}
+
+/// The tunnel's DATA loses 40 % on Wi-Fi while every probe is answered (a policer
+/// that spares small packets): the relay's count shows it, the session leaves for
+/// LTE, and is not taken back in a loop though Wi-Fi's probes look clean: the hold
+/// after a quality move (10 s, doubling).
+#[test]
+fn data_loss_the_probes_do_not_see_is_left_and_not_returned_to_in_a_loop() {
+    let (mut core, mut peer, mut now) = attached();
+    peer.lose_data = vec![1, 3, 5, 7];
+    let pkt = inner(200);
+    let feed = |core: &mut Core, peer: &mut Peer, now: &mut u64, ms: u64| {
+        let end = *now + ms;
+        while *now < end {
+            *now += TICK;
+            for _ in 0..3 {
+                let outs = core.step(super::Input::Tun(&pkt), *now);
+                core.out.extend(outs);
+            }
+            core.tick(*now);
+            peer.serve(core, *now);
+        }
+    };
+    let start = now;
+    while bound(&core, now) != "lte" {
+        assert!(now - start < 3_000, "not left: {:#?}", core.status(now));
+        feed(&mut core, &mut peer, &mut now, 100);
+    }
+    assert_eq!(core.status(now).last_switch.unwrap().trigger, "quality");
+    assert!(
+        peer.health_events()
+            .contains(&("wifi".into(), "volatile".into(), "loss".into()))
+    );
+    // Wi-Fi's probes are clean and its DATA samples age out: without the hold the
+    // session would be back after return_after_ms (2 s) and leave again.
+    let left = now;
+    feed(&mut core, &mut peer, &mut now, 9_000);
+    assert_eq!(
+        bound(&core, now),
+        "lte",
+        "held back for 10 s after the quality move"
+    );
+    feed(&mut core, &mut peer, &mut now, 3_000);
+    assert_eq!(bound(&core, now), "wifi", "tried again after the hold");
+    assert!(now - left >= 10_000);
+}
+
+#[test]
+fn a_new_address_on_the_transport_of_an_exchange_abandons_it() {
+    let (mut core, mut peer, now) = attached();
+    peer.ignore_requests = true;
+    core.on_link(WIFI, LinkSignal::Down(Down::LinkDown), now);
+    peer.serve(&mut core, now);
+    assert_eq!(
+        core.status(now).reattach.as_deref(),
+        Some("lte (awaiting challenge)")
+    );
+    core.on_link(LTE, LinkSignal::Rebound(v4([10, 0, 1, 9], 40000)), now);
+    peer.serve(&mut core, now);
+    assert_eq!(
+        peer.path().last(),
+        Some(&(
+            State::Degraded,
+            Reason::ReattachValidationFailed,
+            Some(Detail::TransportTtl)
+        ))
+    );
+}
+
+#[test]
+fn a_stall_does_not_time_out_an_exchange_whose_answer_waits_unread() {
+    let (mut core, mut peer, mut now) = attached();
+    peer.ignore_requests = true;
+    core.on_link(WIFI, LinkSignal::Down(Down::LinkDown), now);
+    peer.serve(&mut core, now);
+    assert_eq!(state(&core, now), State::Recovering);
+    // The loop was stalled past the attempt timeout (500 ms).
+    now += 800;
+    core.note_stall(800);
+    core.tick(now);
+    peer.serve(&mut core, now);
+    assert_eq!(state(&core, now), State::Recovering, "{:?}", peer.path());
 }
