@@ -244,3 +244,62 @@ fn without_etcd_nothing_is_written_and_the_lease_runs_out_here_first() {
     }
     etcd.resume().unwrap();
 }
+
+#[test]
+fn a_lease_that_expired_while_etcd_was_away_is_replaced_by_a_new_term() {
+    let Some(etcd) = start_or_skip("cluster lease lost") else {
+        return;
+    };
+    let a = join(&etcd, "/t/lost/", 1, 2);
+    let first = a.lease();
+    assert_eq!(first.term, 1);
+    // Paused past the TTL: etcd revokes the lease once it runs again, and the
+    // keep-alive stream the node had is gone by then (it timed out meanwhile).
+    etcd.pause().unwrap();
+    std::thread::sleep(Duration::from_millis(4500));
+    assert!(a.lease().valid_at(Instant::now()).is_none());
+    etcd.resume().unwrap();
+    let t0 = Instant::now();
+    loop {
+        let v = a.lease();
+        if v.valid_at(Instant::now()).is_some() && v.term > first.term {
+            assert_ne!(v.id, first.id);
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(8),
+            "no new lease after etcd came back: {v:?}, {:?}",
+            a.health().last_error
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_lease_unconfirmed_past_its_ttl_is_given_up_for_a_new_term() {
+    let Some(mut etcd) = start_or_skip("cluster lease unconfirmed") else {
+        return;
+    };
+    let a = join(&etcd, "/t/unconfirmed/", 1, 2);
+    let first = a.lease();
+    // Down past the TTL, then back: etcd may still have the lease (a new leader
+    // extends leases), but this node could not confirm it, so it takes a new one.
+    etcd.kill().unwrap();
+    std::thread::sleep(Duration::from_millis(3000));
+    assert!(a.lease().valid_at(Instant::now()).is_none());
+    etcd.restart().unwrap();
+    let t0 = Instant::now();
+    loop {
+        let v = a.lease();
+        if v.valid_at(Instant::now()).is_some() && v.term > first.term {
+            assert_ne!(v.id, first.id);
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(8),
+            "no new lease after etcd came back: {v:?}, {:?}",
+            a.health().last_error
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
