@@ -253,7 +253,16 @@ fn rate_limited_then_later_reattach_succeeds() {
             )
         });
     let _ = denied;
-    let gw = lab.session(id).unwrap();
+    // The agent saw LTE's link go down at once; the gateway sees the binding's
+    // silence only after its loss TTL, and then is DEGRADED too.
+    let degraded = std::time::Instant::now() + Duration::from_secs(3);
+    let gw = loop {
+        let gw = lab.session(id).unwrap();
+        if gw.state == State::Degraded || std::time::Instant::now() > degraded {
+            break gw;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert_eq!(gw.state, State::Degraded);
     assert_eq!(
         gw.binding.as_deref(),

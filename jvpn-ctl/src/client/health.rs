@@ -181,6 +181,11 @@ impl Health {
         }
     }
 
+    /// Forgets the DATA samples (the binding moved: they described another path).
+    pub fn clear_data(&mut self) {
+        self.data.clear();
+    }
+
     /// Loss of the tunnel's DATA over the last second, if enough was sent to say.
     pub fn data_loss_pct(&self, now_ms: u64) -> Option<u32> {
         let (sent, fwd) = self

@@ -7,6 +7,24 @@ use tokio::sync::mpsc;
 use super::*;
 use crate::lab::etcd::{Etcd, start_or_skip};
 
+/// Waits (8 s at most) for `a` to hold a live lease of a later term than `first`.
+fn a_new_term_follows(a: &Cluster, first: &LeaseView) {
+    let t0 = Instant::now();
+    loop {
+        let v = a.lease();
+        if v.valid_at(Instant::now()).is_some() && v.term > first.term {
+            assert_ne!(v.id, first.id);
+            return;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(8),
+            "no new lease after etcd came back: {v:?}, {:?}",
+            a.health().last_error
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn join(etcd: &Etcd, root: &str, node: u16, ttl_s: u64) -> Cluster {
     Cluster::join(JoinParams {
         endpoints: vec![etcd.endpoint()],
@@ -259,20 +277,7 @@ fn a_lease_that_expired_while_etcd_was_away_is_replaced_by_a_new_term() {
     std::thread::sleep(Duration::from_millis(4500));
     assert!(a.lease().valid_at(Instant::now()).is_none());
     etcd.resume().unwrap();
-    let t0 = Instant::now();
-    loop {
-        let v = a.lease();
-        if v.valid_at(Instant::now()).is_some() && v.term > first.term {
-            assert_ne!(v.id, first.id);
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(8),
-            "no new lease after etcd came back: {v:?}, {:?}",
-            a.health().last_error
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    a_new_term_follows(&a, &first);
 }
 
 #[test]
@@ -288,18 +293,5 @@ fn a_lease_unconfirmed_past_its_ttl_is_given_up_for_a_new_term() {
     std::thread::sleep(Duration::from_millis(3000));
     assert!(a.lease().valid_at(Instant::now()).is_none());
     etcd.restart().unwrap();
-    let t0 = Instant::now();
-    loop {
-        let v = a.lease();
-        if v.valid_at(Instant::now()).is_some() && v.term > first.term {
-            assert_ne!(v.id, first.id);
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(8),
-            "no new lease after etcd came back: {v:?}, {:?}",
-            a.health().last_error
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    a_new_term_follows(&a, &first);
 }

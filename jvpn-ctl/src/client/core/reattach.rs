@@ -198,6 +198,10 @@ impl Core {
         l.failed_in_row = 0;
         l.not_bound = false;
         l.last_fwd = None;
+        // DATA sent before the switch went over the old binding (what was in flight
+        // the relay drops as stale): only probes sent from now on measure this one.
+        l.sent_at.clear();
+        l.health.clear_data();
         l.stalled_since = None;
         self.go(State::Attached, Reason::ReattachSuccess, None, now_ms);
         self.apply_tunnel_mtu();

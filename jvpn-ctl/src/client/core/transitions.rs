@@ -213,6 +213,16 @@ fn attached() -> (Core, Peer, u64) {
     (core, peer, now)
 }
 
+/// Wi-Fi's link down, and the reattach over LTE it starts left unanswered.
+fn recovering_unanswered() -> (Core, Peer, u64) {
+    let (mut core, mut peer, now) = attached();
+    peer.ignore_requests = true;
+    core.on_link(WIFI, LinkSignal::Down(Down::LinkDown), now);
+    peer.serve(&mut core, now);
+    assert_eq!(state(&core, now), State::Recovering);
+    (core, peer, now)
+}
+
 fn state(core: &Core, now: u64) -> State {
     core.status(now).state
 }
@@ -469,11 +479,7 @@ fn every_denied_reason_is_obeyed_with_its_backoff() {
 
 #[test]
 fn an_unanswered_reattach_fails_as_transport_ttl_and_the_next_is_tried() {
-    let (mut core, mut peer, mut now) = attached();
-    peer.ignore_requests = true;
-    core.on_link(WIFI, LinkSignal::Down(Down::LinkDown), now);
-    peer.serve(&mut core, now);
-    assert_eq!(state(&core, now), State::Recovering);
+    let (mut core, mut peer, mut now) = recovering_unanswered();
     peer.until(&mut core, &mut now, 600, |c, n| {
         state(c, n) == State::Degraded
     });
@@ -630,11 +636,7 @@ fn a_new_address_on_the_transport_of_an_exchange_abandons_it() {
 
 #[test]
 fn a_stall_does_not_time_out_an_exchange_whose_answer_waits_unread() {
-    let (mut core, mut peer, mut now) = attached();
-    peer.ignore_requests = true;
-    core.on_link(WIFI, LinkSignal::Down(Down::LinkDown), now);
-    peer.serve(&mut core, now);
-    assert_eq!(state(&core, now), State::Recovering);
+    let (mut core, mut peer, mut now) = recovering_unanswered();
     // The loop was stalled past the attempt timeout (500 ms).
     now += 800;
     core.note_stall(800);
