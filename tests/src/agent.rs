@@ -158,28 +158,7 @@ impl AgentLab {
     /// the gateway, in the client namespace; 100 also drops what comes back (a
     /// black hole with the link up). Replaces any earlier rule; 0 removes it.
     pub fn lossy(&self, t: Transport, pct: u32) {
-        let ns = &self.gw.lab.client;
-        let _ = ns.exec("nft", &["delete table inet jvpn_loss"]);
-        if pct == 0 {
-            return;
-        }
-        let (dev, port) = (t.client_dev(), t.gw_addr().port());
-        let (back, random) = if pct >= 100 {
-            (
-                format!("add rule inet jvpn_loss in iifname \"{dev}\" udp sport {port} drop\n"),
-                String::new(),
-            )
-        } else {
-            (String::new(), format!("numgen random mod 100 < {pct} "))
-        };
-        let script = format!(
-            "add table inet jvpn_loss\n\
-             add chain inet jvpn_loss out {{ type filter hook output priority 0; }}\n\
-             add chain inet jvpn_loss in {{ type filter hook input priority 0; }}\n\
-             add rule inet jvpn_loss out oifname \"{dev}\" udp dport {port} \
-             {random}counter drop\n{back}"
-        );
-        ns.exec("nft", &[&script]).expect("nft");
+        self.gw.lab.lossy(t, pct).expect("nft");
     }
 
     /// A numbered UDP stream through the tunnel to the exit's echo server.

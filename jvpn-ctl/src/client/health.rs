@@ -202,7 +202,8 @@ impl Health {
         if let Some(d) = self.data_loss_pct(now_ms) {
             return Some(d);
         }
-        (self.due(now_ms, t).0 >= MIN_DUE).then(|| self.loss_pct(now_ms, t))
+        let (n, lost) = self.due(now_ms, t);
+        (n >= MIN_DUE).then(|| (lost * 100 / n) as u32)
     }
 
     pub fn rtt_ms(&self) -> Option<f64> {

@@ -41,6 +41,9 @@ pub struct Socket {
 pub struct Sockets {
     pub socks: Vec<Socket>,
     devices: Vec<Option<String>>,
+    /// The sockets again, for a readiness wait that does not borrow `self`
+    /// (rebuilt on a rebind, not per wait).
+    handles: Arc<[Arc<UdpSocket>]>,
 }
 
 impl Sockets {
@@ -64,10 +67,13 @@ impl Sockets {
             }
             socks.push(Self::bind(t, addr)?);
         }
-        Ok(Sockets {
+        let mut s = Sockets {
             socks,
             devices: cfg.transports.iter().map(|t| t.interface.clone()).collect(),
-        })
+            handles: Arc::new([]),
+        };
+        s.rebuild_handles();
+        Ok(s)
     }
 
     /// The route MTU from transport `t` towards its gateway address `to`.
@@ -93,8 +99,12 @@ impl Sockets {
     }
 
     /// The sockets, for a readiness wait that does not borrow `self`.
-    pub fn handles(&self) -> Vec<Arc<UdpSocket>> {
-        self.socks.iter().map(|s| s.sock.clone()).collect()
+    pub fn handles(&self) -> Arc<[Arc<UdpSocket>]> {
+        self.handles.clone()
+    }
+
+    fn rebuild_handles(&mut self) {
+        self.handles = self.socks.iter().map(|s| s.sock.clone()).collect();
     }
 
     fn bind(t: &TransportConfig, addr: SocketAddr) -> Result<Socket, ClientError> {
@@ -138,13 +148,14 @@ impl Sockets {
     ) -> Result<SocketAddr, ClientError> {
         let port = t.bind.map_or(0, |b| b.port());
         self.socks[i] = Self::bind(t, SocketAddr::new(ip, port))?;
+        self.rebuild_handles();
         Ok(self.socks[i].bound)
     }
 }
 
 /// Resolves with the index of a transport socket that has datagrams queued,
 /// looking from `start` on (so one busy transport does not hide the others).
-pub async fn readable(socks: Vec<Arc<UdpSocket>>, start: usize) -> usize {
+pub async fn readable(socks: Arc<[Arc<UdpSocket>]>, start: usize) -> usize {
     let n = socks.len();
     poll_fn(|cx| {
         for k in 0..n {

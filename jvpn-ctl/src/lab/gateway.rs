@@ -380,6 +380,34 @@ impl GatewayLab {
         self.nat.as_ref().map(Nat::binding)
     }
 
+    /// Drops `pct` % (at random, nftables `numgen`) of what transport `t` sends to
+    /// the gateway, in the client's namespace; 100 also drops what comes back (a
+    /// black hole with the link up). Replaces any earlier rule; 0 removes it.
+    pub fn lossy(&self, t: Transport, pct: u32) -> Result<()> {
+        let ns = &self.client;
+        let _ = ns.exec("nft", &["delete table inet jvpn_loss"]);
+        if pct == 0 {
+            return Ok(());
+        }
+        let (dev, port) = (t.client_dev(), t.gw_addr().port());
+        let (back, random) = if pct >= 100 {
+            (
+                format!("add rule inet jvpn_loss in iifname \"{dev}\" udp sport {port} drop\n"),
+                String::new(),
+            )
+        } else {
+            (String::new(), format!("numgen random mod 100 < {pct} "))
+        };
+        let script = format!(
+            "add table inet jvpn_loss\n\
+             add chain inet jvpn_loss out {{ type filter hook output priority 0; }}\n\
+             add chain inet jvpn_loss in {{ type filter hook input priority 0; }}\n\
+             add rule inet jvpn_loss out oifname \"{dev}\" udp dport {port} \
+             {random}counter drop\n{back}"
+        );
+        ns.exec("nft", &[&script]).map(drop)
+    }
+
     /// [`Nat::rebind`]; an error without NAT.
     pub fn rebind(&self) -> Result<SocketAddr> {
         self.nat

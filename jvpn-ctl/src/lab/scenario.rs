@@ -267,23 +267,9 @@ impl Run<'_> {
     }
 
     /// Drops everything between the client's Wi-Fi and the gateway, both ways, with
-    /// the link up (nftables in the client's namespace); `false` lifts it.
+    /// the link up; `false` lifts it.
     fn black_hole(&self, on: bool) -> Result<()> {
-        let ns = &self.stack.lab.client;
-        if !on {
-            ns.exec("nft", &["delete table inet jvpn_hole"])?;
-            return Ok(());
-        }
-        let port = Wifi.gw_addr().port();
-        let script = format!(
-            "add table inet jvpn_hole\n\
-             add chain inet jvpn_hole out {{ type filter hook output priority 0; }}\n\
-             add chain inet jvpn_hole in {{ type filter hook input priority 0; }}\n\
-             add rule inet jvpn_hole out oifname \"c-wifi\" udp dport {port} drop\n\
-             add rule inet jvpn_hole in iifname \"c-wifi\" udp sport {port} drop\n"
-        );
-        ns.exec("nft", &[&script])?;
-        Ok(())
+        self.stack.lab.lossy(Wifi, if on { 100 } else { 0 })
     }
 
     fn lte_ipv4(&self, present: bool) -> Result<()> {

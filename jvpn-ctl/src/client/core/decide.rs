@@ -120,15 +120,8 @@ impl Core {
         let from = l.gateway();
         l.current = (l.current + 1) % l.gateways.len();
         let to = l.gateway();
-        l.health.reset(now_ms);
-        l.healthy_for_ms = 0;
-        l.last_probe_ms = None;
+        l.start_over(now_ms);
         l.pmtu = new_pmtu(l.v6(), l.route_max, now_ms);
-        l.mtu_probes.clear();
-        l.sent_at.clear();
-        l.last_fwd = None;
-        l.stalled_since = None;
-        l.not_bound = false;
         l.moved = Some(format!("{to} ({why})"));
         self.counters.gateway_moves += 1;
         tracing::warn!("transport {}: gateway {from} → {to} ({why})", l.cfg.name);

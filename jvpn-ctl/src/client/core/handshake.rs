@@ -152,13 +152,8 @@ impl Core {
             trigger: "",
         };
         for l in &mut self.links {
-            l.health.reset(now_ms);
-            l.last_probe_ms = None;
+            l.start_over(now_ms);
             l.backoff_until = 0;
-            l.sent_at.clear();
-            l.last_fwd = None;
-            l.stalled_since = None;
-            l.not_bound = false;
             l.failed_in_row = 0;
             l.quality_hold_until = 0;
             l.quality_moves = 0;

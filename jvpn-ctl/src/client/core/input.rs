@@ -124,22 +124,17 @@ impl Core {
         }
     }
 
+    /// Seals `pkt` (a fragment, an MTU notice: whatever fits) into a new datagram
+    /// queued for the binding.
     pub(super) fn seal(&mut self, pkt: &[u8]) {
-        let Phase::Up(s) = &mut self.phase else {
-            return;
-        };
-        s.data_ctr += 1;
         let mut data = Vec::with_capacity(pkt.len() + 64);
-        proto::data::seal(&s.c2x, s.id, s.data_ctr, pkt, &mut data);
-        self.counters.tx_packets += 1;
-        self.counters.tx_bytes += pkt.len() as u64;
-        // Always over the binding: a packet from any other transport would be
-        // dropped by the relay, and nothing else is allowed to carry tunnel traffic.
-        self.out.push(Out::Udp {
-            transport: s.bound,
-            to: self.links[s.bound].gateway(),
-            data,
-        });
+        if let Some((transport, to)) = self.seal_for_binding(pkt, &mut data) {
+            self.out.push(Out::Udp {
+                transport,
+                to,
+                data,
+            });
+        }
     }
 
     /// Operator request: move to the transport named `name` now (a planned reattach).

@@ -97,15 +97,8 @@ impl Core {
     fn restart_link(&mut self, t: usize, cause: &'static str, now_ms: u64) {
         let l = &mut self.links[t];
         l.down = None;
-        l.health.reset(now_ms);
-        l.last_probe_ms = None;
-        l.sent_at.clear();
-        l.mtu_probes.clear();
-        l.last_fwd = None;
-        l.stalled_since = None;
-        l.not_bound = false;
+        l.start_over(now_ms);
         l.backoff_until = 0;
-        l.healthy_for_ms = 0;
         self.set_status(t, Status::Unknown, cause, now_ms);
     }
 

@@ -235,6 +235,19 @@ impl Link {
         self.last_ts
     }
 
+    /// Forgets what was measured on this transport's path (it moved, came back, or a
+    /// new session starts): health from silence again, no probe outstanding.
+    fn start_over(&mut self, now_ms: u64) {
+        self.health.reset(now_ms);
+        self.healthy_for_ms = 0;
+        self.last_probe_ms = None;
+        self.mtu_probes.clear();
+        self.sent_at.clear();
+        self.last_fwd = None;
+        self.stalled_since = None;
+        self.not_bound = false;
+    }
+
     /// The largest inner packet this transport carries whole.
     fn tunnel_mtu(&self) -> u16 {
         inner_mtu(self.pmtu.current(), self.v6())

@@ -223,6 +223,14 @@ fn recovering_unanswered() -> (Core, Peer, u64) {
     (core, peer, now)
 }
 
+/// The shell's loop ran `gap_ms` late: then one tick, served.
+fn stall(core: &mut Core, peer: &mut Peer, now: &mut u64, gap_ms: u64) {
+    *now += gap_ms;
+    core.note_stall(gap_ms);
+    core.tick(*now);
+    peer.serve(core, *now);
+}
+
 fn state(core: &Core, now: u64) -> State {
     core.status(now).state
 }
@@ -431,10 +439,7 @@ fn light_loss_changes_nothing() {
 fn a_stall_of_the_agent_is_not_the_links_silence() {
     let (mut core, mut peer, mut now) = attached();
     // The agent could not run for 800 ms (past the loss TTL): nothing was read.
-    now += 800;
-    core.note_stall(800);
-    core.tick(now);
-    peer.serve(&mut core, now);
+    stall(&mut core, &mut peer, &mut now, 800);
     assert!(peer.path().is_empty(), "{:?}", peer.path());
     assert_eq!(core.status(now).counters.stalls, 1);
 }
@@ -638,9 +643,6 @@ fn a_new_address_on_the_transport_of_an_exchange_abandons_it() {
 fn a_stall_does_not_time_out_an_exchange_whose_answer_waits_unread() {
     let (mut core, mut peer, mut now) = recovering_unanswered();
     // The loop was stalled past the attempt timeout (500 ms).
-    now += 800;
-    core.note_stall(800);
-    core.tick(now);
-    peer.serve(&mut core, now);
+    stall(&mut core, &mut peer, &mut now, 800);
     assert_eq!(state(&core, now), State::Recovering, "{:?}", peer.path());
 }

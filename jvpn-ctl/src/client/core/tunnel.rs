@@ -85,6 +85,20 @@ impl Core {
         if icmp::classify(pkt, s.tun_mtu) != icmp::Verdict::Fits {
             return None;
         }
+        self.seal_for_binding(pkt, out)
+    }
+
+    /// Seals `pkt` into `out` with the session's next counter, for the binding:
+    /// always over the binding, since a packet from any other transport would be
+    /// dropped by the relay, and nothing else may carry tunnel traffic.
+    pub(super) fn seal_for_binding(
+        &mut self,
+        pkt: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Option<(usize, SocketAddr)> {
+        let Phase::Up(s) = &mut self.phase else {
+            return None;
+        };
         s.data_ctr += 1;
         proto::data::seal(&s.c2x, s.id, s.data_ctr, pkt, out);
         self.counters.tx_packets += 1;
