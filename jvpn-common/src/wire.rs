@@ -30,7 +30,31 @@ pub mod msg_type {
     pub const KEEPALIVE: u8 = 0x30;
     pub const KEEPALIVE_ACK: u8 = 0x31;
     pub const CLOSE: u8 = 0x40;
+    /// Gateway → client, session 0: a source-address cookie for a HELLO sent while
+    /// the gateway is under load (docs/protocol.md, "Under load: cookies").
+    pub const COOKIE: u8 = 0x14;
+    /// Gateway → client, session 0: the gateway's time, signed, for a validly signed
+    /// HELLO stamped outside the freshness window (docs/protocol.md, "Freshness").
+    pub const TIME: u8 = 0x15;
 }
+
+/// HELLO without a cookie: header, `eph_pub[32] ‖ id_pub[32] ‖ ts_ms u64 ‖ nonce[16] ‖ sig[64]`.
+pub const HELLO_LEN: usize = HEADER_LEN + 32 + 32 + 8 + 16 + 64;
+/// HELLO carrying a cookie: the same bytes followed by `cookie[16]` (not signed).
+pub const HELLO_COOKIE_LEN: usize = HELLO_LEN + COOKIE_LEN;
+/// Offset of the HELLO's nonce in its payload (the COOKIE and TIME replies echo it).
+pub const HELLO_NONCE_OFF: usize = HEADER_LEN + 32 + 32 + 8;
+/// Offset of the cookie in a [`HELLO_COOKIE_LEN`] HELLO.
+pub const HELLO_COOKIE_OFF: usize = HELLO_LEN;
+/// A cookie: `seq u32 ‖ 0[4] ‖ mac[8]`.
+pub const COOKIE_LEN: usize = 16;
+/// COOKIE message: header, `nonce_echo[16] ‖ cookie[16]`.
+pub const COOKIE_MSG_LEN: usize = HEADER_LEN + 16 + COOKIE_LEN;
+/// TIME message: header, `gateway_ms u64 ‖ nonce_echo[16] ‖ sig[64]`.
+pub const TIME_MSG_LEN: usize = HEADER_LEN + 8 + 16 + 64;
+
+// The reply-size rule: nothing sent before validation is larger than what it answers.
+const _: () = assert!(COOKIE_MSG_LEN < HELLO_LEN && TIME_MSG_LEN < HELLO_LEN);
 
 /// What a packet is, as far as the data plane cares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,6 +65,9 @@ pub enum Kind {
     Hello,
     /// Any other known control message: goes to the controller if the session exists.
     Control,
+    /// COOKIE or TIME: sessionless replies the gateway sends; a gateway receiving one
+    /// drops it.
+    Reply,
 }
 
 /// Why a payload is not a valid jvpn header.
@@ -52,7 +79,7 @@ pub enum HeaderError {
     BadVersion,
     /// Byte 1 is not a known type.
     UnknownType,
-    /// Session id 0 outside HELLO, or a nonzero one in HELLO.
+    /// Session id 0 outside HELLO and the sessionless replies, or a nonzero one in them.
     BadSessionId,
 }
 
@@ -108,6 +135,7 @@ impl WireHeader {
         let kind = match self.msg_type {
             msg_type::DATA => Kind::Data,
             msg_type::HELLO => Kind::Hello,
+            msg_type::COOKIE | msg_type::TIME => Kind::Reply,
             msg_type::WELCOME
             | msg_type::CONFIRM
             | msg_type::ESTABLISHED
@@ -123,7 +151,7 @@ impl WireHeader {
         };
         let sid_is_zero = u64::from_be_bytes(self.session_id) == 0;
         match kind {
-            Kind::Hello if !sid_is_zero => Err(HeaderError::BadSessionId),
+            Kind::Hello | Kind::Reply if !sid_is_zero => Err(HeaderError::BadSessionId),
             Kind::Data | Kind::Control if sid_is_zero => Err(HeaderError::BadSessionId),
             Kind::Data if payload_len < MIN_DATA_LEN => Err(HeaderError::Truncated),
             _ => Ok(kind),
@@ -239,10 +267,12 @@ mod tests {
     #[test]
     fn every_type_byte_is_classified_consistently() {
         let known = [
-            0x01u8, 0x10, 0x11, 0x12, 0x13, 0x20, 0x21, 0x22, 0x23, 0x24, 0x30, 0x31, 0x40,
+            0x01u8, 0x10, 0x11, 0x12, 0x13, 0x14, 0x15, 0x20, 0x21, 0x22, 0x23, 0x24, 0x30, 0x31,
+            0x40,
         ];
         for t in 0..=255u8 {
-            let sid = if t == msg_type::HELLO { 0 } else { 5 };
+            let sessionless = [msg_type::HELLO, msg_type::COOKIE, msg_type::TIME];
+            let sid = if sessionless.contains(&t) { 0 } else { 5 };
             let mut buf = [0u8; MIN_DATA_LEN];
             buf[..HEADER_LEN].copy_from_slice(&bytes(t, sid));
             let r = WireHeader::parse(&buf);

@@ -22,7 +22,7 @@ use super::{
     fields::{ADDR_LEN, HINT_LEN, arr, decode_addr, encode_addr, fixed_control, u64_at},
 };
 
-pub const HELLO_LEN: usize = HEADER_LEN + 32 + 32 + 8 + 16 + 64;
+pub use jvpn_common::wire::HELLO_LEN;
 pub const WELCOME_LEN: usize = HEADER_LEN + 32 + 8 + ADDR_LEN + HINT_LEN + 64;
 pub const CONFIRM_LEN: usize = HEADER_LEN + 32;
 pub const ESTABLISHED_LEN: usize = HEADER_LEN + 32;
