@@ -72,6 +72,29 @@ impl GwLab {
         Self { stack, client_id }
     }
 
+    /// Room for `n` sessions: a bigger pool at both ends and a bigger map, on fresh
+    /// pins (the gateway and the exit are restarted).
+    pub fn make_room(&mut self, n: usize) -> anyhow::Result<()> {
+        self.stack.stop("gateway");
+        let exit_cfg = self.dir.join("exit.toml");
+        let text = std::fs::read_to_string(&exit_cfg)?.replace("/22\"", "/12\"");
+        std::fs::write(&exit_cfg, text)?;
+        self.stack.restart("exit", false)?;
+        let cfg = self.dir.join("gateway.toml");
+        let text = std::fs::read_to_string(&cfg)?
+            .replace(
+                "max_sessions = 1024",
+                &format!("max_sessions = {}", n + 1024),
+            )
+            .replace("cidr = \"10.99.0.0/22\"", "cidr = \"10.96.0.0/12\"");
+        std::fs::write(&cfg, text)?;
+        for f in std::fs::read_dir(&self.lab.pins.0)? {
+            std::fs::remove_file(f?.path())?;
+        }
+        self.stack.restart("gateway", false)?;
+        Ok(())
+    }
+
     pub fn control(&self) -> Client {
         Client::connect(&self.socket).expect("connecting to the control socket")
     }

@@ -9,7 +9,7 @@ use anyhow::{Context as _, Result, bail};
 use crate::util;
 
 /// (command, Debian package providing it)
-const TOOLS: [(&str, &str); 12] = [
+const TOOLS: [(&str, &str); 13] = [
     ("ip", "iproute2"),
     ("tc", "iproute2"),
     ("sysctl", "procps"),
@@ -29,6 +29,8 @@ const TOOLS: [(&str, &str); 12] = [
     ("etcd", "etcd-server"),
     // etcd-client's build script compiles etcd's .proto files with it.
     ("protoc", "protobuf-compiler"),
+    // Agents with a wrong wall clock (freshness without synchronized clocks).
+    ("faketime", "faketime"),
 ];
 
 /// (file, Debian package providing it): what the build reads that is not a command.

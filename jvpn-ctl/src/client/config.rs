@@ -216,6 +216,20 @@ impl Default for HealthConfig {
     }
 }
 
+/// KEEPALIVEs a second one idle session with `transports` transports sends at the
+/// default schedule (docs/client.md, "Keepalive schedule"), with the gateway's default
+/// keepalive hint: what the keepalive bench offers the gateway per session.
+pub fn idle_keepalives_per_s(transports: usize) -> f64 {
+    let h = HealthConfig::default();
+    let keepalive = crate::session::Policy::default().keepalive_interval_ms as f64;
+    let bound = if h.probe_interval_ms == 0 {
+        keepalive
+    } else {
+        h.probe_interval_ms as f64
+    };
+    1000.0 / bound + transports.saturating_sub(1) as f64 * 1000.0 / keepalive
+}
+
 /// The file as written; flags fill or override it, then [`ClientConfig::validate`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -315,6 +315,11 @@ reserved = ["{EXIT_TUN}"]
     }
 
     /// SIGTERM, then SIGKILL after 5 s.
+    /// The process id of `name`, while it runs.
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        self.procs.iter().find(|(n, _)| *n == name).map(|(_, c)| c.id())
+    }
+
     pub fn stop(&mut self, name: &str) {
         if let Some(i) = self.procs.iter().position(|(n, _)| *n == name) {
             let (_, c) = self.procs.remove(i);

@@ -61,24 +61,7 @@ fn run(n: usize) -> anyhow::Result<serde_json::Value> {
         "rsb",
         "transport_loss_ttl_ms = 900000\nmax_recovery_window_ms = 900000\n",
     );
-    // Room for N sessions: a bigger pool at both ends and a bigger map, on fresh pins.
-    lab.stack.stop("gateway");
-    let exit_cfg = lab.dir.join("exit.toml");
-    let text = std::fs::read_to_string(&exit_cfg)?.replace("/22\"", "/12\"");
-    std::fs::write(&exit_cfg, text)?;
-    lab.stack.restart("exit", false)?;
-    let cfg = lab.dir.join("gateway.toml");
-    let text = std::fs::read_to_string(&cfg)?
-        .replace(
-            "max_sessions = 1024",
-            &format!("max_sessions = {}", n + 1024),
-        )
-        .replace("cidr = \"10.99.0.0/22\"", "cidr = \"10.96.0.0/12\"");
-    std::fs::write(&cfg, text)?;
-    for f in std::fs::read_dir(&lab.lab.pins.0)? {
-        std::fs::remove_file(f?.path())?;
-    }
-    lab.stack.restart("gateway", false)?;
+    lab.make_room(n)?;
 
     let sock = lab.lab.client.run(|| UdpSocket::bind("10.77.1.2:0"))?;
     sock.set_read_timeout(Some(Duration::from_millis(200)))?;
