@@ -14,9 +14,10 @@ use crate::{
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PktgenConfig {
     /// Session id of the first session; frames cycle through
-    /// `first_id .. first_id + n_sessions`.
+    /// `first_id .. first_id + n_sessions` ([`id_mode::RANGE`]).
     pub first_id: u64,
-    /// How many sessions (at least 1).
+    /// How many sessions (at least 1): the length of the cycle, of the id range or of
+    /// the id table.
     pub n_sessions: u64,
     /// [`crate::maps::AF_INET`] or [`AF_INET6`]: where the UDP header is.
     pub family: u8,
@@ -29,13 +30,53 @@ pub struct PktgenConfig {
     /// (a receiving socket layer spreads them over `SO_REUSEPORT` sockets). Host order.
     pub src_port_mask: u16,
     pub src_port_base: u16,
-    pub _pad: [u8; 2],
+    /// How each frame gets its session id ([`id_mode`]).
+    pub id_mode: u8,
+    /// How many of [`PktgenConfig::random`] are in use (at most [`MAX_RANDOM_WORDS`]).
+    pub n_random: u8,
+    /// IPv4 only, nonzero: the bits of the source address (host order) that get fresh
+    /// random values in every frame; the others stay the template's. `0x003f_ffff`
+    /// sends from every address of the template's /10, one at random per frame.
+    pub src_ip_mask: u32,
+    /// Bytes in front of the template frame that every run strips first
+    /// (`bpf_xdp_adjust_head`): 0, or [`LEAD_BYTES`]. Live-frames mode hands a page's
+    /// frame to the next run untouched as long as its start and flags are, so a frame
+    /// a receiver shortened with `adjust_tail` and sent back (a gateway's COOKIE) would
+    /// go out again at the shortened length. Moving the start makes the kernel set
+    /// every frame's bounds afresh.
+    pub lead: u8,
+    pub _pad: [u8; 3],
+    /// Offsets in the UDP payload (from the jvpn header's first byte; even) of 8-byte
+    /// words that get fresh random bytes in every frame: a HELLO's ephemeral key and
+    /// nonce, a request's nonce and proof. The template holds zeros there, which the
+    /// checksum update relies on.
+    pub random: [u16; MAX_RANDOM_WORDS],
     /// The template frame's headers (Ethernet, IP, UDP, jvpn: [`header_len`] bytes),
     /// written over every frame before it is stamped. Live-frames mode recycles pages
     /// with whatever the path left in them (a relay rewrites the outer headers in
     /// place), so the generator restores them instead of trusting the page.
     pub header: [u8; TEMPLATE_LEN],
 }
+
+/// What [`PktgenConfig::lead`] strips, when it does.
+pub const LEAD_BYTES: u8 = 2;
+
+/// Random 8-byte words per frame, at most.
+pub const MAX_RANDOM_WORDS: usize = 8;
+
+/// Values of [`PktgenConfig::id_mode`].
+pub mod id_mode {
+    /// `first_id + i`, `i` cycling over `0..n_sessions` (DATA of many sessions).
+    pub const RANGE: u8 = 0;
+    /// `PKTGEN_IDS[i]`, `i` cycling over `0..n_sessions`: real sessions' ids, which are
+    /// random (a flood of one session's control messages against each of them).
+    pub const TABLE: u8 = 1;
+    /// The template's own id, untouched (a HELLO's 0).
+    pub const TEMPLATE: u8 = 2;
+}
+
+/// Entries of `PKTGEN_IDS` userspace may ask for.
+pub const MAX_IDS: u32 = 65_536;
 
 /// Room for the longest generated header: Ethernet + IPv6 + UDP + jvpn (82 bytes).
 pub const TEMPLATE_LEN: usize = 96;
@@ -59,7 +100,7 @@ impl PktgenConfig {
     }
 }
 
-const _: () = assert!(core::mem::size_of::<PktgenConfig>() == 24 + TEMPLATE_LEN);
+const _: () = assert!(core::mem::size_of::<PktgenConfig>() == 48 + TEMPLATE_LEN);
 
 /// `PKTGEN_STATE[0]`, one per CPU: the generator's progress on that CPU.
 #[repr(C)]
@@ -72,9 +113,23 @@ pub struct PktgenState {
     /// Runs that found no usable frame or configuration (`XDP_ABORTED`); 0 unless the
     /// frame or the configuration is broken.
     pub errors: u64,
+    /// The CPU's random state (SplitMix64); 0 until the first frame seeds it.
+    pub rng: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<PktgenState>() == 24);
+const _: () = assert!(core::mem::size_of::<PktgenState>() == 32);
+
+/// One step of SplitMix64 (Steele, Lea, Flood 2014): advances `state` and returns 64
+/// well-mixed bits. Cheap enough for every frame (no helper call), and plenty for
+/// addresses and nonces that only have to look random.
+#[inline(always)]
+pub fn splitmix64(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
 
 impl PktgenConfig {
     /// Offset of the UDP header in the generator's frames (untagged Ethernet, IPv4

@@ -33,3 +33,20 @@ impl Frame for [u8] {
         Some(unsafe { &*bytes.as_ptr().cast::<T>() })
     }
 }
+
+/// A [`Frame`] whose bytes can be rewritten in place (the COOKIE reply is built where
+/// the HELLO was).
+pub trait FrameMut: Frame {
+    /// The `T` at byte `off`, writable, if the frame holds all of it.
+    fn at_mut<T: Wire>(&mut self, off: usize) -> Option<&mut T>;
+}
+
+impl FrameMut for [u8] {
+    #[inline(always)]
+    fn at_mut<T: Wire>(&mut self, off: usize) -> Option<&mut T> {
+        let end = off.checked_add(core::mem::size_of::<T>())?;
+        let bytes = self.get_mut(off..end)?;
+        // SAFETY: as in `at`; the borrow is exclusive for the returned lifetime.
+        Some(unsafe { &mut *bytes.as_mut_ptr().cast::<T>() })
+    }
+}

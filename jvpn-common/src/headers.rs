@@ -123,4 +123,6 @@ wire!(
     OuterV4 = ETH_LEN + IPV4_LEN + UDP_LEN,
     OuterV6 = ETH_LEN + IPV6_LEN + UDP_LEN,
     crate::wire::WireHeader = crate::wire::HEADER_LEN,
+    crate::cookie::HelloV4 = IPV4_LEN + UDP_LEN + crate::wire::HELLO_LEN,
+    crate::cookie::HelloV6 = IPV6_LEN + UDP_LEN + crate::wire::HELLO_LEN,
 );

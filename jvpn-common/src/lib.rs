@@ -7,12 +7,15 @@
 #![no_std]
 
 pub mod bench;
+pub mod bucket;
+pub mod cookie;
 pub mod counters;
 pub mod csum;
 pub mod frame;
 pub mod headers;
 pub mod maps;
 pub mod relay;
+pub mod siphash;
 pub mod wire;
 
 /// Default UDP port of the jvpn protocol on the gateway.

@@ -1,4 +1,7 @@
-//! Keys and values of the data-plane maps. The controller is their only writer.
+//! Keys and values of the data-plane maps. The controller is the only writer of
+//! `SESSIONS`, `HELLO_CONFIG` and `COOKIE_KEYS`; the XDP program writes only counters
+//! and the gate's token buckets (`SESSION_STATS`' control buckets, `HELLO_STATE`,
+//! `HELLO_SOURCES`).
 //!
 //! Layout rules: `#[repr(C)]`, integers only (no `bool`, no enums), every padding
 //! byte an explicit field that writers zero, and a size assertion per type, so the
@@ -163,10 +166,124 @@ pub struct SessionStats {
     pub down_bytes: u64,
     /// DATA for this session from an address that is neither binding nor exit.
     pub stale_drops: u64,
-    pub _pad: [u64; 3],
+    /// The session's control-message budget (docs/datapath.md, "The HELLO gate and
+    /// control budgets"): token buckets in the packed form of
+    /// [`crate::bucket::take_packed`], written by the relay without locks. One for
+    /// control packets from the binding, one for those from any other address.
+    pub ctl_binding: u64,
+    pub ctl_other: u64,
+    pub _pad: u64,
 }
 
 const _: () = assert!(core::mem::size_of::<SessionStats>() == 64);
+
+/// `HELLO_CONFIG[0]`: the gate's settings, written by the controller
+/// (docs/datapath.md, "The HELLO gate and control budgets"). All zero (a map no
+/// controller wrote, e.g. an older one) disables the gate and the control budgets:
+/// HELLOs and control messages are passed as before. A rate or burst of 0 leaves that
+/// bucket unenforced. Rates are per second, bursts in packets.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HelloConfig {
+    /// Nonzero: the gate and the control budgets are on.
+    pub enabled: u32,
+    /// The current cookie sequence number; its key is `COOKIE_KEYS[seq & 1]`, and
+    /// cookies of `seq - 1` (the other slot) are still accepted.
+    pub cookie_seq: u32,
+    /// HELLOs handed to the controller, all sources together.
+    pub hello_budget_pps: u32,
+    pub hello_budget_burst: u32,
+    /// HELLOs with a valid cookie per source prefix (IPv4 /32, IPv6 /64), under load.
+    pub hello_per_source_pps: u32,
+    pub hello_per_source_burst: u32,
+    /// Control messages of one session from its binding.
+    pub control_binding_pps: u32,
+    pub control_binding_burst: u32,
+    /// Control messages of one session from any other address.
+    pub control_other_pps: u32,
+    pub control_other_burst: u32,
+    /// How long the gateway stays under load after the budget was last seen below
+    /// half its burst.
+    pub load_hold_ms: u32,
+    pub _pad: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<HelloConfig>() == 48);
+
+/// `COOKIE_KEYS[slot]`: a 16-byte SipHash key as its two little-endian words.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CookieKey {
+    pub k0: u64,
+    pub k1: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<CookieKey>() == 16);
+
+impl CookieKey {
+    pub const fn from_bytes(key: &[u8; 16]) -> Self {
+        let (k0, k1) = crate::siphash::key_words(key);
+        Self { k0, k1 }
+    }
+
+    pub const fn is_zero(&self) -> bool {
+        self.k0 == 0 && self.k1 == 0
+    }
+}
+
+/// `HELLO_STATE[0]`: the global HELLO budget, written by the XDP program only.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HelloState {
+    /// Milli-tokens left at `last_ms` ([`crate::bucket`]).
+    pub tokens: u64,
+    /// `CLOCK_MONOTONIC` milliseconds of the last token taken (0: never: full).
+    pub last_ms: u64,
+    /// The gateway is under load until this instant (same clock).
+    pub loaded_until_ms: u64,
+    pub _pad: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<HelloState>() == 32);
+
+/// Capacity of `HELLO_SOURCES` (an LRU hash: the least recently seen prefix makes
+/// room, and comes back with a full bucket).
+pub const HELLO_SOURCES_MAX: u32 = 65_536;
+
+/// `HELLO_SOURCES` key: a source prefix, IPv4 /32 or IPv6 /64, and its family. The
+/// prefix is the address's first 16 bytes as two native-endian words, the bits past the
+/// prefix zero. The value is a packed bucket (`u64`, [`crate::bucket::take_packed`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SourceKey {
+    pub hi: u64,
+    pub lo: u64,
+    /// [`AF_INET`] or [`AF_INET6`].
+    pub family: u32,
+    pub _pad: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<SourceKey>() == 24);
+
+impl SourceKey {
+    /// The prefix `addr` (as in [`Endpoint::addr`]) belongs to. Word-based: no array
+    /// to zero, which BPF would do with a `memset` call.
+    #[inline(always)]
+    pub const fn of(addr: &[u8; 16], family: u8) -> Self {
+        let a = addr;
+        let hi = if family == AF_INET6 {
+            u64::from_ne_bytes([a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]])
+        } else {
+            u32::from_ne_bytes([a[0], a[1], a[2], a[3]]) as u64
+        };
+        Self {
+            hi,
+            lo: 0,
+            family: family as u32,
+            _pad: 0,
+        }
+    }
+}
 
 #[cfg(feature = "user")]
 mod pod {
@@ -174,6 +291,10 @@ mod pod {
     unsafe impl aya::Pod for super::Endpoint {}
     unsafe impl aya::Pod for super::SessionEntry {}
     unsafe impl aya::Pod for super::SessionStats {}
+    unsafe impl aya::Pod for super::HelloConfig {}
+    unsafe impl aya::Pod for super::CookieKey {}
+    unsafe impl aya::Pod for super::HelloState {}
+    unsafe impl aya::Pod for super::SourceKey {}
 }
 
 #[cfg(test)]
@@ -221,5 +342,26 @@ mod tests {
         assert!(e.forwarding());
         e.gw_client = Endpoint::v4([10, 0, 0, 1], 51820);
         assert!(!e.is_valid());
+    }
+
+    #[test]
+    fn source_prefixes() {
+        let v4 = Endpoint::v4([10, 1, 2, 3], 9);
+        let mut other = v4;
+        other.addr[3] = 4;
+        assert_ne!(
+            SourceKey::of(&v4.addr, AF_INET),
+            SourceKey::of(&other.addr, AF_INET),
+            "IPv4: /32"
+        );
+        let a: [u8; 16] = core::array::from_fn(|i| i as u8 + 1);
+        let mut b = a;
+        b[8..].fill(0xee);
+        let k = SourceKey::of(&a, AF_INET6);
+        assert_eq!(k, SourceKey::of(&b, AF_INET6), "IPv6: /64");
+        b[7] ^= 1;
+        assert_ne!(k, SourceKey::of(&b, AF_INET6));
+        assert_ne!(k, SourceKey::of(&a, AF_INET), "the family counts");
+        assert_eq!(k.family, u32::from(AF_INET6));
     }
 }

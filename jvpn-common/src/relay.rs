@@ -175,8 +175,9 @@ fn addr_eq(a: &[u8; 16], b: &[u8; 16]) -> bool {
     w(a, 0) == w(b, 0) && w(a, 4) == w(b, 4) && w(a, 8) == w(b, 8) && w(a, 12) == w(b, 12)
 }
 
+/// Whether the packet comes from `e` (family, address and port equal).
 #[inline(always)]
-fn from(p: &Parsed, e: &Endpoint) -> bool {
+pub fn comes_from(p: &Parsed, e: &Endpoint) -> bool {
     p.family == e.family && p.sport_be() == e.port_be && addr_eq(&p.src, &e.addr)
 }
 
@@ -188,13 +189,13 @@ pub fn steer<'a>(p: &Parsed, e: &'a SessionEntry) -> Result<Steer<'a>, u32> {
     if !e.forwarding() {
         return Err(counters::NOT_FORWARDING);
     }
-    if from(p, &e.client) {
+    if comes_from(p, &e.client) {
         Ok(Steer {
             dir: Direction::Up,
             src: &e.gw_exit,
             dst: &e.exit,
         })
-    } else if from(p, &e.exit) {
+    } else if comes_from(p, &e.exit) {
         Ok(Steer {
             dir: Direction::Down,
             src: &e.gw_client,

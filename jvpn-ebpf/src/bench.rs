@@ -8,7 +8,7 @@ use aya_ebpf::{
         BPF_NOEXIST,
         xdp_action::{XDP_ABORTED, XDP_DROP, XDP_TX},
     },
-    helpers::{bpf_ktime_get_ns, bpf_redirect},
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_redirect, bpf_xdp_adjust_head},
     macros::{map, xdp},
     maps::{Array, PerCpuArray, PerCpuHashMap},
     programs::XdpContext,
@@ -16,12 +16,13 @@ use aya_ebpf::{
 use jvpn_common::{
     DEFAULT_PORT,
     bench::{
-        MISROUTE_WINDOWS, MisrouteWindow, PktgenConfig, PktgenState, SinkStats, TEMPLATE_LEN,
-        header_len, judgement, payload_offset, sink_mode, udp_offset,
+        MAX_RANDOM_WORDS, MISROUTE_WINDOWS, MisrouteWindow, PktgenConfig, PktgenState, SinkStats,
+        TEMPLATE_LEN, header_len, id_mode, judgement, payload_offset, sink_mode, splitmix64,
+        udp_offset,
     },
     csum,
     frame::Frame,
-    headers::UdpHdr,
+    headers::{ETH_LEN, Ipv4Hdr, UdpHdr},
     maps::{AF_INET, AF_INET6},
     relay,
     wire::{Kind, WireHeader},
@@ -33,16 +34,23 @@ use crate::ctx::Ctx;
 #[map]
 static PKTGEN_CONFIG: Array<PktgenConfig> = Array::with_max_entries(1, 0);
 
-/// Per-CPU progress: frames sent, the next session index, errors.
+/// Per-CPU progress: frames sent, the next session index, errors, the random state.
 #[map]
 static PKTGEN_STATE: PerCpuArray<PktgenState> = PerCpuArray::with_max_entries(1, 0);
 
-/// The traffic generator. Run on a template DATA frame built by userspace, it writes
-/// the template's headers over the frame (live-frames mode recycles pages with
-/// whatever the path left in them, e.g. a relay's rewritten headers), gives it the
-/// next session id of this CPU's cycle (`first_id + next`), keeps the UDP checksum
-/// valid with an RFC 1624 update from the template's values, and sends it out of the
-/// run's ingress interface (`XDP_TX`).
+/// Session ids for [`id_mode::TABLE`] (userspace sizes it at load; one entry here, so
+/// that loading the object for anything else does not allocate it).
+#[map]
+static PKTGEN_IDS: Array<u64> = Array::with_max_entries(1, 0);
+
+/// The traffic generator. Run on a template frame built by userspace, it writes the
+/// template's headers over the frame (live-frames mode recycles pages with whatever
+/// the path left in them, e.g. a relay's rewritten headers or a gateway's COOKIE
+/// reply), gives it the next session id of this CPU's cycle (a range, a table of real
+/// ids, or the template's own), optionally a random IPv4 source inside the template's
+/// prefix and random bytes at chosen words of the payload, keeps the IPv4 header
+/// checksum and the UDP checksum valid with RFC 1624 updates from the template's
+/// values, and sends it out of the run's ingress interface (`XDP_TX`).
 #[xdp]
 pub fn jvpn_pktgen(ctx: XdpContext) -> u32 {
     let Some(state) = PKTGEN_STATE.get_ptr_mut(0) else {
@@ -62,7 +70,30 @@ pub fn jvpn_pktgen(ctx: XdpContext) -> u32 {
             return XDP_ABORTED;
         }
     }
-    let sid = cfg.first_id.wrapping_add(state.next);
+    let sid = match cfg.id_mode {
+        id_mode::RANGE => Some(cfg.first_id.wrapping_add(state.next)),
+        id_mode::TABLE => match PKTGEN_IDS.get(state.next as u32) {
+            Some(id) => Some(*id),
+            None => {
+                state.errors += 1;
+                return XDP_ABORTED;
+            }
+        },
+        _ => None,
+    };
+    if state.rng == 0 && (cfg.n_random != 0 || cfg.src_ip_mask != 0) {
+        // SAFETY: plain helper calls.
+        let (hi, lo) = unsafe { (bpf_get_prandom_u32(), bpf_get_prandom_u32()) };
+        state.rng = (u64::from(hi) << 32 | u64::from(lo)) | 1;
+    }
+    if cfg.lead != 0 {
+        // SAFETY: helper call on our own context; the frame starts later afterwards
+        // (every pointer below is taken after it).
+        if unsafe { bpf_xdp_adjust_head(ctx.ctx, i32::from(cfg.lead)) } != 0 {
+            state.errors += 1;
+            return XDP_ABORTED;
+        }
+    }
     let st = Stamp {
         sid,
         time: cfg.stamp_time != 0,
@@ -71,11 +102,21 @@ pub fn jvpn_pktgen(ctx: XdpContext) -> u32 {
     let stamped = match cfg.family {
         AF_INET => {
             restore::<{ header_len(AF_INET) }>(&ctx, &cfg.header)
-                && stamp::<{ udp_offset(AF_INET) }, { payload_offset(AF_INET) }>(&ctx, &st)
+                && stamp::<{ udp_offset(AF_INET) }, { payload_offset(AF_INET) }>(
+                    &ctx,
+                    cfg,
+                    &st,
+                    &mut state.rng,
+                )
         }
         AF_INET6 => {
             restore::<{ header_len(AF_INET6) }>(&ctx, &cfg.header)
-                && stamp::<{ udp_offset(AF_INET6) }, { payload_offset(AF_INET6) }>(&ctx, &st)
+                && stamp::<{ udp_offset(AF_INET6) }, { payload_offset(AF_INET6) }>(
+                    &ctx,
+                    cfg,
+                    &st,
+                    &mut state.rng,
+                )
         }
         _ => false,
     };
@@ -94,7 +135,7 @@ pub fn jvpn_pktgen(ctx: XdpContext) -> u32 {
 /// Writes the template's first `N` bytes (the headers) over the frame.
 #[inline(always)]
 fn restore<const N: usize>(ctx: &XdpContext, header: &[u8; TEMPLATE_LEN]) -> bool {
-    let Some(dst) = Ctx(ctx).at_mut::<[u8; N]>(0) else {
+    let Some(dst) = Ctx(ctx).ptr_mut::<[u8; N]>(0) else {
         return false;
     };
     // SAFETY: `dst` was bounds-checked for N bytes; N <= TEMPLATE_LEN (const-checked by
@@ -103,48 +144,97 @@ fn restore<const N: usize>(ctx: &XdpContext, header: &[u8; TEMPLATE_LEN]) -> boo
     true
 }
 
-/// What one frame gets: its session id, optionally its send time (into the jvpn
-/// counter) and a source port.
+/// What one frame gets: its session id (`None`: the template's), optionally its send
+/// time (into the jvpn counter) and a source port.
 struct Stamp {
-    sid: u64,
+    sid: Option<u64>,
     time: bool,
     sport: Option<u16>,
 }
 
 /// Writes a [`Stamp`] into the UDP header at `UDP` and the jvpn header at `PAYLOAD`,
-/// updating the UDP checksum (left alone when it is 0: an IPv4 datagram without one).
+/// then the configuration's random source address (IPv4) and random payload words,
+/// updating the checksums: the UDP one is left alone when it is 0 (an IPv4 datagram
+/// without one). Every change is summed into one RFC 1624 accumulator, folded once.
 #[inline(always)]
-fn stamp<const UDP: usize, const PAYLOAD: usize>(ctx: &XdpContext, st: &Stamp) -> bool {
+fn stamp<const UDP: usize, const PAYLOAD: usize>(
+    ctx: &XdpContext,
+    cfg: &PktgenConfig,
+    st: &Stamp,
+    rng: &mut u64,
+) -> bool {
     let f = Ctx(ctx);
-    let (Some(udp), Some(hdr)) = (f.at_mut::<UdpHdr>(UDP), f.at_mut::<WireHeader>(PAYLOAD)) else {
+    let (Some(udp), Some(hdr)) = (f.ptr_mut::<UdpHdr>(UDP), f.ptr_mut::<WireHeader>(PAYLOAD))
+    else {
         return false;
     };
-    let new = st.sid.to_be_bytes();
-    // SAFETY: both pointers were bounds-checked by `at_mut`; the frame is ours.
+    // SAFETY: both pointers were bounds-checked by `ptr_mut`; the frame is ours.
     unsafe {
-        let old = (*hdr).session_id;
-        (*hdr).session_id = new;
-        let mut check = u16::from_be_bytes((*udp).check);
-        if check != 0 {
-            check = csum::udp_replace(check, &old, &new);
+        let check = u16::from_be_bytes((*udp).check);
+        // RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m') over every changed word.
+        let mut acc = u32::from(!check);
+        if let Some(sid) = st.sid {
+            let old = (*hdr).session_id;
+            let new = sid.to_be_bytes();
+            (*hdr).session_id = new;
+            acc = csum::sum_words(csum::sub_words(acc, &old), &new);
         }
         if let Some(port) = st.sport {
             let old = (*udp).sport;
             let new = port.to_be_bytes();
             (*udp).sport = new;
-            if check != 0 {
-                check = csum::udp_replace(check, &old, &new);
-            }
+            acc = csum::sum_words(csum::sub_words(acc, &old), &new);
         }
         if st.time {
             let old = (*hdr).counter;
             let new = bpf_ktime_get_ns().to_be_bytes();
             (*hdr).counter = new;
-            if check != 0 {
-                check = csum::udp_replace(check, &old, &new);
-            }
+            acc = csum::sum_words(csum::sub_words(acc, &old), &new);
         }
-        (*udp).check = check.to_be_bytes();
+        // A random IPv4 source inside the template's prefix: the IP header checksum
+        // and the UDP pseudo-header change with it.
+        if UDP == ETH_LEN + jvpn_common::headers::IPV4_LEN && cfg.src_ip_mask != 0 {
+            let Some(ip) = f.ptr_mut::<Ipv4Hdr>(ETH_LEN) else {
+                return false;
+            };
+            let old = (*ip).src;
+            let mask = cfg.src_ip_mask;
+            let bits = splitmix64(rng) as u32;
+            let new = ((u32::from_be_bytes(old) & !mask) | (bits & mask)).to_be_bytes();
+            (*ip).src = new;
+            let ip_acc = csum::sum_words(
+                csum::sub_words(u32::from(!u16::from_be_bytes((*ip).check)), &old),
+                &new,
+            );
+            (*ip).check = (!csum::fold(ip_acc)).to_be_bytes();
+            acc = csum::sum_words(csum::sub_words(acc, &old), &new);
+        }
+        // Random payload words; the template holds zeros there, so there is nothing
+        // to subtract.
+        let n = cfg.n_random as usize;
+        let mut i = 0;
+        while i < MAX_RANDOM_WORDS {
+            if i >= n {
+                break;
+            }
+            // Even and bounded, for the checksum's word alignment and the verifier.
+            let off = usize::from(cfg.random[i] & 0x3fe);
+            let Some(w) = f.ptr_mut::<[u8; 8]>(PAYLOAD + off) else {
+                return false;
+            };
+            let new = splitmix64(rng).to_be_bytes();
+            *w = new;
+            acc = csum::sum_words(acc, &new);
+            i += 1;
+        }
+        if check != 0 {
+            let c = match !csum::fold(acc) {
+                // RFC 768: a computed zero is sent as all ones; zero means "none".
+                0 => 0xffff,
+                c => c,
+            };
+            (*udp).check = c.to_be_bytes();
+        }
     }
     true
 }

@@ -2,7 +2,10 @@
 //! parser, and writable views for the programs that edit headers.
 
 use aya_ebpf::programs::XdpContext;
-use jvpn_common::{frame::Frame, headers::Wire};
+use jvpn_common::{
+    frame::{Frame, FrameMut},
+    headers::Wire,
+};
 
 pub struct Ctx<'a>(pub &'a XdpContext);
 
@@ -23,10 +26,20 @@ impl Frame for Ctx<'_> {
     }
 }
 
-impl Ctx<'_> {
-    /// Writable pointer to a `T` at `off`, bounds-checked like [`Frame::at`].
+impl FrameMut for Ctx<'_> {
     #[inline(always)]
-    pub fn at_mut<T: Wire>(&self, off: usize) -> Option<*mut T> {
+    fn at_mut<T: Wire>(&mut self, off: usize) -> Option<&mut T> {
+        // SAFETY: bounds-checked by `ptr_mut`; T has alignment 1 and takes any bytes,
+        // and `&mut self` keeps other views of this context from being used meanwhile.
+        self.ptr_mut::<T>(off).map(|p| unsafe { &mut *p })
+    }
+}
+
+impl Ctx<'_> {
+    /// Writable pointer to a `T` at `off`, bounds-checked like [`Frame::at`] (several
+    /// may be held at once, unlike [`FrameMut::at_mut`]).
+    #[inline(always)]
+    pub fn ptr_mut<T: Wire>(&self, off: usize) -> Option<*mut T> {
         let start = self.0.data();
         if start + off + core::mem::size_of::<T>() > self.0.data_end() {
             return None;

@@ -12,6 +12,8 @@ mod bench;
 #[cfg(target_arch = "bpf")]
 mod ctx;
 #[cfg(target_arch = "bpf")]
+mod hello;
+#[cfg(target_arch = "bpf")]
 mod relay;
 
 #[cfg(not(target_arch = "bpf"))]

@@ -1,4 +1,4 @@
-use crate::ctx::Ctx;
+use crate::{ctx::Ctx, hello};
 use aya_ebpf::{
     Global,
     bindings::{
@@ -45,7 +45,7 @@ static SESSION_STATS: Array<SessionStats> =
     Array::with_max_entries(DEFAULT_MAX_SESSIONS, BPF_F_MMAPABLE);
 
 #[map]
-static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counters::COUNT, 0);
+static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counters::SLOTS, 0);
 
 // BPF_FIB_LKUP_RET_* (uapi/linux/bpf.h).
 const FIB_SUCCESS: i64 = 0;
@@ -62,7 +62,7 @@ const _: () =
     assert!(core::mem::size_of::<FibBuf>() == 64 && core::mem::size_of::<FibParams>() == 64);
 
 #[inline(always)]
-fn count(reason: u32) {
+pub(crate) fn count(reason: u32) {
     if let Some(c) = DROPS.get_ptr_mut(reason) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU.
         unsafe { *c += 1 };
@@ -92,17 +92,30 @@ pub fn jvpn_relay(ctx: XdpContext) -> u32 {
 fn relay_packet(ctx: &XdpContext) -> Result<u32, Verdict> {
     let p = relay::parse(&Ctx(ctx), JVPN_PORT.load())?;
     if p.kind == Kind::Hello {
-        // The one message without a session: no lookup.
-        return Ok(XDP_PASS);
+        // The one message without a session: no lookup, the gate (hello.rs).
+        return hello::on_hello(ctx, &p);
+    }
+    if p.kind == Kind::Reply {
+        // COOKIE and TIME go from a gateway to clients, never to a gateway.
+        return Err(Verdict::Reject(counters::UNEXPECTED_REPLY));
     }
     let Some(entry) = SESSIONS.get_ptr(p.session_id) else {
         return Err(Verdict::Reject(counters::UNKNOWN_SESSION));
     };
-    if p.kind == Kind::Control {
-        return Ok(XDP_PASS);
-    }
     // SAFETY: a map value pointer stays valid for this run (RCU, NO_PREALLOC).
     let entry = unsafe { &*entry };
+    if p.kind == Kind::Control {
+        if let Some(cfg) = hello::config() {
+            let mut allowed = true;
+            with_stats(entry.stats_slot, |s| {
+                allowed = hello::control_allowed(cfg, &p, entry, s);
+            });
+            if !allowed {
+                return Err(Verdict::Reject(counters::CONTROL_LIMITED));
+            }
+        }
+        return Ok(XDP_PASS);
+    }
     let steer = match relay::steer(&p, entry) {
         Ok(s) => s,
         Err(reason) => {
@@ -254,14 +267,14 @@ fn rewrite(
     if s.dst.family == AF_INET {
         let out = relay::outer_v4(s, p, check, smac, dmac);
         let dst = f
-            .at_mut::<OuterV4>(0)
+            .ptr_mut::<OuterV4>(0)
             .ok_or(Verdict::Reject(counters::ADJUST_HEAD_FAILED))?;
-        // SAFETY: bounds checked by `at_mut`; the frame is ours until we return.
+        // SAFETY: bounds checked by `ptr_mut`; the frame is ours until we return.
         unsafe { dst.write(out) };
     } else {
         let out = relay::outer_v6(s, p, check, smac, dmac);
         let dst = f
-            .at_mut::<OuterV6>(0)
+            .ptr_mut::<OuterV6>(0)
             .ok_or(Verdict::Reject(counters::ADJUST_HEAD_FAILED))?;
         // SAFETY: as above.
         unsafe { dst.write(out) };

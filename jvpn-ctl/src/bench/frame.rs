@@ -80,7 +80,41 @@ impl FrameSpec {
     /// The frame, with a valid IPv4 header checksum and a valid UDP checksum.
     pub fn build(&self) -> Result<Vec<u8>, BenchError> {
         self.validate()?;
-        let payload = self.payload();
+        self.frame_with(&self.payload())
+    }
+
+    /// The frame carrying `payload` as its UDP payload instead of a DATA packet (any
+    /// jvpn message: a HELLO, a REATTACH_REQUEST), with valid checksums. `payload_len`
+    /// and `session_id` are not used.
+    pub fn build_with_payload(&self, payload: &[u8]) -> Result<Vec<u8>, BenchError> {
+        if self.src.is_ipv4() != self.dst.is_ipv4() {
+            return Err(BenchError::FamilyMismatch {
+                src: self.src.ip(),
+                dst: self.dst.ip(),
+            });
+        }
+        if payload.len() < HEADER_LEN {
+            return Err(BenchError::PayloadTooSmall {
+                size: payload.len(),
+                min: HEADER_LEN,
+            });
+        }
+        let spec = Self {
+            payload_len: payload.len(),
+            ..self.clone()
+        };
+        if spec.ip_len() > usize::from(u16::MAX) {
+            return Err(BenchError::PayloadTooLarge {
+                size: payload.len(),
+                ip_len: spec.ip_len(),
+                iface: "any interface".into(),
+                mtu: u32::from(u16::MAX),
+            });
+        }
+        spec.frame_with(payload)
+    }
+
+    fn frame_with(&self, payload: &[u8]) -> Result<Vec<u8>, BenchError> {
         let udp_len = (jvpn_common::headers::UDP_LEN + payload.len()) as u16;
         let mut udp_bytes = Vec::with_capacity(usize::from(udp_len));
         udp_bytes.extend_from_slice(
@@ -92,7 +126,7 @@ impl FrameSpec {
             }
             .as_bytes(),
         );
-        udp_bytes.extend_from_slice(&payload);
+        udp_bytes.extend_from_slice(payload);
 
         let mut frame = Vec::with_capacity(self.frame_len());
         let (ethertype, src, dst): (u16, Vec<u8>, Vec<u8>) = match (self.src.ip(), self.dst.ip()) {

@@ -20,7 +20,13 @@ use aya::{
     maps::{Array, MapData, PerCpuArray},
     programs::{ProgramError, TestRun as _, TestRunAttrs, TestRunOptions, Xdp},
 };
-use jvpn_common::bench::{PktgenConfig, PktgenState, TEMPLATE_LEN, header_len};
+use jvpn_common::{
+    bench::{
+        LEAD_BYTES, MAX_IDS, MAX_RANDOM_WORDS, PktgenConfig, PktgenState, TEMPLATE_LEN, header_len,
+        id_mode,
+    },
+    maps::AF_INET,
+};
 
 use super::{
     BenchError,
@@ -32,6 +38,7 @@ use crate::datapath::{DatapathError, EBPF_OBJECT, xdp_mut};
 pub const PKTGEN_PROGRAM: &str = "jvpn_pktgen";
 const CONFIG_MAP: &str = "PKTGEN_CONFIG";
 const STATE_MAP: &str = "PKTGEN_STATE";
+const IDS_MAP: &str = "PKTGEN_IDS";
 
 /// Largest batch the kernel takes (`TEST_XDP_MAX_BATCH`).
 pub const MAX_BATCH: u32 = 256;
@@ -80,6 +87,42 @@ pub struct Options {
     pub src_ports: Option<u16>,
 }
 
+/// A flood instead of DATA (the `flood` benchmark phase, docs/bench.md): the whole
+/// UDP payload of the template is given (a HELLO, a REATTACH_REQUEST), and every frame
+/// gets fresh random bytes at some of its words and, optionally, a random IPv4 source
+/// inside the template source's prefix, with both checksums kept valid.
+#[derive(Clone, Debug, Default)]
+pub struct Flood {
+    /// The template's UDP payload: a jvpn message. The random words are zeroed in it.
+    pub payload: Vec<u8>,
+    /// Session ids: frame `i` of a CPU's cycle gets `ids[i % len]` (at most
+    /// [`MAX_IDS`]). Empty: every frame keeps the payload's own (a HELLO's 0).
+    pub ids: Vec<u64>,
+    /// Offsets in the payload (even, at most 1022) of 8-byte words that get random
+    /// bytes in every frame; at most [`MAX_RANDOM_WORDS`].
+    pub random_words: Vec<u16>,
+    /// IPv4 only: the source varies over the template source's `/src_prefix` (0..=32;
+    /// 32 or more: a fixed source). A /10 is 4 million sources.
+    pub src_prefix: u8,
+    /// Every run strips [`LEAD_BYTES`] put in front of the frame, so that the kernel
+    /// sets each frame's bounds afresh (`PktgenConfig::lead`): needed when the
+    /// receiver sends frames back shortened (a gateway's COOKIEs). Costs one helper
+    /// call per frame. Repeat mode (`BPF_PROG_TEST_RUN` without live frames) keeps the
+    /// moved start from run to run, so a cost measured there needs it off.
+    pub reset_bounds: bool,
+}
+
+impl Flood {
+    /// The source-address bits that vary (host order).
+    pub fn src_ip_mask(&self) -> u32 {
+        match self.src_prefix {
+            0 => u32::MAX,
+            p if p >= 32 => 0,
+            p => u32::MAX >> p,
+        }
+    }
+}
+
 /// One progress report (about once a second).
 #[derive(Clone, Copy, Debug)]
 pub struct Progress {
@@ -119,14 +162,68 @@ pub struct Generator {
     opts: Options,
     frame: Vec<u8>,
     ifindex: u32,
+    /// `PktgenConfig::lead`.
+    lead: u8,
 }
 
 impl Generator {
     /// Checks everything that can be checked (interface, MTU, CPUs, privilege), then
     /// loads the program and writes its configuration. Sends nothing.
     pub fn new(opts: Options) -> Result<Self, BenchError> {
-        opts.frame.validate()?;
-        validate_sessions(opts.frame.session_id, opts.sessions)?;
+        Self::build(opts, None)
+    }
+
+    /// As [`Generator::new`], sending the [`Flood`]'s frames instead of DATA. Of
+    /// `opts.frame` only the MACs, addresses and ports are used; `opts.sessions` is
+    /// replaced by the number of ids (or 1) and `opts.src_ports` must be `None`.
+    pub fn flood(mut opts: Options, flood: Flood) -> Result<Self, BenchError> {
+        let ids = flood.ids.len() as u64;
+        if ids > u64::from(MAX_IDS) {
+            return Err(BenchError::BadSessions(format!(
+                "{ids} session ids for a flood: at most {MAX_IDS}"
+            )));
+        }
+        if flood.random_words.len() > MAX_RANDOM_WORDS {
+            return Err(BenchError::Invalid(format!(
+                "{} random words: at most {MAX_RANDOM_WORDS}",
+                flood.random_words.len()
+            )));
+        }
+        for &w in &flood.random_words {
+            if w % 2 != 0 || w > 0x3fe || usize::from(w) + 8 > flood.payload.len() {
+                return Err(BenchError::Invalid(format!(
+                    "random word at payload offset {w}: must be even, at most 1022, and fit \
+                     the {}-byte payload",
+                    flood.payload.len()
+                )));
+            }
+        }
+        if opts.src_ports.is_some() {
+            return Err(BenchError::Invalid(
+                "a flood varies its source address, not its port".into(),
+            ));
+        }
+        if flood.src_ip_mask() != 0 && !opts.frame.src.is_ipv4() {
+            return Err(BenchError::Invalid(
+                "random source addresses are IPv4 only".into(),
+            ));
+        }
+        opts.sessions = ids.max(1);
+        opts.frame.payload_len = flood.payload.len();
+        Self::build(opts, Some(flood))
+    }
+
+    fn build(opts: Options, flood: Option<Flood>) -> Result<Self, BenchError> {
+        match &flood {
+            None => {
+                opts.frame.validate()?;
+                validate_sessions(opts.frame.session_id, opts.sessions)?;
+            }
+            Some(f) => {
+                // Checks the family and the lengths.
+                opts.frame.build_with_payload(&f.payload)?;
+            }
+        }
         if let Some(n) = opts.src_ports {
             validate_src_ports(opts.frame.src.port(), n)?;
         }
@@ -157,11 +254,34 @@ impl Generator {
             });
         }
         crate::datapath::check_privilege()?;
-        let frame = opts.frame.build()?;
+        let frame = match &flood {
+            None => opts.frame.build()?,
+            Some(f) => {
+                let mut payload = f.payload.clone();
+                for &w in &f.random_words {
+                    payload[usize::from(w)..usize::from(w) + 8].fill(0);
+                }
+                // The lead bytes (PktgenConfig::lead) in front, stripped by every run.
+                let lead = if f.reset_bounds { LEAD_BYTES } else { 0 };
+                let mut frame = vec![0u8; usize::from(lead)];
+                frame.extend(opts.frame.build_with_payload(&payload)?);
+                frame
+            }
+        };
+        let lead = match &flood {
+            Some(f) if f.reset_bounds => LEAD_BYTES,
+            _ => 0,
+        };
 
-        let mut ebpf = super::loader()
-            .load(EBPF_OBJECT)
-            .map_err(DatapathError::Load)?;
+        let mut loader = super::loader();
+        let ids = flood.as_ref().map_or(0, |f| f.ids.len() as u32);
+        if ids > 0 {
+            loader.map_max_entries(IDS_MAP, ids);
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT).map_err(DatapathError::Load)?;
+        let mut random = [0u16; MAX_RANDOM_WORDS];
+        let words = flood.as_ref().map_or(&[][..], |f| &f.random_words[..]);
+        random[..words.len()].copy_from_slice(words);
         let config = PktgenConfig {
             first_id: opts.frame.session_id,
             n_sessions: opts.sessions,
@@ -169,11 +289,24 @@ impl Generator {
             stamp_time: u8::from(opts.stamp_time),
             src_port_mask: opts.src_ports.map_or(0, |n| n - 1),
             src_port_base: opts.frame.src.port(),
-            _pad: [0; 2],
+            id_mode: match &flood {
+                None => id_mode::RANGE,
+                Some(f) if f.ids.is_empty() => id_mode::TEMPLATE,
+                Some(_) => id_mode::TABLE,
+            },
+            n_random: words.len() as u8,
+            src_ip_mask: match &flood {
+                Some(f) if opts.frame.family() == AF_INET => f.src_ip_mask(),
+                _ => 0,
+            },
+            lead,
+            _pad: [0; 3],
+            random,
             header: {
                 let mut h = [0u8; TEMPLATE_LEN];
                 let n = header_len(opts.frame.family());
-                h[..n].copy_from_slice(&frame[..n]);
+                let at = usize::from(lead);
+                h[..n].copy_from_slice(&frame[at..at + n]);
                 h
             },
         };
@@ -189,6 +322,19 @@ impl Generator {
             name: CONFIG_MAP,
             cause,
         })?;
+        if let Some(f) = flood.as_ref().filter(|f| !f.ids.is_empty()) {
+            let map = ebpf
+                .map_mut(IDS_MAP)
+                .ok_or(BenchError::MissingMap(IDS_MAP))?;
+            let map_err = |cause| BenchError::Map {
+                name: IDS_MAP,
+                cause,
+            };
+            let mut arr: Array<&mut MapData, u64> = Array::try_from(map).map_err(map_err)?;
+            for (i, id) in f.ids.iter().enumerate() {
+                arr.set(i as u32, *id, 0).map_err(map_err)?;
+            }
+        }
         xdp_mut(&mut ebpf, PKTGEN_PROGRAM)?
             .load()
             .map_err(|cause| DatapathError::Program {
@@ -196,6 +342,7 @@ impl Generator {
                 cause,
             })?;
         Ok(Self {
+            lead,
             ebpf,
             opts,
             frame,
@@ -203,9 +350,16 @@ impl Generator {
         })
     }
 
-    /// The template frame.
+    /// The template frame as the kernel gets it (a flood's with its lead bytes in
+    /// front: [`Generator::lead`]).
     pub fn frame(&self) -> &[u8] {
         &self.frame
+    }
+
+    /// Bytes in front of [`Generator::frame`] that each run strips (see
+    /// `PktgenConfig::lead`): what a run's output lacks to be its next input.
+    pub fn lead(&self) -> usize {
+        usize::from(self.lead)
     }
 
     /// The loaded generator program (tests run it on single frames).
@@ -408,7 +562,7 @@ impl Generator {
             veth_xmit: delta.map(|d| d.xmit),
             veth_xmit_errors: delta.map(|d| d.errors),
             interrupted,
-            frame_bytes: self.frame.len(),
+            frame_bytes: self.frame.len() - self.lead(),
             payload_bytes: self.opts.frame.payload_len,
             sessions: self.opts.sessions,
             cpus: self.opts.cpus.clone(),

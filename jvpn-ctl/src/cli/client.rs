@@ -188,6 +188,28 @@ fn render(s: &ClientStatus) -> String {
     if s.tunnel_mtu > 0 {
         line("tunnel MTU", s.tunnel_mtu.to_string());
     }
+    if s.idle {
+        line(
+            "keepalives",
+            "idle schedule (no tunnel data lately)".to_string(),
+        );
+    }
+    if s.clock_offset_ms != 0 {
+        let (n, side) = (s.clock_offset_ms.unsigned_abs(), s.clock_offset_ms > 0);
+        line(
+            "clock offset",
+            format!(
+                "{}{} ms: our clock is {n} ms {} the gateway's{}",
+                if side { "+" } else { "-" },
+                n,
+                if side { "behind" } else { "ahead of" },
+                s.clock_offset_source
+                    .as_ref()
+                    .map(|w| format!(" ({w})"))
+                    .unwrap_or_default()
+            ),
+        );
+    }
     let c = &s.counters;
     line(
         "traffic",

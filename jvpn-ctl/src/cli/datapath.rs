@@ -121,10 +121,11 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
             println!("not relayed, by reason:");
             for (i, n) in p.drops()?.iter().enumerate() {
                 let reason = i as u32;
-                let note = if counters::is_pass(reason) {
-                    " (handed to the kernel)"
-                } else {
-                    ""
+                let note = match (reason, counters::fate(reason)) {
+                    (_, counters::Fate::Passed) => " (handed to the kernel)",
+                    (counters::COOKIE_INVALID, _) => " (answered with a new COOKIE)",
+                    (_, counters::Fate::Answered) => " (answered with a COOKIE, not lost)",
+                    (_, counters::Fate::Dropped) => "",
                 };
                 println!("  {:<20} {n}{note}", counters::name(reason));
             }

@@ -90,6 +90,19 @@ fn one_line(ev: &EventRecord) -> String {
             candidate, detail, ..
         } => format!("{candidate} refused ({})", detail.name()),
         EventRecord::SecurityEvent { source, kind, .. } => format!("{kind} from {source}"),
+        EventRecord::SecuritySummary {
+            kind,
+            prefix,
+            count,
+            suppressed,
+            interval_ms,
+            ..
+        } => {
+            format!("{kind} from {prefix}: {count} in {interval_ms} ms ({suppressed} only counted)")
+        }
+        EventRecord::EventsSuppressed { count, bytes, .. } => {
+            format!("{count} events ({bytes} bytes) left out of the event log over its rate")
+        }
         EventRecord::OwnershipChange {
             from_node,
             to_node,
@@ -170,6 +183,19 @@ mod tests {
                 kind: "replay".into(),
             }),
             "1970-01-01T00:00:00.000Z SECURITY_EVENT ---------------- replay from 198.51.100.7:9"
+        );
+        assert_eq!(
+            one_line(&EventRecord::SecuritySummary {
+                ts_ms: 0,
+                kind: "bad_signature".into(),
+                prefix: "10.77.2.0/24".into(),
+                count: 1_200,
+                suppressed: 1_199,
+                interval_ms: 1_000,
+                session_id: None,
+            }),
+            "1970-01-01T00:00:00.000Z SECURITY_SUMMARY ---------------- bad_signature from \
+             10.77.2.0/24: 1200 in 1000 ms (1199 only counted)"
         );
     }
 }

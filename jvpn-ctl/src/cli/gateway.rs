@@ -109,8 +109,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread: the controller's loop polls its own sockets. On a multi-threaded
+    // runtime a worker ran the I/O driver and woke the loop's thread for every
+    // readiness event — two thread switches per datagram, a third of the controller's
+    // CPU under keepalive load (docs/gateway.md, "Keepalives at scale"). The store's
+    // etcd client, the cluster and the event-log writer keep their own threads.
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;

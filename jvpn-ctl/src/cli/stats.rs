@@ -46,15 +46,35 @@ fn render(s: &Stats) -> String {
         "down",
         format!("{} packets, {}", s.down_packets, bytes(s.down_bytes)),
     );
+    let suppressed = |r: &str| s.events_suppressed.get(r).copied().unwrap_or(0);
     line(
         "events",
-        format!("{} emitted, {} dropped", s.events_emitted, s.events_dropped),
+        format!(
+            "{} emitted, {} dropped, {} aggregated, {} over the log's rate; log rotated {}x",
+            s.events_emitted,
+            s.events_dropped,
+            suppressed("aggregated"),
+            suppressed("rate"),
+            s.event_log_rotations
+        ),
     );
     line("security events", s.security_events.to_string());
+    section(
+        &mut out,
+        "security events by kind",
+        &s.security_by_kind,
+        None,
+    );
     section(&mut out, "reattach outcomes", &s.reattach, Some("success"));
     section(&mut out, "handshakes", &s.handshakes, Some("success"));
     section(&mut out, "malformed messages", &s.malformed, None);
     section(&mut out, "xdp drops", &s.xdp_drops, None);
+    section(
+        &mut out,
+        "xdp answers (not drops)",
+        &s.xdp_answered,
+        Some("hello_cookie_sent"),
+    );
     out
 }
 
@@ -83,6 +103,10 @@ mod tests {
             uptime_s: 75,
             sessions_by_state: [("ATTACHED".to_owned(), 2)].into(),
             reattach: [("replay".to_owned(), 1), ("success".to_owned(), 4)].into(),
+            security_events: 3,
+            security_by_kind: [("bad_signature".to_owned(), 3)].into(),
+            events_emitted: 9,
+            events_suppressed: [("aggregated".to_owned(), 2)].into(),
             ..Stats::default()
         };
         let text = render(&s);
@@ -97,5 +121,16 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("\nxdp drops\n  (none)\n"), "{text}");
+        assert!(
+            text.contains(
+                "\nevents           9 emitted, 0 dropped, 2 aggregated, 0 over the log's rate; \
+                 log rotated 0x\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nsecurity events by kind\n  bad_signature           3\n"),
+            "{text}"
+        );
     }
 }

@@ -197,6 +197,13 @@ pub struct HealthConfig {
     /// when another transport is healthy); back under the leave thresholds (half the
     /// loss, 80 % of RTT and jitter) three times as long → healthy again.
     pub quality_dwell_ms: u64,
+    /// No tunnel data sent or received for this long makes the session idle (0:
+    /// never): keepalives slow to `idle_keepalive_ms` on the bound transport and
+    /// `idle_standby_ms` on the others, so a gateway can keep a million idle sessions
+    /// alive (docs/client.md, "Keepalive schedule"). The first data speeds them up again.
+    pub idle_after_ms: u64,
+    pub idle_keepalive_ms: u64,
+    pub idle_standby_ms: u64,
 }
 
 impl Default for HealthConfig {
@@ -212,6 +219,9 @@ impl Default for HealthConfig {
             transport_loss_ttl_ms: 0,
             probe_interval_ms: 100,
             quality_dwell_ms: 400,
+            idle_after_ms: 10_000,
+            idle_keepalive_ms: 15_000,
+            idle_standby_ms: 25_000,
         }
     }
 }
@@ -221,13 +231,8 @@ impl Default for HealthConfig {
 /// keepalive hint: what the keepalive bench offers the gateway per session.
 pub fn idle_keepalives_per_s(transports: usize) -> f64 {
     let h = HealthConfig::default();
-    let keepalive = crate::session::Policy::default().keepalive_interval_ms as f64;
-    let bound = if h.probe_interval_ms == 0 {
-        keepalive
-    } else {
-        h.probe_interval_ms as f64
-    };
-    1000.0 / bound + transports.saturating_sub(1) as f64 * 1000.0 / keepalive
+    1000.0 / h.idle_keepalive_ms as f64
+        + transports.saturating_sub(1) as f64 * 1000.0 / h.idle_standby_ms as f64
 }
 
 /// The file as written; flags fill or override it, then [`ClientConfig::validate`].
@@ -345,6 +350,24 @@ impl ClientConfig {
                 return Err(invalid(k, "must be positive"));
             }
         }
+        if h.idle_after_ms > 3_600_000 {
+            return Err(invalid(
+                "health.idle_after_ms",
+                "at most 3600000 (an hour; 0: never idle)",
+            ));
+        }
+        if h.idle_after_ms > 0 {
+            // NAT mappings of UDP live ~30 s or more (RFC 4787 asks for 2 min): slower
+            // than a minute would lose them.
+            for (k, v) in [
+                ("health.idle_keepalive_ms", h.idle_keepalive_ms),
+                ("health.idle_standby_ms", h.idle_standby_ms),
+            ] {
+                if !(1_000..=60_000).contains(&v) {
+                    return Err(invalid(k, "must be between 1000 and 60000"));
+                }
+            }
+        }
         Ok(())
     }
 
@@ -364,6 +387,31 @@ mod tests {
             "identity = \"/k\"\ngateway_public_key = \"{KEY}\"\n{extra}\n\
              [[transport]]\nname = \"wifi\"\nkind = \"wifi\"\nbind = \"10.0.0.2:0\"\ngateway = \"10.0.0.1:51820\"\n"
         )
+    }
+
+    #[test]
+    fn idle_schedule_values_are_checked() {
+        for (extra, key) in [
+            (
+                "[health]\nidle_keepalive_ms = 0",
+                "health.idle_keepalive_ms",
+            ),
+            (
+                "[health]\nidle_standby_ms = 600000",
+                "health.idle_standby_ms",
+            ),
+            ("[health]\nidle_after_ms = 3600001", "health.idle_after_ms"),
+        ] {
+            let e = ClientConfig::parse(&text(extra))
+                .unwrap()
+                .validate()
+                .unwrap_err();
+            assert!(e.to_string().contains(key), "{e}");
+        }
+        // Never idle: the idle periods are not used, so not checked.
+        let c = ClientConfig::parse(&text("[health]\nidle_after_ms = 0\nidle_keepalive_ms = 0"));
+        c.unwrap().validate().unwrap();
+        assert!((idle_keepalives_per_s(3) - (1.0 / 15.0 + 2.0 / 25.0)).abs() < 1e-9);
     }
 
     #[test]

@@ -132,6 +132,17 @@ impl Health {
         self.probes.retain(|(_, acked)| *acked);
     }
 
+    /// The session woke from idle: the slow schedule's gaps between probes are not
+    /// silence, so silence counts from now (a probe still outstanding and then lost
+    /// is loss as ever).
+    pub fn rebase(&mut self, now_ms: u64) {
+        let gap = self.silence_ms(now_ms);
+        self.since_ms += gap;
+        if let Some(t) = &mut self.last_rx_ms {
+            *t += gap;
+        }
+    }
+
     pub fn on_probe_sent(&mut self, ts_ms: u64) {
         if self.probes.len() == WINDOW {
             self.probes.pop_front();

@@ -32,6 +32,18 @@ pub struct ClientStatus {
     /// the configured `mtu` (0 while no session is up).
     #[serde(default)]
     pub tunnel_mtu: u16,
+    /// The gateway's clock minus ours, in ms: what every timestamp sent to the
+    /// gateway is stamped with on top of local time (docs/protocol.md, "Freshness
+    /// without synchronized clocks"). 0 until a TIME or a WELCOME says otherwise.
+    #[serde(default)]
+    pub clock_offset_ms: i64,
+    /// Where the offset was learned: `"TIME from 10.77.1.1:51820"`, `"WELCOME from …"`.
+    #[serde(default)]
+    pub clock_offset_source: Option<String>,
+    /// No tunnel data for `idle_after_ms`: the slow keepalive schedule
+    /// (docs/client.md, "Keepalive schedule").
+    #[serde(default)]
+    pub idle: bool,
     pub transports: Vec<TransportStatus>,
     pub counters: Counters,
 }
@@ -79,6 +91,9 @@ pub struct TransportStatus {
     /// enough flows to say (the bound transport only); `loss_pct` is the probes'.
     #[serde(default)]
     pub data_loss_pct: Option<u32>,
+    /// It holds a gateway's cookie (from a COOKIE) that its HELLOs carry.
+    #[serde(default)]
+    pub cookie: bool,
 }
 
 /// One completed switch. For a recovery, `silent_ms` (last packet heard on the old
@@ -149,4 +164,17 @@ pub struct Counters {
     /// Times the agent's own loop ran late (its backlog): not counted as silence.
     #[serde(default)]
     pub stalls: u64,
+    /// TIMEs that verified for a HELLO waiting and set the clock offset.
+    #[serde(default)]
+    pub time_replies: u64,
+    /// TIMEs that changed nothing: malformed, bad signature, or no HELLO waiting
+    /// with their nonce (a replay, or not for us).
+    #[serde(default)]
+    pub time_refused: u64,
+    /// COOKIEs taken (the gateway under load): each sent one HELLO again with it.
+    #[serde(default)]
+    pub cookies: u64,
+    /// COOKIEs that changed nothing (malformed, or no HELLO waiting with their nonce).
+    #[serde(default)]
+    pub cookie_refused: u64,
 }

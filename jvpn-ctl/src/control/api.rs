@@ -309,6 +309,23 @@ pub const OWNERSHIP_KINDS: [&str; 6] = [
     "adopting", "acquired", "lost", "refused", "in_doubt", "no_lease",
 ];
 
+/// The kinds of [`Stats::security_by_kind`], each always reported (0 until seen):
+/// refused reattaches (`proof_invalid`, `freshness_expired`, `replay`,
+/// `source_banned`, `before_start`) and HELLOs (`unknown_peer`, `bad_signature`, and
+/// the same freshness, replay and start checks).
+pub const SECURITY_KINDS: [&str; 7] = [
+    "proof_invalid",
+    "freshness_expired",
+    "replay",
+    "source_banned",
+    "before_start",
+    "unknown_peer",
+    "bad_signature",
+];
+
+/// The reasons of [`Stats::events_suppressed`], each always reported.
+pub const SUPPRESSED_REASONS: [&str; 2] = ["aggregated", "rate"];
+
 /// The cluster part of [`Stats`].
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -337,15 +354,30 @@ pub struct Stats {
     /// rebind), `not_bound_limited` (over the per-session rate, not answered).
     #[serde(default)]
     pub keepalives: BTreeMap<String, u64>,
+    /// Security events, published or not (aggregated): the sum of
+    /// `security_by_kind`.
     pub security_events: u64,
-    /// XDP drop counters by reason.
+    /// Security events by kind (`proof_invalid`, `bad_signature`, ...).
+    pub security_by_kind: BTreeMap<String, u64>,
+    /// XDP drop counters by reason (with the two reasons whose packets are handed to
+    /// the kernel, `neigh_unresolved` and `fragment_passed`).
     pub xdp_drops: BTreeMap<String, u64>,
+    /// HELLOs the XDP program answered itself, by reason: `hello_cookie_sent` (a COOKIE
+    /// by `XDP_TX`, nothing lost), `cookie_invalid` (of those, the ones whose cookie
+    /// failed).
+    pub xdp_answered: BTreeMap<String, u64>,
     pub up_packets: u64,
     pub up_bytes: u64,
     pub down_packets: u64,
     pub down_bytes: u64,
     pub events_emitted: u64,
     pub events_dropped: u64,
+    /// Events left out on purpose, by reason: `aggregated` (security events only
+    /// counted, each in a `SECURITY_SUMMARY`), `rate` (lines not written to the event
+    /// log over its byte rate, each in an `EVENTS_SUPPRESSED`).
+    pub events_suppressed: BTreeMap<String, u64>,
+    /// Times the event log reached its size limit and was renamed to `<file>.1`.
+    pub event_log_rotations: u64,
     /// Cluster nodes only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterStats>,
@@ -386,6 +418,25 @@ pub enum EventRecord {
         /// `bad_signature`, `blacklisted_source`, ...
         kind: String,
     },
+    /// Security events of one kind from one source prefix (IPv4 /24, IPv6 /64; `*`:
+    /// the keys beyond the aggregation table's bound) over one aggregation interval,
+    /// published when the interval ends if some of them were only counted
+    /// (docs/gateway.md, "Events"). `count`: all of them, the one published as a
+    /// `SECURITY_EVENT` included; `suppressed`: those only counted (`count` − 1, or
+    /// `count` for `*`, whose events are never published one by one); `session_id`:
+    /// the session all of them were for, if they were all for one.
+    SecuritySummary {
+        ts_ms: u64,
+        kind: String,
+        prefix: String,
+        count: u64,
+        suppressed: u64,
+        interval_ms: u64,
+        session_id: Option<SessionId>,
+    },
+    /// In the event log only: `count` lines (`bytes` bytes) were left out over the
+    /// log's byte-rate budget since the last line written.
+    EventsSuppressed { ts_ms: u64, count: u64, bytes: u64 },
     /// A session changed owner node in a cluster (`from_node`: none when it had no
     /// owner, its last one's lease having run out); `epoch` is the new owner's
     /// fencing token.
@@ -428,6 +479,8 @@ impl EventRecord {
             | EventRecord::TransportSwitch { ts_ms, .. }
             | EventRecord::TransportSwitchDenied { ts_ms, .. }
             | EventRecord::SecurityEvent { ts_ms, .. }
+            | EventRecord::SecuritySummary { ts_ms, .. }
+            | EventRecord::EventsSuppressed { ts_ms, .. }
             | EventRecord::OwnershipChange { ts_ms, .. }
             | EventRecord::TransportHealth { ts_ms, .. }
             | EventRecord::ControllerStarted { ts_ms, .. } => *ts_ms,
@@ -441,8 +494,9 @@ impl EventRecord {
             | EventRecord::TransportSwitchDenied { session_id, .. }
             | EventRecord::OwnershipChange { session_id, .. } => Some(*session_id),
             EventRecord::SecurityEvent { session_id, .. }
+            | EventRecord::SecuritySummary { session_id, .. }
             | EventRecord::TransportHealth { session_id, .. } => *session_id,
-            EventRecord::ControllerStarted { .. } => None,
+            EventRecord::ControllerStarted { .. } | EventRecord::EventsSuppressed { .. } => None,
         }
     }
 
@@ -453,6 +507,8 @@ impl EventRecord {
             EventRecord::TransportSwitch { .. } => "TRANSPORT_SWITCH",
             EventRecord::TransportSwitchDenied { .. } => "TRANSPORT_SWITCH_DENIED",
             EventRecord::SecurityEvent { .. } => "SECURITY_EVENT",
+            EventRecord::SecuritySummary { .. } => "SECURITY_SUMMARY",
+            EventRecord::EventsSuppressed { .. } => "EVENTS_SUPPRESSED",
             EventRecord::OwnershipChange { .. } => "OWNERSHIP_CHANGE",
             EventRecord::TransportHealth { .. } => "TRANSPORT_HEALTH",
             EventRecord::ControllerStarted { .. } => "CONTROLLER_STARTED",
@@ -751,6 +807,28 @@ mod tests {
                 },
                 json!({"type":"SECURITY_EVENT","ts_ms":4,"session_id":null,
                        "source":"198.51.100.1:5","kind":"unknown_peer"}),
+            ),
+            (
+                EventRecord::SecuritySummary {
+                    ts_ms: 5,
+                    kind: "bad_signature".into(),
+                    prefix: "10.77.2.0/24".into(),
+                    count: 110_000,
+                    suppressed: 109_999,
+                    interval_ms: 1000,
+                    session_id: None,
+                },
+                json!({"type":"SECURITY_SUMMARY","ts_ms":5,"kind":"bad_signature",
+                       "prefix":"10.77.2.0/24","count":110_000,"suppressed":109_999,
+                       "interval_ms":1000,"session_id":null}),
+            ),
+            (
+                EventRecord::EventsSuppressed {
+                    ts_ms: 6,
+                    count: 3,
+                    bytes: 420,
+                },
+                json!({"type":"EVENTS_SUPPRESSED","ts_ms":6,"count":3,"bytes":420}),
             ),
         ];
         for (ev, want) in cases {

@@ -7,6 +7,11 @@
 //! followers of the control socket, and `try_send`s to the file sink's bounded queue;
 //! a full queue counts a dropped event. The file sink runs on its own thread, so a
 //! slow disk never reaches the gateway's tasks.
+//!
+//! The file's growth is bounded ([`LogLimits`]): a byte-rate budget (lines over it are
+//! left out, counted, and one `EVENTS_SUPPRESSED` line says so when writing resumes)
+//! and a size limit (the file is renamed to `<file>.1` and a new one started). Both
+//! apply to the file only: followers and the recent-events ring get every event.
 
 use std::{
     collections::VecDeque,
@@ -22,15 +27,44 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, mpsc::error::TryRecvError};
 
-use super::{ControlError, api::EventRecord};
+use super::{
+    ControlError,
+    api::{EventRecord, unix_ms},
+};
 
 /// Events kept for `jvpn-ctl events` and for the start of `events --follow`.
 pub const RECENT_CAPACITY: usize = 1024;
 
 /// Default capacity of the follower broadcast and of the file sink's queue.
 pub const DEFAULT_CAPACITY: usize = 4096;
+
+/// Default byte rate of the event log (`event_log_rate_bytes`).
+pub const DEFAULT_RATE_BYTES: u64 = 64 * 1024;
+/// Default size at which the event log is rotated (`event_log_max_bytes`).
+pub const DEFAULT_MAX_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Bounds on the event log's growth.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogLimits {
+    /// Bytes per second, with a burst of one second's worth (a token bucket); lines
+    /// over it are not written (counted, and summarised in one `EVENTS_SUPPRESSED`
+    /// line when writing resumes).
+    pub rate_bytes: u64,
+    /// A line that would take the file past this renames it to `<file>.1` (replacing
+    /// an older one) and starts a new file. Regular files only.
+    pub max_bytes: u64,
+}
+
+impl Default for LogLimits {
+    fn default() -> Self {
+        Self {
+            rate_bytes: DEFAULT_RATE_BYTES,
+            max_bytes: DEFAULT_MAX_BYTES,
+        }
+    }
+}
 
 /// The gateway's event bus. Cheap to clone; all clones are the same bus.
 #[derive(Clone)]
@@ -44,6 +78,10 @@ struct Inner {
     capacity: usize,
     emitted: AtomicU64,
     dropped: AtomicU64,
+    /// Lines the file sink left out over its byte rate.
+    rate_suppressed: AtomicU64,
+    /// Rotations of the event log at its size limit.
+    rotations: AtomicU64,
 }
 
 struct Shared {
@@ -67,6 +105,8 @@ impl EventBus {
                 capacity,
                 emitted: AtomicU64::new(0),
                 dropped: AtomicU64::new(0),
+                rate_suppressed: AtomicU64::new(0),
+                rotations: AtomicU64::new(0),
             }),
         }
     }
@@ -131,6 +171,16 @@ impl EventBus {
         self.inner.dropped.fetch_add(n, Relaxed);
     }
 
+    /// Lines the event log left out over its byte rate (`EVENTS_SUPPRESSED`).
+    pub fn rate_suppressed(&self) -> u64 {
+        self.inner.rate_suppressed.load(Relaxed)
+    }
+
+    /// Times the event log reached its size limit and was rotated.
+    pub fn log_rotations(&self) -> u64 {
+        self.inner.rotations.load(Relaxed)
+    }
+
     pub fn capacity(&self) -> usize {
         self.inner.capacity
     }
@@ -185,7 +235,7 @@ impl Drop for FileSink {
 }
 
 /// Starts writing `bus`'s events to the event log at `path` (created with mode 0640
-/// if missing, appended to otherwise).
+/// if missing, appended to otherwise), within the default [`LogLimits`].
 ///
 /// The first open happens here, so a bad path is a startup error. Later failures
 /// (disk full, file made unwritable, directory removed) count a dropped event per
@@ -193,13 +243,24 @@ impl Drop for FileSink {
 /// file on later events. The path is re-checked about once a second, so a log that
 /// is rotated away (renamed or deleted) is recreated.
 pub fn spawn_file_sink(path: impl Into<PathBuf>, bus: &EventBus) -> Result<FileSink, ControlError> {
-    spawn_file_sink_with(path.into(), bus, Duration::from_secs(1))
+    spawn_file_sink_limited(path, bus, LogLimits::default())
+}
+
+/// [`spawn_file_sink`] within `limits` (the gateway's `event_log_rate_bytes` and
+/// `event_log_max_bytes`).
+pub fn spawn_file_sink_limited(
+    path: impl Into<PathBuf>,
+    bus: &EventBus,
+    limits: LogLimits,
+) -> Result<FileSink, ControlError> {
+    spawn_file_sink_with(path.into(), bus, Duration::from_secs(1), limits)
 }
 
 fn spawn_file_sink_with(
     path: PathBuf,
     bus: &EventBus,
     recheck: Duration,
+    limits: LogLimits,
 ) -> Result<FileSink, ControlError> {
     let rx = bus.attach_sink().ok_or_else(|| {
         ControlError::Other("an event log is already attached to this event bus".into())
@@ -208,6 +269,8 @@ fn spawn_file_sink_with(
         bus.detach_sink();
         ControlError::io(format!("cannot open event log {}", path.display()), e)
     })?;
+    let size = file.metadata().map_or(0, |m| m.len());
+    let regular = file.metadata().is_ok_and(|m| m.file_type().is_file());
     let mut writer = LogWriter {
         path,
         file: Some(file),
@@ -216,11 +279,17 @@ fn spawn_file_sink_with(
         resync: false,
         warned: None,
         suppressed: 0,
+        size,
+        regular,
+        max_bytes: limits.max_bytes,
+        budget: ByteBudget::new(limits.rate_bytes, 0),
+        started: Instant::now(),
+        left_out: None,
+        bus: bus.clone(),
     };
-    let sink_bus = bus.clone();
     let thread = thread::Builder::new()
         .name("jvpn-event-log".into())
-        .spawn(move || writer.run(rx, &sink_bus))
+        .spawn(move || writer.run(rx))
         .map_err(|e| {
             bus.detach_sink();
             ControlError::io("cannot start the event log thread", e)
@@ -265,6 +334,77 @@ fn write_all_counted(file: &mut File, buf: &[u8]) -> (usize, io::Result<()>) {
 }
 
 const WARN_EVERY: Duration = Duration::from_secs(10);
+/// While an `EVENTS_SUPPRESSED` line waits for the budget and no event comes, how
+/// often the writer looks again (short: events arriving meanwhile wait in the
+/// bounded queue).
+const NOTICE_POLL: Duration = Duration::from_millis(10);
+
+/// A token bucket of bytes: `rate` per second, holding at most one second's worth
+/// (the burst). Pure: time comes in as milliseconds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct ByteBudget {
+    rate: u64,
+    /// What is left, in thousandths of a byte (a millisecond's refill is exact).
+    milli: u64,
+    at_ms: u64,
+}
+
+impl ByteBudget {
+    /// Full at `now_ms`.
+    fn new(rate: u64, now_ms: u64) -> Self {
+        let rate = rate.max(1);
+        Self {
+            rate,
+            milli: rate.saturating_mul(1000),
+            at_ms: now_ms,
+        }
+    }
+
+    fn burst(&self) -> u64 {
+        self.rate
+    }
+
+    /// Whole bytes available at `now_ms`.
+    fn available(&mut self, now_ms: u64) -> u64 {
+        let dt = now_ms.saturating_sub(self.at_ms);
+        self.at_ms = self.at_ms.max(now_ms);
+        self.milli = self
+            .milli
+            .saturating_add(dt.saturating_mul(self.rate))
+            .min(self.rate.saturating_mul(1000));
+        self.milli / 1000
+    }
+
+    /// Takes `n` bytes if they are there.
+    fn take(&mut self, n: u64, now_ms: u64) -> bool {
+        if self.available(now_ms) < n {
+            return false;
+        }
+        self.milli -= n * 1000;
+        true
+    }
+}
+
+/// Lines left out since the last line written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct LeftOut {
+    count: u64,
+    bytes: u64,
+}
+
+impl LeftOut {
+    /// The `EVENTS_SUPPRESSED` line that tells of them.
+    fn line(self) -> Vec<u8> {
+        let rec = EventRecord::EventsSuppressed {
+            ts_ms: unix_ms(),
+            count: self.count,
+            bytes: self.bytes,
+        };
+        let mut l = serde_json::to_vec(&rec).expect("an event always serializes");
+        l.push(b'\n');
+        l
+    }
+}
 
 struct LogWriter {
     path: PathBuf,
@@ -275,26 +415,119 @@ struct LogWriter {
     resync: bool,
     warned: Option<Instant>,
     suppressed: u64,
+    /// Bytes in the open file.
+    size: u64,
+    /// The open file is a regular file (only those are rotated).
+    regular: bool,
+    max_bytes: u64,
+    budget: ByteBudget,
+    /// The budget's clock.
+    started: Instant,
+    left_out: Option<LeftOut>,
+    bus: EventBus,
 }
 
 impl LogWriter {
-    fn run(&mut self, mut rx: mpsc::Receiver<EventRecord>, bus: &EventBus) {
+    fn run(&mut self, mut rx: mpsc::Receiver<EventRecord>) {
         // Ends when the bus detaches the sink (or is gone) and the queue is drained.
-        while let Some(rec) = rx.blocking_recv() {
-            let mut line = match serde_json::to_vec(&rec) {
-                Ok(l) => l,
-                Err(e) => {
-                    bus.note_dropped(1);
-                    self.warn(&io::Error::other(e));
-                    continue;
+        loop {
+            let rec = if self.left_out.is_some() {
+                // Something was left out: say so as soon as the budget allows, even
+                // if no event comes.
+                match rx.try_recv() {
+                    Ok(rec) => rec,
+                    Err(TryRecvError::Empty) => {
+                        if !self.write_notice(false) {
+                            thread::sleep(NOTICE_POLL);
+                        }
+                        continue;
+                    }
+                    Err(TryRecvError::Disconnected) => break,
+                }
+            } else {
+                match rx.blocking_recv() {
+                    Some(rec) => rec,
+                    None => break,
                 }
             };
-            line.push(b'\n');
-            if let Err(e) = self.write(&line) {
-                bus.note_dropped(1);
-                self.warn(&e);
+            self.handle(&rec);
+        }
+        // Closing: what was left out is told, over the budget if need be.
+        self.write_notice(true);
+    }
+
+    fn handle(&mut self, rec: &EventRecord) {
+        let mut line = match serde_json::to_vec(rec) {
+            Ok(l) => l,
+            Err(e) => {
+                self.bus.note_dropped(1);
+                self.warn(&io::Error::other(e));
+                return;
+            }
+        };
+        line.push(b'\n');
+        let notice = self.left_out.map(LeftOut::line);
+        let need = line.len() + notice.as_ref().map_or(0, Vec::len);
+        if !self.admit(need as u64) {
+            let l = self.left_out.get_or_insert_default();
+            l.count += 1;
+            l.bytes += line.len() as u64;
+            self.bus.inner.rate_suppressed.fetch_add(1, Relaxed);
+            return;
+        }
+        if let Some(n) = notice {
+            match self.write(&n) {
+                Ok(()) => self.left_out = None,
+                Err(e) => self.warn(&e),
             }
         }
+        if let Err(e) = self.write(&line) {
+            self.bus.note_dropped(1);
+            self.warn(&e);
+        }
+    }
+
+    /// Takes `need` bytes from the budget. After a cut, writing resumes only once a
+    /// quarter of the burst is back, so that a steady flood gets a few
+    /// `EVENTS_SUPPRESSED` lines a second, not one between every two lines.
+    fn admit(&mut self, need: u64) -> bool {
+        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        if self.left_out.is_some() && self.budget.available(now) < self.budget.burst() / 4 {
+            return false;
+        }
+        self.budget.take(need, now)
+    }
+
+    /// Writes the pending `EVENTS_SUPPRESSED` line if the budget allows (always with
+    /// `force`); true when none is pending any more.
+    fn write_notice(&mut self, force: bool) -> bool {
+        let Some(l) = self.left_out else {
+            return true;
+        };
+        let n = l.line();
+        if !force && !self.admit(n.len() as u64) {
+            return false;
+        }
+        match self.write(&n) {
+            Ok(()) => {
+                self.left_out = None;
+                true
+            }
+            Err(e) => {
+                self.warn(&e);
+                false
+            }
+        }
+    }
+
+    fn open(&mut self) -> io::Result<()> {
+        self.checked = Instant::now();
+        let file = open_log(&self.path)?;
+        let meta = file.metadata()?;
+        self.size = meta.len();
+        self.regular = meta.file_type().is_file();
+        self.file = Some(file);
+        Ok(())
     }
 
     fn write(&mut self, line: &[u8]) -> io::Result<()> {
@@ -305,14 +538,18 @@ impl LogWriter {
             }
         }
         if self.file.is_none() {
-            self.checked = Instant::now();
-            self.file = Some(open_log(&self.path)?);
+            self.open()?;
         }
+        let len = (usize::from(self.resync) + line.len()) as u64;
+        if self.regular && self.size > 0 && self.size.saturating_add(len) > self.max_bytes {
+            self.rotate()?;
+        }
+        let prefix: &[u8] = if self.resync { b"\n" } else { b"" };
         let Some(file) = &mut self.file else {
             unreachable!()
         };
-        let prefix: &[u8] = if self.resync { b"\n" } else { b"" };
         let (written, result) = write_all_counted(file, &[prefix, line].concat());
+        self.size += written as u64;
         match result {
             Ok(()) => {
                 self.resync = false;
@@ -327,6 +564,35 @@ impl LogWriter {
                 Err(e)
             }
         }
+    }
+
+    /// The file reached its size limit: renamed to `<file>.1` (replacing an older
+    /// one), and a new file started.
+    fn rotate(&mut self) -> io::Result<()> {
+        self.file = None;
+        let old = rotated(&self.path);
+        match std::fs::rename(&self.path, &old) {
+            Ok(()) => {}
+            // Gone meanwhile (rotated by someone else): a new file all the same.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("rotating to {}: {e}", old.display()),
+                ));
+            }
+        }
+        // A cut line stays in the old file.
+        self.resync = false;
+        self.open()?;
+        self.bus.inner.rotations.fetch_add(1, Relaxed);
+        tracing::info!(
+            path = %self.path.display(),
+            "event log reached {} bytes: renamed to {}, a new file started",
+            self.max_bytes,
+            old.display()
+        );
+        Ok(())
     }
 
     /// The path still names the open file (not rotated away or deleted).
@@ -355,6 +621,13 @@ impl LogWriter {
         self.warned = Some(now);
         self.suppressed = 0;
     }
+}
+
+/// `<file>.1`, where a rotated event log goes.
+pub fn rotated(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".1");
+    PathBuf::from(s)
 }
 
 #[cfg(test)]
@@ -490,7 +763,8 @@ pub(crate) mod tests {
         let dir = temp_dir("rmdir");
         let path = dir.join("events.log");
         let bus = EventBus::new(64);
-        let sink = spawn_file_sink_with(path.clone(), &bus, Duration::ZERO).unwrap();
+        let sink =
+            spawn_file_sink_with(path.clone(), &bus, Duration::ZERO, LogLimits::default()).unwrap();
         bus.emit(ev(0));
         wait_for(|| std::fs::read_to_string(&path).is_ok_and(|t| t.lines().count() == 1));
         std::fs::remove_dir_all(&dir).unwrap();
@@ -509,6 +783,175 @@ pub(crate) mod tests {
             ev(4)
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn byte_budget_refills_at_its_rate_up_to_one_second() {
+        let mut b = ByteBudget::new(1000, 0);
+        assert!(b.take(1000, 0));
+        assert!(!b.take(1, 0));
+        assert_eq!(b.available(1), 1);
+        assert_eq!(b.available(500), 500);
+        assert!(!b.take(501, 500));
+        assert!(b.take(500, 500));
+        // At most the burst, however long it was idle.
+        assert_eq!(b.available(60_000), 1000);
+        // Exact: 65,536 bytes/s is 65.536 bytes/ms, nothing lost to rounding.
+        let mut b = ByteBudget::new(65_536, 0);
+        assert!(b.take(65_536, 0));
+        let got: u64 = (1..=1000)
+            .map(|ms| {
+                let n = b.available(ms);
+                assert!(b.take(n, ms));
+                n
+            })
+            .sum();
+        assert_eq!(got, 65_536);
+    }
+
+    fn lines(path: &Path) -> Vec<EventRecord> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+            .collect()
+    }
+
+    fn line_len(rec: &EventRecord) -> u64 {
+        serde_json::to_vec(rec).unwrap().len() as u64 + 1
+    }
+
+    #[test]
+    fn the_rate_cap_bounds_the_file_and_says_what_was_left_out() {
+        let dir = temp_dir("rate");
+        let path = dir.join("events.log");
+        let rate = 16 * 1024;
+        // A queue that holds the whole flood: every event is written or left out
+        // over the rate, none dropped.
+        let bus = EventBus::new(1 << 15);
+        let limits = LogLimits {
+            rate_bytes: rate,
+            max_bytes: DEFAULT_MAX_BYTES,
+        };
+        let t = Instant::now();
+        let sink = spawn_file_sink_limited(&path, &bus, limits).unwrap();
+        let n = 20_000;
+        let flood: Vec<EventRecord> = (0..n).map(ev).collect();
+        let offered: u64 = flood.iter().map(line_len).sum();
+        for e in &flood {
+            bus.emit(e.clone());
+        }
+        // The writer has seen the whole flood (each event written or left out) ...
+        let written_now = || {
+            lines(&path)
+                .iter()
+                .filter(|e| !matches!(e, EventRecord::EventsSuppressed { .. }))
+                .count() as u64
+        };
+        wait_for(|| written_now() + bus.rate_suppressed() == n);
+        // ... and, with no event coming, says what it left out once the budget is
+        // back; the next event is written after that line.
+        wait_for(|| {
+            matches!(
+                lines(&path).last(),
+                Some(EventRecord::EventsSuppressed { .. })
+            )
+        });
+        bus.emit(ev(n));
+        sink.close();
+        let elapsed = t.elapsed().as_secs_f64();
+        assert_eq!(bus.dropped(), 0);
+
+        let size = std::fs::metadata(&path).unwrap().len();
+        let bound = (rate as f64 * (1.0 + elapsed)) as u64;
+        assert!(size <= bound, "{size} bytes in {elapsed:.2}s, rate {rate}");
+        assert!(offered > 10 * bound, "far more than the cap was offered");
+        let got = lines(&path);
+        let (mut written, mut written_bytes, mut left, mut left_bytes) = (0, 0, 0, 0);
+        let mut last_notice = None;
+        for (i, e) in got.iter().enumerate() {
+            match e {
+                EventRecord::EventsSuppressed { count, bytes, .. } => {
+                    left += count;
+                    left_bytes += bytes;
+                    last_notice = Some(i);
+                }
+                e => {
+                    written += 1;
+                    written_bytes += line_len(e);
+                }
+            }
+        }
+        // Every event is in the file or in a suppression line, to the byte.
+        assert_eq!(written + left, n + 1);
+        assert_eq!(written_bytes + left_bytes, offered + line_len(&ev(n)));
+        assert_eq!(bus.rate_suppressed(), left);
+        assert!(left > n / 2, "{left} left out");
+        // The suppression line comes before the event written after the pause.
+        assert_eq!(got.last(), Some(&ev(n)));
+        assert!(last_notice.is_some_and(|i| i < got.len() - 1), "{got:?}");
+        eprintln!(
+            "{n} events ({offered} bytes) in {elapsed:.2}s at {rate} bytes/s: \
+             {written} written ({size} bytes), {left} left out ({left_bytes} bytes)"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_log_is_rotated_at_its_size_limit() {
+        let dir = temp_dir("rotate");
+        let path = dir.join("events.log");
+        std::fs::write(rotated(&path), "an older rotation\n").unwrap();
+        let bus = EventBus::new(1 << 12);
+        let max = 16 * 1024;
+        let limits = LogLimits {
+            rate_bytes: 1 << 30,
+            max_bytes: max,
+        };
+        let sink = spawn_file_sink_limited(&path, &bus, limits).unwrap();
+        let n = 1_000;
+        let mut expect_rotations = 0;
+        let mut size = 0;
+        for i in 0..n {
+            let len = line_len(&ev(i));
+            if size > 0 && size + len > max {
+                expect_rotations += 1;
+                size = 0;
+            }
+            size += len;
+            bus.emit(ev(i));
+        }
+        sink.close();
+        assert_eq!(bus.dropped(), 0);
+        assert_eq!(bus.rate_suppressed(), 0);
+        assert!(expect_rotations >= 5);
+        assert_eq!(bus.log_rotations(), expect_rotations);
+        let (cur, old) = (lines(&path), lines(&rotated(&path)));
+        assert!(std::fs::metadata(&path).unwrap().len() <= max);
+        assert!(std::fs::metadata(rotated(&path)).unwrap().len() <= max);
+        // The last two files, whole lines, in order, ending with the last event.
+        let both: Vec<EventRecord> = old.into_iter().chain(cur).collect();
+        let first = n - both.len() as u64;
+        assert_eq!(both, (first..n).map(ev).collect::<Vec<_>>());
+        // The new file has the old one's mode.
+        assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o640);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn only_regular_files_are_rotated() {
+        let bus = EventBus::new(64);
+        let limits = LogLimits {
+            rate_bytes: 1 << 30,
+            max_bytes: 1024,
+        };
+        let sink = spawn_file_sink_limited("/dev/null", &bus, limits).unwrap();
+        for n in 0..50 {
+            bus.emit(ev(n));
+        }
+        sink.close();
+        assert_eq!((bus.log_rotations(), bus.dropped()), (0, 0));
+        assert!(Path::new("/dev/null").exists() && !Path::new("/dev/null.1").exists());
     }
 
     fn wait_for(mut f: impl FnMut() -> bool) {

@@ -13,7 +13,9 @@ use tokio::{
 
 use super::{
     ControlError,
-    api::{ClusterStats, OWNERSHIP_KINDS, Request, Response, Stats},
+    api::{
+        ClusterStats, OWNERSHIP_KINDS, Request, Response, SECURITY_KINDS, SUPPRESSED_REASONS, Stats,
+    },
     server::{Call, ask_core},
 };
 use crate::session::{Detail, State};
@@ -68,6 +70,19 @@ pub fn render(stats: &Stats) -> String {
     );
     family(
         &mut out,
+        "jvpn_xdp_answered_total",
+        "HELLOs the XDP data plane answered itself with a COOKIE (XDP_TX) instead of \
+         passing them on, under load: all of them (hello_cookie_sent), and those whose \
+         cookie was invalid (cookie_invalid).",
+        "counter",
+        "reason",
+        &with_all(
+            &stats.xdp_answered,
+            &["hello_cookie_sent", "cookie_invalid"],
+        ),
+    );
+    family(
+        &mut out,
         "jvpn_keepalive_answers_total",
         "KEEPALIVE answers: from the binding, not bound (a rebinding signal), or not \
          answered over the per-session rate.",
@@ -103,12 +118,14 @@ pub fn render(stats: &Stats) -> String {
         "direction",
         &directions(stats.up_bytes, stats.down_bytes),
     );
-    scalar(
+    family(
         &mut out,
         "jvpn_security_events_total",
-        "Security events (invalid proofs, replays, stale requests, unknown peers, ...).",
+        "Security events by kind (invalid proofs, replays, stale requests, unknown peers, \
+         ...), every one, published or only counted in a SECURITY_SUMMARY.",
         "counter",
-        stats.security_events,
+        "kind",
+        &with_all(&stats.security_by_kind, &SECURITY_KINDS),
     );
     scalar(
         &mut out,
@@ -123,6 +140,23 @@ pub fn render(stats: &Stats) -> String {
         "Events lost: event log full or failing, followers that fell behind.",
         "counter",
         stats.events_dropped,
+    );
+    family(
+        &mut out,
+        "jvpn_events_suppressed_total",
+        "Events left out on purpose, by reason: aggregated (security events only counted, \
+         in a SECURITY_SUMMARY), rate (event log lines over its byte rate, in an \
+         EVENTS_SUPPRESSED line).",
+        "counter",
+        "reason",
+        &with_all(&stats.events_suppressed, &SUPPRESSED_REASONS),
+    );
+    scalar(
+        &mut out,
+        "jvpn_event_log_rotations_total",
+        "Times the event log reached event_log_max_bytes and was renamed to <file>.1.",
+        "counter",
+        stats.event_log_rotations,
     );
     scalar(
         &mut out,
@@ -481,17 +515,21 @@ mod tests {
             malformed: [("HELLO".to_owned(), 4)].into(),
             keepalives: [("not_bound".to_owned(), 3)].into(),
             security_events: 6,
+            security_by_kind: [("replay".to_owned(), 2), ("bad_signature".to_owned(), 4)].into(),
             xdp_drops: [
                 ("stale_binding".to_owned(), 11),
                 ("we\"ird\\\n".to_owned(), 1),
             ]
             .into(),
+            xdp_answered: [("hello_cookie_sent".to_owned(), 8)].into(),
             up_packets: 100,
             up_bytes: 10_000,
             down_packets: 200,
             down_bytes: 20_000,
             events_emitted: 30,
             events_dropped: 2,
+            events_suppressed: [("aggregated".to_owned(), 5)].into(),
+            event_log_rotations: 1,
             cluster: None,
         }
     }
@@ -510,12 +548,26 @@ mod tests {
             "jvpn_reattach_total{outcome=\"datapath_error\"} 0\n",
             "jvpn_handshakes_total{result=\"success\"} 5\njvpn_handshakes_total{result=\"unknown_peer\"} 1\n",
             "jvpn_malformed_total{type=\"HELLO\"} 4\n",
+            "# TYPE jvpn_xdp_answered_total counter\n\
+             jvpn_xdp_answered_total{reason=\"hello_cookie_sent\"} 8\n\
+             jvpn_xdp_answered_total{reason=\"cookie_invalid\"} 0\n",
             "jvpn_xdp_drops_total{reason=\"stale_binding\"} 11\n",
             "jvpn_xdp_drops_total{reason=\"we\\\"ird\\\\\\n\"} 1\n",
             "# TYPE jvpn_packets_total counter\njvpn_packets_total{direction=\"up\"} 100\n\
              jvpn_packets_total{direction=\"down\"} 200\n",
             "jvpn_bytes_total{direction=\"up\"} 10000\njvpn_bytes_total{direction=\"down\"} 20000\n",
-            "# TYPE jvpn_security_events_total counter\njvpn_security_events_total 6\n",
+            "# TYPE jvpn_security_events_total counter\n\
+             jvpn_security_events_total{kind=\"proof_invalid\"} 0\n\
+             jvpn_security_events_total{kind=\"freshness_expired\"} 0\n\
+             jvpn_security_events_total{kind=\"replay\"} 2\n\
+             jvpn_security_events_total{kind=\"source_banned\"} 0\n\
+             jvpn_security_events_total{kind=\"before_start\"} 0\n\
+             jvpn_security_events_total{kind=\"unknown_peer\"} 0\n\
+             jvpn_security_events_total{kind=\"bad_signature\"} 4\n",
+            "# TYPE jvpn_events_suppressed_total counter\n\
+             jvpn_events_suppressed_total{reason=\"aggregated\"} 5\n\
+             jvpn_events_suppressed_total{reason=\"rate\"} 0\n",
+            "# TYPE jvpn_event_log_rotations_total counter\njvpn_event_log_rotations_total 1\n",
             "# TYPE jvpn_events_total counter\njvpn_events_total 30\n",
             "# TYPE jvpn_events_dropped_total counter\njvpn_events_dropped_total 2\n",
             "# TYPE jvpn_uptime_seconds gauge\njvpn_uptime_seconds 42\n",
@@ -536,6 +588,8 @@ mod tests {
         let empty = render(&Stats::default());
         assert_eq!(empty.matches("jvpn_reattach_total{").count(), 12);
         assert_eq!(empty.matches("jvpn_sessions{").count(), 6);
+        assert_eq!(empty.matches("jvpn_security_events_total{").count(), 7);
+        assert_eq!(empty.matches("jvpn_events_suppressed_total{").count(), 2);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The only code that touches the data plane: loads the XDP object, attaches it,
-//! and owns the `SESSIONS`, `SESSION_STATS` and `DROPS` maps (the controller's writes
-//! all go through [`Datapath`]).
+//! and owns the `SESSIONS`, `SESSION_STATS` and `DROPS` maps and the gate's
+//! `HELLO_CONFIG` and `COOKIE_KEYS` (the controller's writes all go through
+//! [`Datapath`]).
 //!
 //! Maps and XDP links are pinned under [`DatapathConfig::pin_dir`], so the relay keeps
 //! forwarding while the controller restarts; a restart reuses the maps (after checking
@@ -8,10 +9,12 @@
 
 mod attach;
 mod error;
+mod gate;
 mod pin;
 mod pinned;
 mod privilege;
 mod slots;
+mod stats_view;
 
 use std::path::PathBuf;
 
@@ -22,9 +25,13 @@ use aya::{
     programs::{ProgramError, Xdp},
 };
 pub use error::DatapathError;
+pub use gate::GateLimits;
 use jvpn_common::{
     DEFAULT_MAX_SESSIONS, DEFAULT_PORT, counters,
-    maps::{SessionEntry, SessionStats},
+    maps::{
+        CookieKey, HELLO_SOURCES_MAX, HelloConfig, HelloState, SessionEntry, SessionStats,
+        SourceKey,
+    },
 };
 pub use pinned::Pinned;
 pub use privilege::check as check_privilege;
@@ -40,6 +47,10 @@ pub const PASS_PROGRAM: &str = "xdp_pass";
 const SESSIONS: &str = "SESSIONS";
 const SESSION_STATS: &str = "SESSION_STATS";
 const DROPS: &str = "DROPS";
+const HELLO_CONFIG: &str = "HELLO_CONFIG";
+const COOKIE_KEYS: &str = "COOKIE_KEYS";
+const HELLO_STATE: &str = "HELLO_STATE";
+const HELLO_SOURCES: &str = "HELLO_SOURCES";
 
 // bpf_map_update_elem flags.
 const BPF_ANY: u64 = 0;
@@ -77,8 +88,11 @@ pub struct Datapath {
     ebpf: Ebpf,
     sessions: HashMap<MapData, u64, SessionEntry>,
     stats: Array<MapData, SessionStats>,
+    /// `stats`, mapped: what the controller's polling reads.
+    stats_view: stats_view::StatsView,
     slots: slots::Slots,
     drops: PerCpuArray<MapData, u64>,
+    gate: gate::Gate,
     _logger: Option<attach::LogPump>,
 }
 
@@ -109,10 +123,41 @@ impl Datapath {
                 map_type: MapType::PerCpuArray,
                 key_size: 4,
                 value_size: 8,
-                max_entries: counters::COUNT,
+                max_entries: counters::SLOTS,
+            },
+            pin::Expect {
+                name: HELLO_CONFIG,
+                map_type: MapType::Array,
+                key_size: 4,
+                value_size: sz(size_of::<HelloConfig>()),
+                max_entries: 1,
+            },
+            pin::Expect {
+                name: COOKIE_KEYS,
+                map_type: MapType::Array,
+                key_size: 4,
+                value_size: sz(size_of::<CookieKey>()),
+                max_entries: 2,
+            },
+            pin::Expect {
+                name: HELLO_STATE,
+                map_type: MapType::Array,
+                key_size: 4,
+                value_size: sz(size_of::<HelloState>()),
+                max_entries: 1,
+            },
+            pin::Expect {
+                name: HELLO_SOURCES,
+                map_type: MapType::LruHash,
+                key_size: sz(size_of::<SourceKey>()),
+                value_size: 8,
+                max_entries: HELLO_SOURCES_MAX,
             },
         ];
         let paths: Vec<PathBuf> = expect.iter().map(|e| cfg.pin_dir.join(e.name)).collect();
+        // A DROPS pinned by a build with fewer reasons is replaced (its counts restart);
+        // the maps the gate added are created if missing, like any other.
+        pin::replace_if_resized(&paths[2], &expect[2])?;
         for (e, p) in expect.iter().zip(&paths) {
             pin::check_compatible(p, e)?;
         }
@@ -147,6 +192,10 @@ impl Datapath {
         let stats =
             Array::try_from(map(&mut ebpf, SESSION_STATS)?).map_err(map_err(SESSION_STATS))?;
         let drops = PerCpuArray::try_from(map(&mut ebpf, DROPS)?).map_err(map_err(DROPS))?;
+        let gate = gate::Gate::new(
+            Array::try_from(map(&mut ebpf, HELLO_CONFIG)?).map_err(map_err(HELLO_CONFIG))?,
+            Array::try_from(map(&mut ebpf, COOKIE_KEYS)?).map_err(map_err(COOKIE_KEYS))?,
+        );
         // Sessions kept by the pins from an earlier run hold their slots.
         let held = sessions
             .iter()
@@ -158,9 +207,14 @@ impl Datapath {
             cfg,
             ebpf,
             sessions,
+            stats_view: stats_view::StatsView::new(&stats).map_err(|cause| DatapathError::Io {
+                what: format!("mapping {SESSION_STATS}"),
+                cause,
+            })?,
             stats,
             slots,
             drops,
+            gate,
             _logger: logger.flatten(),
         })
     }
@@ -338,26 +392,70 @@ impl Datapath {
         let Some(slot) = self.slots.of(id) else {
             return Ok(None);
         };
-        self.stats
-            .get(&slot, 0)
-            .map(Some)
-            .map_err(|cause| DatapathError::Map {
-                name: SESSION_STATS,
-                cause,
-            })
+        // A slot comes from `slots`, which never hands out one beyond the array.
+        Ok(self.stats_view.get(slot))
     }
 
     pub fn drops(&self) -> Result<Drops, DatapathError> {
         sum_drops(&self.drops)
+    }
+
+    /// Turns the XDP gate on (or updates it): the HELLO budget, cookies under load and
+    /// the per-session control budgets. Call it before [`Datapath::attach_all`], so
+    /// that the new program starts with its settings. Keys and the cookie sequence of
+    /// a pinned data plane are kept; a gate that was never on gets fresh keys first.
+    pub fn set_gate(&mut self, limits: &GateLimits) -> Result<(), DatapathError> {
+        self.gate.enable(limits)?;
+        tracing::info!(
+            hello_budget_pps = limits.hello_budget_pps,
+            hello_budget_burst = limits.hello_budget_burst,
+            rotate_s = limits.cookie_rotate.as_secs(),
+            "XDP HELLO gate on"
+        );
+        Ok(())
+    }
+
+    /// Turns the gate off: HELLOs and control messages pass as without it.
+    pub fn disable_gate(&mut self) -> Result<(), DatapathError> {
+        self.gate.disable()
+    }
+
+    /// Replaces the older cookie key and moves to the next sequence number; returns
+    /// it. Cookies of the two periods before are refused from now on.
+    pub fn rotate_cookie_key(&mut self) -> Result<u32, DatapathError> {
+        self.gate.rotate()
+    }
+
+    /// For the controller's tick: rotates the cookie key when its period is over (the
+    /// gate on). A failure is logged and retried on the next tick.
+    pub fn rotate_cookie_if_due(&mut self) {
+        match self.gate.rotate_if_due(std::time::Instant::now()) {
+            Ok(Some(seq)) => tracing::debug!(seq, "cookie key rotated"),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "cookie key rotation failed; retrying"),
+        }
+    }
+
+    /// The gate's settings as the relay sees them (all zero: never set, off).
+    pub fn gate_config(&self) -> Result<HelloConfig, DatapathError> {
+        self.gate.config()
+    }
+
+    /// The two cookie keys (slot `seq & 1` signs at sequence number `seq`).
+    pub fn cookie_keys(&self) -> Result<[CookieKey; 2], DatapathError> {
+        self.gate.keys()
     }
 }
 
 fn sum_drops(map: &PerCpuArray<MapData, u64>) -> Result<Drops, DatapathError> {
     let mut out = [0u64; counters::COUNT as usize];
     for (i, slot) in out.iter_mut().enumerate() {
-        let per_cpu = map
-            .get(&(i as u32), 0)
-            .map_err(|cause| DatapathError::Map { name: DROPS, cause })?;
+        let per_cpu = match map.get(&(i as u32), 0) {
+            Ok(v) => v,
+            // A DROPS pinned by an older build (read by `Pinned`) has fewer slots.
+            Err(MapError::OutOfBounds { .. }) => continue,
+            Err(cause) => return Err(DatapathError::Map { name: DROPS, cause }),
+        };
         *slot = per_cpu.iter().sum();
     }
     Ok(out)

@@ -107,6 +107,39 @@ pub fn check_compatible(path: &Path, e: &Expect) -> Result<(), DatapathError> {
     }
 }
 
+/// Removes a pinned map whose only difference from `e` is its number of entries, so
+/// that the loader creates it anew at the size this build wants (`DROPS` after reasons
+/// were added: its counts restart from zero; the running program keeps counting into
+/// the old map until its link gets the new program). Anything else is left to
+/// [`check_compatible`].
+pub fn replace_if_resized(path: &Path, e: &Expect) -> Result<(), DatapathError> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let info = MapInfo::from_pin(path).map_err(|cause| DatapathError::Map {
+        name: e.name,
+        cause,
+    })?;
+    let same_type = matches!(info.map_type(), Ok(t) if t == e.map_type);
+    if same_type
+        && info.key_size() == e.key_size
+        && info.value_size() == e.value_size
+        && info.max_entries() != e.max_entries
+    {
+        std::fs::remove_file(path).map_err(|err| DatapathError::Pin {
+            path: path.into(),
+            detail: format!("removing the outgrown map: {err}"),
+        })?;
+        tracing::warn!(
+            map = e.name,
+            from = info.max_entries(),
+            to = e.max_entries,
+            "pinned map resized: created anew, its counts restart from zero"
+        );
+    }
+    Ok(())
+}
+
 /// Pinned XDP links are named `<LINK_PREFIX><iface>`.
 pub const LINK_PREFIX: &str = "link_";
 

@@ -102,14 +102,19 @@ impl Core {
             down_p += st.down_packets;
             down_b += st.down_bytes;
         }
-        let xdp_drops = match self.dp.drops() {
+        // Answered packets (COOKIEs sent from XDP) are not drops: a map of their own.
+        let (xdp_answered, xdp_drops) = match self.dp.drops() {
             Ok(d) => counters::NAMES
                 .iter()
                 .zip(d)
-                .map(|(n, v)| (n.to_string(), v))
-                .collect(),
-            Err(_) => BTreeMap::new(),
+                .enumerate()
+                .map(|(i, (n, v))| (i as u32, (n.to_string(), v)))
+                .partition(|(i, _)| counters::is_answer(*i)),
+            Err(_) => Default::default(),
         };
+        let only = |v: Vec<(u32, (String, u64))>| v.into_iter().map(|(_, kv)| kv).collect();
+        let (xdp_answered, xdp_drops): (BTreeMap<_, _>, BTreeMap<_, _>) =
+            (only(xdp_answered), only(xdp_drops));
         Stats {
             uptime_s: now_ms.saturating_sub(self.started_ms) / 1000,
             sessions_by_state: by_state,
@@ -118,13 +123,20 @@ impl Core {
             malformed: self.counters.malformed.clone(),
             keepalives: self.counters.keepalives.clone(),
             security_events: self.counters.security_events,
+            security_by_kind: self.counters.security.clone(),
             xdp_drops,
+            xdp_answered,
             up_packets: up_p,
             up_bytes: up_b,
             down_packets: down_p,
             down_bytes: down_b,
             events_emitted: self.bus.emitted(),
             events_dropped: self.bus.dropped(),
+            events_suppressed: BTreeMap::from([
+                ("aggregated".to_owned(), self.security_log.suppressed()),
+                ("rate".to_owned(), self.bus.rate_suppressed()),
+            ]),
+            event_log_rotations: self.bus.log_rotations(),
             cluster: self.cluster_stats(now_ms),
         }
     }

@@ -33,6 +33,18 @@ pub struct GatewayConfig {
     /// JSON-lines event log; none when absent.
     #[serde(default)]
     pub event_log: Option<PathBuf>,
+    /// Bytes per second the event log may grow by (a token bucket holding one
+    /// second's worth); lines over it are left out, counted, and told of in one
+    /// `EVENTS_SUPPRESSED` line when writing resumes.
+    #[serde(default = "default_event_log_rate_bytes")]
+    pub event_log_rate_bytes: u64,
+    /// Past this size the event log is renamed to `<file>.1` and a new one started.
+    #[serde(default = "default_event_log_max_bytes")]
+    pub event_log_max_bytes: u64,
+    /// Security events are aggregated per (kind, source prefix) over this interval:
+    /// the first of each is published, the rest are counted in a `SECURITY_SUMMARY`.
+    #[serde(default = "default_security_aggregate_ms")]
+    pub security_aggregate_ms: u64,
     #[serde(default = "default_socket")]
     pub control_socket: PathBuf,
     /// Prometheus endpoint (`GET /metrics`); none when absent.
@@ -60,6 +72,102 @@ pub struct GatewayConfig {
     /// records are then in etcd, `[store]` is not used.
     #[serde(default)]
     pub cluster: Option<ClusterConfig>,
+    /// The XDP gate: the HELLO budget, cookies under load, per-session control budgets.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+/// `[limits]`: what the XDP program lets through to the controller
+/// (docs/datapath.md, "The HELLO gate and control budgets"). Rates are per second,
+/// bursts in packets.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// HELLOs handed to the controller, all sources together.
+    pub hello_budget_pps: u32,
+    pub hello_budget_burst: u32,
+    /// Under load: HELLOs with a valid cookie per source (IPv4 /32, IPv6 /64).
+    pub hello_per_source_pps: u32,
+    pub hello_per_source_burst: u32,
+    /// How long the gateway stays under load after the budget last fell below half.
+    pub load_hold_ms: u32,
+    /// Control messages of one session from its binding, and from anywhere else.
+    pub control_binding_pps: u32,
+    pub control_binding_burst: u32,
+    pub control_other_pps: u32,
+    pub control_other_burst: u32,
+    /// How often the cookie key is replaced (a cookie is valid for one to two periods).
+    pub cookie_rotate_s: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let d = crate::datapath::GateLimits::default();
+        Self {
+            hello_budget_pps: d.hello_budget_pps,
+            hello_budget_burst: d.hello_budget_burst,
+            hello_per_source_pps: d.hello_per_source_pps,
+            hello_per_source_burst: d.hello_per_source_burst,
+            load_hold_ms: d.load_hold_ms,
+            control_binding_pps: d.control_binding_pps,
+            control_binding_burst: d.control_binding_burst,
+            control_other_pps: d.control_other_pps,
+            control_other_burst: d.control_other_burst,
+            cookie_rotate_s: d.cookie_rotate.as_secs(),
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// Zero and absurd values are refused, naming the key (`limits.<key>`).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        use jvpn_common::bucket::{MAX_BURST, MAX_RATE};
+        let rates = [
+            ("hello_budget_pps", self.hello_budget_pps),
+            ("hello_per_source_pps", self.hello_per_source_pps),
+            ("control_binding_pps", self.control_binding_pps),
+            ("control_other_pps", self.control_other_pps),
+        ];
+        let bursts = [
+            ("hello_budget_burst", self.hello_budget_burst),
+            ("hello_per_source_burst", self.hello_per_source_burst),
+            ("control_binding_burst", self.control_binding_burst),
+            ("control_other_burst", self.control_other_burst),
+        ];
+        let ranges = rates
+            .map(|(k, v)| (k, u64::from(v), 1..=u64::from(MAX_RATE)))
+            .into_iter()
+            .chain(bursts.map(|(k, v)| (k, u64::from(v), 1..=u64::from(MAX_BURST))))
+            .chain([
+                ("load_hold_ms", u64::from(self.load_hold_ms), 1..=3_600_000),
+                ("cookie_rotate_s", self.cookie_rotate_s, 10..=86_400),
+            ]);
+        for (key, v, range) in ranges {
+            if !range.contains(&v) {
+                return Err(invalid(
+                    &format!("limits.{key}"),
+                    format!("{v} is outside {}..={}", range.start(), range.end()),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The data plane's form.
+    pub fn gate(&self) -> crate::datapath::GateLimits {
+        crate::datapath::GateLimits {
+            hello_budget_pps: self.hello_budget_pps,
+            hello_budget_burst: self.hello_budget_burst,
+            hello_per_source_pps: self.hello_per_source_pps,
+            hello_per_source_burst: self.hello_per_source_burst,
+            load_hold_ms: self.load_hold_ms,
+            control_binding_pps: self.control_binding_pps,
+            control_binding_burst: self.control_binding_burst,
+            control_other_pps: self.control_other_pps,
+            control_other_burst: self.control_other_burst,
+            cookie_rotate: std::time::Duration::from_secs(self.cookie_rotate_s),
+        }
+    }
 }
 
 /// One node of a gateway cluster (`docs/gateway.md`, "Clusters").
@@ -174,6 +282,23 @@ fn default_attach() -> String {
 fn default_state_dir() -> PathBuf {
     PathBuf::from("/var/lib/jvpn")
 }
+fn default_event_log_rate_bytes() -> u64 {
+    crate::control::events::DEFAULT_RATE_BYTES
+}
+fn default_event_log_max_bytes() -> u64 {
+    crate::control::events::DEFAULT_MAX_BYTES
+}
+fn default_security_aggregate_ms() -> u64 {
+    super::aggregate::DEFAULT_INTERVAL_MS
+}
+
+/// `event_log_rate_bytes`: at least a few lines a second (and more than the longest
+/// line, so that the budget always lets one through), at most 1 GiB/s.
+const EVENT_LOG_RATE: std::ops::RangeInclusive<u64> = 4_096..=1 << 30;
+/// `event_log_max_bytes`: 1 MiB to 1 TiB.
+const EVENT_LOG_MAX: std::ops::RangeInclusive<u64> = 1 << 20..=1 << 40;
+/// `security_aggregate_ms`: at least two controller ticks, at most a minute.
+const SECURITY_AGGREGATE: std::ops::RangeInclusive<u64> = 100..=60_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -268,6 +393,42 @@ impl GatewayConfig {
         }
     }
 
+    fn validate_events(&self) -> Result<(), ConfigError> {
+        for (key, v, range) in [
+            (
+                "event_log_rate_bytes",
+                self.event_log_rate_bytes,
+                EVENT_LOG_RATE,
+            ),
+            (
+                "event_log_max_bytes",
+                self.event_log_max_bytes,
+                EVENT_LOG_MAX,
+            ),
+            (
+                "security_aggregate_ms",
+                self.security_aggregate_ms,
+                SECURITY_AGGREGATE,
+            ),
+        ] {
+            if v < *range.start() {
+                return Err(invalid(key, format!("must be at least {}", range.start())));
+            }
+            if v > *range.end() {
+                return Err(invalid(key, format!("must be at most {}", range.end())));
+            }
+        }
+        Ok(())
+    }
+
+    /// The event log's bounds (`event_log_rate_bytes`, `event_log_max_bytes`).
+    pub fn event_log_limits(&self) -> crate::control::events::LogLimits {
+        crate::control::events::LogLimits {
+            rate_bytes: self.event_log_rate_bytes,
+            max_bytes: self.event_log_max_bytes,
+        }
+    }
+
     /// Parses TOML; the messages name the offending key and line.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
         Ok(crate::toml_file::parse(text)?)
@@ -275,8 +436,10 @@ impl GatewayConfig {
 
     /// Checks what serde cannot: ranges and relations between values.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.limits.validate()?;
         self.validate_store()?;
         self.validate_cluster()?;
+        self.validate_events()?;
         if self.interfaces.is_empty() {
             return Err(invalid("interfaces", "at least one interface is needed"));
         }
@@ -402,6 +565,51 @@ max_switches_per_minute = 4
     }
 
     #[test]
+    fn limits_default_and_are_checked() {
+        let c = GatewayConfig::parse(GOOD).unwrap();
+        assert_eq!(c.limits, LimitsConfig::default());
+        assert_eq!(c.limits.gate(), crate::datapath::GateLimits::default());
+        assert_eq!(
+            (c.limits.hello_budget_pps, c.limits.hello_per_source_burst),
+            (4000, 5)
+        );
+        let with = |lines: &str| {
+            GatewayConfig::parse(&format!("{GOOD}[limits]\n{lines}\n"))
+                .map_err(|e| e.to_string())
+                .and_then(|c| c.validate().map(|()| c).map_err(|e| e.to_string()))
+        };
+        let c = with("hello_budget_pps = 100\ncookie_rotate_s = 30").unwrap();
+        assert_eq!(c.limits.gate().hello_budget_pps, 100);
+        assert_eq!(c.limits.gate().cookie_rotate.as_secs(), 30);
+        assert_eq!(
+            c.limits.hello_budget_burst, 4000,
+            "the rest keep their defaults"
+        );
+        for (line, key) in [
+            ("hello_budget_pps = 0", "limits.hello_budget_pps"),
+            ("hello_budget_pps = 10000001", "limits.hello_budget_pps"),
+            ("hello_budget_burst = 0", "limits.hello_budget_burst"),
+            (
+                "hello_per_source_burst = 1000001",
+                "limits.hello_per_source_burst",
+            ),
+            ("hello_per_source_pps = 0", "limits.hello_per_source_pps"),
+            ("control_binding_pps = 0", "limits.control_binding_pps"),
+            ("control_other_burst = 0", "limits.control_other_burst"),
+            ("load_hold_ms = 0", "limits.load_hold_ms"),
+            ("cookie_rotate_s = 9", "limits.cookie_rotate_s"),
+            ("cookie_rotate_s = 86401", "limits.cookie_rotate_s"),
+        ] {
+            let e = with(line).unwrap_err();
+            assert!(e.contains(key), "{line}: {e}");
+        }
+        let e = with("hello_rate = 5").unwrap_err();
+        assert!(e.contains("hello_rate"), "{e}");
+        let e = with("hello_budget_pps = -1").unwrap_err();
+        assert!(e.contains("hello_budget_pps"), "{e}");
+    }
+
+    #[test]
     fn unknown_keys_are_named() {
         let e = GatewayConfig::parse(&format!("{GOOD}\nmax_switches = 3\n")).unwrap_err();
         assert!(e.to_string().contains("max_switches"), "{e}");
@@ -434,5 +642,80 @@ max_switches_per_minute = 4
         let mut c = GatewayConfig::parse(GOOD).unwrap();
         c.interfaces.clear();
         assert!(c.validate().unwrap_err().to_string().contains("interfaces"));
+    }
+
+    #[test]
+    fn the_event_log_bounds_default_and_are_checked() {
+        let c = GatewayConfig::parse(GOOD).unwrap();
+        assert_eq!(
+            (
+                c.event_log_rate_bytes,
+                c.event_log_max_bytes,
+                c.security_aggregate_ms
+            ),
+            (65_536, 64 << 20, 1_000)
+        );
+        assert_eq!(
+            c.event_log_limits(),
+            crate::control::events::LogLimits::default()
+        );
+        // Top level, next to event_log; shown by --print-config (what is printed
+        // parses back to the same).
+        let text = format!(
+            "event_log = \"/var/log/jvpn/events.jsonl\"\nevent_log_rate_bytes = 8192\n\
+             event_log_max_bytes = 2097152\nsecurity_aggregate_ms = 500\n{GOOD}"
+        );
+        let c = GatewayConfig::parse(&text).unwrap();
+        c.validate().unwrap();
+        assert_eq!(
+            (
+                c.event_log_rate_bytes,
+                c.event_log_max_bytes,
+                c.security_aggregate_ms
+            ),
+            (8_192, 2 << 20, 500)
+        );
+        let printed = toml::to_string(&c).unwrap();
+        for line in [
+            "event_log_rate_bytes = 8192\n",
+            "event_log_max_bytes = 2097152\n",
+            "security_aggregate_ms = 500\n",
+        ] {
+            assert!(printed.contains(line), "{printed}");
+        }
+        assert_eq!(GatewayConfig::parse(&printed).unwrap(), c);
+        let err = |key: &str, v: u64| {
+            GatewayConfig::parse(&format!("{key} = {v}\n{GOOD}"))
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            err("event_log_max_bytes", 0),
+            "event_log_max_bytes: must be at least 1048576"
+        );
+        assert_eq!(
+            err("event_log_max_bytes", 1 << 41),
+            "event_log_max_bytes: must be at most 1099511627776"
+        );
+        assert_eq!(
+            err("event_log_rate_bytes", 0),
+            "event_log_rate_bytes: must be at least 4096"
+        );
+        assert_eq!(
+            err("event_log_rate_bytes", 1 << 31),
+            "event_log_rate_bytes: must be at most 1073741824"
+        );
+        assert_eq!(
+            err("security_aggregate_ms", 0),
+            "security_aggregate_ms: must be at least 100"
+        );
+        assert_eq!(
+            err("security_aggregate_ms", 3_600_000),
+            "security_aggregate_ms: must be at most 60000"
+        );
+        let e = GatewayConfig::parse(&format!("event_log_max_bytes = -1\n{GOOD}")).unwrap_err();
+        assert!(e.to_string().contains("event_log_max_bytes"), "{e}");
     }
 }

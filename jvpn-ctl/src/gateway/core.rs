@@ -109,6 +109,8 @@ pub struct Core {
     pub(super) dp: Datapath,
     pub(super) sessions: HashMap<u64, Entry>,
     pub(super) hello_nonces: NonceCache,
+    /// TIME replies to stale HELLOs (each costs a signature).
+    pub(super) time_budget: super::guard::TimeBudget,
     pub(super) blacklist: Blacklist,
     pub(super) link: ExitLink,
     pub(super) rng: ring::rand::SystemRandom,
@@ -120,6 +122,10 @@ pub struct Core {
     pub(super) started_ms: u64,
     /// Where the traffic poll resumes (sessions are polled in slices).
     poll_cursor: Vec<u64>,
+    /// Sessions by their earliest timer.
+    pub(super) timers: super::timers::Timers,
+    /// Sessions not yet swept into `timers` this round (see [`SWEEP_PER_TICK`]).
+    sweep_cursor: Vec<u64>,
     /// The exit's boot as its last PONG said (a change: it restarted).
     pub(super) exit_boot: Option<u64>,
     /// Records to write at the next group commit (`persist.rs`); the ones to delete
@@ -140,11 +146,18 @@ pub struct Core {
     pub(super) torn: HashMap<u64, Entry>,
     /// Cluster ownership (`cluster.rs`); `None` for a single gateway.
     pub(super) cluster: Option<super::cluster::ClusterView>,
+    /// Security events aggregated per (kind, source prefix) per interval
+    /// (`aggregate.rs`), so that a flood of refusals is not a flood of events.
+    pub(super) security_log: super::aggregate::SecurityAggregator,
 }
 
 /// Sessions whose `SESSION_STATS` are read per tick; bounds the tick's cost with a
 /// million sessions (each is then polled every few seconds instead of every tick).
 const POLL_PER_TICK: usize = 8192;
+/// Sessions whose timer is re-derived per tick, whatever happened to them: with a
+/// million sessions every one is looked at every ~5 s (a change some path made
+/// without scheduling is then noticed that late, never lost).
+const SWEEP_PER_TICK: usize = 10_000;
 /// Bound of the HELLO nonce cache.
 const HELLO_NONCES: usize = 1 << 20;
 
@@ -168,6 +181,7 @@ impl Core {
             dp,
             sessions: HashMap::new(),
             hello_nonces: NonceCache::new(HELLO_NONCES),
+            time_budget: super::guard::TimeBudget::full(now_ms),
             blacklist,
             rng: ring::rand::SystemRandom::new(),
             bus,
@@ -178,6 +192,8 @@ impl Core {
             out: Vec::new(),
             started_ms: now_ms,
             poll_cursor: Vec::new(),
+            timers: Default::default(),
+            sweep_cursor: Vec::new(),
             exit_boot: None,
             dirty: Default::default(),
             swapped: false,
@@ -185,7 +201,14 @@ impl Core {
             undo: HashMap::new(),
             torn: HashMap::new(),
             cluster: None,
+            security_log: Default::default(),
         }
+    }
+
+    /// The interval security events are aggregated over (`security_aggregate_ms`;
+    /// default [`super::aggregate::DEFAULT_INTERVAL_MS`]).
+    pub fn set_security_aggregate_ms(&mut self, interval_ms: u64) {
+        self.security_log.set_interval_ms(interval_ms);
     }
 
     /// Publishes the batch's events (call after its records are committed).
@@ -289,19 +312,16 @@ impl Core {
         // timers would fire, be refused and be rolled back on every tick. They wait
         // for the lease (the deadlines stay due).
         if self.cluster.is_none() || self.lease_live(now_ms) {
-            // Only sessions with a timer due: a scan without allocation, where
-            // stepping every session would clone a million of them per tick.
-            let policy = &self.policy;
-            let due: Vec<u64> = self
-                .sessions
-                .iter()
-                .filter(|(_, e)| {
-                    session::next_deadline(&e.session, policy).is_some_and(|d| d <= now_ms)
-                })
-                .map(|(id, _)| *id)
-                .collect();
-            for id in due {
-                self.drive(id, &Event::Tick, None, now_ms);
+            // Only sessions with a timer due (timers.rs), and a slice of the rest.
+            self.sweep_timers();
+            for id in self.timers.due(now_ms) {
+                let Some(e) = self.sessions.get(&id) else {
+                    continue;
+                };
+                match session::next_deadline(&e.session, &self.policy) {
+                    Some(d) if d <= now_ms => self.drive(id, &Event::Tick, None, now_ms),
+                    d => self.timers.schedule(id, d),
+                }
             }
         }
         let (frames, gave_up) = self.link.due(now_ms);
@@ -320,9 +340,24 @@ impl Core {
             }
         }
         self.blacklist.purge(now_ms);
+        // An aggregation interval that has ended publishes its summaries.
+        self.security_log.tick(now_ms, &mut self.events);
     }
 
-    /// Feeds BoundTraffic for sessions whose uplink counter moved since the last poll.
+    fn sweep_timers(&mut self) {
+        if self.sweep_cursor.is_empty() {
+            self.sweep_cursor = self.sessions.keys().copied().collect();
+        }
+        let keep = self.sweep_cursor.len().saturating_sub(SWEEP_PER_TICK);
+        for id in self.sweep_cursor.drain(keep..) {
+            if let Some(e) = self.sessions.get(&id) {
+                self.timers
+                    .schedule(id, session::next_deadline(&e.session, &self.policy));
+            }
+        }
+    }
+
+    /// Feeds BoundData for sessions whose uplink counter moved since the last poll.
     fn poll_traffic(&mut self, now_ms: u64) {
         if self.poll_cursor.is_empty() {
             self.poll_cursor = self
@@ -332,8 +367,9 @@ impl Core {
                 .map(|(id, _)| *id)
                 .collect();
         }
-        let n = self.poll_cursor.len().min(POLL_PER_TICK);
-        let batch: Vec<u64> = self.poll_cursor.drain(..n).collect();
+        // From the end: draining the front would move the whole rest every tick.
+        let keep = self.poll_cursor.len().saturating_sub(POLL_PER_TICK);
+        let batch: Vec<u64> = self.poll_cursor.drain(keep..).collect();
         for id in batch {
             let Ok(Some(stats)) = self.dp.session_stats(id) else {
                 continue;
@@ -343,7 +379,7 @@ impl Core {
             };
             if stats.up_packets != e.seen_up {
                 e.seen_up = stats.up_packets;
-                self.drive(id, &Event::BoundTraffic, None, now_ms);
+                self.drive(id, &Event::BoundData, None, now_ms);
             }
         }
     }
@@ -378,6 +414,12 @@ impl Core {
             None => step,
         };
         self.commit(id, step, local, now_ms);
+        match self.sessions.get(&id) {
+            Some(e) => self
+                .timers
+                .schedule(id, session::next_deadline(&e.session, &self.policy)),
+            None => self.timers.forget(id),
+        }
     }
 
     /// The atomic binding swap: the complete new entry in one `BPF_EXIST` update, read
@@ -573,27 +615,20 @@ impl Core {
             }
             Notice::Security { from, detail } => {
                 bump(&mut self.counters.reattach, detail.name());
-                self.counters.security_events += 1;
-                EventRecord::SecurityEvent {
-                    ts_ms,
-                    session_id: Some(session_id),
-                    source: from.to_string(),
-                    kind: detail.name().to_string(),
-                }
+                return self.security(Some(id), from, detail.name(), ts_ms);
             }
         };
         self.events.push(rec);
     }
 
-    /// A security event that never reached a session (handshake rejections, bans).
+    /// A security event: counted, always; published as a SECURITY_EVENT if it is the
+    /// first of its kind and source prefix in the aggregation interval, else only
+    /// counted for the interval's SECURITY_SUMMARY (`aggregate.rs`).
     pub(super) fn security(&mut self, id: Option<u64>, from: SocketAddr, kind: &str, now_ms: u64) {
         self.counters.security_events += 1;
-        self.events.push(EventRecord::SecurityEvent {
-            ts_ms: now_ms,
-            session_id: id.map(SessionId),
-            source: from.to_string(),
-            kind: kind.to_string(),
-        });
+        bump(&mut self.counters.security, kind);
+        self.security_log
+            .note(kind, from, id, now_ms, &mut self.events);
     }
 
     /// TERMINATED: map entry removed, exit keys revoked, tunnel address released.
@@ -634,6 +669,13 @@ impl Core {
 
     pub fn note_send_failure(&mut self) {
         self.counters.send_failures += 1;
+    }
+
+    /// HELLOs the controller's queue had no room for (handshake outcome `shed`).
+    pub fn note_hellos_shed(&mut self, n: u64) {
+        if n > 0 {
+            *self.counters.handshakes.entry("shed".into()).or_default() += n;
+        }
     }
 
     /// A session's data-plane counters, if it has a map entry.

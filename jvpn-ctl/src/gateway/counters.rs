@@ -17,6 +17,8 @@ pub struct Counters {
     /// `in_doubt` (no answer).
     pub ownership: BTreeMap<String, u64>,
     pub security_events: u64,
+    /// Security events by kind (their sum is `security_events`).
+    pub security: BTreeMap<String, u64>,
     /// Replies the socket buffer refused.
     pub send_failures: u64,
 }

@@ -22,14 +22,22 @@ pub struct NonceCache {
 /// so this only bounds what a session's own traffic — or someone racing it with
 /// captured copies — can draw; sized for a client probing a few standby transports
 /// and its path MTU.
+///
+/// `CAP` is the burst; the gateway-wide budget of TIME replies is another one
+/// ([`TimeBudget`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TokenBucket {
+pub struct TokenBucket<const CAP: u32 = 16> {
     tokens: u32,
     at_ms: u64,
 }
 
-impl TokenBucket {
-    pub const CAPACITY: u32 = 16;
+/// The gateway's budget of TIME replies (each costs a signature): a burst of 20, one
+/// token back every [`TIME_EVERY_MS`] (100 a second).
+pub type TimeBudget = TokenBucket<20>;
+pub const TIME_EVERY_MS: u64 = 10;
+
+impl<const CAP: u32> TokenBucket<CAP> {
+    pub const CAPACITY: u32 = CAP;
 
     pub fn full(now_ms: u64) -> Self {
         Self {
@@ -178,6 +186,20 @@ mod tests {
         assert_eq!(c.insert([3; 16], 100, 100), NonceVerdict::Fresh);
         assert_eq!(c.insert([1; 16], 101, 100), NonceVerdict::Full);
         assert_eq!(c.insert([1; 16], 150, 100), NonceVerdict::Fresh);
+    }
+
+    #[test]
+    fn the_time_budget_bursts_then_refills_at_its_rate() {
+        let mut b = TimeBudget::full(0);
+        assert_eq!((0..25).filter(|_| b.take(0, TIME_EVERY_MS)).count(), 20);
+        assert!(!b.take(9, TIME_EVERY_MS));
+        assert!(b.take(10, TIME_EVERY_MS));
+        assert!(!b.take(10, TIME_EVERY_MS));
+        // A second later: 100 tokens came back, capped at the burst.
+        assert_eq!(
+            (0..150).filter(|_| b.take(1_010, TIME_EVERY_MS)).count(),
+            20
+        );
     }
 
     #[test]

@@ -16,8 +16,10 @@ use crate::{
 };
 
 impl Core {
-    /// HELLO: checked in the order of docs/protocol.md; every rejection is silent and
-    /// leaves no state behind.
+    /// HELLO (172 bytes, or 188 with a cookie the XDP program checked if it was
+    /// under load; the controller does not): checked in the order of
+    /// docs/protocol.md; every rejection leaves no state behind and is silent, but a
+    /// stale one from an allowed peer with a valid signature gets a TIME.
     pub(super) fn on_hello(
         &mut self,
         local: SocketAddr,
@@ -39,14 +41,20 @@ impl Core {
         let Ok(hello) = hello.verify_signature(&self.gateway_pub) else {
             return reject(self, "bad_signature");
         };
+        // A stale HELLO may be a replay, or come from a client whose clock is off:
+        // refused all the same, but answered with our time, signed over the HELLO,
+        // so an honest client can stamp its next one with it (docs/protocol.md,
+        // "Freshness without synchronized clocks"). The nonce is not recorded.
         if now_ms.abs_diff(hello.ts_ms) > self.policy.freshness_window_ms {
-            return reject(self, "freshness_expired");
+            reject(self, "freshness_expired");
+            return self.send_time(local, peer, &hello, now_ms);
         }
         // The nonce cache died with the previous controller: a HELLO stamped before
         // this one started may be a replay of one it accepted. (A client whose clock
-        // is behind ours is refused for that long after a restart, then gets in.)
+        // is behind ours learns our time from the TIME reply and gets in at once.)
         if hello.ts_ms < self.started_ms {
-            return reject(self, "before_start");
+            reject(self, "before_start");
+            return self.send_time(local, peer, &hello, now_ms);
         }
         match self
             .hello_nonces
@@ -117,8 +125,28 @@ impl Core {
                 epoch: 0,
             },
         );
+        let deadline = crate::session::next_deadline(&self.sessions[&id].session, &self.policy);
+        self.timers.schedule(id, deadline);
         bump(&mut self.counters.handshakes, "welcomed");
         self.send(id, local, peer, welcome, false);
+    }
+
+    /// TIME for a verified but stale HELLO, within the gateway-wide budget (each
+    /// costs a signature); over it, silence (`time_limited`). No state is kept.
+    fn send_time(
+        &mut self,
+        local: SocketAddr,
+        peer: SocketAddr,
+        hello: &proto::VerifiedHello,
+        now_ms: u64,
+    ) {
+        if !self.time_budget.take(now_ms, super::guard::TIME_EVERY_MS) {
+            return bump(&mut self.counters.handshakes, "time_limited");
+        }
+        let ctr = self.next_ctr();
+        let time = proto::Time::build(&self.identity, hello, ctr, now_ms);
+        bump(&mut self.counters.handshakes, "time_sent");
+        self.send(0, local, peer, time, false);
     }
 
     fn new_session_id(&self) -> u64 {
@@ -268,5 +296,185 @@ impl Core {
             self.out
                 .push(super::core::Outgoing::Link { session: 0, data });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The controller's HELLO checks on a real core (real BPF maps: root): TIME for a
+    //! stale HELLO within its budget, and no replay ever making a session.
+
+    use std::{net::Ipv4Addr, path::PathBuf};
+
+    use jvpn_common::wire::{HELLO_LEN, TIME_MSG_LEN};
+    use ring::rand::SystemRandom;
+
+    use super::super::{
+        core::{CoreParams, Outgoing},
+        pool::Pool,
+    };
+    use super::*;
+    use crate::{
+        control::events::EventBus,
+        datapath::{Datapath, DatapathConfig},
+        proto::{ClientHandshake, Peers, Time, handshake::tests::keypair, identity::public_key},
+        session::Policy,
+    };
+
+    const T: u64 = 1_700_000_000_000;
+    const GW: &str = "192.0.2.1:51820";
+    const CLIENT: &str = "198.51.100.7:40000";
+
+    struct Pins(PathBuf);
+
+    impl Drop for Pins {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A core started at `T` that allows `client`; `None` (said why) when not root,
+    /// outside CI (in CI that is a failure).
+    fn core(client: &ring::signature::Ed25519KeyPair, tag: &str) -> Option<(Core, Pins)> {
+        if unsafe { libc::geteuid() } != 0 {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "{tag}: needs root (BPF maps), and CI=true"
+            );
+            eprintln!("SKIPPED {tag}: needs root (BPF maps)");
+            return None;
+        }
+        let pins = Pins(PathBuf::from(format!(
+            "/sys/fs/bpf/jvpn-hs-{tag}-{}",
+            std::process::id()
+        )));
+        let dp = Datapath::load(DatapathConfig {
+            max_sessions: 64,
+            pin_dir: pins.0.clone(),
+            ..DatapathConfig::default()
+        })
+        .unwrap();
+        let mut peers = Peers::new();
+        peers.add(public_key(client), Some("client")).unwrap();
+        let core = Core::new(
+            CoreParams {
+                policy: Policy::default(),
+                identity: keypair(),
+                peers,
+                pool: Pool::new(
+                    "10.77.0.0/24".parse().unwrap(),
+                    [Ipv4Addr::new(10, 77, 0, 1)],
+                ),
+                exit_data: "127.0.0.1:9".parse().unwrap(),
+                gw_exit: "127.0.0.1:9".parse().unwrap(),
+                link_key: [9; 32],
+                start_us: T * 1000,
+                node: 0,
+            },
+            dp,
+            EventBus::new(64),
+            T,
+        );
+        Some((core, pins))
+    }
+
+    /// The datagrams the core queued: (to, bytes).
+    fn sent(core: &mut Core) -> Vec<(SocketAddr, Vec<u8>)> {
+        std::mem::take(&mut core.out)
+            .into_iter()
+            .filter_map(|o| match o {
+                Outgoing::Udp { peer, data, .. } => Some((peer, data)),
+                Outgoing::Link { .. } => None,
+            })
+            .collect()
+    }
+
+    fn count(core: &Core, kind: &str) -> u64 {
+        core.counters.handshakes.get(kind).copied().unwrap_or(0)
+    }
+
+    #[test]
+    fn stale_hellos_get_time_within_the_budget_and_no_replay_makes_a_session() {
+        let client = keypair();
+        let Some((mut core, _pins)) = core(&client, "time") else {
+            return;
+        };
+        let (local, peer) = (GW.parse().unwrap(), CLIENT.parse().unwrap());
+        let gw_pub = core.gateway_pub();
+        let rng = SystemRandom::new();
+        let hello = |ts, cookie| {
+            ClientHandshake::start_with_cookie(&client, &gw_pub, ts, cookie, &rng).unwrap()
+        };
+
+        // A client 60 s ahead: refused as before, and told the time.
+        let (hs, stale) = hello(T + 60_010, None);
+        core.on_datagram(local, peer, &stale, T + 10);
+        assert_eq!(count(&core, "freshness_expired"), 1);
+        let out = sent(&mut core);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].0, peer);
+        assert_eq!(out[0].1.len(), TIME_MSG_LEN);
+        assert!(out[0].1.len() < HELLO_LEN);
+        let time = Time::decode(&out[0].1).unwrap();
+        assert_eq!(hs.verify_time(&time).unwrap(), T + 10);
+        assert_eq!(core.session_count(), 0);
+
+        // Replayed, stale: a TIME each within the budget (20 at once), then silence.
+        for _ in 0..25 {
+            core.on_datagram(local, peer, &stale, T + 10);
+        }
+        assert_eq!(sent(&mut core).len(), 19);
+        assert_eq!(
+            (count(&core, "time_sent"), count(&core, "time_limited")),
+            (20, 6)
+        );
+        assert_eq!(count(&core, "freshness_expired"), 26);
+        assert_eq!(core.session_count(), 0, "no session, no state");
+
+        // Stamped before the controller started (within the window): a TIME too,
+        // once the budget has a token again.
+        let (hs, early) = hello(T - 5_000, None);
+        core.on_datagram(local, peer, &early, T + 10);
+        assert!(sent(&mut core).is_empty(), "over the budget");
+        core.on_datagram(local, peer, &early, T + 1_000);
+        assert_eq!(count(&core, "before_start"), 2);
+        let out = sent(&mut core);
+        let time = Time::decode(&out[0].1).unwrap();
+        assert_eq!(hs.verify_time(&time).unwrap(), T + 1_000);
+
+        // Unknown keys and bad signatures get nothing, stale or not.
+        let (_, stranger) = ClientHandshake::start(&keypair(), &gw_pub, T, &rng).unwrap();
+        let mut forged = stale.clone();
+        forged[100] ^= 1;
+        core.on_datagram(local, peer, &stranger, T + 1_000);
+        core.on_datagram(local, peer, &forged, T + 1_000);
+        assert!(sent(&mut core).is_empty());
+        assert_eq!(
+            (count(&core, "unknown_peer"), count(&core, "bad_signature")),
+            (1, 1)
+        );
+
+        // A fresh HELLO with a cookie (the controller does not check it): WELCOME,
+        // over the whole 188 bytes.
+        let (mut hs, fresh) = hello(T + 1_000, Some([0xc0; 16]));
+        core.on_datagram(local, peer, &fresh, T + 1_000);
+        let out = sent(&mut core);
+        assert_eq!(out.len(), 1);
+        hs.on_welcome(&out[0].1)
+            .expect("the WELCOME covers the HELLO as sent");
+        assert_eq!(core.session_count(), 1);
+
+        // Replayed while fresh (with or without its cookie): the nonce cache.
+        core.on_datagram(local, peer, &fresh, T + 2_000);
+        core.on_datagram(local, peer, &fresh[..HELLO_LEN], T + 2_000);
+        assert!(sent(&mut core).is_empty());
+        assert_eq!(count(&core, "replay"), 2);
+        // Replayed once stale: a TIME, still no session.
+        core.on_datagram(local, peer, &fresh, T + 40_000);
+        let out = sent(&mut core);
+        assert_eq!(out.len(), 1);
+        assert!(Time::decode(&out[0].1).is_ok());
+        assert_eq!(core.session_count(), 1, "only the one session");
+        assert_eq!(count(&core, "welcomed"), 1);
     }
 }

@@ -4,6 +4,7 @@
 //! [`core::Core`] holds every session and handles one input at a time; [`run`] is the
 //! I/O shell around it.
 
+pub mod aggregate;
 mod calls;
 pub mod cluster;
 pub mod config;
@@ -20,6 +21,7 @@ mod reattach;
 pub mod record;
 mod rollback;
 mod run;
+mod timers;
 
 pub use config::{ConfigError, GatewayConfig};
 pub use persist::{Commit, Resumed};

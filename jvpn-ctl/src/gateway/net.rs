@@ -9,10 +9,13 @@ use std::{
     collections::HashMap,
     ffi::CStr,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket as StdUdpSocket},
-    sync::Arc,
+    os::fd::AsRawFd,
+    task::Poll,
 };
 
-use tokio::{net::UdpSocket, sync::mpsc};
+use tokio::{io::Interest, net::UdpSocket};
+
+use crate::udp_batch::{RecvBatch, SendBatch, set_buffers};
 
 /// Addresses of `iface`, except IPv6 link-local ones (they need a scope for every
 /// send and a client would never use one as its gateway).
@@ -59,26 +62,35 @@ pub fn interface_addrs(iface: &str) -> std::io::Result<Vec<IpAddr>> {
     Ok(out)
 }
 
-/// A datagram for the controller.
-pub struct Datagram {
-    pub local: SocketAddr,
-    pub peer: SocketAddr,
-    pub data: Vec<u8>,
+/// Datagrams taken from the sockets per `recvmmsg` call.
+const RECV_SLOTS: usize = 64;
+/// Replies queued per socket before a `sendmmsg`.
+const SEND_SLOTS: usize = 64;
+/// Socket buffers asked for (the kernel caps them at `rmem_max`/`wmem_max` unless the
+/// process may force them): a burst the controller has not read yet waits here
+/// instead of being dropped.
+const SOCKET_BUFFER: usize = 8 << 20;
+
+struct Socket {
+    local: SocketAddr,
+    sock: UdpSocket,
+    out: SendBatch,
 }
 
-/// The gateway's protocol sockets by local address.
+/// The gateway's protocol sockets by local address. They are read and written on
+/// the controller's own thread: a reader task per socket handing each datagram over
+/// a channel cost two thread switches per datagram, a third of the controller's time
+/// at 140,000 keepalives/s (docs/gateway.md, "Keepalives at scale").
 pub struct Sockets {
-    by_local: HashMap<SocketAddr, Arc<UdpSocket>>,
+    socks: Vec<Socket>,
+    by_local: HashMap<SocketAddr, usize>,
+    rx: RecvBatch,
 }
 
 impl Sockets {
-    /// Binds `port` on every address of `ifaces` and starts a reader task per socket
-    /// that forwards datagrams to `tx`.
-    pub fn bind(
-        ifaces: &[String],
-        port: u16,
-        tx: mpsc::Sender<Datagram>,
-    ) -> Result<Self, SocketError> {
+    /// Binds `port` on every address of `ifaces`.
+    pub fn bind(ifaces: &[String], port: u16) -> Result<Self, SocketError> {
+        let mut socks = Vec::new();
         let mut by_local = HashMap::new();
         for iface in ifaces {
             let addrs = interface_addrs(iface).map_err(|cause| SocketError::Addrs {
@@ -90,48 +102,113 @@ impl Sockets {
                 let std = StdUdpSocket::bind(local)
                     .and_then(|s| s.set_nonblocking(true).map(|()| s))
                     .map_err(|cause| SocketError::Bind { local, cause })?;
-                let sock = Arc::new(
-                    UdpSocket::from_std(std).map_err(|cause| SocketError::Bind { local, cause })?,
-                );
-                by_local.insert(local, sock.clone());
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    // One byte more than the largest KEEPALIVE (a path-MTU probe): a
-                    // longer datagram arrives truncated and is refused as malformed.
-                    let mut buf = vec![0u8; crate::proto::control::KEEPALIVE_MAX_LEN + 1];
-                    loop {
-                        let Ok((n, peer)) = sock.recv_from(&mut buf).await else {
-                            continue;
-                        };
-                        let d = Datagram {
-                            local,
-                            peer,
-                            data: buf[..n].to_vec(),
-                        };
-                        // A full queue sheds load here rather than blocking the reader.
-                        if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(d) {
-                            break;
-                        }
-                    }
+                if let Err(e) = set_buffers(std.as_raw_fd(), SOCKET_BUFFER, SOCKET_BUFFER) {
+                    tracing::warn!("socket buffers of {local}: {e}");
+                }
+                let sock =
+                    UdpSocket::from_std(std).map_err(|cause| SocketError::Bind { local, cause })?;
+                by_local.insert(local, socks.len());
+                socks.push(Socket {
+                    local,
+                    sock,
+                    out: SendBatch::new(SEND_SLOTS, 128),
                 });
             }
         }
-        if by_local.is_empty() {
+        if socks.is_empty() {
             return Err(SocketError::NoAddresses(ifaces.join(", ")));
         }
-        Ok(Self { by_local })
+        Ok(Self {
+            socks,
+            by_local,
+            // One byte more than the largest KEEPALIVE (a path-MTU probe): a longer
+            // datagram arrives truncated and is refused as malformed.
+            rx: RecvBatch::new(RECV_SLOTS, crate::proto::control::KEEPALIVE_MAX_LEN + 1),
+        })
     }
 
-    /// Sends without waiting; a full socket buffer drops the datagram (returns false).
-    pub fn send(&self, local: SocketAddr, peer: SocketAddr, data: &[u8]) -> bool {
+    /// Resolves when some socket has a datagram to read.
+    pub async fn readable(&self) {
+        std::future::poll_fn(|cx| {
+            for s in &self.socks {
+                if s.sock.poll_recv_ready(cx).is_ready() {
+                    return Poll::Ready(());
+                }
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Reads what the sockets hold, up to about `budget` datagrams, calling
+    /// `f(local, peer, datagram)` for each; returns how many were read.
+    pub fn recv(
+        &mut self,
+        budget: usize,
+        mut f: impl FnMut(SocketAddr, SocketAddr, &[u8]),
+    ) -> usize {
+        let mut n = 0;
+        let rx = &mut self.rx;
+        for s in &self.socks {
+            while n < budget {
+                let got = match s
+                    .sock
+                    .try_io(Interest::READABLE, || rx.recv(s.sock.as_raw_fd()))
+                {
+                    Ok(got) => got,
+                    Err(_) => break, // WouldBlock (readiness cleared) or a socket error
+                };
+                for i in 0..got {
+                    if let (d, Some(peer)) = rx.get(i) {
+                        f(s.local, peer, d);
+                    }
+                }
+                n += got;
+                if got < rx.capacity() {
+                    break;
+                }
+            }
+        }
+        n
+    }
+
+    /// Queues a datagram on the socket of `local` (sent by [`Sockets::flush`]);
+    /// false when there is no such socket.
+    pub fn queue(&mut self, local: SocketAddr, peer: SocketAddr, data: &[u8]) -> bool {
         match self.by_local.get(&local) {
-            Some(s) => s.try_send_to(data, peer).is_ok(),
+            Some(&i) => {
+                let s = &mut self.socks[i];
+                s.out.push(data, peer);
+                if s.out.is_full() {
+                    return Self::send_queued(s) == 0;
+                }
+                true
+            }
             None => false,
         }
     }
 
+    /// Sends everything queued without waiting; returns how many datagrams could not
+    /// be sent (a full socket buffer drops them).
+    pub fn flush(&mut self) -> usize {
+        self.socks.iter_mut().map(Self::send_queued).sum()
+    }
+
+    fn send_queued(s: &mut Socket) -> usize {
+        let mut failed = 0;
+        let fd = s.sock.as_raw_fd();
+        if s.out
+            .send(fd, |_, r| failed += r.is_err() as usize)
+            .is_err()
+        {
+            failed += s.out.len();
+            s.out.clear();
+        }
+        failed
+    }
+
     pub fn locals(&self) -> impl Iterator<Item = &SocketAddr> {
-        self.by_local.keys()
+        self.socks.iter().map(|s| &s.local)
     }
 }
 

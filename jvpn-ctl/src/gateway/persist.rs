@@ -35,6 +35,7 @@ pub fn durable_change(old: &Session, new: &Session) -> bool {
         generation,
         left_attached_ms,
         last_rx_ms: _,
+        last_data_ms: _,
         last_reattach_seq,
         nonces,
         switches,

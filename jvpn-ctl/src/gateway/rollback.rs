@@ -136,6 +136,8 @@ impl Core {
                 }
                 EventRecord::OwnershipChange { session_id, .. } => ids.contains(&session_id.0),
                 EventRecord::SecurityEvent { .. }
+                | EventRecord::SecuritySummary { .. }
+                | EventRecord::EventsSuppressed { .. }
                 | EventRecord::TransportHealth { .. }
                 | EventRecord::ControllerStarted { .. } => false,
             };

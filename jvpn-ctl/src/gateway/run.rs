@@ -15,7 +15,7 @@ use tokio::{net::UdpSocket, sync::mpsc};
 use super::{
     config::GatewayConfig,
     core::{Core, CoreParams, Outgoing},
-    net::{Datagram, SocketError, Sockets, source_for},
+    net::{SocketError, Sockets, source_for},
     persist::Commit,
     pool::Pool,
     rollback::RolledBack,
@@ -31,6 +31,10 @@ use crate::{
 /// Inputs handled before one group commit of the store (and the replies they
 /// allow): an ACK waits at most for this batch plus one fsync (~0.7 ms here).
 const BATCH: usize = 256;
+/// HELLOs waiting for the controller (a second's worth at its signature rate).
+const HELLO_QUEUE: usize = 4096;
+/// HELLOs handled per turn of the loop when nothing else is waiting (~70 µs each).
+const HELLOS_PER_TURN: usize = 8;
 
 const TICK: Duration = Duration::from_millis(50);
 
@@ -126,6 +130,7 @@ pub async fn run(
         pin_dir: cfg.pin_dir.clone(),
         debug_log: false,
     })?;
+    dp.set_gate(&cfg.limits.gate())?;
     let mode = if cfg.attach == "skb" {
         AttachMode::Skb
     } else {
@@ -136,15 +141,18 @@ pub async fn run(
         tracing::info!("relay attached to {i} ({m})");
     }
 
-    let (dg_tx, mut dg_rx) = mpsc::channel::<Datagram>(4096);
-    let sockets = Sockets::bind(&cfg.interfaces, cfg.port, dg_tx)?;
+    let mut sockets = Sockets::bind(&cfg.interfaces, cfg.port)?;
     let link_sock = bind_link(cfg.exit.link).await?;
     let (link_tx, mut link_rx) = mpsc::channel::<Vec<u8>>(1024);
     spawn_link_reader(link_sock.clone(), cfg.exit.link, link_tx);
 
     let bus = EventBus::new(4096);
     let _sink = match &cfg.event_log {
-        Some(p) => Some(control::events::spawn_file_sink(p.clone(), &bus)?),
+        Some(p) => Some(control::events::spawn_file_sink_limited(
+            p.clone(),
+            &bus,
+            cfg.event_log_limits(),
+        )?),
         None => None,
     };
     let (call_tx, mut call_rx) = mpsc::channel::<control::server::Call>(256);
@@ -170,6 +178,7 @@ pub async fn run(
         bus,
         started,
     );
+    core.set_security_aggregate_ms(cfg.security_aggregate_ms);
     let now = clock.now_ms();
     let (cl_tx, mut cl_rx) = mpsc::unbounded_channel::<crate::cluster::Change>();
     let (records, claims) = match &mut db {
@@ -248,6 +257,7 @@ pub async fn run(
     );
 
     let fault = Fault::from_env();
+    let mut hellos = HelloQueue::default();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
@@ -269,16 +279,8 @@ pub async fn run(
                     None => resp,
                 };
                 let _ = c.reply.send(resp);
-                flush(&mut core, &sockets, &link_sock, cfg.exit.link);
+                flush(&mut core, &mut sockets, &link_sock, cfg.exit.link);
                 continue;
-            }
-            Some(d) = dg_rx.recv() => {
-                core.on_datagram(d.local, d.peer, &d.data, clock.now_ms());
-                // A group commit covers what else is already queued.
-                for _ in 1..BATCH {
-                    let Ok(d) = dg_rx.try_recv() else { break };
-                    core.on_datagram(d.local, d.peer, &d.data, clock.now_ms());
-                }
             }
             Some(f) = link_rx.recv() => core.on_link_frame(&f, clock.now_ms()),
             Some(ch) = cl_rx.recv() => {
@@ -290,6 +292,28 @@ pub async fn run(
             _ = tick.tick() => {
                 db.keep_lease(&mut core, &clock);
                 core.tick(clock.now_ms());
+                core.dp.rotate_cookie_if_due();
+            }
+            // Known sessions first: every datagram of a session (KEEPALIVE, REATTACH_*,
+            // CONFIRM, CLOSE) is handled as it is read; HELLOs, each a signature check,
+            // wait in a bounded queue and are taken a few at a time only when no
+            // socket has anything else, so a HELLO flood delays no session's answer by
+            // more than those few.
+            () = sockets.readable() => {
+                let now = clock.now_ms();
+                sockets.recv(BATCH, |local, peer, data| {
+                    if data.get(1) == Some(&jvpn_common::wire::msg_type::HELLO) {
+                        hellos.push(local, peer, data);
+                    } else {
+                        core.on_datagram(local, peer, data, now);
+                    }
+                });
+            }
+            () = std::future::ready(()), if !hellos.is_empty() => {
+                for _ in 0..HELLOS_PER_TURN {
+                    let Some((local, peer, data)) = hellos.pop() else { break };
+                    core.on_datagram(local, peer, &data, clock.now_ms());
+                }
             }
         }
         // Durable before visible: no reply of this batch leaves before its records
@@ -299,15 +323,16 @@ pub async fn run(
         send(
             core.take_early(),
             &mut core,
-            &sockets,
+            &mut sockets,
             &link_sock,
             cfg.exit.link,
         );
+        core.note_hellos_shed(hellos.take_shed());
         let swapped = core.take_swapped();
         fault.at(swapped, Fault::SwapBeforeCommit);
         db.commit(&mut core, clock.now_ms())?;
         fault.at(swapped, Fault::SwapAfterCommit);
-        flush(&mut core, &sockets, &link_sock, cfg.exit.link);
+        flush(&mut core, &mut sockets, &link_sock, cfg.exit.link);
     }
 
     // Drained sessions may still be waiting for the exit's REVOKE acknowledgement:
@@ -319,7 +344,7 @@ pub async fn run(
         }
         core.tick(clock.now_ms());
         db.commit(&mut core, clock.now_ms())?;
-        flush(&mut core, &sockets, &link_sock, cfg.exit.link);
+        flush(&mut core, &mut sockets, &link_sock, cfg.exit.link);
     }
     if core.link_pending() > 0 {
         tracing::warn!(
@@ -644,7 +669,7 @@ impl Warned {
     }
 }
 
-fn flush(core: &mut Core, sockets: &Sockets, link: &UdpSocket, exit_link: SocketAddr) {
+fn flush(core: &mut Core, sockets: &mut Sockets, link: &UdpSocket, exit_link: SocketAddr) {
     let out = std::mem::take(&mut core.out);
     send(out, core, sockets, link, exit_link);
 }
@@ -652,7 +677,7 @@ fn flush(core: &mut Core, sockets: &Sockets, link: &UdpSocket, exit_link: Socket
 fn send(
     out: Vec<Outgoing>,
     core: &mut Core,
-    sockets: &Sockets,
+    sockets: &mut Sockets,
     link: &UdpSocket,
     exit_link: SocketAddr,
 ) {
@@ -660,12 +685,46 @@ fn send(
         let sent = match o {
             Outgoing::Udp {
                 local, peer, data, ..
-            } => sockets.send(local, peer, &data),
+            } => sockets.queue(local, peer, &data),
             Outgoing::Link { data, .. } => link.try_send_to(&data, exit_link).is_ok(),
         };
         if !sent {
             core.note_send_failure();
         }
+    }
+    for _ in 0..sockets.flush() {
+        core.note_send_failure();
+    }
+}
+
+/// HELLOs read and not yet handled, oldest first. Bounded: the XDP gate caps the
+/// HELLOs that reach the controller (docs/datapath.md, "The HELLO gate"), so a full
+/// queue means more arrive than the controller verifies; the newest are shed.
+#[derive(Default)]
+struct HelloQueue {
+    q: std::collections::VecDeque<(SocketAddr, SocketAddr, Vec<u8>)>,
+    shed: u64,
+}
+
+impl HelloQueue {
+    fn push(&mut self, local: SocketAddr, peer: SocketAddr, data: &[u8]) {
+        if self.q.len() < HELLO_QUEUE {
+            self.q.push_back((local, peer, data.to_vec()));
+        } else {
+            self.shed += 1;
+        }
+    }
+
+    fn pop(&mut self) -> Option<(SocketAddr, SocketAddr, Vec<u8>)> {
+        self.q.pop_front()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.q.is_empty()
+    }
+
+    fn take_shed(&mut self) -> u64 {
+        std::mem::take(&mut self.shed)
     }
 }
 

@@ -62,10 +62,11 @@ impl Default for ClusterOptions {
             nodes: 2,
             etcd_members: 1,
             lease_ttl_s: 2,
-            policy: "keepalive_interval_ms = 100\ntransport_loss_ttl_ms = 500\n\
+            policy:
+                "keepalive_interval_ms = 100\ntransport_loss_ttl_ms = 500\nidle_loss_ttl_ms = 500\n\
                      candidate_ttl_ms = 1000\nmax_recovery_window_ms = 20000\n\
                      max_switches_per_minute = 60\n"
-                .into(),
+                    .into(),
             etcd_timeout_ms: 500,
         }
     }
@@ -362,7 +363,7 @@ etcd_timeout_ms = {timeout}
             "identity = \"{d}/client.key\"\ngateway_public_key = \"{}\"\n\
              tun_name = \"jvpn0\"\nroutes = [\"10.99.3.0/24\"]\n\
              control_socket = \"{d}/client.sock\"\nevent_log = \"{d}/client-events.jsonl\"\n\
-             {extra}\n[health]\nreturn_after_ms = 1000\nattempt_timeout_ms = 400\n\
+             {extra}\n[health]\nreturn_after_ms = 1000\nattempt_timeout_ms = 400\nidle_after_ms = 0\n\
              [[transport]]\nname = \"lan\"\nkind = \"ethernet\"\nbind = \"{CLIENT}:{CLIENT_PORT}\"\n\
              interface = \"c-lan\"\ngateways = [{}]\n",
             hex::encode(proto::identity::public_key(&key)),

@@ -38,9 +38,10 @@ use crate::{
 
 /// Lab timers: fast enough to watch, slow enough to read (the production defaults
 /// are 1 s keepalives and a 3 s loss TTL).
-pub const POLICY: &str = "keepalive_interval_ms = 100\ntransport_loss_ttl_ms = 500\n\
+pub const POLICY: &str = "keepalive_interval_ms = 100\ntransport_loss_ttl_ms = 500\nidle_loss_ttl_ms = 500\n\
 candidate_ttl_ms = 1000\nmax_recovery_window_ms = 15000\nmax_switches_per_minute = 10\n";
-const HEALTH: &str = "[health]\nreturn_after_ms = 1000\nattempt_timeout_ms = 400\n";
+const HEALTH: &str =
+    "[health]\nreturn_after_ms = 1000\nattempt_timeout_ms = 400\nidle_after_ms = 0\n";
 const ECHO_PORT: u16 = 7000;
 /// The bulk TCP flow's sink, on the exit's tunnel address.
 const TCP_PORT: u16 = 7001;
@@ -126,6 +127,16 @@ fn describe(e: &EventRecord) -> Option<String> {
         ),
         EventRecord::SecurityEvent { source, kind, .. } => {
             format!("SECURITY {kind} from {source}")
+        }
+        EventRecord::SecuritySummary {
+            kind,
+            prefix,
+            count,
+            interval_ms,
+            ..
+        } => format!("SECURITY {kind} from {prefix}: {count} in {interval_ms} ms"),
+        EventRecord::EventsSuppressed { count, .. } => {
+            format!("{count} events left out of the event log")
         }
         EventRecord::OwnershipChange {
             from_node,

@@ -209,9 +209,15 @@ reserved = ["{EXIT_TUN}"]
 
     /// Writes `client.toml` and starts the client agent in the client namespace.
     pub fn start_client(&mut self, config: &str) -> Result<()> {
+        self.start_client_with_env(config, &[])
+    }
+
+    /// As [`Stack::start_client`], with extra environment for the agent (e.g.
+    /// libfaketime's, to put its clock off).
+    pub fn start_client_with_env(&mut self, config: &str, env: &[(&str, &str)]) -> Result<()> {
         fs::write(self.dir.join("client.toml"), config)?;
         let ns = self.lab.client.name.clone();
-        self.spawn(&ns, "client", &["client", "--config", "client.toml"])?;
+        self.spawn_env(&ns, "client", &["client", "--config", "client.toml"], env)?;
         self.wait_for("the client's control socket", |me| {
             Client::connect(&me.client_socket).is_ok()
         })
@@ -317,7 +323,10 @@ reserved = ["{EXIT_TUN}"]
     /// SIGTERM, then SIGKILL after 5 s.
     /// The process id of `name`, while it runs.
     pub fn pid(&self, name: &str) -> Option<u32> {
-        self.procs.iter().find(|(n, _)| *n == name).map(|(_, c)| c.id())
+        self.procs
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, c)| c.id())
     }
 
     pub fn stop(&mut self, name: &str) {

@@ -6,10 +6,15 @@
 //! from an unauthenticated source, and does its own freshness and nonce-cache checks
 //! with the decoded `ts_ms`/`nonce`. The client side is a small state object that holds
 //! the ephemeral key until the WELCOME arrives.
+//!
+//! A HELLO may carry a cookie (16 bytes after the signature, not signed: the gateway's
+//! XDP program checks it when under load, the controller does not). Everything that
+//! covers "the HELLO" — the WELCOME's signature, the transcript, a TIME's signature —
+//! covers the whole payload as sent and received, cookie included.
 
 use std::{net::IpAddr, ops::Deref};
 
-use jvpn_common::wire::{HEADER_LEN, WireHeader, msg_type};
+use jvpn_common::wire::{COOKIE_LEN, HEADER_LEN, HELLO_NONCE_OFF, WireHeader, msg_type};
 use ring::{
     agreement::{self, EphemeralPrivateKey, UnparsedPublicKey, X25519},
     digest, hmac,
@@ -22,7 +27,7 @@ use super::{
     fields::{ADDR_LEN, HINT_LEN, arr, decode_addr, encode_addr, fixed_control, u64_at},
 };
 
-pub use jvpn_common::wire::HELLO_LEN;
+pub use jvpn_common::wire::{HELLO_COOKIE_LEN, HELLO_LEN};
 pub const WELCOME_LEN: usize = HEADER_LEN + 32 + 8 + ADDR_LEN + HINT_LEN + 64;
 pub const CONFIRM_LEN: usize = HEADER_LEN + 32;
 pub const ESTABLISHED_LEN: usize = HEADER_LEN + 32;
@@ -89,38 +94,50 @@ fn public_of(identity: &Ed25519KeyPair) -> [u8; 32] {
 /// A well-formed HELLO whose signature has not been checked yet.
 #[derive(Clone, Debug)]
 pub struct Hello {
-    raw: [u8; HELLO_LEN],
+    /// The whole payload as received: [`HELLO_LEN`] or [`HELLO_COOKIE_LEN`] bytes.
+    raw: Vec<u8>,
     pub ctr: u64,
     pub eph_pub: [u8; 32],
     /// The client's identity: check it against the peers list before verifying.
     pub id_pub: [u8; 32],
     pub ts_ms: u64,
     pub nonce: [u8; 16],
+    /// The cookie a HELLO sent after a COOKIE carries (not signed; the controller
+    /// does not check it: the XDP program did, if it was under load).
+    pub cookie: Option<[u8; COOKIE_LEN]>,
 }
 
 impl Hello {
+    /// Exactly [`HELLO_LEN`] or [`HELLO_COOKIE_LEN`] bytes; anything else is malformed.
     pub fn decode(bytes: &[u8]) -> Result<Hello, ProtoError> {
-        let h = fixed_control(bytes, msg_type::HELLO, "HELLO", HELLO_LEN)?;
+        let len = if bytes.len() == HELLO_COOKIE_LEN {
+            HELLO_COOKIE_LEN
+        } else {
+            HELLO_LEN
+        };
+        let h = fixed_control(bytes, msg_type::HELLO, "HELLO", len)?;
         Ok(Hello {
-            raw: arr(bytes, 0),
+            raw: bytes.to_vec(),
             ctr: h.counter(),
             eph_pub: arr(bytes, 20),
             id_pub: arr(bytes, 52),
             ts_ms: u64_at(bytes, 84),
-            nonce: arr(bytes, 92),
+            nonce: arr(bytes, HELLO_NONCE_OFF),
+            cookie: (len == HELLO_COOKIE_LEN).then(|| arr(bytes, HELLO_LEN)),
         })
     }
 
     /// Checks the client's signature, which also binds the HELLO to this gateway.
+    /// It covers the first [`HELLO_LEN`] − 64 bytes (never the cookie).
     pub fn verify_signature(&self, gateway_pub: &[u8; 32]) -> Result<VerifiedHello, ProtoError> {
         let msg = hello_signed_message(&self.raw[..HELLO_SIGNED], gateway_pub);
         signature::UnparsedPublicKey::new(&signature::ED25519, &self.id_pub)
-            .verify(&msg, &self.raw[HELLO_SIGNED..])
+            .verify(&msg, &self.raw[HELLO_SIGNED..HELLO_LEN])
             .map_err(|_| ProtoError::BadSignature)?;
         Ok(VerifiedHello(self.clone()))
     }
 
-    /// The HELLO exactly as received (part of the transcript).
+    /// The HELLO exactly as received, cookie included (part of the transcript).
     pub fn bytes(&self) -> &[u8] {
         &self.raw
     }
@@ -316,7 +333,8 @@ pub fn established(
 pub struct ClientHandshake {
     /// Taken when a WELCOME verifies; `None` afterwards.
     eph: Option<EphemeralPrivateKey>,
-    hello: [u8; HELLO_LEN],
+    /// The HELLO as sent (with its cookie, if it carries one).
+    hello: Vec<u8>,
     gateway_pub: [u8; 32],
 }
 
@@ -345,27 +363,43 @@ pub struct ClientSession {
 }
 
 impl ClientHandshake {
-    /// Builds a signed HELLO for the gateway with identity `gateway_pub`.
+    /// Builds a signed HELLO for the gateway with identity `gateway_pub`, stamped
+    /// `ts_ms` (the client's idea of the gateway's time).
     pub fn start(
         identity: &Ed25519KeyPair,
         gateway_pub: &[u8; 32],
-        now_ms: u64,
+        ts_ms: u64,
+        rng: &dyn SecureRandom,
+    ) -> Result<(ClientHandshake, Vec<u8>), ProtoError> {
+        Self::start_with_cookie(identity, gateway_pub, ts_ms, None, rng)
+    }
+
+    /// As [`ClientHandshake::start`], with `cookie` (from a COOKIE) appended after
+    /// the signature: a [`HELLO_COOKIE_LEN`]-byte HELLO.
+    pub fn start_with_cookie(
+        identity: &Ed25519KeyPair,
+        gateway_pub: &[u8; 32],
+        ts_ms: u64,
+        cookie: Option<[u8; COOKIE_LEN]>,
         rng: &dyn SecureRandom,
     ) -> Result<(ClientHandshake, Vec<u8>), ProtoError> {
         let (eph, eph_pub) = x25519_keypair(rng)?;
         let mut nonce = [0u8; 16];
         rng.fill(&mut nonce).map_err(|_| ProtoError::Rng)?;
-        let mut h = Vec::with_capacity(HELLO_LEN);
+        let mut h = Vec::with_capacity(HELLO_COOKIE_LEN);
         h.extend_from_slice(&WireHeader::new(msg_type::HELLO, 0, HELLO_CTR).to_bytes());
         h.extend_from_slice(&eph_pub);
         h.extend_from_slice(&public_of(identity));
-        h.extend_from_slice(&now_ms.to_be_bytes());
+        h.extend_from_slice(&ts_ms.to_be_bytes());
         h.extend_from_slice(&nonce);
         let sig = identity.sign(&hello_signed_message(&h, gateway_pub));
         h.extend_from_slice(sig.as_ref());
+        if let Some(c) = cookie {
+            h.extend_from_slice(&c);
+        }
         let hs = ClientHandshake {
             eph: Some(eph),
-            hello: arr(&h, 0),
+            hello: h.clone(),
             gateway_pub: *gateway_pub,
         };
         Ok((hs, h))
@@ -374,6 +408,26 @@ impl ClientHandshake {
     /// The HELLO, for retransmission.
     pub fn hello(&self) -> &[u8] {
         &self.hello
+    }
+
+    /// The HELLO's nonce (what a COOKIE or TIME answering it echoes).
+    pub fn nonce(&self) -> [u8; 16] {
+        arr(&self.hello, HELLO_NONCE_OFF)
+    }
+
+    /// The HELLO carries a cookie.
+    pub fn has_cookie(&self) -> bool {
+        self.hello.len() == HELLO_COOKIE_LEN
+    }
+
+    /// Checks a TIME against this HELLO (its echoed nonce, and the gateway's
+    /// signature over it and the HELLO as sent); returns the gateway's time.
+    pub fn verify_time(&self, time: &super::reply::Time) -> Result<u64, ProtoError> {
+        if time.nonce_echo != self.nonce() {
+            return Err(ProtoError::Malformed("TIME for another HELLO"));
+        }
+        time.verify(&self.gateway_pub, &self.hello)?;
+        Ok(time.gateway_ms)
     }
 
     /// Decodes a WELCOME and checks the gateway's signature over it and our HELLO.
@@ -592,6 +646,62 @@ pub(crate) mod tests {
         let a: IpAddr = "fd00:77::2".parse().unwrap();
         let w = welcome(&gw, &v, SID, 1, a, HINT, 1, &rng).unwrap();
         assert_eq!(c.on_welcome(&w.welcome).unwrap().tunnel_addr, a);
+    }
+
+    /// A HELLO with a cookie: 188 bytes, the signature over the same first bytes as
+    /// without, and the WELCOME and the transcript over all 188 on both sides.
+    #[test]
+    fn hello_with_a_cookie_is_covered_whole_by_welcome_and_transcript() {
+        let rng = SystemRandom::new();
+        let (gw, cl) = (keypair(), keypair());
+        let gw_pub = public_of(&gw);
+        let cookie = [0xc0; 16];
+        let (mut client, hello) =
+            ClientHandshake::start_with_cookie(&cl, &gw_pub, 5, Some(cookie), &rng).unwrap();
+        assert_eq!(hello.len(), HELLO_COOKIE_LEN);
+        assert_eq!(hello.len(), 188);
+        assert!(client.has_cookie());
+        let h = Hello::decode(&hello).unwrap();
+        assert_eq!(h.cookie, Some(cookie));
+        assert_eq!(h.nonce, client.nonce());
+        assert_eq!(h.bytes(), &hello[..]);
+        let v = h.verify_signature(&gw_pub).unwrap();
+        // The cookie is not signed: another one verifies as well ...
+        let mut other = hello.clone();
+        other[HELLO_LEN] ^= 0xff;
+        let ov = Hello::decode(&other)
+            .unwrap()
+            .verify_signature(&gw_pub)
+            .unwrap();
+        // ... and without it the first 172 bytes are a HELLO of their own.
+        let plain = Hello::decode(&hello[..HELLO_LEN]).unwrap();
+        assert_eq!(plain.cookie, None);
+        plain.verify_signature(&gw_pub).unwrap();
+        // But a WELCOME answers the HELLO as received: one for other bytes fails.
+        let addr = "10.77.0.2".parse().unwrap();
+        let wrong = welcome(&gw, &ov, SID, 1, addr, HINT, 6, &rng).unwrap();
+        assert!(client.on_welcome(&wrong.welcome).is_err());
+        let w = welcome(&gw, &v, SID, 1, addr, HINT, 6, &rng).unwrap();
+        let s = client.on_welcome(&w.welcome).unwrap();
+        assert_eq!(s.transcript, w.transcript);
+        assert_eq!(s.transcript, transcript(&hello, &w.welcome));
+        let (k, g) = (&s.keys, &w.keys);
+        assert_eq!((k.reattach, k.c2x, k.x2c), (g.reattach, g.c2x, g.x2c));
+    }
+
+    #[test]
+    fn hello_lengths_other_than_172_and_188_are_malformed() {
+        let rng = SystemRandom::new();
+        let gw_pub = public_of(&keypair());
+        let (_, hello) =
+            ClientHandshake::start_with_cookie(&keypair(), &gw_pub, 5, Some([1; 16]), &rng)
+                .unwrap();
+        for len in 0..=hello.len() + 20 {
+            let mut b = hello.clone();
+            b.resize(len, 0);
+            let ok = Hello::decode(&b).is_ok();
+            assert_eq!(ok, len == HELLO_LEN || len == HELLO_COOKIE_LEN, "len {len}");
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod handshake;
 pub mod identity;
 mod keys;
 pub mod link;
+pub mod reply;
 
 pub use control::{Body, Control, ReattachCause, ReattachRequest, Unverified};
 pub use ctl_window::CtlWindow;
@@ -28,3 +29,4 @@ pub use handshake::{
 pub use identity::{Peer, Peers};
 pub use keys::SessionKeys;
 pub use link::{Dir, LinkCrypto, LinkMsg, load_link_key};
+pub use reply::{Cookie, Time};

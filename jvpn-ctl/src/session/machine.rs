@@ -13,7 +13,7 @@
 //! | any live | `now - created >= session_ttl_s*1000` | TERMINATED | session_ttl_expired | SendClose (if bound), Teardown |
 //! | VOL, DEG, REC | `now - left_attached >= max_recovery_window_ms` | TERMINATED | recovery_window_expired | SendClose, Teardown |
 //! | REC | `pending.expires_ms <= now` | DEGRADED | reattach_validation_failed (transport_ttl) | TransportSwitchDenied |
-//! | ATTACHED | `now - last_rx > transport_loss_ttl_ms` | VOLATILE | transport_volatile | — |
+//! | ATTACHED | `now - last_rx > loss_ttl` (`transport_loss_ttl_ms` while data flows, else `idle_loss_ttl_ms`) | VOLATILE | transport_volatile | — |
 //!
 //! **Events** (after the timers):
 //!
@@ -101,10 +101,13 @@ pub fn step(s: &Session, e: &Event, p: &Policy, now_ms: u64) -> Step {
                 });
             }
         }
-        Event::BoundTraffic => {
+        Event::BoundTraffic | Event::BoundData => {
             c.timers(p);
             if c.s.state != State::Terminated {
                 c.s.last_rx_ms = now_ms;
+                if *e == Event::BoundData {
+                    c.s.last_data_ms = now_ms;
+                }
                 if matches!(c.s.state, State::Volatile | State::Degraded) {
                     c.go(State::Attached, Reason::TransportRecovered, None);
                 }
@@ -393,10 +396,22 @@ impl Ctx {
             let candidate = k.addr;
             self.deny(candidate, Detail::TransportTtl, false);
         } else if s.state == State::Attached
-            && now.saturating_sub(s.last_rx_ms) > p.transport_loss_ttl_ms
+            && now.saturating_sub(s.last_rx_ms) > loss_ttl(s, p, now)
         {
             self.go(State::Volatile, Reason::TransportVolatile, None);
         }
+    }
+}
+
+/// The silence on the binding that makes an ATTACHED session VOLATILE at `now`: the
+/// loss TTL while tunnel data flows (data within `idle_after_ms`), the idle loss TTL
+/// once it has not. Idle clients keepalive rarely (docs/client.md, "Keepalive
+/// schedule"); they send data no later than they speed their keepalives up again.
+pub fn loss_ttl(s: &Session, p: &Policy, now: u64) -> u64 {
+    if s.last_data_ms != 0 && now.saturating_sub(s.last_data_ms) <= p.idle_after_ms {
+        p.transport_loss_ttl_ms
+    } else {
+        p.idle_loss_ttl_ms.max(p.transport_loss_ttl_ms)
     }
 }
 
@@ -411,11 +426,20 @@ pub fn next_deadline(s: &Session, p: &Policy) -> Option<u64> {
         State::Terminated => return None,
         State::Birth => d = d.min(s.created_ms.saturating_add(p.handshake_timeout_ms)),
         State::Attached => {
-            d = d.min(
+            // The short TTL applies if data is still recent when it runs out; else the
+            // idle one (never shorter) does.
+            let short = s
+                .last_rx_ms
+                .saturating_add(p.transport_loss_ttl_ms)
+                .saturating_add(1);
+            let at = if loss_ttl(s, p, short) == p.transport_loss_ttl_ms {
+                short
+            } else {
                 s.last_rx_ms
-                    .saturating_add(p.transport_loss_ttl_ms)
-                    .saturating_add(1),
-            )
+                    .saturating_add(loss_ttl(s, p, short))
+                    .saturating_add(1)
+            };
+            d = d.min(at)
         }
         State::Volatile | State::Degraded | State::Recovering => {
             if let Some(t) = s.left_attached_ms {

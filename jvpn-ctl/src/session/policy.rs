@@ -12,6 +12,11 @@ pub struct Policy {
     pub max_switches_per_minute: u32,
     /// Silence on the bound transport after which it is VOLATILE (gateway) / DEAD (client).
     pub transport_loss_ttl_ms: u64,
+    /// No tunnel data for this long makes a session idle: its binding's silence is then
+    /// judged against `idle_loss_ttl_ms` (idle clients keepalive every 15 s).
+    pub idle_after_ms: u64,
+    /// Silence on an idle session's binding after which it is VOLATILE.
+    pub idle_loss_ttl_ms: u64,
     /// How long a reattach candidate has to answer its challenge.
     pub candidate_ttl_ms: u64,
     /// Absolute session lifetime.
@@ -37,6 +42,8 @@ impl Default for Policy {
             max_recovery_window_ms: 30_000,
             max_switches_per_minute: 10,
             transport_loss_ttl_ms: 3_000,
+            idle_after_ms: 5_000,
+            idle_loss_ttl_ms: 45_000,
             candidate_ttl_ms: 2_000,
             session_ttl_s: 86_400,
             freshness_window_ms: 30_000,
@@ -65,13 +72,15 @@ impl Policy {
     /// outlasts the recovery window, ...).
     pub fn validate(&self) -> Result<(), PolicyError> {
         let err = |key, problem| Err(PolicyError { key, problem });
-        let positive: [(&'static str, u64); 8] = [
+        let positive: [(&'static str, u64); 10] = [
             ("max_recovery_window_ms", self.max_recovery_window_ms),
             (
                 "max_switches_per_minute",
                 self.max_switches_per_minute.into(),
             ),
             ("transport_loss_ttl_ms", self.transport_loss_ttl_ms),
+            ("idle_after_ms", self.idle_after_ms),
+            ("idle_loss_ttl_ms", self.idle_loss_ttl_ms),
             ("candidate_ttl_ms", self.candidate_ttl_ms),
             ("session_ttl_s", self.session_ttl_s),
             ("freshness_window_ms", self.freshness_window_ms),
@@ -93,6 +102,22 @@ impl Policy {
             return err(
                 "transport_loss_ttl_ms",
                 "must not exceed max_recovery_window_ms",
+            );
+        }
+        if self.idle_loss_ttl_ms < self.transport_loss_ttl_ms {
+            return err(
+                "idle_loss_ttl_ms",
+                "must be at least transport_loss_ttl_ms (an idle link is heard from less often)",
+            );
+        }
+        if self.idle_loss_ttl_ms > 3_600_000 || self.idle_after_ms > 3_600_000 {
+            return err(
+                if self.idle_after_ms > 3_600_000 {
+                    "idle_after_ms"
+                } else {
+                    "idle_loss_ttl_ms"
+                },
+                "must be at most 3600000 (an hour)",
             );
         }
         if self.candidate_ttl_ms > self.max_recovery_window_ms {

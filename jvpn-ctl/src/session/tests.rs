@@ -294,10 +294,17 @@ fn timer_candidate_ttl_expired() {
     );
 }
 
+/// [`attached`], with tunnel data at `T0`: its silence is judged by the short TTL.
+fn active() -> Session {
+    let s = run(&attached(), Event::BoundData, T0).session;
+    assert_eq!((s.last_data_ms, s.last_rx_ms), (T0, T0));
+    s
+}
+
 #[test]
 fn timer_attached_silence_transport_volatile() {
     let ttl = pol().transport_loss_ttl_ms;
-    let s = attached();
+    let s = active();
     assert_eq!(run(&s, Event::Tick, T0 + ttl).session, s);
     let st = run(&s, Event::Tick, T0 + ttl + 1);
     assert_eq!(st.session.state, State::Volatile);
@@ -437,9 +444,50 @@ fn bound_traffic_recovering_only_refreshes_last_rx() {
 }
 
 #[test]
+fn idle_silence_is_judged_by_the_idle_ttl() {
+    let p = pol();
+    // Never any data: the idle TTL from the start.
+    let s = attached();
+    let idle = p.idle_loss_ttl_ms;
+    assert_eq!(next_deadline(&s, &p), Some(T0 + idle + 1));
+    assert_eq!(run(&s, Event::Tick, T0 + idle).session, s);
+    assert_eq!(
+        run(&s, Event::Tick, T0 + idle + 1).session.state,
+        State::Volatile
+    );
+
+    // Data at T0, a keepalive at +1 s: the short TTL still applies 3 s later, since
+    // data is still recent then.
+    let s = run(&active(), Event::BoundTraffic, T0 + 1_000).session;
+    let short = T0 + 1_000 + p.transport_loss_ttl_ms + 1;
+    assert!(short - T0 <= p.idle_after_ms);
+    assert_eq!(next_deadline(&s, &p), Some(short));
+    assert_eq!(run(&s, Event::Tick, short - 1).session, s);
+    assert_eq!(run(&s, Event::Tick, short).session.state, State::Volatile);
+
+    // A keepalive at +3 s: by the time the short TTL runs out the data is old, so the
+    // session is idle and its keepalives may be rare.
+    let s = run(&active(), Event::BoundTraffic, T0 + 3_000).session;
+    let at = T0 + 3_000 + idle + 1;
+    assert_eq!(next_deadline(&s, &p), Some(at));
+    for t in [T0 + 6_001, T0 + 20_000, at - 1] {
+        assert_eq!(run(&s, Event::Tick, t).session, s, "at +{}", t - T0);
+    }
+    assert_eq!(run(&s, Event::Tick, at).session.state, State::Volatile);
+
+    // Keepalives alone never make a session active again; data does.
+    let s = run(&s, Event::BoundData, T0 + 30_000).session;
+    assert_eq!(s.last_data_ms, T0 + 30_000);
+    assert_eq!(
+        next_deadline(&s, &p),
+        Some(T0 + 30_000 + p.transport_loss_ttl_ms + 1)
+    );
+}
+
+#[test]
 fn bound_traffic_after_silence_goes_volatile_then_recovers() {
     // Timers first: the silence is noticed, then the traffic heals it.
-    let st = run(&attached(), Event::BoundTraffic, T0 + 10_000);
+    let st = run(&active(), Event::BoundTraffic, T0 + 4_000);
     assert_eq!(st.session.state, State::Attached);
     assert_eq!(st.session.version, 3);
     assert_eq!(
@@ -1292,7 +1340,7 @@ fn policy_default_is_valid() {
 #[test]
 fn policy_validate_names_the_key() {
     type Edit = fn(&mut Policy);
-    let cases: [(&str, Edit); 14] = [
+    let cases: [(&str, Edit); 18] = [
         ("max_recovery_window_ms", |p| p.max_recovery_window_ms = 0),
         ("max_switches_per_minute", |p| p.max_switches_per_minute = 0),
         ("transport_loss_ttl_ms", |p| p.transport_loss_ttl_ms = 0),
@@ -1310,6 +1358,12 @@ fn policy_validate_names_the_key() {
         ("candidate_ttl_ms", |p| {
             p.candidate_ttl_ms = p.max_recovery_window_ms + 1
         }),
+        ("idle_after_ms", |p| p.idle_after_ms = 0),
+        ("idle_loss_ttl_ms", |p| {
+            p.idle_loss_ttl_ms = p.transport_loss_ttl_ms - 1
+        }),
+        ("idle_loss_ttl_ms", |p| p.idle_loss_ttl_ms = 3_600_001),
+        ("idle_after_ms", |p| p.idle_after_ms = 3_600_001),
         ("max_loss_pct", |p| p.max_loss_pct = 101),
         ("session_ttl_s", |p| p.session_ttl_s = u64::MAX / 1000 + 1),
         ("session_ttl_s", |p| p.session_ttl_s = u64::MAX),

@@ -177,6 +177,12 @@ pub struct Session {
     pub left_attached_ms: Option<u64>,
     /// Last healthy traffic seen on the bound transport.
     pub last_rx_ms: u64,
+    /// Last tunnel DATA the relay counted for the session (0: none since this
+    /// controller started). Decides which silence counts as a loss: the short
+    /// `transport_loss_ttl_ms` while data flows, `idle_loss_ttl_ms` once it has not for
+    /// `idle_after_ms`. Not stored: a resumed session starts idle, the longer grace.
+    #[serde(skip)]
+    pub last_data_ms: u64,
     /// Highest reattach sequence accepted (authenticated and fresh).
     pub last_reattach_seq: u64,
     /// Reattach nonces seen within the freshness window: `(expires_ms, nonce)`, oldest first.
@@ -198,6 +204,7 @@ impl Session {
             generation: 0,
             left_attached_ms: None,
             last_rx_ms: now_ms,
+            last_data_ms: 0,
             last_reattach_seq: 0,
             nonces: VecDeque::new(),
             switches: VecDeque::new(),
@@ -236,8 +243,10 @@ pub enum Event {
     Confirmed {
         binding: SocketAddr,
     },
-    /// Healthy traffic (data, keepalive) seen on the bound transport.
+    /// Healthy traffic (a keepalive) seen on the bound transport.
     BoundTraffic,
+    /// Tunnel DATA relayed from the bound transport (the relay's counter moved).
+    BoundData,
     /// Link quality measured on the bound transport.
     Quality {
         loss_pct: u32,

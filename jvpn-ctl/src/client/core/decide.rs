@@ -5,6 +5,10 @@ use super::*;
 
 impl Core {
     pub(super) fn tick_session(&mut self, now_ms: u64) {
+        if !matches!(self.phase, Phase::Up(_)) {
+            return;
+        }
+        self.note_activity(now_ms);
         let Phase::Up(s) = &self.phase else {
             return;
         };

@@ -16,6 +16,7 @@ impl Core {
             Some(&msg_type::WELCOME | &msg_type::ESTABLISHED) => {
                 self.on_handshake_msg(t, a, data, now_ms)
             }
+            Some(&msg_type::TIME | &msg_type::COOKIE) => self.on_reply(t, a, data, now_ms),
             _ => self.on_control(t, a, data, now_ms),
         }
     }
@@ -81,7 +82,11 @@ impl Core {
             if a != self.links[t].current {
                 return;
             }
-            return self.on_keepalive_ack(t, echo_ts_ms, generation, up_forwarded, flags, now_ms);
+            // It echoes our timestamp in the gateway's time (as we sent it).
+            let Some(echo) = from_gateway_ms(echo_ts_ms, self.clock_offset_ms) else {
+                return;
+            };
+            return self.on_keepalive_ack(t, echo, generation, up_forwarded, flags, now_ms);
         }
         self.heard(t, a, now_ms);
         match msg.body {

@@ -72,6 +72,8 @@ impl Core {
                     l.local
                 );
                 l.local = local.to_string();
+                // A cookie is bound to the source address and port it was given to.
+                l.cookie = None;
                 // An exchange under way over it used the old socket.
                 self.abandon_attempt_over(t, "address_added", now_ms);
                 self.restart_link(t, "address_added", now_ms);

@@ -71,6 +71,13 @@ use crate::{
 
 /// HELLO retransmission period, and HELLOs per transport before the next is tried.
 const HELLO_EVERY_MS: u64 = 1_000;
+/// HELLOs sent at once on a TIME or COOKIE between two of the timer's: a gateway
+/// that keeps answering so cannot make the client send at the speed of the network.
+const QUICK_HELLOS: u32 = 4;
+/// A WELCOME's time further than this from ours (with the offset we use) sets the
+/// offset: a quarter of the gateway's default freshness window (30 s), which the
+/// client does not know.
+const WELCOME_SKEW_MS: u64 = 7_500;
 const HELLOS_PER_TRANSPORT: u32 = 3;
 /// In-flight handshakes kept (a late WELCOME for an earlier HELLO is still usable).
 const MAX_HANDSHAKES: usize = 4;
@@ -215,6 +222,10 @@ struct Link {
     quality_moves: u32,
     /// The cause of its last reported health change (for its next event).
     cause: &'static str,
+    /// The last COOKIE's cookie and the gateway address (index) it came from: the
+    /// HELLOs to that address carry it. It is bound to this transport's source
+    /// address and port, so it is forgotten when the socket is bound anew.
+    cookie: Option<(usize, [u8; 16])>,
 }
 
 impl Link {
@@ -271,11 +282,20 @@ struct Attempt {
 
 struct Connecting {
     transport: usize,
-    handshakes: Vec<ClientHandshake>,
+    handshakes: Vec<SentHello>,
     hellos_on_transport: u32,
     last_hello_ms: u64,
+    /// HELLOs sent at once on a TIME or COOKIE since the timer's last.
+    quick_hellos: u32,
     /// WELCOME verified; CONFIRM being sent until ESTABLISHED.
     confirming: Option<(ClientSession, u64)>,
+}
+
+/// A HELLO waiting for its WELCOME (or a TIME or COOKIE, which consume it).
+struct SentHello {
+    hs: ClientHandshake,
+    /// The transport it went over: only answers on it count.
+    transport: usize,
 }
 
 struct Session {
@@ -382,6 +402,16 @@ enum Phase {
     },
 }
 
+/// The tunnel's data counters at the last look, and when they last moved.
+#[derive(Debug)]
+struct Activity {
+    tx: u64,
+    rx: u64,
+    last_data_ms: u64,
+    /// No data for `idle_after_ms`: the slow keepalive schedule.
+    idle: bool,
+}
+
 pub struct Core {
     links: Vec<Link>,
     health: HealthConfig,
@@ -396,6 +426,16 @@ pub struct Core {
     last_state: State,
     /// The configured tunnel MTU: the most the tunnel is given, whatever the paths.
     mtu_cap: u16,
+    /// The gateway's clock minus ours, learned from a TIME (or a WELCOME far from
+    /// it): every timestamp sent to the gateway is local time plus this, and every
+    /// one it echoes is taken back by it. One for the gateway's identity (the nodes
+    /// of a cluster share it and keep one time); it changes only while connecting,
+    /// so no timestamp in flight is ever read with another offset.
+    clock_offset_ms: i64,
+    /// Where it was learned: `"TIME from 10.77.1.1:51820"`.
+    clock_offset_source: Option<String>,
+    /// Whether the tunnel carries data: it sets the keepalive schedule.
+    activity: Activity,
     /// What the shell must do, returned by [`Core::step`].
     out: Vec<Out>,
 }
@@ -437,6 +477,7 @@ impl Core {
                 quality_hold_until: 0,
                 quality_moves: 0,
                 cause: "",
+                cookie: None,
             })
             .collect();
         let mut core = Self {
@@ -451,6 +492,14 @@ impl Core {
             established: 0,
             last_state: State::Birth,
             mtu_cap: u16::try_from(cfg.mtu).unwrap_or(u16::MAX),
+            clock_offset_ms: 0,
+            clock_offset_source: None,
+            activity: Activity {
+                tx: 0,
+                rx: 0,
+                last_data_ms: now_ms,
+                idle: false,
+            },
             out: Vec::new(),
         };
         core.connect(0, now_ms);
@@ -483,7 +532,18 @@ impl Core {
 
     /// The shell reports the socket's real local address (port 0 resolved).
     pub fn set_local(&mut self, transport: usize, local: SocketAddr) {
-        self.links[transport].local = local.to_string();
+        let l = &mut self.links[transport];
+        let local = local.to_string();
+        if l.local != local {
+            // A cookie is bound to the source address and port it was given to.
+            l.cookie = None;
+        }
+        l.local = local;
+    }
+
+    /// The gateway's clock minus ours (0 until a TIME or a WELCOME said otherwise).
+    pub fn clock_offset_ms(&self) -> i64 {
+        self.clock_offset_ms
     }
 
     /// The gateway address transport `t` sends to now (it changes when the transport
@@ -640,6 +700,16 @@ impl Core {
             self.out.push(Out::Exit(reason));
         }
     }
+}
+
+/// A local timestamp as the gateway's clock would show it.
+fn to_gateway_ms(local_ms: u64, offset_ms: i64) -> u64 {
+    local_ms.saturating_add_signed(offset_ms)
+}
+
+/// A timestamp the gateway echoes, back in local time (`None`: not one of ours).
+fn from_gateway_ms(gateway_ms: u64, offset_ms: i64) -> Option<u64> {
+    gateway_ms.checked_add_signed(offset_ms.checked_neg()?)
 }
 
 fn new_pmtu(v6: bool, max: u16, now_ms: u64) -> PathMtu {

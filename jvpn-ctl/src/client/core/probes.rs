@@ -41,6 +41,33 @@ impl Core {
         }
     }
 
+    /// Tunnel data since the last look keeps the session active; none, sent or
+    /// received, for `idle_after_ms` makes it idle (the slow keepalive schedule,
+    /// docs/client.md). Waking re-bases every transport's silence and probes them all
+    /// at once, so a path that died while idle is found within the fast thresholds.
+    pub(super) fn note_activity(&mut self, now_ms: u64) {
+        let (tx, rx) = (self.counters.tx_packets, self.counters.rx_packets);
+        let idle_after = self.health.idle_after_ms;
+        let a = &mut self.activity;
+        if (tx, rx) != (a.tx, a.rx) {
+            (a.tx, a.rx, a.last_data_ms) = (tx, rx, now_ms);
+            if std::mem::take(&mut a.idle) {
+                tracing::debug!("tunnel data again: keepalives at the fast rate");
+                for l in &mut self.links {
+                    l.health.rebase(now_ms);
+                }
+                self.probe_all(now_ms, true);
+            }
+        } else if !a.idle && idle_after > 0 && now_ms.saturating_sub(a.last_data_ms) >= idle_after {
+            a.idle = true;
+            tracing::debug!(
+                "no tunnel data for {idle_after} ms: idle, keepalives every {} ms (bound) / {} ms",
+                self.health.idle_keepalive_ms,
+                self.health.idle_standby_ms
+            );
+        }
+    }
+
     pub(super) fn thresholds(&self, hint: &Hint) -> (Thresholds, u64) {
         let h = &self.health;
         let pick = |own: u64, hint: u32| if own > 0 { own } else { u64::from(hint).max(1) };
@@ -49,13 +76,21 @@ impl Core {
         // Silence long enough to be more than a lost probe or two on the bound
         // transport (probed every `probe_interval_ms`): loss is the quality
         // verdict's business, with its dwell; this is "nothing comes back at all".
-        let volatile_after = if h.volatile_after_ms > 0 {
+        let mut volatile_after = if h.volatile_after_ms > 0 {
             h.volatile_after_ms
         } else {
             (2 * keepalive)
                 .max(SILENT_PROBES * h.probe_interval_ms)
                 .min(loss_ttl)
         };
+        let mut loss_ttl = loss_ttl;
+        if self.activity.idle {
+            // Idle, a transport is heard from once per slow period: two missed are a
+            // worry, three a loss (the gateway waits for three of the bound one's).
+            let slowest = h.idle_keepalive_ms.max(h.idle_standby_ms);
+            volatile_after = volatile_after.max(2 * slowest);
+            loss_ttl = loss_ttl.max(3 * slowest);
+        }
         let t = Thresholds {
             max_loss_pct: h.max_loss_pct,
             max_rtt_ms: h.max_rtt_ms,
@@ -78,10 +113,16 @@ impl Core {
             0 => keepalive,
             p => p.min(keepalive),
         };
+        let (bound_every, keepalive) = if self.activity.idle {
+            (self.health.idle_keepalive_ms, self.health.idle_standby_ms)
+        } else {
+            (bound_every, keepalive)
+        };
         let Phase::Up(s) = &mut self.phase else {
             return;
         };
         let sent = self.counters.tx_packets;
+        let offset = self.clock_offset_ms;
         for (i, l) in self.links.iter_mut().enumerate() {
             let every = if i == s.bound { bound_every } else { keepalive };
             let due = force
@@ -92,7 +133,8 @@ impl Core {
                 continue;
             }
             let ts = l.next_ts(now_ms);
-            if let Some(data) = s.control(Body::Keepalive { ts_ms: ts, pad: 0 }) {
+            let ts_ms = to_gateway_ms(ts, offset);
+            if let Some(data) = s.control(Body::Keepalive { ts_ms, pad: 0 }) {
                 l.last_probe_ms = Some(now_ms);
                 l.health.on_probe_sent(ts);
                 remember(&mut l.sent_at, (ts, sent));
@@ -114,6 +156,7 @@ impl Core {
             return;
         };
         let sent = self.counters.tx_packets;
+        let offset = self.clock_offset_ms;
         for (i, l) in self.links.iter_mut().enumerate() {
             if l.status != Status::Healthy {
                 continue;
@@ -127,7 +170,8 @@ impl Core {
             let payload = usize::from(p.size.saturating_sub(ip_udp_len(l.v6())));
             let pad = u16::try_from(payload.saturating_sub(KEEPALIVE_LEN)).unwrap_or(0);
             let ts = l.next_ts(now_ms);
-            if let Some(data) = s.control(Body::Keepalive { ts_ms: ts, pad }) {
+            let ts_ms = to_gateway_ms(ts, offset);
+            if let Some(data) = s.control(Body::Keepalive { ts_ms, pad }) {
                 remember(&mut l.mtu_probes, (ts, p.id));
                 remember(&mut l.sent_at, (ts, sent));
                 self.counters.mtu_probes_sent += 1;
@@ -176,7 +220,7 @@ impl Core {
         self.seal(&notice);
     }
 
-    /// A verified KEEPALIVE_ACK on transport `t`.
+    /// A verified KEEPALIVE_ACK on transport `t` (`echo_ts_ms` back in local time).
     pub(super) fn on_keepalive_ack(
         &mut self,
         t: usize,

@@ -15,7 +15,8 @@ impl Core {
         }
         let l = &self.links[c];
         let kind = l.cfg.kind.wire();
-        let req = match ReattachRequest::new(now_ms, nonce, kind, cause, l.cfg.name.as_bytes()) {
+        let ts = to_gateway_ms(now_ms, self.clock_offset_ms);
+        let req = match ReattachRequest::new(ts, nonce, kind, cause, l.cfg.name.as_bytes()) {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!("building REATTACH_REQUEST: {e}");

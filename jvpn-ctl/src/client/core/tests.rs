@@ -1,18 +1,20 @@
 //! The client core driven by hand, with the gateway's side of the protocol built from
 //! `proto`: rebinding on "not bound", what must not trigger it, end-to-end liveness,
-//! the tunnel MTU, and transports with several gateway addresses (cluster nodes).
+//! the tunnel MTU, transports with several gateway addresses (cluster nodes), and
+//! the gateway's TIME and COOKIE answers to a HELLO (what they may and may not
+//! change).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use ring::{hmac, rand::SystemRandom};
 
-use super::{Core, Out};
+use super::{Core, LinkSignal, Out};
 use crate::{
     client::{config::ClientConfig, health::Status},
     control::api::EventRecord,
     proto::{
-        self, Body, Control, Established, Hint, ReattachCause, ReattachRequest, SessionKeys,
-        Unverified,
+        self, Body, Control, Cookie, Established, Hint, ReattachCause, ReattachRequest,
+        SessionKeys, Time, Unverified,
         control::{ACK_FROM_BINDING, keepalive_ack},
         handshake::{Hello, tests::keypair, welcome},
     },
@@ -20,7 +22,7 @@ use crate::{
 };
 
 pub(super) const T0: u64 = 1_700_000_000_000;
-const SID: u64 = 0x5e55_1011;
+pub(super) const SID: u64 = 0x5e55_1011;
 pub(super) const HINT: Hint = Hint {
     recovery_window_ms: 10_000,
     keepalive_interval_ms: 100,
@@ -41,7 +43,7 @@ pub(super) const fn v4(ip: [u8; 4], port: u16) -> SocketAddr {
 }
 
 /// Wi-Fi and LTE, one gateway address each.
-const TRANSPORTS: &str = "[[transport]]\nname = \"wifi\"\nkind = \"wifi\"\nbind = \"10.0.0.2:40000\"\n\
+pub(super) const TRANSPORTS: &str = "[[transport]]\nname = \"wifi\"\nkind = \"wifi\"\nbind = \"10.0.0.2:40000\"\n\
      gateway = \"10.0.0.1:51820\"\n\
      [[transport]]\nname = \"lte\"\nkind = \"cellular\"\nbind = \"10.0.1.2:40000\"\n\
      gateway = \"10.0.1.1:51820\"\n";
@@ -54,6 +56,12 @@ pub(super) struct Gw {
 }
 
 impl Gw {
+    /// The gateway's half of a session with `keys`, its counter at `ctr`.
+    pub(super) fn new(keys: SessionKeys, ctr: u64) -> Self {
+        let mac = keys.mac_key();
+        Self { keys, mac, ctr }
+    }
+
     pub(super) fn ack(&mut self, ts: u64, generation: u32, fwd: u32, flags: u8) -> Vec<u8> {
         self.ctr += 1;
         keepalive_ack(&self.mac, SID, self.ctr, ts, generation, fwd, flags)
@@ -71,7 +79,7 @@ impl Gw {
     }
 }
 
-fn config(gw_pub: &[u8; 32], transports: &str) -> ClientConfig {
+pub(super) fn config(gw_pub: &[u8; 32], transports: &str) -> ClientConfig {
     let c = ClientConfig::parse(&format!(
         "identity = \"/nonexistent\"\ngateway_public_key = \"{}\"\n{transports}",
         hex::encode(gw_pub)
@@ -697,4 +705,192 @@ fn an_unanswered_hello_goes_to_the_next_address_and_confirm_follows_the_welcome(
     assert_eq!(s.state, State::Attached);
     assert_eq!(s.bound_gateway.as_deref(), Some("10.0.0.9:51820"));
     assert_eq!(s.transports[WIFI].gateway, NODE_B.to_string());
+}
+
+// ---------------------------------------------------------------------------------
+// TIME and COOKIE
+
+/// A core whose first HELLO (over Wi-Fi) is waiting, and the gateway's identity.
+fn connecting() -> (Core, ring::signature::Ed25519KeyPair, Vec<u8>) {
+    let (gw_id, cl_id) = (keypair(), keypair());
+    let gw_pub = proto::identity::public_key(&gw_id);
+    let mut core = Core::new(&config(&gw_pub, TRANSPORTS), cl_id, gw_pub, T0);
+    let (t, to, hello) = udp_to(&mut core).remove(0);
+    assert_eq!((t, to), (WIFI, WIFI_GW));
+    (core, gw_id, hello)
+}
+
+/// The gateway's TIME (its time `gw_ms`) for `hello`, signed by `id`.
+fn time_for(id: &ring::signature::Ed25519KeyPair, hello: &[u8], gw_ms: u64) -> Vec<u8> {
+    let v = Hello::decode(hello)
+        .unwrap()
+        .verify_signature(&proto::identity::public_key(id))
+        .unwrap();
+    Time::build(id, &v, 9, gw_ms)
+}
+
+fn hellos(core: &mut Core) -> Vec<(usize, SocketAddr, Hello)> {
+    udp_to(core)
+        .into_iter()
+        .filter_map(|(t, a, d)| Hello::decode(&d).ok().map(|h| (t, a, h)))
+        .collect()
+}
+
+#[test]
+fn a_time_is_taken_once_and_forged_or_foreign_ones_change_nothing() {
+    let (mut core, gw_id, hello) = connecting();
+    let now = T0 + 5;
+    let gw_ms = T0 - 61_234;
+    // Signed by another key, for another client's HELLO, on the other transport,
+    // truncated: nothing changes, nothing is sent.
+    let other = keypair();
+    let (_, foreign) = proto::ClientHandshake::start(
+        &keypair(),
+        &proto::identity::public_key(&gw_id),
+        T0,
+        &SystemRandom::new(),
+    )
+    .unwrap();
+    let good = time_for(&gw_id, &hello, gw_ms);
+    let mut forged = good.clone();
+    forged[30] ^= 1;
+    // Our HELLO, answered with the right nonce but signed by another key.
+    let v = Hello::decode(&hello)
+        .unwrap()
+        .verify_signature(&proto::identity::public_key(&gw_id))
+        .unwrap();
+    let impostor = Time::build(&other, &v, 9, gw_ms);
+    for (t, bad) in [
+        (WIFI, forged),
+        (WIFI, impostor),
+        (WIFI, time_for(&gw_id, &foreign, gw_ms)),
+        (LTE, good.clone()),
+        (WIFI, good[..good.len() - 1].to_vec()),
+    ] {
+        let from = if t == WIFI { WIFI_GW } else { LTE_GW };
+        core.on_datagram(t, from, &bad, now);
+        assert!(udp_to(&mut core).is_empty(), "nothing sent");
+    }
+    let s = core.status(now);
+    assert_eq!((s.counters.time_refused, s.counters.time_replies), (5, 0));
+    assert_eq!(s.clock_offset_ms, 0);
+
+    // The real one: the offset, and one new HELLO at once, stamped with it.
+    core.on_datagram(WIFI, WIFI_GW, &good, now);
+    let again = hellos(&mut core);
+    assert_eq!(again.len(), 1);
+    let (t, to, h) = &again[0];
+    assert_eq!((*t, *to), (WIFI, WIFI_GW));
+    assert_eq!(h.ts_ms, now - 61_239);
+    assert_ne!(h.nonce, Hello::decode(&hello).unwrap().nonce, "a new nonce");
+    let s = core.status(now);
+    assert_eq!(s.clock_offset_ms, gw_ms as i64 - now as i64);
+    assert_eq!(s.counters.time_replies, 1);
+
+    // The same TIME again (a replay, or a duplicate): its HELLO was consumed.
+    core.on_datagram(WIFI, WIFI_GW, &good, now + 1);
+    assert!(udp_to(&mut core).is_empty(), "one TIME, one HELLO");
+    assert_eq!(core.status(now + 1).counters.time_refused, 6);
+    // The timer's HELLO carries the offset too.
+    core.tick(T0 + 1_010);
+    let h = hellos(&mut core);
+    assert_eq!(h[0].2.ts_ms, T0 + 1_010 - 61_239);
+}
+
+#[test]
+fn a_gateway_that_keeps_answering_time_gets_a_bounded_number_of_hellos() {
+    let (mut core, gw_id, mut hello) = connecting();
+    let mut sent = 0;
+    for i in 0..10 {
+        core.on_datagram(
+            WIFI,
+            WIFI_GW,
+            &time_for(&gw_id, &hello, T0 - 60_000),
+            T0 + i,
+        );
+        match hellos(&mut core).pop() {
+            Some((_, _, h)) => {
+                sent += 1;
+                hello = h.bytes().to_vec();
+            }
+            None => break,
+        }
+    }
+    assert_eq!(
+        sent,
+        super::QUICK_HELLOS,
+        "then the next waits for the timer"
+    );
+    core.tick(T0 + 1_100);
+    assert_eq!(hellos(&mut core).len(), 1, "the timer's HELLO");
+}
+
+#[test]
+fn a_cookie_goes_with_every_later_hello_until_replaced_or_rebound() {
+    let (mut core, _gw_id, first) = connecting();
+    let nonce = |b: &[u8]| Hello::decode(b).unwrap().nonce;
+    // A COOKIE for a nonce we never sent, and one on the other transport: nothing.
+    core.on_datagram(WIFI, WIFI_GW, &Cookie::build(&[7; 16], &[1; 16]), T0 + 1);
+    core.on_datagram(
+        LTE,
+        LTE_GW,
+        &Cookie::build(&nonce(&first), &[1; 16]),
+        T0 + 1,
+    );
+    assert!(udp_to(&mut core).is_empty());
+    assert_eq!(core.status(T0 + 1).counters.cookie_refused, 2);
+
+    let cookie = Cookie::build(&nonce(&first), &[1; 16]);
+    core.on_datagram(WIFI, WIFI_GW, &cookie, T0 + 2);
+    let h = hellos(&mut core);
+    assert_eq!(h.len(), 1, "one HELLO at once");
+    assert_eq!(h[0].2.bytes().len(), 188);
+    assert_eq!(h[0].2.cookie, Some([1; 16]));
+    // Replayed: its HELLO was consumed.
+    core.on_datagram(WIFI, WIFI_GW, &cookie, T0 + 3);
+    assert!(udp_to(&mut core).is_empty());
+    assert_eq!(core.status(T0 + 3).counters.cookie_refused, 3);
+    assert!(core.status(T0 + 3).transports[WIFI].cookie);
+
+    // Unanswered: the timer's HELLO carries it as well.
+    core.tick(T0 + 1_010);
+    let h = hellos(&mut core);
+    assert_eq!(h[0].2.cookie, Some([1; 16]));
+    // A newer COOKIE replaces it.
+    let second = h[0].2.bytes().to_vec();
+    core.on_datagram(
+        WIFI,
+        WIFI_GW,
+        &Cookie::build(&nonce(&second), &[2; 16]),
+        T0 + 1_020,
+    );
+    assert_eq!(hellos(&mut core)[0].2.cookie, Some([2; 16]));
+    // A new source address (the socket bound anew): the cookie was for the old one.
+    core.on_link(
+        WIFI,
+        LinkSignal::Rebound(v4([10, 0, 0, 3], 40000)),
+        T0 + 1_030,
+    );
+    assert!(!core.status(T0 + 1_030).transports[WIFI].cookie);
+    core.tick(T0 + 2_100);
+    let h = hellos(&mut core);
+    assert_eq!(h[0].2.cookie, None);
+    assert_eq!(h[0].2.bytes().len(), 172);
+}
+
+#[test]
+fn replies_while_a_session_is_up_change_nothing() {
+    let (mut core, _) = established();
+    let _ = udp(&mut core);
+    core.on_datagram(WIFI, WIFI_GW, &Cookie::build(&[7; 16], &[1; 16]), T0 + 5);
+    let mut time = vec![0u8; jvpn_common::wire::TIME_MSG_LEN];
+    time[..20].copy_from_slice(
+        &jvpn_common::wire::WireHeader::new(jvpn_common::wire::msg_type::TIME, 0, 1).to_bytes(),
+    );
+    core.on_datagram(WIFI, WIFI_GW, &time, T0 + 5);
+    assert!(udp(&mut core).is_empty());
+    let s = core.status(T0 + 5);
+    assert_eq!((s.counters.cookie_refused, s.counters.time_refused), (1, 1));
+    assert_eq!((s.state, s.clock_offset_ms), (State::Attached, 0));
+    assert!(!s.transports[WIFI].cookie);
 }

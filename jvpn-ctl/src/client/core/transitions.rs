@@ -1,15 +1,26 @@
 //! Every client transition of the table in `core/mod.rs`, every DENIED reason, and
 //! the link signals, driven through virtual time against a gateway played in
 //! memory ([`Peer`]): it answers KEEPALIVEs and reattaches on every transport that
-//! is not cut, as the real gateway does.
+//! is not cut, as the real gateway does. Given the gateway's handshake side
+//! ([`GwHandshake`]), it also plays the handshake with a clock of its own (TIME for
+//! a stale HELLO) and under load (COOKIE).
 
-use std::net::SocketAddr;
+use std::{collections::HashSet, net::SocketAddr};
 
-use super::tests::{Gw, LTE, LTE_GW, WIFI, WIFI_GW, established, inner, v4};
+use jvpn_common::wire::msg_type;
+use ring::{rand::SystemRandom, signature::Ed25519KeyPair};
+
+use super::tests::{
+    Gw, HINT, LTE, LTE_GW, SID, TRANSPORTS, WIFI, WIFI_GW, config, established, inner, v4,
+};
 use super::{Core, Down, LinkSignal, Out};
 use crate::{
     control::api::EventRecord,
-    proto::{Body, ReattachCause, Unverified, control::ACK_FROM_BINDING},
+    proto::{
+        self, Body, Cookie, Established, Hello, ReattachCause, SessionKeys, Time, Unverified,
+        control::ACK_FROM_BINDING,
+        handshake::{tests::keypair, welcome},
+    },
     session::{Detail, Reason, State},
 };
 
@@ -36,6 +47,94 @@ struct Peer {
     /// What the core sent: (transport, message); and its events.
     sent: Vec<(usize, Body)>,
     events: Vec<EventRecord>,
+    /// The gateway's handshake side, for a peer that plays the session's start.
+    hs: Option<GwHandshake>,
+}
+
+/// The gateway's handshake, as the real one checks a HELLO (signature, freshness
+/// against its own clock, its start, the nonce cache), with TIME for a stale HELLO
+/// and, under load, COOKIE for one without its cookie (the XDP program's part). Its
+/// clock also judges every KEEPALIVE and REATTACH_REQUEST timestamp: a stale one
+/// goes unanswered.
+struct GwHandshake {
+    id: Ed25519KeyPair,
+    /// The gateway's clock minus the client's.
+    skew_ms: i64,
+    /// When it started, in its time (HELLOs and KEEPALIVEs stamped before: refused).
+    started_ms: u64,
+    under_load: bool,
+    cookie: [u8; 16],
+    nonces: HashSet<[u8; 16]>,
+    /// WELCOME sent: keys and transcript until the CONFIRM.
+    pending: Option<(SessionKeys, [u8; 32])>,
+    /// What it made of each HELLO (`time`, `cookie`, `welcome`, `replay`) and its length.
+    hellos: Vec<(&'static str, usize)>,
+    /// Timestamps of KEEPALIVEs and REATTACH_REQUESTs it refused as stale.
+    stale: u64,
+}
+
+const FRESHNESS_MS: u64 = 30_000;
+
+impl GwHandshake {
+    fn new(id: Ed25519KeyPair, skew_ms: i64) -> Self {
+        Self {
+            id,
+            skew_ms,
+            started_ms: 0,
+            under_load: false,
+            cookie: [0xc5; 16],
+            nonces: HashSet::new(),
+            pending: None,
+            hellos: Vec::new(),
+            stale: 0,
+        }
+    }
+
+    fn now(&self, client_now: u64) -> u64 {
+        client_now.saturating_add_signed(self.skew_ms)
+    }
+
+    fn fresh(&self, ts: u64, client_now: u64) -> bool {
+        let now = self.now(client_now);
+        now.abs_diff(ts) <= FRESHNESS_MS && ts >= self.started_ms
+    }
+
+    /// A HELLO: COOKIE, TIME, WELCOME, or silence (a replay).
+    fn hello(&mut self, data: &[u8], client_now: u64) -> Option<Vec<u8>> {
+        let h = Hello::decode(data).expect("a well-formed HELLO");
+        let gw_pub = proto::identity::public_key(&self.id);
+        if self.under_load && h.cookie != Some(self.cookie) {
+            self.hellos.push(("cookie", data.len()));
+            return Some(Cookie::build(&h.nonce, &self.cookie));
+        }
+        let v = h
+            .verify_signature(&gw_pub)
+            .expect("signed for this gateway");
+        let now = self.now(client_now);
+        if !self.fresh(v.ts_ms, client_now) {
+            self.hellos.push(("time", data.len()));
+            return Some(Time::build(&self.id, &v, 7, now));
+        }
+        if !self.nonces.insert(v.nonce) {
+            self.hellos.push(("replay", data.len()));
+            return None;
+        }
+        self.hellos.push(("welcome", data.len()));
+        let tunnel = "10.99.0.2".parse().unwrap();
+        let w = welcome(
+            &self.id,
+            &v,
+            SID,
+            1,
+            tunnel,
+            HINT,
+            now,
+            &SystemRandom::new(),
+        )
+        .unwrap();
+        self.pending = Some((w.keys, w.transcript));
+        Some(w.welcome)
+    }
 }
 
 impl Peer {
@@ -54,6 +153,43 @@ impl Peer {
             ignore_requests: false,
             sent: Vec::new(),
             events: Vec::new(),
+            hs: None,
+        }
+    }
+
+    /// A gateway that has not met the client yet: the core's first HELLO is
+    /// waiting in its queue (serve it).
+    fn before_session(skew_ms: i64) -> (Core, Self) {
+        let (gw_id, cl_id) = (keypair(), keypair());
+        let gw_pub = proto::identity::public_key(&gw_id);
+        let core = Core::new(&config(&gw_pub, TRANSPORTS), cl_id, gw_pub, T0);
+        let mut peer = Self::new(Gw::new(SessionKeys::derive(&[0; 32], &[0; 32]), 0));
+        let mut hs = GwHandshake::new(gw_id, skew_ms);
+        // It started an hour ago (its time).
+        hs.started_ms = hs.now(T0) - 3_600_000;
+        peer.hs = Some(hs);
+        (core, peer)
+    }
+
+    fn hs(&self) -> &GwHandshake {
+        self.hs.as_ref().expect("a peer playing the handshake")
+    }
+
+    /// The handshake's messages (HELLO, CONFIRM), when the peer plays it.
+    fn handshake(&mut self, data: &[u8], now: u64) -> Option<Option<Vec<u8>>> {
+        let hs = self.hs.as_mut()?;
+        match data.get(1) {
+            Some(&msg_type::HELLO) => Some(hs.hello(data, now)),
+            Some(&msg_type::CONFIRM) => {
+                let (keys, transcript) = hs.pending.take()?;
+                let mac = keys.mac_key();
+                proto::Confirm::decode(data)
+                    .and_then(|c| c.verify(&mac, &transcript))
+                    .expect("the CONFIRM verifies");
+                self.gw = Gw::new(keys, 2);
+                Some(Some(Established::build(&mac, SID, 2, &transcript)))
+            }
+            _ => None,
         }
     }
 
@@ -93,11 +229,29 @@ impl Peer {
             }
             return;
         }
+        if let Some(reply) = self.handshake(data, now) {
+            if let Some(reply) = reply {
+                core.on_datagram(t, Self::addr(t), &reply, now);
+            }
+            return;
+        }
         let Ok(u) = Unverified::decode(data) else {
             return;
         };
         let body = u.into_msg().body;
         self.sent.push((t, body.clone()));
+        // Its clock judges the timestamps, as the real gateway's does.
+        let ts = match &body {
+            Body::Keepalive { ts_ms, .. } => Some(*ts_ms),
+            Body::ReattachRequest(r) => Some(r.ts_ms),
+            _ => None,
+        };
+        if let (Some(hs), Some(ts)) = (&mut self.hs, ts)
+            && !hs.fresh(ts, now)
+        {
+            hs.stale += 1;
+            return;
+        }
         let reply = match body {
             Body::Keepalive { ts_ms, .. } => {
                 self.probes[t] += 1;
@@ -645,4 +799,208 @@ fn a_stall_does_not_time_out_an_exchange_whose_answer_waits_unread() {
     // The loop was stalled past the attempt timeout (500 ms).
     stall(&mut core, &mut peer, &mut now, 800);
     assert_eq!(state(&core, now), State::Recovering, "{:?}", peer.path());
+}
+
+// ---------------------------------------------------------------------------------
+// Freshness without synchronized clocks, and cookies (docs/protocol.md)
+
+/// ATTACHED, then every transport healthy (its KEEPALIVEs found fresh by the
+/// gateway's clock), round trips measured as they are, and a planned move to LTE
+/// whose REATTACH_REQUEST is stamped with the gateway's time.
+fn attaches_probes_and_moves(core: &mut Core, peer: &mut Peer, now: &mut u64) {
+    peer.serve(core, *now);
+    assert_eq!(
+        state(core, *now),
+        State::Attached,
+        "{:#?}",
+        core.status(*now)
+    );
+    peer.until(core, now, 1_000, |c, n| {
+        c.status(n)
+            .transports
+            .iter()
+            .all(|t| t.health.name() == "healthy")
+    });
+    for t in core.status(*now).transports {
+        let rtt = t.rtt_ms.expect("measured");
+        // The peer answers at once: any offset mixed into the echo would show here.
+        assert!(rtt < 1.0, "{}: RTT {rtt} ms", t.name);
+    }
+    core.request_move("lte").unwrap();
+    peer.until(core, now, 1_000, |c, n| {
+        bound(c, n) == "lte" && state(c, n) == State::Attached
+    });
+    assert_eq!(
+        peer.hs().stale,
+        0,
+        "every timestamp was fresh at the gateway"
+    );
+    let gw_now = peer.hs().now(*now);
+    let req_ts = peer
+        .sent
+        .iter()
+        .rev()
+        .find_map(|(_, b)| match b {
+            Body::ReattachRequest(r) => Some(r.ts_ms),
+            _ => None,
+        })
+        .expect("a REATTACH_REQUEST");
+    assert!(gw_now.abs_diff(req_ts) < 1_000, "{req_ts} vs {gw_now}");
+}
+
+#[test]
+fn a_skewed_clock_learns_the_gateway_time_from_time_and_attaches() {
+    const HOUR: i64 = 3_600_000;
+    // The client's clock ahead by 60 s, 1 h, a year; behind by 60 s; and right.
+    for ahead in [60_000, HOUR, 365 * 24 * HOUR, -60_000, 0] {
+        let (mut core, mut peer) = Peer::before_session(-ahead);
+        let mut now = T0;
+        attaches_probes_and_moves(&mut core, &mut peer, &mut now);
+        let s = core.status(now);
+        assert_eq!(s.clock_offset_ms, -ahead, "client ahead by {ahead} ms");
+        if ahead == 0 {
+            assert_eq!(peer.hs().hellos, [("welcome", 172)]);
+            assert_eq!(s.counters.time_replies, 0);
+            assert_eq!(s.clock_offset_source, None);
+        } else {
+            // One stale HELLO, its TIME, and at once the next HELLO, welcomed.
+            assert_eq!(peer.hs().hellos, [("time", 172), ("welcome", 172)]);
+            assert_eq!(s.counters.time_replies, 1);
+            assert_eq!(
+                s.clock_offset_source.as_deref(),
+                Some("TIME from 10.0.0.1:51820")
+            );
+        }
+        assert_eq!(s.counters.time_refused, 0);
+    }
+}
+
+#[test]
+fn a_hello_from_before_the_gateway_started_gets_time_too() {
+    // The gateway started 2 s ago; the client is 10 s behind (within the window).
+    let (mut core, mut peer) = Peer::before_session(10_000);
+    let hs = peer.hs.as_mut().unwrap();
+    hs.started_ms = hs.now(T0) - 2_000;
+    let mut now = T0;
+    attaches_probes_and_moves(&mut core, &mut peer, &mut now);
+    assert_eq!(peer.hs().hellos, [("time", 172), ("welcome", 172)]);
+    assert_eq!(core.status(now).clock_offset_ms, 10_000);
+}
+
+#[test]
+fn a_welcome_far_from_our_time_sets_the_offset_and_a_near_one_does_not() {
+    // 20 s ahead: within the freshness window (no TIME), beyond a quarter of it.
+    let (mut core, mut peer) = Peer::before_session(-20_000);
+    let mut now = T0;
+    attaches_probes_and_moves(&mut core, &mut peer, &mut now);
+    assert_eq!(peer.hs().hellos, [("welcome", 172)]);
+    let s = core.status(now);
+    assert_eq!(s.clock_offset_ms, -20_000);
+    assert_eq!(
+        s.clock_offset_source.as_deref(),
+        Some("WELCOME from 10.0.0.1:51820")
+    );
+    let (mut core, mut peer) = Peer::before_session(5_000);
+    peer.serve(&mut core, T0);
+    assert_eq!(state(&core, T0), State::Attached);
+    assert_eq!(core.status(T0).clock_offset_ms, 0);
+}
+
+#[test]
+fn under_load_the_hello_is_sent_again_with_the_cookie_and_the_transcript_covers_it() {
+    let (mut core, mut peer) = Peer::before_session(0);
+    peer.hs.as_mut().unwrap().under_load = true;
+    let mut now = T0;
+    attaches_probes_and_moves(&mut core, &mut peer, &mut now);
+    // The WELCOME signs, and both sides' keys come from, the 188-byte HELLO.
+    assert_eq!(peer.hs().hellos, [("cookie", 172), ("welcome", 188)]);
+    let s = core.status(now);
+    assert_eq!((s.counters.cookies, s.counters.cookie_refused), (1, 0));
+    assert!(s.transports[WIFI].cookie && !s.transports[LTE].cookie);
+}
+
+#[test]
+fn a_skewed_client_under_load_needs_one_cookie_and_one_time() {
+    let (mut core, mut peer) = Peer::before_session(-3_600_000);
+    peer.hs.as_mut().unwrap().under_load = true;
+    let mut now = T0;
+    attaches_probes_and_moves(&mut core, &mut peer, &mut now);
+    // The TIME is signed over the HELLO as received, cookie included.
+    assert_eq!(
+        peer.hs().hellos,
+        [("cookie", 172), ("time", 188), ("welcome", 188)]
+    );
+    assert_eq!(core.status(now).clock_offset_ms, -3_600_000);
+}
+
+/// Keepalives (not path-MTU probes) sent on transport `t` since the log was cleared.
+fn keepalives(peer: &Peer, t: usize) -> usize {
+    peer.sent
+        .iter()
+        .filter(|(x, b)| *x == t && matches!(b, Body::Keepalive { pad: 0, .. }))
+        .count()
+}
+
+/// One inner packet into the tunnel, then a served tick.
+fn send_data(core: &mut Core, peer: &mut Peer, now: u64) {
+    let outs = core.step(super::Input::Tun(&inner(200)), now);
+    core.out.extend(outs);
+    core.tick(now);
+    peer.serve(core, now);
+}
+
+#[test]
+fn an_idle_tunnel_keepalives_slowly_and_its_first_data_probes_at_once() {
+    let (mut core, mut peer, mut now) = attached();
+    // No data for idle_after_ms (10 s): idle from then on.
+    peer.run(&mut core, &mut now, 10_000);
+    peer.sent.clear();
+    peer.run(&mut core, &mut now, 60_000);
+    // Every 15 s on the binding, every 25 s on the standby transport.
+    assert!(
+        (3..=5).contains(&keepalives(&peer, WIFI)),
+        "{:?}",
+        peer.sent
+    );
+    assert!((2..=3).contains(&keepalives(&peer, LTE)), "{:?}", peer.sent);
+    assert!(
+        peer.path().is_empty(),
+        "no state change while idle: {:?}",
+        peer.path()
+    );
+    assert!(
+        peer.health_events().is_empty(),
+        "slow keepalives are no silence: {:?}",
+        peer.health_events()
+    );
+
+    // Data again: every transport probed at once, then the fast schedule, healthy.
+    peer.sent.clear();
+    send_data(&mut core, &mut peer, now);
+    assert_eq!((keepalives(&peer, WIFI), keepalives(&peer, LTE)), (1, 1));
+    for _ in 0..100 {
+        now += TICK;
+        send_data(&mut core, &mut peer, now);
+    }
+    assert!(keepalives(&peer, WIFI) >= 9, "{}", keepalives(&peer, WIFI));
+    assert!(peer.path().is_empty(), "{:?}", peer.path());
+    assert_eq!(state(&core, now), State::Attached);
+}
+
+#[test]
+fn a_binding_that_died_while_idle_is_left_soon_after_data_starts() {
+    let (mut core, mut peer, mut now) = attached();
+    peer.run(&mut core, &mut now, 11_000);
+    // Wi-Fi turns into a black hole while nothing is sent: unnoticed until data.
+    peer.cut[WIFI] = true;
+    peer.run(&mut core, &mut now, 10_000);
+    assert_eq!(state(&core, now), State::Attached);
+    let start = now;
+    while bound(&core, now) != "lte" {
+        assert!(now - start < 5_000, "not left: {:#?}", core.status(now));
+        now += TICK;
+        send_data(&mut core, &mut peer, now);
+    }
+    // The fast thresholds from the first packet: well within the loss TTL.
+    assert!(now - start <= 3_500, "left after {} ms", now - start);
 }

@@ -32,6 +32,9 @@ impl Core {
             }),
             last_switch: s.and_then(|s| s.last_switch.clone()),
             tunnel_mtu: s.map_or(0, |s| s.tun_mtu),
+            clock_offset_ms: self.clock_offset_ms,
+            idle: self.activity.idle,
+            clock_offset_source: self.clock_offset_source.clone(),
             transports: self
                 .links
                 .iter()
@@ -56,6 +59,7 @@ impl Core {
                     stalled: l.stalled_since.is_some(),
                     cause: l.cause.into(),
                     data_loss_pct: l.health.data_loss_pct(now_ms),
+                    cookie: l.cookie.is_some(),
                 })
                 .collect(),
             counters: self.counters.clone(),
