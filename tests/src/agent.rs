@@ -21,7 +21,7 @@ use crate::gwlab::{EXIT_TUN, GwLab};
 
 /// Fast timers so that deaths and recoveries take well under a second.
 pub const FAST_POLICY: &str = "keepalive_interval_ms = 100\ntransport_loss_ttl_ms = 500\n\
-candidate_ttl_ms = 1000\nmax_recovery_window_ms = 10000\n";
+candidate_ttl_ms = 1000\nmax_recovery_window_ms = 10000\nidle_loss_ttl_ms = 500\n";
 
 /// Client health settings matching [`FAST_POLICY`].
 pub const FAST_HEALTH: &str = "[health]\nreturn_after_ms = 1000\nattempt_timeout_ms = 400\n";
@@ -88,7 +88,8 @@ impl AgentLab {
             .collect();
         let mut gw = GwLab::start_with(tag, &format!("{fast}{policy}"), opts);
         let echo = EchoServer::start(&gw.lab.exit, echo_addr()).expect("echo server");
-        let cfg = edit(gw.client_config(transports, client_extra));
+        let client_extra = never_idle(client_extra);
+        let cfg = edit(gw.client_config(transports, &client_extra));
         gw.start_client(&cfg).expect("starting the client agent");
         let me = Self { gw, echo };
         me.wait_status("the session to be ATTACHED", Duration::from_secs(10), |s| {
@@ -218,4 +219,25 @@ impl AgentLab {
 
 pub fn echo_addr() -> SocketAddr {
     SocketAddr::new(EXIT_TUN.parse().unwrap(), ECHO_PORT)
+}
+
+/// The agent's `[health]` with `idle_after_ms = 0` unless the test set it: the fast
+/// gateway timers of [`FAST_POLICY`] judge every silence by the short TTL (its
+/// `idle_loss_ttl_ms` is the loss TTL), so the agent must keep the fast keepalive
+/// schedule too, as it does while data flows (docs/client.md, "Keepalive schedule").
+pub fn never_idle(client_extra: &str) -> String {
+    if client_extra.contains("idle_after_ms") {
+        return client_extra.to_string();
+    }
+    match client_extra.find("[health]\n") {
+        Some(at) => {
+            let end = at + "[health]\n".len();
+            format!(
+                "{}idle_after_ms = 0\n{}",
+                &client_extra[..end],
+                &client_extra[end..]
+            )
+        }
+        None => format!("{client_extra}\n[health]\nidle_after_ms = 0\n"),
+    }
 }

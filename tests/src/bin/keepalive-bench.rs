@@ -70,7 +70,9 @@ fn parse_args() -> anyhow::Result<Args> {
                     .parse()
                     .ok()
                     .filter(|r: &f64| *r > 0.0 && *r <= 100.0)
-                    .with_context(|| format!("--rate {v:?}: keepalives per session per second, (0, 100]"))?
+                    .with_context(|| {
+                        format!("--rate {v:?}: keepalives per session per second, (0, 100]")
+                    })?
             }
             _ => bail!("unknown argument {flag:?} ({USAGE})"),
         }
@@ -101,7 +103,10 @@ fn pin(pid: u32, cpu: usize) -> anyhow::Result<()> {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
         if libc::sched_setaffinity(pid as i32, std::mem::size_of_val(&set), &set) != 0 {
-            bail!("pinning pid {pid} to CPU {cpu}: {}", std::io::Error::last_os_error());
+            bail!(
+                "pinning pid {pid} to CPU {cpu}: {}",
+                std::io::Error::last_os_error()
+            );
         }
     }
     Ok(())
@@ -212,7 +217,7 @@ fn saturate(s: &mut Sender, pid: u32, secs: u64) -> anyhow::Result<Phase> {
     let (mut sent, mut answered) = (0u64, 0u64);
     let mut last_progress = Instant::now();
     while t.elapsed() < Duration::from_secs(secs) {
-        if sent - answered < WINDOW {
+        if sent.saturating_sub(answered) < WINDOW {
             sent += s.send(64)?;
         }
         let got = s.drain();
@@ -266,11 +271,12 @@ fn run(a: &Args) -> anyhow::Result<serde_json::Value> {
     // Sessions stay ATTACHED whatever the pacing (no timer fires during the run).
     let mut lab = GwLab::start(
         "kab",
-        "transport_loss_ttl_ms = 900000\nmax_recovery_window_ms = 900000\n",
+        "transport_loss_ttl_ms = 900000\nidle_loss_ttl_ms = 900000\nmax_recovery_window_ms = 900000\n",
     );
     lab.make_room(n)?;
     let pid = lab.stack.pid("gateway").context("the gateway's pid")?;
     pin_all_threads(pid, 0)?;
+    eprintln!("gateway pid {pid} pinned to CPU 0");
     pin(0, 1)?;
 
     let sock = lab.lab.client.run(|| UdpSocket::bind("10.77.1.2:0"))?;
@@ -303,6 +309,8 @@ fn run(a: &Args) -> anyhow::Result<serde_json::Value> {
     let cpu0 = cpu_secs(pid)?;
     std::thread::sleep(Duration::from_secs(2));
     let idle = (cpu_secs(pid)? - cpu0) / 2.0;
+    // Late answers of the handshakes (repeated CONFIRMs) are not keepalive answers.
+    s.drain();
 
     let sat = saturate(&mut s, pid, a.secs)?;
     eprintln!("saturate: {}", sat.json());

@@ -59,7 +59,7 @@ fn run(n: usize) -> anyhow::Result<serde_json::Value> {
     // Idle sessions stay ATTACHED for the whole run (no keepalives while N build up).
     let mut lab = GwLab::start(
         "rsb",
-        "transport_loss_ttl_ms = 900000\nmax_recovery_window_ms = 900000\n",
+        "transport_loss_ttl_ms = 900000\nidle_loss_ttl_ms = 900000\nmax_recovery_window_ms = 900000\n",
     );
     lab.make_room(n)?;
 
