@@ -67,12 +67,16 @@ enum Verb {
         /// Generator CPUs, e.g. 0 or 0,1 [default: the first allowed CPU]
         #[arg(long, value_name = "LIST")]
         cpus: Option<String>,
-        /// Phases to leave out: cost, throughput, swap, controller, reattach
+        /// Phases to leave out: cost, throughput, swap, controller, reattach, cluster,
+        /// tunnel, flood
         #[arg(long, value_name = "LIST")]
         skip: Option<String>,
+        /// Only these phases (e.g. `flood`); the others are skipped
+        #[arg(long, value_name = "LIST")]
+        only: Option<String>,
         /// Run nothing: render REPORT.md and plots/ again from this results file
         /// (after a change to the report; needs no root)
-        #[arg(long, value_name = "FILE", conflicts_with_all = ["quick", "json", "cpus", "skip"])]
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["quick", "json", "cpus", "skip", "only"])]
         render: Option<PathBuf>,
     },
     /// Labs left by `cargo xtask run -- --keep`
@@ -101,6 +105,7 @@ fn main() -> ExitCode {
             report,
             cpus,
             skip,
+            only,
             render,
         } => match render {
             Some(file) => bench::render_only(&file, report),
@@ -111,6 +116,9 @@ fn main() -> ExitCode {
                 }
                 if let Some(s) = skip {
                     extra.extend(["--skip".into(), s.into()]);
+                }
+                if let Some(o) = only {
+                    extra.extend(["--only".into(), o.into()]);
                 }
                 bench::run(bench::Args {
                     quick,

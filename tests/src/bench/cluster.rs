@@ -34,10 +34,11 @@ pub fn reattach_rtt(b: &mut Bench) -> Result<()> {
     let bin = std::panic::catch_unwind(crate::gwlab::jvpn_ctl_bin)
         .map_err(|_| anyhow!("jvpn-ctl is not next to jvpn-bench"))?;
     let opts = ClusterOptions {
-        policy: "keepalive_interval_ms = 100\ntransport_loss_ttl_ms = 500\n\
+        policy:
+            "keepalive_interval_ms = 100\ntransport_loss_ttl_ms = 500\nidle_loss_ttl_ms = 500\n\
                  candidate_ttl_ms = 1000\nmax_recovery_window_ms = 20000\n\
                  max_switches_per_minute = 100000\n"
-            .into(),
+                .into(),
         ..ClusterOptions::default()
     };
     let mut s = ClusterStack::start("bcl", &std::env::temp_dir(), &bin, opts)

@@ -7,6 +7,7 @@
 mod cluster;
 mod control;
 mod cost;
+mod flood;
 pub mod machine;
 mod progress;
 pub mod sessions;
@@ -60,7 +61,7 @@ pub fn percentile<T: Copy>(sorted: &[T], q: f64) -> T {
 }
 
 /// The phases, in the order they run.
-pub const PHASES: [&str; 7] = [
+pub const PHASES: [&str; 8] = [
     "cost",
     "throughput",
     "swap",
@@ -68,6 +69,7 @@ pub const PHASES: [&str; 7] = [
     "reattach",
     "cluster",
     "tunnel",
+    "flood",
 ];
 
 #[derive(Clone, Debug)]
@@ -80,6 +82,16 @@ pub struct Options {
     pub relay_cpus: Vec<usize>,
     /// Phases to leave out.
     pub skip: Vec<String>,
+    /// Phases to run (empty: all but `skip`).
+    pub only: Vec<String>,
+}
+
+impl Options {
+    /// Whether `phase` runs: listed by `only` (when it lists any) and not skipped.
+    pub fn runs(&self, phase: &str) -> bool {
+        (self.only.is_empty() || self.only.iter().any(|p| p == phase))
+            && !self.skip.iter().any(|p| p == phase)
+    }
 }
 
 /// Sizes of a run: full, or `--quick` (every phase, briefly: a smoke check).
@@ -99,6 +111,12 @@ pub struct Profile {
     pub moves: usize,
     /// Reattaches at a cluster node (the `cluster` phase): at least 20 samples.
     pub cluster_moves: usize,
+    /// The `flood` phase: legitimate handshakes and reattaches per window (unloaded,
+    /// then under the flood), and the floods' rates (frames per second).
+    pub flood_handshakes: usize,
+    pub flood_reattaches: usize,
+    pub flood_hello_pps: u64,
+    pub flood_reattach_pps: u64,
 }
 
 impl Profile {
@@ -116,6 +134,11 @@ impl Profile {
             store_sessions: 100_000,
             moves: 200,
             cluster_moves: 100,
+            flood_handshakes: 100,
+            flood_reattaches: 100,
+            // 5 % over the goals' rates: the achieved rate counts the generator's start.
+            flood_hello_pps: 1_050_000,
+            flood_reattach_pps: 525_000,
         };
         if quick {
             Self {
@@ -128,6 +151,8 @@ impl Profile {
                 store_sessions: 2_000,
                 moves: 10,
                 cluster_moves: 20,
+                flood_handshakes: 20,
+                flood_reattaches: 20,
                 ..full
             }
         } else {
@@ -237,8 +262,8 @@ pub fn run(opts: Options) -> Result<(Value, bool)> {
     );
     let mut errors = Map::new();
     for phase in PHASES {
-        if opts.skip.iter().any(|s| s == phase) {
-            eprintln!("== {phase}: skipped (--skip)");
+        if !opts.runs(phase) {
+            eprintln!("== {phase}: skipped (--skip/--only)");
             continue;
         }
         let result = match phase {
@@ -248,6 +273,7 @@ pub fn run(opts: Options) -> Result<(Value, bool)> {
             "controller" => control::controller(&mut b),
             "reattach" => control::reattach_rtt(&mut b),
             "cluster" => cluster::reattach_rtt(&mut b),
+            "flood" => flood::run(&mut b),
             _ => tunnel::run(&mut b),
         };
         if let Err(e) = result {

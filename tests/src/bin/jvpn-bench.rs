@@ -28,9 +28,12 @@ struct Args {
     #[arg(long, value_name = "LIST")]
     relay_cpus: Option<String>,
     /// Phases to leave out, comma-separated (cost, throughput, swap, controller, reattach,
-    /// cluster).
+    /// cluster, tunnel, flood).
     #[arg(long, value_delimiter = ',')]
     skip: Vec<String>,
+    /// Only these phases, comma-separated (the others are skipped).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
 }
 
 fn cpu_list(arg: Option<&str>, default: Vec<usize>) -> Result<Vec<usize>> {
@@ -43,9 +46,11 @@ fn cpu_list(arg: Option<&str>, default: Vec<usize>) -> Result<Vec<usize>> {
 }
 
 fn main_inner(args: Args) -> Result<bool> {
-    for s in &args.skip {
-        if !PHASES.contains(&s.as_str()) {
-            bail!("--skip {s}: no such phase (phases: {})", PHASES.join(", "));
+    for (flag, list) in [("--skip", &args.skip), ("--only", &args.only)] {
+        for s in list {
+            if !PHASES.contains(&s.as_str()) {
+                bail!("{flag} {s}: no such phase (phases: {})", PHASES.join(", "));
+            }
         }
     }
     let allowed = cpus::allowed()?;
@@ -55,6 +60,7 @@ fn main_inner(args: Args) -> Result<bool> {
         gen_cpus: cpu_list(args.cpus.as_deref(), vec![allowed[0]])?,
         relay_cpus: cpu_list(args.relay_cpus.as_deref(), allowed)?,
         skip: args.skip,
+        only: args.only,
     };
     jvpn_ctl::datapath::check_privilege()?;
     if let Some(dir) = opts.json.parent().filter(|d| !d.as_os_str().is_empty()) {

@@ -318,6 +318,121 @@ impl Tunnel {
     }
 }
 
+/// The `flood` phase: the legitimate workload on its own and under the flood of
+/// spoofed HELLOs and forged REATTACH_REQUESTs. Pairs are `[unloaded, under the flood]`.
+pub struct Flood {
+    /// The floods' achieved rates (frames the gateway's links accepted per second),
+    /// and what was asked for.
+    pub hello_pps: Option<f64>,
+    pub reattach_pps: Option<f64>,
+    pub hello_target: Option<f64>,
+    pub reattach_target: Option<f64>,
+    /// `default`, or `open` (the gate's limits wide open: the picture without it).
+    pub gate: Option<String>,
+    /// Per handshake, its time to ESTABLISHED (ms); `None`: none within 2 s.
+    pub handshake_ms: [Vec<Option<f64>>; 2],
+    /// Fraction of the handshakes done within 2 s.
+    pub handshake_success: [Option<f64>; 2],
+    pub handshake_ms_p50: [Option<f64>; 2],
+    pub handshake_ms_p99: [Option<f64>; 2],
+    /// Per reattach, request out → ACK in (µs); `None`: no ACK within 2 s.
+    pub reattach_us: [Vec<Option<f64>>; 2],
+    pub reattach_us_p50: [Option<f64>; 2],
+    pub reattach_us_p99: [Option<f64>; 2],
+    /// Reattach p99 under the flood / unloaded.
+    pub reattach_p99_ratio: Option<f64>,
+    pub spurious_volatile: [Option<f64>; 2],
+    pub event_log_bytes_per_s: [Option<f64>; 2],
+    /// The gateway process's user + system CPU, in cores.
+    pub controller_cpu: [Option<f64>; 2],
+    /// HELLO signatures the controller checked, and how many did not verify (the
+    /// flood's).
+    pub sig_verifications: [Option<f64>; 2],
+    pub bad_signatures: [Option<f64>; 2],
+    /// The XDP program's counters (drops, and COOKIEs answered) that grew under the
+    /// flood, by reason, largest first.
+    pub xdp: Vec<(String, f64)>,
+    /// The generator's cost per frame (repeat mode), by template: `data`, `hello`,
+    /// `reattach`.
+    pub generator_ns: Vec<(String, f64)>,
+}
+
+/// The two windows' key prefixes: the keys (`legit_…`) and the others
+/// (`flood_…`), unloaded then under the flood.
+pub const FLOOD_WINDOWS: [(&str, &str); 2] = [("unloaded_", "unloaded_"), ("", "flood_")];
+
+impl Flood {
+    pub fn read(r: &Value) -> Self {
+        let pair = |key: &str, extra: bool| {
+            FLOOD_WINDOWS.map(|(main, other)| {
+                let prefix = if extra { other } else { main };
+                num(r, &[&format!("{prefix}{key}")])
+            })
+        };
+        let samples = |key: &str| {
+            FLOOD_WINDOWS.map(|(prefix, _)| {
+                r.get(format!("{prefix}{key}"))
+                    .and_then(Value::as_array)
+                    .map(|a| {
+                        a.iter()
+                            .map(|v| v.as_f64().filter(|x| x.is_finite()))
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            })
+        };
+        let counts = |key: &str, by_size: bool| {
+            let mut v: Vec<(String, f64)> = r
+                .get(key)
+                .and_then(Value::as_object)
+                .map(|o| {
+                    o.iter()
+                        .filter_map(|(k, v)| Some((k.clone(), v.as_f64()?)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if by_size {
+                v.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            }
+            v
+        };
+        let p99 = pair("legit_reattach_rtt_us_p99", false);
+        Self {
+            hello_pps: num(r, &["flood_hello_pps"]),
+            reattach_pps: num(r, &["flood_reattach_pps"]),
+            hello_target: num(r, &["flood_hello_target_pps"]),
+            reattach_target: num(r, &["flood_reattach_target_pps"]),
+            gate: text(r, &["flood_gate"]).map(str::to_owned),
+            handshake_ms: samples("legit_handshake_ms"),
+            handshake_success: pair("legit_handshake_success", false),
+            handshake_ms_p50: pair("legit_handshake_ms_p50", false),
+            handshake_ms_p99: pair("legit_handshake_ms_p99", false),
+            reattach_us: samples("legit_reattach_rtt_us"),
+            reattach_us_p50: pair("legit_reattach_rtt_us_p50", false),
+            reattach_us_p99: p99,
+            reattach_p99_ratio: num(r, &["legit_reattach_p99_over_unloaded"]).or_else(|| {
+                let [u, f] = p99;
+                f.zip(u).filter(|(_, u)| *u > 0.0).map(|(f, u)| f / u)
+            }),
+            spurious_volatile: pair("spurious_volatile", false),
+            event_log_bytes_per_s: pair("event_log_bytes_per_s", false),
+            controller_cpu: pair("controller_cpu", false),
+            sig_verifications: pair("controller_hello_sig_verifications", false),
+            bad_signatures: pair("controller_hello_bad_signature", true),
+            xdp: counts("flood_xdp_drops", true),
+            generator_ns: counts("flood_generator_ns_per_frame", false),
+        }
+    }
+
+    /// Whether the phase left anything to show.
+    pub fn has_data(&self) -> bool {
+        self.handshake_ms
+            .iter()
+            .chain(&self.reattach_us)
+            .any(|v| !v.is_empty())
+    }
+}
+
 /// The nearest-rank percentile of ascending `sorted`.
 pub fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
     if sorted.is_empty() {
@@ -414,6 +529,34 @@ mod tests {
         let t = Tunnel::read(&json!({"tunnel_up_mbps": 2000, "wireguard_go_up_mbps": 800}));
         assert_eq!(t.ratio, [Some(2.5), None]);
         assert!(!Tunnel::read(&json!({})).has_data());
+    }
+
+    #[test]
+    fn flood_figures() {
+        let f = Flood::read(&json!({
+            "flood_hello_pps": 1.0e6, "flood_gate": "default",
+            "legit_handshake_ms": [1.5, null, 3.0], "unloaded_legit_handshake_ms": [1.0],
+            "legit_reattach_rtt_us_p99": 3000, "unloaded_legit_reattach_rtt_us_p99": 1000,
+            "unloaded_controller_hello_bad_signature": 0,
+            "flood_controller_hello_bad_signature": 7,
+            "flood_xdp_drops": {"control_limited": 5, "hello_cookie_sent": 9, "x": "y"},
+        }));
+        assert_eq!(f.hello_pps, Some(1.0e6));
+        assert_eq!(f.gate.as_deref(), Some("default"));
+        assert_eq!(f.handshake_ms[1], [Some(1.5), None, Some(3.0)]);
+        assert_eq!(f.handshake_ms[0], [Some(1.0)]);
+        // Derived when the runner did not write it.
+        assert_eq!(f.reattach_p99_ratio, Some(3.0));
+        assert_eq!(f.bad_signatures, [Some(0.0), Some(7.0)]);
+        assert_eq!(
+            f.xdp,
+            [
+                ("hello_cookie_sent".to_string(), 9.0),
+                ("control_limited".to_string(), 5.0)
+            ]
+        );
+        assert!(f.has_data());
+        assert!(!Flood::read(&json!({})).has_data());
     }
 
     #[test]

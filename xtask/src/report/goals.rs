@@ -25,7 +25,7 @@ struct Spec {
     decimals: usize,
 }
 
-const SPECS: [Spec; 11] = [
+const SPECS: [Spec; 19] = [
     Spec {
         key: "relay_over_fwd",
         what: "relay throughput / plain XDP redirect forwarder",
@@ -114,6 +114,71 @@ const SPECS: [Spec; 11] = [
         unit: "",
         decimals: 2,
     },
+    // The flood phase (issue 16): first the flood itself, then what it must not do.
+    Spec {
+        key: "flood_hello_pps",
+        what: "flood: spoofed-source HELLOs per second sent at the gateway",
+        cmp: Cmp::AtLeast,
+        threshold: 1_000_000.0,
+        unit: "",
+        decimals: 0,
+    },
+    Spec {
+        key: "flood_reattach_pps",
+        what: "flood: forged REATTACH_REQUESTs per second sent at the gateway",
+        cmp: Cmp::AtLeast,
+        threshold: 500_000.0,
+        unit: "",
+        decimals: 0,
+    },
+    Spec {
+        key: "legit_handshake_success",
+        what: "under the flood: legitimate handshakes done within 2 s (fraction)",
+        cmp: Cmp::AtLeast,
+        threshold: 1.0,
+        unit: "",
+        decimals: 2,
+    },
+    Spec {
+        key: "legit_reattach_p99_over_unloaded",
+        what: "under the flood: legitimate reattach round trip p99 / unloaded",
+        cmp: Cmp::AtMost,
+        threshold: 2.0,
+        unit: "",
+        decimals: 2,
+    },
+    Spec {
+        key: "spurious_volatile",
+        what: "under the flood: healthy sessions that left ATTACHED",
+        cmp: Cmp::Equal,
+        threshold: 0.0,
+        unit: "",
+        decimals: 0,
+    },
+    Spec {
+        key: "event_log_bytes_per_s",
+        what: "under the flood: event log growth",
+        cmp: Cmp::AtMost,
+        threshold: 100_000.0,
+        unit: " B/s",
+        decimals: 0,
+    },
+    Spec {
+        key: "controller_cpu",
+        what: "under the flood: the gateway process's CPU",
+        cmp: Cmp::AtMost,
+        threshold: 1.0,
+        unit: " cores",
+        decimals: 2,
+    },
+    Spec {
+        key: "flood_controller_hello_bad_signature",
+        what: "under the flood: spoofed HELLOs that reached signature verification",
+        cmp: Cmp::Equal,
+        threshold: 0.0,
+        unit: "",
+        decimals: 0,
+    },
 ];
 
 /// A goal checked against one run.
@@ -130,14 +195,16 @@ pub struct Goal {
 }
 
 /// A goal's value that results written before the runner computed it still allow:
-/// the store's extra reattach round trip from its two measured p99s (same run), and
-/// the tunnel's lower ratio from its two directions.
+/// the store's extra reattach round trip from its two measured p99s (same run), the
+/// tunnel's lower ratio from its two directions, and the flood's reattach p99 ratio
+/// from its two p99s.
 fn derived(results: &Value, key: &str) -> Option<f64> {
     match key {
         "tunnel_over_wireguard_go" => {
             let [up, down] = data::Tunnel::read(results).ratio;
             Some(up?.min(down?))
         }
+        "legit_reattach_p99_over_unloaded" => data::Flood::read(results).reattach_p99_ratio,
         "reattach_rtt_store_extra_us_p99" => Some(
             data::num(results, &["reattach_rtt_us_p99"])?
                 - data::num(results, &["reattach_rtt_tmpfs_us_p99"])?,
@@ -249,6 +316,14 @@ mod tests {
                 ("reattaches_store_ratio", "≥ 0.8"),
                 ("reattach_rtt_store_extra_us_p99", "≤ 2000 µs"),
                 ("tunnel_over_wireguard_go", "≥ 2"),
+                ("flood_hello_pps", "≥ 1000000"),
+                ("flood_reattach_pps", "≥ 500000"),
+                ("legit_handshake_success", "≥ 1"),
+                ("legit_reattach_p99_over_unloaded", "≤ 2"),
+                ("spurious_volatile", "= 0"),
+                ("event_log_bytes_per_s", "≤ 100000 B/s"),
+                ("controller_cpu", "≤ 1 cores"),
+                ("flood_controller_hello_bad_signature", "= 0"),
             ]
         );
         for g in &gs {
@@ -265,6 +340,10 @@ mod tests {
             "relay_minus_drop_ns": 30, "relay_1m_over_1k": 1.5, "swap_misrouted": 0,
             "swap_lost": 0.0, "swap_us_p99": 50.0, "reattaches_store_ratio": 0.8,
             "reattach_rtt_store_extra_us_p99": 2000, "tunnel_over_wireguard_go": 2.0,
+            "flood_hello_pps": 1_000_000, "flood_reattach_pps": 500_000,
+            "legit_handshake_success": 1.0, "legit_reattach_p99_over_unloaded": 2.0,
+            "spurious_volatile": 0, "event_log_bytes_per_s": 100_000, "controller_cpu": 1.0,
+            "flood_controller_hello_bad_signature": 0,
         }));
         for g in &gs {
             assert_eq!(g.met, Some(true), "{}", g.name);
@@ -307,6 +386,18 @@ mod tests {
             (None, None),
             "one direction alone is not measured"
         );
+    }
+
+    #[test]
+    fn the_flood_reattach_ratio_comes_from_its_two_p99s() {
+        let gs = goals(&json!({"legit_reattach_rtt_us_p99": 5000,
+                               "unloaded_legit_reattach_rtt_us_p99": 2000}));
+        let g = goal(&gs, "legit_reattach_p99_over_unloaded");
+        assert_eq!((g.value, g.met), (Some(2.5), Some(false)));
+        assert_eq!(g.verdict(), "❌ missed by 0.50");
+        let gs = goals(&json!({"controller_cpu": 0.104, "event_log_bytes_per_s": 68743.0}));
+        assert_eq!(goal(&gs, "controller_cpu").measured(), "0.10 cores");
+        assert_eq!(goal(&gs, "event_log_bytes_per_s").measured(), "68743 B/s");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use super::{
     PLOTS,
-    data::{self, NsPerPkt, Rtt, Throughput, Tunnel, num, text},
+    data::{self, Flood, NsPerPkt, Rtt, Throughput, Tunnel, num, text},
     format::{self, MISSING},
     goals,
 };
@@ -22,6 +22,7 @@ pub fn report(results: &Value, json_name: &str) -> String {
     swap(&mut md, results);
     controller(&mut md, results);
     cluster(&mut md, results);
+    flood(&mut md, results);
     memory(&mut md, results);
     md.push_str(
         "---\n\nA figure shown as — was not measured: its phase failed or was skipped \
@@ -569,6 +570,190 @@ fn cluster(md: &mut String, r: &Value) {
     );
 }
 
+fn flood(md: &mut String, r: &Value) {
+    md.push_str(
+        "## Control-plane flood\n\n\
+         The real gateway under a flood of HELLOs from random spoofed sources (the allowed \
+         client key, signatures that do not verify) and of REATTACH_REQUESTs with bad proofs \
+         for real victim sessions, each on a link of its own into the gateway, addressed to \
+         where the clients talk to it. Meanwhile, from the client's Wi-Fi, the same \
+         legitimate workload as unloaded just before: fresh handshakes one after the other \
+         (each must see ESTABLISHED within 2 s; a COOKIE is answered with a new HELLO \
+         carrying it), reattaches of one session between two sockets (timed at the client, \
+         request → challenge → confirm → ACK), and keepalives on the victims and two \
+         bystanders, which must stay ATTACHED. Percentiles are over the exchanges that \
+         completed.\n\n",
+    );
+    let f = Flood::read(r);
+    if let Some(gate) = &f.gate {
+        let _ = writeln!(
+            md,
+            "Gate: {}.\n",
+            match gate.as_str() {
+                "default" => "the gateway's default `[limits]`".to_string(),
+                "open" => "`[limits]` wide open (every HELLO and control message reaches \
+                           the controller: the picture without the gate)"
+                    .to_string(),
+                other => escape(other),
+            }
+        );
+    }
+    let pct = |v: Option<f64>| v.map_or_else(|| MISSING.into(), |v| format!("{:.0} %", v * 100.0));
+    let ms = |v: Option<f64>| v.map_or_else(|| MISSING.into(), |v| format!("{v:.1} ms"));
+    let of = |v: &[Option<f64>]| {
+        if v.is_empty() {
+            MISSING.to_string()
+        } else {
+            format!(
+                "{} of {}",
+                v.iter().flatten().count(),
+                format::thousands(v.len() as f64)
+            )
+        }
+    };
+    let verdict = |key: &str| {
+        goals::goals(r)
+            .into_iter()
+            .find(|g| g.name == key)
+            .map_or_else(
+                || MISSING.into(),
+                |g| format!("{} ({})", g.target, g.verdict()),
+            )
+    };
+    let rate = |v: Option<f64>, target: Option<f64>| match target {
+        Some(t) => format!("{} (asked {})", format::count(v), format::count(Some(t))),
+        None => format::count(v),
+    };
+    md.push_str("| measure | unloaded | under the flood | goal |\n|---|---:|---:|---|\n");
+    let rows: Vec<(&str, String, String, String)> = vec![
+        (
+            "spoofed HELLOs per second (achieved)",
+            "no flood".into(),
+            rate(f.hello_pps, f.hello_target),
+            verdict("flood_hello_pps"),
+        ),
+        (
+            "forged REATTACH_REQUESTs per second (achieved)",
+            "no flood".into(),
+            rate(f.reattach_pps, f.reattach_target),
+            verdict("flood_reattach_pps"),
+        ),
+        (
+            "handshakes done within 2 s",
+            format!(
+                "{} ({})",
+                of(&f.handshake_ms[0]),
+                pct(f.handshake_success[0])
+            ),
+            format!(
+                "{} ({})",
+                of(&f.handshake_ms[1]),
+                pct(f.handshake_success[1])
+            ),
+            verdict("legit_handshake_success"),
+        ),
+        (
+            "handshake time p50 / p99",
+            format!(
+                "{} / {}",
+                ms(f.handshake_ms_p50[0]),
+                ms(f.handshake_ms_p99[0])
+            ),
+            format!(
+                "{} / {}",
+                ms(f.handshake_ms_p50[1]),
+                ms(f.handshake_ms_p99[1])
+            ),
+            String::new(),
+        ),
+        (
+            "reattaches acknowledged within 2 s",
+            of(&f.reattach_us[0]),
+            of(&f.reattach_us[1]),
+            String::new(),
+        ),
+        (
+            "reattach round trip p50 / p99",
+            format!(
+                "{} / {}",
+                format::micros(f.reattach_us_p50[0]),
+                format::micros(f.reattach_us_p99[0])
+            ),
+            format!(
+                "{} / {} ({}× unloaded)",
+                format::micros(f.reattach_us_p50[1]),
+                format::micros(f.reattach_us_p99[1]),
+                format::fixed(f.reattach_p99_ratio, 2)
+            ),
+            verdict("legit_reattach_p99_over_unloaded"),
+        ),
+        (
+            "healthy sessions that left ATTACHED",
+            format::count(f.spurious_volatile[0]),
+            format::count(f.spurious_volatile[1]),
+            verdict("spurious_volatile"),
+        ),
+        (
+            "event log growth (B/s)",
+            format::count(f.event_log_bytes_per_s[0]),
+            format::count(f.event_log_bytes_per_s[1]),
+            verdict("event_log_bytes_per_s"),
+        ),
+        (
+            "gateway process CPU (cores)",
+            format::fixed(f.controller_cpu[0], 2),
+            format::fixed(f.controller_cpu[1], 2),
+            verdict("controller_cpu"),
+        ),
+        (
+            "HELLO signatures checked / of them not verifying",
+            format!(
+                "{} / {}",
+                format::count(f.sig_verifications[0]),
+                format::count(f.bad_signatures[0])
+            ),
+            format!(
+                "{} / {}",
+                format::count(f.sig_verifications[1]),
+                format::count(f.bad_signatures[1])
+            ),
+            verdict("flood_controller_hello_bad_signature"),
+        ),
+    ];
+    for (what, unloaded, loaded, goal) in rows {
+        let _ = writeln!(md, "| {what} | {unloaded} | {loaded} | {goal} |");
+    }
+    md.push('\n');
+    if !f.xdp.is_empty() {
+        md.push_str(
+            "The XDP program's counters that grew under the flood (drops, and HELLOs \
+             answered with a COOKIE):\n\n| reason | packets |\n|---|---:|\n",
+        );
+        for (reason, n) in &f.xdp {
+            let _ = writeln!(md, "| {} | {} |", escape(reason), format::thousands(*n));
+        }
+        md.push('\n');
+    }
+    if !f.generator_ns.is_empty() {
+        let list: Vec<String> = f
+            .generator_ns
+            .iter()
+            .map(|(k, v)| format!("{} {v:.1} ns", escape(k)))
+            .collect();
+        let _ = writeln!(
+            md,
+            "The generator's own cost per frame (`BPF_PROG_TEST_RUN` repeat mode, one frame \
+             stamped and sent): {}.\n",
+            list.join(", ")
+        );
+    }
+    plot(
+        md,
+        "Handshake time and reattach round trip, unloaded and under the flood",
+        "flood",
+    );
+}
+
 fn memory(md: &mut String, r: &Value) {
     md.push_str(
         "## Memory per session\n\n\
@@ -662,7 +847,7 @@ mod tests {
         assert!(md.contains("(quick run)"));
         assert!(md.contains("Quick run: a smoke check"));
         assert!(md.contains("date unknown"));
-        assert!(md.contains("**1 of 11 goals met**, 10 not measured."));
+        assert!(md.contains("**1 of 19 goals met**, 18 not measured."));
         assert!(md.contains("| swaps | — |"));
         assert!(md.contains("No throughput was measured."));
         assert!(md.contains("**Machine:** —."));

@@ -1,5 +1,5 @@
 //! The benchmark report: `cargo xtask bench` writes its results as JSON (schema 1) and
-//! this turns them into `REPORT.md` with four SVG plots beside it. The plots are
+//! this turns them into `REPORT.md` with five SVG plots beside it. The plots are
 //! hand-written SVG rather than a plotting crate's, to keep xtask quick to compile.
 //! A partial run (a phase failed or was skipped) still renders: whatever is missing
 //! shows as "—", and a plot without data says so.
@@ -28,7 +28,8 @@ pub use goals::goals;
 /// The plots' directory under the output directory, as REPORT.md links it.
 const PLOTS: &str = "plots";
 
-/// Writes `out_dir/REPORT.md` and `out_dir/plots/{pps,ns_per_pkt,reattach_rtt,tunnel}.svg`
+/// Writes `out_dir/REPORT.md` and
+/// `out_dir/plots/{pps,ns_per_pkt,reattach_rtt,tunnel,flood}.svg`
 /// from a results JSON; `json_name` is how REPORT.md refers to the JSON file (a path
 /// relative to `out_dir`). Returns the files written.
 pub fn render(results: &Value, json_name: &str, out_dir: &Path) -> Result<Vec<PathBuf>> {
@@ -63,6 +64,10 @@ pub fn render(results: &Value, json_name: &str, out_dir: &Path) -> Result<Vec<Pa
         (
             plots.join("tunnel.svg"),
             plots::tunnel(&data::Tunnel::read(results)),
+        ),
+        (
+            plots.join("flood.svg"),
+            plots::flood(&data::Flood::read(results)),
         ),
     ];
     files
@@ -196,6 +201,28 @@ mod tests {
                        "wireguard_go_mtu": 1400, "wireguard_go_version": "wireguard-go v0.0.20220316",
                        "client_switches": 0},
         });
+        // The flood figures.
+        let flood = json!({
+            "flood_gate": "default", "flood_hello_pps": 1_002_431.0,
+            "flood_reattach_pps": 501_304.0, "flood_hello_target_pps": 1_000_000,
+            "flood_reattach_target_pps": 500_000,
+            "legit_handshake_ms": [2.0, 1.5, 116.7], "unloaded_legit_handshake_ms": [1.7, 1.4, 1.6],
+            "legit_handshake_success": 1.0, "unloaded_legit_handshake_success": 1.0,
+            "legit_handshake_ms_p50": 2.0, "legit_handshake_ms_p99": 116.7,
+            "unloaded_legit_handshake_ms_p50": 1.6, "unloaded_legit_handshake_ms_p99": 1.7,
+            "legit_reattach_rtt_us": [1300, 2100], "unloaded_legit_reattach_rtt_us": [1200, 1400],
+            "legit_reattach_rtt_us_p50": 1300, "legit_reattach_rtt_us_p99": 2100,
+            "unloaded_legit_reattach_rtt_us_p50": 1200, "unloaded_legit_reattach_rtt_us_p99": 1400,
+            "legit_reattach_p99_over_unloaded": 1.5, "spurious_volatile": 0,
+            "unloaded_spurious_volatile": 0, "event_log_bytes_per_s": 68743,
+            "unloaded_event_log_bytes_per_s": 5486, "controller_cpu": 0.1,
+            "unloaded_controller_cpu": 0.015, "controller_hello_sig_verifications": 20,
+            "unloaded_controller_hello_sig_verifications": 20,
+            "flood_controller_hello_bad_signature": 0,
+            "unloaded_controller_hello_bad_signature": 0,
+            "flood_xdp_drops": {"control_limited": 2_029_892, "hello_cookie_sent": 4_043_859},
+            "flood_generator_ns_per_frame": {"data": 24.0, "hello": 44.0, "reattach": 50.0},
+        });
         let mut v = v;
         for (k, x) in store
             .as_object()
@@ -203,6 +230,7 @@ mod tests {
             .iter()
             .chain(cluster.as_object().expect("an object"))
             .chain(tunnel.as_object().expect("an object"))
+            .chain(flood.as_object().expect("an object"))
         {
             v[k] = x.clone();
         }
@@ -236,7 +264,8 @@ mod tests {
                 "plots/pps.svg",
                 "plots/ns_per_pkt.svg",
                 "plots/reattach_rtt.svg",
-                "plots/tunnel.svg"
+                "plots/tunnel.svg",
+                "plots/flood.svg"
             ]
             .map(PathBuf::from)
         );
@@ -258,7 +287,12 @@ mod tests {
             "(full run) from a run started 2026-11-18 11:06 UTC, which took 8m32s",
             "[results.json](results.json)",
             "**Machine:** AMD EPYC 7B13, 2 cores, Linux 6.18.0, 24.0 GiB RAM.",
-            "**10 of 11 goals met**, 1 missed.",
+            "**18 of 19 goals met**, 1 missed.",
+            "| handshakes done within 2 s | 3 of 3 (100 %) | 3 of 3 (100 %) | ≥ 1 (✅ met) |",
+            "| reattach round trip p50 / p99 | 1200.0 µs / 1400.0 µs | 1300.0 µs / 2100.0 µs (1.50× unloaded) | ≤ 2 (✅ met) |",
+            "| hello_cookie_sent | 4,043,859 |",
+            "data 24.0 ns, hello 44.0 ns, reattach 50.0 ns",
+            "](plots/flood.svg)",
             "| up (client → exit) | 2100 | 700 | 3.00× | 120 | 4,500 |",
             "| down (exit → client) | 1800 | 600 | 3.00× | 80 | 3,900 |",
             "`tunnel_over_wireguard_go` (the lower of the two directions): 3.00×. 3 rounds, 5 s per run",
@@ -307,7 +341,7 @@ mod tests {
     fn renders_partial_and_empty_results() {
         let (_dir, files) = render_into(&json!({}));
         let md = fs::read_to_string(&files[0]).unwrap();
-        assert!(md.contains("**0 of 11 goals met**, 11 not measured."));
+        assert!(md.contains("**0 of 19 goals met**, 19 not measured."));
         for plot in &files[1..] {
             assert!(fs::read_to_string(plot).unwrap().contains("no data"));
         }
@@ -329,7 +363,7 @@ mod tests {
         let (_dir, files) = render_into(&partial);
         let md = fs::read_to_string(&files[0]).unwrap();
         assert!(
-            md.contains("**8 of 11 goals met**, 1 missed, 2 not measured."),
+            md.contains("**16 of 19 goals met**, 1 missed, 2 not measured."),
             "{md}"
         );
         assert!(

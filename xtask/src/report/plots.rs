@@ -2,7 +2,7 @@
 //! run still gets every file the report links to.
 
 use super::{
-    data::{self, NsPerPkt, Rtt, Throughput, Tunnel},
+    data::{self, Flood, NsPerPkt, Rtt, Throughput, Tunnel},
     format,
     svg::{self, Anchor, Area, GRID, INK, MUTED, PALETTE, Svg, Ticks},
 };
@@ -369,6 +369,130 @@ pub fn tunnel(t: &Tunnel) -> String {
     svg.finish()
 }
 
+/// Two panels of cumulative distributions over a log-scaled time axis: handshake time
+/// (ms) and reattach round trip (µs), unloaded next to under the flood. A curve is a
+/// fraction of all attempts, so one that failed keeps it below 1 (the legend says how
+/// many did).
+pub fn flood(f: &Flood) -> String {
+    const TITLE: &str = "Legitimate clients unloaded and under the flood (left and up is better)";
+    if !f.has_data() {
+        return svg::no_data(TITLE, "the run measured no flood phase");
+    }
+    let mut svg = Svg::new(TITLE);
+    let panels = [
+        (
+            Area {
+                left: 70.0,
+                top: 70.0,
+                right: 370.0,
+                bottom: 330.0,
+            },
+            &f.handshake_ms,
+            "handshake time (ms, log scale)",
+            "handshakes",
+        ),
+        (
+            Area {
+                left: 410.0,
+                top: 70.0,
+                right: 705.0,
+                bottom: 330.0,
+            },
+            &f.reattach_us,
+            "reattach round trip (µs, log scale)",
+            "reattaches",
+        ),
+    ];
+    let colours = [PALETTE[0], PALETTE[3]];
+    let names = ["unloaded", "under the flood"];
+    for (area, series, x_title, what) in panels {
+        // Fractions of the attempts: grid and labels every 0.25.
+        let y = |v: f64| area.bottom - v * area.height();
+        for i in 0..=4 {
+            let v = f64::from(i) * 0.25;
+            svg.line((area.left, y(v)), (area.right, y(v)), GRID, 1.0);
+            svg.text(
+                area.left - 6.0,
+                y(v) + 4.0,
+                11.0,
+                Anchor::End,
+                &format!("{v:.2}"),
+                INK,
+            );
+        }
+        let all: Vec<f64> = series
+            .iter()
+            .flatten()
+            .flatten()
+            .copied()
+            .filter(|v| *v > 0.0)
+            .collect();
+        let (lo, hi) = all.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        });
+        let (lo, hi) = if all.is_empty() {
+            (0.0, 1.0)
+        } else {
+            let (l, h) = (lo.log10().floor(), hi.log10().ceil());
+            (l, if h > l { h } else { l + 1.0 })
+        };
+        let x = |v: f64| area.left + (v.max(1e-9).log10() - lo) / (hi - lo) * area.width();
+        for decade in lo as i32..=hi as i32 {
+            let px = area.left + (f64::from(decade) - lo) / (hi - lo) * area.width();
+            svg.line((px, area.top), (px, area.bottom), GRID, 1.0);
+            let v = 10f64.powi(decade);
+            let label = if v >= 1000.0 {
+                format::short_count(v as u64)
+            } else {
+                trim(v)
+            };
+            svg.text(px, area.bottom + 16.0, 11.0, Anchor::Middle, &label, INK);
+        }
+        // The legend in the lower right, where a cumulative curve leaves room.
+        let shown = series.iter().filter(|s| !s.is_empty()).count();
+        let mut legend_y = area.bottom - 10.0 - 16.0 * shown.saturating_sub(1) as f64;
+        for (i, samples) in series.iter().enumerate() {
+            let mut done: Vec<f64> = samples.iter().flatten().copied().collect();
+            done.sort_by(f64::total_cmp);
+            let n = samples.len();
+            if n > 0 && !done.is_empty() {
+                let mut points = vec![(x(done[0]), area.bottom)];
+                for (k, &v) in done.iter().enumerate() {
+                    let px = x(v);
+                    points.push((px, y(k as f64 / n as f64)));
+                    points.push((px, y((k + 1) as f64 / n as f64)));
+                }
+                svg.polyline(&points, colours[i], 2.0);
+            }
+            if n > 0 {
+                let note = format!("{}: {} of {} {what}", names[i], done.len(), n);
+                svg.rect(area.right - 16.0, legend_y - 9.0, 10.0, 10.0, colours[i]);
+                svg.text(area.right - 22.0, legend_y, 11.0, Anchor::End, &note, INK);
+                legend_y += 16.0;
+            }
+        }
+        svg::axes(&mut svg, area);
+        svg.text(
+            (area.left + area.right) / 2.0,
+            area.bottom + 36.0,
+            12.0,
+            Anchor::Middle,
+            x_title,
+            INK,
+        );
+    }
+    svg.text_styled(
+        16.0,
+        200.0,
+        12.0,
+        Anchor::Middle,
+        "fraction of attempts done",
+        INK,
+        "transform=\"rotate(-90 16 200.0)\"",
+    );
+    svg.finish()
+}
+
 /// A round number without trailing zeros: `20`, `2.5`, `0.05`.
 fn trim(v: f64) -> String {
     let s = format!("{v:.6}");
@@ -447,18 +571,36 @@ mod tests {
             json!({"ns_per_pkt": {"drop": {"1000": 0.0}}}),
             json!({"pps": [{"mode": "drop", "payload": 64, "pps": 0}]}),
             json!({"tunnel_up_mbps": 0, "wireguard_go_up_mbps": 0}),
+            json!({"legit_handshake_ms": [null, null]}),
+            json!({"legit_handshake_ms": [0, 5], "unloaded_legit_reattach_rtt_us": [7]}),
         ] {
             for doc in [
                 pps(&Throughput::read(&v)),
                 ns_per_pkt(&NsPerPkt::read(&v)),
                 reattach_rtt(&Rtt::read(&v)),
                 tunnel(&Tunnel::read(&v)),
+                flood(&Flood::read(&v)),
             ] {
                 xml_check::check(&doc).unwrap_or_else(|e| panic!("{v}: {e}\n{doc}"));
                 assert!(!doc.contains("NaN") && !doc.contains("inf\""), "{v}: {doc}");
             }
         }
         assert!(reattach_rtt(&Rtt::read(&json!({}))).contains("no data"));
+    }
+
+    #[test]
+    fn the_flood_plot_shows_both_windows() {
+        let doc = flood(&Flood::read(&json!({
+            "legit_handshake_ms": [1.5, null, 150.0],
+            "unloaded_legit_handshake_ms": [1.2, 1.4],
+            "legit_reattach_rtt_us": [1300, 70000],
+        })));
+        xml_check::check(&doc).unwrap();
+        assert!(doc.contains("under the flood: 2 of 3 handshakes"), "{doc}");
+        assert!(doc.contains("unloaded: 2 of 2 handshakes"), "{doc}");
+        assert!(doc.contains("under the flood: 2 of 2 reattaches"), "{doc}");
+        assert!(doc.contains(">1k<") && doc.contains(">100k<"), "{doc}");
+        assert!(flood(&Flood::read(&json!({}))).contains("no data"));
     }
 
     #[test]
