@@ -805,21 +805,19 @@ fn handshake(lab: &GwLab, sock: &UdpSocket, gw: SocketAddr) -> Result<Handshake>
                     resend = Instant::now() + RETRY;
                 }
             }
-            (Some(msg_type::ESTABLISHED), Some(s)) => {
-                if s.verify_established(msg).is_ok() {
-                    out.ms = Some(t0.elapsed().as_secs_f64() * 1e3);
-                    let close = Control {
-                        session_id: s.session_id,
-                        ctr: s.next_ctr,
-                        body: Body::Close {
-                            reason: Reason::Closed.code(),
-                        },
-                    }
-                    .encode(&s.keys.mac_key())
-                    .map_err(|e| anyhow::anyhow!("CLOSE: {e}"))?;
-                    let _ = sock.send_to(&close, gw);
-                    return Ok(out);
+            (Some(msg_type::ESTABLISHED), Some(s)) if s.verify_established(msg).is_ok() => {
+                out.ms = Some(t0.elapsed().as_secs_f64() * 1e3);
+                let close = Control {
+                    session_id: s.session_id,
+                    ctr: s.next_ctr,
+                    body: Body::Close {
+                        reason: Reason::Closed.code(),
+                    },
                 }
+                .encode(&s.keys.mac_key())
+                .map_err(|e| anyhow::anyhow!("CLOSE: {e}"))?;
+                let _ = sock.send_to(&close, gw);
+                return Ok(out);
             }
             _ => {}
         }
@@ -886,13 +884,13 @@ impl Mover {
                 continue;
             };
             match body {
-                Body::ReattachChallenge { challenge: ch } => {
-                    if challenge.is_none() || challenge == Some(ch) {
-                        challenge = Some(ch);
-                        let msg = c.control(Body::ReattachConfirm { challenge: ch });
-                        c.send_raw(via, &msg);
-                        resend = Instant::now() + RETRY;
-                    }
+                Body::ReattachChallenge { challenge: ch }
+                    if challenge.is_none() || challenge == Some(ch) =>
+                {
+                    challenge = Some(ch);
+                    let msg = c.control(Body::ReattachConfirm { challenge: ch });
+                    c.send_raw(via, &msg);
+                    resend = Instant::now() + RETRY;
                 }
                 Body::ReattachAck { generation: g, .. } if g > self.generation => {
                     self.generation = g;
