@@ -310,3 +310,80 @@ fn the_agent_attaches_through_the_cookie_round_trip() {
     let r = stream.finish(Duration::from_millis(300));
     assert!(r.sent >= 20 && r.echoed == r.sent, "{r:?}");
 }
+
+#[test]
+fn five_hundred_clients_behind_one_nat_address_all_connect_without_a_flood() {
+    require_root!();
+    // The default [limits]: per-source buckets bite only under load.
+    let lab = GwLab::start("hfn", "");
+    let rng = ring::rand::SystemRandom::new();
+    let gw = Wifi.gw_addr();
+    let socks: Vec<UdpSocket> = (0..500)
+        .map(|_| {
+            let s = lab.client_udp("10.77.1.2:0", Duration::from_millis(1));
+            s.set_nonblocking(true).unwrap();
+            s
+        })
+        .collect();
+    let t = Instant::now();
+    let mut pending: Vec<Option<ClientHandshake>> = socks
+        .iter()
+        .map(|s| {
+            let (hs, hello) =
+                ClientHandshake::start(&lab.client_id, &lab.gateway_pub, now_ms(), &rng).unwrap();
+            s.send_to(&hello, gw).unwrap();
+            Some(hs)
+        })
+        .collect();
+    let mut confirmed: Vec<Option<jvpn_ctl::proto::ClientSession>> =
+        (0..socks.len()).map(|_| None).collect();
+    let mut established = 0;
+    let mut buf = [0u8; 2048];
+    while established < socks.len() && t.elapsed() < Duration::from_secs(5) {
+        for (i, s) in socks.iter().enumerate() {
+            let Ok((n, _)) = s.recv_from(&mut buf) else {
+                continue;
+            };
+            let reply = &buf[..n];
+            match reply[1] {
+                msg_type::WELCOME => {
+                    let hs = pending[i].as_mut().expect("one WELCOME per client");
+                    let session = hs.on_welcome(reply).expect("WELCOME verifies");
+                    s.send_to(&session.confirm, gw).unwrap();
+                    confirmed[i] = Some(session);
+                }
+                msg_type::ESTABLISHED => {
+                    let session = confirmed[i].as_ref().expect("ESTABLISHED after CONFIRM");
+                    session
+                        .verify_established(reply)
+                        .expect("ESTABLISHED verifies");
+                    established += 1;
+                }
+                other => panic!("client {i}: unexpected message type {other:#x}"),
+            }
+        }
+    }
+    let took = t.elapsed();
+    let st = lab.stats();
+    eprintln!(
+        "{established} of 500 clients behind one address established in {took:?}; XDP \
+         answers {:?}",
+        st.xdp_answered
+    );
+    assert_eq!(established, 500, "all connect within 5 s ({took:?})");
+    assert_eq!(
+        st.xdp_answered
+            .get("hello_cookie_sent")
+            .copied()
+            .unwrap_or(0),
+        0
+    );
+    assert_eq!(
+        st.xdp_drops
+            .get("hello_source_limited")
+            .copied()
+            .unwrap_or(0),
+        0
+    );
+    assert_eq!(lab.sessions().len(), 500);
+}
