@@ -95,6 +95,30 @@ impl GwLab {
         Ok(())
     }
 
+    /// `n` sessions established one after the other over `sock` (to the Wi-Fi gateway
+    /// address), each with its MAC key; progress every 10,000 on stderr.
+    pub fn establish(
+        &self,
+        sock: &std::net::UdpSocket,
+        n: usize,
+    ) -> anyhow::Result<Vec<(proto::ClientSession, ring::hmac::Key)>> {
+        let t = std::time::Instant::now();
+        let mut sessions = Vec::with_capacity(n);
+        while sessions.len() < n {
+            let gw = jvpn_ctl::lab::gateway::Transport::Wifi.gw_addr();
+            let s = crate::tclient::try_handshake(sock, gw, &self.client_id, &self.gateway_pub, 20)
+                .map_err(|e| anyhow::anyhow!("handshake {}: {e}", sessions.len()))?;
+            let mac = s.keys.mac_key();
+            sessions.push((s, mac));
+            if sessions.len() % 10_000 == 0 {
+                eprintln!("{} sessions in {:.1?}", sessions.len(), t.elapsed());
+            }
+        }
+        let listed = self.sessions().len();
+        anyhow::ensure!(listed == n, "the gateway lists {listed} of {n} sessions");
+        Ok(sessions)
+    }
+
     pub fn control(&self) -> Client {
         Client::connect(&self.socket).expect("connecting to the control socket")
     }

@@ -21,16 +21,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, bail, ensure};
+use anyhow::{Context as _, bail};
 use jvpn_ctl::{
     lab::gateway::Transport::Wifi,
     proto::{Body, ClientSession},
     udp_batch::{RecvBatch, SendBatch},
 };
-use jvpn_tests::{
-    gwlab::GwLab,
-    tclient::{now_ms, try_handshake},
-};
+use jvpn_tests::{gwlab::GwLab, tclient::now_ms};
 
 const USAGE: &str = "usage: keepalive-bench [--sessions N] [--secs S] [--rate PER_SESSION_PER_S]";
 
@@ -282,19 +279,7 @@ fn run(a: &Args) -> anyhow::Result<serde_json::Value> {
     let sock = lab.lab.client.run(|| UdpSocket::bind("10.77.1.2:0"))?;
     sock.set_read_timeout(Some(Duration::from_millis(200)))?;
     jvpn_ctl::udp_batch::set_buffers(sock.as_raw_fd(), 8 << 20, 8 << 20)?;
-    let t = Instant::now();
-    let mut sessions = Vec::with_capacity(n);
-    while sessions.len() < n {
-        let s = try_handshake(&sock, Wifi.gw_addr(), &lab.client_id, &lab.gateway_pub, 20)
-            .map_err(|e| anyhow::anyhow!("handshake {}: {e}", sessions.len()))?;
-        let mac = s.keys.mac_key();
-        sessions.push((s, mac));
-        if sessions.len() % 10_000 == 0 {
-            eprintln!("{} sessions in {:.1?}", sessions.len(), t.elapsed());
-        }
-    }
-    let listed = lab.sessions().len();
-    ensure!(listed == n, "the gateway lists {listed} of {n} sessions");
+    let sessions = lab.establish(&sock, n)?;
     sock.set_nonblocking(true)?;
     let mut s = Sender {
         sock,

@@ -14,10 +14,7 @@ use std::{
 
 use anyhow::{Context as _, bail, ensure};
 use jvpn_ctl::{lab::gateway::Transport::Wifi, proto::Body};
-use jvpn_tests::{
-    gwlab::GwLab,
-    tclient::{now_ms, try_handshake},
-};
+use jvpn_tests::{gwlab::GwLab, tclient::now_ms};
 
 const USAGE: &str = "usage: restart-bench [--sessions N]";
 
@@ -65,19 +62,7 @@ fn run(n: usize) -> anyhow::Result<serde_json::Value> {
 
     let sock = lab.lab.client.run(|| UdpSocket::bind("10.77.1.2:0"))?;
     sock.set_read_timeout(Some(Duration::from_millis(200)))?;
-    let t = Instant::now();
-    let mut sessions = Vec::with_capacity(n);
-    while sessions.len() < n {
-        let s = try_handshake(&sock, Wifi.gw_addr(), &lab.client_id, &lab.gateway_pub, 20)
-            .map_err(|e| anyhow::anyhow!("handshake {}: {e}", sessions.len()))?;
-        let mac = s.keys.mac_key();
-        sessions.push((s, mac));
-        if sessions.len() % 10_000 == 0 {
-            eprintln!("{} sessions in {:.1?}", sessions.len(), t.elapsed());
-        }
-    }
-    let listed = lab.sessions().len();
-    ensure!(listed == n, "the gateway lists {listed} of {n} sessions");
+    let mut sessions = lab.establish(&sock, n)?;
     let store = std::fs::metadata(lab.dir.join("state").join("sessions.redb"))?.len();
 
     // kill -9, start again; the first answer, then one from every session.
