@@ -72,14 +72,22 @@ pub fn check_allowed(cpus: &[usize]) -> Result<(), BenchError> {
 
 /// Pins the calling thread to `cpu`.
 pub fn pin_current_thread(cpu: usize) -> Result<(), BenchError> {
+    set_current_thread(&[cpu])
+}
+
+/// Lets the calling thread run on `cpus` (e.g. every CPU it had at the start, after
+/// something pinned it: threads it spawns inherit its set).
+pub fn set_current_thread(cpus: &[usize]) -> Result<(), BenchError> {
     // SAFETY: as in `allowed`.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `cpu` < CPU_SETSIZE (checked by `parse`).
-    unsafe { libc::CPU_SET(cpu, &mut set) };
+    for &cpu in cpus {
+        // SAFETY: `cpu` < CPU_SETSIZE (checked by `parse`, or read by `allowed`).
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
     // SAFETY: pid 0 is the calling thread.
     if unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) } != 0 {
         return Err(BenchError::Io {
-            what: format!("pinning a thread to CPU {cpu}"),
+            what: format!("setting a thread's CPUs to {}", format(cpus)),
             cause: std::io::Error::last_os_error(),
         });
     }

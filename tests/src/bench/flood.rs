@@ -310,8 +310,12 @@ fn measure(b: &mut Bench, phase: &Phase) -> Result<String> {
                     .collect();
                 let sinks_after: Vec<_> =
                     sinks.iter().map(|s| s.stats()).collect::<Result<_, _>>()?;
+                // A generator's own error is the cause of a window cut short: first.
+                let summaries = summaries
+                    .into_iter()
+                    .collect::<Result<Vec<_>>>()
+                    .context("a flood generator")?;
                 let loaded = measured?;
-                let summaries = summaries.into_iter().collect::<Result<Vec<_>>>()?;
                 let returned: Vec<u64> = sinks_after
                     .iter()
                     .zip(&sinks_before)

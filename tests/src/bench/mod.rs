@@ -261,7 +261,11 @@ pub fn run(opts: Options) -> Result<(Value, bool)> {
         }),
     );
     let mut errors = Map::new();
+    // Every phase starts with the CPUs the run had: one that pinned this thread (a
+    // generator run on it) must not confine the next one's threads.
+    let cpus = jvpn_ctl::bench::cpus::allowed()?;
     for phase in PHASES {
+        jvpn_ctl::bench::cpus::set_current_thread(&cpus)?;
         if !opts.runs(phase) {
             eprintln!("== {phase}: skipped (--skip/--only)");
             continue;
