@@ -89,7 +89,8 @@ pub struct LimitsConfig {
     /// Under load: HELLOs with a valid cookie per source (IPv4 /32, IPv6 /64).
     pub hello_per_source_pps: u32,
     pub hello_per_source_burst: u32,
-    /// How long the gateway stays under load after the budget last fell below half.
+    /// How long the gateway stays under load after the budget last fell below half,
+    /// or after the last HELLO it answered with a COOKIE.
     pub load_hold_ms: u32,
     /// Control messages of one session from its binding, and from anywhere else.
     pub control_binding_pps: u32,
