@@ -252,7 +252,10 @@ mod store {
         if let Ok((n, _)) = sock.recv_from(&mut buf) {
             assert_eq!(
                 (n, buf[1]),
-                (jvpn_common::wire::TIME_MSG_LEN, jvpn_common::wire::msg_type::TIME),
+                (
+                    jvpn_common::wire::TIME_MSG_LEN,
+                    jvpn_common::wire::msg_type::TIME
+                ),
                 "the replay gets no WELCOME"
             );
         }
