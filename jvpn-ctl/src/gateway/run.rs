@@ -35,6 +35,9 @@ const BATCH: usize = 256;
 const HELLO_QUEUE: usize = 4096;
 /// HELLOs handled per turn of the loop when nothing else is waiting (~70 µs each).
 const HELLOS_PER_TURN: usize = 8;
+/// Socket batches (each up to BATCH datagrams) after which waiting HELLOs have a turn
+/// even if the sockets still hold more: at most 8 × 70 µs of HELLOs per 16 batches.
+const HELLO_TURN_EVERY: usize = 16;
 
 const TICK: Duration = Duration::from_millis(50);
 
@@ -308,13 +311,14 @@ pub async fn run(
                         core.on_datagram(local, peer, data, now);
                     }
                 });
-            }
-            () = std::future::ready(()), if !hellos.is_empty() => {
-                for _ in 0..HELLOS_PER_TURN {
-                    let Some((local, peer, data)) = hellos.pop() else { break };
-                    core.on_datagram(local, peer, &data, clock.now_ms());
+                // Priority, not starvation: a controller saturated by its sessions'
+                // traffic (the sockets never empty) still takes a few HELLOs every
+                // HELLO_TURN_EVERY batches, or it would admit no new session at all.
+                if hellos.turn_due() {
+                    hellos.handle(&mut core, &clock);
                 }
             }
+            () = std::future::ready(()), if !hellos.is_empty() => hellos.handle(&mut core, &clock),
         }
         // Durable before visible: no reply of this batch leaves before its records
         // are written. A batch the store refuses is rolled back (its requests
@@ -704,9 +708,28 @@ fn send(
 struct HelloQueue {
     q: std::collections::VecDeque<(SocketAddr, SocketAddr, Vec<u8>)>,
     shed: u64,
+    /// Socket batches read since HELLOs last had a turn.
+    batches: usize,
 }
 
 impl HelloQueue {
+    /// HELLOs wait, and have waited HELLO_TURN_EVERY batches of other datagrams.
+    fn turn_due(&mut self) -> bool {
+        self.batches += 1;
+        !self.q.is_empty() && self.batches >= HELLO_TURN_EVERY
+    }
+
+    /// Up to HELLOS_PER_TURN of them, oldest first.
+    fn handle(&mut self, core: &mut Core, clock: &Clock) {
+        self.batches = 0;
+        for _ in 0..HELLOS_PER_TURN {
+            let Some((local, peer, data)) = self.pop() else {
+                break;
+            };
+            core.on_datagram(local, peer, &data, clock.now_ms());
+        }
+    }
+
     fn push(&mut self, local: SocketAddr, peer: SocketAddr, data: &[u8]) {
         if self.q.len() < HELLO_QUEUE {
             self.q.push_back((local, peer, data.to_vec()));
@@ -759,4 +782,28 @@ fn spawn_link_reader(sock: Arc<UdpSocket>, exit_link: SocketAddr, tx: mpsc::Send
             }
         }
     });
+}
+
+#[cfg(test)]
+mod hello_queue_tests {
+    use super::*;
+
+    #[test]
+    fn waiting_hellos_get_a_turn_every_few_batches_and_the_queue_is_bounded() {
+        let mut q = HelloQueue::default();
+        let a: SocketAddr = "10.0.0.1:1".parse().unwrap();
+        // Nothing waiting: never due, however busy the sockets.
+        assert!((0..100).all(|_| !q.turn_due()));
+        q.push(a, a, b"hello");
+        q.batches = 0;
+        let due: Vec<bool> = (0..HELLO_TURN_EVERY).map(|_| q.turn_due()).collect();
+        assert_eq!(due.iter().filter(|d| **d).count(), 1);
+        assert!(due[HELLO_TURN_EVERY - 1], "due on the last batch of the round");
+        for _ in 0..HELLO_QUEUE + 10 {
+            q.push(a, a, b"hello");
+        }
+        assert_eq!(q.q.len(), HELLO_QUEUE);
+        assert_eq!(q.take_shed(), 11);
+        assert_eq!(q.take_shed(), 0);
+    }
 }
