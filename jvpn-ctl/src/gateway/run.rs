@@ -798,7 +798,10 @@ mod hello_queue_tests {
         q.batches = 0;
         let due: Vec<bool> = (0..HELLO_TURN_EVERY).map(|_| q.turn_due()).collect();
         assert_eq!(due.iter().filter(|d| **d).count(), 1);
-        assert!(due[HELLO_TURN_EVERY - 1], "due on the last batch of the round");
+        assert!(
+            due[HELLO_TURN_EVERY - 1],
+            "due on the last batch of the round"
+        );
         for _ in 0..HELLO_QUEUE + 10 {
             q.push(a, a, b"hello");
         }
