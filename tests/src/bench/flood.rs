@@ -1079,11 +1079,11 @@ fn window(
     let stats0: Stats = lab.stats();
     let v0 = versions(lab);
     let log0 = file_len(&log);
-    let (cpu0, m0) = (cpu_secs(pid)?, machine_ticks());
+    let (cpu0, m0) = (super::machine::cpu_secs(pid)?, machine_ticks());
     let (t0, wall0) = (Instant::now(), now_ms());
     let w = f()?;
     let seconds = t0.elapsed().as_secs_f64();
-    let (cpu1, m1) = (cpu_secs(pid)?, machine_ticks());
+    let (cpu1, m1) = (super::machine::cpu_secs(pid)?, machine_ticks());
     let wall1 = now_ms();
     let log1 = file_len(&log);
     let stats1: Stats = lab.stats();
@@ -1157,18 +1157,6 @@ fn window(
 
 fn file_len(p: &Path) -> u64 {
     std::fs::metadata(p).map_or(0, |m| m.len())
-}
-
-/// User + system CPU seconds of every thread of `pid` (/proc/PID/stat).
-fn cpu_secs(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let rest = stat.rsplit_once(')').context("/proc stat")?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f[11].parse::<u64>()? + f[12].parse::<u64>()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Ok(ticks as f64 / hz)
 }
 
 /// (busy, total) jiffies of the whole machine (/proc/stat).

@@ -27,7 +27,7 @@ use jvpn_ctl::{
     proto::{Body, ClientSession},
     udp_batch::{RecvBatch, SendBatch},
 };
-use jvpn_tests::{gwlab::GwLab, tclient::now_ms};
+use jvpn_tests::{bench::machine::cpu_secs, gwlab::GwLab, tclient::now_ms};
 
 const USAGE: &str = "usage: keepalive-bench [--sessions N] [--secs S] [--rate PER_SESSION_PER_S]";
 
@@ -107,18 +107,6 @@ fn pin(pid: u32, cpu: usize) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// User + system CPU seconds of every thread of `pid`.
-fn cpu_secs(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let rest = stat.rsplit_once(')').context("/proc stat")?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f[11].parse::<u64>()? + f[12].parse::<u64>()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Ok(ticks as f64 / hz)
 }
 
 fn pin_all_threads(pid: u32, cpu: usize) -> anyhow::Result<()> {
@@ -274,7 +262,7 @@ fn run(a: &Args) -> anyhow::Result<serde_json::Value> {
     let pid = lab.stack.pid("gateway").context("the gateway's pid")?;
     pin_all_threads(pid, 0)?;
     eprintln!("gateway pid {pid} pinned to CPU 0");
-    pin(0, 1)?;
+    jvpn_ctl::bench::cpus::pin_current_thread(1)?;
 
     let sock = lab.lab.client.run(|| UdpSocket::bind("10.77.1.2:0"))?;
     sock.set_read_timeout(Some(Duration::from_millis(200)))?;
