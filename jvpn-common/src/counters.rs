@@ -5,7 +5,8 @@
 //! kernel (`XDP_PASS`) and count it here so that an operator sees every packet the fast
 //! path did not relay; [`HELLO_COOKIE_SENT`] is a HELLO **answered** in XDP with a
 //! COOKIE (`XDP_TX`), nothing lost; [`COOKIE_INVALID`] says why some of those were
-//! answered (each is counted under [`HELLO_COOKIE_SENT`] as well).
+//! answered (each is counted under [`HELLO_COOKIE_SENT`] as well); [`NEXT_HOP_FIB`]
+//! counts DATA that was relayed, but by the slow path.
 
 pub const MALFORMED: u32 = 0;
 pub const BAD_VERSION: u32 = 1;
@@ -35,9 +36,17 @@ pub const HELLO_IP_OPTIONS: u32 = 18;
 pub const CONTROL_LIMITED: u32 = 19;
 /// A COOKIE or TIME (a gateway's own replies) arriving at the gateway.
 pub const UNEXPECTED_REPLY: u32 = 20;
+/// DATA **relayed** by the slow path: its session had no valid `NEXT_HOPS` entry
+/// (none assigned, invalidated by a network change, or caught mid-update), so the
+/// relay asked the kernel's FIB. Not a loss.
+pub const NEXT_HOP_FIB: u32 = 21;
+/// DATA **relayed** after a `SESSIONS` lookup: its slot held no valid copy of the
+/// session's entry (`crate::hot`: the id names another session's slot, the session
+/// has no copy, or the copy was caught mid-update). Not a loss.
+pub const SESSION_LOOKUP: u32 = 22;
 
 /// Number of reasons.
-pub const COUNT: u32 = 21;
+pub const COUNT: u32 = 23;
 
 /// Slots of the `DROPS` map: room for reasons to come, so that a later build finds
 /// the pinned map the right size and keeps its counts.
@@ -67,6 +76,8 @@ pub const NAMES: [&str; COUNT as usize] = [
     "hello_ip_options",
     "control_limited",
     "unexpected_reply",
+    "next_hop_fib",
+    "session_lookup",
 ];
 
 /// What became of a packet counted under a reason.
@@ -78,12 +89,15 @@ pub enum Fate {
     Passed,
     /// Answered by the XDP program itself (`XDP_TX` of a reply built in its place).
     Answered,
+    /// Relayed after all, by a slower way (counted to show how often).
+    Relayed,
 }
 
 pub const fn fate(reason: u32) -> Fate {
     match reason {
         NEIGH_UNRESOLVED | FRAGMENT_PASSED => Fate::Passed,
         HELLO_COOKIE_SENT | COOKIE_INVALID => Fate::Answered,
+        NEXT_HOP_FIB | SESSION_LOOKUP => Fate::Relayed,
         _ => Fate::Dropped,
     }
 }
@@ -117,11 +131,13 @@ mod tests {
             assert!(NAMES[..i].iter().all(|b| b != a), "{a} twice");
         }
         assert_eq!(name(COUNT), "unknown");
-        let not_dropped: [u32; 4] = [
+        let not_dropped: [u32; 6] = [
             NEIGH_UNRESOLVED,
             FRAGMENT_PASSED,
             HELLO_COOKIE_SENT,
             COOKIE_INVALID,
+            NEXT_HOP_FIB,
+            SESSION_LOOKUP,
         ];
         for r in 0..COUNT {
             assert_eq!(
@@ -133,5 +149,6 @@ mod tests {
         }
         assert!(is_answer(HELLO_COOKIE_SENT) && !is_pass(HELLO_COOKIE_SENT));
         assert!(is_pass(NEIGH_UNRESOLVED) && !is_answer(NEIGH_UNRESOLVED));
+        assert!(fate(NEXT_HOP_FIB) == Fate::Relayed && !is_pass(NEXT_HOP_FIB));
     }
 }

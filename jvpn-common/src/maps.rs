@@ -124,7 +124,10 @@ pub struct SessionEntry {
     /// The session's index in `SESSION_STATS`. The controller's data-plane module
     /// assigns it; whatever a caller puts here is overwritten.
     pub stats_slot: u32,
-    pub _pad: [u8; 4],
+    /// `NEXT_HOPS` indices of the way to `client` and to `exit` (0: none, the relay
+    /// asks the kernel's FIB). Assigned by the data-plane module like `stats_slot`.
+    pub client_hop: u16,
+    pub exit_hop: u16,
 }
 
 const _: () = assert!(core::mem::size_of::<SessionEntry>() == 112);
@@ -146,8 +149,9 @@ impl SessionEntry {
     }
 }
 
-/// `SESSION_STATS[entry.stats_slot]`: one cache line per session, in an `ARRAY` whose
-/// values start page-aligned (`BPF_F_MMAPABLE`), so sessions never share a line. The
+/// `SESSION_STATS[entry.stats_slot]`: two cache lines per session, in an `ARRAY` whose
+/// values start page-aligned (`BPF_F_MMAPABLE`), so sessions never share a line: the
+/// relay's copy of the entry ([`crate::hot`]) and the counters. The
 /// relay adds with atomic instructions. Each direction of a session is one flow and
 /// normally one CPU; when the two directions are handled on two CPUs at once, the
 /// line moves between them, the price of not keeping a copy per CPU (docs/datapath.md).
@@ -158,6 +162,9 @@ impl SessionEntry {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SessionStats {
+    /// The entry's copy ([`crate::hot::Hot`], [`crate::hot::HOT_WORDS`] words), written
+    /// by the controller only; the rest of the line is zero.
+    pub hot: [u64; 8],
     /// DATA relayed client → exit (packets, UDP payload bytes).
     pub up_packets: u64,
     pub up_bytes: u64,
@@ -175,7 +182,7 @@ pub struct SessionStats {
     pub _pad: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<SessionStats>() == 64);
+const _: () = assert!(core::mem::size_of::<SessionStats>() == 128);
 
 /// `HELLO_CONFIG[0]`: the gate's settings, written by the controller
 /// (docs/datapath.md, "The HELLO gate and control budgets"). All zero (a map no

@@ -181,25 +181,49 @@ pub fn comes_from(p: &Parsed, e: &Endpoint) -> bool {
     p.family == e.family && p.sport_be() == e.port_be && addr_eq(&p.src, &e.addr)
 }
 
+/// The fields DATA is steered by, borrowed from a `SESSIONS` entry or assembled
+/// from a slot's copy ([`crate::hot`]) and `ENDPOINTS`.
+#[derive(Clone, Copy, Debug)]
+pub struct Route<'a> {
+    pub forwarding: bool,
+    pub client: &'a Endpoint,
+    pub gw_client: &'a Endpoint,
+    pub exit: &'a Endpoint,
+    pub gw_exit: &'a Endpoint,
+}
+
+impl<'a> Route<'a> {
+    #[inline(always)]
+    pub fn of(e: &'a SessionEntry) -> Self {
+        Self {
+            forwarding: e.forwarding(),
+            client: &e.client,
+            gw_client: &e.gw_client,
+            exit: &e.exit,
+            gw_exit: &e.gw_exit,
+        }
+    }
+}
+
 /// Decides where a DATA packet of a known session goes: from the current binding to
 /// the exit, from the exit to the current binding, nowhere otherwise. Only the source
 /// address and port decide (the single-active-binding rule).
 #[inline(always)]
-pub fn steer<'a>(p: &Parsed, e: &'a SessionEntry) -> Result<Steer<'a>, u32> {
-    if !e.forwarding() {
+pub fn steer<'a>(p: &Parsed, r: &Route<'a>) -> Result<Steer<'a>, u32> {
+    if !r.forwarding {
         return Err(counters::NOT_FORWARDING);
     }
-    if comes_from(p, &e.client) {
+    if comes_from(p, r.client) {
         Ok(Steer {
             dir: Direction::Up,
-            src: &e.gw_exit,
-            dst: &e.exit,
+            src: r.gw_exit,
+            dst: r.exit,
         })
-    } else if comes_from(p, &e.exit) {
+    } else if comes_from(p, r.exit) {
         Ok(Steer {
             dir: Direction::Down,
-            src: &e.gw_client,
-            dst: &e.client,
+            src: r.gw_client,
+            dst: r.client,
         })
     } else {
         Err(counters::STALE_BINDING)

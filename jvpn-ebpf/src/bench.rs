@@ -1,12 +1,13 @@
 //! Benchmark programs (docs/bench.md): the traffic generator `jvpn_pktgen`, which
 //! `jvpn-ctl pktgen` runs with `BPF_PROG_TEST_RUN` in live-frames mode, and the
-//! counting sink `xdp_sink`, attached on the receiving end of a path under test.
+//! counting sink `xdp_sink`, attached on the receiving end of a path under test; the
+//! path ceilings `bench_drop` and `bench_fwd`; `xdp_pass` for redirect targets.
 
 use aya_ebpf::{
     Global,
     bindings::{
         BPF_NOEXIST,
-        xdp_action::{XDP_ABORTED, XDP_DROP, XDP_TX},
+        xdp_action::{XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX},
     },
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_redirect, bpf_xdp_adjust_head},
     macros::{map, xdp},
@@ -356,4 +357,17 @@ fn count_session(sid: u64) -> bool {
         }
         None => false,
     }
+}
+
+/// Path-ceiling baseline for benchmarks: drops everything.
+#[xdp]
+pub fn bench_drop(_ctx: XdpContext) -> u32 {
+    XDP_DROP
+}
+
+/// Receiving side of native redirects into a veth (a veth peer needs an XDP program
+/// for `bpf_redirect` to deliver frames): hands every frame to the kernel.
+#[xdp]
+pub fn xdp_pass(_ctx: XdpContext) -> u32 {
+    XDP_PASS
 }

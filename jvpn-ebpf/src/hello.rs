@@ -18,8 +18,7 @@ use jvpn_common::{
     cookie::{self, Source},
     counters,
     maps::{
-        CookieKey, HELLO_SOURCES_MAX, HelloConfig, HelloState, SessionEntry, SessionStats,
-        SourceKey,
+        CookieKey, Endpoint, HELLO_SOURCES_MAX, HelloConfig, HelloState, SessionStats, SourceKey,
     },
     relay::{self, Parsed, Verdict},
     wire::{HELLO_COOKIE_LEN, HELLO_LEN},
@@ -185,12 +184,12 @@ fn send_cookie(ctx: &XdpContext, p: &Parsed, seq: u32) -> Result<u32, Verdict> {
 pub fn control_allowed(
     cfg: &HelloConfig,
     p: &Parsed,
-    e: &SessionEntry,
+    binding: &Endpoint,
     stats: *mut SessionStats,
 ) -> bool {
     let now = now_ms();
     // SAFETY: `stats` points to the session's live SESSION_STATS value.
-    let (b, rate, burst) = if relay::comes_from(p, &e.client) {
+    let (b, rate, burst) = if relay::comes_from(p, binding) {
         (
             unsafe { &raw mut (*stats).ctl_binding },
             cfg.control_binding_pps,

@@ -1,14 +1,14 @@
 //! The jvpn XDP data plane: steers DATA packets by SessionID between a session's
 //! current client binding and its exit, rewriting only outer headers (DESIGN §5,
 //! docs/datapath.md). It never decrypts and never writes a map the controller owns.
+//! The benchmark's programs are another object (`bench_main.rs`): a gateway loads
+//! only these.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 // Inline assembly for the BPF atomic add (`relay::add`): core has no 64-bit atomic
 // read-modify-write for this target.
 #![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
-#[cfg(target_arch = "bpf")]
-mod bench;
 #[cfg(target_arch = "bpf")]
 mod ctx;
 #[cfg(target_arch = "bpf")]

@@ -15,14 +15,21 @@ use core::mem::MaybeUninit;
 use jvpn_common::{
     DEFAULT_MAX_SESSIONS, DEFAULT_PORT, counters,
     headers::{OuterV4, OuterV6},
-    maps::{AF_INET, SessionEntry, SessionStats},
-    relay::{self, Direction, Parsed, Steer, Verdict},
+    hot::{ENDPOINTS_MAX, HOT_WORDS, Hot},
+    maps::{AF_INET, Endpoint, SessionEntry, SessionStats},
+    nexthop::{NEXT_HOPS_MAX, NextHop},
+    relay::{self, Direction, Parsed, Route, Steer, Verdict},
     wire::Kind,
 };
 
 /// UDP port of the protocol, host order; set by the loader.
 #[unsafe(no_mangle)]
 static JVPN_PORT: Global<u16> = Global::new(DEFAULT_PORT);
+
+/// A session id's `SESSION_STATS` slot is `id & JVPN_SLOT_MASK` (jvpn_common::hot);
+/// set by the loader from the array's size.
+#[unsafe(no_mangle)]
+static JVPN_SLOT_MASK: Global<u32> = Global::new(DEFAULT_MAX_SESSIONS - 1);
 
 /// Nonzero: emit a debug log line per rejected packet. Set by the loader; when zero
 /// the verifier prunes the logging code, so the fast path carries none of it.
@@ -39,13 +46,25 @@ static SESSIONS: HashMap<u64, SessionEntry> =
 // An array indexed by the entry's `stats_slot`: the verifier inlines array lookups, so
 // this costs no helper call (a per-CPU hash keyed by session id cost one more hash
 // walk per packet: 188 vs 209 ns per packet, and 1.12 vs 0.79 Mpps at 1M sessions).
-// MMAPABLE only for its page-aligned values: each 64-byte slot is one cache line.
+// MMAPABLE for its page-aligned values (each 128-byte slot is two whole cache lines,
+// the entry's copy and the counters) and because the controller writes the copies
+// through a shared mapping.
 #[map]
 static SESSION_STATS: Array<SessionStats> =
     Array::with_max_entries(DEFAULT_MAX_SESSIONS, BPF_F_MMAPABLE);
 
+// The gateway's and the exit's endpoints that slot copies name by index; each index
+// written once before any copy names it.
+#[map]
+static ENDPOINTS: Array<Endpoint> = Array::with_max_entries(ENDPOINTS_MAX, 0);
+
 #[map]
 static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counters::SLOTS, 0);
+
+// Written by the controller through a shared mapping (MMAPABLE), word by word; read
+// here with one load per word (jvpn_common::nexthop says why that is enough).
+#[map]
+static NEXT_HOPS: Array<NextHop> = Array::with_max_entries(NEXT_HOPS_MAX, BPF_F_MMAPABLE);
 
 // BPF_FIB_LKUP_RET_* (uapi/linux/bpf.h).
 const FIB_SUCCESS: i64 = 0;
@@ -99,53 +118,86 @@ fn relay_packet(ctx: &XdpContext) -> Result<u32, Verdict> {
         // COOKIE and TIME go from a gateway to clients, never to a gateway.
         return Err(Verdict::Reject(counters::UNEXPECTED_REPLY));
     }
-    let Some(entry) = SESSIONS.get_ptr(p.session_id) else {
-        return Err(Verdict::Reject(counters::UNKNOWN_SESSION));
+    // The session's slot first (one cache line holds what steering needs), its
+    // SESSIONS entry only when the slot holds no valid copy of it.
+    let copy: Hot;
+    let (route, [client_hop, exit_hop], stats, looked_up) = if let Some(f) = fast_copy(p.session_id)
+    {
+        copy = f.hot;
+        let route = Route {
+            forwarding: copy.forwarding,
+            client: &copy.client,
+            gw_client: f.gw_client,
+            exit: f.exit,
+            gw_exit: f.gw_exit,
+        };
+        (route, [copy.client_hop, copy.exit_hop], f.stats, false)
+    } else {
+        let Some(entry) = SESSIONS.get_ptr(p.session_id) else {
+            return Err(Verdict::Reject(counters::UNKNOWN_SESSION));
+        };
+        // SAFETY: a map value pointer stays valid for this run (RCU, NO_PREALLOC).
+        let entry = unsafe { &*entry };
+        // A slot out of range (only a corrupted entry could hold one) goes uncounted.
+        let stats = SESSION_STATS
+            .get_ptr_mut(entry.stats_slot)
+            .unwrap_or(core::ptr::null_mut());
+        let hops = [entry.client_hop, entry.exit_hop];
+        (Route::of(entry), hops, stats, true)
     };
-    // SAFETY: a map value pointer stays valid for this run (RCU, NO_PREALLOC).
-    let entry = unsafe { &*entry };
     if p.kind == Kind::Control {
-        if let Some(cfg) = hello::config() {
-            let mut allowed = true;
-            with_stats(entry.stats_slot, |s| {
-                allowed = hello::control_allowed(cfg, &p, entry, s);
-            });
-            if !allowed {
-                return Err(Verdict::Reject(counters::CONTROL_LIMITED));
-            }
+        if let Some(cfg) = hello::config()
+            && !stats.is_null()
+            && !hello::control_allowed(cfg, &p, route.client, stats)
+        {
+            return Err(Verdict::Reject(counters::CONTROL_LIMITED));
         }
         return Ok(XDP_PASS);
     }
-    let steer = match relay::steer(&p, entry) {
+    let steer = match relay::steer(&p, &route) {
         Ok(s) => s,
         Err(reason) => {
-            if reason == counters::STALE_BINDING {
-                // SAFETY: `s` points to a live array value.
-                with_stats(entry.stats_slot, |s| unsafe {
-                    add(&raw mut (*s).stale_drops, 1)
-                });
+            if reason == counters::STALE_BINDING && !stats.is_null() {
+                // SAFETY: `stats` points to a live array value.
+                unsafe { add(&raw mut (*stats).stale_drops, 1) };
             }
             return Err(Verdict::Reject(reason));
         }
     };
     let check = relay::relayed_udp_check(&p, &steer).map_err(Verdict::Reject)?;
-    let (ifindex, smac, dmac) = next_hop(ctx, &p, &steer)?;
+    let hop = match steer.dir {
+        Direction::Up => exit_hop,
+        Direction::Down => client_hop,
+    };
+    let (ifindex, smac, dmac) = match table_hop(hop, &p, &steer)? {
+        Some(h) => h,
+        None => {
+            let h = next_hop(ctx, &p, &steer)?;
+            count(counters::NEXT_HOP_FIB);
+            h
+        }
+    };
     rewrite(ctx, &p, &steer, check, smac, dmac)?;
+    if looked_up {
+        count(counters::SESSION_LOOKUP);
+    }
 
     let bytes = p.payload_len as u64;
-    // SAFETY: `s` points to a live array value.
-    with_stats(entry.stats_slot, |s| unsafe {
-        match steer.dir {
-            Direction::Up => {
-                add(&raw mut (*s).up_packets, 1);
-                add(&raw mut (*s).up_bytes, bytes);
-            }
-            Direction::Down => {
-                add(&raw mut (*s).down_packets, 1);
-                add(&raw mut (*s).down_bytes, bytes);
+    if !stats.is_null() {
+        // SAFETY: `stats` points to a live array value.
+        unsafe {
+            match steer.dir {
+                Direction::Up => {
+                    add(&raw mut (*stats).up_packets, 1);
+                    add(&raw mut (*stats).up_bytes, bytes);
+                }
+                Direction::Down => {
+                    add(&raw mut (*stats).down_packets, 1);
+                    add(&raw mut (*stats).down_bytes, bytes);
+                }
             }
         }
-    });
+    }
 
     if ifindex == ctx.ingress_ifindex() as u32 {
         Ok(XDP_TX)
@@ -155,13 +207,49 @@ fn relay_packet(ctx: &XdpContext) -> Result<u32, Verdict> {
     }
 }
 
+/// A valid copy of session `id`'s entry in the slot its id names, with what it
+/// points to.
+struct Fast {
+    hot: Hot,
+    gw_client: &'static Endpoint,
+    exit: &'static Endpoint,
+    gw_exit: &'static Endpoint,
+    stats: *mut SessionStats,
+}
+
 #[inline(always)]
-fn with_stats(slot: u32, f: impl FnOnce(*mut SessionStats)) {
-    // A slot out of range (only a corrupted entry could hold one) just goes uncounted.
-    // Raw pointers, not `&mut`: other CPUs write the same value concurrently.
-    if let Some(ptr) = SESSION_STATS.get_ptr_mut(slot) {
-        f(ptr);
+fn fast_copy(id: u64) -> Option<Fast> {
+    let stats = SESSION_STATS.get_ptr_mut(id as u32 & JVPN_SLOT_MASK.load())?;
+    // SAFETY: a live array value; one volatile 8-byte load per word (never merged or
+    // split), which is what the generation check relies on (jvpn_common::hot).
+    let w: [u64; HOT_WORDS] = unsafe {
+        let w = (&raw const (*stats).hot).cast::<u64>();
+        [
+            w.read_volatile(),
+            w.add(1).read_volatile(),
+            w.add(2).read_volatile(),
+            w.add(3).read_volatile(),
+            w.add(4).read_volatile(),
+            w.add(5).read_volatile(),
+        ]
+    };
+    let hot = Hot::decode(&w)?;
+    if hot.id != id {
+        return None;
     }
+    let ep = |i: u8| {
+        // SAFETY: array values live as long as the map, which outlives the program.
+        let e: &'static Endpoint = unsafe { &*ENDPOINTS.get_ptr(u32::from(i))? };
+        // An index nobody wrote (a lost pin): the copy is not trusted.
+        (e.port_be != 0).then_some(e)
+    };
+    Some(Fast {
+        gw_client: ep(hot.gw_client)?,
+        exit: ep(hot.exit)?,
+        gw_exit: ep(hot.gw_exit)?,
+        hot,
+        stats,
+    })
 }
 
 /// `*c += n` as one BPF atomic add (`lock xadd` once JITed): other CPUs may count
@@ -173,6 +261,40 @@ fn with_stats(slot: u32, f: impl FnOnce(*mut SessionStats)) {
 unsafe fn add(c: *mut u64, n: u64) {
     // SAFETY: the caller's promise; the instruction touches only `*c`.
     unsafe { core::arch::asm!("lock *(u64 *)({0} + 0) += {1}", in(reg) c, in(reg) n) };
+}
+
+/// The next hop from `NEXT_HOPS[hop]`, if that entry is valid (None: the slow path).
+/// The packet's size is checked against the hop's MTU, as the FIB would.
+#[inline(always)]
+fn table_hop(
+    hop: u16,
+    p: &Parsed,
+    s: &Steer<'_>,
+) -> Result<Option<(u32, [u8; 6], [u8; 6])>, Verdict> {
+    if hop == 0 {
+        return Ok(None);
+    }
+    let Some(e) = NEXT_HOPS.get_ptr(u32::from(hop)) else {
+        return Ok(None);
+    };
+    // SAFETY: a live array value; one volatile 8-byte load per word (never merged
+    // or split), which is what the generation check relies on.
+    let w = unsafe {
+        let w = &raw const (*e).words;
+        [
+            w.cast::<u64>().read_volatile(),
+            w.cast::<u64>().add(1).read_volatile(),
+            w.cast::<u64>().add(2).read_volatile(),
+        ]
+    };
+    let Some(h) = NextHop::decode(w) else {
+        return Ok(None);
+    };
+    let l3 = relay::relayed_outer_len(s.dst.family) - jvpn_common::headers::ETH_LEN + p.payload_len;
+    if l3 > h.mtu as usize {
+        return Err(Verdict::Reject(counters::MTU_EXCEEDED));
+    }
+    Ok(Some((h.ifindex, h.smac, h.dmac)))
 }
 
 /// Asks the kernel's FIB for the egress interface and MACs of the rewritten packet,
@@ -280,17 +402,4 @@ fn rewrite(
         unsafe { dst.write(out) };
     }
     Ok(())
-}
-
-/// Path-ceiling baseline for benchmarks: drops everything.
-#[xdp]
-pub fn bench_drop(_ctx: XdpContext) -> u32 {
-    XDP_DROP
-}
-
-/// Receiving side of native redirects into a veth (a veth peer needs an XDP program
-/// for `bpf_redirect` to deliver frames): hands every frame to the kernel.
-#[xdp]
-pub fn xdp_pass(_ctx: XdpContext) -> u32 {
-    XDP_PASS
 }

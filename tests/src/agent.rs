@@ -179,6 +179,27 @@ impl AgentLab {
             .expect("client move");
     }
 
+    /// Waits until every transport has been probed and answered healthy, so that a
+    /// switch has somewhere to go.
+    pub fn wait_all_healthy(&self) -> ClientStatus {
+        self.wait_status("every transport healthy", Duration::from_secs(5), |s| {
+            s.transports
+                .iter()
+                .all(|t| t.health == jvpn_ctl::client::health::Status::Healthy)
+        })
+    }
+
+    /// Waits for `n` more echoes of `stream` than it has now: traffic is flowing.
+    pub fn wait_traffic(&self, stream: &Stream, n: u64) {
+        let want = stream.echoed() + n;
+        if let Err(r) = stream.wait_echoed(want, Duration::from_secs(5)) {
+            panic!(
+                "{n} more echoes did not come back within 5 s: {r:?}; client status: {:#?}",
+                self.status()
+            );
+        }
+    }
+
     /// Waits until the agent is ATTACHED over `t` with no reattach under way.
     pub fn wait_bound(&self, t: Transport, timeout: Duration) -> ClientStatus {
         self.wait_status(

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use jvpn_common::{
     cookie::{self, Cookie, Source},
     counters,
-    maps::{Endpoint, FLAG_FORWARDING, SessionEntry},
+    maps::{Endpoint, FLAG_FORWARDING, SessionEntry, SessionStats},
     wire::{COOKIE_MSG_LEN, HELLO_COOKIE_LEN, HELLO_LEN, HELLO_NONCE_OFF, WireHeader, msg_type},
 };
 use jvpn_ctl::datapath::{Datapath, DatapathConfig, Drops, GateLimits, RELAY_PROGRAM};
@@ -232,6 +232,37 @@ fn relay_cases(lab: &Lab) -> Vec<Relay> {
     cases
 }
 
+/// Runs every relay case; `slow`: the next hop comes from the FIB (counted as
+/// `next_hop_fib`), else from the next-hop table (nothing counted).
+fn run_relay_cases(dp: &mut Datapath, lab: &Lab, slow: bool) {
+    let path = if slow { "fib" } else { "table" };
+    for c in &relay_cases(lab) {
+        let before = dp.drops().unwrap();
+        let frame = c.ingress.build(&c.payload);
+        let ifindex = if c.via_x0 { lab.x0 } else { lab.c0 };
+        let r = run(dp.program(RELAY_PROGRAM).unwrap(), &frame, ifindex);
+        assert_eq!(r.action, c.action, "{} ({path}): action", c.name);
+        let want = c.expect.build(&c.payload);
+        assert_eq!(r.out, want, "{} ({path}): output bytes", c.name);
+        assert_eq!(verify_checksums(&r.out), c.payload, "{}: payload", c.name);
+        let d = delta(&before, &dp.drops().unwrap());
+        if slow {
+            assert_eq!(
+                d,
+                [("next_hop_fib", 1)],
+                "{}: the slow path, counted",
+                c.name
+            );
+        } else {
+            assert!(
+                d.is_empty(),
+                "{} (table): nothing counted, got {d:?}",
+                c.name
+            );
+        }
+    }
+}
+
 #[test]
 fn relays_every_family_combination_with_exact_bytes() {
     require_root!();
@@ -239,27 +270,152 @@ fn relays_every_family_combination_with_exact_bytes() {
     lab.ns.run(|| {
         let mut dp = load(&lab);
         install_sessions(&mut dp);
-        let cases = relay_cases(&lab);
-        for c in &cases {
-            let before = dp.drops().unwrap();
-            let frame = c.ingress.build(&c.payload);
-            let ifindex = if c.via_x0 { lab.x0 } else { lab.c0 };
-            let r = run(dp.program(RELAY_PROGRAM).unwrap(), &frame, ifindex);
-            assert_eq!(r.action, c.action, "{}: action", c.name);
-            let want = c.expect.build(&c.payload);
-            assert_eq!(r.out, want, "{}: output bytes", c.name);
-            assert_eq!(verify_checksums(&r.out), c.payload, "{}: payload", c.name);
-            assert!(
-                delta(&before, &dp.drops().unwrap()).is_empty(),
-                "{}: no drop counted",
-                c.name
-            );
-        }
+        // The same bytes whichever way the next hop is found.
+        run_relay_cases(&mut dp, &lab, true);
+        dp.enable_next_hops().unwrap();
+        run_relay_cases(&mut dp, &lab, false);
         // Per-session counters: S_V4 relayed up 4 times (plain, vlan, options, no
-        // checksum) and down once, 120 payload bytes each.
+        // checksum) and down once per path, 120 payload bytes each.
         let s = dp.session_stats(S_V4).unwrap().unwrap();
-        assert_eq!((s.up_packets, s.down_packets), (4, 1));
-        assert_eq!((s.up_bytes, s.down_bytes), (480, 120));
+        assert_eq!((s.up_packets, s.down_packets), (8, 2));
+        assert_eq!((s.up_bytes, s.down_bytes), (960, 240));
+    });
+}
+
+#[test]
+fn next_hop_table_hit_miss_and_invalid_entries() {
+    require_root!();
+    let lab = lab();
+    lab.ns.run(|| {
+        let mut dp = load(&lab);
+        install_sessions(&mut dp);
+        // The client and the gateway's address it sends to (the exit is 10.10.9.2).
+        let (c4, g4c) = (v4("10.10.1.2"), v4("10.10.1.1"));
+        let up = |payload: usize| {
+            Udp::new(c4, 40000, g4c, PORT).build(&jvpn(msg_type::DATA, S_V4, 1, payload))
+        };
+        let send = |dp: &mut Datapath, frame: &[u8]| {
+            let before = dp.drops().unwrap();
+            let r = run(dp.program(RELAY_PROGRAM).unwrap(), frame, lab.c0);
+            (r, delta(&before, &dp.drops().unwrap()))
+        };
+        let dmac = |out: &[u8]| <[u8; 6]>::try_from(&out[..6]).unwrap();
+
+        // Miss: no table kept, no hop in the entry: the FIB, counted.
+        assert_eq!(dp.session(S_V4).unwrap().unwrap().exit_hop, 0);
+        let (r, d) = send(&mut dp, &up(100));
+        assert_eq!((r.action, dmac(&r.out)), (XDP_REDIRECT, EXIT_MAC));
+        assert_eq!(d, [("next_hop_fib", 1)]);
+
+        // Hit: the entry names a hop with the exit's neighbour.
+        dp.enable_next_hops().unwrap();
+        let e = dp.session(S_V4).unwrap().unwrap();
+        assert_ne!(e.exit_hop, 0);
+        assert_ne!(e.client_hop, 0);
+        let hop = dp.next_hop(e.exit_hop).expect("a valid entry");
+        assert_eq!(
+            (hop.ifindex, hop.smac, hop.dmac, hop.mtu),
+            (lab.x0, X0_MAC, EXIT_MAC, 1500)
+        );
+        let (r, d) = send(&mut dp, &up(100));
+        assert_eq!((r.action, dmac(&r.out)), (XDP_REDIRECT, EXIT_MAC));
+        assert!(d.is_empty(), "{d:?}");
+        let unresolved = dp.session(S_NONEIGH).unwrap().unwrap().exit_hop;
+        assert!(
+            unresolved == 0 || dp.next_hop(unresolved).is_none(),
+            "a neighbour nobody resolved has no valid entry"
+        );
+
+        // The table, not the FIB, decides: a neighbour's new MAC is used once its
+        // notification is processed, not before.
+        let new_mac = [2, 0, 0, 0, 9, 0x77];
+        let fmt = jvpn_ctl::bench::netif::format_mac;
+        lab.ns
+            .ip(&[
+                "neigh",
+                "replace",
+                "10.10.9.2",
+                "lladdr",
+                &fmt(&new_mac),
+                "nud",
+                "permanent",
+                "dev",
+                "x0",
+            ])
+            .unwrap();
+        let (r, _) = send(&mut dp, &up(100));
+        assert_eq!(
+            dmac(&r.out),
+            EXIT_MAC,
+            "not processed yet: the entry as it was"
+        );
+        jvpn_tests::settle_next_hops(&mut dp, "neighbour MAC", |dp| {
+            dp.next_hop(e.exit_hop).is_some_and(|h| h.dmac == new_mac)
+        });
+        let (r, d) = send(&mut dp, &up(100));
+        assert_eq!((dmac(&r.out), d.len()), (new_mac, 0), "{d:?}");
+
+        // Invalid: the neighbour gone, the entry invalidated; the FIB finds no
+        // neighbour either, so the packet goes to the kernel untouched, counted.
+        lab.ns
+            .ip(&["neigh", "del", "10.10.9.2", "dev", "x0"])
+            .unwrap();
+        jvpn_tests::settle_next_hops(&mut dp, "neighbour deleted", |dp| {
+            dp.next_hop(e.exit_hop).is_none()
+        });
+        let frame = up(100);
+        let (r, d) = send(&mut dp, &frame);
+        assert_eq!((r.action, &r.out), (XDP_PASS, &frame));
+        assert_eq!(d, [("neigh_unresolved", 1)]);
+        lab.ns
+            .ip(&[
+                "neigh",
+                "replace",
+                "10.10.9.2",
+                "lladdr",
+                &fmt(&EXIT_MAC),
+                "nud",
+                "permanent",
+                "dev",
+                "x0",
+            ])
+            .unwrap();
+        jvpn_tests::settle_next_hops(&mut dp, "neighbour back", |dp| {
+            dp.next_hop(e.exit_hop).is_some_and(|h| h.dmac == EXIT_MAC)
+        });
+
+        // A route MTU: a new hop (same neighbour, smaller MTU), the session moved to it,
+        // and the MTU enforced from the table as the FIB would.
+        lab.ns
+            .ip(&[
+                "route",
+                "replace",
+                "10.10.9.0/24",
+                "dev",
+                "x0",
+                "src",
+                "10.10.9.1",
+                "mtu",
+                "1000",
+            ])
+            .unwrap();
+        jvpn_tests::settle_next_hops(&mut dp, "route mtu", |dp| {
+            let e = dp.session(S_V4).unwrap().unwrap();
+            dp.next_hop(e.exit_hop).is_some_and(|h| h.mtu == 1000)
+        });
+        let fits = 1000 - 20 - 8 - 20; // IPv4, UDP and jvpn headers
+        let (r, d) = send(&mut dp, &up(fits));
+        assert_eq!((r.action, d.len()), (XDP_REDIRECT, 0), "{d:?}");
+        let big = up(fits + 1);
+        let (r, d) = send(&mut dp, &big);
+        assert_eq!((r.action, &r.out), (XDP_DROP, &big));
+        assert_eq!(d, [("mtu_exceeded", 1)]);
+
+        // Not kept any more: every entry invalid, the FIB again.
+        dp.disable_next_hops();
+        let (r, d) = send(&mut dp, &up(100));
+        assert_eq!((r.action, dmac(&r.out)), (XDP_REDIRECT, EXIT_MAC));
+        assert_eq!(d, [("next_hop_fib", 1)]);
     });
 }
 
@@ -674,6 +830,119 @@ fn malformed_frames_are_never_forwarded() {
         padded.extend_from_slice(&[0u8; 6]);
         let r = run(dp.program(RELAY_PROGRAM).unwrap(), &padded, c0);
         assert_eq!(r.action, XDP_REDIRECT, "padded frame");
+    });
+}
+
+/// The slot copy (jvpn_common::hot, docs/datapath.md "One cache line per packet"):
+/// a session in the slot its id names is relayed from the copy alone; an id whose
+/// slot another session holds, a torn copy, and a swapped binding all relay exactly
+/// as the `SESSIONS` entry says, the lookups counted; a removed session's copy is
+/// never used again.
+#[test]
+fn slot_copies_hit_collide_tear_and_follow_the_entry() {
+    require_root!();
+    let lab = lab();
+    lab.ns.run(|| {
+        let mut dp = load(&lab);
+        dp.enable_next_hops().unwrap();
+        let (c4, g4c, x4, g4x) = (
+            v4("10.10.1.2"),
+            v4("10.10.1.1"),
+            v4("10.10.9.2"),
+            v4("10.10.9.1"),
+        );
+        // Same low 32 bits: the same slot, whatever the table's size.
+        let (a, b) = (S_V4, S_V4 ^ (1 << 40));
+        dp.insert_session(a, &session(c4, 40000, g4c, x4, g4x))
+            .unwrap();
+        dp.insert_session(b, &session(c4, 40001, g4c, x4, g4x))
+            .unwrap();
+        jvpn_tests::settle_next_hops(&mut dp, "exit neighbour", |dp| {
+            dp.session(a)
+                .unwrap()
+                .is_some_and(|e| dp.next_hop(e.exit_hop).is_some())
+        });
+        let copy = dp.session_copy(a).expect("a holds the slot its id names");
+        assert_eq!(
+            (copy.id, copy.client.port(), copy.forwarding),
+            (a, 40000, true)
+        );
+        assert_eq!(dp.session_copy(b), None, "b's slot is a's: no copy");
+        let send = |dp: &mut Datapath, sid: u64, cport: u16| {
+            let frame = Udp::new(c4, cport, g4c, PORT).build(&jvpn(msg_type::DATA, sid, 1, 64));
+            let before = dp.drops().unwrap();
+            let r = run(dp.program(RELAY_PROGRAM).unwrap(), &frame, lab.c0);
+            (r.action, delta(&before, &dp.drops().unwrap()))
+        };
+        assert_eq!(
+            send(&mut dp, a, 40000),
+            (XDP_REDIRECT, vec![]),
+            "from the copy"
+        );
+        assert_eq!(
+            send(&mut dp, b, 40001),
+            (XDP_REDIRECT, vec![("session_lookup", 1)]),
+            "b by SESSIONS"
+        );
+        // a's copy never steers b's packets: b's binding is b's.
+        assert_eq!(
+            send(&mut dp, b, 40000),
+            (XDP_DROP, vec![("stale_binding", 1)])
+        );
+        assert_eq!(
+            (
+                dp.session_stats(a).unwrap().unwrap().up_packets,
+                dp.session_stats(b).unwrap().unwrap().up_packets
+            ),
+            (1, 1)
+        );
+
+        // A reader caught mid-update refuses the copy and takes the entry.
+        dp.tear_session_copy(a);
+        assert_eq!(dp.session_copy(a), None);
+        assert_eq!(
+            send(&mut dp, a, 40000),
+            (XDP_REDIRECT, vec![("session_lookup", 1)])
+        );
+
+        // A binding swap rewrites the copy with the entry.
+        let moved = SessionEntry {
+            generation: 2,
+            ..session(c4, 40002, g4c, x4, g4x)
+        };
+        dp.replace_session(a, &moved).unwrap();
+        assert_eq!(dp.session_copy(a).map(|c| c.client.port()), Some(40002));
+        assert_eq!(send(&mut dp, a, 40002), (XDP_REDIRECT, vec![]));
+        assert_eq!(
+            send(&mut dp, a, 40000),
+            (XDP_DROP, vec![("stale_binding", 1)])
+        );
+        // Forwarding off, in the copy too.
+        dp.replace_session(
+            a,
+            &SessionEntry {
+                flags: 0,
+                generation: 3,
+                ..moved
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            send(&mut dp, a, 40002),
+            (XDP_DROP, vec![("not_forwarding", 1)])
+        );
+
+        // Removed: the copy is gone with it, b is unaffected.
+        dp.remove_session(a).unwrap();
+        assert_eq!(dp.session_copy(a), None);
+        assert_eq!(
+            send(&mut dp, a, 40002),
+            (XDP_DROP, vec![("unknown_session", 1)])
+        );
+        assert_eq!(
+            send(&mut dp, b, 40001),
+            (XDP_REDIRECT, vec![("session_lookup", 1)])
+        );
     });
 }
 
@@ -1266,6 +1535,25 @@ fn control_budgets_are_per_session_and_split_by_binding() {
 /// Creates and pins, with raw syscalls, a per-CPU array like the `DROPS` of a build
 /// before the gate (14 reasons).
 fn pin_old_drops(path: &std::path::Path) {
+    const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
+    pin_map(path, BPF_MAP_TYPE_PERCPU_ARRAY, 8, 14, 0);
+}
+
+/// `SESSION_STATS` as builds before the slot copies made it: 64-byte values.
+fn pin_old_session_stats(path: &std::path::Path, max_entries: u32) {
+    const BPF_MAP_TYPE_ARRAY: u32 = 2;
+    const BPF_F_MMAPABLE: u32 = 1 << 10;
+    pin_map(path, BPF_MAP_TYPE_ARRAY, 64, max_entries, BPF_F_MMAPABLE);
+}
+
+/// Creates and pins a map with 4-byte keys.
+fn pin_map(
+    path: &std::path::Path,
+    map_type: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+) {
     #[repr(C)]
     struct Create {
         map_type: u32,
@@ -1282,13 +1570,12 @@ fn pin_old_drops(path: &std::path::Path) {
     }
     const BPF_MAP_CREATE: libc::c_long = 0;
     const BPF_OBJ_PIN: libc::c_long = 6;
-    const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
     let create = Create {
-        map_type: BPF_MAP_TYPE_PERCPU_ARRAY,
+        map_type,
         key_size: 4,
-        value_size: 8,
-        max_entries: 14,
-        map_flags: 0,
+        value_size,
+        max_entries,
+        map_flags,
     };
     // SAFETY: bpf(2) with a valid attribute struct of the size given.
     let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_CREATE, &create, size_of::<Create>()) };
@@ -1306,9 +1593,11 @@ fn pin_old_drops(path: &std::path::Path) {
     unsafe { libc::close(fd as i32) };
 }
 
-/// A data plane pinned by a build before the gate: its `DROPS` has 14 slots and the
-/// gate's maps are missing. A new controller keeps the sessions, replaces `DROPS`
-/// (counts restart), creates the gate's maps (off until it writes them) and runs.
+/// A data plane pinned by a build before the gate: its `DROPS` has 14 slots, its
+/// `SESSION_STATS` 64-byte values (no slot copies), and the gate's maps and
+/// `ENDPOINTS` are missing. A new controller keeps the sessions, replaces `DROPS` and
+/// `SESSION_STATS` (counts restart), creates the missing maps (the gate off until it
+/// writes it), gives the sessions their slot copies again, and runs.
 #[test]
 fn a_data_plane_pinned_before_the_gate_is_taken_over() {
     require_root!();
@@ -1324,14 +1613,30 @@ fn a_data_plane_pinned_before_the_gate_is_taken_over() {
             "COOKIE_KEYS",
             "HELLO_STATE",
             "HELLO_SOURCES",
+            "SESSION_STATS",
+            "ENDPOINTS",
         ] {
             std::fs::remove_file(dir.join(name)).unwrap();
         }
         pin_old_drops(&dir.join("DROPS"));
+        pin_old_session_stats(&dir.join("SESSION_STATS"), 4096);
         let mut dp = load(&lab);
         let info = aya::maps::MapInfo::from_pin(dir.join("DROPS")).unwrap();
         assert_eq!(info.max_entries(), counters::SLOTS);
+        let info = aya::maps::MapInfo::from_pin(dir.join("SESSION_STATS")).unwrap();
+        assert_eq!(info.value_size() as usize, size_of::<SessionStats>());
         assert!(dp.session(S_V4).unwrap().is_some(), "sessions kept");
+        assert!(
+            dp.session_copy(S_V4).is_some(),
+            "and their slot copies written"
+        );
+        let (c, g) = (v4("10.10.1.2"), v4("10.10.1.1"));
+        let frame = Udp::new(c, 40000, g, PORT).build(&jvpn(msg_type::DATA, S_V4, 1, 64));
+        let before = dp.drops().unwrap();
+        let r = run(dp.program(RELAY_PROGRAM).unwrap(), &frame, lab.c0);
+        assert_eq!(r.action, XDP_REDIRECT);
+        assert_eq!(delta(&before, &dp.drops().unwrap()), [("next_hop_fib", 1)]);
+        assert_eq!(dp.session_stats(S_V4).unwrap().unwrap().up_packets, 1);
         assert_eq!(dp.gate_config().unwrap(), Default::default(), "gate off");
         let (c4, g4c) = (v4("10.10.1.2"), v4("10.10.1.1"));
         rejected(

@@ -1,7 +1,8 @@
 //! Benchmark tools (docs/bench.md): the traffic generator behind `jvpn-ctl pktgen`
 //! ([`pktgen`], with its frame builder [`frame`]) and the counting sink behind
 //! `jvpn-ctl sink` ([`sink`]), and the trivial forwarder the benchmark uses as a path
-//! ceiling ([`attached`]). All are programs of the jvpn XDP object.
+//! ceiling ([`attached`]). All are programs of the benchmark's own XDP object,
+//! [`BENCH_OBJECT`]: the product object (`datapath::EBPF_OBJECT`) holds only the relay.
 
 pub mod attached;
 pub mod cpus;
@@ -19,14 +20,14 @@ pub use error::BenchError;
 
 use crate::datapath::{AttachMode, DatapathError, xdp_mut};
 
-/// A loader for the jvpn object as the benchmark tools use it: nothing pinned, and the
-/// relay's maps, which come with the object but stay unused here, get one entry.
+/// The benchmark's XDP object built by `build.rs` from `jvpn-ebpf` (`bench_main.rs`):
+/// `jvpn_pktgen`, `xdp_sink`, `bench_drop`, `bench_fwd`, `xdp_pass` and their maps.
+pub static BENCH_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/jvpn-bench-xdp"));
+
+/// A loader for the benchmark object: nothing pinned.
 fn loader<'a>() -> EbpfLoader<'a> {
-    let mut loader = EbpfLoader::new();
-    loader
-        .map_max_entries("SESSIONS", 1)
-        .map_max_entries("SESSION_STATS", 1);
-    loader
+    EbpfLoader::new()
 }
 
 /// Loads the object with `loader`, loads `program` and attaches it to `iface` (in the
@@ -39,9 +40,7 @@ fn load_attached(
 ) -> Result<aya::Ebpf, BenchError> {
     netif::ifindex(iface)?;
     crate::datapath::check_privilege()?;
-    let mut ebpf = loader
-        .load(crate::datapath::EBPF_OBJECT)
-        .map_err(DatapathError::Load)?;
+    let mut ebpf = loader.load(BENCH_OBJECT).map_err(DatapathError::Load)?;
     let prog = xdp_mut(&mut ebpf, program)?;
     prog.load().map_err(|cause| DatapathError::Program {
         name: program,

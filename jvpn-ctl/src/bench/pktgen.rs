@@ -33,7 +33,7 @@ use super::{
     frame::FrameSpec,
     netif::{self, XdpXmit},
 };
-use crate::datapath::{DatapathError, EBPF_OBJECT, xdp_mut};
+use crate::datapath::{DatapathError, xdp_mut};
 
 pub const PKTGEN_PROGRAM: &str = "jvpn_pktgen";
 const CONFIG_MAP: &str = "PKTGEN_CONFIG";
@@ -278,7 +278,9 @@ impl Generator {
         if ids > 0 {
             loader.map_max_entries(IDS_MAP, ids);
         }
-        let mut ebpf = loader.load(EBPF_OBJECT).map_err(DatapathError::Load)?;
+        let mut ebpf = loader
+            .load(super::BENCH_OBJECT)
+            .map_err(DatapathError::Load)?;
         let mut random = [0u16; MAX_RANDOM_WORDS];
         let words = flood.as_ref().map_or(&[][..], |f| &f.random_words[..]);
         random[..words.len()].copy_from_slice(words);

@@ -61,6 +61,9 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
                 datapath::interface_index(iface)?;
             }
             let fresh = !pin.pin_dir.exists();
+            // The controller's lock: loading writes the maps (the slot copies), which
+            // only one process may do; a gateway running on these pins refuses this.
+            let _lock = jvpn_ctl::gateway::lock::ControllerLock::acquire(&pin.pin_dir)?;
             let mut dp = Datapath::load(DatapathConfig {
                 port,
                 max_sessions,
@@ -118,6 +121,21 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
             }
             println!("attached:  {}", ifaces.join(", "));
             println!("sessions:  {}", p.session_count());
+            let hops = p.next_hops()?;
+            if hops.is_empty() {
+                println!("next hops: none valid (every DATA packet asks the kernel's FIB)");
+            } else {
+                println!("next hops: {} valid", hops.len());
+                for (slot, h) in &hops {
+                    println!(
+                        "  {slot:<6} ifindex {:<4} {} -> {}  mtu {}",
+                        h.ifindex,
+                        jvpn_ctl::bench::netif::format_mac(&h.smac),
+                        jvpn_ctl::bench::netif::format_mac(&h.dmac),
+                        h.mtu
+                    );
+                }
+            }
             println!("not relayed, by reason:");
             for (i, n) in p.drops()?.iter().enumerate() {
                 let reason = i as u32;
@@ -125,6 +143,7 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
                     (_, counters::Fate::Passed) => " (handed to the kernel)",
                     (counters::COOKIE_INVALID, _) => " (answered with a new COOKIE)",
                     (_, counters::Fate::Answered) => " (answered with a COOKIE, not lost)",
+                    (_, counters::Fate::Relayed) => " (relayed, next hop from the kernel's FIB)",
                     (_, counters::Fate::Dropped) => "",
                 };
                 println!("  {:<20} {n}{note}", counters::name(reason));

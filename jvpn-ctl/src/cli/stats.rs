@@ -58,6 +58,15 @@ fn render(s: &Stats) -> String {
             s.event_log_rotations
         ),
     );
+    if let Some(h) = &s.next_hops {
+        line(
+            "next hops",
+            format!(
+                "{} valid of {} (for {} destinations), {} resyncs",
+                h.valid, h.hops, h.destinations, h.resyncs
+            ),
+        );
+    }
     line("security events", s.security_events.to_string());
     section(
         &mut out,
@@ -74,6 +83,12 @@ fn render(s: &Stats) -> String {
         "xdp answers (not drops)",
         &s.xdp_answered,
         Some("hello_cookie_sent"),
+    );
+    section(
+        &mut out,
+        "xdp relayed by the slow path",
+        &s.xdp_slow_path,
+        None,
     );
     out
 }

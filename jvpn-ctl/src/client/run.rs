@@ -85,7 +85,7 @@ pub async fn run(cfg: ClientConfig, shutdown: impl Future<Output = ()>) -> Resul
     };
 
     let bus = EventBus::new(4096);
-    let _sink = match &cfg.event_log {
+    let sink = match &cfg.event_log {
         Some(p) => Some(control::events::spawn_file_sink(p.clone(), &bus)?),
         None => None,
     };
@@ -205,8 +205,10 @@ pub async fn run(cfg: ClientConfig, shutdown: impl Future<Output = ()>) -> Resul
         let _ = flush(outs, &mut core, &sockets, &tun, &cfg, &bus, &clock).await;
         tracing::info!("client agent stopped");
     }
-    // Let the file sink write the last events.
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The last events (the close among them) are on disk before the agent exits.
+    if let Some(sink) = sink {
+        let _ = tokio::task::spawn_blocking(move || sink.close()).await;
+    }
     outcome
 }
 

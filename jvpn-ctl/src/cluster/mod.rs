@@ -317,23 +317,23 @@ impl Cluster {
         let (tx, rx) = std_mpsc::sync_channel(1);
         let deadline = Instant::now() + self.config.timeout;
         let op = op(tx);
-        let what = op.what();
+        let (what, paced) = (op.what(), op.paced());
+        let gone = || {
+            self.config
+                .error(what, "the etcd client thread has stopped".into())
+        };
         if self
             .requests
             .send(thread::Request { op, deadline })
             .is_err()
         {
-            return Err(self
-                .config
-                .error(what, "the etcd client thread has stopped".into()));
+            return Err(gone());
         }
-        let wait = (deadline + crate::store::etcd::GRACE).saturating_duration_since(Instant::now());
-        match rx.recv_timeout(wait) {
-            Ok(answer) => answer,
-            Err(std_mpsc::RecvTimeoutError::Timeout) => Err(self.config.timeout_error(what)),
-            Err(std_mpsc::RecvTimeoutError::Disconnected) => Err(self
-                .config
-                .error(what, "the etcd client thread has stopped".into())),
+        use crate::store::etcd::{Waited, wait};
+        match wait(&rx, deadline, paced) {
+            Waited::Answer(answer) => answer,
+            Waited::TimedOut => Err(self.config.timeout_error(what)),
+            Waited::Gone => Err(gone()),
         }
     }
 }

@@ -20,7 +20,8 @@ use super::{
 use crate::store::{
     StoreError,
     etcd::{
-        Answer, MAX_ANSWER_BYTES, answer, describe, prefix_end, read_prefix, revision, until_sent,
+        Answer, MAX_ANSWER_BYTES, ReadError, answer, answer_paced, describe, prefix_end,
+        read_prefix, revision, until_sent,
     },
 };
 
@@ -64,6 +65,12 @@ pub(super) enum Op {
 }
 
 impl Op {
+    /// The snapshot reads as many pages as there are records, each within the
+    /// timeout (`store::etcd::read_prefix`), not all of them within one.
+    pub fn paced(&self) -> bool {
+        matches!(self, Op::Snapshot(_))
+    }
+
     pub fn what(&self) -> &'static str {
         match self {
             Op::Snapshot(_) => "reading the cluster's sessions",
@@ -146,7 +153,7 @@ impl Server {
         while let Some(Request { op, deadline }) = requests.recv().await {
             let late = self.config.timeout_error(op.what());
             match op {
-                Op::Snapshot(to) => answer(to, deadline, late, self.snapshot()).await,
+                Op::Snapshot(to) => answer_paced(to, deadline, late, self.snapshot()).await,
                 Op::Get(id, to) => answer(to, deadline, late, self.get(id)).await,
                 Op::Commit(ops, to) => {
                     let outcomes = self.commit(ops, deadline).await;
@@ -162,10 +169,13 @@ impl Server {
     }
 
     async fn range(&self, prefix: &str, at: i64) -> Result<(i64, Vec<KeyValue>), StoreError> {
-        read_prefix(&self.kv(), prefix, at).await.map_err(|e| {
-            self.config
-                .error("reading the cluster's sessions", describe(&e))
-        })
+        const W: &str = "reading the cluster's sessions";
+        read_prefix(&self.kv(), prefix, at, self.config.timeout)
+            .await
+            .map_err(|e| match e {
+                ReadError::Etcd(e) => self.config.error(W, describe(&e)),
+                ReadError::PageTimeout => self.config.timeout_error(W),
+            })
     }
 
     async fn snapshot(&self) -> Result<Snapshot, StoreError> {

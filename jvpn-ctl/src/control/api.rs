@@ -366,6 +366,11 @@ pub struct Stats {
     /// by `XDP_TX`, nothing lost), `cookie_invalid` (of those, the ones whose cookie
     /// failed).
     pub xdp_answered: BTreeMap<String, u64>,
+    /// DATA the XDP program relayed by a slower way, by reason: `next_hop_fib` (no
+    /// valid next-hop table entry: the kernel's FIB was asked), `session_lookup` (no
+    /// valid copy of the entry in the session's slot: `SESSIONS` was looked up).
+    #[serde(default)]
+    pub xdp_slow_path: BTreeMap<String, u64>,
     pub up_packets: u64,
     pub up_bytes: u64,
     pub down_packets: u64,
@@ -381,6 +386,22 @@ pub struct Stats {
     /// Cluster nodes only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterStats>,
+    /// The XDP next-hop table the controller keeps (docs/datapath.md, "Next hops").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_hops: Option<NextHopStats>,
+}
+
+/// [`Stats::next_hops`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NextHopStats {
+    /// Next hops in use, and how many of them are valid (the rest send their
+    /// packets down the slow path).
+    pub hops: u32,
+    pub valid: u32,
+    /// Destinations (binding and exit addresses) they serve.
+    pub destinations: u32,
+    /// Full resyncs: link, address or route changes, lost notifications.
+    pub resyncs: u64,
 }
 
 /// One published event (DESIGN §4), one JSON line in the event log and on the wire.

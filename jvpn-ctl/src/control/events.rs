@@ -141,6 +141,12 @@ impl EventBus {
         self.inner.tx.subscribe()
     }
 
+    /// Receivers subscribed now (the control socket's followers): one that has left
+    /// is gone once the server has seen its EOF.
+    pub fn followers(&self) -> usize {
+        self.inner.tx.receiver_count()
+    }
+
     /// The recent events and a receiver of every later one, with no gap and no
     /// duplicate between the two.
     pub fn subscribe_with_recent(&self) -> (Vec<EventRecord>, broadcast::Receiver<EventRecord>) {

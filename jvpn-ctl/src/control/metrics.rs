@@ -83,6 +83,16 @@ pub fn render(stats: &Stats) -> String {
     );
     family(
         &mut out,
+        "jvpn_xdp_slow_path_total",
+        "DATA the XDP data plane relayed by a slower path: no valid next-hop table \
+         entry, so the kernel's FIB was asked (next_hop_fib); no valid copy of the \
+         session's entry in its slot, so SESSIONS was looked up (session_lookup).",
+        "counter",
+        "reason",
+        &with_all(&stats.xdp_slow_path, &["next_hop_fib", "session_lookup"]),
+    );
+    family(
+        &mut out,
         "jvpn_keepalive_answers_total",
         "KEEPALIVE answers: from the binding, not bound (a rebinding signal), or not \
          answered over the per-session rate.",
@@ -165,6 +175,31 @@ pub fn render(stats: &Stats) -> String {
         "gauge",
         stats.uptime_s,
     );
+    if let Some(h) = &stats.next_hops {
+        family(
+            &mut out,
+            "jvpn_next_hops",
+            "Next hops in the XDP next-hop table: valid, or invalid (their packets take \
+             the slow path until the kernel resolves them).",
+            "gauge",
+            "state",
+            &[
+                ("valid".to_owned(), u64::from(h.valid)),
+                (
+                    "invalid".to_owned(),
+                    u64::from(h.hops - h.valid.min(h.hops)),
+                ),
+            ],
+        );
+        scalar(
+            &mut out,
+            "jvpn_next_hop_resyncs_total",
+            "Times the next-hop table resolved every destination again (a link, address \
+             or route changed, or notifications were lost).",
+            "counter",
+            h.resyncs,
+        );
+    }
     if let Some(c) = &stats.cluster {
         cluster(&mut out, c);
     }
@@ -505,6 +540,7 @@ async fn reply_with(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::control::api::NextHopStats;
 
     fn sample() -> Stats {
         Stats {
@@ -522,6 +558,7 @@ mod tests {
             ]
             .into(),
             xdp_answered: [("hello_cookie_sent".to_owned(), 8)].into(),
+            xdp_slow_path: [("next_hop_fib".to_owned(), 5)].into(),
             up_packets: 100,
             up_bytes: 10_000,
             down_packets: 200,
@@ -531,6 +568,12 @@ mod tests {
             events_suppressed: [("aggregated".to_owned(), 5)].into(),
             event_log_rotations: 1,
             cluster: None,
+            next_hops: Some(NextHopStats {
+                hops: 3,
+                valid: 2,
+                destinations: 7,
+                resyncs: 4,
+            }),
         }
     }
 
@@ -571,6 +614,11 @@ mod tests {
             "# TYPE jvpn_events_total counter\njvpn_events_total 30\n",
             "# TYPE jvpn_events_dropped_total counter\njvpn_events_dropped_total 2\n",
             "# TYPE jvpn_uptime_seconds gauge\njvpn_uptime_seconds 42\n",
+            "# TYPE jvpn_xdp_slow_path_total counter\n\
+             jvpn_xdp_slow_path_total{reason=\"next_hop_fib\"} 5\n\
+             jvpn_xdp_slow_path_total{reason=\"session_lookup\"} 0\n",
+            "jvpn_next_hops{state=\"valid\"} 2\njvpn_next_hops{state=\"invalid\"} 1\n",
+            "# TYPE jvpn_next_hop_resyncs_total counter\njvpn_next_hop_resyncs_total 4\n",
         ] {
             assert!(text.contains(snippet), "missing {snippet:?} in\n{text}");
         }

@@ -641,9 +641,18 @@ pub(crate) mod tests {
         bus.emit(ev(3));
         assert_eq!(read(c.line().await), ev(2));
         assert_eq!(read(c.line().await), ev(3));
-        // Leaving: the server notices EOF and ends the connection.
+        // Leaving: the server notices EOF and ends the connection, and with it the
+        // follower's subscription.
+        assert_eq!(bus.followers(), 1);
         drop(c);
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while bus.followers() != 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the server did not notice the follower's EOF within 5 s"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         assert_eq!(bus.dropped(), 0);
         std::fs::remove_dir_all(&dir).unwrap();
     }

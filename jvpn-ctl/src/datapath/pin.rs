@@ -107,12 +107,19 @@ pub fn check_compatible(path: &Path, e: &Expect) -> Result<(), DatapathError> {
     }
 }
 
-/// Removes a pinned map whose only difference from `e` is its number of entries, so
-/// that the loader creates it anew at the size this build wants (`DROPS` after reasons
-/// were added: its counts restart from zero; the running program keeps counting into
-/// the old map until its link gets the new program). Anything else is left to
-/// [`check_compatible`].
-pub fn replace_if_resized(path: &Path, e: &Expect) -> Result<(), DatapathError> {
+/// How a pinned map this build replaces differs from what it wants.
+pub enum Outdated {
+    /// Only its number of entries (`DROPS` after reasons were added).
+    Entries,
+    /// Only its value size, which was this (`SESSION_STATS` before the slot copies).
+    ValueSize(u32),
+}
+
+/// Removes a pinned map that matches `e` but for the difference `how`, so that the
+/// loader creates it anew as this build wants it: its contents are lost (counts
+/// restart from zero; the running program keeps using the old map until its link
+/// gets the new program). Anything else is left to [`check_compatible`].
+pub fn replace_if_outdated(path: &Path, e: &Expect, how: Outdated) -> Result<(), DatapathError> {
     if !path.exists() {
         return Ok(());
     }
@@ -121,20 +128,21 @@ pub fn replace_if_resized(path: &Path, e: &Expect) -> Result<(), DatapathError> 
         cause,
     })?;
     let same_type = matches!(info.map_type(), Ok(t) if t == e.map_type);
-    if same_type
-        && info.key_size() == e.key_size
-        && info.value_size() == e.value_size
-        && info.max_entries() != e.max_entries
-    {
+    let (value, entries) = (info.value_size(), info.max_entries());
+    let outdated = match how {
+        Outdated::Entries => value == e.value_size && entries != e.max_entries,
+        Outdated::ValueSize(old) => value == old && entries == e.max_entries,
+    };
+    if same_type && info.key_size() == e.key_size && outdated {
         std::fs::remove_file(path).map_err(|err| DatapathError::Pin {
             path: path.into(),
-            detail: format!("removing the outgrown map: {err}"),
+            detail: format!("removing the outdated map: {err}"),
         })?;
         tracing::warn!(
             map = e.name,
-            from = info.max_entries(),
-            to = e.max_entries,
-            "pinned map resized: created anew, its counts restart from zero"
+            value_size = value,
+            max_entries = entries,
+            "pinned map of an older layout: created anew, its counts restart from zero"
         );
     }
     Ok(())

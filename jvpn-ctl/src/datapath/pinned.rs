@@ -3,10 +3,13 @@
 
 use std::path::{Path, PathBuf};
 
-use aya::maps::{HashMap, Map, MapData, PerCpuArray};
-use jvpn_common::maps::SessionEntry;
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
+use jvpn_common::{
+    maps::SessionEntry,
+    nexthop::{Hop, NextHop},
+};
 
-use super::{DROPS, DatapathError, Drops, SESSIONS, privilege};
+use super::{DROPS, DatapathError, Drops, NEXT_HOPS, SESSIONS, privilege};
 
 pub struct Pinned {
     dir: PathBuf,
@@ -50,6 +53,38 @@ impl Pinned {
 
     pub fn drops(&self) -> Result<Drops, DatapathError> {
         super::sum_drops(&self.drops)
+    }
+
+    /// The valid entries of the next-hop table, by slot (empty: no controller keeps
+    /// it, or a data plane pinned before it: every packet takes the FIB).
+    pub fn next_hops(&self) -> Result<Vec<(u16, Hop)>, DatapathError> {
+        let path = self.dir.join(NEXT_HOPS);
+        if !path.exists() {
+            return Ok(Vec::new());
+        }
+        let map = MapData::from_pin(&path).map_err(|cause| DatapathError::Map {
+            name: NEXT_HOPS,
+            cause,
+        })?;
+        let arr: Array<MapData, NextHop> =
+            Array::try_from(Map::Array(map)).map_err(|cause| DatapathError::Map {
+                name: NEXT_HOPS,
+                cause,
+            })?;
+        // Read as the relay reads it: through a mapping, one load per word.
+        let view =
+            super::mapping::Mapping::new(&arr, false).map_err(|cause| DatapathError::Io {
+                what: format!("mapping {NEXT_HOPS}"),
+                cause,
+            })?;
+        Ok((1..view.len())
+            .filter_map(|slot| {
+                let p = view.get(slot)?.cast::<u64>();
+                // SAFETY: inside the mapping, 8-aligned; volatile: the controller writes it.
+                let w: [u64; 3] = std::array::from_fn(|i| unsafe { p.add(i).read_volatile() });
+                NextHop::decode(w).map(|h| (slot as u16, h))
+            })
+            .collect())
     }
 
     /// Interfaces with a pinned relay link.

@@ -13,7 +13,12 @@ pub struct Slots {
     /// possible. A packet of a removed session that was already past its lookup may
     /// still add to the slot for a moment; by the time the slot is handed out again
     /// (and zeroed) that packet is long gone, unless the table is nearly full.
+    /// A slot taken by [`Slots::take_exact`] stays queued and is skipped when reached;
+    /// such a slot (named by its session's id) can be handed out right after it is
+    /// freed, which can only mix counters, never steering (the copy's tag).
     free: VecDeque<u32>,
+    used: Vec<bool>,
+    queued: Vec<bool>,
     by_id: HashMap<u64, u32>,
 }
 
@@ -38,18 +43,47 @@ impl Slots {
             };
             return Err(DatapathError::BadStatsSlot { id, slot, problem });
         }
-        let free = (0..capacity).filter(|&s| !used[s as usize]).collect();
-        Ok(Self { free, by_id })
+        let free: VecDeque<u32> = (0..capacity).filter(|&s| !used[s as usize]).collect();
+        let queued = used.iter().map(|u| !u).collect();
+        Ok(Self {
+            free,
+            used,
+            queued,
+            by_id,
+        })
     }
 
     /// Hands the longest-free slot to `id` (None: all are taken, or `id` has one).
     pub fn take(&mut self, id: u64) -> Option<u32> {
-        if self.by_id.contains_key(&id) {
+        if self.by_id.contains_key(&id) || self.available() == 0 {
             return None;
         }
-        let slot = self.free.pop_front()?;
+        loop {
+            let slot = self.free.pop_front()?;
+            self.queued[slot as usize] = false;
+            if !self.used[slot as usize] {
+                self.hold(id, slot);
+                return Some(slot);
+            }
+        }
+    }
+
+    /// Hands `slot` to `id` if it is free (the slot its id names, jvpn_common::hot).
+    pub fn take_exact(&mut self, id: u64, slot: u32) -> bool {
+        if self.by_id.contains_key(&id) || !self.is_free(slot) {
+            return false;
+        }
+        self.hold(id, slot);
+        true
+    }
+
+    pub fn is_free(&self, slot: u32) -> bool {
+        self.used.get(slot as usize) == Some(&false)
+    }
+
+    fn hold(&mut self, id: u64, slot: u32) {
+        self.used[slot as usize] = true;
         self.by_id.insert(id, slot);
-        Some(slot)
     }
 
     pub fn of(&self, id: u64) -> Option<u32> {
@@ -59,13 +93,22 @@ impl Slots {
     /// Frees the slot `id` holds, if any.
     pub fn release(&mut self, id: u64) {
         if let Some(slot) = self.by_id.remove(&id) {
-            self.free.push_back(slot);
+            self.used[slot as usize] = false;
+            if !self.queued[slot as usize] {
+                self.queued[slot as usize] = true;
+                self.free.push_back(slot);
+            }
         }
+    }
+
+    /// Slots not in use.
+    fn available(&self) -> usize {
+        self.used.len() - self.by_id.len()
     }
 
     #[cfg(test)]
     pub fn free(&self) -> usize {
-        self.free.len()
+        self.available()
     }
 }
 
@@ -91,6 +134,27 @@ mod tests {
             (Some(4), Some(0), None)
         );
         assert_eq!(s.free(), 0);
+    }
+
+    #[test]
+    fn an_exact_slot_is_skipped_by_the_queue_and_queued_once_when_freed() {
+        let mut s = Slots::rebuild(4, []).unwrap();
+        assert!(s.take_exact(7, 2));
+        assert!(!s.take_exact(8, 2), "held");
+        assert!(!s.take_exact(8, 9), "beyond the end");
+        assert_eq!(
+            (s.take(1), s.take(2), s.take(3)),
+            (Some(0), Some(1), Some(3))
+        );
+        assert_eq!((s.free(), s.take(4)), (0, None));
+        for _ in 0..3 {
+            s.release(7);
+            assert!(s.take_exact(7, 2));
+        }
+        s.release(7);
+        assert_eq!(s.free(), 1);
+        assert_eq!(s.free.len(), 1, "queued once however often it was freed");
+        assert_eq!((s.take(9), s.take(10)), (Some(2), None));
     }
 
     #[test]

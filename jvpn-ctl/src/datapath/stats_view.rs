@@ -1,70 +1,104 @@
-//! `SESSION_STATS` read through a shared mapping of the array (`BPF_F_MMAPABLE`)
-//! instead of one `bpf(BPF_MAP_LOOKUP_ELEM)` per session: the controller polls 8192
-//! sessions a tick, 20 ticks a second, and those system calls were ~40 % of its CPU
-//! under keepalive load (docs/gateway.md, "Keepalives at scale").
+//! `SESSION_STATS` through a shared mapping of the array (`BPF_F_MMAPABLE`): the
+//! controller reads counters without one `bpf(BPF_MAP_LOOKUP_ELEM)` per session (it
+//! polls 8192 sessions a tick, 20 ticks a second, and those system calls were ~40 % of
+//! its CPU under keepalive load; docs/gateway.md, "Keepalives at scale"), and writes
+//! the slots' entry copies (jvpn_common::hot) with one store per word.
 
-use std::{
-    os::fd::{AsFd as _, AsRawFd as _},
-    ptr::NonNull,
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use aya::maps::{MapData, array::Array};
+use jvpn_common::{
+    hot::{HOT_WORDS, Hot, next_generation, word_generation},
+    maps::SessionStats,
 };
 
-use aya::maps::{IterableMap as _, MapData, array::Array};
-use jvpn_common::maps::SessionStats;
+use super::mapping::Mapping;
 
-/// A read-only view of the whole array, valid while the mapping lives (the map's
-/// memory stays allocated as long as some mapping or reference holds it).
-pub struct StatsView {
-    base: NonNull<SessionStats>,
-    len: u32,
-    bytes: usize,
-}
-
-// SAFETY: the mapping is plain shared memory, only ever read through volatile loads.
-unsafe impl Send for StatsView {}
+pub struct StatsView(Mapping<SessionStats>);
 
 impl StatsView {
     pub fn new(stats: &Array<MapData, SessionStats>) -> std::io::Result<Self> {
-        let len = stats.len();
-        // SAFETY: sysconf has no preconditions.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
-        let bytes = (len as usize * size_of::<SessionStats>()).div_ceil(page) * page;
-        let fd = stats.map().fd().as_fd().as_raw_fd();
-        // SAFETY: a fresh read-only shared mapping of the map's fd; the kernel checks
-        // the size against the array and the flag (MMAPABLE) and fails otherwise.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                bytes,
-                libc::PROT_READ,
-                libc::MAP_SHARED,
-                fd,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
-        let base = NonNull::new(p.cast::<SessionStats>())
-            .ok_or_else(|| std::io::Error::other("mmap returned null"))?;
-        Ok(Self { base, len, bytes })
+        Mapping::new(stats, true).map(Self)
     }
 
-    /// The counters in `slot` (None beyond the array). Each field is read once; the
-    /// relay adds to them concurrently, so fields may be from slightly different
-    /// instants, as with a lookup.
+    /// Slots in the array.
+    pub fn len(&self) -> u32 {
+        self.0.len()
+    }
+
+    /// The counters in `slot` (None beyond the array), the copy left out (zero).
+    /// Each field is read once; the relay adds to them concurrently, so fields may be
+    /// from slightly different instants, as with a lookup.
     pub fn get(&self, slot: u32) -> Option<SessionStats> {
-        if slot >= self.len {
-            return None;
+        // SAFETY: inside the mapping; volatile loads because the kernel writes it
+        // behind our back; the type is plain integers.
+        self.0.get(slot).map(|p| SessionStats {
+            hot: [0; 8],
+            ..unsafe { p.read_volatile() }
+        })
+    }
+
+    fn words(&self, slot: u32) -> Option<&[AtomicU64; HOT_WORDS]> {
+        let p = self.0.get(slot)?;
+        // SAFETY: the copy's words lie inside the mapped value, 8-byte aligned (the
+        // value is), and are only ever accessed atomically or by single loads.
+        Some(unsafe { &*(&raw mut (*p).hot).cast::<[AtomicU64; HOT_WORDS]>() })
+    }
+
+    /// The copy in `slot`, as the relay would read it.
+    pub fn copy(&self, slot: u32) -> Option<Hot> {
+        let w = self.words(slot)?;
+        Hot::decode(&std::array::from_fn(|i| w[i].load(Ordering::Acquire)))
+    }
+
+    /// Writes `hot` into `slot` at the generation after the slot's last one, a word
+    /// at a time: a reader sees the old copy, the new one, or a mix it refuses.
+    /// Generations only grow (a cleared copy keeps its last one in words 1..), so two
+    /// writes agree on one only 65,535 writes of this slot apart: far more than one
+    /// session's binding changes (rate-limited) or a slot's reuse while a reader is
+    /// delayed, even by a preempted vCPU. One writer only (the pin directory's lock,
+    /// `gateway::lock`).
+    pub fn write_copy(&self, slot: u32, hot: &Hot) {
+        let Some(w) = self.words(slot) else { return };
+        let last = w
+            .iter()
+            .map(|a| word_generation(a.load(Ordering::Relaxed)))
+            .max();
+        let new = hot.encode(next_generation(last.unwrap_or(0)));
+        for (a, v) in w.iter().zip(new) {
+            a.store(v, Ordering::Release);
         }
-        // SAFETY: `slot` < len, so the element lies inside the mapping; volatile loads
-        // because the kernel writes it behind our back; the type is plain integers.
-        Some(unsafe { self.base.as_ptr().add(slot as usize).read_volatile() })
+    }
+
+    /// Invalidates `slot`'s copy: word 0 loses its generation (and the tag's low
+    /// bits), so no reader takes the copy from then on.
+    pub fn clear_copy(&self, slot: u32) {
+        if let Some(w) = self.words(slot) {
+            w[0].store(0, Ordering::Release);
+        }
+    }
+
+    /// Makes the copy in `slot` torn: its last word one generation ahead (tests).
+    pub fn tear_copy(&self, slot: u32) {
+        if let Some(w) = self.words(slot) {
+            let v = w[HOT_WORDS - 1].load(Ordering::Relaxed);
+            w[HOT_WORDS - 1].store(v.wrapping_add(1 << 48), Ordering::Release);
+        }
+    }
+
+    /// Zeroes `slot`'s counters and control buckets (not its copy, whose generation
+    /// must survive): a new session's statistics start from nothing.
+    pub fn reset_counters(&self, slot: u32) {
+        let Some(p) = self.0.get(slot) else { return };
+        // SAFETY: inside the mapping; the counters are the u64 fields after the copy.
+        unsafe {
+            let first = (&raw mut (*p).up_packets).cast::<AtomicU64>();
+            for i in 0..COUNTER_WORDS {
+                (*first.add(i)).store(0, Ordering::Relaxed);
+            }
+        }
     }
 }
 
-impl Drop for StatsView {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `new`, unmapped once.
-        unsafe { libc::munmap(self.base.as_ptr().cast(), self.bytes) };
-    }
-}
+/// u64 fields of `SessionStats` after `hot`.
+const COUNTER_WORDS: usize = (size_of::<SessionStats>() - size_of::<[u64; 8]>()) / 8;

@@ -102,19 +102,21 @@ impl Core {
             down_p += st.down_packets;
             down_b += st.down_bytes;
         }
-        // Answered packets (COOKIEs sent from XDP) are not drops: a map of their own.
-        let (xdp_answered, xdp_drops) = match self.dp.drops() {
-            Ok(d) => counters::NAMES
-                .iter()
-                .zip(d)
-                .enumerate()
-                .map(|(i, (n, v))| (i as u32, (n.to_string(), v)))
-                .partition(|(i, _)| counters::is_answer(*i)),
-            Err(_) => Default::default(),
-        };
-        let only = |v: Vec<(u32, (String, u64))>| v.into_iter().map(|(_, kv)| kv).collect();
-        let (xdp_answered, xdp_drops): (BTreeMap<_, _>, BTreeMap<_, _>) =
-            (only(xdp_answered), only(xdp_drops));
+        // Answered packets (COOKIEs sent from XDP) and those relayed by the slow path
+        // are not drops: maps of their own.
+        let (mut xdp_drops, mut xdp_answered, mut xdp_slow_path) =
+            (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
+        if let Ok(d) = self.dp.drops() {
+            for (i, v) in d.iter().enumerate() {
+                let reason = i as u32;
+                let to = match counters::fate(reason) {
+                    counters::Fate::Answered => &mut xdp_answered,
+                    counters::Fate::Relayed => &mut xdp_slow_path,
+                    counters::Fate::Dropped | counters::Fate::Passed => &mut xdp_drops,
+                };
+                to.insert(counters::name(reason).to_string(), *v);
+            }
+        }
         Stats {
             uptime_s: now_ms.saturating_sub(self.started_ms) / 1000,
             sessions_by_state: by_state,
@@ -126,6 +128,7 @@ impl Core {
             security_by_kind: self.counters.security.clone(),
             xdp_drops,
             xdp_answered,
+            xdp_slow_path,
             up_packets: up_p,
             up_bytes: up_b,
             down_packets: down_p,
@@ -138,6 +141,15 @@ impl Core {
             ]),
             event_log_rotations: self.bus.log_rotations(),
             cluster: self.cluster_stats(now_ms),
+            next_hops: self
+                .dp
+                .next_hop_stats()
+                .map(|h| crate::control::api::NextHopStats {
+                    hops: h.hops,
+                    valid: h.valid,
+                    destinations: h.destinations,
+                    resyncs: h.resyncs,
+                }),
         }
     }
 }

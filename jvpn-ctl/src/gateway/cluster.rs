@@ -864,6 +864,10 @@ mod tests {
     /// not root (BPF maps) or etcd is missing outside CI.
     fn setup(test: &str, tag: &str) -> Option<Setup> {
         if unsafe { libc::geteuid() } != 0 {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "{test}: needs root (BPF maps), and CI=true"
+            );
             eprintln!("SKIPPED {test}: needs root (BPF maps)");
             return None;
         }

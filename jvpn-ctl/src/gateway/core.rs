@@ -442,8 +442,9 @@ impl Core {
         }
         if let Some(e) = self.sessions.get_mut(&id) {
             e.local = local;
+            // The fault points are about moving a binding, not making the first.
+            self.swapped |= e.session.state != State::Birth;
         }
-        self.swapped = true;
         Ok(())
     }
 

@@ -10,7 +10,6 @@ use super::{
     guard::NonceVerdict,
 };
 use crate::{
-    control::api::SessionId,
     proto::{self, Hint, LinkMsg},
     session::{Event, Session, State},
 };
@@ -149,10 +148,19 @@ impl Core {
         self.send(0, local, peer, time, false);
     }
 
+    /// A fresh id, preferably one that names a free `SESSION_STATS` slot: the relay
+    /// then steers the session from its slot alone (docs/datapath.md, "One cache
+    /// line per packet"). With the table nearly full such ids get rare; after 64
+    /// draws any unused id does (the session is then looked up in `SESSIONS`).
     fn new_session_id(&self) -> u64 {
+        let mut draws = 0;
         loop {
             let id = u64::from_ne_bytes(self.random());
-            if id != 0 && !self.sessions.contains_key(&id) {
+            if id == 0 || self.sessions.contains_key(&id) {
+                continue;
+            }
+            draws += 1;
+            if draws >= 64 || self.dp.named_slot_free(id) {
                 return id;
             }
         }
@@ -193,7 +201,9 @@ impl Core {
         self.send_link(id, install, now_ms);
     }
 
-    /// The exit holds the keys: insert the map entry, go ATTACHED, send ESTABLISHED.
+    /// The exit holds the keys: the machine goes ATTACHED, its `SwapBinding` turns
+    /// the map entry on (or, refused, leaves the session in BIRTH), and ESTABLISHED
+    /// is sent.
     pub(super) fn on_install_acked(&mut self, id: u64, now_ms: u64) {
         let Some(e) = self.sessions.get_mut(&id) else {
             return;
@@ -204,28 +214,16 @@ impl Core {
         if e.session.state != State::Birth {
             return;
         }
-        let entry = match self.map_entry(peer, local, 1, true) {
-            Ok(x) => x,
-            Err(err) => {
-                tracing::warn!(session = %SessionId(id), "cannot bind: {err}");
-                return;
-            }
-        };
-        if let Err(err) = self.dp.replace_session(id, &entry) {
-            // The session stays in BIRTH: a repeated CONFIRM retries, else it times out.
-            tracing::error!(session = %SessionId(id), "enabling the map entry: {err}");
-            return bump(&mut self.counters.handshakes, "datapath_error");
-        }
-        if let Some(e) = self.sessions.get_mut(&id) {
-            e.local = local;
-        }
         self.drive(id, &Event::Confirmed { binding: peer }, Some(local), now_ms);
-        let Some(e) = self.sessions.get(&id) else {
-            return;
-        };
-        if e.session.state == State::Attached {
-            bump(&mut self.counters.handshakes, "established");
-            self.send_established(id, local, peer);
+        match self.sessions.get(&id).map(|e| e.session.state) {
+            Some(State::Attached) => {
+                bump(&mut self.counters.handshakes, "established");
+                self.send_established(id, local, peer);
+            }
+            // The data plane refused the entry: a repeated CONFIRM retries, else the
+            // handshake times out.
+            Some(State::Birth) => bump(&mut self.counters.handshakes, "datapath_error"),
+            _ => {}
         }
     }
 

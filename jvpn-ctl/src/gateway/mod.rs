@@ -13,7 +13,7 @@ mod counters;
 mod guard;
 mod handshake;
 mod link;
-mod lock;
+pub mod lock;
 pub mod net;
 mod persist;
 mod pool;

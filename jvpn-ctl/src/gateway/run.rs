@@ -134,6 +134,8 @@ pub async fn run(
         debug_log: false,
     })?;
     dp.set_gate(&cfg.limits.gate())?;
+    dp.enable_next_hops()?;
+    let hop_events = next_hop_events(&dp)?;
     let mode = if cfg.attach == "skb" {
         AttachMode::Skb
     } else {
@@ -290,6 +292,16 @@ pub async fn run(
                 db.on_change(&mut core, ch, &cl_tx, clock.now_ms())?;
                 while let Ok(ch) = cl_rx.try_recv() {
                     db.on_change(&mut core, ch, &cl_tx, clock.now_ms())?;
+                }
+            }
+            r = hop_events.readable() => {
+                // Cleared first: the drain reads until the socket is empty, so a
+                // notification that arrives meanwhile wakes the next turn.
+                if let Ok(mut g) = r {
+                    g.clear_ready();
+                }
+                if let Err(e) = core.dp.process_next_hop_events() {
+                    tracing::warn!(error = %e, "next-hop table: processing changes failed");
                 }
             }
             _ = tick.tick() => {
@@ -782,6 +794,28 @@ fn spawn_link_reader(sock: Arc<UdpSocket>, exit_link: SocketAddr, tx: mpsc::Send
             }
         }
     });
+}
+
+/// The next-hop table's notification socket, for the loop: a duplicate, so that the
+/// registration never outlives the descriptor it watches whatever the drop order.
+fn next_hop_events(
+    dp: &Datapath,
+) -> Result<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>, GatewayError> {
+    use std::os::fd::BorrowedFd;
+    let err = |cause| GatewayError::Io {
+        what: "watching rtnetlink notifications".into(),
+        cause,
+    };
+    let raw = dp.next_hop_fd().expect("enabled just before");
+    // SAFETY: the table's socket is open for as long as `dp` lives, which covers this
+    // call; the duplicate is ours.
+    let fd = unsafe { BorrowedFd::borrow_raw(raw) }
+        .try_clone_to_owned()
+        .map_err(err)?;
+    // SAFETY: the OwnedFd is a valid, open descriptor that the AsyncFd owns (and so
+    // keeps open and unchanged) for its whole life.
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+        .map_err(|e| err(e.into_parts().1))
 }
 
 #[cfg(test)]

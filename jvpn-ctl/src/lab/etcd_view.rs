@@ -8,7 +8,7 @@ use etcd_client::{Client, ConnectOptions};
 
 use crate::{
     cluster::{Key, Keys, parse_owner_value},
-    store::etcd::{describe, read_prefix},
+    store::etcd::{ReadError, describe, read_prefix},
 };
 
 /// One session's owner key.
@@ -56,9 +56,14 @@ fn read_here(endpoints: &[String], root: &str, timeout: Duration) -> Result<View
         let client = Client::connect(endpoints, Some(options))
             .await
             .map_err(|e| format!("connecting to {endpoints:?}: {}", describe(&e)))?;
-        let (revision, kvs) = read_prefix(&client.kv_client(), &keys.sessions(), 0)
+        let (revision, kvs) = read_prefix(&client.kv_client(), &keys.sessions(), 0, timeout)
             .await
-            .map_err(|e| format!("reading {}: {}", keys.sessions(), describe(&e)))?;
+            .map_err(|e| match e {
+                ReadError::Etcd(e) => format!("reading {}: {}", keys.sessions(), describe(&e)),
+                ReadError::PageTimeout => {
+                    format!("reading {}: no page within {timeout:?}", keys.sessions())
+                }
+            })?;
         let mut view = View {
             revision,
             ..View::default()

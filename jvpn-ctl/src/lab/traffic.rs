@@ -196,12 +196,35 @@ impl Stream {
         }
     }
 
-    /// Stops sending, waits `drain` for the last echoes, and reports.
+    /// Waits until `n` echoes in all have come back; `Err` with the report if they
+    /// have not within `timeout`.
+    pub fn wait_echoed(&self, n: u64, timeout: Duration) -> Result<(), StreamReport> {
+        let deadline = Instant::now() + timeout;
+        while self.echoed() < n {
+            if Instant::now() >= deadline {
+                return Err(self.report());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(())
+    }
+
+    /// Stops sending, waits up to `drain` for the echoes still in flight (until
+    /// every packet sent has come back, or the time is up: some may be lost), and
+    /// reports.
     pub fn finish(mut self, drain: Duration) -> StreamReport {
         self.stop_tx.store(true, Ordering::Relaxed);
         let tx = self.threads.remove(0);
         let _ = tx.join();
-        std::thread::sleep(drain);
+        let deadline = Instant::now() + drain;
+        while Instant::now() < deadline {
+            let g = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            if g.echoed.len() as u64 >= g.sent {
+                break;
+            }
+            drop(g);
+            std::thread::sleep(Duration::from_millis(5));
+        }
         self.report()
     }
 }

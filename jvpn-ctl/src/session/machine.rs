@@ -19,9 +19,8 @@
 //!
 //! | from | event | to | reason (detail) | actions after `StateChange` |
 //! |---|---|---|---|---|
-//! | BIRTH | `Confirmed` | ATTACHED | birth_complete | TransportSwitch{old: None, gen 1} |
+//! | BIRTH | `Confirmed` | ATTACHED | birth_complete | *SwapBinding (gen 1) before StateChange*, TransportSwitch{old: None, gen 1} |
 //! | VOL, DEG | `BoundTraffic` | ATTACHED | transport_recovered | — |
-//! | ATTACHED | `Quality` over a threshold | VOLATILE | transport_volatile | — |
 //! | ATTACHED | `ReattachRequest` (auth, fresh) | VOLATILE → RECOVERING | client_reported_loss, reattach_started | (see below) |
 //! | VOL, DEG, REC | `ReattachRequest` (auth, fresh) | RECOVERING | reattach_started | SendChallenge (a new candidate; the pending one's challenge again if the request comes from its unexpired address) |
 //! | (either row) | the request's cause is `address_changed` | as above | address_changed replaces reattach_started | as above |
@@ -32,7 +31,8 @@
 //! | live | `OperatorKill` | TERMINATED | operator | SendClose (if bound), Teardown |
 //!
 //! Without a transition: `BoundTraffic` sets `last_rx_ms` (in RECOVERING that is all it
-//! does); `Confirmed` outside BIRTH, `SwapFailed` outside RECOVERING and a
+//! does); `Confirmed` outside BIRTH, `SwapFailed` outside RECOVERING (in BIRTH the
+//! session waits for a repeated CONFIRM or its handshake timeout) and a
 //! `ReattachRequest` in BIRTH do nothing. Rejections that **mutate nothing** (input
 //! session returned unchanged, only `Security` emitted, no timers): a request with a
 //! bad proof (`proof_invalid`), a timestamp off by more than the freshness window
@@ -65,8 +65,6 @@ use super::{
     Action, Candidate, Detail, Event, Notice, Policy, Reason, Request, Session, State, Step,
 };
 
-/// Successful switches are counted over this sliding window.
-pub(crate) const SWITCH_WINDOW_MS: u64 = 60_000;
 /// Most reattach nonces remembered; older ones are evicted (the sequence check still
 /// refuses their replays).
 pub(crate) const NONCE_CACHE: usize = 64;
@@ -90,6 +88,12 @@ pub fn step(s: &Session, e: &Event, p: &Policy, now_ms: u64) -> Step {
         Event::Confirmed { binding } => {
             c.timers(p);
             if c.s.state == State::Birth {
+                // The forwarding entry is the machine's to ask for, as a reattach's
+                // is: written before the step is committed, or the step is not.
+                c.actions.push(Action::SwapBinding {
+                    new: *binding,
+                    generation: 1,
+                });
                 c.s.binding = Some(*binding);
                 c.s.generation = 1;
                 c.s.last_rx_ms = now_ms;
@@ -111,20 +115,6 @@ pub fn step(s: &Session, e: &Event, p: &Policy, now_ms: u64) -> Step {
                 if matches!(c.s.state, State::Volatile | State::Degraded) {
                     c.go(State::Attached, Reason::TransportRecovered, None);
                 }
-            }
-        }
-        Event::Quality {
-            loss_pct,
-            rtt_ms,
-            jitter_ms,
-        } => {
-            c.timers(p);
-            if c.s.state == State::Attached
-                && (*loss_pct > p.max_loss_pct
-                    || *rtt_ms > p.max_rtt_ms
-                    || *jitter_ms > p.max_jitter_ms)
-            {
-                c.go(State::Volatile, Reason::TransportVolatile, None);
             }
         }
         Event::ReattachRequest(r) => return reattach_request(s, c, r, p),
@@ -235,7 +225,7 @@ fn reattach_request(s: &Session, mut c: Ctx, r: &Request, p: &Policy) -> Step {
     }
     // (6) Policy. The recovery window and session TTL were enforced by the timers.
     c.s.switches
-        .retain(|t| now.saturating_sub(*t) < SWITCH_WINDOW_MS);
+        .retain(|t| now.saturating_sub(*t) < p.switch_window_ms);
     let refusal = if c.s.switches.len() >= p.max_switches_per_minute as usize {
         Some(Detail::RateLimited)
     } else if r.blacklisted {

@@ -8,8 +8,11 @@ use serde::{Deserialize, Serialize};
 pub struct Policy {
     /// Longest a session may stay out of ATTACHED before it is TERMINATED.
     pub max_recovery_window_ms: u64,
-    /// Successful switches allowed in any sliding 60 s window.
+    /// Successful switches allowed in any sliding window of `switch_window_ms`
+    /// (60 s by default, hence the name).
     pub max_switches_per_minute: u32,
+    /// The window `max_switches_per_minute` counts over.
+    pub switch_window_ms: u64,
     /// Silence on the bound transport after which it is VOLATILE (gateway) / DEAD (client).
     pub transport_loss_ttl_ms: u64,
     /// No tunnel data for this long makes a session idle: its binding's silence is then
@@ -26,9 +29,14 @@ pub struct Policy {
     pub keepalive_interval_ms: u64,
     /// BIRTH sessions whose CONFIRM has not arrived by then are TERMINATED.
     pub handshake_timeout_ms: u64,
-    pub max_loss_pct: u32,
-    pub max_rtt_ms: u32,
-    pub max_jitter_ms: u32,
+    /// Refused (docs/gateway.md, "Quality is the client's to judge"): the gateway
+    /// never measured loss, RTT or jitter, so these thresholds guarded nothing.
+    #[serde(rename = "max_loss_pct", skip_serializing)]
+    pub retired_max_loss_pct: Option<Retired>,
+    #[serde(rename = "max_rtt_ms", skip_serializing)]
+    pub retired_max_rtt_ms: Option<Retired>,
+    #[serde(rename = "max_jitter_ms", skip_serializing)]
+    pub retired_max_jitter_ms: Option<Retired>,
     /// Candidate transports that may never become a binding.
     pub blacklist: Vec<IpNet>,
     /// Invalid proofs from one source address before it is blacklisted for a while.
@@ -41,6 +49,7 @@ impl Default for Policy {
         Self {
             max_recovery_window_ms: 30_000,
             max_switches_per_minute: 10,
+            switch_window_ms: 60_000,
             transport_loss_ttl_ms: 3_000,
             idle_after_ms: 5_000,
             idle_loss_ttl_ms: 45_000,
@@ -49,13 +58,28 @@ impl Default for Policy {
             freshness_window_ms: 30_000,
             keepalive_interval_ms: 1_000,
             handshake_timeout_ms: 5_000,
-            max_loss_pct: 20,
-            max_rtt_ms: 1_000,
-            max_jitter_ms: 300,
+            retired_max_loss_pct: None,
+            retired_max_rtt_ms: None,
+            retired_max_jitter_ms: None,
             blacklist: Vec::new(),
             auto_blacklist_after: 5,
             auto_blacklist_s: 60,
         }
+    }
+}
+
+/// A key the gateway no longer reads. Never deserializes: a configuration naming
+/// one is refused with why, rather than taken as a safeguard that does nothing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Retired;
+
+impl<'de> Deserialize<'de> for Retired {
+    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        Err(serde::de::Error::custom(
+            "no longer a gateway setting: the gateway judges a binding by its silence \
+             (transport_loss_ttl_ms, idle_loss_ttl_ms); loss, RTT and jitter are judged by \
+             the client agent ([health] in its configuration). Remove the key",
+        ))
     }
 }
 
@@ -72,12 +96,13 @@ impl Policy {
     /// outlasts the recovery window, ...).
     pub fn validate(&self) -> Result<(), PolicyError> {
         let err = |key, problem| Err(PolicyError { key, problem });
-        let positive: [(&'static str, u64); 10] = [
+        let positive: [(&'static str, u64); 11] = [
             ("max_recovery_window_ms", self.max_recovery_window_ms),
             (
                 "max_switches_per_minute",
                 self.max_switches_per_minute.into(),
             ),
+            ("switch_window_ms", self.switch_window_ms),
             ("transport_loss_ttl_ms", self.transport_loss_ttl_ms),
             ("idle_after_ms", self.idle_after_ms),
             ("idle_loss_ttl_ms", self.idle_loss_ttl_ms),
@@ -123,8 +148,8 @@ impl Policy {
         if self.candidate_ttl_ms > self.max_recovery_window_ms {
             return err("candidate_ttl_ms", "must not exceed max_recovery_window_ms");
         }
-        if self.max_loss_pct > 100 {
-            return err("max_loss_pct", "must be between 0 and 100");
+        if self.switch_window_ms > 86_400_000 {
+            return err("switch_window_ms", "must be at most 86400000 (a day)");
         }
         if self.session_ttl_s > u64::MAX / 1000 {
             return err("session_ttl_s", "too large");

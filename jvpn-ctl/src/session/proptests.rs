@@ -26,25 +26,23 @@ fn policy() -> impl Strategy<Value = Policy> {
     (
         (200u64..20_000, any::<u64>(), any::<u64>(), any::<u64>()),
         (1u64..300, 1u64..20_000, 1u64..10_000, 1u32..5),
-        (0u32..=100, 0u32..2_000, 0u32..500),
     )
         .prop_map(
-            |((window, r1, r2, r3), (ttl_s, fresh, handshake, switches), (loss, rtt, jitter))| {
+            |((window, r1, r2, r3), (ttl_s, fresh, handshake, switches))| {
                 let loss_ttl = 2 + r1 % (window - 1); // 2..=window
                 let keepalive = 1 + r2 % (loss_ttl - 1); // 1..loss_ttl
                 let candidate = 1 + r3 % window; // 1..=window
                 Policy {
                     max_recovery_window_ms: window,
                     max_switches_per_minute: switches,
+                    // 1 ms ..= 120 s: the window is a policy value like the rest.
+                    switch_window_ms: 1 + (r1 ^ r2 ^ r3) % 120_000,
                     transport_loss_ttl_ms: loss_ttl,
                     candidate_ttl_ms: candidate,
                     session_ttl_s: ttl_s,
                     freshness_window_ms: fresh,
                     keepalive_interval_ms: keepalive,
                     handshake_timeout_ms: handshake,
-                    max_loss_pct: loss,
-                    max_rtt_ms: rtt,
-                    max_jitter_ms: jitter,
                     ..Policy::default()
                 }
             },
@@ -64,7 +62,6 @@ enum Ev {
     Tick,
     Confirmed(u8),
     Traffic,
-    Quality(u32, u32, u32),
     Request {
         from: u8,
         seq: Seq,
@@ -95,7 +92,6 @@ fn ev() -> impl Strategy<Value = Ev> {
         15 => Just(Ev::Tick),
         5 => (0..ADDRS).prop_map(Ev::Confirmed),
         15 => Just(Ev::Traffic),
-        8 => (0u32..=100, 0u32..3_000, 0u32..800).prop_map(|(l, r, j)| Ev::Quality(l, r, j)),
         30 => (
             0..ADDRS,
             seq,
@@ -161,11 +157,6 @@ fn resolve(ev: &Ev, s: &Session, p: &Policy, now: u64) -> Event {
         Ev::Tick => Event::Tick,
         Ev::Confirmed(i) => Event::Confirmed { binding: addr(*i) },
         Ev::Traffic => Event::BoundTraffic,
-        Ev::Quality(l, r, j) => Event::Quality {
-            loss_pct: *l,
-            rtt_ms: *r,
-            jitter_ms: *j,
-        },
         Ev::Request {
             from,
             seq,
@@ -370,12 +361,25 @@ fn check_step(
         State::Terminated => {}
     }
 
-    // Swaps only for the pending candidate, first, and with the next generation.
+    // Swaps only for BIRTH's completion (generation 1) or the pending candidate
+    // (the next generation), and first.
     let sw = swaps(&st.actions);
     let ts = switches(&st.actions);
     let birth_complete = scs.iter().any(|x| x.2 == Reason::BirthComplete);
     prop_assert!(sw.len() <= 1);
-    if let Some(&(new, generation)) = sw.first() {
+    if birth_complete {
+        let Event::Confirmed { binding } = e else {
+            return Err(TestCaseError::fail("birth_complete without Confirmed"));
+        };
+        prop_assert_eq!(&sw, &vec![(*binding, 1)]);
+        prop_assert!(
+            matches!(st.actions[0], Action::SwapBinding { .. }),
+            "swap not first"
+        );
+        prop_assert_eq!(n.binding, Some(*binding));
+        prop_assert_eq!(n.generation, 1);
+        prop_assert_eq!(&ts, &vec![(None, *binding, 1)]);
+    } else if let Some(&(new, generation)) = sw.first() {
         prop_assert!(
             matches!(e, Event::ReattachConfirm { .. }),
             "swap on {:?}",
@@ -399,13 +403,6 @@ fn check_step(
             }),
             "no ack"
         );
-    } else if birth_complete {
-        let Event::Confirmed { binding } = e else {
-            return Err(TestCaseError::fail("birth_complete without Confirmed"));
-        };
-        prop_assert_eq!(n.binding, Some(*binding));
-        prop_assert_eq!(n.generation, 1);
-        prop_assert_eq!(&ts, &vec![(None, *binding, 1)]);
     } else {
         prop_assert_eq!(n.binding, s.binding);
         prop_assert_eq!(n.generation, s.generation);
@@ -430,6 +427,16 @@ fn drive(p: &Policy, start: u64, events: &[(Dt, Ev, bool)]) -> Result<(), TestCa
         let st = step(&s, &e, p, now);
         check_step(&s, &e, p, now, &st)?;
         let committed = match swaps(&st.actions).first() {
+            Some(&(candidate, _)) if !swap_ok && s.state == State::Birth => {
+                // No forwarding entry: the session waits in BIRTH, unchanged.
+                let failed = Event::SwapFailed { candidate };
+                let st2 = step(&s, &failed, p, now);
+                check_step(&s, &failed, p, now, &st2)?;
+                prop_assert_eq!(&st2.session.state, &State::Birth);
+                prop_assert_eq!(st2.session.binding, None);
+                st2
+            }
+            Some(&(_, 1)) if s.state == State::Birth => st,
             Some(&(candidate, _)) if !swap_ok => {
                 let failed = Event::SwapFailed { candidate };
                 let st2 = step(&s, &failed, p, now);
@@ -448,11 +455,15 @@ fn drive(p: &Policy, start: u64, events: &[(Dt, Ev, bool)]) -> Result<(), TestCa
             Some(_) => {
                 committed_swaps += 1;
                 swap_times.push(now);
-                let recent = swap_times.iter().filter(|t| now - **t < 60_000).count();
+                let recent = swap_times
+                    .iter()
+                    .filter(|t| now - **t < p.switch_window_ms)
+                    .count();
                 prop_assert!(
                     recent <= p.max_switches_per_minute as usize,
-                    "{} swaps within 60 s",
-                    recent
+                    "{} swaps within {} ms",
+                    recent,
+                    p.switch_window_ms
                 );
                 st
             }

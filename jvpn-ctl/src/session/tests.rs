@@ -69,14 +69,6 @@ fn confirm(from: SocketAddr, tag: u8) -> Event {
     }
 }
 
-fn bad_quality() -> Event {
-    Event::Quality {
-        loss_pct: 50,
-        rtt_ms: 10,
-        jitter_ms: 1,
-    }
-}
-
 fn birth() -> Session {
     Session::new(ID, T0)
 }
@@ -86,10 +78,18 @@ fn attached() -> Session {
     run(&birth(), Event::Confirmed { binding: a(1) }, T0).session
 }
 
+/// `s` after its binding has been silent past every loss TTL, ticked at `at`.
+fn silent_until(s: &Session, at: u64) -> Session {
+    let mut s = s.clone();
+    s.last_rx_ms = at - pol().idle_loss_ttl_ms.max(pol().transport_loss_ttl_ms) - 1;
+    run(&s, Event::Tick, at).session
+}
+
 /// VOLATILE since `at` (version 2).
 fn volatile(at: u64) -> Session {
-    let s = run(&attached(), bad_quality(), at).session;
+    let s = silent_until(&attached(), at);
     assert_eq!(s.state, State::Volatile);
+    assert_eq!(s.left_attached_ms, Some(at));
     s
 }
 
@@ -112,7 +112,6 @@ fn all_events() -> Vec<Event> {
         Event::Tick,
         Event::Confirmed { binding: a(1) },
         Event::BoundTraffic,
-        bad_quality(),
         req(a(2), 99, T0, 9),
         confirm(a(2), 1),
         Event::SwapFailed { candidate: a(2) },
@@ -337,9 +336,14 @@ fn confirmed_birth_complete() {
     assert_eq!(s.last_rx_ms, T0 + 100);
     assert_eq!(s.left_attached_ms, None);
     assert_eq!(st.reason, Some(Reason::BirthComplete));
+    // The forwarding entry first: the step is committed only if it was written.
     assert_eq!(
         st.actions,
         vec![
+            Action::SwapBinding {
+                new: a(1),
+                generation: 1
+            },
             sc(
                 State::Birth,
                 State::Attached,
@@ -354,6 +358,18 @@ fn confirmed_birth_complete() {
             }),
         ]
     );
+}
+
+/// The data plane refused BIRTH's entry: the session waits in BIRTH, unchanged,
+/// for a repeated CONFIRM or its handshake timeout.
+#[test]
+fn swap_failed_in_birth_changes_nothing() {
+    let b = birth();
+    let st = run(&b, Event::SwapFailed { candidate: a(1) }, T0 + 100);
+    assert_eq!(st.session, b);
+    assert!(st.actions.is_empty());
+    let again = run(&st.session, Event::Confirmed { binding: a(1) }, T0 + 200);
+    assert_eq!(again.session.state, State::Attached);
 }
 
 #[test]
@@ -509,60 +525,6 @@ fn bound_traffic_after_silence_goes_volatile_then_recovers() {
             ),
         ]
     );
-}
-
-// ---------------------------------------------------------------------------------------
-// Quality
-
-#[test]
-fn quality_over_threshold_transport_volatile() {
-    let p = pol();
-    let over = [
-        (p.max_loss_pct + 1, p.max_rtt_ms, p.max_jitter_ms),
-        (p.max_loss_pct, p.max_rtt_ms + 1, p.max_jitter_ms),
-        (p.max_loss_pct, p.max_rtt_ms, p.max_jitter_ms + 1),
-    ];
-    for (loss_pct, rtt_ms, jitter_ms) in over {
-        let e = Event::Quality {
-            loss_pct,
-            rtt_ms,
-            jitter_ms,
-        };
-        let st = run(&attached(), e, T0 + 10);
-        assert_eq!(st.session.state, State::Volatile);
-        assert_eq!(st.session.version, 2);
-        assert_eq!(st.session.left_attached_ms, Some(T0 + 10));
-        assert_eq!(st.reason, Some(Reason::TransportVolatile));
-        assert_eq!(
-            st.actions,
-            vec![sc(
-                State::Attached,
-                State::Volatile,
-                Reason::TransportVolatile,
-                None,
-                2
-            )]
-        );
-    }
-}
-
-#[test]
-fn quality_at_threshold_or_outside_attached_does_nothing() {
-    let p = pol();
-    let at = Event::Quality {
-        loss_pct: p.max_loss_pct,
-        rtt_ms: p.max_rtt_ms,
-        jitter_ms: p.max_jitter_ms,
-    };
-    let s = attached();
-    let st = run(&s, at, T0 + 10);
-    assert_eq!(st.session, s);
-    assert!(st.actions.is_empty());
-    for s in [volatile(T0 + 1), recovering(T0 + 1), degraded(T0 + 1)] {
-        let st = run(&s, bad_quality(), T0 + 10);
-        assert_eq!(st.session, s);
-        assert!(st.actions.is_empty());
-    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -938,7 +900,7 @@ fn live_sessions() -> Vec<Session> {
     let r = recovering(T0 + 100);
     let d = degraded(T0 + 100);
     let att = run(&r, confirm(a(2), 1), T0 + 100).session;
-    let v = run(&att, bad_quality(), T0 + 100).session;
+    let v = silent_until(&att, T0 + 100);
     assert_eq!(
         [r.state, d.state, att.state, v.state],
         [
@@ -1340,9 +1302,11 @@ fn policy_default_is_valid() {
 #[test]
 fn policy_validate_names_the_key() {
     type Edit = fn(&mut Policy);
-    let cases: [(&str, Edit); 18] = [
+    let cases: [(&str, Edit); 19] = [
         ("max_recovery_window_ms", |p| p.max_recovery_window_ms = 0),
         ("max_switches_per_minute", |p| p.max_switches_per_minute = 0),
+        ("switch_window_ms", |p| p.switch_window_ms = 0),
+        ("switch_window_ms", |p| p.switch_window_ms = 86_400_001),
         ("transport_loss_ttl_ms", |p| p.transport_loss_ttl_ms = 0),
         ("candidate_ttl_ms", |p| p.candidate_ttl_ms = 0),
         ("session_ttl_s", |p| p.session_ttl_s = 0),
@@ -1364,7 +1328,6 @@ fn policy_validate_names_the_key() {
         }),
         ("idle_loss_ttl_ms", |p| p.idle_loss_ttl_ms = 3_600_001),
         ("idle_after_ms", |p| p.idle_after_ms = 3_600_001),
-        ("max_loss_pct", |p| p.max_loss_pct = 101),
         ("session_ttl_s", |p| p.session_ttl_s = u64::MAX / 1000 + 1),
         ("session_ttl_s", |p| p.session_ttl_s = u64::MAX),
     ];
@@ -1377,7 +1340,6 @@ fn policy_validate_names_the_key() {
     }
     // The boundaries that are allowed.
     let mut p = pol();
-    p.max_loss_pct = 100;
     p.candidate_ttl_ms = p.max_recovery_window_ms;
     p.transport_loss_ttl_ms = p.max_recovery_window_ms;
     p.keepalive_interval_ms = p.transport_loss_ttl_ms - 1;
@@ -1401,9 +1363,7 @@ fn policy_toml_full_round_trip() {
         freshness_window_ms = 10000
         keepalive_interval_ms = 500
         handshake_timeout_ms = 4000
-        max_loss_pct = 10
-        max_rtt_ms = 800
-        max_jitter_ms = 200
+        switch_window_ms = 30000
         blacklist = ["10.0.0.0/8", "2001:db8::/32"]
         auto_blacklist_after = 3
         auto_blacklist_s = 30
@@ -1416,14 +1376,32 @@ fn policy_toml_full_round_trip() {
     let again: Policy = toml::from_str(&toml::to_string(&p).unwrap()).unwrap();
     assert_eq!(again, p);
     // A partial table keeps the defaults for the rest.
-    let p: Policy = toml::from_str("max_rtt_ms = 5").unwrap();
+    let p: Policy = toml::from_str("candidate_ttl_ms = 5").unwrap();
     assert_eq!(
         p,
         Policy {
-            max_rtt_ms: 5,
+            candidate_ttl_ms: 5,
             ..pol()
         }
     );
+}
+
+/// The quality thresholds the gateway never measured against are refused with why,
+/// not taken as a safeguard (docs/gateway.md, "Quality is the client's to judge").
+#[test]
+fn policy_toml_retired_quality_keys_are_refused_with_why() {
+    for key in ["max_loss_pct", "max_rtt_ms", "max_jitter_ms"] {
+        let e = toml::from_str::<Policy>(&format!("{key} = 20\n")).unwrap_err();
+        let m = e.to_string();
+        assert!(m.contains(key), "{m}");
+        assert!(m.contains("no longer a gateway setting"), "{m}");
+        assert!(m.contains("[health]"), "{m}");
+    }
+    // Nor does the gateway write them (`jvpn-ctl config show`, the stored policy).
+    let text = toml::to_string(&pol()).unwrap();
+    for key in ["max_loss_pct", "max_rtt_ms", "max_jitter_ms"] {
+        assert!(!text.contains(key), "{text}");
+    }
 }
 
 #[test]
@@ -1435,17 +1413,17 @@ fn policy_toml_unknown_key_is_named() {
 #[test]
 fn policy_toml_wrong_type_errors() {
     for text in [
-        "max_rtt_ms = \"fast\"",
+        "candidate_ttl_ms = \"fast\"",
         "session_ttl_s = -1",
         "blacklist = \"10.0.0.0/8\"",
         "blacklist = [\"not a cidr\"]",
-        "max_loss_pct = 1.5",
+        "max_switches_per_minute = 1.5",
     ] {
         let e = toml::from_str::<Policy>(text);
         assert!(e.is_err(), "{text} parsed");
     }
-    let e = toml::from_str::<Policy>("max_rtt_ms = \"fast\"").unwrap_err();
-    assert!(e.to_string().contains("max_rtt_ms"), "{e}");
+    let e = toml::from_str::<Policy>("candidate_ttl_ms = \"fast\"").unwrap_err();
+    assert!(e.to_string().contains("candidate_ttl_ms"), "{e}");
 }
 
 /// The client asks again from the same address before its first challenge came

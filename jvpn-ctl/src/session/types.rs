@@ -239,7 +239,8 @@ pub struct Request {
 pub enum Event {
     /// Time passed; the controller sends one periodically and before other events.
     Tick,
-    /// CONFIRM verified; exit keys acknowledged and the map entry inserted.
+    /// CONFIRM verified and the exit's keys acknowledged (the step's `SwapBinding`
+    /// turns the map entry on).
     Confirmed {
         binding: SocketAddr,
     },
@@ -247,12 +248,6 @@ pub enum Event {
     BoundTraffic,
     /// Tunnel DATA relayed from the bound transport (the relay's counter moved).
     BoundData,
-    /// Link quality measured on the bound transport.
-    Quality {
-        loss_pct: u32,
-        rtt_ms: u32,
-        jitter_ms: u32,
-    },
     ReattachRequest(Request),
     ReattachConfirm {
         from: SocketAddr,
@@ -277,9 +272,10 @@ pub enum Action {
         to: SocketAddr,
         challenge: [u8; 16],
     },
-    /// Replace the map entry with `new` as binding and `generation`; the step may be
-    /// committed only if this succeeds (otherwise discard the step and feed
-    /// [`Event::SwapFailed`] to the original session, the step's input).
+    /// Replace the map entry with a forwarding one, `new` as binding and
+    /// `generation` (BIRTH's completion: generation 1; a reattach: the next); the
+    /// step may be committed only if this succeeds (otherwise discard the step and
+    /// feed [`Event::SwapFailed`] to the original session, the step's input).
     SwapBinding {
         new: SocketAddr,
         generation: u32,

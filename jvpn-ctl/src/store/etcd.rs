@@ -89,6 +89,13 @@ enum Op {
 }
 
 impl Op {
+    /// A listing reads as many pages as there are records: its timeout is per page
+    /// (see [`read_prefix`]), not for the whole, which a store of 100,000 sessions on
+    /// a slow machine outlasted (2 s), so that the gateway could not start.
+    fn paced(&self) -> bool {
+        matches!(self, Op::List(_))
+    }
+
     fn what(&self) -> &'static str {
         match self {
             Op::Ping(_) => "connecting",
@@ -152,17 +159,43 @@ impl EtcdStore {
         let (tx, rx) = std_mpsc::sync_channel(1);
         let deadline = Instant::now() + self.config.timeout;
         let op = op(tx);
-        let what = op.what();
+        let (what, paced) = (op.what(), op.paced());
         let request = Request { op, deadline };
         if self.requests.send(request).is_err() {
             return Err(self.config.error(what, gone()));
         }
-        let wait = (deadline + GRACE).saturating_duration_since(Instant::now());
-        match rx.recv_timeout(wait) {
-            Ok(answer) => answer,
-            Err(std_mpsc::RecvTimeoutError::Timeout) => Err(self.config.timeout_error(what)),
-            Err(std_mpsc::RecvTimeoutError::Disconnected) => Err(self.config.error(what, gone())),
+        match wait(&rx, deadline, paced) {
+            Waited::Answer(answer) => answer,
+            Waited::TimedOut => Err(self.config.timeout_error(what)),
+            Waited::Gone => Err(self.config.error(what, gone())),
         }
+    }
+}
+
+/// What became of a request to a client thread.
+pub(crate) enum Waited<T> {
+    Answer(Result<T, StoreError>),
+    /// No answer by the request's deadline and [`GRACE`].
+    TimedOut,
+    /// The thread dropped the request: it has stopped.
+    Gone,
+}
+
+/// Waits for the answer to a request sent with `deadline`; a paced request (one that
+/// bounds its own steps) is waited for until the thread answers or stops.
+pub(crate) fn wait<T>(
+    rx: &std_mpsc::Receiver<Result<T, StoreError>>,
+    deadline: Instant,
+    paced: bool,
+) -> Waited<T> {
+    if paced {
+        return rx.recv().map_or(Waited::Gone, Waited::Answer);
+    }
+    let left = (deadline + GRACE).saturating_duration_since(Instant::now());
+    match rx.recv_timeout(left) {
+        Ok(answer) => Waited::Answer(answer),
+        Err(std_mpsc::RecvTimeoutError::Timeout) => Waited::TimedOut,
+        Err(std_mpsc::RecvTimeoutError::Disconnected) => Waited::Gone,
     }
 }
 
@@ -349,7 +382,7 @@ impl ClientThread {
             let late = self.config.timeout_error(op.what());
             match op {
                 Op::Ping(to) => answer(to, deadline, late, self.ping()).await,
-                Op::List(to) => answer(to, deadline, late, self.list()).await,
+                Op::List(to) => answer_paced(to, deadline, late, self.list()).await,
                 Op::Get(id, to) => answer(to, deadline, late, self.get(id)).await,
                 Op::Apply(batch, to) => answer(to, deadline, late, self.apply(batch)).await,
             }
@@ -374,9 +407,12 @@ impl ClientThread {
 
     async fn list(&mut self) -> Result<Vec<(u64, Revision, Vec<u8>)>, StoreError> {
         const W: &str = "listing sessions";
-        let (_, kvs) = read_prefix(&self.kv, &self.config.prefix, 0)
+        let (_, kvs) = read_prefix(&self.kv, &self.config.prefix, 0, self.config.timeout)
             .await
-            .map_err(|e| self.config.etcd_error(W, e))?;
+            .map_err(|e| match e {
+                ReadError::Etcd(e) => self.config.etcd_error(W, e),
+                ReadError::PageTimeout => self.config.timeout_error(W),
+            })?;
         let mut out = Vec::new();
         for kv in kvs {
             if let Some(id) = self.config.id_of(kv.key()) {
@@ -492,13 +528,22 @@ impl ClientThread {
     }
 }
 
+/// Why a [`read_prefix`] failed.
+pub(crate) enum ReadError {
+    Etcd(etcd_client::Error),
+    /// One page took longer than its timeout.
+    PageTimeout,
+}
+
 /// Every key under `prefix` at one revision (`at`; 0: the current one, returned),
-/// in pages of [`PAGE`] keys, each a bounded answer.
+/// in pages of [`PAGE`] keys, each a bounded answer within `page_timeout`: the whole
+/// takes as long as there are pages, and stops when one does not come.
 pub(crate) async fn read_prefix(
     kv: &KvClient,
     prefix: &str,
     mut at: i64,
-) -> Result<(i64, Vec<KeyValue>), etcd_client::Error> {
+    page_timeout: Duration,
+) -> Result<(i64, Vec<KeyValue>), ReadError> {
     let end = prefix_end(prefix.as_bytes());
     let mut from = prefix.as_bytes().to_vec();
     let mut out = Vec::new();
@@ -507,11 +552,14 @@ pub(crate) async fn read_prefix(
             .with_range(end.clone())
             .with_limit(PAGE)
             .with_revision(at);
-        let mut page = until_sent(|| {
+        let page = until_sent(|| {
             let (mut kv, from, options) = (kv.clone(), from.clone(), options.clone());
             async move { kv.get(from, Some(options)).await }
-        })
-        .await?;
+        });
+        let mut page = tokio::time::timeout(page_timeout, page)
+            .await
+            .map_err(|_| ReadError::PageTimeout)?
+            .map_err(ReadError::Etcd)?;
         if at == 0 {
             at = page.header().map_or(0, |h| h.revision());
         }
@@ -562,12 +610,33 @@ pub(crate) async fn answer<T>(
     late: StoreError,
     run: impl Future<Output = Result<T, StoreError>>,
 ) {
-    let answer = if Instant::now() >= deadline {
-        Err(late)
-    } else {
-        tokio::time::timeout_at(deadline.into(), run)
+    answer_within(to, deadline, late, Some(deadline), run).await
+}
+
+/// As [`answer`] for a request that bounds its own steps (a paced listing): not
+/// started once its deadline has passed, then given the time its steps take.
+pub(crate) async fn answer_paced<T>(
+    to: Answer<T>,
+    deadline: Instant,
+    late: StoreError,
+    run: impl Future<Output = Result<T, StoreError>>,
+) {
+    answer_within(to, deadline, late, None, run).await
+}
+
+async fn answer_within<T>(
+    to: Answer<T>,
+    deadline: Instant,
+    late: StoreError,
+    limit: Option<Instant>,
+    run: impl Future<Output = Result<T, StoreError>>,
+) {
+    let answer = match limit {
+        _ if Instant::now() >= deadline => Err(late),
+        Some(l) => tokio::time::timeout_at(l.into(), run)
             .await
-            .unwrap_or(Err(late))
+            .unwrap_or(Err(late)),
+        None => run.await,
     };
     // The caller may have stopped waiting; nothing to do about that here.
     let _ = to.try_send(answer);
@@ -824,6 +893,36 @@ mod tests {
         eprintln!("60 writes and reads with a member down: {:?}", t.elapsed());
     }
 
+    /// A listing longer than the timeout as a whole, each page well within it: the
+    /// store lists everything (a gateway with 100,000 stored sessions could not start
+    /// when the whole listing had to fit in one timeout).
+    #[test]
+    fn a_listing_longer_than_the_timeout_is_paced_by_page() {
+        let Some(etcd) =
+            start_or_skip("store::etcd::tests::a_listing_longer_than_the_timeout_is_paced_by_page")
+        else {
+            return;
+        };
+        let timeout = Duration::from_millis(150);
+        let mut w = store(&etcd, DEFAULT_PREFIX, Duration::from_secs(10));
+        let value = vec![7u8; 300];
+        let n: u64 = 60_000;
+        for chunk in (1..=n).collect::<Vec<_>>().chunks(w.max_batch()) {
+            let batch: Vec<Write> = chunk.iter().map(|&id| put(id, 0, &value)).collect();
+            w.apply(&batch).unwrap();
+        }
+        let s = store(&etcd, DEFAULT_PREFIX, timeout);
+        let t = Instant::now();
+        let listed = s.list().unwrap();
+        let took = t.elapsed();
+        eprintln!("{n} records listed in {took:?} with a {timeout:?} timeout per page");
+        assert_eq!(listed.len() as u64, n);
+        assert!(
+            took > timeout,
+            "the listing took {took:?}, within one timeout: it proves nothing"
+        );
+    }
+
     #[test]
     fn a_stopped_etcd_is_an_error_within_the_timeout() {
         let Some(mut etcd) =
@@ -905,8 +1004,24 @@ mod tests {
             (rev == r && value == b"before") || (rev > r && value == b"during"),
             "{rev} {value:?}"
         );
-        let r2 = s.apply(&[put(1, rev, b"after")]).unwrap()[0];
-        assert!(r2 > rev);
+        // The read back can overtake the timed-out batch, still queued at etcd: the
+        // retry, guarded by the revision read, is then refused, and a second read
+        // shows the batch applied. It never lands over a newer write.
+        match s.apply(&[put(1, rev, b"after")]) {
+            Ok(r2) => assert!(r2[0] > rev),
+            Err(StoreError::Conflict {
+                id: 1,
+                expected,
+                found,
+            }) if expected == rev && found > rev => {
+                eprintln!("the timed-out batch landed after the read back: retry refused");
+                let (rev2, value) = s.get(1).unwrap().unwrap();
+                assert_eq!((rev2, value.as_slice()), (found, &b"during"[..]));
+                let r3 = s.apply(&[put(1, rev2, b"after")]).unwrap()[0];
+                assert!(r3 > rev2);
+            }
+            Err(e) => panic!("retry after the read back: {e:?}"),
+        }
     }
 
     #[test]

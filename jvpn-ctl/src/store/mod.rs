@@ -184,11 +184,12 @@ pub enum StoreError {
     },
 
     /// Unreachable, stopped, or without a leader that answers. A batch that timed out
-    /// may have been applied all the same (etcd had it, the answer was lost).
+    /// may have been applied all the same (etcd had it, the answer was lost), or may
+    /// still be: queued at a stopped etcd, it can land after a read that missed it.
     #[error(
         "etcd at {endpoints}: {what}: no answer within {after:?}: check that etcd runs there \
-         and has a leader (a batch that timed out may still have been applied: read its \
-         records back before retrying)"
+         and has a leader (a batch that timed out may still be applied, even after it is \
+         read back: retry only with the revisions read, which etcd then refuses)"
     )]
     EtcdTimeout {
         endpoints: String,

@@ -80,6 +80,7 @@ pub fn run(b: &mut Bench) -> Result<()> {
     let ingress = b.topo.gw.ifindex(topo::GW_IN)?;
     let (mut relay_ns, mut drop_ns) = (Map::new(), Map::new());
     let (mut foreign_ns, mut unknown_ns) = (Map::new(), Map::new());
+    let mut relay_fib_ns = Map::new();
     for &n in &counts {
         b.fill_big(n, &phase)?;
         stopped()?;
@@ -88,7 +89,7 @@ pub fn run(b: &mut Bench) -> Result<()> {
             p.cost_rounds, p.cost_repeat
         ));
         let Bench { topo, big, .. } = b;
-        let [r, d, f, u] = topo.gw.run(|| -> Result<[f64; 4]> {
+        let [r, d, f, u, rf] = topo.gw.run(|| -> Result<[f64; 5]> {
             let once = test_run(big.program(RELAY_PROGRAM)?, &frame, ingress);
             let twice = test_run(big.program(RELAY_PROGRAM)?, &once.out, ingress);
             ensure!(
@@ -115,7 +116,23 @@ pub fn run(b: &mut Bench) -> Result<()> {
                     after[reason as usize] - before[reason as usize]
                 );
             }
-            let mut v: [Vec<f64>; 4] = Default::default();
+            // The slow path (the FIB, the table suspended) relays the same bytes.
+            big.suspend_next_hops(true);
+            let before = big.drops()?;
+            let slow = test_run(big.program(RELAY_PROGRAM)?, &frame, ingress);
+            let fib_counted = big.drops()?[jvpn_common::counters::NEXT_HOP_FIB as usize]
+                - before[jvpn_common::counters::NEXT_HOP_FIB as usize];
+            big.suspend_next_hops(false);
+            let before = big.drops()?;
+            let fast = test_run(big.program(RELAY_PROGRAM)?, &frame, ingress);
+            let table_fib = big.drops()?[jvpn_common::counters::NEXT_HOP_FIB as usize]
+                - before[jvpn_common::counters::NEXT_HOP_FIB as usize];
+            ensure!(
+                slow.out == once.out && fast.out == once.out && fib_counted == 1 && table_fib == 0,
+                "the table and the FIB disagree on the probe frame (FIB path counted {fib_counted}, \
+                 table path {table_fib})"
+            );
+            let mut v: [Vec<f64>; 5] = Default::default();
             for _ in 0..p.cost_rounds {
                 for (k, (prog, f)) in [
                     (RELAY_PROGRAM, &frame),
@@ -128,6 +145,9 @@ pub fn run(b: &mut Bench) -> Result<()> {
                 {
                     v[k].push(ns_per_run(big.program(prog)?, f, ingress, p.cost_repeat));
                 }
+                big.suspend_next_hops(true);
+                v[4].push(ns_per_run(big.program(RELAY_PROGRAM)?, &frame, ingress, p.cost_repeat));
+                big.suspend_next_hops(false);
             }
             Ok(v.map(median))
         })?;
@@ -135,8 +155,9 @@ pub fn run(b: &mut Bench) -> Result<()> {
         drop_ns.insert(n.to_string(), round1(d).into());
         foreign_ns.insert(n.to_string(), round1(f).into());
         unknown_ns.insert(n.to_string(), round1(u).into());
+        relay_fib_ns.insert(n.to_string(), round1(rf).into());
         phase.say(format!(
-            "{n} sessions: relay {r:.1} ns, drop {d:.1} ns; foreign (not_forwarding) {f:.1} ns, \
+            "{n} sessions: relay {r:.1} ns (FIB path {rf:.1}), drop {d:.1} ns; foreign (not_forwarding) {f:.1} ns, \
              unknown id {u:.1} ns"
         ));
         phase.step();
@@ -149,6 +170,7 @@ pub fn run(b: &mut Bench) -> Result<()> {
         "ns_per_pkt",
         json!({
             "relay": relay_ns,
+            "relay_fib": relay_fib_ns,
             "drop": drop_ns,
             "foreign": foreign_ns,
             "unknown": unknown_ns,
@@ -180,6 +202,12 @@ pub fn run(b: &mut Bench) -> Result<()> {
     b.set(
         "relay_minus_drop_ns",
         r1k.zip(d1k).map(|(r, d)| round1(r - d)),
+    );
+    b.set(
+        "relay_fib_minus_drop_ns",
+        at(&relay_fib_ns, 1_000)
+            .zip(d1k)
+            .map(|(r, d)| round1(r - d)),
     );
     b.set(
         "relay_1m_over_1k",

@@ -36,7 +36,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::{Bench, cost::round1, progress::Phase, stopped, topo};
 
-const SESSION: u64 = 0x5a5a_0001;
+/// The swapped session's id: the first of these that names a free slot, so that the
+/// relay steers it from its slot copy (docs/datapath.md, "One cache line per
+/// packet"), the path every gateway session takes.
+const SESSION_BASE: u64 = 0x5a5a_0000_0000_0000;
 /// Frames per second of the swapped session's traffic: steady, well below what the
 /// path carries, so that any loss is the swap's.
 const RATE: u64 = 1_000_000;
@@ -103,11 +106,18 @@ pub fn run(b: &mut Bench) -> Result<()> {
         )
     })?;
     let (a, bb) = (binding(topo::SINK_IP), binding(topo::SINK_IP_B));
-    b.small.insert_session(SESSION, &entry(a, 1))?;
+    let sid = (SESSION_BASE..SESSION_BASE + (1 << 24))
+        .find(|&id| b.small.named_slot_free(id))
+        .context("no free slot for the swapped session")?;
+    b.small.insert_session(sid, &entry(a, 1))?;
+    ensure!(
+        b.small.session_copy(sid).is_some(),
+        "the swapped session has no slot copy"
+    );
     let pins = b.pins[0].0.clone();
-    let result = swap_under_load(b, &mut sink, &phase, a, bb);
+    let result = swap_under_load(b, &mut sink, &phase, sid, a, bb);
     let _ = b.topo.gw.run(|| detach(&pins, topo::GW_IN));
-    let _ = b.small.remove_session(SESSION);
+    let _ = b.small.remove_session(sid);
     let r = result?;
     phase.done(format!(
         "{n} swaps: p50 {:.1} µs, p99 {:.1} µs; {} misrouted, {} lost of {} frames \
@@ -137,6 +147,7 @@ fn swap_under_load(
     b: &mut Bench,
     sink: &mut Sink,
     phase: &Phase,
+    sid: u64,
     a: Endpoint,
     bb: Endpoint,
 ) -> Result<Outcome> {
@@ -156,7 +167,7 @@ fn swap_under_load(
             src: topo::v4(topo::GEN_IP, topo::EXIT_PORT),
             dst: topo::v4(topo::GW_IN_IP, topo::GW_PORT),
             payload_len: 64,
-            session_id: SESSION,
+            session_id: sid,
         },
         sessions: 1,
         cpus: opts.gen_cpus.clone(),
@@ -216,13 +227,13 @@ fn swap_under_load(
                 }
                 let t = Instant::now();
                 small
-                    .replace_session(SESSION, &entry(other, i + 1))
+                    .replace_session(sid, &entry(other, i + 1))
                     .with_context(|| format!("swap {i}"))?;
                 lat.push(t.elapsed().as_nanos() as u64);
                 let returned = mono_ns();
                 let slot = i % MISROUTE_WINDOWS;
                 let w = MisrouteWindow {
-                    session_id: SESSION,
+                    session_id: sid,
                     from_ns: returned,
                     to_ns: u64::MAX,
                     dst: cur.addr,

@@ -27,16 +27,26 @@ pub enum Mode {
     Fwd,
     Relay1k,
     Relay1m,
+    /// The relay with its next-hop table suspended: the FIB for every packet (the
+    /// relay as it was before the table).
+    Relay1kFib,
+    Relay1mFib,
+    /// The relay (1k sessions) with traffic from two CPUs into the two-queue veth:
+    /// the relay runs on both (needs two CPUs; skipped with one).
+    Relay1k2Cpu,
     Userspace,
     KernelFwd,
 }
 
 impl Mode {
-    pub const ALL: [Mode; 6] = [
+    pub const ALL: [Mode; 9] = [
         Mode::Drop,
         Mode::Fwd,
         Mode::Relay1k,
         Mode::Relay1m,
+        Mode::Relay1kFib,
+        Mode::Relay1mFib,
+        Mode::Relay1k2Cpu,
         Mode::Userspace,
         Mode::KernelFwd,
     ];
@@ -47,6 +57,9 @@ impl Mode {
             Mode::Fwd => "fwd",
             Mode::Relay1k => "relay_1k",
             Mode::Relay1m => "relay_1m",
+            Mode::Relay1kFib => "relay_1k_fib",
+            Mode::Relay1mFib => "relay_1m_fib",
+            Mode::Relay1k2Cpu => "relay_1k_2cpu",
             Mode::Userspace => "userspace_relay",
             Mode::KernelFwd => "kernel_fwd",
         }
@@ -59,6 +72,9 @@ impl Mode {
             Mode::Fwd => "fwd_pps",
             Mode::Relay1k => "relay_pps",
             Mode::Relay1m => "relay_1m_pps",
+            Mode::Relay1kFib => "relay_fib_pps",
+            Mode::Relay1mFib => "relay_1m_fib_pps",
+            Mode::Relay1k2Cpu => "relay_2cpu_pps",
             Mode::Userspace => "userspace_relay_pps",
             Mode::KernelFwd => "kernel_fwd_pps",
         }
@@ -72,6 +88,11 @@ enum Gate<'a> {
     Relay {
         pins: &'a Path,
     },
+    /// The relay, its data plane's next-hop table suspended until the drop.
+    RelayFib {
+        pins: &'a Path,
+        dp: &'a mut jvpn_ctl::datapath::Datapath,
+    },
     Userspace(
         #[allow(dead_code)] Attached,
         #[allow(dead_code)] UserspaceRelay,
@@ -80,8 +101,15 @@ enum Gate<'a> {
 
 impl Drop for Gate<'_> {
     fn drop(&mut self) {
-        if let Gate::Relay { pins } = self {
-            let _ = detach(pins, topo::GW_IN);
+        match self {
+            Gate::Relay { pins } => {
+                let _ = detach(pins, topo::GW_IN);
+            }
+            Gate::RelayFib { pins, dp } => {
+                let _ = detach(pins, topo::GW_IN);
+                dp.suspend_next_hops(false);
+            }
+            _ => {}
         }
     }
 }
@@ -92,6 +120,8 @@ struct Sample {
     sent: u64,
     received: u64,
     seconds: f64,
+    /// Relay modes: frames relayed by the slow path (`next_hop_fib`) meanwhile.
+    slow_path: Option<u64>,
 }
 
 pub fn run(b: &mut Bench) -> Result<()> {
@@ -167,6 +197,7 @@ pub fn run(b: &mut Bench) -> Result<()> {
             "pps": med.round(), "sent": mid.sent, "received": mid.received,
             "seconds": (mid.seconds * 1000.0).round() / 1000.0,
             "rounds_pps": pps.iter().map(|v| v.round()).collect::<Vec<_>>(),
+            "slow_path": mid.slow_path,
         }));
         if *pl == p.payloads[0] {
             b.set(m.headline(), med.round());
@@ -198,7 +229,11 @@ fn measure(
 ) -> Result<Sample> {
     let gw_path = topo::Topology::netns_path(&b.topo.gw);
     let relay_cpus = b.opts.relay_cpus.clone();
-    let gen_cpus = b.opts.gen_cpus.clone();
+    let gen_cpus = if mode == Mode::Relay1k2Cpu {
+        two_cpus()?
+    } else {
+        b.opts.gen_cpus.clone()
+    };
     let seconds = b.profile.seconds;
     let pins = [b.pins[0].0.clone(), b.pins[1].0.clone()];
     let big_sessions = b.big_filled;
@@ -213,13 +248,23 @@ fn measure(
         Ok(match mode {
             Mode::Drop => Gate::Program(Attached::program(DROP_PROGRAM, topo::GW_IN, native)?),
             Mode::Fwd => Gate::Program(Attached::forwarder(topo::GW_IN, topo::GW_OUT, native)?),
-            Mode::Relay1k => {
+            Mode::Relay1k | Mode::Relay1k2Cpu => {
                 small.attach(topo::GW_IN, native)?;
                 Gate::Relay { pins: &pins[0] }
             }
             Mode::Relay1m => {
                 big.attach(topo::GW_IN, native)?;
                 Gate::Relay { pins: &pins[1] }
+            }
+            Mode::Relay1kFib | Mode::Relay1mFib => {
+                let (dp, pins) = if mode == Mode::Relay1kFib {
+                    (small, &pins[0])
+                } else {
+                    (big, &pins[1])
+                };
+                dp.attach(topo::GW_IN, native)?;
+                dp.suspend_next_hops(true);
+                Gate::RelayFib { pins, dp }
             }
             Mode::KernelFwd => Gate::Program(Attached::program(PASS_PROGRAM, topo::GW_IN, native)?),
             Mode::Userspace => {
@@ -236,7 +281,7 @@ fn measure(
             }
         })
     })?;
-    let n_sessions = if mode == Mode::Relay1m {
+    let n_sessions = if matches!(mode, Mode::Relay1m | Mode::Relay1mFib) {
         big_sessions
     } else {
         table.len() as u64
@@ -264,6 +309,21 @@ fn measure(
         stamp_time: false,
         src_ports: Some(sessions::SRC_PORTS),
     };
+    let relay_pins = match mode {
+        Mode::Relay1k | Mode::Relay1kFib | Mode::Relay1k2Cpu => Some(pins[0].clone()),
+        Mode::Relay1m | Mode::Relay1mFib => Some(pins[1].clone()),
+        _ => None,
+    };
+    let slow = |p: &Option<std::path::PathBuf>| -> Result<Option<u64>> {
+        Ok(match p {
+            Some(p) => Some(
+                jvpn_ctl::datapath::Pinned::open(p)?.drops()?
+                    [jvpn_common::counters::NEXT_HOP_FIB as usize],
+            ),
+            None => None,
+        })
+    };
+    let slow_before = slow(&relay_pins)?;
     let before = sink.stats()?;
     let summary = t.gen_ns.run(|| -> Result<_> {
         let g = Generator::new(opts)?;
@@ -272,6 +332,7 @@ fn measure(
     // Frames still in rings when the generator stopped.
     std::thread::sleep(Duration::from_millis(50));
     let after = sink.stats()?;
+    let slow_path = slow(&relay_pins)?.zip(slow_before).map(|(a, b)| a - b);
     drop(gate);
     stopped()?;
     let received = match mode {
@@ -287,5 +348,16 @@ fn measure(
         sent: summary.sent,
         received,
         seconds: summary.seconds,
+        slow_path,
     })
+}
+
+/// The first two CPUs this run may use, for the two-CPU figure.
+fn two_cpus() -> Result<Vec<usize>> {
+    let cpus = jvpn_ctl::bench::cpus::allowed()?;
+    anyhow::ensure!(
+        cpus.len() >= 2,
+        "the two-CPU figure needs two CPUs; this run may use {cpus:?}"
+    );
+    Ok(cpus[..2].to_vec())
 }

@@ -40,7 +40,7 @@ pub struct ModeName {
     pub headline: &'static str,
 }
 
-pub const MODES: [ModeName; 6] = [
+pub const MODES: [ModeName; 9] = [
     ModeName {
         key: "drop",
         name: "XDP_DROP (ceiling)",
@@ -64,6 +64,24 @@ pub const MODES: [ModeName; 6] = [
         name: "jvpn relay, 1M sessions",
         label: ["jvpn relay", "1M sessions"],
         headline: "relay_1m_pps",
+    },
+    ModeName {
+        key: "relay_1k_fib",
+        name: "jvpn relay, 1k sessions, FIB per packet (table suspended)",
+        label: ["relay, FIB", "1k sessions"],
+        headline: "relay_fib_pps",
+    },
+    ModeName {
+        key: "relay_1m_fib",
+        name: "jvpn relay, 1M sessions, FIB per packet (table suspended)",
+        label: ["relay, FIB", "1M sessions"],
+        headline: "relay_1m_fib_pps",
+    },
+    ModeName {
+        key: "relay_1k_2cpu",
+        name: "jvpn relay, 1k sessions, traffic from 2 CPUs (2-queue veth)",
+        label: ["jvpn relay", "2 CPUs"],
+        headline: "relay_2cpu_pps",
     },
     ModeName {
         key: "userspace_relay",
@@ -208,6 +226,8 @@ pub struct NsPerPkt {
     /// Ascending.
     pub sessions: Vec<u64>,
     pub relay: Vec<Option<f64>>,
+    /// The relay with its next-hop table suspended (the FIB per packet).
+    pub relay_fib: Vec<Option<f64>>,
     pub drop: Vec<Option<f64>>,
 }
 
@@ -229,6 +249,7 @@ impl NsPerPkt {
         };
         Self {
             relay: values("relay"),
+            relay_fib: values("relay_fib"),
             drop: values("drop"),
             sessions,
         }
@@ -479,13 +500,13 @@ mod tests {
             .map(|p| (p.bytes, p.frame_bytes))
             .collect();
         assert_eq!(sizes, [(64, Some(106)), (1400, Some(1442))]);
-        assert_eq!(t.rows.len(), 7);
+        assert_eq!(t.rows.len(), MODES.len() + 1);
         assert_eq!(t.rows[0].pps, [Some(7.1e6), None]);
         // The headline key fills the 64-byte cell the array lacks.
         assert_eq!(t.rows[1].pps, [Some(4.2e6), None]);
         assert_eq!(t.rows[2].pps, [None, Some(1.0e6)]);
-        assert_eq!(t.rows[6].name, "new<mode>");
-        assert_eq!(t.rows[6].pps, [Some(5.0), None]);
+        assert_eq!(t.rows[MODES.len()].name, "new<mode>");
+        assert_eq!(t.rows[MODES.len()].pps, [Some(5.0), None]);
         assert!(t.has_data());
 
         let empty = Throughput::read(&json!({}));

@@ -262,24 +262,33 @@ fn tunnel(md: &mut String, r: &Value) {
 fn ns_per_pkt(md: &mut String, r: &Value) {
     md.push_str(
         "## Time per packet\n\n\
-         Nanoseconds per packet in XDP as the session table grows, for the relay and for \
-         XDP_DROP, the fixed cost every XDP program pays; relay − drop is what the relay's \
-         own work costs.\n\n",
+         Nanoseconds per packet in XDP as the session table grows, for the relay (next hops \
+         from its table), for the relay asking the FIB per packet (the table suspended: the \
+         relay before the table), and for XDP_DROP, the fixed cost every XDP program pays; \
+         relay − drop is what the relay's own work costs.\n\n",
     );
     let n = NsPerPkt::read(r);
     if n.sessions.is_empty() {
         md.push_str("No time per packet was measured.\n\n");
     } else {
         md.push_str(
-            "| sessions | relay (ns) | drop (ns) | relay − drop (ns) |\n|---:|---:|---:|---:|\n",
+            "| sessions | relay (ns) | relay, FIB per packet (ns) | drop (ns) | relay − drop (ns) |\n\
+             |---:|---:|---:|---:|---:|\n",
         );
-        for ((s, relay), drop) in n.sessions.iter().zip(&n.relay).zip(&n.drop) {
+        for (((s, relay), fib), drop) in n
+            .sessions
+            .iter()
+            .zip(&n.relay)
+            .zip(&n.relay_fib)
+            .zip(&n.drop)
+        {
             let diff = relay.zip(*drop).map(|(r, d)| r - d);
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} |",
                 format::thousands(*s as f64),
                 format::fixed(*relay, 1),
+                format::fixed(*fib, 1),
                 format::fixed(*drop, 1),
                 format::fixed(diff, 1),
             );
@@ -847,7 +856,7 @@ mod tests {
         assert!(md.contains("(quick run)"));
         assert!(md.contains("Quick run: a smoke check"));
         assert!(md.contains("date unknown"));
-        assert!(md.contains("**1 of 19 goals met**, 18 not measured."));
+        assert!(md.contains("**1 of 20 goals met**, 19 not measured."));
         assert!(md.contains("| swaps | — |"));
         assert!(md.contains("No throughput was measured."));
         assert!(md.contains("**Machine:** —."));

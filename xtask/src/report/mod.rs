@@ -122,6 +122,9 @@ mod tests {
             ("fwd", 4.2e6, 1.9e6),
             ("relay_1k", 3.9e6, 1.8e6),
             ("relay_1m", 3.7e6, 1.7e6),
+            ("relay_1k_fib", 2.9e6, 1.6e6),
+            ("relay_1m_fib", 2.1e6, 1.5e6),
+            ("relay_1k_2cpu", 7.0e6, 3.0e6),
             ("userspace_relay", 0.4e6, 0.35e6),
             ("kernel_fwd", 0.9e6, 0.8e6),
         ];
@@ -149,10 +152,12 @@ mod tests {
             "setup": {"generator_cpus": [0], "phase_seconds": 5.0, "rounds": 3,
                       "family": "ipv4", "payloads": [64, 1400]},
             "drop_pps": 7.1e6, "fwd_pps": 4.2e6, "relay_pps": 3.9e6, "relay_1m_pps": 3.7e6,
+            "relay_fib_pps": 2.9e6, "relay_1m_fib_pps": 2.1e6, "relay_2cpu_pps": 7.0e6, "relay_1m_over_1k_pps": 0.95,
             "userspace_relay_pps": 0.4e6, "kernel_fwd_pps": 0.9e6,
             "relay_over_drop": 0.55, "relay_over_fwd": 0.93, "relay_over_userspace": 9.75,
             "pps": pps,
             "ns_per_pkt": {"relay": {"1000": 40.1, "65536": 41.0, "1000000": 45.0},
+                           "relay_fib": {"1000": 140.1, "65536": 141.0, "1000000": 145.0},
                            "drop": {"1000": 26.0, "65536": 26.1, "1000000": 26.0}},
             "relay_minus_drop_ns": 14.1, "relay_1m_over_1k": 1.12,
             "swap_us_p50": 2.1, "swap_us_p99": 6.3, "swap_us_max": 40.0, "swaps": 10000,
@@ -287,7 +292,7 @@ mod tests {
             "(full run) from a run started 2026-11-18 11:06 UTC, which took 8m32s",
             "[results.json](results.json)",
             "**Machine:** AMD EPYC 7B13, 2 cores, Linux 6.18.0, 24.0 GiB RAM.",
-            "**18 of 19 goals met**, 1 missed.",
+            "**19 of 20 goals met**, 1 missed.",
             "| handshakes done within 2 s | 3 of 3 (100 %) | 3 of 3 (100 %) | ≥ 1 (✅ met) |",
             "| reattach round trip p50 / p99 | 1200.0 µs / 1400.0 µs | 1300.0 µs / 2100.0 µs (1.50× unloaded) | ≤ 2 (✅ met) |",
             "| hello_cookie_sent | 4,043,859 |",
@@ -303,7 +308,7 @@ mod tests {
             "| XDP_DROP (ceiling) | 7.10 | 2.00 |",
             "| userspace relay (recvmmsg/sendmmsg) | 0.40 | 0.35 |",
             "| relay_1m | 64 | 106 | 3,700,000 | 18,500,000 | 18,500,000 | 5.0 |",
-            "| 65,536 | 41.0 | 26.1 | 14.9 |",
+            "| 65,536 | 41.0 | 141.0 | 26.1 | 14.9 |",
             "| swap time p50 / p99 / max | 2.1 µs / 6.3 µs / 40.0 µs |",
             "| in flight across a swap back (not misrouted) | 12,345 |",
             "| reattach round trip p50 / p99 | 480.0 µs / 900.0 µs |",
@@ -341,7 +346,7 @@ mod tests {
     fn renders_partial_and_empty_results() {
         let (_dir, files) = render_into(&json!({}));
         let md = fs::read_to_string(&files[0]).unwrap();
-        assert!(md.contains("**0 of 19 goals met**, 19 not measured."));
+        assert!(md.contains("**0 of 20 goals met**, 20 not measured."));
         for plot in &files[1..] {
             assert!(fs::read_to_string(plot).unwrap().contains("no data"));
         }
@@ -363,7 +368,7 @@ mod tests {
         let (_dir, files) = render_into(&partial);
         let md = fs::read_to_string(&files[0]).unwrap();
         assert!(
-            md.contains("**16 of 19 goals met**, 1 missed, 2 not measured."),
+            md.contains("**17 of 20 goals met**, 1 missed, 2 not measured."),
             "{md}"
         );
         assert!(
