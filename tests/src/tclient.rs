@@ -228,6 +228,18 @@ impl TestClient {
         self.recv_control(t, Duration::from_secs(2))
     }
 
+    /// As [`TestClient::reattach`], sent again (a fresh request) after a silence, as
+    /// the agent does, up to `tries` exchanges: for tests whose point is the answer,
+    /// not its latency. Returns the answer and how many exchanges it took.
+    pub fn reattach_retrying(&mut self, t: impl Route, tries: u32) -> (Option<Control>, u32) {
+        for n in 1..=tries {
+            if let Some(reply) = self.reattach(t) {
+                return (Some(reply), n);
+            }
+        }
+        (None, tries)
+    }
+
     /// An inner IPv4/UDP packet from the tunnel address to `EXIT_TUN:port`, sealed.
     pub fn data(&mut self, port: u16, payload: &[u8]) -> Vec<u8> {
         let inner = udp_packet(self.tunnel_addr(), self.exit_tun, 5555, port, payload);

@@ -63,6 +63,9 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
             let fresh = !pin.pin_dir.exists();
             // The controller's lock: loading writes the maps (the slot copies), which
             // only one process may do; a gateway running on these pins refuses this.
+            // (On a bpffs, mounted first if the host has none: the lock is on the
+            // directory.)
+            datapath::prepare_pin_dir(&pin.pin_dir)?;
             let _lock = jvpn_ctl::gateway::lock::ControllerLock::acquire(&pin.pin_dir)?;
             let mut dp = Datapath::load(DatapathConfig {
                 port,

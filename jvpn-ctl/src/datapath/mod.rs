@@ -40,6 +40,7 @@ use jvpn_common::{
     nexthop::{Hop, NEXT_HOPS_MAX, NextHop},
 };
 pub use nexthop::HopStats;
+pub use pin::prepare_dir as prepare_pin_dir;
 pub use pinned::Pinned;
 pub use privilege::check as check_privilege;
 

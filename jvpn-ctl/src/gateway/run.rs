@@ -81,6 +81,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), GatewayError> {
     cfg.validate()?;
+    // The lock lives on the pin directory, so bpffs must be there first (a fresh
+    // host has none mounted on /sys/fs/bpf, and sysfs refuses the directory).
+    crate::datapath::prepare_pin_dir(&cfg.pin_dir)?;
     // Before anything touches the maps, the store, the sockets or the control socket.
     let _lock = super::lock::ControllerLock::acquire(&cfg.pin_dir)?;
     let clock = Clock::new();
