@@ -15,6 +15,7 @@ pub mod icmp;
 pub mod lab;
 pub mod proto;
 pub mod session;
+pub mod sim;
 pub mod sockopt;
 pub mod store;
 pub mod toml_file;

@@ -12,9 +12,11 @@ mod endpoints;
 mod error;
 mod gate;
 mod mapping;
+mod model;
 mod nexthop;
 mod pin;
 mod pinned;
+mod plane;
 mod privilege;
 mod sessions;
 mod slots;
@@ -39,9 +41,11 @@ use jvpn_common::{
     },
     nexthop::{Hop, NEXT_HOPS_MAX, NextHop},
 };
+pub use model::{MemPlane, Relayed};
 pub use nexthop::HopStats;
 pub use pin::prepare_dir as prepare_pin_dir;
 pub use pinned::Pinned;
+pub use plane::DataPlane;
 pub use privilege::check as check_privilege;
 
 /// The XDP object built by `build.rs` from `jvpn-ebpf`.

@@ -53,7 +53,7 @@ pub enum FromTun {
     Dropped,
 }
 
-pub(crate) struct Engine {
+pub struct Engine {
     sessions: Sessions,
     link: LinkCrypto,
     /// This process's start (µs): PONG tells the gateway, which re-installs every

@@ -53,7 +53,7 @@ use crate::{
     udp_batch::{self, RecvBatch, SendBatch},
 };
 use counters::bump;
-use engine::{Engine, FromTun};
+pub use engine::{Engine, FromTun};
 
 /// Messages include their cause (no `source`, so `{:#}` does not repeat it).
 #[derive(Debug, thiserror::Error)]

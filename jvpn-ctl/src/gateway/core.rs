@@ -11,7 +11,7 @@ use std::{
 };
 
 use jvpn_common::maps::{FLAG_FORWARDING, SessionEntry, SessionStats};
-use ring::{rand::SecureRandom as _, signature::Ed25519KeyPair};
+use ring::signature::Ed25519KeyPair;
 
 use super::{
     counters::{Counters, bump},
@@ -24,7 +24,7 @@ use crate::{
         api::{EventRecord, SessionId},
         events::EventBus,
     },
-    datapath::Datapath,
+    datapath::DataPlane,
     proto::{Body, Control, CtlWindow, Peers, SessionKeys},
     session::{self, Action, Detail, Event, Notice, Policy, Session, State, Step},
 };
@@ -106,7 +106,7 @@ pub struct Core {
     pub(super) pool: Pool,
     pub(super) exit_data: SocketAddr,
     pub(super) gw_exit: SocketAddr,
-    pub(super) dp: Datapath,
+    pub(super) dp: Box<dyn DataPlane>,
     pub(super) sessions: HashMap<u64, Entry>,
     pub(super) hello_nonces: NonceCache,
     /// TIME replies to stale HELLOs (each costs a signature).
@@ -114,6 +114,7 @@ pub struct Core {
     pub(super) blacklist: Blacklist,
     pub(super) link: ExitLink,
     pub(super) rng: ring::rand::SystemRandom,
+    pub(super) entropy: super::entropy::Entropy,
     pub(super) bus: EventBus,
     pub(super) counters: Counters,
     /// The gateway's control counter (header counter of its replies).
@@ -162,7 +163,7 @@ const SWEEP_PER_TICK: usize = 10_000;
 const HELLO_NONCES: usize = 1 << 20;
 
 impl Core {
-    pub fn new(p: CoreParams, dp: Datapath, bus: EventBus, now_ms: u64) -> Self {
+    pub fn new(p: CoreParams, dp: impl DataPlane + 'static, bus: EventBus, now_ms: u64) -> Self {
         let gateway_pub = crate::proto::identity::public_key(&p.identity);
         let blacklist = Blacklist::new(
             p.policy.blacklist.clone(),
@@ -178,12 +179,13 @@ impl Core {
             pool: p.pool,
             exit_data: p.exit_data,
             gw_exit: p.gw_exit,
-            dp,
+            dp: Box::new(dp),
             sessions: HashMap::new(),
             hello_nonces: NonceCache::new(HELLO_NONCES),
             time_budget: super::guard::TimeBudget::full(now_ms),
             blacklist,
             rng: ring::rand::SystemRandom::new(),
+            entropy: super::entropy::Entropy::System(ring::rand::SystemRandom::new()),
             bus,
             counters: Counters::default(),
             // Like the link counters: a restarted gateway's replies rank above
@@ -237,8 +239,16 @@ impl Core {
 
     pub(super) fn random<const N: usize>(&self) -> [u8; N] {
         let mut b = [0u8; N];
-        self.rng.fill(&mut b).expect("the system RNG works");
+        self.entropy.fill(&mut b);
         b
+    }
+
+    /// Session ids, challenges and nonces from a generator seeded with `seed`, so
+    /// that a run replays: for the deterministic simulation and the fuzz targets.
+    /// Predictable, so never for a gateway that serves clients.
+    pub fn seeded(mut self, seed: u64) -> Self {
+        self.entropy = super::entropy::Entropy::Seeded(std::cell::Cell::new(seed));
+        self
     }
 
     pub(super) fn send(
@@ -256,6 +266,12 @@ impl Core {
             data,
             after_commit,
         });
+    }
+
+    /// Everything queued (after [`Core::take_early`] and the group commit: the rest
+    /// of the batch), for a shell outside this module (the simulation).
+    pub fn take_out(&mut self) -> Vec<Outgoing> {
+        std::mem::take(&mut self.out)
     }
 
     /// The replies of the current batch that need not wait for its commit

@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod config;
 pub mod core;
 mod counters;
+mod entropy;
 mod guard;
 mod handshake;
 mod link;

@@ -28,6 +28,13 @@ const KEY_FILE_LEN: usize = 65;
 #[derive(Clone, PartialEq, Eq)]
 pub struct StoreKey([u8; 32]);
 
+impl StoreKey {
+    /// A key given as bytes (the simulation's; a gateway loads its key file).
+    pub fn from_bytes(key: [u8; 32]) -> Self {
+        Self(key)
+    }
+}
+
 impl std::fmt::Debug for StoreKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("StoreKey(..)")

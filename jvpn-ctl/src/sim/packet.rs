@@ -1,0 +1,61 @@
+//! Inner IPv4/UDP packets for the simulated tunnel, and the far side's echo.
+
+use std::net::Ipv4Addr;
+
+fn checksum(header: &[u8]) -> u16 {
+    let mut sum: u32 = header
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// An IPv4/UDP packet (UDP checksum 0: none, which IPv4 allows).
+pub fn udp4(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let total = 28 + payload.len();
+    let mut p = Vec::with_capacity(total);
+    p.extend_from_slice(&[
+        0x45,
+        0,
+        (total >> 8) as u8,
+        total as u8,
+        0,
+        0,
+        0x40,
+        0,
+        64,
+        17,
+        0,
+        0,
+    ]);
+    p.extend_from_slice(&src.octets());
+    p.extend_from_slice(&dst.octets());
+    let c = checksum(&p);
+    p[10..12].copy_from_slice(&c.to_be_bytes());
+    let ulen = 8 + payload.len();
+    p.extend_from_slice(&sport.to_be_bytes());
+    p.extend_from_slice(&dport.to_be_bytes());
+    p.extend_from_slice(&(ulen as u16).to_be_bytes());
+    p.extend_from_slice(&[0, 0]);
+    p.extend_from_slice(payload);
+    p
+}
+
+/// The parts of an IPv4/UDP packet: (src, dst, sport, dport, payload).
+pub fn parse_udp4(p: &[u8]) -> Option<(Ipv4Addr, Ipv4Addr, u16, u16, &[u8])> {
+    if p.len() < 28 || p[0] != 0x45 || p[9] != 17 {
+        return None;
+    }
+    let a = |o: usize| Ipv4Addr::new(p[o], p[o + 1], p[o + 2], p[o + 3]);
+    let port = |o: usize| u16::from_be_bytes([p[o], p[o + 1]]);
+    Some((a(12), a(16), port(20), port(22), &p[28..]))
+}
+
+/// The echo server behind the exit: the same payload, addresses and ports swapped.
+pub fn echo(p: &[u8]) -> Option<Vec<u8>> {
+    let (src, dst, sport, dport, payload) = parse_udp4(p)?;
+    Some(udp4(dst, src, dport, sport, payload))
+}
