@@ -228,6 +228,12 @@ impl Core {
         self.gateway_pub
     }
 
+    /// Every session's machine state, by id (the simulation's invariants read it
+    /// after every step: cheaper than the control API's JSON).
+    pub fn sessions(&self) -> impl Iterator<Item = (u64, &Session)> {
+        self.sessions.iter().map(|(id, e)| (*id, &e.session))
+    }
+
     pub fn session_count(&self) -> usize {
         self.sessions.len()
     }

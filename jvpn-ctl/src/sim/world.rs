@@ -472,12 +472,11 @@ impl World {
     /// - the client's session id changes only through TERMINATED.
     fn check(&mut self) -> Result<(), Violation> {
         let entries = self.plane.entries();
-        let sessions = self.gw_sessions();
-        if entries.len() > sessions.len() {
+        let sessions = self.gw.session_count();
+        if entries.len() > sessions {
             return Err(self.violation(format!(
-                "{} data-plane entries for {} sessions",
-                entries.len(),
-                sessions.len()
+                "{} data-plane entries for {sessions} sessions",
+                entries.len()
             )));
         }
         for (id, e) in &entries {
@@ -492,16 +491,18 @@ impl World {
                     "session {id:x} bound to {client}, where the client never was"
                 )));
             }
-            let s = sessions.iter().find(|s| s.id.0 == *id);
-            let binding = s.and_then(|s| s.binding.clone());
-            if binding.as_deref() != Some(client.to_string().as_str()) {
+            let binding = self
+                .gw
+                .sessions()
+                .find(|(i, _)| i == id)
+                .and_then(|(_, s)| s.binding);
+            if binding != Some(client) {
                 return Err(self.violation(format!(
                     "session {id:x}: the relay forwards to {client}, the controller's binding is {binding:?}"
                 )));
             }
         }
-        let status = self.client.status(self.now);
-        if let Some(id) = status.session_id.map(|s| s.0) {
+        if let Some(id) = self.client.session_id() {
             match self.first_id {
                 None => self.first_id = Some(id),
                 Some(f) if f != id => {
