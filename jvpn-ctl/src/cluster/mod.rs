@@ -339,4 +339,6 @@ impl Cluster {
 }
 
 #[cfg(test)]
+mod model;
+#[cfg(test)]
 mod tests;

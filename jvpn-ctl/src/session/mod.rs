@@ -9,6 +9,8 @@ mod policy;
 mod types;
 
 #[cfg(test)]
+mod model;
+#[cfg(test)]
 mod proptests;
 #[cfg(test)]
 mod tests;

@@ -150,7 +150,7 @@ impl Detail {
 }
 
 /// A reattach candidate waiting for its REATTACH_CONFIRM.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Candidate {
     pub addr: SocketAddr,
     pub challenge: [u8; 16],
@@ -162,7 +162,7 @@ pub struct Candidate {
 /// Everything the state machine knows about one session. The controller keeps one per
 /// session and replaces it with the `session` of each committed [`Step`]; the durable
 /// store keeps it whole (`gateway::record`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Session {
     pub id: u64,
     pub state: State,
