@@ -5,6 +5,7 @@ mod bench;
 mod bootstrap;
 mod bpf_linker;
 mod build;
+mod fuzz;
 mod packages;
 mod report;
 mod run;
@@ -79,6 +80,19 @@ enum Verb {
         #[arg(long, value_name = "FILE", conflicts_with_all = ["quick", "json", "cpus", "skip", "only"])]
         render: Option<PathBuf>,
     },
+    /// Coverage-guided fuzzing (cargo-fuzz, libFuzzer) of the targets in tests/fuzz,
+    /// from their committed corpora; without TARGET, every one in turn
+    Fuzz {
+        /// One target (relay, control, config, ...)
+        target: Option<String>,
+        /// Stop each target after this many executions [default: run until stopped
+        /// or --seconds]
+        #[arg(long)]
+        runs: Option<u64>,
+        /// Stop each target after this many seconds
+        #[arg(long)]
+        seconds: Option<u64>,
+    },
     /// Labs left by `cargo xtask run -- --keep`
     Lab {
         #[command(subcommand)]
@@ -128,6 +142,15 @@ fn main() -> ExitCode {
                 })
             }
         },
+        Verb::Fuzz {
+            target,
+            runs,
+            seconds,
+        } => fuzz::run(fuzz::Args {
+            target,
+            runs,
+            seconds,
+        }),
         Verb::Lab {
             command: LabCommand::Down,
         } => run::lab_down(),

@@ -36,7 +36,8 @@ fn suite(extra: &[OsString]) -> Result<()> {
     // The benchmark smoke check runs even when a test failed: its own failure is
     // reported separately, and the tests' result decides first.
     let smoke = bench_smoke(&built.binary);
-    tests.and(smoke)
+    let fuzz = crate::fuzz::smoke();
+    tests.and(smoke).and(fuzz)
 }
 
 /// `jvpn-bench --quick` (the debug build) as a smoke check: every phase must run and
