@@ -302,7 +302,7 @@ mod tests {
     //! The controller's HELLO checks on a real core (real BPF maps: root): TIME for a
     //! stale HELLO within its budget, and no replay ever making a session.
 
-    use std::{net::Ipv4Addr, path::PathBuf};
+    use std::net::Ipv4Addr;
 
     use jvpn_common::wire::{HELLO_LEN, TIME_MSG_LEN};
     use ring::rand::SystemRandom;
@@ -314,7 +314,7 @@ mod tests {
     use super::*;
     use crate::{
         control::events::EventBus,
-        datapath::{Datapath, DatapathConfig},
+        datapath::MemPlane,
         proto::{ClientHandshake, Peers, Time, handshake::tests::keypair, identity::public_key},
         session::Policy,
     };
@@ -323,38 +323,12 @@ mod tests {
     const GW: &str = "192.0.2.1:51820";
     const CLIENT: &str = "198.51.100.7:40000";
 
-    struct Pins(PathBuf);
-
-    impl Drop for Pins {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
-    /// A core started at `T` that allows `client`; `None` (said why) when not root,
-    /// outside CI (in CI that is a failure).
-    fn core(client: &ring::signature::Ed25519KeyPair, tag: &str) -> Option<(Core, Pins)> {
-        if unsafe { libc::geteuid() } != 0 {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "{tag}: needs root (BPF maps), and CI=true"
-            );
-            eprintln!("SKIPPED {tag}: needs root (BPF maps)");
-            return None;
-        }
-        let pins = Pins(PathBuf::from(format!(
-            "/sys/fs/bpf/jvpn-hs-{tag}-{}",
-            std::process::id()
-        )));
-        let dp = Datapath::load(DatapathConfig {
-            max_sessions: 64,
-            pin_dir: pins.0.clone(),
-            ..DatapathConfig::default()
-        })
-        .unwrap();
+    /// A core started at `T` that allows `client`, over the in-memory data plane.
+    fn core(client: &ring::signature::Ed25519KeyPair) -> Core {
+        let dp = MemPlane::new(64);
         let mut peers = Peers::new();
         peers.add(public_key(client), Some("client")).unwrap();
-        let core = Core::new(
+        Core::new(
             CoreParams {
                 policy: Policy::default(),
                 identity: keypair(),
@@ -372,8 +346,7 @@ mod tests {
             dp,
             EventBus::new(64),
             T,
-        );
-        Some((core, pins))
+        )
     }
 
     /// The datagrams the core queued: (to, bytes).
@@ -394,9 +367,7 @@ mod tests {
     #[test]
     fn stale_hellos_get_time_within_the_budget_and_no_replay_makes_a_session() {
         let client = keypair();
-        let Some((mut core, _pins)) = core(&client, "time") else {
-            return;
-        };
+        let mut core = core(&client);
         let (local, peer) = (GW.parse().unwrap(), CLIENT.parse().unwrap());
         let gw_pub = core.gateway_pub();
         let rng = SystemRandom::new();
