@@ -56,6 +56,12 @@ fn traffic(w: &mut World, n: u64) -> Outcome {
     Ok(())
 }
 
+/// Runs until the client is bound on transport `t` and ATTACHED at both ends.
+fn bound_on(w: &mut World, t: usize, ms: u64, what: &str) -> Outcome {
+    w.run_until(ms, what, |w| w.bound() == Some(t) && w.attached())
+        .map(drop)
+}
+
 fn gw_generation(w: &mut World) -> u32 {
     w.gw_sessions().first().map_or(0, |s| s.generation)
 }
@@ -85,9 +91,7 @@ fn transport_death_reattaches_and_traffic_continues() {
         let mut w = up(seed)?;
         let id = w.client.session_id();
         w.link(0, false);
-        w.run_until(3_000, "bound on LTE", |w| {
-            w.bound() == Some(1) && w.attached()
-        })?;
+        bound_on(&mut w, 1, 3_000, "bound on LTE")?;
         assert_eq!(w.client.session_id(), id, "seed {seed}: the same session");
         assert_eq!(gw_binding(&mut w).as_deref(), Some(super::CLIENT_BINDS[1]));
         traffic(&mut w, 20)?;
@@ -122,16 +126,12 @@ fn replayed_and_redirected_messages_change_nothing() {
         let mut w = up(seed)?;
         w.capture = true;
         w.link(0, false);
-        w.run_until(3_000, "bound on LTE", |w| {
-            w.bound() == Some(1) && w.attached()
-        })?;
+        bound_on(&mut w, 1, 3_000, "bound on LTE")?;
         w.capture = false;
         // Back on Wi-Fi, so that the captured move to LTE, replayed, would move it
         // away from where the client is.
         w.link(0, true);
-        w.run_until(5_000, "back on Wi-Fi", |w| {
-            w.bound() == Some(0) && w.attached()
-        })?;
+        bound_on(&mut w, 0, 5_000, "back on Wi-Fi")?;
         w.run_for(500)?;
         let (generation, binding) = (gw_generation(&mut w), gw_binding(&mut w));
         let attacker: SocketAddr = "10.66.0.9:4444".parse().unwrap();
@@ -279,9 +279,7 @@ fn switches_under_load() {
             let (from, to) = if round % 2 == 0 { (0, 1) } else { (1, 0) };
             w.link(to, true);
             w.link(from, false);
-            w.run_until(3_000, "the switch", |w| {
-                w.bound() == Some(to) && w.attached()
-            })?;
+            bound_on(&mut w, to, 3_000, "the switch")?;
             traffic(&mut w, 5)?;
         }
         assert_eq!(w.client.session_id(), id, "seed {seed}");
@@ -353,9 +351,7 @@ fn forged_proof_gets_silence() {
         let mut w = up(seed)?;
         w.capture = true;
         w.link(0, false);
-        w.run_until(3_000, "bound on LTE", |w| {
-            w.bound() == Some(1) && w.attached()
-        })?;
+        bound_on(&mut w, 1, 3_000, "bound on LTE")?;
         w.capture = false;
         let generation = gw_generation(&mut w);
         let attacker: SocketAddr = "10.66.0.9:4444".parse().unwrap();
@@ -403,9 +399,7 @@ fn old_transport_frames_are_dropped_after_a_switch() {
             data.len()
         );
         w.link(0, false);
-        w.run_until(3_000, "bound on LTE", |w| {
-            w.bound() == Some(1) && w.attached()
-        })?;
+        bound_on(&mut w, 1, 3_000, "bound on LTE")?;
         w.link(0, true);
         let reached = w.exit_counters.snapshot().data_in;
         let stale = w.plane.dropped(jvpn_common::counters::STALE_BINDING);
@@ -439,7 +433,7 @@ fn rate_limited_then_a_later_reattach_succeeds() {
         for to in [1, 0] {
             w.link(to, true);
             w.link(1 - to, false);
-            w.run_until(3_000, "a switch", |w| w.bound() == Some(to) && w.attached())?;
+            bound_on(&mut w, to, 3_000, "a switch")?;
         }
         w.link(1, true);
         w.link(0, false);
@@ -452,9 +446,7 @@ fn rate_limited_then_a_later_reattach_succeeds() {
             "seed {seed}"
         );
         // The agent backs off and retries; once the window has passed, it succeeds.
-        w.run_until(25_000, "a switch after the window", |w| {
-            w.bound() == Some(1) && w.attached()
-        })?;
+        bound_on(&mut w, 1, 25_000, "a switch after the window")?;
         Ok(())
     });
 }
@@ -477,9 +469,7 @@ fn blacklisted_candidate_is_denied() {
             "seed {seed}"
         );
         w.link(0, true);
-        w.run_until(3_000, "ATTACHED on Wi-Fi again", |w| {
-            w.bound() == Some(0) && w.attached()
-        })?;
+        bound_on(&mut w, 0, 3_000, "ATTACHED on Wi-Fi again")?;
         traffic(&mut w, 5)?;
         Ok(())
     });
@@ -513,9 +503,7 @@ fn cross_family_reattach() {
         w.link(2, true);
         w.link(0, false);
         w.link(1, false);
-        w.run_until(3_000, "bound over IPv6", |w| {
-            w.bound() == Some(2) && w.attached()
-        })?;
+        bound_on(&mut w, 2, 3_000, "bound over IPv6")?;
         assert_eq!(
             gw_binding(&mut w).as_deref(),
             Some("[fd00:6::2]:40000"),
@@ -524,9 +512,7 @@ fn cross_family_reattach() {
         traffic(&mut w, 10)?;
         w.link(0, true);
         w.link(2, false);
-        w.run_until(3_000, "back on IPv4", |w| {
-            w.bound() == Some(0) && w.attached()
-        })?;
+        bound_on(&mut w, 0, 3_000, "back on IPv4")?;
         traffic(&mut w, 10)?;
         Ok(())
     });
