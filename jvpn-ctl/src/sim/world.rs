@@ -143,7 +143,7 @@ impl World {
             .add(identity::public_key(&cl_id), Some("client"))
             .expect("one peer");
         let plane = MemPlane::new(64);
-        let bus = EventBus::new(1 << 16);
+        let bus = EventBus::new(4096);
         let gw_events = bus.subscribe();
         let link_key = [0x4c; 32];
         let gw = GwCore::new(
