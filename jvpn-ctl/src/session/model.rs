@@ -450,3 +450,19 @@ fn a_counterexample_is_found_when_there_is_one() {
         "a plane the machine did not write"
     );
 }
+
+/// A deeper exploration (two moves, two attacks, four ticks), depth-first to keep
+/// memory to the visited set: `cargo test --release -p jvpn-ctl --lib
+/// session::model -- --ignored --nocapture` (minutes; a measurement, not a gate).
+#[test]
+#[ignore]
+fn deeper() {
+    let c = M::new(2, 2, 4).checker().spawn_dfs().join();
+    c.assert_properties();
+    eprintln!(
+        "session model, 2 moves, 2 attacks, 4 ticks (DFS): {} states ({} unique), depth {}",
+        c.state_count(),
+        c.unique_state_count(),
+        c.max_depth()
+    );
+}
