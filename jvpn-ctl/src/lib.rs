@@ -17,6 +17,7 @@ pub mod proto;
 pub mod session;
 pub mod sim;
 pub mod sockopt;
+pub mod splitmix;
 pub mod store;
 pub mod toml_file;
 pub mod tun;

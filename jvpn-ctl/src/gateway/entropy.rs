@@ -1,6 +1,6 @@
 //! Where the controller's random values come from (session ids, challenges, PING
 //! nonces): the system RNG, or, for the deterministic simulation and the fuzz
-//! targets only, a seeded SplitMix64 so that a run replays from its seed. Seeded
+//! targets only, a seeded SplitMix64 ([`crate::splitmix`]) so that a run replays from its seed. Seeded
 //! values are predictable, so only [`super::Core::seeded`] makes one, and the daemon
 //! never calls it. X25519 ephemeral keys always come from ring's system RNG (ring
 //! takes no other source); nothing the controller decides depends on their value.
@@ -20,11 +20,9 @@ impl Entropy {
             Entropy::System(r) => r.fill(out).expect("the system RNG works"),
             Entropy::Seeded(state) => {
                 for chunk in out.chunks_mut(8) {
-                    let mut z = state.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
-                    state.set(z);
-                    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-                    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-                    z ^= z >> 31;
+                    let mut s = state.get();
+                    let z = crate::splitmix::next(&mut s);
+                    state.set(s);
                     chunk.copy_from_slice(&z.to_le_bytes()[..chunk.len()]);
                 }
             }

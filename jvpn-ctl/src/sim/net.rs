@@ -8,7 +8,7 @@ use std::{
     net::SocketAddr,
 };
 
-/// SplitMix64: the simulation's one source of randomness.
+/// The simulation's one source of randomness ([`crate::splitmix`]).
 #[derive(Clone, Debug)]
 pub struct Rng(u64);
 
@@ -18,11 +18,7 @@ impl Rng {
     }
 
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        crate::splitmix::next(&mut self.0)
     }
 
     /// `true` with probability `per_mille` / 1000.
