@@ -47,7 +47,8 @@ pub fn smoke() -> Result<()> {
     util::step("fuzz smoke", "building every target (nightly)");
     util::run(
         nightly(&fuzz)
-            .args(["build", "--sanitizer", "none", "--debug-assertions"])
+            .arg("build")
+            .args(FLAGS)
             .arg("--fuzz-dir")
             .arg(&dir),
     )
@@ -57,16 +58,8 @@ pub fn smoke() -> Result<()> {
     for t in targets(&fuzz, &dir)? {
         let found = scratch.join(&t);
         std::fs::create_dir_all(&found).with_context(|| format!("creating {}", found.display()))?;
-        let mut cmd = nightly(&fuzz);
-        cmd.args(["run", "--sanitizer", "none", "--debug-assertions"])
-            .arg("--fuzz-dir")
-            .arg(&dir)
-            .arg(&t)
-            .arg(&found)
-            .arg(dir.join("corpus").join(&t))
-            .arg("--")
-            .arg(format!("-max_total_time={SMOKE_SECONDS}"))
-            .arg("-print_final_stats=1");
+        let mut cmd = run_cmd(&fuzz, &dir, &t, &[found, dir.join("corpus").join(&t)]);
+        cmd.arg(format!("-max_total_time={SMOKE_SECONDS}"));
         println!("==> fuzz smoke {t}: {SMOKE_SECONDS} s");
         if let Err(e) = util::run(&mut cmd) {
             result = Err(e.context(format!(
@@ -79,6 +72,26 @@ pub fn smoke() -> Result<()> {
     result?;
     println!("fuzz smoke: ok in {}", util::elapsed(started.elapsed()));
     Ok(())
+}
+
+/// The build flags of every target, for `build`, `run` and `cmin` alike (a
+/// different set would rebuild). No sanitizer: the code under test is safe Rust
+/// (and ring's own assembly), so ASan would halve the executions without finding
+/// more; debug assertions and overflow checks stay on.
+const FLAGS: [&str; 3] = ["--sanitizer", "none", "--debug-assertions"];
+
+/// `cargo fuzz run TARGET CORPUS...` with the flags; libFuzzer's options follow
+/// `--`, which ends the command (append them).
+fn run_cmd(fuzz: &PathBuf, dir: &PathBuf, target: &str, corpora: &[PathBuf]) -> Command {
+    let mut cmd = nightly(fuzz);
+    cmd.arg("run")
+        .args(FLAGS)
+        .arg("--fuzz-dir")
+        .arg(dir)
+        .arg(target)
+        .args(corpora)
+        .args(["--", "-print_final_stats=1"]);
+    cmd
 }
 
 fn nightly(program: &PathBuf) -> Command {
@@ -108,18 +121,8 @@ fn run_target(
         .with_context(|| format!("creating the corpus directory {}", corpus.display()))?;
     util::step(&format!("fuzz {target}"), "building and running");
     let started = Instant::now();
-    let mut cmd = nightly(fuzz);
-    // No sanitizer: the code under test is safe Rust (and ring's own assembly), so
-    // ASan would halve the executions without finding more; debug assertions and
-    // overflow checks stay on.
-    cmd.args(["run", "--sanitizer", "none", "--debug-assertions"])
-        .arg("--fuzz-dir")
-        .arg(dir)
-        .arg(target)
-        .arg(&corpus)
-        .arg("--")
-        .arg(format!("-runs={}", runs.map_or(-1, |r| r as i64)))
-        .arg("-print_final_stats=1");
+    let mut cmd = run_cmd(fuzz, dir, target, std::slice::from_ref(&corpus));
+    cmd.arg(format!("-runs={}", runs.map_or(-1, |r| r as i64)));
     if let Some(s) = seconds {
         cmd.arg(format!("-max_total_time={s}"));
     }

@@ -689,7 +689,7 @@ impl Warned {
 }
 
 fn flush(core: &mut Core, sockets: &mut Sockets, link: &UdpSocket, exit_link: SocketAddr) {
-    let out = std::mem::take(&mut core.out);
+    let out = core.take_out();
     send(out, core, sockets, link, exit_link);
 }
 

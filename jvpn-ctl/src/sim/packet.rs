@@ -2,17 +2,6 @@
 
 use std::net::Ipv4Addr;
 
-fn checksum(header: &[u8]) -> u16 {
-    let mut sum: u32 = header
-        .chunks(2)
-        .map(|w| u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
 /// An IPv4/UDP packet (UDP checksum 0: none, which IPv4 allows).
 pub fn udp4(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
     let total = 28 + payload.len();
@@ -33,7 +22,8 @@ pub fn udp4(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u8]
     ]);
     p.extend_from_slice(&src.octets());
     p.extend_from_slice(&dst.octets());
-    let c = checksum(&p);
+    let header: &[u8; 20] = p[..20].try_into().expect("20 bytes");
+    let c = jvpn_common::csum::ipv4_header(header);
     p[10..12].copy_from_slice(&c.to_be_bytes());
     let ulen = 8 + payload.len();
     p.extend_from_slice(&sport.to_be_bytes());

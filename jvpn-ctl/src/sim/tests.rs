@@ -41,7 +41,7 @@ fn up(seed: u64) -> Result<World, super::world::Violation> {
 fn up_with(cfg: WorldConfig) -> Result<World, super::world::Violation> {
     let mut w = World::new(cfg);
     w.link(2, false);
-    w.run_until(3_000, "ATTACHED at both ends", World::attached)?;
+    w.run_until(3_000, "ATTACHED at both ends", |w| w.attached())?;
     Ok(w)
 }
 

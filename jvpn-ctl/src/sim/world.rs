@@ -451,12 +451,13 @@ impl World {
         self.client.status(self.now).state
     }
 
-    pub fn attached(&mut self) -> bool {
+    pub fn attached(&self) -> bool {
         self.client_state() == State::Attached
             && self
-                .gw_sessions()
-                .first()
-                .is_some_and(|s| s.state == State::Attached)
+                .gw
+                .sessions()
+                .next()
+                .is_some_and(|(_, s)| s.state == State::Attached)
     }
 
     /// The transport the client is bound on, by index.
