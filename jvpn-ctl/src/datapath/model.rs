@@ -42,9 +42,6 @@ struct Inner {
     slots: BTreeMap<u32, u64>,
     stats: BTreeMap<u64, SessionStats>,
     drops: Drops,
-    /// Entry writes that succeeded: the simulation's audit of what the controller
-    /// asked of its data plane.
-    writes: u64,
 }
 
 impl Inner {
@@ -62,7 +59,6 @@ impl MemPlane {
             slots: BTreeMap::new(),
             stats: BTreeMap::new(),
             drops: [0; counters::COUNT as usize],
-            writes: 0,
         })))
     }
 
@@ -82,10 +78,6 @@ impl MemPlane {
     /// The relay's drops for `reason` (a `jvpn_common::counters` index).
     pub fn dropped(&self, reason: u32) -> u64 {
         self.inner().drops[reason as usize]
-    }
-
-    pub fn writes(&self) -> u64 {
-        self.inner().writes
     }
 
     /// Every entry, by session id.
@@ -155,7 +147,6 @@ impl DataPlane for MemPlane {
             },
         );
         me.stats.insert(id, SessionStats::default());
-        me.writes += 1;
         Ok(())
     }
 
@@ -172,7 +163,6 @@ impl DataPlane for MemPlane {
             exit_hop: 0,
             ..*entry
         };
-        me.writes += 1;
         Ok(old.generation)
     }
 
@@ -185,7 +175,6 @@ impl DataPlane for MemPlane {
             .ok_or(DatapathError::NoSuchSession(id))?;
         me.slots.remove(&e.stats_slot);
         me.stats.remove(&id);
-        me.writes += 1;
         Ok(())
     }
 

@@ -121,8 +121,4 @@ impl Net {
     pub fn next_due(&self) -> Option<u64> {
         self.queue.first_key_value().map(|(k, _)| k.0)
     }
-
-    pub fn in_flight(&self) -> usize {
-        self.queue.len()
-    }
 }
