@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use ipnet::IpNet;
 use jvpn_ctl::gateway::{self, GatewayConfig};
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone)]
 pub struct Args {
     /// Configuration file (TOML); flags below override its values.
     #[arg(long, short)]
@@ -101,7 +101,7 @@ fn effective(a: Args) -> anyhow::Result<(GatewayConfig, bool)> {
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let (cfg, print) = effective(a)?;
+    let (cfg, print) = effective(a.clone())?;
     if print {
         print!(
             "{}",
@@ -118,6 +118,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(gateway::run(cfg, super::shutdown_signal()))?;
+    // A reload reads the file again and applies the same flags over it.
+    let reload: gateway::Reloader = Box::new(move || {
+        effective(a.clone())
+            .map(|(c, _)| c)
+            .map_err(|e| format!("{e:#}"))
+    });
+    rt.block_on(gateway::run(cfg, reload, super::shutdown_signal()))?;
     Ok(())
 }

@@ -99,6 +99,9 @@ pub enum Request {
         #[serde(default)]
         follow: bool,
     },
+    /// Gateway only: read the configuration and the peers file again and apply what
+    /// can change live (`data` is a [`Reloaded`]); what needs a restart is named.
+    Reload,
     /// Client agent only: `data` is a [`crate::client::ClientStatus`].
     Status,
     /// Client agent only: move the session to the named transport now (a planned
@@ -184,6 +187,21 @@ impl TryFrom<RawResponse> for Response {
             }
         }
     }
+}
+
+/// The answer to [`Request::Reload`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reloaded {
+    /// Keys in the peers file now.
+    pub peers: usize,
+    pub peers_added: usize,
+    pub peers_removed: usize,
+    /// Sessions of removed keys, ended with CLOSE (`peer_removed`).
+    pub sessions_closed: usize,
+    /// Top-level settings that changed and now apply (`policy`, `limits`, ...).
+    pub applied: Vec<String>,
+    /// Settings that changed in the file but apply only after a restart.
+    pub need_restart: Vec<String>,
 }
 
 /// The answer of a single gateway to [`Request::ClusterStatus`].

@@ -142,6 +142,12 @@ impl Client {
         self.typed(&Request::ClusterStatus)
     }
 
+    /// Asks a gateway to read its configuration and peers file again
+    /// (`jvpn-ctl gateway reload`, `peers add|remove`).
+    pub fn reload(&mut self) -> Result<super::api::Reloaded, ControlError> {
+        self.typed(&Request::Reload)
+    }
+
     /// A client agent's status (`jvpn-ctl client status`).
     pub fn client_status(&mut self) -> Result<crate::client::ClientStatus, ControlError> {
         self.typed(&Request::Status)

@@ -417,6 +417,7 @@ pub(crate) mod tests {
                     Request::ClusterStatus => Response::error(crate::control::api::NOT_A_CLUSTER),
                     Request::Events { .. } => Response::error("events reached the core"),
                     Request::Status | Request::Move { .. } => Response::error("not a client"),
+                    Request::Reload => Response::error("not reloadable"),
                 };
                 let _ = call.reply.send(response);
             }

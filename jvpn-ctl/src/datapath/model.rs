@@ -42,6 +42,8 @@ struct Inner {
     slots: BTreeMap<u32, u64>,
     stats: BTreeMap<u64, SessionStats>,
     drops: Drops,
+    /// The gate's limits as last set (the model has no gate; a reload's are kept).
+    gate: Option<super::GateLimits>,
 }
 
 impl Inner {
@@ -58,6 +60,7 @@ impl MemPlane {
             sessions: BTreeMap::new(),
             slots: BTreeMap::new(),
             stats: BTreeMap::new(),
+            gate: None,
             drops: [0; counters::COUNT as usize],
         })))
     }
@@ -208,6 +211,11 @@ impl DataPlane for MemPlane {
     }
 
     fn rotate_cookie_if_due(&mut self) {}
+
+    fn set_gate(&mut self, limits: &super::GateLimits) -> Result<(), DatapathError> {
+        self.inner().gate = Some(*limits);
+        Ok(())
+    }
 
     fn next_hop_stats(&self) -> Option<super::HopStats> {
         None

@@ -7,7 +7,7 @@
 
 use jvpn_common::maps::{SessionEntry, SessionStats};
 
-use super::{Datapath, DatapathError, Drops, HopStats};
+use super::{Datapath, DatapathError, Drops, GateLimits, HopStats};
 
 pub trait DataPlane: Send {
     /// A new session's entry; `SessionExists` if it has one already.
@@ -29,6 +29,8 @@ pub trait DataPlane: Send {
     fn process_next_hop_events(&mut self) -> Result<(), DatapathError>;
     /// Moves the HELLO cookie key on when its period is over.
     fn rotate_cookie_if_due(&mut self);
+    /// The XDP gate's budgets (at start, and on a reload of `[limits]`).
+    fn set_gate(&mut self, limits: &GateLimits) -> Result<(), DatapathError>;
     /// The next-hop table's figures (`None`: the relay asks the FIB itself).
     fn next_hop_stats(&self) -> Option<HopStats>;
 }
@@ -63,6 +65,9 @@ impl DataPlane for Datapath {
     }
     fn rotate_cookie_if_due(&mut self) {
         Datapath::rotate_cookie_if_due(self)
+    }
+    fn set_gate(&mut self, limits: &GateLimits) -> Result<(), DatapathError> {
+        Datapath::set_gate(self, limits)
     }
     fn next_hop_stats(&self) -> Option<HopStats> {
         Datapath::next_hop_stats(self)

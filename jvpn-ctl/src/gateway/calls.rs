@@ -50,6 +50,9 @@ impl Core {
                 Response::ok(&serde_json::json!({ "closed": n }))
             }
             Request::Events { .. } => Response::error("events are served by the control server"),
+            // The files are read by the shell (`run.rs`), which then calls
+            // `apply_reload`.
+            Request::Reload => Response::error("reload is answered by the gateway's loop"),
             Request::Status | Request::Move { .. } => Response::error(
                 "this is a gateway's control socket; `client status` and `client move` talk to a client agent's",
             ),

@@ -130,6 +130,14 @@ impl Blacklist {
         }
     }
 
+    /// New settings from a reload; the sources banned so far stay banned until their
+    /// ban ends.
+    pub fn reconfigure(&mut self, static_nets: Vec<IpNet>, after: u32, ban_s: u64) {
+        self.static_nets = static_nets;
+        self.after = after;
+        self.ban_ms = ban_s.saturating_mul(1000);
+    }
+
     /// The candidate address may never become a binding.
     pub fn is_static(&self, a: IpAddr) -> bool {
         self.static_nets.iter().any(|n| n.contains(&a))

@@ -73,11 +73,16 @@ pub enum GatewayError {
     },
 }
 
+/// Reads the configuration again for a reload (SIGHUP, `jvpn-ctl gateway reload`):
+/// the file and the command line's overrides, validated; the error names the problem.
+pub type Reloader = Box<dyn FnMut() -> Result<GatewayConfig, String>>;
+
 /// Runs the gateway until `shutdown` resolves. Sessions outlive the process: they are
 /// in the store and the pinned data plane keeps forwarding, so the next start resumes
 /// them (`jvpn-ctl drain` ends them instead).
 pub async fn run(
-    cfg: GatewayConfig,
+    mut cfg: GatewayConfig,
+    mut reload: Reloader,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), GatewayError> {
     cfg.validate()?;
@@ -264,6 +269,13 @@ pub async fn run(
         cfg.control_socket.display()
     );
 
+    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "no SIGHUP handler: reload with `jvpn-ctl gateway reload`");
+            None
+        }
+    };
     let fault = Fault::from_env();
     let mut hellos = HelloQueue::default();
     let mut tick = tokio::time::interval(TICK);
@@ -280,6 +292,12 @@ pub async fn run(
                     (control::api::Request::ClusterStatus, Db::Cluster(cl, ..)) => {
                         cluster_status(&core, cl, clock.now_ms())
                     }
+                    (control::api::Request::Reload, _) => {
+                        match reload_now(&mut core, &mut cfg, &mut reload, clock.now_ms()) {
+                            Ok(r) => control::api::Response::ok(&r),
+                            Err(e) => control::api::Response::error(format_args!("nothing changed: {e}")),
+                        }
+                    }
                     _ => core.on_request(&c.request, clock.now_ms()),
                 };
                 let resp = match db.commit(&mut core, clock.now_ms())? {
@@ -291,6 +309,12 @@ pub async fn run(
                 continue;
             }
             Some(f) = link_rx.recv() => core.on_link_frame(&f, clock.now_ms()),
+            Some(()) = async { hangup.as_mut()?.recv().await }, if hangup.is_some() => {
+                tracing::info!("SIGHUP: reloading the configuration and the peers file");
+                if let Err(e) = reload_now(&mut core, &mut cfg, &mut reload, clock.now_ms()) {
+                    tracing::error!("reload refused, nothing changed: {e}");
+                }
+            }
             Some(ch) = cl_rx.recv() => {
                 db.on_change(&mut core, ch, &cl_tx, clock.now_ms())?;
                 while let Ok(ch) = cl_rx.try_recv() {
@@ -379,6 +403,45 @@ pub async fn run(
         db.describe()
     );
     Ok(())
+}
+
+/// A reload: the configuration read again, what may change applied to the core, the
+/// running configuration updated to match; on an error nothing changed.
+fn reload_now(
+    core: &mut Core,
+    cfg: &mut GatewayConfig,
+    reload: &mut Reloader,
+    now_ms: u64,
+) -> Result<control::api::Reloaded, String> {
+    let new = reload()?;
+    // The running file: a new `peers` path is one of the settings for a restart.
+    let peers = Peers::load(&cfg.peers).map_err(|e| e.to_string())?;
+    let r = core.apply_reload(cfg, &new, peers, now_ms)?;
+    cfg.policy = new.policy;
+    cfg.limits = new.limits;
+    cfg.security_aggregate_ms = new.security_aggregate_ms;
+    let list = |v: &[String]| {
+        if v.is_empty() {
+            "nothing".to_owned()
+        } else {
+            v.join(", ")
+        }
+    };
+    tracing::info!(
+        "reloaded: {} peers (+{} -{}), {} sessions of removed peers closed; applied: {}",
+        r.peers,
+        r.peers_added,
+        r.peers_removed,
+        r.sessions_closed,
+        list(&r.applied)
+    );
+    if !r.need_restart.is_empty() {
+        tracing::warn!(
+            "changed in the configuration but applied only by a restart: {}",
+            r.need_restart.join(", ")
+        );
+    }
+    Ok(r)
 }
 
 /// Test-only crash points around a binding swap (`JVPN_TEST_FAULT`): the process

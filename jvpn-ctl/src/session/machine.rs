@@ -29,6 +29,7 @@
 //! | REC | `SwapFailed` | DEGRADED | reattach_validation_failed (datapath_error) | SendDenied, TransportSwitchDenied |
 //! | live | `Close` | TERMINATED | closed | Teardown |
 //! | live | `OperatorKill` | TERMINATED | operator | SendClose (if bound), Teardown |
+//! | live | `PeerRemoved` | TERMINATED | peer_removed | SendClose (if bound), Teardown |
 //!
 //! Without a transition: `BoundTraffic` sets `last_rx_ms` (in RECOVERING that is all it
 //! does); `Confirmed` outside BIRTH, `SwapFailed` outside RECOVERING (in BIRTH the
@@ -168,10 +169,15 @@ pub fn step(s: &Session, e: &Event, p: &Policy, now_ms: u64) -> Step {
                 c.terminate(Reason::Closed, false);
             }
         }
-        Event::OperatorKill => {
+        Event::OperatorKill | Event::PeerRemoved => {
             c.timers(p);
             if c.s.state != State::Terminated {
-                c.terminate(Reason::Operator, true);
+                let reason = if matches!(e, Event::PeerRemoved) {
+                    Reason::PeerRemoved
+                } else {
+                    Reason::Operator
+                };
+                c.terminate(reason, true);
             }
         }
     }

@@ -117,6 +117,7 @@ fn all_events() -> Vec<Event> {
         Event::SwapFailed { candidate: a(2) },
         Event::Close,
         Event::OperatorKill,
+        Event::PeerRemoved,
     ]
 }
 
@@ -1226,6 +1227,43 @@ fn close_closed() {
             ]
         );
     }
+}
+
+#[test]
+fn peer_removed_closes_with_its_reason() {
+    for s in [
+        attached(),
+        volatile(T0 + 1),
+        recovering(T0 + 1),
+        degraded(T0 + 1),
+    ] {
+        let st = run(&s, Event::PeerRemoved, T0 + 10);
+        assert_eq!(st.session.state, State::Terminated);
+        assert_eq!(st.reason, Some(Reason::PeerRemoved));
+        assert_eq!(
+            st.actions,
+            vec![
+                sc(
+                    s.state,
+                    State::Terminated,
+                    Reason::PeerRemoved,
+                    None,
+                    s.version + 1
+                ),
+                Action::SendClose {
+                    reason: Reason::PeerRemoved
+                },
+                Action::Teardown,
+            ]
+        );
+    }
+    let st = run(&birth(), Event::PeerRemoved, T0 + 10);
+    assert_eq!(st.reason, Some(Reason::PeerRemoved));
+    assert!(
+        !st.actions
+            .iter()
+            .any(|a| matches!(a, Action::SendClose { .. }))
+    );
 }
 
 #[test]

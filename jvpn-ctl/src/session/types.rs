@@ -57,11 +57,14 @@ pub enum Reason {
     /// A rebinding: the client's transport now reaches the gateway from another
     /// address (NAT rebinding, a new address on the same link).
     AddressChanged,
+    /// The client's key was taken off the gateway's allow-list while the session ran
+    /// (`jvpn-ctl peers remove`, then a reload).
+    PeerRemoved,
 }
 
 impl Reason {
     /// Every reason, in wire-code order.
-    pub const ALL: [Reason; 13] = [
+    pub const ALL: [Reason; 14] = [
         Reason::BirthComplete,
         Reason::BirthTimeout,
         Reason::TransportVolatile,
@@ -75,6 +78,7 @@ impl Reason {
         Reason::Closed,
         Reason::Operator,
         Reason::AddressChanged,
+        Reason::PeerRemoved,
     ];
 
     /// Wire code carried by CLOSE.
@@ -263,6 +267,8 @@ pub enum Event {
     Close,
     /// `jvpn-ctl session kill`.
     OperatorKill,
+    /// The session's key is no longer allowed (a reload of the peers file).
+    PeerRemoved,
 }
 
 /// Something the controller must do or publish.
