@@ -163,6 +163,25 @@ fn render(s: &ClientStatus) -> String {
     if let Some(r) = &s.reattach {
         line("reattach", r.clone());
     }
+    if let Some(h) = &s.handshake {
+        line(
+            "handshake",
+            format!(
+                "{} HELLOs in {} over {}; {}",
+                h.hellos,
+                secs(h.for_ms / 1000),
+                h.transports.join(", "),
+                if h.answers == 0 {
+                    "no answer".to_owned()
+                } else {
+                    format!("{} TIME/COOKIE answers, no WELCOME", h.answers)
+                }
+            ),
+        );
+        for c in &h.likely_causes {
+            line("  maybe", c.clone());
+        }
+    }
     if let Some(w) = &s.last_switch {
         line(
             "last switch",

@@ -46,6 +46,22 @@ pub struct ClientStatus {
     pub idle: bool,
     pub transports: Vec<TransportStatus>,
     pub counters: Counters,
+    /// The handshake under way while there is no session (`None` once one is up).
+    #[serde(default)]
+    pub handshake: Option<HandshakeStatus>,
+}
+
+/// A handshake the gateway has not answered (yet): what was tried, and once it has
+/// gone unanswered for a few seconds, the likely causes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HandshakeStatus {
+    pub for_ms: u64,
+    pub hellos: u32,
+    /// `"wifi (to 10.0.0.1:51820)"`, per transport a HELLO went over.
+    pub transports: Vec<String>,
+    /// TIME and COOKIE answers (the gateway heard us, but sent no WELCOME).
+    pub answers: u32,
+    pub likely_causes: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

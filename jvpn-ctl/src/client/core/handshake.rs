@@ -14,6 +14,7 @@ impl Core {
             hellos_on_transport: 0,
             last_hello_ms: 0,
             quick_hellos: 0,
+            silence: silence::Silence::new(now_ms),
             confirming: None,
         }));
         self.last_state = State::Birth;
@@ -81,6 +82,7 @@ impl Core {
                 }
                 c.handshakes.push(SentHello { hs, transport: t });
                 c.last_hello_ms = now_ms;
+                c.silence.sent(t);
                 let to = l.gateway();
                 tracing::debug!(
                     "HELLO over {} to {to}{}",
@@ -147,6 +149,7 @@ impl Core {
             };
             // That HELLO was refused as stale: nothing more will come for it.
             waiting.handshakes.remove(i);
+            waiting.silence.answered();
             self.counters.time_replies += 1;
             self.learn_offset(gateway_ms, now_ms, from, "TIME");
         } else {
@@ -159,6 +162,7 @@ impl Core {
             };
             // The gateway's XDP program answered it: the controller never saw it.
             waiting.handshakes.remove(i);
+            waiting.silence.answered();
             self.counters.cookies += 1;
             let l = &mut self.links[t];
             tracing::info!(

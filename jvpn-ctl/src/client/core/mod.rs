@@ -69,6 +69,8 @@ use crate::{
     session::{Detail, Reason, State},
 };
 
+mod silence;
+
 /// HELLO retransmission period, and HELLOs per transport before the next is tried.
 const HELLO_EVERY_MS: u64 = 1_000;
 /// HELLOs sent at once on a TIME or COOKIE between two of the timer's: a gateway
@@ -287,6 +289,9 @@ struct Connecting {
     last_hello_ms: u64,
     /// HELLOs sent at once on a TIME or COOKIE since the timer's last.
     quick_hellos: u32,
+    /// What this handshake has sent and heard, for saying why nothing happens
+    /// (`silence.rs`).
+    silence: silence::Silence,
     /// WELCOME verified; CONFIRM being sent until ESTABLISHED.
     confirming: Option<(ClientSession, u64)>,
 }

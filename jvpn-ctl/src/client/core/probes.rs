@@ -25,8 +25,11 @@ impl Core {
                             });
                         }
                     }
-                } else if now_ms.saturating_sub(c.last_hello_ms) >= HELLO_EVERY_MS {
-                    self.send_hello(now_ms);
+                } else {
+                    if now_ms.saturating_sub(c.last_hello_ms) >= HELLO_EVERY_MS {
+                        self.send_hello(now_ms);
+                    }
+                    self.report_silence(now_ms);
                 }
             }
             Phase::Ended { reconnect_at } => {

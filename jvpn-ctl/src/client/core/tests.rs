@@ -894,3 +894,53 @@ fn replies_while_a_session_is_up_change_nothing() {
     assert_eq!((s.state, s.clock_offset_ms), (State::Attached, 0));
     assert!(!s.transports[WIFI].cookie);
 }
+
+// ---------------------------------------------------------------------------------
+// Saying why nothing happens
+
+#[test]
+fn an_unanswered_handshake_says_what_was_tried_and_the_likely_causes() {
+    let (mut core, gw_id, _) = connecting();
+    // At first: what is under way, no verdict yet.
+    let h = core.status(T0 + 10).handshake.expect("connecting");
+    assert_eq!((h.hellos, h.answers), (1, 0));
+    assert_eq!(h.transports, ["wifi (to 10.0.0.1:51820)"]);
+    assert!(h.likely_causes.is_empty());
+    // Silence: HELLOs on Wi-Fi, then LTE; after 3 s the causes, naming our key.
+    let mut now = T0;
+    let mut last = None;
+    while now < T0 + 4_000 {
+        now += 10;
+        core.tick(now);
+        if let Some(x) = udp_to(&mut core).pop() {
+            last = Some(x);
+        }
+    }
+    let h = core.status(now).handshake.expect("still connecting");
+    assert_eq!(h.hellos, 5, "one at start, one a second");
+    assert_eq!(
+        h.transports,
+        ["wifi (to 10.0.0.1:51820)", "lte (to 10.0.1.1:51820)"]
+    );
+    let me = proto::identity::public_hex(&core.identity);
+    assert_eq!(h.likely_causes.len(), 4, "{:?}", h.likely_causes);
+    assert!(h.likely_causes.iter().any(|c| c.contains(&me)));
+    assert!(
+        h.likely_causes
+            .iter()
+            .any(|c| c.contains("gateway_public_key"))
+    );
+
+    // A TIME answering the newest HELLO: the gateway hears us and the configured
+    // key verified it, so only the allow-list is left.
+    let (t, from, hello) = last.expect("HELLOs were sent");
+    core.on_datagram(t, from, &time_for(&gw_id, &hello, now), now + 1);
+    let h = core.status(now + 1).handshake.expect("still connecting");
+    assert_eq!(h.answers, 1);
+    assert_eq!(h.likely_causes.len(), 1, "{:?}", h.likely_causes);
+    assert!(h.likely_causes[0].contains(&me));
+
+    // Established: nothing to explain.
+    let (core, _) = established_with(TRANSPORTS);
+    assert_eq!(core.status(T0 + 100).handshake, None);
+}

@@ -63,6 +63,7 @@ impl Core {
                 })
                 .collect(),
             counters: self.counters.clone(),
+            handshake: self.handshake_status(now_ms),
         }
     }
 }
