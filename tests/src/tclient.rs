@@ -242,7 +242,13 @@ impl TestClient {
 
     /// An inner IPv4/UDP packet from the tunnel address to `EXIT_TUN:port`, sealed.
     pub fn data(&mut self, port: u16, payload: &[u8]) -> Vec<u8> {
-        let inner = udp_packet(self.tunnel_addr(), self.exit_tun, 5555, port, payload);
+        self.data_to(self.exit_tun, port, payload)
+    }
+
+    /// An inner IPv4/UDP packet from the tunnel address (port 5555) to `dst:port`,
+    /// sealed.
+    pub fn data_to(&mut self, dst: Ipv4Addr, port: u16, payload: &[u8]) -> Vec<u8> {
+        let inner = udp_packet(self.tunnel_addr(), dst, 5555, port, payload);
         self.data_ctr += 1;
         let mut out = Vec::new();
         proto::data::seal(&self.c2x, self.id(), self.data_ctr, &inner, &mut out);

@@ -44,6 +44,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             tun_name: args.tun_name,
             tun_addr: args.tun_addr,
             mtu: args.mtu,
+            nat: None,
         })
         .resolve()
         .context("invalid exit configuration")?;

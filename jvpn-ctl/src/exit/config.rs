@@ -34,6 +34,8 @@ pub struct ConfigFile {
     pub tun_addr: Option<IpNet>,
     /// TUN MTU; default [`tun::DEFAULT_MTU`].
     pub mtu: Option<u32>,
+    /// Egress: masquerade the clients out of an interface (`[nat]`, `nat.rs`).
+    pub nat: Option<super::nat::NatConfig>,
 }
 
 /// A checked configuration, with the link key loaded.
@@ -45,6 +47,8 @@ pub struct Config {
     pub tun_name: String,
     pub tun_addr: IpNet,
     pub mtu: u32,
+    /// `[nat]` with its prefixes filled in (the tunnel's by default).
+    pub nat: Option<super::nat::NatConfig>,
 }
 
 impl fmt::Debug for Config {
@@ -56,6 +60,7 @@ impl fmt::Debug for Config {
             .field("tun_name", &self.tun_name)
             .field("tun_addr", &self.tun_addr)
             .field("mtu", &self.mtu)
+            .field("nat", &self.nat)
             .finish()
     }
 }
@@ -106,6 +111,7 @@ impl ConfigFile {
             tun_name: over.tun_name.or(self.tun_name),
             tun_addr: over.tun_addr.or(self.tun_addr),
             mtu: over.mtu.or(self.mtu),
+            nat: over.nat.or(self.nat),
         }
     }
 
@@ -123,11 +129,28 @@ impl ConfigFile {
             tun_name: self.tun_name.unwrap_or_else(|| DEFAULT_TUN_NAME.into()),
             tun_addr,
             mtu: self.mtu.unwrap_or(tun::DEFAULT_MTU),
+            nat: self.nat.map(|n| with_prefixes(n, tun_addr)),
         };
         config.validate()?;
         config.link_key = proto::link::load_link_key(&key_path).map_err(ConfigError::LinkKey)?;
         Ok(config)
     }
+}
+
+/// `[nat]` with its default: the tunnel's prefix.
+fn with_prefixes(mut n: super::nat::NatConfig, tun_addr: IpNet) -> super::nat::NatConfig {
+    if n.prefixes.is_empty() {
+        n.prefixes = vec![tun_addr.trunc()];
+    }
+    n
+}
+
+fn valid_ifname(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() < libc::IFNAMSIZ
+        && !n
+            .bytes()
+            .any(|b| b == b'/' || b == b':' || b == 0 || b.is_ascii_whitespace())
 }
 
 impl Config {
@@ -145,6 +168,7 @@ impl Config {
             tun_name: DEFAULT_TUN_NAME.into(),
             tun_addr,
             mtu: tun::DEFAULT_MTU,
+            nat: None,
         }
     }
 
@@ -154,11 +178,7 @@ impl Config {
             return Err(invalid("link_listen", "must differ from listen"));
         }
         let n = &self.tun_name;
-        if n.is_empty()
-            || n.len() >= libc::IFNAMSIZ
-            || n.bytes()
-                .any(|b| b == b'/' || b == b':' || b == 0 || b.is_ascii_whitespace())
-        {
+        if !valid_ifname(n) {
             return Err(invalid(
                 "tun_name",
                 format!(
@@ -187,6 +207,29 @@ impl Config {
                 format!("{a}: not a unicast host address"),
             ));
         }
+        if let Some(nat) = &self.nat {
+            if !valid_ifname(&nat.out_interface) {
+                return Err(invalid(
+                    "nat.out_interface",
+                    format!(
+                        "{:?} is not a valid interface name (1 to 15 bytes, no '/', ':' or spaces)",
+                        nat.out_interface
+                    ),
+                ));
+            }
+            if nat.out_interface == self.tun_name {
+                return Err(invalid(
+                    "nat.out_interface",
+                    "is the tunnel itself: name the interface towards the internet",
+                ));
+            }
+            if let Some(p) = nat.prefixes.iter().find(|p| p.prefix_len() == 0) {
+                return Err(invalid(
+                    "nat.prefixes",
+                    format!("{p}: masquerading everything is not a tunnel prefix"),
+                ));
+            }
+        }
         let min = if a.addr().is_ipv6() { 1280 } else { 576 };
         if !(min..=65535).contains(&self.mtu) {
             return Err(invalid(
@@ -214,6 +257,7 @@ tun_addr = "10.99.0.1/24"
         let c = Config {
             tun_name: f.tun_name.unwrap_or_else(|| DEFAULT_TUN_NAME.into()),
             mtu: f.mtu.unwrap_or(tun::DEFAULT_MTU),
+            nat: f.nat.map(|n| with_prefixes(n, f.tun_addr.unwrap())),
             ..Config::new(
                 f.listen.unwrap(),
                 f.link_listen.unwrap(),
@@ -305,6 +349,31 @@ tun_addr = "10.99.0.1/24"
         for (f, key) in cases {
             let e = resolved_without_key(f).unwrap_err();
             assert!(e.to_string().starts_with(key), "{key}: {e}");
+        }
+    }
+
+    #[test]
+    fn nat_defaults_to_the_tunnel_prefix_and_its_keys_are_checked() {
+        let c = resolved_without_key(
+            ConfigFile::parse(&format!("{GOOD}[nat]\nout_interface = \"eth0\"\n")).unwrap(),
+        )
+        .unwrap();
+        let nat = c.nat.expect("[nat]");
+        assert_eq!(nat.out_interface, "eth0");
+        assert_eq!(nat.prefixes, [c.tun_addr.trunc()]);
+        let e = ConfigFile::parse(&format!("{GOOD}[nat]\nout_iface = \"eth0\"\n")).unwrap_err();
+        assert!(e.to_string().contains("out_iface"), "{e}");
+        for (nat, key) in [
+            ("out_interface = \"a very long name\"", "nat.out_interface"),
+            ("out_interface = \"jvpn-exit0\"", "nat.out_interface"),
+            (
+                "out_interface = \"eth0\"\nprefixes = [\"0.0.0.0/0\"]",
+                "nat.prefixes",
+            ),
+        ] {
+            let f = ConfigFile::parse(&format!("{GOOD}[nat]\n{nat}\n")).unwrap();
+            let e = resolved_without_key(f).unwrap_err();
+            assert!(e.to_string().starts_with(key), "{nat}: {e}");
         }
     }
 

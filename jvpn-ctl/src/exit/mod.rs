@@ -30,6 +30,7 @@ mod config;
 mod counters;
 mod engine;
 mod inner;
+pub mod nat;
 mod sessions;
 
 use std::{
@@ -68,6 +69,8 @@ pub enum ExitError {
         addr: SocketAddr,
         error: std::io::Error,
     },
+    #[error(transparent)]
+    Nat(#[from] nat::NatError),
     #[error("reading TUN device {name}: {error}")]
     TunRead { name: String, error: std::io::Error },
 }
@@ -95,6 +98,8 @@ pub struct Exit {
     data: UdpSocket,
     link: UdpSocket,
     counters: Arc<Counters>,
+    /// The egress rules, removed when the exit stops (or drops).
+    nat: Option<nat::Nat>,
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<UdpSocket, ExitError> {
@@ -116,6 +121,12 @@ impl Exit {
             config.mtu,
         )
         .await?;
+        // Before the sockets: an exit that serves has its egress. A later failure
+        // drops it, and the drop removes the rules.
+        let nat = match &config.nat {
+            Some(n) => Some(nat::Nat::install(n, &config.tun_name, &n.prefixes)?),
+            None => None,
+        };
         let data = bind("DATA", config.listen).await?;
         // DF: return DATA larger than the path towards the gateway fails here instead
         // of leaving as fragments, which the relay drops.
@@ -139,6 +150,7 @@ impl Exit {
             data,
             link,
             counters: Arc::default(),
+            nat,
         })
     }
 
@@ -164,6 +176,7 @@ impl Exit {
             data,
             link,
             counters,
+            nat,
         } = self;
         let now_us = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -297,6 +310,9 @@ impl Exit {
             }
         };
         let snap = counters.snapshot();
+        if let Some(n) = nat {
+            n.remove();
+        }
         tracing::info!(sessions = engine.sessions(), "exit stopped: {snap}");
         result.map(|()| snap)
     }
