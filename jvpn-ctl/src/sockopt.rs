@@ -1,11 +1,33 @@
 //! The two socket facts path-MTU handling needs from the kernel: "never fragment
-//! what I send" and "how large may a packet to the gateway be now".
+//! what I send" and "how large may a packet to the gateway be now"; and the mark
+//! that keeps the agent's own sockets out of the tunnel in all-traffic mode.
 
 use std::{
     io,
     net::{SocketAddr, UdpSocket},
     os::fd::{AsRawFd, RawFd},
+    sync::atomic::{AtomicU32, Ordering},
 };
+
+/// The firewall mark every socket of the agent towards its gateways carries (0: none):
+/// in all-traffic mode the policy rules send unmarked packets into the tunnel and
+/// marked ones by the main table (`client/fullroute.rs`). One per process: an agent
+/// is one process.
+static MARK: AtomicU32 = AtomicU32::new(0);
+
+/// Sets the mark for the sockets made from now on.
+pub fn set_agent_mark(mark: u32) {
+    MARK.store(mark, Ordering::Relaxed);
+}
+
+/// Gives `fd` the agent's mark, if it has one (SO_MARK needs CAP_NET_ADMIN, which the
+/// agent has for its TUN).
+pub fn apply_agent_mark(fd: RawFd) -> io::Result<()> {
+    match MARK.load(Ordering::Relaxed) {
+        0 => Ok(()),
+        m => setsockopt(fd, libc::SOL_SOCKET, libc::SO_MARK, m as i32),
+    }
+}
 
 fn setsockopt(fd: RawFd, level: i32, name: i32, value: i32) -> io::Result<()> {
     // SAFETY: a plain int option on a socket we own; the pointer and length match.
@@ -83,6 +105,8 @@ pub fn route_mtu(bind: SocketAddr, device: Option<&str>, gateway: SocketAddr) ->
 /// the kernel about a path with `connect`, never for sending.
 pub fn probe_socket(ip: std::net::IpAddr, device: Option<&str>) -> io::Result<UdpSocket> {
     let sock = UdpSocket::bind(SocketAddr::new(ip, 0))?;
+    // Asked as the transport's own packets would be routed.
+    apply_agent_mark(sock.as_raw_fd())?;
     if let Some(dev) = device {
         // SAFETY: SO_BINDTODEVICE takes the name's bytes and their length.
         let r = unsafe {

@@ -262,7 +262,7 @@ fn netlink_err(what: &'static str, name: &str, error: rtnetlink::Error) -> TunEr
 
 /// A netlink connection in the calling thread's namespace; the driver task ends when
 /// the handle is dropped (aborted then too, for certainty).
-async fn with_netlink<T, F>(f: impl FnOnce(rtnetlink::Handle) -> F) -> Result<T, TunError>
+pub(crate) async fn with_netlink<T, F>(f: impl FnOnce(rtnetlink::Handle) -> F) -> Result<T, TunError>
 where
     F: Future<Output = Result<T, TunError>>,
 {
@@ -331,6 +331,14 @@ pub async fn add_route(name: &str, dest: IpAddr, prefix_len: u8) -> Result<(), T
             .map_err(|e| netlink_err("adding a route via", name, e))
     })
     .await
+}
+
+/// All-traffic mode's default routes and policy rules through device `name`
+/// (`client::fullroute`).
+pub async fn route_all(name: &str, v4: bool, v6: bool) -> Result<(), TunError> {
+    let index = ifindex(name)?;
+    with_netlink(|h| async move { crate::client::fullroute::install(&h, index, v4, v6).await })
+        .await
 }
 
 /// A `read`/`write` return value as a result (negative: errno).

@@ -368,7 +368,44 @@ impl ClientConfig {
                 }
             }
         }
+        self.validate_routes()
+    }
+
+    /// A route into the tunnel must not capture the agent's own packets to its
+    /// gateways: they would go into the tunnel they carry. The default routes
+    /// (`0.0.0.0/0`, `::/0`) are the exception that is handled: they go to a table of
+    /// their own that the agent's sockets skip (`client/fullroute.rs`).
+    fn validate_routes(&self) -> Result<(), ConfigError> {
+        for r in &self.routes {
+            if r.prefix_len() == 0 {
+                continue;
+            }
+            for t in &self.transports {
+                if let Some(g) = t.addresses().iter().find(|g| r.contains(&g.ip())) {
+                    return Err(invalid(
+                        "routes",
+                        format!(
+                            "{r} contains {} (a gateway of transport {:?}): the agent's own \
+                             packets would go into the tunnel; use narrower prefixes, or \
+                             \"0.0.0.0/0\" / \"::/0\" (all-traffic mode, which keeps them out)",
+                            g.ip(),
+                            t.name
+                        ),
+                    ));
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// The families routed whole through the tunnel (`0.0.0.0/0`, `::/0`).
+    pub fn all_traffic(&self) -> (bool, bool) {
+        let any = |v4: bool| {
+            self.routes
+                .iter()
+                .any(|r| r.prefix_len() == 0 && r.addr().is_ipv4() == v4)
+        };
+        (any(true), any(false))
     }
 
     pub fn transport_index(&self, name: &str) -> Option<usize> {
@@ -387,6 +424,22 @@ mod tests {
             "identity = \"/k\"\ngateway_public_key = \"{KEY}\"\n{extra}\n\
              [[transport]]\nname = \"wifi\"\nkind = \"wifi\"\nbind = \"10.0.0.2:0\"\ngateway = \"10.0.0.1:51820\"\n"
         )
+    }
+
+    #[test]
+    fn routes_that_capture_a_gateway_are_refused_the_default_routes_are_not() {
+        let c = ClientConfig::parse(&text("routes = [\"0.0.0.0/0\", \"::/0\"]")).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.all_traffic(), (true, true));
+        let c = ClientConfig::parse(&text("routes = [\"10.99.0.0/24\"]")).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.all_traffic(), (false, false));
+        let c = ClientConfig::parse(&text("routes = [\"10.0.0.0/8\"]")).unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.starts_with("routes: 10.0.0.0/8 contains 10.0.0.1 (a gateway of transport \"wifi\")"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -72,6 +72,12 @@ pub async fn run(cfg: ClientConfig, shutdown: impl Future<Output = ()>) -> Resul
     let identity = proto::identity::load(&cfg.identity).map_err(ClientError::Identity)?;
     let clock = Clock::new();
     let tun = Tun::open(&cfg.tun_name)?;
+    let (all4, all6) = cfg.all_traffic();
+    // Before any socket: every one towards the gateways carries the mark.
+    let _all_traffic = (all4 || all6).then(|| {
+        crate::sockopt::set_agent_mark(super::fullroute::FWMARK);
+        super::fullroute::Guard
+    });
     let ifaces = netwatch::interfaces().map_err(ClientError::Interfaces)?;
     let mut sockets = Sockets::bind_all(&cfg, &ifaces)?;
     let mut watch = Watch::new(&cfg, &ifaces);
@@ -414,8 +420,22 @@ async fn flush(
                 Out::TunUp(addr) => {
                     let prefix = if addr.is_ipv4() { 32 } else { 128 };
                     tun::configure(&cfg.tun_name, addr, prefix, cfg.mtu).await?;
-                    for r in &cfg.routes {
+                    for r in cfg.routes.iter().filter(|r| r.prefix_len() > 0) {
                         tun::add_route(&cfg.tun_name, r.network(), r.prefix_len()).await?;
+                    }
+                    let (v4, v6) = cfg.all_traffic();
+                    if v4 || v6 {
+                        tun::route_all(&cfg.tun_name, v4, v6).await?;
+                        tracing::info!(
+                            "all traffic{} through {} (the agent's own packets by fwmark {:#x})",
+                            match (v4, v6) {
+                                (true, true) => "",
+                                (true, false) => " (IPv4)",
+                                _ => " (IPv6)",
+                            },
+                            cfg.tun_name,
+                            super::fullroute::FWMARK
+                        );
                     }
                     tracing::info!("{} is up with {addr}", cfg.tun_name);
                 }
