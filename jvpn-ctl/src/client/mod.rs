@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod core;
+pub mod fullroute;
 pub mod health;
 pub mod netwatch;
 pub mod pmtu;
@@ -14,4 +15,4 @@ mod transports;
 
 pub use config::{ClientConfig, ConfigError, HealthConfig, Kind, TransportConfig};
 pub use run::{ClientError, run};
-pub use status::{ClientStatus, SwitchRecord, TransportStatus};
+pub use status::{ClientStatus, HandshakeStatus, SwitchRecord, TransportStatus};
