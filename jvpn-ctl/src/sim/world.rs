@@ -49,10 +49,15 @@ const T0: u64 = 1_700_000_000_000;
 const CLIENT_TICK_MS: u64 = 10;
 const GW_TICK_MS: u64 = 50;
 
-fn keypair() -> ring::signature::Ed25519KeyPair {
-    let rng = ring::rand::SystemRandom::new();
-    let doc = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).expect("the system RNG works");
-    ring::signature::Ed25519KeyPair::from_pkcs8(doc.as_ref()).expect("a fresh key")
+/// An identity derived from the world's seed: a run replays with the same keys, and
+/// a world costs no key generation (a fuzz target builds one per input).
+fn keypair(seed: u64, who: u64) -> ring::signature::Ed25519KeyPair {
+    let mut state = seed ^ who;
+    let mut bytes = [0u8; 32];
+    for chunk in bytes.chunks_mut(8) {
+        chunk.copy_from_slice(&crate::splitmix::next(&mut state).to_le_bytes());
+    }
+    ring::signature::Ed25519KeyPair::from_seed_unchecked(&bytes).expect("any 32 bytes are a seed")
 }
 
 fn a(s: &str) -> SocketAddr {
@@ -135,8 +140,8 @@ pub struct World {
 
 impl World {
     pub fn new(cfg: WorldConfig) -> Self {
-        let gw_id = keypair();
-        let cl_id = keypair();
+        let gw_id = keypair(cfg.seed, 0x6777);
+        let cl_id = keypair(cfg.seed, 0x636c);
         let gw_pub = identity::public_key(&gw_id);
         let mut peers = Peers::new();
         peers
