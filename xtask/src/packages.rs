@@ -9,7 +9,7 @@ use anyhow::{Context as _, Result, bail};
 use crate::util;
 
 /// (command, Debian package providing it)
-const TOOLS: [(&str, &str); 13] = [
+const TOOLS: [(&str, &str); 15] = [
     ("ip", "iproute2"),
     ("tc", "iproute2"),
     ("sysctl", "procps"),
@@ -31,6 +31,10 @@ const TOOLS: [(&str, &str); 13] = [
     ("protoc", "protobuf-compiler"),
     // Agents with a wrong wall clock (freshness without synchronized clocks).
     ("faketime", "faketime"),
+    // Checks the /metrics families (control::metrics's test).
+    ("promtool", "prometheus"),
+    // Checks the systemd units (scripts/systemd).
+    ("systemd-analyze", "systemd"),
 ];
 
 /// (file, Debian package providing it): what the build reads that is not a command.

@@ -22,6 +22,7 @@ use super::{
 };
 use crate::{
     clock::Clock,
+    control::api::Stats,
     control::{self, events::EventBus},
     datapath::{AttachMode, Datapath, DatapathConfig, DatapathError},
     proto::{self, Peers, ProtoError},
@@ -170,8 +171,9 @@ pub async fn run(
     };
     let (call_tx, mut call_rx) = mpsc::channel::<control::server::Call>(256);
     let _server = control::server::serve(&cfg.control_socket, call_tx.clone(), bus.clone()).await?;
+    let (stats_tx, mut stats_rx) = mpsc::channel::<tokio::sync::oneshot::Sender<Stats>>(64);
     let _metrics = match cfg.metrics {
-        Some(addr) => Some(control::metrics::serve(addr, call_tx.clone()).await?),
+        Some(addr) => Some(control::metrics::serve(addr, stats_tx.clone()).await?),
         None => None,
     };
 
@@ -306,6 +308,11 @@ pub async fn run(
                 };
                 let _ = c.reply.send(resp);
                 flush(&mut core, &mut sockets, &link_sock, cfg.exit.link);
+                continue;
+            }
+            // A scrape: the core's figures, typed (no JSON on the way).
+            Some(reply) = stats_rx.recv() => {
+                let _ = reply.send(core.stats(clock.now_ms()));
                 continue;
             }
             Some(f) = link_rx.recv() => core.on_link_frame(&f, clock.now_ms()),
