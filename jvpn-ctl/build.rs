@@ -2,7 +2,12 @@
 //! so that plain `cargo build` / `cargo test` embed an up-to-date program.
 //! `cargo xtask build` installs both tools first; this script only finds them.
 
-use std::{env, path::PathBuf};
+use std::{
+    env, fs,
+    io::Write as _,
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context as _, bail};
 
@@ -50,13 +55,53 @@ fn main() -> anyhow::Result<()> {
 
     let ebpf = root.join("jvpn-ebpf");
     let ebpf = ebpf.to_str().context("non-UTF-8 path")?;
-    aya_build::build_ebpf(
-        [aya_build::Package {
-            name: "jvpn-ebpf",
-            root_dir: ebpf,
-            ..Default::default()
-        }],
-        aya_build::Toolchain::default(),
-    )
-    .context("building the XDP object failed; `cargo xtask build` shows the full output")
+    let out_dir = PathBuf::from(env::var("OUT_DIR")?);
+    quietly(&out_dir.join("ebpf-build.log"), || {
+        aya_build::build_ebpf(
+            [aya_build::Package {
+                name: "jvpn-ebpf",
+                root_dir: ebpf,
+                ..Default::default()
+            }],
+            aya_build::Toolchain::default(),
+        )
+    })
+    .context("building the XDP object failed (its output is above)")
+}
+
+/// Where `-v` (`cargo xtask -v build`) asks for the eBPF build's output.
+const VERBOSE: &str = "JVPN_BUILD_VERBOSE";
+
+/// Runs `f` with this script's stdout going to `log`, then passes on every cargo
+/// directive it printed except the `cargo:warning=` lines, unless `f` failed or
+/// `JVPN_BUILD_VERBOSE=1`: aya-build relays each line of the nested nightly cargo
+/// as a warning (about 190 `Compiling …` lines on a fresh machine), which reads as
+/// a broken build. Real diagnostics of the eBPF crate are among them: `-v` shows them.
+fn quietly(log: &Path, f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
+    println!("cargo:rerun-if-env-changed={VERBOSE}");
+    let verbose = env::var_os(VERBOSE).is_some_and(|v| v == "1");
+    if verbose {
+        return f();
+    }
+    let file = fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    std::io::stdout().flush()?;
+    // SAFETY: plain fd calls on this process's own stdout; build scripts are
+    // single-threaded apart from aya-build's relay thread, which it joins on success.
+    let saved = unsafe { libc::dup(1) };
+    if saved < 0 || unsafe { libc::dup2(file.as_raw_fd(), 1) } < 0 {
+        return f();
+    }
+    let result = f();
+    let _ = std::io::stdout().flush();
+    unsafe {
+        libc::dup2(saved, 1);
+        libc::close(saved);
+    }
+    let text = fs::read_to_string(log).with_context(|| format!("reading {}", log.display()))?;
+    for line in text.lines() {
+        if result.is_err() || !line.starts_with("cargo:warning=") {
+            println!("{line}");
+        }
+    }
+    result
 }

@@ -45,6 +45,12 @@ pub fn build(release: bool) -> Result<Built> {
     let mut all = util::cargo();
     all.arg("build").args(profile).current_dir(&root);
     println!("==> {}", util::display(&all));
+    if std::env::var_os(util::BUILD_VERBOSE).is_none_or(|v| v != "1") {
+        println!(
+            "    (the XDP program is built by jvpn-ctl's build script with nightly and \
+             bpf-linker; its output shows only if it fails, or with -v)"
+        );
+    }
     util::run(&mut all)?;
 
     let mut ctl = util::cargo();

@@ -39,6 +39,9 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// Read by jvpn-ctl's build script: `1` shows the XDP program's build output.
+pub const BUILD_VERBOSE: &str = "JVPN_BUILD_VERBOSE";
+
 /// Prints one bootstrap progress line: `==> <what> ... <status>`.
 pub fn step(what: &str, status: &str) {
     println!("==> {what} ... {status}");
