@@ -236,12 +236,7 @@ impl TunReadable<'_> {
 
 fn ifindex(name: &str) -> Result<u32, TunError> {
     check_name(name)?;
-    let c = std::ffi::CString::new(name).map_err(|_| TunError::BadName(name.to_owned()))?;
-    // SAFETY: `c` is a valid NUL-terminated string.
-    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
-        0 => Err(TunError::NoSuchDevice(name.to_owned())),
-        i => Ok(i),
-    }
+    nix::net::if_::if_nametoindex(name).map_err(|_| TunError::NoSuchDevice(name.to_owned()))
 }
 
 fn netlink_err(what: &'static str, name: &str, error: rtnetlink::Error) -> TunError {

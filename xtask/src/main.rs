@@ -5,6 +5,7 @@ mod bench;
 mod bootstrap;
 mod bpf_linker;
 mod build;
+mod dist;
 mod fuzz;
 mod packages;
 mod report;
@@ -93,6 +94,10 @@ enum Verb {
         #[arg(long)]
         seconds: Option<u64>,
     },
+    /// Bootstrap, release build, then target/dist/: bin/jvpn-ctl, the systemd units, the
+    /// example configurations, shell completions and man pages (README.md, "Installing
+    /// on a server")
+    Dist,
     /// Labs left by `cargo xtask run -- --keep`
     Lab {
         #[command(subcommand)]
@@ -151,6 +156,7 @@ fn main() -> ExitCode {
             runs,
             seconds,
         }),
+        Verb::Dist => dist::run(),
         Verb::Lab {
             command: LabCommand::Down,
         } => run::lab_down(),

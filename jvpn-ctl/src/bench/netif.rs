@@ -3,7 +3,6 @@
 //! `nsenter --net` the `/sys` mount still shows the namespace it was mounted in).
 
 use std::{
-    ffi::CString,
     io,
     net::IpAddr,
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
@@ -16,12 +15,7 @@ use super::BenchError;
 
 /// The index of `iface` in this namespace.
 pub fn ifindex(iface: &str) -> Result<u32, BenchError> {
-    let c = CString::new(iface).map_err(|_| BenchError::NoSuchInterface(iface.into()))?;
-    // SAFETY: valid C string.
-    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
-        0 => Err(BenchError::NoSuchInterface(iface.into())),
-        i => Ok(i),
-    }
+    nix::net::if_::if_nametoindex(iface).map_err(|_| BenchError::NoSuchInterface(iface.into()))
 }
 
 fn socket() -> io::Result<OwnedFd> {

@@ -1,11 +1,13 @@
 //! Command-line verbs, one file each.
 
 mod client;
+mod config;
 mod datapath;
 mod demo;
 mod drain;
 mod exit;
 mod gateway;
+mod generate;
 mod keygen;
 mod lab;
 mod peers;
@@ -40,6 +42,12 @@ enum Command {
     /// Run the client agent (TUN, transports, reattach); `client status` and
     /// `client move TRANSPORT` talk to a running one.
     Client(client::Args),
+    /// Check a configuration file as its daemon reads it: `config check [--role
+    /// gateway|exit|client] FILE` (nothing is started, created or written).
+    Config {
+        #[command(subcommand)]
+        command: config::Command,
+    },
     /// Load, attach, inspect or remove the XDP data plane.
     Datapath {
         #[command(subcommand)]
@@ -54,6 +62,9 @@ enum Command {
     /// Run the gateway: attach the XDP relay and run the controller (handshakes,
     /// sessions, validated reattach, control socket, events, metrics).
     Gateway(gateway::Args),
+    /// Shell completions and man pages from these definitions (`cargo xtask dist`).
+    #[command(hide = true)]
+    Generate(generate::Args),
     /// The lab behind `cargo xtask run`: `lab run [--keep]`, `lab down`.
     Lab {
         #[command(subcommand)]
@@ -108,10 +119,12 @@ struct PinArgs {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Client(args) => client::run(args),
+        Command::Config { command } => config::run(command),
         Command::Datapath { command } => datapath::run(command),
         Command::Demo(args) => demo::run(args),
         Command::Exit(args) => exit::run(args),
         Command::Gateway(args) => gateway::run(args),
+        Command::Generate(args) => generate::run(args),
         Command::Keygen(args) => keygen::run(args),
         Command::Lab { command } => lab::run(command),
         Command::Pubkey(args) => pubkey::run(args),

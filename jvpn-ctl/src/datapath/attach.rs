@@ -128,13 +128,7 @@ pub fn attach_unpinned(
 
 /// The index of `iface` in the current network namespace, or a named error.
 pub fn interface_index(iface: &str) -> Result<u32, DatapathError> {
-    let c =
-        std::ffi::CString::new(iface).map_err(|_| DatapathError::NoSuchInterface(iface.into()))?;
-    // SAFETY: valid C string.
-    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
-        0 => Err(DatapathError::NoSuchInterface(iface.into())),
-        i => Ok(i),
-    }
+    nix::net::if_::if_nametoindex(iface).map_err(|_| DatapathError::NoSuchInterface(iface.into()))
 }
 
 /// Detaches the relay from `iface` by removing its pinned link.

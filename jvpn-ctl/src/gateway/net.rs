@@ -7,7 +7,6 @@
 
 use std::{
     collections::HashMap,
-    ffi::CStr,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket as StdUdpSocket},
     os::fd::AsRawFd,
     task::Poll,
@@ -20,46 +19,18 @@ use crate::udp_batch::{RecvBatch, SendBatch, set_buffers};
 /// Addresses of `iface`, except IPv6 link-local ones (they need a scope for every
 /// send and a client would never use one as its gateway).
 pub fn interface_addrs(iface: &str) -> std::io::Result<Vec<IpAddr>> {
-    let mut out = Vec::new();
-    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs allocates a list that we walk read-only and free once.
-    if unsafe { libc::getifaddrs(&mut head) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let mut cur = head;
-    while !cur.is_null() {
-        // SAFETY: cur is a node of the list getifaddrs returned.
-        let ifa = unsafe { &*cur };
-        cur = ifa.ifa_next;
-        if ifa.ifa_addr.is_null() || ifa.ifa_name.is_null() {
-            continue;
-        }
-        // SAFETY: ifa_name is a NUL-terminated string owned by the list.
-        let name = unsafe { CStr::from_ptr(ifa.ifa_name) };
-        if name.to_bytes() != iface.as_bytes() {
-            continue;
-        }
-        // SAFETY: ifa_addr points to a sockaddr whose family says how long it is.
-        match i32::from(unsafe { (*ifa.ifa_addr).sa_family }) {
-            libc::AF_INET => {
-                let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
-                out.push(IpAddr::V4(Ipv4Addr::from(u32::from_be(
-                    sin.sin_addr.s_addr,
-                ))));
+    let all = nix::ifaddrs::getifaddrs().map_err(std::io::Error::from)?;
+    Ok(all
+        .filter(|ifa| ifa.interface_name == iface)
+        .filter_map(|ifa| {
+            let a = ifa.address?;
+            match (a.as_sockaddr_in(), a.as_sockaddr_in6()) {
+                (Some(v4), _) => Some(IpAddr::V4(v4.ip())),
+                (_, Some(v6)) if !v6.ip().is_unicast_link_local() => Some(IpAddr::V6(v6.ip())),
+                _ => None,
             }
-            libc::AF_INET6 => {
-                let sin6 = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in6) };
-                let a = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
-                if !a.is_unicast_link_local() {
-                    out.push(IpAddr::V6(a));
-                }
-            }
-            _ => {}
-        }
-    }
-    // SAFETY: head came from getifaddrs and is freed exactly once.
-    unsafe { libc::freeifaddrs(head) };
-    Ok(out)
+        })
+        .collect())
 }
 
 /// Datagrams taken from the sockets per `recvmmsg` call.

@@ -3,7 +3,6 @@
 
 use std::{
     fs::File,
-    os::fd::AsRawFd as _,
     path::Path,
     process::{Command, Output},
 };
@@ -122,9 +121,9 @@ pub fn run_in<T: Send>(name: &str, f: impl FnOnce() -> T + Send) -> T {
     std::thread::scope(|s| {
         s.spawn(|| {
             let file = File::open(&path).expect("open netns");
-            // SAFETY: setns on this thread only, with a valid namespace fd.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+            // On this thread only (setns is per thread).
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                .unwrap_or_else(|e| panic!("setns {path}: {e}"));
             f()
         })
         .join()
