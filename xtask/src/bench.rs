@@ -112,12 +112,9 @@ pub fn render_only(json: &Path, report: Option<PathBuf>) -> Result<()> {
 }
 
 fn render_and_show(json: &Path, out_dir: &Path, quick: bool) -> Result<()> {
-    let text =
-        std::fs::read_to_string(json).with_context(|| format!("reading {}", json.display()))?;
-    let value: serde_json::Value = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not valid JSON", json.display()))?;
+    let results = report::load(json)?;
     let name = relative(json, out_dir);
-    let files = report::render(&value, &name, out_dir)?;
+    let files = report::render_results(&results, &name, out_dir)?;
     println!("bench: results {}", json.display());
     for f in &files {
         println!("bench: wrote {}", f.display());
@@ -130,7 +127,7 @@ fn render_and_show(json: &Path, out_dir: &Path, quick: bool) -> Result<()> {
             ""
         }
     );
-    for g in report::goals(&value) {
+    for g in report::goals(&results) {
         println!("  {g}");
     }
     Ok(())

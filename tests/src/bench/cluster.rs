@@ -20,9 +20,13 @@ use jvpn_ctl::{
     },
     session::State,
 };
-use serde_json::{Value, json};
 
-use super::{Bench, percentile, progress::Phase, stopped};
+use super::{
+    Bench, percentile,
+    progress::Phase,
+    schema::{Cluster, ClusterSetup},
+    stopped,
+};
 
 /// The client's interface in its namespace (the cluster lab's one transport).
 const CLIENT_DEV: &str = "c-lan";
@@ -49,46 +53,55 @@ pub fn reattach_rtt(b: &mut Bench) -> Result<()> {
     }
     let (rtts, node1_gen, node2_holds) = r?;
     let stats = summary(&rtts);
-    b.set("cluster_reattach_rtt_us", rtts_json(&rtts));
-    for (k, v) in &stats {
-        b.set(&format!("cluster_reattach_rtt_us_{k}"), *v);
-    }
-    b.set(
-        "cluster_reattach_setup",
-        json!({
-            "nodes": 2,
-            "etcd_members": 1,
-            "lease_ttl_s": s.opts.lease_ttl_s,
-            "moves": moves,
-            "samples": rtts.len(),
-            "owner_generation_after": node1_gen,
-            "other_node_holds_it": node2_holds,
-        }),
-    );
+    b.out.cluster = Some(Cluster {
+        cluster_reattach_rtt_us: rounded(&rtts),
+        cluster_reattach_rtt_us_min: stats.min,
+        cluster_reattach_rtt_us_p50: stats.p50,
+        cluster_reattach_rtt_us_p90: stats.p90,
+        cluster_reattach_rtt_us_max: stats.max,
+        cluster_reattach_setup: ClusterSetup {
+            nodes: 2,
+            etcd_members: 1,
+            lease_ttl_s: s.opts.lease_ttl_s,
+            moves,
+            samples: rtts.len(),
+            owner_generation_after: node1_gen,
+            other_node_holds_it: node2_holds,
+        },
+    });
     phase.done(format!(
         "{} exchanges at the owner node: min {:.0} µs, p50 {:.0} µs, p90 {:.0} µs, max {:.0} µs \
          (request out → ACK in, captured at the client)",
         rtts.len(),
-        stats[0].1,
-        stats[1].1,
-        stats[2].1,
-        stats[3].1,
+        stats.min,
+        stats.p50,
+        stats.p90,
+        stats.max,
     ));
     Ok(())
 }
 
-/// min, median, p90, max of ascending samples, rounded to µs.
-pub fn summary(sorted: &[f64]) -> [(&'static str, f64); 4] {
-    [
-        ("min", sorted[0].round()),
-        ("p50", percentile(sorted, 0.5).round()),
-        ("p90", percentile(sorted, 0.9).round()),
-        ("max", sorted[sorted.len() - 1].round()),
-    ]
+/// min, median, p90 and max of samples, rounded to µs.
+pub struct Summary {
+    pub min: f64,
+    pub p50: f64,
+    pub p90: f64,
+    pub max: f64,
 }
 
-pub fn rtts_json(sorted: &[f64]) -> Value {
-    sorted.iter().map(|v| v.round()).collect::<Vec<_>>().into()
+/// The [`Summary`] of ascending samples.
+pub fn summary(sorted: &[f64]) -> Summary {
+    Summary {
+        min: sorted[0].round(),
+        p50: percentile(sorted, 0.5).round(),
+        p90: percentile(sorted, 0.9).round(),
+        max: sorted[sorted.len() - 1].round(),
+    }
+}
+
+/// Samples rounded to whole µs, as the results keep them.
+pub fn rounded(sorted: &[f64]) -> Vec<f64> {
+    sorted.iter().map(|v| v.round()).collect()
 }
 
 /// The round trips (µs, ascending), node 1's generation of the session at the end,

@@ -13,9 +13,13 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 use jvpn_ctl::lab::{capture::Capture, gateway::Transport};
-use serde_json::Value;
 
-use super::{Bench, percentile, progress::Phase, stopped};
+use super::{
+    Bench, percentile,
+    progress::Phase,
+    schema::{Controller, ControllerCluster, ControllerEtcd, ControllerStore, CtlBench, Reattach},
+    stopped,
+};
 use crate::agent::AgentLab;
 
 /// Five ctl-bench runs: the headline figures at `ctl_sessions` without a store, then
@@ -34,14 +38,12 @@ pub fn controller(b: &mut Bench) -> Result<()> {
         .filter(|p| p.exists())
         .context("ctl-bench is not next to jvpn-bench: build with `cargo xtask bench`")?;
     let v = ctl_bench(&bin, &phase, &["--sessions", &n.to_string()])?;
-    for key in [
-        "handshakes_per_s",
-        "reattaches_per_s",
-        "bytes_per_session_ctl",
-    ] {
-        b.set(key, v.get(key).cloned().unwrap_or(Value::Null));
-    }
-    b.set("ctl_bench", v.clone());
+    b.out.controller = Some(Controller {
+        handshakes_per_s: v.handshakes_per_s,
+        reattaches_per_s: v.reattaches_per_s,
+        bytes_per_session_ctl: v.bytes_per_session_ctl,
+        ctl_bench: v.clone(),
+    });
     phase.step();
 
     let none = ctl_bench(&bin, &phase, &["--sessions", &m.to_string()])?;
@@ -60,101 +62,74 @@ pub fn controller(b: &mut Bench) -> Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     let store = store?;
     phase.step();
+    // Store / none, to two decimals.
+    let ratio = |a: f64, d: f64| (d > 0.0).then(|| (a / d * 100.0).round() / 100.0);
+    // Recorded now, so that a failure of the etcd runs below keeps it.
+    b.out.controller_store = Some(ControllerStore {
+        store_sessions: m,
+        handshakes_per_s_nostore: none.handshakes_per_s,
+        handshakes_per_s_store: store.handshakes_per_s,
+        reattaches_per_s_nostore: none.reattaches_per_s,
+        reattaches_per_s_store: store.reattaches_per_s,
+        handshakes_store_ratio: ratio(store.handshakes_per_s, none.handshakes_per_s),
+        reattaches_store_ratio: ratio(store.reattaches_per_s, none.reattaches_per_s),
+        restart_ms: store.restart_ms,
+        store_bytes_per_session: store.store_bytes_per_session,
+        ctl_bench_store: store.clone(),
+    });
     let etcd = ctl_bench(
         &bin,
         &phase,
         &["--sessions", &m.to_string(), "--store", "etcd"],
     )?;
     phase.step();
-    for (key, from) in [
-        ("handshakes_per_s_etcd", "handshakes_per_s"),
-        ("reattaches_per_s_etcd", "reattaches_per_s"),
-        ("restart_ms_etcd", "restart_ms"),
-    ] {
-        b.set(key, etcd.get(from).cloned().unwrap_or(Value::Null));
-    }
-    b.set("ctl_bench_etcd", etcd.clone());
-    b.set(
-        "etcd_store_txns_per_reattach",
-        etcd.get("etcd_txns_per_reattach")
-            .cloned()
-            .unwrap_or(Value::Null),
-    );
+    b.out.controller_etcd = Some(ControllerEtcd {
+        handshakes_per_s_etcd: etcd.handshakes_per_s,
+        reattaches_per_s_etcd: etcd.reattaches_per_s,
+        restart_ms_etcd: etcd.restart_ms,
+        etcd_store_txns_per_reattach: etcd.etcd_txns_per_reattach,
+        ctl_bench_etcd: etcd.clone(),
+    });
     let cluster = ctl_bench(&bin, &phase, &["--sessions", &m.to_string(), "--cluster"])?;
     phase.step();
-    for (key, from) in [
-        ("handshakes_per_s_cluster", "handshakes_per_s"),
-        ("reattaches_per_s_cluster", "reattaches_per_s"),
-        ("etcd_txns_per_reattach", "etcd_txns_per_reattach"),
-        ("etcd_txns_per_handshake", "etcd_txns_per_handshake"),
-        ("etcd_rpcs_per_reattach", "etcd_rpcs_per_reattach"),
-    ] {
-        b.set(key, cluster.get(from).cloned().unwrap_or(Value::Null));
-    }
-    b.set("ctl_bench_cluster", cluster.clone());
-    let over = |a: &Value, base: &Value, k: &str| {
-        let (a, d) = (a.get(k)?.as_f64()?, base.get(k)?.as_f64()?);
-        (d > 0.0).then(|| (a / d * 1000.0).round() / 1000.0)
-    };
-    for (key, base, k) in [
-        ("handshakes_cluster_over_nostore", &none, "handshakes_per_s"),
-        ("reattaches_cluster_over_nostore", &none, "reattaches_per_s"),
-        ("handshakes_cluster_over_store", &store, "handshakes_per_s"),
-        ("reattaches_cluster_over_store", &store, "reattaches_per_s"),
-        ("handshakes_cluster_over_etcd", &etcd, "handshakes_per_s"),
-        ("reattaches_cluster_over_etcd", &etcd, "reattaches_per_s"),
-    ] {
-        b.set(key, over(&cluster, base, k));
-    }
-    let ratio = |k: &str| {
-        let (a, b) = (store.get(k)?.as_f64()?, none.get(k)?.as_f64()?);
-        (b > 0.0).then(|| (a / b * 100.0).round() / 100.0)
-    };
-    b.set("store_sessions", m);
-    for (key, from) in [
-        ("handshakes_per_s_nostore", &none),
-        ("handshakes_per_s_store", &store),
-    ] {
-        b.set(
-            key,
-            from.get("handshakes_per_s").cloned().unwrap_or(Value::Null),
-        );
-    }
-    for (key, from) in [
-        ("reattaches_per_s_nostore", &none),
-        ("reattaches_per_s_store", &store),
-    ] {
-        b.set(
-            key,
-            from.get("reattaches_per_s").cloned().unwrap_or(Value::Null),
-        );
-    }
-    b.set("handshakes_store_ratio", ratio("handshakes_per_s"));
-    b.set("reattaches_store_ratio", ratio("reattaches_per_s"));
-    for key in ["restart_ms", "store_bytes_per_session"] {
-        b.set(key, store.get(key).cloned().unwrap_or(Value::Null));
-    }
-    b.set("ctl_bench_store", store.clone());
+    // The cluster node / another run, to three decimals.
+    let over = |a: f64, d: f64| (d > 0.0).then(|| (a / d * 1000.0).round() / 1000.0);
+    let (hs, ra) = (cluster.handshakes_per_s, cluster.reattaches_per_s);
+    b.out.controller_cluster = Some(ControllerCluster {
+        handshakes_per_s_cluster: hs,
+        reattaches_per_s_cluster: ra,
+        etcd_txns_per_reattach: cluster.etcd_txns_per_reattach,
+        etcd_txns_per_handshake: cluster.etcd_txns_per_handshake,
+        etcd_rpcs_per_reattach: cluster.etcd_rpcs_per_reattach,
+        ctl_bench_cluster: cluster.clone(),
+        handshakes_cluster_over_nostore: over(hs, none.handshakes_per_s),
+        reattaches_cluster_over_nostore: over(ra, none.reattaches_per_s),
+        handshakes_cluster_over_store: over(hs, store.handshakes_per_s),
+        reattaches_cluster_over_store: over(ra, store.reattaches_per_s),
+        handshakes_cluster_over_etcd: over(hs, etcd.handshakes_per_s),
+        reattaches_cluster_over_etcd: over(ra, etcd.reattaches_per_s),
+    });
+    let shown = |v: Option<f64>| v.map_or("—".to_string(), |v| v.to_string());
     phase.done(format!(
         "{} handshakes/s, {} reattaches/s, {} controller bytes/session at {n}; with the store \
          at {m}: handshakes {}x, reattaches {}x, restart {} ms; a cluster node at {m}: \
          {} handshakes/s, {} reattaches/s, {} etcd transactions per reattach",
-        v["handshakes_per_s"],
-        v["reattaches_per_s"],
-        v["bytes_per_session_ctl"],
-        ratio("handshakes_per_s").unwrap_or(f64::NAN),
-        ratio("reattaches_per_s").unwrap_or(f64::NAN),
-        store["restart_ms"],
-        cluster["handshakes_per_s"],
-        cluster["reattaches_per_s"],
-        cluster["etcd_txns_per_reattach"],
+        v.handshakes_per_s,
+        v.reattaches_per_s,
+        v.bytes_per_session_ctl,
+        ratio(store.handshakes_per_s, none.handshakes_per_s).unwrap_or(f64::NAN),
+        ratio(store.reattaches_per_s, none.reattaches_per_s).unwrap_or(f64::NAN),
+        shown(store.restart_ms),
+        cluster.handshakes_per_s,
+        cluster.reattaches_per_s,
+        shown(cluster.etcd_txns_per_reattach),
     ));
     Ok(())
 }
 
 /// Runs ctl-bench with `args`; its stderr goes to the progress line, its last stdout
 /// line is the result.
-fn ctl_bench(bin: &std::path::Path, phase: &Phase, args: &[&str]) -> Result<Value> {
+fn ctl_bench(bin: &std::path::Path, phase: &Phase, args: &[&str]) -> Result<CtlBench> {
     phase.say(format!("ctl-bench {}", args.join(" ")));
     let mut child = Command::new(bin)
         .args(args)
@@ -175,7 +150,7 @@ fn ctl_bench(bin: &std::path::Path, phase: &Phase, args: &[&str]) -> Result<Valu
     }
     let stdout = String::from_utf8_lossy(&out.stdout);
     serde_json::from_str(stdout.lines().last().unwrap_or_default())
-        .context("ctl-bench printed no JSON")
+        .context("ctl-bench printed no results line (or not one of the schema)")
 }
 
 /// The reattach round trip with the gateway's store on the lab's disk (as deployed),
@@ -215,20 +190,20 @@ pub fn reattach_rtt(b: &mut Bench) -> Result<()> {
     let tmpfs = rtts(&lab, moves, &phase)?;
     let (p50, p99) = (percentile(&disk, 0.5), percentile(&disk, 0.99));
     let (t50, t99) = (percentile(&tmpfs, 0.5), percentile(&tmpfs, 0.99));
-    b.set("reattach_rtt_us_p50", p50.round());
-    b.set("reattach_rtt_us_p99", p99.round());
     // The summary the cluster phase reports too, for the side-by-side table.
-    for (k, v) in super::cluster::summary(&disk) {
-        b.set(&format!("reattach_rtt_us_{k}"), v);
-    }
-    b.set(
-        "reattach_rtt_us",
-        disk.iter().map(|v| v.round()).collect::<Vec<_>>(),
-    );
-    b.set("reattach_rtt_tmpfs_us_p50", t50.round());
-    b.set("reattach_rtt_tmpfs_us_p99", t99.round());
-    // What waiting for the disk adds (a goal: ≤ 2 ms).
-    b.set("reattach_rtt_store_extra_us_p99", (p99 - t99).round());
+    let s = super::cluster::summary(&disk);
+    b.out.reattach = Some(Reattach {
+        reattach_rtt_us_p50: p50.round(),
+        reattach_rtt_us_p99: p99.round(),
+        reattach_rtt_us_min: Some(s.min),
+        reattach_rtt_us_p90: Some(s.p90),
+        reattach_rtt_us_max: Some(s.max),
+        reattach_rtt_us: super::cluster::rounded(&disk),
+        reattach_rtt_tmpfs_us_p50: Some(t50.round()),
+        reattach_rtt_tmpfs_us_p99: Some(t99.round()),
+        // What waiting for the disk adds (a goal: ≤ 2 ms).
+        reattach_rtt_store_extra_us_p99: Some((p99 - t99).round()),
+    });
     phase.done(format!(
         "{} exchanges: p50 {p50:.0} µs, p99 {p99:.0} µs (request out → ACK in, captured at the \
          client); store on a tmpfs: p50 {t50:.0} µs, p99 {t99:.0} µs",

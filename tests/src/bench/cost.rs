@@ -10,15 +10,21 @@
 //! same DATA frame, for an admitted foreign session and for an unknown id, timed next
 //! to the relayed frame: what a flood of each costs per packet.
 
+use std::collections::BTreeMap;
+
 use anyhow::{Context as _, Result, ensure};
 use jvpn_common::maps::{FLAG_FORWARDING, SessionEntry};
 use jvpn_ctl::{
     bench::frame::FrameSpec,
     datapath::{DROP_PROGRAM, RELAY_PROGRAM},
 };
-use serde_json::{Map, json};
 
-use super::{Bench, progress::Phase, stopped, topo};
+use super::{
+    Bench,
+    progress::Phase,
+    schema::{self, NsPerPkt, ProgramSize},
+    stopped, topo,
+};
 use crate::testrun::{XDP_DROP, XDP_REDIRECT, ns_per_run, run as test_run};
 
 pub const COUNTS: [u64; 3] = [1_000, 65_536, 1_000_000];
@@ -78,9 +84,7 @@ pub fn run(b: &mut Bench) -> Result<()> {
     let foreign = spec(FOREIGN_ID).build()?;
     let unknown = spec(UNKNOWN_ID).build()?;
     let ingress = b.topo.gw.ifindex(topo::GW_IN)?;
-    let (mut relay_ns, mut drop_ns) = (Map::new(), Map::new());
-    let (mut foreign_ns, mut unknown_ns) = (Map::new(), Map::new());
-    let mut relay_fib_ns = Map::new();
+    let mut ns = NsPerPkt::default();
     for &n in &counts {
         b.fill_big(n, &phase)?;
         stopped()?;
@@ -151,86 +155,60 @@ pub fn run(b: &mut Bench) -> Result<()> {
             }
             Ok(v.map(median))
         })?;
-        relay_ns.insert(n.to_string(), round1(r).into());
-        drop_ns.insert(n.to_string(), round1(d).into());
-        foreign_ns.insert(n.to_string(), round1(f).into());
-        unknown_ns.insert(n.to_string(), round1(u).into());
-        relay_fib_ns.insert(n.to_string(), round1(rf).into());
+        ns.relay.insert(n, round1(r));
+        ns.drop.insert(n, round1(d));
+        ns.foreign.insert(n, round1(f));
+        ns.unknown.insert(n, round1(u));
+        ns.relay_fib.insert(n, round1(rf));
         phase.say(format!(
             "{n} sessions: relay {r:.1} ns (FIB path {rf:.1}), drop {d:.1} ns; foreign (not_forwarding) {f:.1} ns, \
              unknown id {u:.1} ns"
         ));
         phase.step();
     }
-    let at =
-        |m: &Map<String, serde_json::Value>, n: u64| m.get(&n.to_string()).and_then(|v| v.as_f64());
-    let (r1k, d1k) = (at(&relay_ns, 1_000), at(&drop_ns, 1_000));
-    let r1m = at(&relay_ns, 1_000_000);
-    b.set(
-        "ns_per_pkt",
-        json!({
-            "relay": relay_ns,
-            "relay_fib": relay_fib_ns,
-            "drop": drop_ns,
-            "foreign": foreign_ns,
-            "unknown": unknown_ns,
-        }),
-    );
+    let at = |m: &BTreeMap<u64, f64>, n: u64| m.get(&n).copied();
+    let (r1k, d1k) = (at(&ns.relay, 1_000), at(&ns.drop, 1_000));
+    let r1m = at(&ns.relay, 1_000_000);
     // The cluster check's figures at 1,000 sessions and at the largest count.
     let big_n = counts.last().copied().unwrap_or(1_000);
-    let (f1k, u1k) = (at(&foreign_ns, 1_000), at(&unknown_ns, 1_000));
+    let (f1k, u1k) = (at(&ns.foreign, 1_000), at(&ns.unknown, 1_000));
     let ratio = |a: Option<f64>, d: Option<f64>| {
         a.zip(d)
             .filter(|(_, d)| *d > 0.0)
             .map(|(a, d)| (a / d * 1000.0).round() / 1000.0)
     };
-    b.set("foreign_over_relay", ratio(f1k, r1k));
-    b.set("unknown_over_relay", ratio(u1k, r1k));
-    b.set("foreign_over_unknown", ratio(f1k, u1k));
-    b.set(
-        "foreign_over_unknown_big",
-        ratio(at(&foreign_ns, big_n), at(&unknown_ns, big_n)),
-    );
-    b.set(
-        "foreign_minus_drop_ns",
-        f1k.zip(d1k).map(|(f, d)| round1(f - d)),
-    );
-    b.set(
-        "unknown_minus_drop_ns",
-        u1k.zip(d1k).map(|(u, d)| round1(u - d)),
-    );
-    b.set(
-        "relay_minus_drop_ns",
-        r1k.zip(d1k).map(|(r, d)| round1(r - d)),
-    );
-    b.set(
-        "relay_fib_minus_drop_ns",
-        at(&relay_fib_ns, 1_000)
-            .zip(d1k)
-            .map(|(r, d)| round1(r - d)),
-    );
-    b.set(
-        "relay_1m_over_1k",
-        r1m.zip(r1k).map(|(m, k)| (m / k * 1000.0).round() / 1000.0),
-    );
+    let minus = |a: Option<f64>, d: Option<f64>| a.zip(d).map(|(a, d)| round1(a - d));
     // The profile the issue asks for: how much code the verifier walked and runs.
-    let mut programs = Map::new();
+    let mut programs = BTreeMap::new();
     for name in [RELAY_PROGRAM, DROP_PROGRAM] {
         let info = b.big.program(name)?.info()?;
         programs.insert(
             name.to_string(),
-            json!({
-                "verified_insns": info.verified_instruction_count(),
-                "xlated_bytes": info.size_translated(),
-            }),
+            ProgramSize {
+                verified_insns: info.verified_instruction_count(),
+                xlated_bytes: info.size_translated(),
+            },
         );
     }
-    b.set("programs", programs);
     let bytes = b.big.session_map_bytes().context("reading map memory")?;
     let per = bytes as f64 / b.big_filled.max(1) as f64;
-    b.set("bytes_per_session_kernel", per.round());
-    b.set("kernel_map_bytes", bytes);
-    b.set("kernel_map_sessions", b.big_filled);
+    b.out.cost = Some(schema::Cost {
+        // 1,000 is always among the counts (`big_sessions` is at least that).
+        relay_minus_drop_ns: minus(r1k, d1k).context("no figures at 1,000 sessions")?,
+        relay_fib_minus_drop_ns: minus(at(&ns.relay_fib, 1_000), d1k),
+        relay_1m_over_1k: ratio(r1m, r1k),
+        foreign_over_relay: ratio(f1k, r1k),
+        unknown_over_relay: ratio(u1k, r1k),
+        foreign_over_unknown: ratio(f1k, u1k),
+        foreign_over_unknown_big: ratio(at(&ns.foreign, big_n), at(&ns.unknown, big_n)),
+        foreign_minus_drop_ns: minus(f1k, d1k),
+        unknown_minus_drop_ns: minus(u1k, d1k),
+        ns_per_pkt: ns,
+        programs,
+        bytes_per_session_kernel: per.round(),
+        kernel_map_bytes: bytes,
+        kernel_map_sessions: b.big_filled,
+    });
     phase.done(format!(
         "relay − drop {:.1} ns at 1k; 1M/1k {:.2}; {per:.0} kernel bytes/session at {}",
         r1k.zip(d1k).map_or(f64::NAN, |(r, d)| r - d),

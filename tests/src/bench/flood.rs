@@ -34,6 +34,7 @@
 //! answered keepalive make a session VOLATILE.
 
 use std::{
+    collections::BTreeMap,
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket},
     path::Path,
     sync::atomic::{AtomicBool, AtomicU64, Ordering},
@@ -57,9 +58,13 @@ use jvpn_ctl::{
     proto::{self, Body, ClientHandshake, Control, TransportKind, Unverified},
     session::{Reason, State},
 };
-use serde_json::{Map, Value, json};
 
-use super::{Bench, percentile, progress::Phase, stopped};
+use super::{
+    Bench, percentile,
+    progress::Phase,
+    schema::{self, FloodGenerator},
+    stopped,
+};
 use crate::{
     gwlab::{EXIT_TUN, GwLab},
     tclient::{TestClient, Via, now_ms},
@@ -199,7 +204,6 @@ fn measure(b: &mut Bench, phase: &Phase) -> Result<String> {
         "open" => text.push_str(OPEN_LIMITS),
         other => bail!("JVPN_FLOOD_GATE={other}: `default` or `open`"),
     }
-    b.set("flood_gate", gate.as_str());
     std::fs::write(&cfg, text)?;
     lab.stack.restart("gateway", false)?;
     // The COOKIEs (and anything else) the gateway sends back down the flood links.
@@ -245,15 +249,15 @@ fn measure(b: &mut Bench, phase: &Phase) -> Result<String> {
     let gen_cpus = flood_cpus(b)?;
     let quick = b.opts.quick;
     let templates = flood_templates(&lab, &flood_ns, &victim_ids)?;
-    let mut checks = Map::new();
-    let mut gen_ns = Map::new();
+    let mut checks = BTreeMap::new();
+    let mut gen_ns = BTreeMap::new();
     for (i, (name, opts, fl)) in templates.iter().enumerate() {
         let (ns, ok) = flood_ns.run(|| check_template(opts, fl, &LINKS[i], quick))?;
-        checks.insert(name.to_string(), ok.into());
-        gen_ns.insert(name.to_string(), ns.into());
+        checks.insert(name.to_string(), ok);
+        gen_ns.insert(name.to_string(), ns);
     }
     let data_ns = flood_ns.run(|| data_frame_ns(&templates[0].1, quick))?;
-    gen_ns.insert("data".into(), data_ns.into());
+    gen_ns.insert("data".into(), data_ns);
 
     let stop_keepalives = AtomicBool::new(false);
     let keepalives = KeepaliveCounts::default();
@@ -343,41 +347,43 @@ fn measure(b: &mut Bench, phase: &Phase) -> Result<String> {
     };
     let hello_pps = rate(&summaries[0]).round();
     let reattach_pps = rate(&summaries[1]).round();
-    b.set("flood_hello_pps", hello_pps);
-    b.set("flood_reattach_pps", reattach_pps);
-    b.set("flood_hello_target_pps", p.flood_hello_pps);
-    b.set("flood_reattach_target_pps", p.flood_reattach_pps);
-    let gens: Vec<Value> = summaries
+    let flood_generators = summaries
         .iter()
         .zip(["hello", "reattach"])
         .zip(&returned)
-        .map(|((s, name), back)| {
-            json!({
-                "flood": name, "sent": s.sent, "seconds": (s.seconds * 1000.0).round() / 1000.0,
-                "accepted": s.veth_xmit, "refused": s.veth_xmit_errors,
-                "frame_bytes": s.frame_bytes, "cpu": s.cpus, "returned_frames": back,
-            })
+        .map(|((s, name), &back)| FloodGenerator {
+            flood: name.into(),
+            sent: s.sent,
+            seconds: (s.seconds * 1000.0).round() / 1000.0,
+            accepted: s.veth_xmit,
+            refused: s.veth_xmit_errors,
+            frame_bytes: s.frame_bytes,
+            cpu: s.cpus.clone(),
+            returned_frames: back,
         })
         .collect();
-    b.set("flood_generators", gens);
-    b.set("flood_generator_ns_per_frame", Value::Object(gen_ns));
-    b.set("flood_template_checks", Value::Object(checks));
-    b.set("flood_victims", VICTIMS);
-    b.set("flood_keepalive_sessions", VICTIMS + BYSTANDERS);
-
-    unloaded.record(b, "unloaded_", "unloaded_");
-    loaded.record(b, "", "flood_");
-    b.set("keepalives_sent", keepalives.sent.load(Ordering::Relaxed));
-    b.set(
-        "keepalives_answered",
-        keepalives.answered.load(Ordering::Relaxed),
-    );
     let over = |a: Option<f64>, d: Option<f64>| match (a, d) {
         (Some(a), Some(d)) if d > 0.0 => Some((a / d * 100.0).round() / 100.0),
         _ => None,
     };
     let (r99, u99) = (loaded.reattach_p(0.99), unloaded.reattach_p(0.99));
-    b.set("legit_reattach_p99_over_unloaded", over(r99, u99));
+    b.out.flood = Some(schema::Flood {
+        flood_gate: gate,
+        flood_hello_pps: hello_pps,
+        flood_reattach_pps: reattach_pps,
+        flood_hello_target_pps: p.flood_hello_pps,
+        flood_reattach_target_pps: p.flood_reattach_pps,
+        flood_generators,
+        flood_generator_ns_per_frame: gen_ns,
+        flood_template_checks: checks,
+        flood_victims: VICTIMS,
+        flood_keepalive_sessions: VICTIMS + BYSTANDERS,
+        keepalives_sent: keepalives.sent.load(Ordering::Relaxed),
+        keepalives_answered: keepalives.answered.load(Ordering::Relaxed),
+        legit_reattach_p99_over_unloaded: over(r99, u99),
+        under_flood: loaded.record(),
+        unloaded: unloaded.record().into(),
+    });
     let summary = format!(
         "flood {hello_pps:.0} HELLOs/s + {reattach_pps:.0} REATTACH_REQUESTs/s: handshakes {}/{} \
          within 2 s (unloaded {}/{}), p50 {} ms; reattach p99 {} µs (unloaded {} µs); \
@@ -921,11 +927,11 @@ struct Window {
     controller_cpu: f64,
     machine_cpu: Option<f64>,
     event_log_bps: f64,
-    xdp_drops: Map<String, Value>,
-    handshakes: Map<String, Value>,
-    security: Map<String, Value>,
-    suppressed: Map<String, Value>,
-    keepalive_answers: Map<String, Value>,
+    xdp_drops: BTreeMap<String, u64>,
+    handshakes: BTreeMap<String, u64>,
+    security: BTreeMap<String, u64>,
+    suppressed: BTreeMap<String, u64>,
+    keepalive_answers: BTreeMap<String, u64>,
     sig_verifications: u64,
     bad_signature: u64,
     spurious: u64,
@@ -953,100 +959,49 @@ impl Window {
         (!s.is_empty()).then(|| percentile(&s, q))
     }
 
-    /// The issue's keys with `prefix` (`""` under the flood, `unloaded_`), the others
-    /// with `extra` (`flood_`, `unloaded_`).
-    fn record(&self, b: &mut Bench, prefix: &str, extra: &str) {
-        let k = |s: &str| format!("{prefix}{s}");
-        let x = |s: &str| format!("{extra}{s}");
+    /// The window's figures as the results keep them.
+    fn record(&self) -> schema::Window {
         let r1 = |v: f64| (v * 10.0).round() / 10.0;
         let n = self.handshake_ms.len().max(1) as f64;
-        b.set(
-            &k("legit_handshake_success"),
-            (self.handshakes_ok() as f64 / n * 1000.0).round() / 1000.0,
-        );
-        b.set(&x("legit_handshakes"), self.handshake_ms.len());
-        b.set(&k("legit_handshake_ms_p50"), self.handshake_p(0.5).map(r1));
-        b.set(&k("legit_handshake_ms_p99"), self.handshake_p(0.99).map(r1));
-        b.set(&x("legit_handshake_ms_max"), self.handshake_p(1.0).map(r1));
-        b.set(
-            &k("legit_handshake_ms"),
-            self.handshake_ms
-                .iter()
-                .map(|v| v.map(r1))
-                .collect::<Vec<_>>(),
-        );
-        b.set(&x("legit_hellos_sent"), self.hellos);
-        b.set(&x("legit_cookies_received"), self.cookies);
         let ok = self.reattach_us.iter().flatten().count();
-        b.set(
-            &x("legit_reattach_success"),
-            (ok as f64 / self.reattach_us.len().max(1) as f64 * 1000.0).round() / 1000.0,
-        );
-        b.set(
-            &k("legit_reattach_rtt_us_p50"),
-            self.reattach_p(0.5).map(f64::round),
-        );
-        b.set(
-            &k("legit_reattach_rtt_us_p99"),
-            self.reattach_p(0.99).map(f64::round),
-        );
-        b.set(
-            &k("legit_reattach_rtt_us"),
-            self.reattach_us
-                .iter()
-                .map(|v| v.map(f64::round))
-                .collect::<Vec<_>>(),
-        );
-        b.set(&x("window_seconds"), r1(self.seconds));
-        b.set(
-            &k("controller_cpu"),
-            (self.controller_cpu * 1000.0).round() / 1000.0,
-        );
-        b.set(
-            &x("machine_cpu"),
-            self.machine_cpu.map(|c| (c * 100.0).round() / 100.0),
-        );
-        b.set(&k("event_log_bytes_per_s"), self.event_log_bps.round());
-        b.set(&x("xdp_drops"), Value::Object(self.xdp_drops.clone()));
-        b.set(
-            &x("controller_handshakes"),
-            Value::Object(self.handshakes.clone()),
-        );
-        b.set(
-            &x("controller_security_events"),
-            Value::Object(self.security.clone()),
-        );
-        b.set(
-            &x("events_suppressed"),
-            Value::Object(self.suppressed.clone()),
-        );
-        b.set(
-            &x("keepalive_answers"),
-            Value::Object(self.keepalive_answers.clone()),
-        );
-        b.set(
-            &k("controller_hello_sig_verifications"),
-            self.sig_verifications,
-        );
-        b.set(&x("controller_hello_bad_signature"), self.bad_signature);
-        b.set(
-            &x("keepalive_session_transitions"),
-            self.keepalive_transitions,
-        );
-        b.set(&k("spurious_volatile"), self.spurious);
+        schema::Window {
+            handshake_success: (self.handshakes_ok() as f64 / n * 1000.0).round() / 1000.0,
+            handshakes: self.handshake_ms.len(),
+            handshake_ms_p50: self.handshake_p(0.5).map(r1),
+            handshake_ms_p99: self.handshake_p(0.99).map(r1),
+            handshake_ms_max: self.handshake_p(1.0).map(r1),
+            handshake_ms: self.handshake_ms.iter().map(|v| v.map(r1)).collect(),
+            hellos_sent: self.hellos,
+            cookies_received: self.cookies,
+            reattach_success: (ok as f64 / self.reattach_us.len().max(1) as f64 * 1000.0).round()
+                / 1000.0,
+            reattach_rtt_us_p50: self.reattach_p(0.5).map(f64::round),
+            reattach_rtt_us_p99: self.reattach_p(0.99).map(f64::round),
+            reattach_rtt_us: self.reattach_us.iter().map(|v| v.map(f64::round)).collect(),
+            window_seconds: r1(self.seconds),
+            controller_cpu: (self.controller_cpu * 1000.0).round() / 1000.0,
+            machine_cpu: self.machine_cpu.map(|c| (c * 100.0).round() / 100.0),
+            event_log_bytes_per_s: self.event_log_bps.round(),
+            xdp_drops: self.xdp_drops.clone(),
+            controller_handshakes: self.handshakes.clone(),
+            controller_security_events: self.security.clone(),
+            events_suppressed: self.suppressed.clone(),
+            keepalive_answers: self.keepalive_answers.clone(),
+            controller_hello_sig_verifications: self.sig_verifications,
+            controller_hello_bad_signature: self.bad_signature,
+            keepalive_session_transitions: self.keepalive_transitions,
+            spurious_volatile: self.spurious,
+        }
     }
 }
 
 /// The gateway's counters that grew between two readings.
-fn grew(
-    after: &std::collections::BTreeMap<String, u64>,
-    before: &std::collections::BTreeMap<String, u64>,
-) -> Map<String, Value> {
+fn grew(after: &BTreeMap<String, u64>, before: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
     after
         .iter()
         .filter_map(|(k, &a)| {
             let d = a.saturating_sub(before.get(k).copied().unwrap_or(0));
-            (d > 0).then(|| (k.clone(), d.into()))
+            (d > 0).then(|| (k.clone(), d))
         })
         .collect()
 }
@@ -1095,10 +1050,8 @@ fn window(
         log1 - log0
     };
     let handshakes = grew(&stats1.handshakes, &stats0.handshakes);
-    let count = |m: &Map<String, Value>, keys: &[&str]| -> u64 {
-        keys.iter()
-            .filter_map(|k| m.get(*k).and_then(Value::as_u64))
-            .sum()
+    let count = |m: &BTreeMap<String, u64>, keys: &[&str]| -> u64 {
+        keys.iter().filter_map(|k| m.get(*k)).sum()
     };
     let transitions: u64 = v1.iter().zip(&v0).map(|(a, b)| a.saturating_sub(*b)).sum();
     // State changes away from ATTACHED of the keepalive sessions in the window, from

@@ -1,6 +1,6 @@
 //! What the figures were measured on.
 
-use serde_json::{Value, json};
+use super::schema::Machine;
 
 /// The CPU's model name from /proc/cpuinfo.
 pub fn cpu_model() -> Option<String> {
@@ -12,7 +12,7 @@ pub fn cpu_model() -> Option<String> {
         .map(|(_, m)| m.trim().to_string())
 }
 
-pub fn describe() -> Value {
+pub fn describe() -> Machine {
     let model = cpu_model();
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_string())
@@ -25,12 +25,12 @@ pub fn describe() -> Value {
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         })
         .map(|kib| kib * 1024);
-    json!({
-        "cpu_model": model,
-        "cores": std::thread::available_parallelism().map(|n| n.get()).ok(),
-        "kernel": kernel,
-        "memory_bytes": memory,
-    })
+    Machine {
+        cpu_model: model,
+        cores: std::thread::available_parallelism().map(|n| n.get()).ok(),
+        kernel,
+        memory_bytes: memory,
+    }
 }
 
 /// User + system CPU seconds of every thread of `pid` (/proc/PID/stat).

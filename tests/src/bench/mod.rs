@@ -1,8 +1,8 @@
 //! `cargo xtask bench` (docs/bench.md): every figure of the benchmark suite measured
 //! in one run, on one path, with the same packets: path ceilings, the jvpn relay, the
 //! baselines a user would pick instead, per-packet cost, the binding swap, the
-//! controller and memory. Writes one JSON object; `cargo xtask bench` renders the
-//! report from it.
+//! controller and memory. Writes one JSON object ([`schema::Results`], shared with the
+//! report); `cargo xtask bench` renders the report from it.
 
 mod cluster;
 mod control;
@@ -10,6 +10,7 @@ mod cost;
 mod flood;
 pub mod machine;
 mod progress;
+pub mod schema;
 pub mod sessions;
 mod swap;
 mod throughput;
@@ -18,6 +19,7 @@ mod tunnel;
 mod wireguard;
 
 use std::{
+    collections::BTreeMap,
     path::PathBuf,
     sync::atomic::{AtomicBool, Ordering},
     time::{Instant, SystemTime, UNIX_EPOCH},
@@ -28,7 +30,7 @@ use jvpn_ctl::{
     datapath::{Datapath, DatapathConfig},
     lab::netns::PinDir,
 };
-use serde_json::{Map, Value, json};
+use schema::{Phase, Results};
 
 /// Set by SIGINT/SIGTERM: phases stop at the next step and the run unwinds, removing
 /// its namespaces.
@@ -60,17 +62,16 @@ pub fn percentile<T: Copy>(sorted: &[T], q: f64) -> T {
     sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
 
-/// The phases, in the order they run.
-pub const PHASES: [&str; 8] = [
-    "cost",
-    "throughput",
-    "swap",
-    "controller",
-    "reattach",
-    "cluster",
-    "tunnel",
-    "flood",
-];
+/// The phases' names, in the order they run ([`Phase::ALL`]).
+pub const PHASES: [&str; 8] = {
+    let mut names = [""; 8];
+    let mut i = 0;
+    while i < names.len() {
+        names[i] = Phase::ALL[i].name();
+        i += 1;
+    }
+    names
+};
 
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -162,7 +163,7 @@ impl Profile {
 }
 
 /// Shared by the phases: the path, the two loaded data planes (1,000 sessions and
-/// 1,000,000), and the results so far.
+/// 1,000,000), and the results so far (each phase sets its groups of `out`).
 pub struct Bench {
     pub opts: Options,
     pub profile: Profile,
@@ -171,18 +172,10 @@ pub struct Bench {
     pub big: Datapath,
     big_filled: u64,
     pub pins: [PinDir; 2],
-    out: Map<String, Value>,
+    out: Results,
 }
 
 impl Bench {
-    fn set(&mut self, key: &str, v: impl Into<Value>) {
-        self.out.insert(key.to_string(), v.into());
-    }
-
-    fn get_f64(&self, key: &str) -> Option<f64> {
-        self.out.get(key).and_then(Value::as_f64)
-    }
-
     /// Fills the big data plane up to `n` sessions.
     fn fill_big(&mut self, n: u64, phase: &progress::Phase) -> Result<()> {
         let start = Instant::now();
@@ -217,7 +210,7 @@ fn load_datapath(pins: &PinDir, max: u64) -> Result<Datapath> {
 /// Runs every phase not skipped. A failing phase is recorded under `errors` and the
 /// others still run; the JSON is written either way. Returns the results and whether
 /// every phase succeeded.
-pub fn run(opts: Options) -> Result<(Value, bool)> {
+pub fn run(opts: Options) -> Result<(Results, bool)> {
     let profile = Profile::new(opts.quick);
     let started = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -243,99 +236,95 @@ pub fn run(opts: Options) -> Result<(Value, bool)> {
         big,
         big_filled: 0,
         pins,
-        out: Map::new(),
+        out: Results {
+            schema: schema::SCHEMA,
+            quick: opts.quick,
+            started_unix: started,
+            machine: machine::describe(),
+            setup: schema::Setup {
+                generator_cpus: opts.gen_cpus.clone(),
+                userspace_relay_cpus: opts.relay_cpus.clone(),
+                phase_seconds: profile.seconds,
+                rounds: profile.rounds,
+                family: "ipv4".into(),
+                payloads: profile.payloads.to_vec(),
+                sessions: profile.small_sessions,
+                big_sessions: profile.big_sessions,
+            },
+            ..Results::default()
+        },
     };
     for i in 0..profile.small_sessions {
         b.small
             .insert_session(sessions::id(i), &sessions::entry(i))?;
     }
-    b.set("schema", 1);
-    b.set("quick", opts.quick);
-    b.set("started_unix", started);
-    b.set("machine", machine::describe());
-    b.set(
-        "setup",
-        json!({
-            "generator_cpus": opts.gen_cpus,
-            "userspace_relay_cpus": opts.relay_cpus,
-            "phase_seconds": profile.seconds,
-            "rounds": profile.rounds,
-            "family": "ipv4",
-            "payloads": profile.payloads,
-            "sessions": profile.small_sessions,
-            "big_sessions": profile.big_sessions,
-        }),
-    );
-    let mut errors = Map::new();
+    let mut errors = BTreeMap::new();
     // Every phase starts with the CPUs the run had: one that pinned this thread (a
     // generator run on it) must not confine the next one's threads.
     let cpus = jvpn_ctl::bench::cpus::allowed()?;
-    for phase in PHASES {
+    for phase in Phase::ALL {
         jvpn_ctl::bench::cpus::set_current_thread(&cpus)?;
-        if !opts.runs(phase) {
-            eprintln!("== {phase}: skipped (--skip/--only)");
+        if !opts.runs(phase.name()) {
+            eprintln!("== {}: skipped (--skip/--only)", phase.name());
+            b.out.skipped.push(phase);
             continue;
         }
         let result = match phase {
-            "cost" => cost::run(&mut b),
-            "throughput" => throughput::run(&mut b),
-            "swap" => swap::run(&mut b),
-            "controller" => control::controller(&mut b),
-            "reattach" => control::reattach_rtt(&mut b),
-            "cluster" => cluster::reattach_rtt(&mut b),
-            "flood" => flood::run(&mut b),
-            _ => tunnel::run(&mut b),
+            Phase::Cost => cost::run(&mut b),
+            Phase::Throughput => throughput::run(&mut b),
+            Phase::Swap => swap::run(&mut b),
+            Phase::Controller => control::controller(&mut b),
+            Phase::Reattach => control::reattach_rtt(&mut b),
+            Phase::Cluster => cluster::reattach_rtt(&mut b),
+            Phase::Tunnel => tunnel::run(&mut b),
+            Phase::Flood => flood::run(&mut b),
         };
         if let Err(e) = result {
-            eprintln!("== {phase}: FAILED: {e:#}");
-            errors.insert(phase.to_string(), format!("{e:#}").into());
+            eprintln!("== {}: FAILED: {e:#}", phase.name());
+            errors.insert(phase, format!("{e:#}"));
             if STOP.load(Ordering::Relaxed) {
                 break;
             }
         }
     }
-    derive_ratios(&mut b);
+    let mut out = std::mem::take(&mut b.out);
+    if let Some(t) = &mut out.throughput {
+        derive_ratios(t);
+    }
     let ok = errors.is_empty();
-    b.set("errors", errors);
-    b.set(
-        "seconds",
-        (t0.elapsed().as_secs_f64() * 10.0).round() / 10.0,
-    );
-    Ok((Value::Object(std::mem::take(&mut b.out)), ok))
+    out.errors = errors;
+    out.seconds = (t0.elapsed().as_secs_f64() * 10.0).round() / 10.0;
+    Ok((out, ok))
 }
 
-fn derive_ratios(b: &mut Bench) {
+/// The throughput goals' ratios, from its 64-byte figures.
+fn derive_ratios(t: &mut schema::Throughput) {
     let ratio = |a: Option<f64>, d: Option<f64>| match (a, d) {
         (Some(a), Some(d)) if d > 0.0 => Some((a / d * 1000.0).round() / 1000.0),
         _ => None,
     };
-    let relay = b.get_f64("relay_pps");
-    let r = ratio(b.get_f64("relay_1m_pps"), relay);
-    b.set("relay_1m_over_1k_pps", r);
-    let r = ratio(relay, b.get_f64("relay_fib_pps"));
-    b.set("relay_over_relay_fib", r);
-    let r = ratio(b.get_f64("relay_2cpu_pps"), relay);
-    b.set("relay_2cpu_over_1cpu", r);
-    for (key, base) in [
-        ("relay_over_drop", "drop_pps"),
-        ("relay_over_fwd", "fwd_pps"),
-        ("relay_over_userspace", "userspace_relay_pps"),
-    ] {
-        let r = ratio(relay, b.get_f64(base));
-        b.set(key, r);
-    }
+    let relay = t.relay_pps;
+    t.relay_1m_over_1k_pps = ratio(t.relay_1m_pps, relay);
+    t.relay_over_relay_fib = ratio(relay, t.relay_fib_pps);
+    t.relay_2cpu_over_1cpu = ratio(t.relay_2cpu_pps, relay);
+    t.relay_over_drop = ratio(relay, t.drop_pps);
+    t.relay_over_fwd = ratio(relay, t.fwd_pps);
+    t.relay_over_userspace = ratio(relay, t.userspace_relay_pps);
 }
 
 /// The relay's drop counters that grew between two readings, by reason name.
-fn drops_delta(before: &jvpn_ctl::datapath::Drops, after: &jvpn_ctl::datapath::Drops) -> Value {
-    let mut m = Map::new();
+fn drops_delta(
+    before: &jvpn_ctl::datapath::Drops,
+    after: &jvpn_ctl::datapath::Drops,
+) -> BTreeMap<String, u64> {
+    let mut m = BTreeMap::new();
     for (i, (a, b)) in after.iter().zip(before).enumerate() {
         if a > b {
             let name = jvpn_common::counters::name(i as u32);
-            m.insert(name.to_string(), (a - b).into());
+            m.insert(name.to_string(), a - b);
         }
     }
-    Value::Object(m)
+    m
 }
 
 /// REATTACH_REQUEST out → REATTACH_ACK in round trips (µs) in one capture of a

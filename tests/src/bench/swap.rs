@@ -274,18 +274,20 @@ fn swap_under_load(
         sent: summary.sent,
         swap_cpu,
     };
-    b.set("swaps", n);
-    b.set("swap_us_p50", round1(out.p50));
-    b.set("swap_us_p99", round1(out.p99));
-    b.set("swap_us_max", pct(&sorted, 1.0));
-    b.set("swap_misrouted", misrouted);
-    b.set("swap_crossed", crossed);
-    b.set("swap_cpu", swap_cpu);
-    b.set("swap_lost", lost);
-    b.set("swap_sent", summary.sent);
-    b.set("swap_received", received);
-    b.set("swap_rate_pps", RATE);
-    b.set("swap_veth_refused", summary.veth_xmit_errors);
-    b.set("swap_relay_drops", drops);
+    b.out.swap = Some(super::schema::Swap {
+        swaps: n,
+        swap_us_p50: round1(out.p50),
+        swap_us_p99: round1(out.p99),
+        swap_us_max: pct(&sorted, 1.0),
+        swap_misrouted: misrouted,
+        swap_crossed: crossed,
+        swap_cpu,
+        swap_lost: lost,
+        swap_sent: summary.sent,
+        swap_received: received,
+        swap_rate_pps: RATE,
+        swap_veth_refused: summary.veth_xmit_errors,
+        swap_relay_drops: drops,
+    });
     Ok(out)
 }

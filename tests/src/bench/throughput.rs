@@ -16,70 +16,14 @@ use jvpn_ctl::{
     },
     datapath::{AttachMode, DROP_PROGRAM, PASS_PROGRAM, detach},
 };
-use serde_json::{Value, json};
 
-use super::{Bench, STOP, progress::Phase, sessions, stopped, topo};
+use super::{
+    Bench, STOP,
+    progress::Phase,
+    schema::{Mode, PpsRow, Throughput},
+    sessions, stopped, topo,
+};
 use crate::uspace_relay::{RelayConfig, UserspaceRelay};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
-    Drop,
-    Fwd,
-    Relay1k,
-    Relay1m,
-    /// The relay with its next-hop table suspended: the FIB for every packet (the
-    /// relay as it was before the table).
-    Relay1kFib,
-    Relay1mFib,
-    /// The relay (1k sessions) with traffic from two CPUs into the two-queue veth:
-    /// the relay runs on both (needs two CPUs; skipped with one).
-    Relay1k2Cpu,
-    Userspace,
-    KernelFwd,
-}
-
-impl Mode {
-    pub const ALL: [Mode; 9] = [
-        Mode::Drop,
-        Mode::Fwd,
-        Mode::Relay1k,
-        Mode::Relay1m,
-        Mode::Relay1kFib,
-        Mode::Relay1mFib,
-        Mode::Relay1k2Cpu,
-        Mode::Userspace,
-        Mode::KernelFwd,
-    ];
-
-    pub fn key(self) -> &'static str {
-        match self {
-            Mode::Drop => "drop",
-            Mode::Fwd => "fwd",
-            Mode::Relay1k => "relay_1k",
-            Mode::Relay1m => "relay_1m",
-            Mode::Relay1kFib => "relay_1k_fib",
-            Mode::Relay1mFib => "relay_1m_fib",
-            Mode::Relay1k2Cpu => "relay_1k_2cpu",
-            Mode::Userspace => "userspace_relay",
-            Mode::KernelFwd => "kernel_fwd",
-        }
-    }
-
-    /// The headline key of its 64-byte figure.
-    fn headline(self) -> &'static str {
-        match self {
-            Mode::Drop => "drop_pps",
-            Mode::Fwd => "fwd_pps",
-            Mode::Relay1k => "relay_pps",
-            Mode::Relay1m => "relay_1m_pps",
-            Mode::Relay1kFib => "relay_fib_pps",
-            Mode::Relay1mFib => "relay_1m_fib_pps",
-            Mode::Relay1k2Cpu => "relay_2cpu_pps",
-            Mode::Userspace => "userspace_relay_pps",
-            Mode::KernelFwd => "kernel_fwd_pps",
-        }
-    }
-}
 
 /// What runs in the gateway namespace while a mode is measured; undone on drop (the
 /// program objects detach and the userspace relay stops when dropped).
@@ -180,7 +124,7 @@ pub fn run(b: &mut Bench) -> Result<()> {
             phase.step();
         }
     }
-    let mut rows = Vec::new();
+    let mut t = Throughput::default();
     for (m, pl, got) in &samples {
         if got.is_empty() {
             continue;
@@ -192,30 +136,38 @@ pub fn run(b: &mut Bench) -> Result<()> {
             .iter()
             .min_by(|a, c| (a.pps - med).abs().total_cmp(&(c.pps - med).abs()))
             .expect("at least one round");
-        rows.push(json!({
-            "mode": m.key(), "payload": pl, "frame_bytes": mid.frame_bytes,
-            "pps": med.round(), "sent": mid.sent, "received": mid.received,
-            "seconds": (mid.seconds * 1000.0).round() / 1000.0,
-            "rounds_pps": pps.iter().map(|v| v.round()).collect::<Vec<_>>(),
-            "slow_path": mid.slow_path,
-        }));
+        t.pps.push(PpsRow {
+            mode: *m,
+            payload: *pl,
+            frame_bytes: mid.frame_bytes,
+            pps: med.round(),
+            sent: mid.sent,
+            received: mid.received,
+            seconds: (mid.seconds * 1000.0).round() / 1000.0,
+            rounds_pps: pps.iter().map(|v| v.round()).collect(),
+            slow_path: mid.slow_path,
+        });
         if *pl == p.payloads[0] {
-            b.set(m.headline(), med.round());
+            *t.headline_mut(*m) = Some(med.round());
         }
     }
-    b.set("pps", Value::Array(rows));
+    let mpps = |m| t.headline(m).unwrap_or(0.0) / 1e6;
+    let summary = format!(
+        "relay {:.2} Mpps, drop {:.2}, fwd {:.2}, userspace {:.2}, kernel {:.2} (64 B)",
+        mpps(Mode::Relay1k),
+        mpps(Mode::Drop),
+        mpps(Mode::Fwd),
+        mpps(Mode::Userspace),
+        mpps(Mode::KernelFwd),
+    );
+    // What the modes that worked measured, also when others failed; the ratios are
+    // derived at the end of the run.
+    b.out.throughput = Some(t);
     if !failed.is_empty() {
         phase.done(format!("{} mode(s) failed", failed.len()));
         anyhow::bail!("{}", failed.join("; "));
     }
-    phase.done(format!(
-        "relay {:.2} Mpps, drop {:.2}, fwd {:.2}, userspace {:.2}, kernel {:.2} (64 B)",
-        b.get_f64("relay_pps").unwrap_or(0.0) / 1e6,
-        b.get_f64("drop_pps").unwrap_or(0.0) / 1e6,
-        b.get_f64("fwd_pps").unwrap_or(0.0) / 1e6,
-        b.get_f64("userspace_relay_pps").unwrap_or(0.0) / 1e6,
-        b.get_f64("kernel_fwd_pps").unwrap_or(0.0) / 1e6,
-    ));
+    phase.done(summary);
     Ok(())
 }
 

@@ -18,9 +18,15 @@ use jvpn_ctl::{
     lab::{gateway::Transport, stack::Stack},
     session::State,
 };
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use super::{Bench, percentile, progress::Phase, stopped, wireguard::WgLab};
+use super::{
+    Bench, percentile,
+    progress::Phase,
+    schema::{Direction, Tunnel, TunnelImpl, TunnelRun, TunnelSetup},
+    stopped,
+    wireguard::WgLab,
+};
 
 /// The iperf3 server's port (each lab has namespaces of its own).
 const IPERF_PORT: &str = "5201";
@@ -256,78 +262,105 @@ pub fn run(b: &mut Bench) -> Result<()> {
 
     // (impl, direction) → samples.
     let kinds = [
-        ("tunnel", "up"),
-        ("tunnel", "down"),
-        ("wireguard_go", "up"),
-        ("wireguard_go", "down"),
+        (TunnelImpl::Tunnel, Direction::Up),
+        (TunnelImpl::Tunnel, Direction::Down),
+        (TunnelImpl::WireguardGo, Direction::Up),
+        (TunnelImpl::WireguardGo, Direction::Down),
     ];
+    let name = |which| match which {
+        TunnelImpl::Tunnel => "tunnel",
+        TunnelImpl::WireguardGo => "wireguard_go",
+    };
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); kinds.len()];
     let mut runs = Vec::new();
     for round in 0..rounds {
-        for (k, &(which, dir)) in kinds.iter().enumerate() {
+        for (k, &(which, direction)) in kinds.iter().enumerate() {
             stopped()?;
-            phase.live(format!("round {}/{rounds}: {which} {dir}", round + 1));
-            let ns = if which == "tunnel" { &jvpn_ns } else { &wg_ns };
-            let s = iperf3(ns, EXIT_TUN, secs, dir == "down")
-                .with_context(|| format!("iperf3 {which} {dir}, round {}", round + 1));
+            let dir = match direction {
+                Direction::Up => "up",
+                Direction::Down => "down",
+            };
+            let which_name = name(which);
+            phase.live(format!("round {}/{rounds}: {which_name} {dir}", round + 1));
+            let ns = if which == TunnelImpl::Tunnel {
+                &jvpn_ns
+            } else {
+                &wg_ns
+            };
+            let s = iperf3(ns, EXIT_TUN, secs, direction == Direction::Down)
+                .with_context(|| format!("iperf3 {which_name} {dir}, round {}", round + 1));
             let s = match s {
                 Ok(s) => s,
-                Err(e) if which == "tunnel" => return Err(with_logs(e, &stack)),
+                Err(e) if which == TunnelImpl::Tunnel => return Err(with_logs(e, &stack)),
                 Err(e) => {
                     wg.check()?;
                     return Err(e);
                 }
             };
             phase.say(format!(
-                "round {}: {which} {dir}: {:.0} Mbit/s, {} retransmits",
+                "round {}: {which_name} {dir}: {:.0} Mbit/s, {} retransmits",
                 round + 1,
                 s.mbps,
                 s.retransmits.map_or("?".into(), |r| r.to_string())
             ));
-            runs.push(json!({
-                "impl": which, "direction": dir, "round": round + 1,
-                "mbps": (s.mbps * 10.0).round() / 10.0, "retransmits": s.retransmits,
-                "cpu_client_pct": s.cpu_client.map(|c| (c * 10.0).round() / 10.0),
-                "cpu_server_pct": s.cpu_server.map(|c| (c * 10.0).round() / 10.0),
-            }));
+            runs.push(TunnelRun {
+                which,
+                direction,
+                round: round + 1,
+                mbps: (s.mbps * 10.0).round() / 10.0,
+                retransmits: s.retransmits,
+                cpu_client_pct: s.cpu_client.map(|c| (c * 10.0).round() / 10.0),
+                cpu_server_pct: s.cpu_server.map(|c| (c * 10.0).round() / 10.0),
+            });
             samples[k].push(s);
             phase.step();
         }
     }
     let switches_after = switches(&stack);
 
-    let mut mbps = [None; 4];
-    for (k, &(which, dir)) in kinds.iter().enumerate() {
+    // Medians per kind, in the order of `kinds`: every kind has `rounds` samples (a
+    // failed run ended the phase above).
+    let mut mbps = [0.0; 4];
+    let mut retransmits = [None; 4];
+    for k in 0..kinds.len() {
         let m: Vec<f64> = samples[k].iter().map(|s| s.mbps).collect();
         let r: Vec<f64> = samples[k]
             .iter()
             .filter_map(|s| s.retransmits)
             .map(|r| r as f64)
             .collect();
-        mbps[k] = median(&m).map(|v| (v * 10.0).round() / 10.0);
-        b.set(&format!("{which}_{dir}_mbps"), mbps[k]);
-        let r = median(&r).map(|v| v.round() as u64);
-        b.set(&format!("{which}_{dir}_retransmits"), r);
+        let (which, _) = kinds[k];
+        mbps[k] = median(&m)
+            .map(|v| (v * 10.0).round() / 10.0)
+            .with_context(|| format!("no {} run", name(which)))?;
+        retransmits[k] = median(&r).map(|v| v.round() as u64);
     }
-    let up = ratio(mbps[0], mbps[2]);
-    let down = ratio(mbps[1], mbps[3]);
-    b.set("tunnel_over_wireguard_go_up", up);
-    b.set("tunnel_over_wireguard_go_down", down);
-    let both = up.zip(down).map(|(u, d)| u.min(d));
-    b.set("tunnel_over_wireguard_go", both);
-    b.set(
-        "tunnel",
-        json!({
-            "seconds_per_run": secs,
-            "rounds": rounds,
-            "tunnel_mtu": jvpn_mtu,
-            "tunnel_mtu_after": tunnel_mtu(&stack),
-            "wireguard_go_mtu": wg_mtu,
-            "wireguard_go_version": super::wireguard::version(),
-            "client_switches": switches_after.zip(switches_before).map(|(a, b)| a - b),
-            "runs": runs,
-        }),
-    );
+    let up = ratio(Some(mbps[0]), Some(mbps[2]));
+    let down = ratio(Some(mbps[1]), Some(mbps[3]));
+    b.out.tunnel = Some(Tunnel {
+        tunnel_up_mbps: mbps[0],
+        tunnel_down_mbps: mbps[1],
+        wireguard_go_up_mbps: mbps[2],
+        wireguard_go_down_mbps: mbps[3],
+        tunnel_up_retransmits: retransmits[0],
+        tunnel_down_retransmits: retransmits[1],
+        wireguard_go_up_retransmits: retransmits[2],
+        wireguard_go_down_retransmits: retransmits[3],
+        tunnel_over_wireguard_go_up: up,
+        tunnel_over_wireguard_go_down: down,
+        tunnel_over_wireguard_go: up.zip(down).map(|(u, d)| u.min(d)),
+        tunnel: TunnelSetup {
+            seconds_per_run: secs,
+            rounds,
+            tunnel_mtu: jvpn_mtu,
+            tunnel_mtu_after: tunnel_mtu(&stack),
+            wireguard_go_mtu: wg_mtu,
+            wireguard_go_version: super::wireguard::version(),
+            client_switches: switches_after.zip(switches_before).map(|(a, b)| a - b),
+            runs,
+        },
+    });
+    let mbps = mbps.map(Some);
     let f = |v: Option<f64>| v.map_or("—".into(), |v| format!("{v:.0}"));
     let x = |v: Option<f64>| v.map_or("—".into(), |v| format!("{v:.2}"));
     phase.done(format!(

@@ -48,6 +48,7 @@ use jvpn_ctl::{
     },
     session::Policy,
 };
+use jvpn_tests::bench::schema;
 use ring::{
     agreement, hmac,
     rand::{SecureRandom as _, SystemRandom},
@@ -1013,17 +1014,17 @@ impl EtcdCounts {
         self.txn + self.range + self.put + self.delete
     }
 
-    fn json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "txn": round3(self.txn),
-            "range": round3(self.range),
-            "put": round3(self.put),
-            "delete_range": round3(self.delete),
-            "proposals_committed": round3(self.proposals),
-            "wal_fsyncs": round3(self.fsyncs),
-            "wal_fsync_us_each": (self.fsyncs > 0.0)
+    fn figures(&self) -> schema::EtcdCounts {
+        schema::EtcdCounts {
+            txn: round3(self.txn),
+            range: round3(self.range),
+            put: round3(self.put),
+            delete_range: round3(self.delete),
+            proposals_committed: round3(self.proposals),
+            wal_fsyncs: round3(self.fsyncs),
+            wal_fsync_us_each: (self.fsyncs > 0.0)
                 .then(|| (self.fsync_s / self.fsyncs * 1e7).round() / 10.0),
-        })
+        }
     }
 }
 
@@ -1042,7 +1043,8 @@ impl std::fmt::Display for EtcdCounts {
     }
 }
 
-fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
+/// The results line: what `jvpn-bench` keeps under `ctl_bench*` (its schema).
+fn run(args: &Args) -> anyhow::Result<schema::CtlBench> {
     let n = args.sessions;
     // The controller gets this CPU alone; etcd and the etcd clients' threads,
     // started next, inherit the others.
@@ -1255,50 +1257,55 @@ fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
     };
 
     let round1 = |v: f64| (v * 10.0).round() / 10.0;
-    Ok(serde_json::json!({
-        "restart_ms": restarted.map(|(t, _)| round1(t.as_secs_f64() * 1e3)),
-        "store_bytes_per_session": restarted.and_then(|(_, b)| b).map(|b| b / stored as u64),
-        "handshakes_per_s": (1e6 / handshake_us).round(),
-        "handshake_us": round1(handshake_us),
-        "handshake_step_us": {
-            "hello": round1(us_per(hs.first, n)),
-            "confirm": round1(us_per(hs.second, n)),
-            "exit_ack": round1(us_per(hs.third, n)),
+    Ok(schema::CtlBench {
+        restart_ms: restarted.map(|(t, _)| round1(t.as_secs_f64() * 1e3)),
+        store_bytes_per_session: restarted.and_then(|(_, b)| b).map(|b| b / stored as u64),
+        handshakes_per_s: (1e6 / handshake_us).round(),
+        handshake_us: round1(handshake_us),
+        handshake_step_us: schema::HandshakeSteps {
+            hello: round1(us_per(hs.first, n)),
+            confirm: round1(us_per(hs.second, n)),
+            exit_ack: round1(us_per(hs.third, n)),
         },
-        "reattaches_per_s": (1e6 / reattach_us).round(),
-        "reattach_us": round1(reattach_us),
-        "reattach_step_us": {
-            "request": round1(us_per(ra.first, reattaches)),
-            "confirm": round1(us_per(ra.second, reattaches)),
+        reattaches_per_s: (1e6 / reattach_us).round(),
+        reattach_us: round1(reattach_us),
+        reattach_step_us: schema::ReattachSteps {
+            request: round1(us_per(ra.first, reattaches)),
+            confirm: round1(us_per(ra.second, reattaches)),
         },
-        "reattach_rounds": rounds,
-        "bytes_per_session_ctl": bytes_per_session.round(),
-        "bytes_per_session_ctl_note": "controller heap only (requested sizes); kernel map bytes are measured elsewhere",
-        "nonce_cache_bytes_per_session_est": nonce_est.round(),
-        "session_slot_bytes": entry_bytes,
-        "sessions": n,
-        "warmup_sessions": WARMUP,
-        "db": match &kind {
-            None => "none",
-            Some(StoreKind::Memory(_)) => "memory",
-            Some(StoreKind::Local(_)) => "local",
-            Some(StoreKind::Etcd(..)) => "etcd",
-            Some(StoreKind::Cluster(..)) => "cluster",
+        reattach_rounds: rounds,
+        bytes_per_session_ctl: bytes_per_session.round(),
+        bytes_per_session_ctl_note: "controller heap only (requested sizes); kernel map bytes \
+                                     are measured elsewhere"
+            .into(),
+        nonce_cache_bytes_per_session_est: nonce_est.round(),
+        session_slot_bytes: entry_bytes,
+        sessions: n,
+        warmup_sessions: WARMUP,
+        db: Some(
+            match &kind {
+                None => "none",
+                Some(StoreKind::Memory(_)) => "memory",
+                Some(StoreKind::Local(_)) => "local",
+                Some(StoreKind::Etcd(..)) => "etcd",
+                Some(StoreKind::Cluster(..)) => "cluster",
+            }
+            .into(),
+        ),
+        etcd_per_handshake: etcd_hs.as_ref().map(EtcdCounts::figures),
+        etcd_per_reattach: etcd_ra.as_ref().map(EtcdCounts::figures),
+        etcd_txns_per_reattach: etcd_ra.as_ref().map(|c| round3(c.txn)),
+        etcd_txns_per_handshake: etcd_hs.as_ref().map(|c| round3(c.txn)),
+        etcd_rpcs_per_reattach: etcd_ra.as_ref().map(|c| round3(c.rpcs())),
+        context_us: schema::ContextUs {
+            ed25519_sign: round1(ctx.ed25519_sign),
+            ed25519_verify: round1(ctx.ed25519_verify),
+            x25519_keygen_agree: round1(ctx.x25519_keygen_agree),
+            pool_allocate_at_end: round1(ctx.pool_allocate_at_n),
         },
-        "etcd_per_handshake": etcd_hs.as_ref().map(EtcdCounts::json),
-        "etcd_per_reattach": etcd_ra.as_ref().map(EtcdCounts::json),
-        "etcd_txns_per_reattach": etcd_ra.as_ref().map(|c| round3(c.txn)),
-        "etcd_txns_per_handshake": etcd_hs.as_ref().map(|c| round3(c.txn)),
-        "etcd_rpcs_per_reattach": etcd_ra.as_ref().map(|c| round3(c.rpcs())),
-        "context_us": {
-            "ed25519_sign": round1(ctx.ed25519_sign),
-            "ed25519_verify": round1(ctx.ed25519_verify),
-            "x25519_keygen_agree": round1(ctx.x25519_keygen_agree),
-            "pool_allocate_at_end": round1(ctx.pool_allocate_at_n),
-        },
-        "cpu": model,
-        "cpu_index": cpu,
-    }))
+        cpu: model,
+        cpu_index: cpu,
+    })
 }
 
 fn main() {
@@ -1314,8 +1321,8 @@ fn main() {
         std::process::exit(1);
     }
     jvpn_tests::bench::catch_stop_signals();
-    match run(&args) {
-        Ok(v) => println!("{v}"),
+    match run(&args).and_then(|v| Ok(serde_json::to_string(&v)?)) {
+        Ok(line) => println!("{line}"),
         Err(e) => {
             eprintln!("ctl-bench: error: {e:#}");
             std::process::exit(1);

@@ -68,7 +68,8 @@ fn main_inner(args: Args) -> Result<bool> {
     }
     bench::catch_stop_signals();
     let (results, ok) = bench::run(opts.clone())?;
-    let text = serde_json::to_string_pretty(&results)?;
+    // Through a `Value`: its keys sorted, as the files have always been written.
+    let text = serde_json::to_string_pretty(&serde_json::to_value(&results)?)?;
     std::fs::write(&opts.json, text + "\n")
         .with_context(|| format!("writing {}", opts.json.display()))?;
     eprintln!("results: {}", opts.json.display());

@@ -1,103 +1,49 @@
-//! Reads the benchmark's results JSON (schema 1) into the tables the report and the
-//! plots show. A partial run may lack any key or hold null in it, so every figure is
-//! an `Option` and nothing here fails: what is missing is shown as missing.
+//! Turns a results file ([`Results`], the schema shared with the writer) into the
+//! tables the report and the plots show. A phase that did not run has no group, so
+//! its figures are `None` here and show as missing; nothing here fails.
 
-use serde_json::Value;
+use super::schema::{Direction, Mode, PpsRow, Results, TunnelImpl};
 
-/// The results schema this renderer understands.
-pub const SCHEMA: u64 = 1;
-
-/// The number at `path` (object keys), if it is one.
-pub fn num(v: &Value, path: &[&str]) -> Option<f64> {
-    path.iter()
-        .try_fold(v, |v, key| v.get(key))?
-        .as_f64()
-        .filter(|x| x.is_finite())
-}
-
-/// The string at `path`, if it is one.
-pub fn text<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
-    path.iter().try_fold(v, |v, key| v.get(key))?.as_str()
-}
-
-/// A whole, non-negative number (a payload size, a session count).
-fn whole(v: &Value) -> Option<u64> {
-    v.as_u64().or_else(|| {
-        v.as_f64()
-            .filter(|x| x.fract() == 0.0 && (0.0..9.0e15).contains(x))
-            .map(|x| x as u64)
-    })
-}
-
-/// A benchmark mode, in the order the report lists them.
+/// A benchmark mode as the report names it.
 pub struct ModeName {
-    pub key: &'static str,
     /// The row name in REPORT.md.
     pub name: &'static str,
     /// Two short lines under its bars in the plot.
     pub label: [&'static str; 2],
-    /// The results key of its 64-byte, 1,000-session headline figure.
-    pub headline: &'static str,
 }
 
-pub const MODES: [ModeName; 9] = [
-    ModeName {
-        key: "drop",
-        name: "XDP_DROP (ceiling)",
-        label: ["XDP_DROP", "(ceiling)"],
-        headline: "drop_pps",
-    },
-    ModeName {
-        key: "fwd",
-        name: "XDP redirect forwarder (ceiling)",
-        label: ["XDP redirect", "(ceiling)"],
-        headline: "fwd_pps",
-    },
-    ModeName {
-        key: "relay_1k",
-        name: "jvpn relay, 1k sessions",
-        label: ["jvpn relay", "1k sessions"],
-        headline: "relay_pps",
-    },
-    ModeName {
-        key: "relay_1m",
-        name: "jvpn relay, 1M sessions",
-        label: ["jvpn relay", "1M sessions"],
-        headline: "relay_1m_pps",
-    },
-    ModeName {
-        key: "relay_1k_fib",
-        name: "jvpn relay, 1k sessions, FIB per packet (table suspended)",
-        label: ["relay, FIB", "1k sessions"],
-        headline: "relay_fib_pps",
-    },
-    ModeName {
-        key: "relay_1m_fib",
-        name: "jvpn relay, 1M sessions, FIB per packet (table suspended)",
-        label: ["relay, FIB", "1M sessions"],
-        headline: "relay_1m_fib_pps",
-    },
-    ModeName {
-        key: "relay_1k_2cpu",
-        name: "jvpn relay, 1k sessions, traffic from 2 CPUs (2-queue veth)",
-        label: ["jvpn relay", "2 CPUs"],
-        headline: "relay_2cpu_pps",
-    },
-    ModeName {
-        key: "userspace_relay",
-        name: "userspace relay (recvmmsg/sendmmsg)",
-        label: ["userspace relay", "(mmsg)"],
-        headline: "userspace_relay_pps",
-    },
-    ModeName {
-        key: "kernel_fwd",
-        name: "kernel IP forwarding",
-        label: ["kernel IP", "forwarding"],
-        headline: "kernel_fwd_pps",
-    },
-];
+/// Every mode's names (a new mode is a compile error here until it has them).
+pub fn mode_name(mode: Mode) -> ModeName {
+    let (name, label) = match mode {
+        Mode::Drop => ("XDP_DROP (ceiling)", ["XDP_DROP", "(ceiling)"]),
+        Mode::Fwd => (
+            "XDP redirect forwarder (ceiling)",
+            ["XDP redirect", "(ceiling)"],
+        ),
+        Mode::Relay1k => ("jvpn relay, 1k sessions", ["jvpn relay", "1k sessions"]),
+        Mode::Relay1m => ("jvpn relay, 1M sessions", ["jvpn relay", "1M sessions"]),
+        Mode::Relay1kFib => (
+            "jvpn relay, 1k sessions, FIB per packet (table suspended)",
+            ["relay, FIB", "1k sessions"],
+        ),
+        Mode::Relay1mFib => (
+            "jvpn relay, 1M sessions, FIB per packet (table suspended)",
+            ["relay, FIB", "1M sessions"],
+        ),
+        Mode::Relay1k2Cpu => (
+            "jvpn relay, 1k sessions, traffic from 2 CPUs (2-queue veth)",
+            ["jvpn relay", "2 CPUs"],
+        ),
+        Mode::Userspace => (
+            "userspace relay (recvmmsg/sendmmsg)",
+            ["userspace relay", "(mmsg)"],
+        ),
+        Mode::KernelFwd => ("kernel IP forwarding", ["kernel IP", "forwarding"]),
+    };
+    ModeName { name, label }
+}
 
-/// The payload the headline keys were measured with.
+/// The payload the headline figures (`drop_pps`, `relay_pps`, …) were measured with.
 const HEADLINE_PAYLOAD: u64 = 64;
 
 pub struct Payload {
@@ -119,20 +65,15 @@ pub struct Throughput {
 }
 
 impl Throughput {
-    pub fn read(results: &Value) -> Self {
-        let entries: &[Value] = results
-            .get("pps")
-            .and_then(Value::as_array)
-            .map_or(&[], Vec::as_slice);
-        let entry_payload = |e: &Value| e.get("payload").and_then(whole);
+    pub fn read(results: &Results) -> Self {
+        let t = results.throughput.as_ref();
+        let entries = pps_entries(results);
 
         // Columns: every payload an entry or the setup names, and the headline one
         // when any headline figure exists.
-        let mut sizes: Vec<u64> = entries.iter().filter_map(entry_payload).collect();
-        if let Some(list) = results.pointer("/setup/payloads").and_then(Value::as_array) {
-            sizes.extend(list.iter().filter_map(whole));
-        }
-        if MODES.iter().any(|m| num(results, &[m.headline]).is_some()) {
+        let mut sizes: Vec<u64> = entries.iter().map(|e| e.payload as u64).collect();
+        sizes.extend(results.setup.payloads.iter().map(|&p| p as u64));
+        if t.is_some_and(|t| Mode::ALL.iter().any(|&m| t.headline(m).is_some())) {
             sizes.push(HEADLINE_PAYLOAD);
         }
         sizes.sort_unstable();
@@ -143,47 +84,38 @@ impl Throughput {
                 bytes,
                 frame_bytes: entries
                     .iter()
-                    .filter(|e| entry_payload(e) == Some(bytes))
-                    .find_map(|e| e.get("frame_bytes").and_then(whole)),
+                    .find(|e| e.payload as u64 == bytes)
+                    .map(|e| e.frame_bytes as u64),
             })
             .collect();
 
-        let lookup = |mode: &str, payload: u64| {
+        let lookup = |mode: Mode, payload: u64| {
             entries
                 .iter()
-                .filter(|e| e.get("mode").and_then(Value::as_str) == Some(mode))
-                .filter(|e| entry_payload(e) == Some(payload))
-                .find_map(|e| num(e, &["pps"]))
+                .find(|e| e.mode == mode && e.payload as u64 == payload)
+                .map(|e| e.pps)
+                .filter(|p| p.is_finite())
         };
-        let mut rows: Vec<ModeRow> = MODES
-            .iter()
-            .map(|m| ModeRow {
-                name: m.name.into(),
-                label: m.label.map(str::to_owned),
-                pps: sizes
-                    .iter()
-                    .map(|&p| {
-                        lookup(m.key, p).or_else(|| {
-                            (p == HEADLINE_PAYLOAD)
-                                .then(|| num(results, &[m.headline]))
-                                .flatten()
+        let rows = Mode::ALL
+            .into_iter()
+            .map(|m| {
+                let names = mode_name(m);
+                ModeRow {
+                    name: names.name.into(),
+                    label: names.label.map(str::to_owned),
+                    pps: sizes
+                        .iter()
+                        .map(|&p| {
+                            lookup(m, p).or_else(|| {
+                                (p == HEADLINE_PAYLOAD)
+                                    .then(|| t.and_then(|t| t.headline(m)))
+                                    .flatten()
+                            })
                         })
-                    })
-                    .collect(),
+                        .collect(),
+                }
             })
             .collect();
-        // A mode this renderer does not know still gets a row, under its own name.
-        let mut unknown: Vec<&str> = Vec::new();
-        for mode in entries.iter().filter_map(|e| e.get("mode")?.as_str()) {
-            if !MODES.iter().any(|m| m.key == mode) && !unknown.contains(&mode) {
-                unknown.push(mode);
-            }
-        }
-        rows.extend(unknown.into_iter().map(|mode| ModeRow {
-            name: mode.into(),
-            label: [mode.into(), String::new()],
-            pps: sizes.iter().map(|&p| lookup(mode, p)).collect(),
-        }));
         Self { payloads, rows }
     }
 
@@ -192,36 +124,13 @@ impl Throughput {
     }
 }
 
-/// One line of the raw counts behind the throughput table.
-pub struct PpsEntry {
-    pub mode: String,
-    pub payload: Option<u64>,
-    pub frame_bytes: Option<u64>,
-    pub pps: Option<f64>,
-    pub sent: Option<f64>,
-    pub received: Option<f64>,
-    pub seconds: Option<f64>,
-}
-
-pub fn pps_entries(results: &Value) -> Vec<PpsEntry> {
-    let Some(entries) = results.get("pps").and_then(Value::as_array) else {
-        return Vec::new();
-    };
-    entries
-        .iter()
-        .map(|e| PpsEntry {
-            mode: text(e, &["mode"]).unwrap_or("?").into(),
-            payload: e.get("payload").and_then(whole),
-            frame_bytes: e.get("frame_bytes").and_then(whole),
-            pps: num(e, &["pps"]),
-            sent: num(e, &["sent"]),
-            received: num(e, &["received"]),
-            seconds: num(e, &["seconds"]),
-        })
-        .collect()
+/// The raw counts behind the throughput table.
+pub fn pps_entries(results: &Results) -> &[PpsRow] {
+    results.throughput.as_ref().map_or(&[], |t| &t.pps)
 }
 
 /// Nanoseconds per packet by session-table size, for the relay and for XDP_DROP.
+#[derive(Default)]
 pub struct NsPerPkt {
     /// Ascending.
     pub sessions: Vec<u64>,
@@ -229,28 +138,31 @@ pub struct NsPerPkt {
     /// The relay with its next-hop table suspended (the FIB per packet).
     pub relay_fib: Vec<Option<f64>>,
     pub drop: Vec<Option<f64>>,
+    /// The cluster check: DATA of an admitted foreign session, and of an unknown id.
+    pub foreign: Vec<Option<f64>>,
+    pub unknown: Vec<Option<f64>>,
 }
 
 impl NsPerPkt {
-    pub fn read(results: &Value) -> Self {
-        let series = |name: &str| results.get("ns_per_pkt").and_then(|n| n.get(name));
-        let mut sessions: Vec<u64> = ["relay", "drop"]
-            .iter()
-            .filter_map(|s| series(s)?.as_object())
-            .flat_map(|o| o.keys().filter_map(|k| k.parse().ok()))
-            .collect();
+    pub fn read(results: &Results) -> Self {
+        let Some(n) = results.cost.as_ref().map(|c| &c.ns_per_pkt) else {
+            return Self::default();
+        };
+        let mut sessions: Vec<u64> = n.relay.keys().chain(n.drop.keys()).copied().collect();
         sessions.sort_unstable();
         sessions.dedup();
-        let values = |name: &str| {
+        let values = |series: &std::collections::BTreeMap<u64, f64>| {
             sessions
                 .iter()
-                .map(|n| series(name).and_then(|s| num(s, &[&n.to_string()])))
+                .map(|s| series.get(s).copied().filter(|v| v.is_finite()))
                 .collect()
         };
         Self {
-            relay: values("relay"),
-            relay_fib: values("relay_fib"),
-            drop: values("drop"),
+            relay: values(&n.relay),
+            relay_fib: values(&n.relay_fib),
+            drop: values(&n.drop),
+            foreign: values(&n.foreign),
+            unknown: values(&n.unknown),
             sessions,
         }
     }
@@ -269,23 +181,22 @@ pub struct Rtt {
 }
 
 impl Rtt {
-    /// The percentiles are the benchmark's own when it wrote them, else computed from
-    /// the samples.
-    pub fn read(results: &Value) -> Self {
-        let mut samples: Vec<f64> = results
-            .get("reattach_rtt_us")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_f64)
+    /// The percentiles are the benchmark's own.
+    pub fn read(results: &Results) -> Self {
+        let r = results.reattach.as_ref();
+        let mut samples: Vec<f64> = r
+            .map(|r| {
+                r.reattach_rtt_us
+                    .iter()
+                    .copied()
                     .filter(|x| x.is_finite())
                     .collect()
             })
             .unwrap_or_default();
         samples.sort_by(f64::total_cmp);
         Self {
-            p50: num(results, &["reattach_rtt_us_p50"]).or_else(|| percentile(&samples, 50.0)),
-            p99: num(results, &["reattach_rtt_us_p99"]).or_else(|| percentile(&samples, 99.0)),
+            p50: r.map(|r| r.reattach_rtt_us_p50),
+            p99: r.map(|r| r.reattach_rtt_us_p99),
             samples,
         }
     }
@@ -304,30 +215,32 @@ pub struct Tunnel {
     pub ratio: [Option<f64>; 2],
 }
 
-/// The two directions, as the tunnel keys spell them.
-pub const DIRECTIONS: [&str; 2] = ["up", "down"];
+/// The two directions, in the order of [`Tunnel`]'s pairs.
+pub const DIRECTIONS: [Direction; 2] = [Direction::Up, Direction::Down];
 
 impl Tunnel {
-    pub fn read(r: &Value) -> Self {
-        let per = |f: &dyn Fn(&str) -> String| DIRECTIONS.map(|d| num(r, &[&f(d)]));
-        let mbps = per(&|d| format!("tunnel_{d}_mbps"));
-        let wg = per(&|d| format!("wireguard_go_{d}_mbps"));
-        let ratio = per(&|d| format!("tunnel_over_wireguard_go_{d}"));
-        let mut computed = [None; 2];
-        for i in 0..2 {
-            computed[i] = ratio[i].or_else(|| {
-                mbps[i]
+    pub fn read(r: &Results) -> Self {
+        let t = r.tunnel.as_ref();
+        let mbps = |which| DIRECTIONS.map(|d| t.map(|t| t.mbps(which, d)));
+        let retransmits =
+            |which| DIRECTIONS.map(|d| t.and_then(|t| t.retransmits(which, d)).map(|n| n as f64));
+        let (jvpn, wg) = (mbps(TunnelImpl::Tunnel), mbps(TunnelImpl::WireguardGo));
+        let mut ratio = [None; 2];
+        for (i, d) in DIRECTIONS.into_iter().enumerate() {
+            // The runner's ratio, or (a 0 baseline aside) the same from the medians.
+            ratio[i] = t.and_then(|t| t.ratio(d)).or_else(|| {
+                jvpn[i]
                     .zip(wg[i])
                     .filter(|(_, w)| *w > 0.0)
                     .map(|(m, w)| m / w)
             });
         }
         Self {
-            jvpn: mbps,
+            jvpn,
             wireguard_go: wg,
-            jvpn_retransmits: per(&|d| format!("tunnel_{d}_retransmits")),
-            wireguard_go_retransmits: per(&|d| format!("wireguard_go_{d}_retransmits")),
-            ratio: computed,
+            jvpn_retransmits: retransmits(TunnelImpl::Tunnel),
+            wireguard_go_retransmits: retransmits(TunnelImpl::WireguardGo),
+            ratio,
         }
     }
 
@@ -341,6 +254,7 @@ impl Tunnel {
 
 /// The `flood` phase: the legitimate workload on its own and under the flood of
 /// spoofed HELLOs and forged REATTACH_REQUESTs. Pairs are `[unloaded, under the flood]`.
+#[derive(Default)]
 pub struct Flood {
     /// The floods' achieved rates (frames the gateway's links accepted per second),
     /// and what was asked for.
@@ -378,70 +292,52 @@ pub struct Flood {
     pub generator_ns: Vec<(String, f64)>,
 }
 
-/// The two windows' key prefixes: the keys (`legit_…`) and the others
-/// (`flood_…`), unloaded then under the flood.
-pub const FLOOD_WINDOWS: [(&str, &str); 2] = [("unloaded_", "unloaded_"), ("", "flood_")];
-
 impl Flood {
-    pub fn read(r: &Value) -> Self {
-        let pair = |key: &str, extra: bool| {
-            FLOOD_WINDOWS.map(|(main, other)| {
-                let prefix = if extra { other } else { main };
-                num(r, &[&format!("{prefix}{key}")])
-            })
+    pub fn read(r: &Results) -> Self {
+        let Some(f) = r.flood.as_ref() else {
+            return Self::default();
         };
-        let samples = |key: &str| {
-            FLOOD_WINDOWS.map(|(prefix, _)| {
-                r.get(format!("{prefix}{key}"))
-                    .and_then(Value::as_array)
-                    .map(|a| {
-                        a.iter()
-                            .map(|v| v.as_f64().filter(|x| x.is_finite()))
-                            .collect()
-                    })
-                    .unwrap_or_default()
-            })
+        let w = f.windows();
+        let finite = |v: &[Option<f64>]| -> Vec<Option<f64>> {
+            v.iter().map(|x| x.filter(|x| x.is_finite())).collect()
         };
-        let counts = |key: &str, by_size: bool| {
-            let mut v: Vec<(String, f64)> = r
-                .get(key)
-                .and_then(Value::as_object)
-                .map(|o| {
-                    o.iter()
-                        .filter_map(|(k, v)| Some((k.clone(), v.as_f64()?)))
-                        .collect()
-                })
-                .unwrap_or_default();
-            if by_size {
-                v.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-            }
-            v
-        };
-        let p99 = pair("legit_reattach_rtt_us_p99", false);
+        let [u99, f99] = [&w[0], &w[1]].map(|w| w.reattach_rtt_us_p99);
+        let mut xdp: Vec<(String, f64)> = f
+            .under_flood
+            .xdp_drops
+            .iter()
+            .map(|(k, &v)| (k.clone(), v as f64))
+            .collect();
+        xdp.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         Self {
-            hello_pps: num(r, &["flood_hello_pps"]),
-            reattach_pps: num(r, &["flood_reattach_pps"]),
-            hello_target: num(r, &["flood_hello_target_pps"]),
-            reattach_target: num(r, &["flood_reattach_target_pps"]),
-            gate: text(r, &["flood_gate"]).map(str::to_owned),
-            handshake_ms: samples("legit_handshake_ms"),
-            handshake_success: pair("legit_handshake_success", false),
-            handshake_ms_p50: pair("legit_handshake_ms_p50", false),
-            handshake_ms_p99: pair("legit_handshake_ms_p99", false),
-            reattach_us: samples("legit_reattach_rtt_us"),
-            reattach_us_p50: pair("legit_reattach_rtt_us_p50", false),
-            reattach_us_p99: p99,
-            reattach_p99_ratio: num(r, &["legit_reattach_p99_over_unloaded"]).or_else(|| {
-                let [u, f] = p99;
-                f.zip(u).filter(|(_, u)| *u > 0.0).map(|(f, u)| f / u)
-            }),
-            spurious_volatile: pair("spurious_volatile", false),
-            event_log_bytes_per_s: pair("event_log_bytes_per_s", false),
-            controller_cpu: pair("controller_cpu", false),
-            sig_verifications: pair("controller_hello_sig_verifications", false),
-            bad_signatures: pair("controller_hello_bad_signature", true),
-            xdp: counts("flood_xdp_drops", true),
-            generator_ns: counts("flood_generator_ns_per_frame", false),
+            hello_pps: Some(f.flood_hello_pps),
+            reattach_pps: Some(f.flood_reattach_pps),
+            hello_target: Some(f.flood_hello_target_pps as f64),
+            reattach_target: Some(f.flood_reattach_target_pps as f64),
+            gate: Some(f.flood_gate.clone()),
+            handshake_ms: [&w[0], &w[1]].map(|w| finite(&w.handshake_ms)),
+            handshake_success: [&w[0], &w[1]].map(|w| Some(w.handshake_success)),
+            handshake_ms_p50: [&w[0], &w[1]].map(|w| w.handshake_ms_p50),
+            handshake_ms_p99: [&w[0], &w[1]].map(|w| w.handshake_ms_p99),
+            reattach_us: [&w[0], &w[1]].map(|w| finite(&w.reattach_rtt_us)),
+            reattach_us_p50: [&w[0], &w[1]].map(|w| w.reattach_rtt_us_p50),
+            reattach_us_p99: [u99, f99],
+            // The runner's, or the same from the two p99s.
+            reattach_p99_ratio: f
+                .legit_reattach_p99_over_unloaded
+                .or_else(|| f99.zip(u99).filter(|(_, u)| *u > 0.0).map(|(f, u)| f / u)),
+            spurious_volatile: [&w[0], &w[1]].map(|w| Some(w.spurious_volatile as f64)),
+            event_log_bytes_per_s: [&w[0], &w[1]].map(|w| Some(w.event_log_bytes_per_s)),
+            controller_cpu: [&w[0], &w[1]].map(|w| Some(w.controller_cpu)),
+            sig_verifications: [&w[0], &w[1]]
+                .map(|w| Some(w.controller_hello_sig_verifications as f64)),
+            bad_signatures: [&w[0], &w[1]].map(|w| Some(w.controller_hello_bad_signature as f64)),
+            xdp,
+            generator_ns: f
+                .flood_generator_ns_per_frame
+                .iter()
+                .map(|(k, &v)| (k.clone(), v))
+                .collect(),
         }
     }
 
@@ -465,104 +361,133 @@ pub fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use super::{
+        super::schema::{self as schema, example},
+        *,
+    };
 
-    use super::*;
-
-    #[test]
-    fn numbers_are_optional() {
-        let v = json!({"a": 1, "b": null, "c": "x", "d": {"e": 2.5}});
-        assert_eq!(num(&v, &["a"]), Some(1.0));
-        assert_eq!(num(&v, &["b"]), None);
-        assert_eq!(num(&v, &["c"]), None);
-        assert_eq!(num(&v, &["d", "e"]), Some(2.5));
-        assert_eq!(num(&v, &["d", "x"]), None);
-        assert_eq!(num(&json!([1]), &["a"]), None);
+    fn row(mode: Mode, payload: usize, frame_bytes: usize, pps: f64) -> PpsRow {
+        PpsRow {
+            mode,
+            payload,
+            frame_bytes,
+            pps,
+            sent: 0,
+            received: 0,
+            seconds: 1.0,
+            rounds_pps: vec![pps],
+            slow_path: None,
+        }
     }
 
     #[test]
     fn throughput_table() {
-        let v = json!({
-            "setup": {"payloads": [1400, 64]},
-            "fwd_pps": 4.2e6,
-            "pps": [
-                {"mode": "drop", "payload": 64, "frame_bytes": 106, "pps": 7.1e6},
-                {"mode": "drop", "payload": 1400, "frame_bytes": 1442, "pps": null},
-                {"mode": "relay_1k", "payload": 1400, "pps": 1.0e6},
-                {"mode": "new<mode>", "payload": 64, "pps": 5.0},
-                {"payload": 64, "pps": 1.0},
+        let mut r = example::nothing_ran();
+        r.setup.payloads = vec![1400, 64];
+        r.throughput = Some(schema::Throughput {
+            pps: vec![
+                row(Mode::Drop, 64, 106, 7.1e6),
+                row(Mode::Relay1k, 1400, 1442, 1.0e6),
             ],
+            fwd_pps: Some(4.2e6),
+            ..schema::Throughput::default()
         });
-        let t = Throughput::read(&v);
+        let t = Throughput::read(&r);
         let sizes: Vec<_> = t
             .payloads
             .iter()
             .map(|p| (p.bytes, p.frame_bytes))
             .collect();
         assert_eq!(sizes, [(64, Some(106)), (1400, Some(1442))]);
-        assert_eq!(t.rows.len(), MODES.len() + 1);
+        assert_eq!(t.rows.len(), Mode::ALL.len());
         assert_eq!(t.rows[0].pps, [Some(7.1e6), None]);
-        // The headline key fills the 64-byte cell the array lacks.
+        // The headline figure fills the 64-byte cell the rows lack.
         assert_eq!(t.rows[1].pps, [Some(4.2e6), None]);
         assert_eq!(t.rows[2].pps, [None, Some(1.0e6)]);
-        assert_eq!(t.rows[MODES.len()].name, "new<mode>");
-        assert_eq!(t.rows[MODES.len()].pps, [Some(5.0), None]);
+        assert_eq!(t.rows[2].name, "jvpn relay, 1k sessions");
         assert!(t.has_data());
 
-        let empty = Throughput::read(&json!({}));
-        assert!(empty.payloads.is_empty());
-        assert_eq!(empty.rows.len(), MODES.len());
+        // Not run: the setup's payloads as columns, nothing in them.
+        let empty = Throughput::read(&example::nothing_ran());
+        assert_eq!(empty.payloads.len(), 2);
+        assert_eq!(empty.rows.len(), Mode::ALL.len());
         assert!(!empty.has_data());
     }
 
     #[test]
     fn ns_per_pkt_and_rtt() {
-        let v = json!({
-            "ns_per_pkt": {"relay": {"1000000": 45.0, "1000": 40.1, "bad": 1}, "drop": {"1000": 26.0}},
-            "reattach_rtt_us": [5, 1, 4, 2, 3, "x", null],
-            "reattach_rtt_us_p99": 4.5,
+        let mut r = example::nothing_ran();
+        r.cost = Some(schema::Cost {
+            ns_per_pkt: schema::NsPerPkt {
+                relay: [(1_000_000, 45.0), (1000, 40.1)].into(),
+                drop: [(1000, 26.0)].into(),
+                ..schema::NsPerPkt::default()
+            },
+            ..schema::Cost::default()
         });
-        let n = NsPerPkt::read(&v);
+        r.reattach = Some(schema::Reattach {
+            reattach_rtt_us: vec![5.0, 1.0, 4.0, 2.0, 3.0],
+            reattach_rtt_us_p50: 3.0,
+            reattach_rtt_us_p99: 4.5,
+            ..schema::Reattach::default()
+        });
+        let n = NsPerPkt::read(&r);
         assert_eq!(n.sessions, [1000, 1_000_000]);
         assert_eq!(n.relay, [Some(40.1), Some(45.0)]);
         assert_eq!(n.drop, [Some(26.0), None]);
-        let r = Rtt::read(&v);
-        assert_eq!(r.samples, [1.0, 2.0, 3.0, 4.0, 5.0]);
-        assert_eq!(r.p50, Some(3.0));
-        assert_eq!(r.p99, Some(4.5));
-        assert!(!NsPerPkt::read(&json!({"ns_per_pkt": 3})).has_data());
-        assert_eq!(Rtt::read(&json!({})).p50, None);
+        assert_eq!(n.foreign, [None, None]);
+        let rtt = Rtt::read(&r);
+        assert_eq!(rtt.samples, [1.0, 2.0, 3.0, 4.0, 5.0]);
+        assert_eq!(rtt.p50, Some(3.0));
+        assert_eq!(rtt.p99, Some(4.5));
+        let none = example::nothing_ran();
+        assert!(!NsPerPkt::read(&none).has_data());
+        assert_eq!(Rtt::read(&none).p50, None);
     }
 
     #[test]
     fn tunnel_figures() {
-        let t = Tunnel::read(&json!({
-            "tunnel_up_mbps": 2000.0, "tunnel_down_mbps": 1500.0,
-            "wireguard_go_up_mbps": 800.0, "wireguard_go_down_mbps": null,
-            "tunnel_over_wireguard_go_up": 2.4, "tunnel_up_retransmits": 12,
-        }));
-        assert_eq!(t.jvpn, [Some(2000.0), Some(1500.0)]);
-        assert_eq!(t.wireguard_go, [Some(800.0), None]);
-        // The runner's ratio wins; a missing one is not made up.
-        assert_eq!(t.ratio, [Some(2.4), None]);
-        assert_eq!(t.jvpn_retransmits, [Some(12.0), None]);
-        assert!(t.has_data());
-        let t = Tunnel::read(&json!({"tunnel_up_mbps": 2000, "wireguard_go_up_mbps": 800}));
-        assert_eq!(t.ratio, [Some(2.5), None]);
-        assert!(!Tunnel::read(&json!({})).has_data());
+        let mut r = example::nothing_ran();
+        let mut t = example::results().tunnel.unwrap();
+        t.tunnel_up_mbps = 2000.0;
+        t.tunnel_down_mbps = 1500.0;
+        t.wireguard_go_up_mbps = 800.0;
+        t.wireguard_go_down_mbps = 0.0;
+        t.tunnel_over_wireguard_go_up = Some(2.4);
+        t.tunnel_over_wireguard_go_down = None;
+        t.tunnel_down_retransmits = None;
+        r.tunnel = Some(t.clone());
+        let v = Tunnel::read(&r);
+        assert_eq!(v.jvpn, [Some(2000.0), Some(1500.0)]);
+        assert_eq!(v.wireguard_go, [Some(800.0), Some(0.0)]);
+        // The runner's ratio wins; one over a 0 is not made up.
+        assert_eq!(v.ratio, [Some(2.4), None]);
+        assert_eq!(v.jvpn_retransmits, [Some(120.0), None]);
+        assert!(v.has_data());
+        t.tunnel_over_wireguard_go_up = None;
+        r.tunnel = Some(t);
+        assert_eq!(Tunnel::read(&r).ratio, [Some(2.5), None]);
+        assert!(!Tunnel::read(&example::nothing_ran()).has_data());
     }
 
     #[test]
     fn flood_figures() {
-        let f = Flood::read(&json!({
-            "flood_hello_pps": 1.0e6, "flood_gate": "default",
-            "legit_handshake_ms": [1.5, null, 3.0], "unloaded_legit_handshake_ms": [1.0],
-            "legit_reattach_rtt_us_p99": 3000, "unloaded_legit_reattach_rtt_us_p99": 1000,
-            "unloaded_controller_hello_bad_signature": 0,
-            "flood_controller_hello_bad_signature": 7,
-            "flood_xdp_drops": {"control_limited": 5, "hello_cookie_sent": 9, "x": "y"},
-        }));
-        assert_eq!(f.hello_pps, Some(1.0e6));
+        let mut r = example::nothing_ran();
+        let mut f = example::results().flood.unwrap();
+        f.under_flood.handshake_ms = vec![Some(1.5), None, Some(3.0)];
+        f.unloaded.handshake_ms = vec![Some(1.0)];
+        f.under_flood.reattach_rtt_us_p99 = Some(3000.0);
+        f.unloaded.reattach_rtt_us_p99 = Some(1000.0);
+        f.legit_reattach_p99_over_unloaded = None;
+        f.under_flood.controller_hello_bad_signature = 7;
+        f.under_flood.xdp_drops = [
+            ("control_limited".to_string(), 5),
+            ("hello_cookie_sent".to_string(), 9),
+        ]
+        .into();
+        r.flood = Some(f);
+        let f = Flood::read(&r);
+        assert_eq!(f.hello_pps, Some(1_002_431.0));
         assert_eq!(f.gate.as_deref(), Some("default"));
         assert_eq!(f.handshake_ms[1], [Some(1.5), None, Some(3.0)]);
         assert_eq!(f.handshake_ms[0], [Some(1.0)]);
@@ -577,7 +502,7 @@ mod tests {
             ]
         );
         assert!(f.has_data());
-        assert!(!Flood::read(&json!({})).has_data());
+        assert!(!Flood::read(&example::nothing_ran()).has_data());
     }
 
     #[test]

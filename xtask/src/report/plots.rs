@@ -501,39 +501,91 @@ fn trim(v: f64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use super::{
+        super::{
+            schema::{
+                Cost, Mode, NsPerPkt as NsTable, PpsRow, Reattach, Results, Throughput as T,
+                example,
+            },
+            xml_check,
+        },
+        *,
+    };
 
-    use super::{super::xml_check, *};
+    /// A run with nothing but what `f` adds.
+    fn results(f: impl FnOnce(&mut Results)) -> Results {
+        let mut r = example::nothing_ran();
+        f(&mut r);
+        r
+    }
+
+    fn ns(relay: &[(u64, f64)], drop: &[(u64, f64)]) -> Option<Cost> {
+        Some(Cost {
+            ns_per_pkt: NsTable {
+                relay: relay.iter().copied().collect(),
+                drop: drop.iter().copied().collect(),
+                ..NsTable::default()
+            },
+            ..Cost::default()
+        })
+    }
+
+    fn rtts(samples: &[f64]) -> Option<Reattach> {
+        let mut sorted = samples.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        Some(Reattach {
+            reattach_rtt_us_p50: data::percentile(&sorted, 50.0).unwrap(),
+            reattach_rtt_us_p99: data::percentile(&sorted, 99.0).unwrap(),
+            reattach_rtt_us: samples.to_vec(),
+            ..Reattach::default()
+        })
+    }
+
+    fn row(mode: Mode, payload: usize, frame_bytes: usize, pps: f64) -> PpsRow {
+        PpsRow {
+            mode,
+            payload,
+            frame_bytes,
+            pps,
+            sent: 0,
+            received: 0,
+            seconds: 1.0,
+            rounds_pps: vec![pps],
+            slow_path: None,
+        }
+    }
 
     #[test]
     fn plots_are_xml_and_show_their_data() {
-        let v = json!({
-            "pps": [
-                {"mode": "drop", "payload": 64, "frame_bytes": 106, "pps": 7.1e6},
-                {"mode": "relay_1k", "payload": 1400, "frame_bytes": 1442, "pps": 1.25e6},
-                {"mode": "a<b&c", "payload": 64, "pps": 1.0e6},
-            ],
-            "ns_per_pkt": {"relay": {"1000": 40.1, "1000000": 45.0}, "drop": {"1000": 26.0}},
-            "reattach_rtt_us": [470, 480, 481, 490, 900, 100000],
+        let v = results(|r| {
+            r.throughput = Some(T {
+                pps: vec![
+                    row(Mode::Drop, 64, 106, 7.1e6),
+                    row(Mode::Relay1k, 1400, 1442, 1.25e6),
+                ],
+                ..T::default()
+            });
+            r.cost = ns(&[(1000, 40.1), (1_000_000, 45.0)], &[(1000, 26.0)]);
+            r.reattach = rtts(&[470.0, 480.0, 481.0, 490.0, 900.0, 100_000.0]);
         });
         let mut tail = v.clone();
-        let mut samples: Vec<u32> = (0..200).map(|i| 470 + i % 21).collect();
-        samples.push(100_000);
-        tail["reattach_rtt_us"] = json!(samples);
+        let mut samples: Vec<f64> = (0..200).map(|i| f64::from(470 + i % 21)).collect();
+        samples.push(100_000.0);
+        tail.reattach = rtts(&samples);
         let pps = pps(&Throughput::read(&v));
         xml_check::check(&pps).unwrap();
-        assert!(pps.contains(">7.10<") && pps.contains(">1.25<") && pps.contains("a&lt;b&amp;c"));
+        assert!(pps.contains(">7.10<") && pps.contains(">1.25<"));
         assert!(pps.contains("64 B payload (106 B frame)"));
-        let ns = ns_per_pkt(&NsPerPkt::read(&v));
-        xml_check::check(&ns).unwrap();
-        assert!(ns.contains(">40.1<") && ns.contains(">1M<") && ns.contains(">1k<"));
-        assert!(ns.contains(">XDP_DROP<"));
-        let relay_only = json!({"ns_per_pkt": {"relay": {"1000": 40.1}, "drop": {}}});
-        let ns = ns_per_pkt(&NsPerPkt::read(&relay_only));
-        xml_check::check(&ns).unwrap();
+        let ns_doc = ns_per_pkt(&NsPerPkt::read(&v));
+        xml_check::check(&ns_doc).unwrap();
+        assert!(ns_doc.contains(">40.1<") && ns_doc.contains(">1M<") && ns_doc.contains(">1k<"));
+        assert!(ns_doc.contains(">XDP_DROP<"));
+        let relay_only = results(|r| r.cost = ns(&[(1000, 40.1)], &[]));
+        let ns_doc = ns_per_pkt(&NsPerPkt::read(&relay_only));
+        xml_check::check(&ns_doc).unwrap();
         assert!(
-            ns.contains(">jvpn relay<") && !ns.contains(">XDP_DROP<"),
-            "{ns}"
+            ns_doc.contains(">jvpn relay<") && !ns_doc.contains(">XDP_DROP<"),
+            "{ns_doc}"
         );
         let rtt = reattach_rtt(&Rtt::read(&v));
         xml_check::check(&rtt).unwrap();
@@ -544,14 +596,20 @@ mod tests {
             rtt.contains("p99 100000.0 µs") && !rtt.contains("not shown"),
             "{rtt}"
         );
-        let tun = tunnel(&Tunnel::read(&json!({
-            "tunnel_up_mbps": 2100.0, "wireguard_go_up_mbps": 700.0,
-            "wireguard_go_down_mbps": 650.0,
+        let tun = tunnel(&Tunnel::read(&results(|r| {
+            let mut t = example::results().tunnel.unwrap();
+            t.tunnel_over_wireguard_go_up = None;
+            t.wireguard_go_down_mbps = 650.0;
+            r.tunnel = Some(t);
         })));
         xml_check::check(&tun).unwrap();
         assert!(tun.contains(">2100<") && tun.contains(">650<"), "{tun}");
         assert!(tun.contains("upload: jvpn / wireguard-go = 3.00×"), "{tun}");
-        assert!(tun.contains(">download<"), "{tun}");
+        // The runner's ratio wins over the medians'.
+        assert!(
+            tun.contains("download: jvpn / wireguard-go = 3.00×"),
+            "{tun}"
+        );
         let rtt = reattach_rtt(&Rtt::read(&tail));
         xml_check::check(&rtt).unwrap();
         assert!(
@@ -562,17 +620,48 @@ mod tests {
 
     #[test]
     fn odd_inputs_still_draw() {
-        for v in [
-            json!({}),
-            json!({"reattach_rtt_us": [5]}),
-            json!({"reattach_rtt_us": [0, 0, 0]}),
-            json!({"reattach_rtt_us": [-3, 2]}),
-            json!({"ns_per_pkt": {"relay": {"0": 1.0}}}),
-            json!({"ns_per_pkt": {"drop": {"1000": 0.0}}}),
-            json!({"pps": [{"mode": "drop", "payload": 64, "pps": 0}]}),
-            json!({"tunnel_up_mbps": 0, "wireguard_go_up_mbps": 0}),
-            json!({"legit_handshake_ms": [null, null]}),
-            json!({"legit_handshake_ms": [0, 5], "unloaded_legit_reattach_rtt_us": [7]}),
+        let flood_with = |hs: Vec<Option<f64>>, unloaded_ra: Vec<Option<f64>>| {
+            results(|r| {
+                let mut f = example::results().flood.unwrap();
+                f.under_flood.handshake_ms = hs;
+                f.under_flood.reattach_rtt_us = Vec::new();
+                f.unloaded.handshake_ms = Vec::new();
+                f.unloaded.reattach_rtt_us = unloaded_ra;
+                r.flood = Some(f);
+            })
+        };
+        let zero_tunnel = results(|r| {
+            let mut t = example::results().tunnel.unwrap();
+            t.tunnel_up_mbps = 0.0;
+            t.wireguard_go_up_mbps = 0.0;
+            t.tunnel_over_wireguard_go_up = None;
+            r.tunnel = Some(t);
+        });
+        for (what, v) in [
+            ("nothing", results(|_| {})),
+            ("one sample", results(|r| r.reattach = rtts(&[5.0]))),
+            ("zeros", results(|r| r.reattach = rtts(&[0.0, 0.0, 0.0]))),
+            ("negative", results(|r| r.reattach = rtts(&[-3.0, 2.0]))),
+            ("0 sessions", results(|r| r.cost = ns(&[(0, 1.0)], &[]))),
+            ("0 ns", results(|r| r.cost = ns(&[], &[(1000, 0.0)]))),
+            (
+                "0 pps",
+                results(|r| {
+                    r.throughput = Some(T {
+                        pps: vec![row(Mode::Drop, 64, 106, 0.0)],
+                        ..T::default()
+                    })
+                }),
+            ),
+            ("0 Mbit/s", zero_tunnel),
+            (
+                "no handshake done",
+                flood_with(vec![None, None], Vec::new()),
+            ),
+            (
+                "a 0 ms handshake",
+                flood_with(vec![Some(0.0), Some(5.0)], vec![Some(7.0)]),
+            ),
         ] {
             for doc in [
                 pps(&Throughput::read(&v)),
@@ -581,26 +670,32 @@ mod tests {
                 tunnel(&Tunnel::read(&v)),
                 flood(&Flood::read(&v)),
             ] {
-                xml_check::check(&doc).unwrap_or_else(|e| panic!("{v}: {e}\n{doc}"));
-                assert!(!doc.contains("NaN") && !doc.contains("inf\""), "{v}: {doc}");
+                xml_check::check(&doc).unwrap_or_else(|e| panic!("{what}: {e}\n{doc}"));
+                assert!(
+                    !doc.contains("NaN") && !doc.contains("inf\""),
+                    "{what}: {doc}"
+                );
             }
         }
-        assert!(reattach_rtt(&Rtt::read(&json!({}))).contains("no data"));
+        assert!(reattach_rtt(&Rtt::read(&results(|_| {}))).contains("no data"));
     }
 
     #[test]
     fn the_flood_plot_shows_both_windows() {
-        let doc = flood(&Flood::read(&json!({
-            "legit_handshake_ms": [1.5, null, 150.0],
-            "unloaded_legit_handshake_ms": [1.2, 1.4],
-            "legit_reattach_rtt_us": [1300, 70000],
+        let doc = flood(&Flood::read(&results(|r| {
+            let mut f = example::results().flood.unwrap();
+            f.under_flood.handshake_ms = vec![Some(1.5), None, Some(150.0)];
+            f.unloaded.handshake_ms = vec![Some(1.2), Some(1.4)];
+            f.under_flood.reattach_rtt_us = vec![Some(1300.0), Some(70_000.0)];
+            f.unloaded.reattach_rtt_us = Vec::new();
+            r.flood = Some(f);
         })));
         xml_check::check(&doc).unwrap();
         assert!(doc.contains("under the flood: 2 of 3 handshakes"), "{doc}");
         assert!(doc.contains("unloaded: 2 of 2 handshakes"), "{doc}");
         assert!(doc.contains("under the flood: 2 of 2 reattaches"), "{doc}");
         assert!(doc.contains(">1k<") && doc.contains(">100k<"), "{doc}");
-        assert!(flood(&Flood::read(&json!({}))).contains("no data"));
+        assert!(flood(&Flood::read(&results(|_| {}))).contains("no data"));
     }
 
     #[test]
