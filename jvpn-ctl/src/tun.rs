@@ -257,7 +257,9 @@ fn netlink_err(what: &'static str, name: &str, error: rtnetlink::Error) -> TunEr
 
 /// A netlink connection in the calling thread's namespace; the driver task ends when
 /// the handle is dropped (aborted then too, for certainty).
-pub(crate) async fn with_netlink<T, F>(f: impl FnOnce(rtnetlink::Handle) -> F) -> Result<T, TunError>
+pub(crate) async fn with_netlink<T, F>(
+    f: impl FnOnce(rtnetlink::Handle) -> F,
+) -> Result<T, TunError>
 where
     F: Future<Output = Result<T, TunError>>,
 {

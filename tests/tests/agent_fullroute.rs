@@ -33,7 +33,9 @@ fn rules(ns: &Netns) -> Vec<String> {
         let out = ns.ip(&[fam, "rule", "show"]).unwrap();
         v.extend(
             out.lines()
-                .filter(|l| l.starts_with(&format!("{}:", TABLE - 1)) || l.starts_with(&format!("{TABLE}:")))
+                .filter(|l| {
+                    l.starts_with(&format!("{}:", TABLE - 1)) || l.starts_with(&format!("{TABLE}:"))
+                })
                 .map(|l| format!("{fam} {l}")),
         );
     }
@@ -49,7 +51,12 @@ fn all_traffic_goes_through_the_tunnel_and_the_agent_still_reaches_its_gateways(
         &[Wifi, Lte],
         FAST_HEALTH,
         LabOptions::default(),
-        |c| c.replace("routes = [\"10.99.0.0/24\"]", "routes = [\"0.0.0.0/0\", \"::/0\"]"),
+        |c| {
+            c.replace(
+                "routes = [\"10.99.0.0/24\"]",
+                "routes = [\"0.0.0.0/0\", \"::/0\"]",
+            )
+        },
     );
     let ns = &lab.gw.lab.client;
     let r = rules(ns);
@@ -57,7 +64,10 @@ fn all_traffic_goes_through_the_tunnel_and_the_agent_still_reaches_its_gateways(
     assert_eq!(r.len(), 4, "two rules per family: {r:?}");
     // Any destination: the tunnel; with the agent's mark: not the tunnel.
     let via = route_get(ns, &[]);
-    assert!(via.contains("dev jvpn0") && via.contains(&format!("table {TABLE}")), "{via}");
+    assert!(
+        via.contains("dev jvpn0") && via.contains(&format!("table {TABLE}")),
+        "{via}"
+    );
     let marked = route_get(ns, &["mark", &format!("{FWMARK:#x}")]);
     eprintln!("route get {ANYWHERE}: {via}; with the agent's mark: {marked}");
     assert!(!marked.contains("jvpn0"), "{marked}");
@@ -90,7 +100,10 @@ fn all_traffic_goes_through_the_tunnel_and_the_agent_still_reaches_its_gateways(
     lab.start_client(&cfg).unwrap();
     lab.wait_bound(Wifi, Duration::from_secs(10));
     assert_eq!(rules(&lab.gw.lab.client).len(), 4);
-    assert!(lab.log("client").contains("policy rules a previous agent left"));
+    assert!(
+        lab.log("client")
+            .contains("policy rules a previous agent left")
+    );
     lab.stop("client");
     let ns = &lab.gw.lab.client;
     assert_eq!(rules(ns), Vec::<String>::new(), "undone on exit");

@@ -89,7 +89,9 @@ fn client_traffic_leaves_masqueraded_and_the_rules_live_as_long_as_the_exit() {
     let mut c = TestClient::connect(&lab, Wifi);
     let pkt = c.data_to(SERVER, 7777, b"hello, internet");
     c.send_raw(Wifi, &pkt);
-    let (n, from) = server.recv_from(&mut buf).expect("the datagram crossed the exit");
+    let (n, from) = server
+        .recv_from(&mut buf)
+        .expect("the datagram crossed the exit");
     assert_eq!(&buf[..n], b"hello, internet");
     assert_eq!(from.ip(), EXIT_WAN, "the exit's address is the source");
     server.send_to(b"hello, client", from).unwrap();

@@ -25,6 +25,10 @@ use clap::{Parser, Subcommand};
                   see docs/toolchain.md."
 )]
 struct Cli {
+    /// Show the XDP program's build output (nightly cargo inside jvpn-ctl's build
+    /// script), which is otherwise shown only when that build fails
+    #[arg(short, long, global = true)]
+    verbose: bool,
     #[command(subcommand)]
     verb: Verb,
 }
@@ -113,6 +117,10 @@ enum LabCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.verbose {
+        // SAFETY: nothing else runs yet; every cargo started below inherits it.
+        unsafe { std::env::set_var(util::BUILD_VERBOSE, "1") };
+    }
     let result = match cli.verb {
         Verb::Bootstrap => bootstrap::run(),
         Verb::Build { release } => build::run(release),

@@ -18,6 +18,7 @@ mod sink;
 mod cluster;
 mod events;
 mod policy;
+mod reload;
 mod session;
 mod sessions;
 mod stats;
@@ -90,6 +91,10 @@ enum Command {
     Stats(stats::Args),
     /// End every session of a running gateway (CLOSE to each client); a stop keeps them
     Drain(drain::Args),
+    /// A running gateway reads its configuration and peers file again (as on SIGHUP)
+    /// and applies the peers, `policy`, `[limits]` and `security_aggregate_ms`; it
+    /// names what needs a restart.
+    Reload(reload::Args),
     /// Show the gateway's running policy.
     Policy {
         #[command(subcommand)]
@@ -129,6 +134,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Lab { command } => lab::run(command),
         Command::Pubkey(args) => pubkey::run(args),
         Command::Peers(args) => peers::run(args),
+        Command::Reload(args) => reload::run(args),
         Command::Sessions(args) => sessions::run(args),
         Command::Session { command } => session::run(command),
         Command::Events(args) => events::run(args),

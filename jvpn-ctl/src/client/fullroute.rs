@@ -54,8 +54,10 @@ impl Drop for Guard {
                 .enable_all()
                 .build()
                 .map_err(|e| e.to_string())?;
-            rt.block_on(crate::tun::with_netlink(|h| async move { remove(&h).await }))
-                .map_err(|e| e.to_string())
+            rt.block_on(crate::tun::with_netlink(
+                |h| async move { remove(&h).await },
+            ))
+            .map_err(|e| e.to_string())
         })
         .join();
         match done {
@@ -68,9 +70,9 @@ impl Drop for Guard {
 
 /// Is `m` one of ours (by priority, which the agent alone uses)?
 fn ours(m: &RuleMessage) -> bool {
-    m.attributes.iter().any(|a| {
-        matches!(a, RuleAttribute::Priority(p) if *p == PREF_SUPPRESS || *p == PREF_TUNNEL)
-    })
+    m.attributes.iter().any(
+        |a| matches!(a, RuleAttribute::Priority(p) if *p == PREF_SUPPRESS || *p == PREF_TUNNEL),
+    )
 }
 
 /// Deletes every rule of ours (of both families): the leftovers of a crash, or this
@@ -99,7 +101,12 @@ pub async fn remove(h: &rtnetlink::Handle) -> Result<usize, TunError> {
 
 /// Routes the families asked for (`v4`, `v6`) through TUN `index` by the rules above.
 /// Leftover rules are deleted first, so a start after a crash does not double them.
-pub async fn install(h: &rtnetlink::Handle, index: u32, v4: bool, v6: bool) -> Result<(), TunError> {
+pub async fn install(
+    h: &rtnetlink::Handle,
+    index: u32,
+    v4: bool,
+    v6: bool,
+) -> Result<(), TunError> {
     let left = remove(h).await?;
     if left > 0 {
         tracing::warn!("removed {left} policy rules a previous agent left (it crashed?)");

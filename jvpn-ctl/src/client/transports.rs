@@ -125,7 +125,8 @@ impl Sockets {
         }
         let fd = sock.as_raw_fd();
         sockopt::dont_fragment(fd, t.v6()).map_err(|e| err("setting don't-fragment", e))?;
-        sockopt::apply_agent_mark(fd).map_err(|e| err("marking its socket (all-traffic mode)", e))?;
+        sockopt::apply_agent_mark(fd)
+            .map_err(|e| err("marking its socket (all-traffic mode)", e))?;
         if let Err(e) = udp_batch::set_buffers(fd, SOCKET_BUFFER, SOCKET_BUFFER) {
             tracing::warn!("transport {}: socket buffers: {e}", t.name);
         }

@@ -133,7 +133,10 @@ fn left_behind(table: &str) -> Option<String> {
         .filter(|o| o.status.success())?;
     let text = String::from_utf8_lossy(&out.stdout);
     let at = text.find(FORWARD_WAS)? + FORWARD_WAS.len();
-    let v: String = text[at..].chars().take_while(char::is_ascii_digit).collect();
+    let v: String = text[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
     (!v.is_empty()).then_some(v)
 }
 

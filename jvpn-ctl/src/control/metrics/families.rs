@@ -40,7 +40,14 @@ pub(super) struct Out<'a, 'b> {
 }
 
 impl Out<'_, '_> {
-    fn family(&mut self, name: &str, help: &str, kind: &str, label: &str, samples: &[(String, u64)]) {
+    fn family(
+        &mut self,
+        name: &str,
+        help: &str,
+        kind: &str,
+        label: &str,
+        samples: &[(String, u64)],
+    ) {
         if self.result.is_ok() {
             self.result = self.try_family(name, help, kind, Some(label), samples);
         }
@@ -61,7 +68,10 @@ impl Out<'_, '_> {
         samples: &[(String, u64)],
     ) -> Result<(), std::fmt::Error> {
         let (ty, name) = if kind == "counter" {
-            (MetricType::Counter, name.strip_suffix("_total").unwrap_or(name))
+            (
+                MetricType::Counter,
+                name.strip_suffix("_total").unwrap_or(name),
+            )
         } else {
             (MetricType::Gauge, name)
         };
@@ -298,4 +308,3 @@ fn cluster(out: &mut Out<'_, '_>, c: &ClusterStats) {
         u64::from(c.node),
     );
 }
-

@@ -13,7 +13,6 @@ use tokio::{
 use super::*;
 use crate::control::api::{ClusterStats, NextHopStats};
 
-
 fn sample() -> Stats {
     Stats {
         uptime_s: 42,
@@ -242,7 +241,10 @@ async fn http_endpoint() {
     assert_eq!(body, render(&sample()));
 
     let r = http(addr, b"GET /metrics?x=1 HTTP/1.0\r\n\r\n").await;
-    assert!(r.starts_with("HTTP/1.0 200 OK\r\n") || r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
+    assert!(
+        r.starts_with("HTTP/1.0 200 OK\r\n") || r.starts_with("HTTP/1.1 200 OK\r\n"),
+        "{r}"
+    );
     let r = http(addr, b"HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert!(
         r.starts_with("HTTP/1.1 200 OK\r\n") && r.ends_with("\r\n\r\n"),
@@ -255,7 +257,10 @@ async fn http_endpoint() {
     assert!(r.to_ascii_lowercase().contains("allow: get, head"), "{r}");
     for bad in [&b"hello\r\n\r\n"[..], b"GET /metrics SPDY/3\r\n\r\n"] {
         let r = http(addr, bad).await;
-        assert!(r.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{bad:?}: {r}");
+        assert!(
+            r.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+            "{bad:?}: {r}"
+        );
     }
     let mut huge = b"GET /metrics HTTP/1.1\r\nX: ".to_vec();
     huge.extend(std::iter::repeat_n(b'a', 512 * 1024));
