@@ -65,7 +65,7 @@ pub fn build(release: bool) -> Result<Built> {
 
 /// Runs a `cargo build` with JSON messages on stdout (diagnostics still rendered on
 /// stderr) to learn the exact binary path and build-script output directory.
-fn build_reporting(mut cmd: Command) -> Result<Built> {
+pub(crate) fn build_reporting(mut cmd: Command) -> Result<Built> {
     cmd.arg("--message-format=json-render-diagnostics")
         .stdout(Stdio::piped());
     let shown = util::display(&cmd);

@@ -14,9 +14,8 @@
 
 use std::{
     fs,
-    io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Command,
     time::Instant,
 };
 
@@ -105,50 +104,12 @@ pub fn run() -> Result<()> {
 /// cargo reports it.
 fn build_release(root: &Path) -> Result<PathBuf> {
     let mut cmd = util::cargo();
-    cmd.args([
-        "build",
-        "--release",
-        "-p",
-        "jvpn-ctl",
-        "--bin",
-        "jvpn-ctl",
-        "--message-format=json-render-diagnostics",
-    ])
-    .current_dir(root)
-    .stdout(Stdio::piped());
-    let shown = util::display(&cmd);
-    println!("==> {shown}");
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("could not start `{shown}`"))?;
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let mut binary = None;
-    for line in BufReader::new(stdout).lines() {
-        let line = line.with_context(|| format!("reading the output of `{shown}`"))?;
-        let Ok(msg) = serde_json::from_str::<serde_json::Value>(&line) else {
-            continue;
-        };
-        if msg["reason"] == "compiler-artifact"
-            && msg["target"]["name"] == "jvpn-ctl"
-            && let Some(exe) = msg["executable"].as_str()
-        {
-            binary = Some(PathBuf::from(exe));
-        }
-    }
-    let status = child
-        .wait()
-        .with_context(|| format!("waiting for `{shown}`"))?;
-    if !status.success() {
-        return Err(util::CommandFailed {
-            command: shown,
-            code: status.code(),
-        }
-        .into());
-    }
-    binary.with_context(|| format!("`{shown}` succeeded but reported no jvpn-ctl executable"))
+    cmd.args(["build", "--release", "-p", "jvpn-ctl", "--bin", "jvpn-ctl"])
+        .current_dir(root);
+    println!("==> {}", util::display(&cmd));
+    Ok(crate::build::build_reporting(cmd)?.binary)
 }
 
-/// The files in `dir` whose names end in `.ext` (any with `ext` empty), sorted.
 fn listed(dir: &Path, ext: &str) -> Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = fs::read_dir(dir)
         .with_context(|| format!("listing {}", dir.display()))?
