@@ -137,8 +137,17 @@ fn kill9_restart_resumes_every_session_and_the_agent_never_notices() {
         SESSIONS + 1,
         store / (SESSIONS as u64 + 1)
     );
-    // The relay forwarded throughout: nothing beyond what was in flight.
-    assert!(gap < 50.0, "tunnel gap {gap} ms across the restart");
+    // The relay forwarded throughout: nothing lost, and no gap near the controller's
+    // absence (a relay that waited for it would stall for all of `serving`). Not a
+    // fixed bound in ms: on two loaded cores the stream's own thread can be held up
+    // ~50 ms while the new controller loads its 1,001 records (seen in CI, 757 of
+    // 757 echoed).
+    assert_eq!(report.echoed, report.sent, "datagrams lost across the restart");
+    let serving_ms = serving.as_secs_f64() * 1000.0;
+    assert!(
+        gap < serving_ms,
+        "tunnel gap {gap:.0} ms across a restart that took {serving_ms:.0} ms to serve"
+    );
     drop(socks);
 }
 
