@@ -142,7 +142,10 @@ fn kill9_restart_resumes_every_session_and_the_agent_never_notices() {
     // fixed bound in ms: on two loaded cores the stream's own thread can be held up
     // ~50 ms while the new controller loads its 1,001 records (seen in CI, 757 of
     // 757 echoed).
-    assert_eq!(report.echoed, report.sent, "datagrams lost across the restart");
+    assert_eq!(
+        report.echoed, report.sent,
+        "datagrams lost across the restart"
+    );
     let serving_ms = serving.as_secs_f64() * 1000.0;
     assert!(
         gap < serving_ms,
