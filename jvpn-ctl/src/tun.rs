@@ -98,13 +98,18 @@ struct IfReqFlags {
     _pad: [u8; 22],
 }
 
-fn check_name(name: &str) -> Result<(), TunError> {
-    let ok = !name.is_empty()
+/// What the kernel takes as an interface name: 1 to 15 bytes, no '/', ':', NUL or
+/// whitespace.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
         && name.len() < libc::IFNAMSIZ
         && !name
             .bytes()
-            .any(|b| b == b'/' || b == b':' || b == 0 || b.is_ascii_whitespace());
-    if ok {
+            .any(|b| b == b'/' || b == b':' || b == 0 || b.is_ascii_whitespace())
+}
+
+fn check_name(name: &str) -> Result<(), TunError> {
+    if valid_name(name) {
         Ok(())
     } else {
         Err(TunError::BadName(name.to_owned()))

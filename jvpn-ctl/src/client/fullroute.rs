@@ -136,17 +136,19 @@ pub async fn install(
             .await
             .map_err(|e| err("adding the tunnel's default route to", e))?;
         for (pref, table) in [(PREF_SUPPRESS, 254u32), (PREF_TUNNEL, TABLE)] {
-            let mut add = h.rule().add().table_id(table).priority(pref);
-            add = add.action(RuleAction::ToTable);
-            let mut add = if any.is_ipv4() {
-                add.v4().replace()
-            } else {
-                // Same request, family Inet6 (the builder's v6() has the same shape).
-                let mut r = add.v4().replace();
-                r.message_mut().header.family = AddressFamily::Inet6;
-                r
-            };
+            let mut add = h
+                .rule()
+                .add()
+                .table_id(table)
+                .priority(pref)
+                .action(RuleAction::ToTable)
+                .v4()
+                .replace();
             let m = add.message_mut();
+            // One builder for both families: v4() and v6() differ only in this.
+            if any.is_ipv6() {
+                m.header.family = AddressFamily::Inet6;
+            }
             if pref == PREF_SUPPRESS {
                 m.attributes.push(RuleAttribute::SuppressPrefixLen(0));
             } else {

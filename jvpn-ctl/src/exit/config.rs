@@ -145,14 +145,6 @@ fn with_prefixes(mut n: super::nat::NatConfig, tun_addr: IpNet) -> super::nat::N
     n
 }
 
-fn valid_ifname(n: &str) -> bool {
-    !n.is_empty()
-        && n.len() < libc::IFNAMSIZ
-        && !n
-            .bytes()
-            .any(|b| b == b'/' || b == b':' || b == 0 || b.is_ascii_whitespace())
-}
-
 impl Config {
     /// A configuration with the default TUN name and MTU.
     pub fn new(
@@ -178,7 +170,7 @@ impl Config {
             return Err(invalid("link_listen", "must differ from listen"));
         }
         let n = &self.tun_name;
-        if !valid_ifname(n) {
+        if !tun::valid_name(n) {
             return Err(invalid(
                 "tun_name",
                 format!(
@@ -208,7 +200,7 @@ impl Config {
             ));
         }
         if let Some(nat) = &self.nat {
-            if !valid_ifname(&nat.out_interface) {
+            if !tun::valid_name(&nat.out_interface) {
                 return Err(invalid(
                     "nat.out_interface",
                     format!(

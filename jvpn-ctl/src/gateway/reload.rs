@@ -14,8 +14,9 @@ use crate::{
 };
 
 /// The top-level settings a reload applies; anything else that differs needs a
-/// restart. `peers` is the file's path: its contents are read again on every reload.
-const LIVE: [&str; 4] = ["policy", "limits", "security_aggregate_ms", "peers"];
+/// restart — `peers` too, which is the file's path (its contents are read again on
+/// every reload).
+const LIVE: [&str; 3] = ["policy", "limits", "security_aggregate_ms"];
 
 /// What differs between the running configuration and the file's, by top-level key.
 pub fn changed_keys(running: &GatewayConfig, new: &GatewayConfig) -> (Vec<String>, Vec<String>) {
@@ -27,7 +28,7 @@ pub fn changed_keys(running: &GatewayConfig, new: &GatewayConfig) -> (Vec<String
         if a.get(k) == b.get(k) {
             continue;
         }
-        if LIVE.contains(&k.as_str()) && k != "peers" {
+        if LIVE.contains(&k.as_str()) {
             live.push(k.clone());
         } else {
             restart.push(k.clone());

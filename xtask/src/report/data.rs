@@ -360,13 +360,19 @@ pub fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::{
         super::schema::{self as schema, example},
         *,
     };
 
-    fn row(mode: Mode, payload: usize, frame_bytes: usize, pps: f64) -> PpsRow {
+    /// A throughput row with only what the tests vary (also the plots' tests').
+    pub(in crate::report) fn row(
+        mode: Mode,
+        payload: usize,
+        frame_bytes: usize,
+        pps: f64,
+    ) -> PpsRow {
         PpsRow {
             mode,
             payload,

@@ -503,9 +503,9 @@ fn trim(v: f64) -> String {
 mod tests {
     use super::{
         super::{
+            data::tests::row,
             schema::{
-                Cost, Mode, NsPerPkt as NsTable, PpsRow, Reattach, Results, Throughput as T,
-                example,
+                Cost, Mode, NsPerPkt as NsTable, Reattach, Results, Throughput as T, example,
             },
             xml_check,
         },
@@ -539,20 +539,6 @@ mod tests {
             reattach_rtt_us: samples.to_vec(),
             ..Reattach::default()
         })
-    }
-
-    fn row(mode: Mode, payload: usize, frame_bytes: usize, pps: f64) -> PpsRow {
-        PpsRow {
-            mode,
-            payload,
-            frame_bytes,
-            pps,
-            sent: 0,
-            received: 0,
-            seconds: 1.0,
-            rounds_pps: vec![pps],
-            slow_path: None,
-        }
     }
 
     #[test]

@@ -24,6 +24,11 @@ pub(super) struct Silence {
     next_report_ms: u64,
 }
 
+/// Transport `t`'s bit in [`Silence::tried`] (none past 63).
+fn bit(t: usize) -> u64 {
+    1u64.checked_shl(t as u32).unwrap_or(0)
+}
+
 impl Silence {
     pub(super) fn new(now_ms: u64) -> Self {
         Self {
@@ -37,7 +42,7 @@ impl Silence {
 
     pub(super) fn sent(&mut self, transport: usize) {
         self.hellos += 1;
-        self.tried |= 1u64.checked_shl(transport as u32).unwrap_or(0);
+        self.tried |= bit(transport);
     }
 
     pub(super) fn answered(&mut self) {
@@ -87,7 +92,7 @@ impl Core {
             .links
             .iter()
             .enumerate()
-            .filter(|(i, _)| s.tried & 1u64.checked_shl(*i as u32).unwrap_or(0) != 0)
+            .filter(|(i, _)| s.tried & bit(*i) != 0)
             .map(|(_, l)| {
                 let gws: Vec<String> = l.gateways.iter().map(|g| g.to_string()).collect();
                 format!("{} (to {})", l.cfg.name, gws.join(" or "))
