@@ -280,6 +280,21 @@ where
 /// harmless (the address is replaced, not duplicated).
 pub async fn configure(name: &str, addr: IpAddr, prefix_len: u8, mtu: u32) -> Result<(), TunError> {
     set_mtu(name, mtu).await?;
+    add_address(name, addr, prefix_len).await?;
+    let index = ifindex(name)?;
+    with_netlink(|h| async move {
+        h.link()
+            .change(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .map_err(|e| netlink_err("bringing up", name, e))
+    })
+    .await
+}
+
+/// Gives device `name` the address `addr/prefix_len` (replacing it if present): the
+/// second family of a dual-stack tunnel is added this way after [`configure`].
+pub async fn add_address(name: &str, addr: IpAddr, prefix_len: u8) -> Result<(), TunError> {
     let index = ifindex(name)?;
     with_netlink(|h| async move {
         h.address()
@@ -287,12 +302,7 @@ pub async fn configure(name: &str, addr: IpAddr, prefix_len: u8, mtu: u32) -> Re
             .replace()
             .execute()
             .await
-            .map_err(|e| netlink_err("adding an address to", name, e))?;
-        h.link()
-            .change(LinkUnspec::new_with_index(index).up().build())
-            .execute()
-            .await
-            .map_err(|e| netlink_err("bringing up", name, e))
+            .map_err(|e| netlink_err("adding an address to", name, e))
     })
     .await
 }

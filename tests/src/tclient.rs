@@ -145,6 +145,19 @@ impl TestClient {
         }
     }
 
+    /// The IPv6 tunnel address, from a dual-stack gateway.
+    pub fn tunnel6(&self) -> Option<std::net::Ipv6Addr> {
+        self.session.tunnel6
+    }
+
+    /// `inner` (any IP packet) sealed as the session's next DATA.
+    pub fn seal(&mut self, inner: &[u8]) -> Vec<u8> {
+        self.data_ctr += 1;
+        let mut out = Vec::new();
+        proto::data::seal(&self.c2x, self.id(), self.data_ctr, inner, &mut out);
+        out
+    }
+
     pub fn send_raw(&self, t: impl Route, bytes: &[u8]) {
         self.socks[t.sock()].send_to(bytes, t.gw()).unwrap();
     }
@@ -249,10 +262,7 @@ impl TestClient {
     /// sealed.
     pub fn data_to(&mut self, dst: Ipv4Addr, port: u16, payload: &[u8]) -> Vec<u8> {
         let inner = udp_packet(self.tunnel_addr(), dst, 5555, port, payload);
-        self.data_ctr += 1;
-        let mut out = Vec::new();
-        proto::data::seal(&self.c2x, self.id(), self.data_ctr, &inner, &mut out);
-        out
+        self.seal(&inner)
     }
 
     /// Sends `payload` through the tunnel over `t` and waits for the echo.
@@ -312,6 +322,20 @@ pub fn try_handshake(
 
 pub fn udp_packet(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
     let b = PacketBuilder::ipv4(src.octets(), dst.octets(), 64).udp(sport, dport);
+    let mut v = Vec::with_capacity(b.size(payload.len()));
+    b.write(&mut v, payload).unwrap();
+    v
+}
+
+/// An IPv6/UDP packet (with its checksum, which IPv6 requires).
+pub fn udp6_packet(
+    src: std::net::Ipv6Addr,
+    dst: std::net::Ipv6Addr,
+    sport: u16,
+    dport: u16,
+    payload: &[u8],
+) -> Vec<u8> {
+    let b = PacketBuilder::ipv6(src.octets(), dst.octets(), 64).udp(sport, dport);
     let mut v = Vec::with_capacity(b.size(payload.len()));
     b.write(&mut v, payload).unwrap();
     v

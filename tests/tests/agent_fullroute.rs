@@ -53,7 +53,7 @@ fn all_traffic_goes_through_the_tunnel_and_the_agent_still_reaches_its_gateways(
         LabOptions::default(),
         |c| {
             c.replace(
-                "routes = [\"10.99.0.0/24\"]",
+                "routes = [\"10.99.0.0/24\", \"fd00:99::/64\"]",
                 "routes = [\"0.0.0.0/0\", \"::/0\"]",
             )
         },

@@ -209,6 +209,7 @@ fn exit_installs_decrypts_returns_and_drops() {
     let install = LinkMsg::Install {
         session_id: SID,
         tunnel_addr: IpAddr::V4(CLIENT_TUN),
+        tunnel6: None,
         c2x: C2X,
         x2c: X2C,
         ret: SocketAddr::from((GW, RET_PORT)),
@@ -372,6 +373,7 @@ fn exit_replaces_a_stale_address_holder_and_refuses_bad_config() {
     let install = |sid, addr: Ipv4Addr, c2x| LinkMsg::Install {
         session_id: sid,
         tunnel_addr: IpAddr::V4(addr),
+        tunnel6: None,
         c2x,
         x2c: X2C,
         ret: SocketAddr::from((GW, RET_PORT)),
@@ -460,6 +462,7 @@ fn exit_fences_a_superseded_owner() {
     let install = |ret: Ipv4Addr, epoch| LinkMsg::Install {
         session_id: SID,
         tunnel_addr: IpAddr::V4(CLIENT_TUN),
+        tunnel6: None,
         c2x: C2X,
         x2c: X2C,
         ret: SocketAddr::from((ret, RET_PORT)),

@@ -104,6 +104,7 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         LinkMsg::Install {
             session_id: 9,
             tunnel_addr: "10.77.0.2".parse().unwrap(),
+            tunnel6: None,
             c2x: [1; 32],
             x2c: [2; 32],
             ret,

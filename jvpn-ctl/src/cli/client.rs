@@ -145,7 +145,13 @@ fn render(s: &ClientStatus) -> String {
         "state",
         format!("{} (version {})", s.state.name(), s.version),
     );
-    line("tunnel", s.tunnel_addr.clone().unwrap_or_else(dash));
+    line(
+        "tunnel",
+        match (&s.tunnel_addr, &s.tunnel_addr6) {
+            (Some(a), Some(a6)) => format!("{a} {a6}"),
+            (a, _) => a.clone().unwrap_or_else(dash),
+        },
+    );
     line(
         "bound",
         s.bound

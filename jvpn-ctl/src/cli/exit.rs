@@ -26,6 +26,10 @@ pub struct Args {
     /// The exit's tunnel address and pool prefix, e.g. 10.99.0.1/24 (`tun_addr`).
     #[arg(long)]
     tun_addr: Option<IpNet>,
+    /// Dual stack: the exit's IPv6 tunnel address and IPv6 pool prefix, e.g.
+    /// fd00:99::1/64 (`tun_addr6`).
+    #[arg(long)]
+    tun_addr6: Option<IpNet>,
     /// TUN MTU (`mtu`, default 1400).
     #[arg(long)]
     mtu: Option<u32>,
@@ -43,6 +47,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             link_key_file: args.link_key_file,
             tun_name: args.tun_name,
             tun_addr: args.tun_addr,
+            tun_addr6: args.tun_addr6,
             mtu: args.mtu,
             nat: None,
         })

@@ -56,7 +56,13 @@ fn show(s: &SessionInfo) -> String {
         ("peer", peer),
         ("binding", s.binding.clone().unwrap_or_else(|| "-".into())),
         ("generation", s.generation.to_string()),
-        ("tunnel", s.tunnel_addr.clone()),
+        (
+            "tunnel",
+            match &s.tunnel_addr6 {
+                Some(a6) => format!("{} {a6}", s.tunnel_addr),
+                None => s.tunnel_addr.clone(),
+            },
+        ),
         ("age", format!("{} ({} s)", secs(s.age_s), s.age_s)),
         ("idle", millis(s.idle_ms)),
         ("switches", s.switches.to_string()),

@@ -212,6 +212,7 @@ mod tests {
             binding: Some("192.0.2.1:4000".into()),
             generation: 2,
             tunnel_addr: "10.77.0.2".into(),
+            tunnel_addr6: None,
             age_s: 75,
             idle_ms: 120,
             switches: 1,

@@ -371,6 +371,24 @@ fn refresh_route_mtus(
     outs
 }
 
+const IPV6_MIN_MTU: u16 = 1280;
+
+/// The TUN device's MTU for a tunnel MTU of `mtu`. With an IPv6 address it stays at
+/// 1280 or more: below that the kernel takes IPv6 (addresses and routes) off the
+/// device for good. The core still fits every packet to the real tunnel MTU (IPv4
+/// fragmented or refused with ICMP, IPv6 refused with Packet Too Big), so only IPv6
+/// packets between the two sizes are lost while the path is that small.
+fn device_mtu(core: &Core, mtu: u16) -> u32 {
+    if core.tunnel6().is_some() && mtu < IPV6_MIN_MTU {
+        tracing::warn!(
+            "tunnel MTU {mtu} is below IPv6's {IPV6_MIN_MTU}: the TUN keeps {IPV6_MIN_MTU} \
+             and IPv6 packets larger than {mtu} bytes are refused until the path allows more"
+        );
+        return u32::from(IPV6_MIN_MTU);
+    }
+    u32::from(mtu)
+}
+
 /// Carries out what the core asked for.
 async fn flush(
     mut outs: Vec<Out>,
@@ -408,7 +426,7 @@ async fn flush(
                     }
                 }
                 Out::TunMtu(mtu) => {
-                    if let Err(e) = tun::set_mtu(&cfg.tun_name, u32::from(mtu)).await {
+                    if let Err(e) = tun::set_mtu(&cfg.tun_name, device_mtu(core, mtu)).await {
                         tracing::warn!("{e}");
                     }
                 }
@@ -417,9 +435,16 @@ async fn flush(
                         tracing::debug!("writing to {}: {e}", tun.name());
                     }
                 }
-                Out::TunUp(addr) => {
+                Out::TunUp(addr, addr6) => {
                     let prefix = if addr.is_ipv4() { 32 } else { 128 };
-                    tun::configure(&cfg.tun_name, addr, prefix, cfg.mtu).await?;
+                    let mtu = match addr6 {
+                        Some(_) => cfg.mtu.max(u32::from(IPV6_MIN_MTU)),
+                        None => cfg.mtu,
+                    };
+                    tun::configure(&cfg.tun_name, addr, prefix, mtu).await?;
+                    if let Some(a6) = addr6 {
+                        tun::add_address(&cfg.tun_name, a6.into(), 128).await?;
+                    }
                     for r in cfg.routes.iter().filter(|r| r.prefix_len() > 0) {
                         tun::add_route(&cfg.tun_name, r.network(), r.prefix_len()).await?;
                     }
@@ -437,7 +462,10 @@ async fn flush(
                             super::fullroute::FWMARK
                         );
                     }
-                    tracing::info!("{} is up with {addr}", cfg.tun_name);
+                    match addr6 {
+                        Some(a6) => tracing::info!("{} is up with {addr} and {a6}", cfg.tun_name),
+                        None => tracing::info!("{} is up with {addr}", cfg.tun_name),
+                    }
                 }
                 Out::Event(ev) => bus.emit(ev),
                 Out::Exit(reason) => return Err(ClientError::Terminated(reason)),

@@ -13,6 +13,9 @@ pub struct ClientStatus {
     pub state: State,
     pub version: u64,
     pub tunnel_addr: Option<String>,
+    /// The IPv6 tunnel address, from a dual-stack gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel_addr6: Option<String>,
     /// Name of the bound transport.
     pub bound: Option<String>,
     /// The gateway address the binding was made with (the bound transport's current
@@ -147,6 +150,11 @@ pub struct Counters {
     pub rx_bytes: u64,
     /// TUN packets dropped because no session was up.
     pub tx_no_session: u64,
+    /// TUN packets not from one of the session's tunnel addresses (e.g. the kernel's
+    /// own IPv6 link-local chatter, or IPv6 into an IPv4-only tunnel), dropped here
+    /// rather than by the exit's inner-source check.
+    #[serde(default)]
+    pub tx_foreign_source: u64,
     /// DATA that failed authentication or was for another session.
     pub rx_bad: u64,
     pub rx_replayed: u64,

@@ -222,6 +222,9 @@ pub struct SessionInfo {
     pub binding: Option<String>,
     pub generation: u32,
     pub tunnel_addr: String,
+    /// The IPv6 tunnel address of a dual-stack pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel_addr6: Option<String>,
     pub age_s: u64,
     /// Time since the last packet on the bound transport.
     pub idle_ms: u64,
@@ -683,6 +686,7 @@ mod tests {
             binding: Some("192.0.2.1:4000".into()),
             generation: 2,
             tunnel_addr: "10.77.0.2".into(),
+            tunnel_addr6: None,
             age_s: 61,
             idle_ms: 1500,
             switches: 1,

@@ -387,6 +387,7 @@ pub(crate) mod tests {
             binding: Some("192.0.2.1:4000".into()),
             generation: 1,
             tunnel_addr: "10.77.0.2".into(),
+            tunnel_addr6: None,
             age_s: 5,
             idle_ms: 10,
             switches: 0,

@@ -32,6 +32,10 @@ pub struct ConfigFile {
     /// The exit's own tunnel address with the prefix of the tunnel pool it routes,
     /// e.g. `10.99.0.1/24`.
     pub tun_addr: Option<IpNet>,
+    /// Dual stack: the exit's own IPv6 tunnel address with the prefix of the IPv6
+    /// pool (the gateway's `pool.cidr6`), e.g. `fd00:99::1/64`, beside an IPv4
+    /// `tun_addr`.
+    pub tun_addr6: Option<IpNet>,
     /// TUN MTU; default [`tun::DEFAULT_MTU`].
     pub mtu: Option<u32>,
     /// Egress: masquerade the clients out of an interface (`[nat]`, `nat.rs`).
@@ -46,6 +50,7 @@ pub struct Config {
     pub link_key: [u8; 32],
     pub tun_name: String,
     pub tun_addr: IpNet,
+    pub tun_addr6: Option<IpNet>,
     pub mtu: u32,
     /// `[nat]` with its prefixes filled in (the tunnel's by default).
     pub nat: Option<super::nat::NatConfig>,
@@ -59,6 +64,7 @@ impl fmt::Debug for Config {
             .field("link_key", &"<redacted>")
             .field("tun_name", &self.tun_name)
             .field("tun_addr", &self.tun_addr)
+            .field("tun_addr6", &self.tun_addr6)
             .field("mtu", &self.mtu)
             .field("nat", &self.nat)
             .finish()
@@ -110,6 +116,7 @@ impl ConfigFile {
             link_key_file: over.link_key_file.or(self.link_key_file),
             tun_name: over.tun_name.or(self.tun_name),
             tun_addr: over.tun_addr.or(self.tun_addr),
+            tun_addr6: over.tun_addr6.or(self.tun_addr6),
             mtu: over.mtu.or(self.mtu),
             nat: over.nat.or(self.nat),
         }
@@ -128,8 +135,9 @@ impl ConfigFile {
             link_key: [0; 32],
             tun_name: self.tun_name.unwrap_or_else(|| DEFAULT_TUN_NAME.into()),
             tun_addr,
+            tun_addr6: self.tun_addr6,
             mtu: self.mtu.unwrap_or(tun::DEFAULT_MTU),
-            nat: self.nat.map(|n| with_prefixes(n, tun_addr)),
+            nat: self.nat.map(|n| with_prefixes(n, tun_addr, self.tun_addr6)),
         };
         config.validate()?;
         config.link_key = proto::link::load_link_key(&key_path).map_err(ConfigError::LinkKey)?;
@@ -137,12 +145,39 @@ impl ConfigFile {
     }
 }
 
-/// `[nat]` with its default: the tunnel's prefix.
-fn with_prefixes(mut n: super::nat::NatConfig, tun_addr: IpNet) -> super::nat::NatConfig {
+/// `[nat]` with its default: the tunnel's prefixes.
+fn with_prefixes(
+    mut n: super::nat::NatConfig,
+    tun_addr: IpNet,
+    tun_addr6: Option<IpNet>,
+) -> super::nat::NatConfig {
     if n.prefixes.is_empty() {
-        n.prefixes = vec![tun_addr.trunc()];
+        n.prefixes = std::iter::once(tun_addr)
+            .chain(tun_addr6)
+            .map(|a| a.trunc())
+            .collect();
     }
     n
+}
+
+/// The checks each of the exit's own tunnel addresses passes.
+fn check_tun_addr(key: &'static str, a: IpNet) -> Result<(), ConfigError> {
+    if a.max_prefix_len() - a.prefix_len() < 2 {
+        return Err(invalid(
+            key,
+            format!("{a}: the prefix is the client pool and needs room for clients (/30 or wider)"),
+        ));
+    }
+    if a.addr() == a.network() || (a.addr().is_ipv4() && a.addr() == a.broadcast()) {
+        return Err(invalid(
+            key,
+            format!("{a}: the exit's own address must be a host address of the prefix"),
+        ));
+    }
+    if a.addr().is_unspecified() || a.addr().is_multicast() || a.addr().is_loopback() {
+        return Err(invalid(key, format!("{a}: not a unicast host address")));
+    }
+    Ok(())
 }
 
 impl Config {
@@ -159,9 +194,15 @@ impl Config {
             link_key,
             tun_name: DEFAULT_TUN_NAME.into(),
             tun_addr,
+            tun_addr6: None,
             mtu: tun::DEFAULT_MTU,
             nat: None,
         }
+    }
+
+    /// The exit's tunnel addresses with their prefixes: `tun_addr`, then `tun_addr6`.
+    pub fn tun_addrs(&self) -> impl Iterator<Item = IpNet> + '_ {
+        std::iter::once(self.tun_addr).chain(self.tun_addr6)
     }
 
     /// Checks what serde cannot: ranges and relations between values.
@@ -178,26 +219,28 @@ impl Config {
                 ),
             ));
         }
-        let a = self.tun_addr;
-        if a.max_prefix_len() - a.prefix_len() < 2 {
-            return Err(invalid(
-                "tun_addr",
-                format!(
-                    "{a}: the prefix is the client pool and needs room for clients (/30 or wider)"
-                ),
-            ));
-        }
-        if a.addr() == a.network() || (a.addr().is_ipv4() && a.addr() == a.broadcast()) {
-            return Err(invalid(
-                "tun_addr",
-                format!("{a}: the exit's own address must be a host address of the prefix"),
-            ));
-        }
-        if a.addr().is_unspecified() || a.addr().is_multicast() || a.addr().is_loopback() {
-            return Err(invalid(
-                "tun_addr",
-                format!("{a}: not a unicast host address"),
-            ));
+        check_tun_addr("tun_addr", self.tun_addr)?;
+        if let Some(a6) = self.tun_addr6 {
+            if !a6.addr().is_ipv6() || !self.tun_addr.addr().is_ipv4() {
+                return Err(invalid(
+                    "tun_addr6",
+                    format!(
+                        "{a6}: the IPv6 address beside an IPv4 tun_addr ({})",
+                        self.tun_addr
+                    ),
+                ));
+            }
+            check_tun_addr("tun_addr6", a6)?;
+            if let Some(alias) = crate::prefix::ipv4_alias(a6) {
+                return Err(invalid(
+                    "tun_addr6",
+                    format!(
+                        "{a6} overlaps {alias}, where IPv6 addresses stand for IPv4 ones \
+                         (the IPv4 pool {})",
+                        self.tun_addr.trunc()
+                    ),
+                ));
+            }
         }
         if let Some(nat) = &self.nat {
             if !tun::valid_name(&nat.out_interface) {
@@ -222,7 +265,12 @@ impl Config {
                 ));
             }
         }
-        let min = if a.addr().is_ipv6() { 1280 } else { 576 };
+        // The kernel takes IPv6 off a device whose MTU is below 1280.
+        let min = if self.tun_addrs().any(|a| a.addr().is_ipv6()) {
+            1280
+        } else {
+            576
+        };
         if !(min..=65535).contains(&self.mtu) {
             return Err(invalid(
                 "mtu",
@@ -249,7 +297,10 @@ tun_addr = "10.99.0.1/24"
         let c = Config {
             tun_name: f.tun_name.unwrap_or_else(|| DEFAULT_TUN_NAME.into()),
             mtu: f.mtu.unwrap_or(tun::DEFAULT_MTU),
-            nat: f.nat.map(|n| with_prefixes(n, f.tun_addr.unwrap())),
+            nat: f
+                .nat
+                .map(|n| with_prefixes(n, f.tun_addr.unwrap(), f.tun_addr6)),
+            tun_addr6: f.tun_addr6,
             ..Config::new(
                 f.listen.unwrap(),
                 f.link_listen.unwrap(),
@@ -258,6 +309,57 @@ tun_addr = "10.99.0.1/24"
             )
         };
         c.validate().map(|()| c)
+    }
+
+    /// `tun_addr6` beside an IPv4 `tun_addr` only, a host address of a usable prefix
+    /// clear of the IPv4-aliasing ranges; `[nat]` covers both prefixes by default; a
+    /// dual-stack TUN needs IPv6's minimum MTU.
+    #[test]
+    fn the_ipv6_tunnel_address_is_checked() {
+        let with = |extra: &str| {
+            resolved_without_key(ConfigFile::parse(&format!("{GOOD}{extra}\n")).unwrap())
+                .map_err(|e| e.to_string())
+        };
+        let c = with("tun_addr6 = \"fd00:99::1/64\"\n[nat]\nout_interface = \"eth0\"").unwrap();
+        assert_eq!(
+            c.nat.unwrap().prefixes,
+            vec![
+                "10.99.0.0/24".parse::<IpNet>().unwrap(),
+                "fd00:99::/64".parse().unwrap()
+            ]
+        );
+        for (extra, want) in [
+            (
+                "tun_addr6 = \"10.98.0.1/24\"",
+                "tun_addr6: 10.98.0.1/24: the IPv6 address beside",
+            ),
+            (
+                "tun_addr6 = \"fd00:99::/64\"",
+                "tun_addr6: fd00:99::/64: the exit's own address must be a host",
+            ),
+            (
+                "tun_addr6 = \"fd00:99::1/127\"",
+                "tun_addr6: fd00:99::1/127: the prefix is the client pool",
+            ),
+            (
+                "tun_addr6 = \"::ffff:10.99.0.1/120\"",
+                "overlaps ::ffff:0:0/96",
+            ),
+            (
+                "tun_addr6 = \"fd00:99::1/64\"\nmtu = 1200",
+                "mtu: 1200 is outside 1280..=65535",
+            ),
+        ] {
+            let e = with(extra).unwrap_err();
+            assert!(e.contains(want), "{extra}: {e}");
+        }
+        let v6_first = GOOD.replace("10.99.0.1/24", "fd00:98::1/64");
+        let e = resolved_without_key(
+            ConfigFile::parse(&format!("{v6_first}tun_addr6 = \"fd00:99::1/64\"\n")).unwrap(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("beside an IPv4 tun_addr"), "{e}");
     }
 
     #[test]

@@ -13,11 +13,10 @@ use ipnet::IpNet;
 
 use super::{
     counters::{Counters, add, bump},
-    inner,
-    sessions::{Installed, Owner, Refused, Revoked, Sessions},
+    sessions::{Addrs, Installed, Owner, Refused, Revoked, Sessions},
 };
 use crate::{
-    icmp,
+    icmp, inner,
     proto::{
         ProtoError,
         data::{self, tunnel_ctl},
@@ -69,8 +68,19 @@ pub struct Engine {
 impl Engine {
     /// `link_start` is the link counter start (microseconds since the epoch).
     pub fn new(link_key: &[u8; 32], link_start: u64, pool: IpNet, counters: Arc<Counters>) -> Self {
+        Self::dual(link_key, link_start, pool, None, counters)
+    }
+
+    /// An engine whose tunnel has an IPv6 prefix (`pool6`) beside `pool`.
+    pub fn dual(
+        link_key: &[u8; 32],
+        link_start: u64,
+        pool: IpNet,
+        pool6: Option<IpNet>,
+        counters: Arc<Counters>,
+    ) -> Self {
         Engine {
-            sessions: Sessions::new(pool, link_start.saturating_mul(16)),
+            sessions: Sessions::new(pool, pool6, link_start.saturating_mul(16)),
             // Node 0 is only a default: every answer is sealed for the node asked.
             link: LinkCrypto::new(link_key, Dir::ExitToGateway, 0, link_start),
             boot: link_start,
@@ -113,13 +123,17 @@ impl Engine {
             LinkMsg::Install {
                 session_id,
                 tunnel_addr,
+                tunnel6,
                 c2x,
                 x2c,
                 ret,
                 epoch,
             } => match self.sessions.install(
                 session_id,
-                tunnel_addr,
+                Addrs {
+                    addr: tunnel_addr,
+                    v6: tunnel6,
+                },
                 &c2x,
                 &x2c,
                 ret,
@@ -130,11 +144,11 @@ impl Engine {
                     match how {
                         Installed::New => tracing::info!(
                             session = format_args!("{session_id:#018x}"),
-                            %tunnel_addr, %ret, node, epoch, "session installed"
+                            %tunnel_addr, tunnel6 = ?tunnel6, %ret, node, epoch, "session installed"
                         ),
                         Installed::Rekeyed => tracing::warn!(
                             session = format_args!("{session_id:#018x}"),
-                            %tunnel_addr, %ret, node, epoch,
+                            %tunnel_addr, tunnel6 = ?tunnel6, %ret, node, epoch,
                             "session re-installed with new keys; counters reset"
                         ),
                         Installed::Repeat => tracing::debug!(
@@ -295,7 +309,7 @@ impl Engine {
             bump(&c.data_bad_inner);
             return None;
         };
-        if src != s.tunnel_addr {
+        if !s.tunnel.holds(src) {
             bump(&c.data_spoofed);
             tracing::debug!(
                 session = format_args!("{sid:#018x}"), %src,
@@ -443,6 +457,7 @@ mod tests {
         LinkMsg::Install {
             session_id: SID,
             tunnel_addr: tunnel.parse().unwrap(),
+            tunnel6: None,
             c2x: C2X,
             x2c: X2C,
             ret: gw(),
@@ -537,6 +552,7 @@ mod tests {
         let other = LinkMsg::Install {
             session_id: SID + 1,
             tunnel_addr: "10.99.0.2".parse().unwrap(),
+            tunnel6: None,
             c2x: [3; 32],
             x2c: [4; 32],
             ret: gw(),
@@ -720,6 +736,7 @@ mod tests {
         LinkMsg::Install {
             session_id: SID,
             tunnel_addr: "10.99.0.2".parse().unwrap(),
+            tunnel6: None,
             c2x: C2X,
             x2c: X2C,
             ret,
@@ -880,6 +897,7 @@ mod tests {
             let m = LinkMsg::Install {
                 session_id: sid,
                 tunnel_addr: addr.parse().unwrap(),
+                tunnel6: None,
                 c2x: C2X,
                 x2c: X2C,
                 ret: gw(),

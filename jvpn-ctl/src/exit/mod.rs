@@ -29,7 +29,6 @@
 mod config;
 mod counters;
 mod engine;
-mod inner;
 pub mod nat;
 mod sessions;
 
@@ -121,6 +120,9 @@ impl Exit {
             config.mtu,
         )
         .await?;
+        if let Some(a6) = config.tun_addr6 {
+            tun::add_address(&config.tun_name, a6.addr(), a6.prefix_len()).await?;
+        }
         // Before the sockets: an exit that serves has its egress. A later failure
         // drops it, and the drop removes the rules.
         let nat = match &config.nat {
@@ -181,9 +183,16 @@ impl Exit {
         let now_us = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_micros() as u64);
-        let mut engine = Engine::new(&config.link_key, now_us, config.tun_addr, counters.clone());
+        let mut engine = Engine::dual(
+            &config.link_key,
+            now_us,
+            config.tun_addr,
+            config.tun_addr6,
+            counters.clone(),
+        );
         tracing::info!(
-            tun = %config.tun_name, tun_addr = %config.tun_addr, mtu = config.mtu,
+            tun = %config.tun_name, tun_addr = %config.tun_addr,
+            tun_addr6 = ?config.tun_addr6, mtu = config.mtu,
             data = %config.listen, link = %config.link_listen, "exit up"
         );
 

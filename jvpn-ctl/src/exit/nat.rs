@@ -10,11 +10,12 @@
 //! operator can read (`nft list table inet jvpn_<tun>`) and no hand-written netlink
 //! encoding of nftables expressions; it runs twice per exit lifetime.
 //!
-//! `net.ipv4.ip_forward` is set to 1 while the exit runs and put back at stop if the
-//! exit changed it. What it was is kept in the table's comment, so the start after a
-//! crash (which finds forwarding on and the old table there) still knows. The table's forward chain accepts the tunnel's traffic; a host
-//! firewall whose own forward chain drops it still wins (nftables needs every base
-//! chain to accept): see docs/exit-io.md.
+//! Forwarding (`net.ipv4.ip_forward`, and `net.ipv6.conf.all.forwarding` for an IPv6
+//! prefix) is set to 1 while the exit runs and put back at stop if the exit changed
+//! it. What it was is kept in the table's comment, so the start after a crash (which
+//! finds forwarding on and the old table there) still knows. The table's forward
+//! chain accepts the tunnel's traffic; a host firewall whose own forward chain drops
+//! it still wins (nftables needs every base chain to accept): see docs/exit-io.md.
 
 use std::{
     io::Write as _,
@@ -45,17 +46,32 @@ pub enum NatError {
     NoNft(std::io::Error),
     #[error("nft refused the [nat] rules: {0}")]
     Nft(String),
-    #[error("net.ipv4.ip_forward: {0}")]
-    Forwarding(std::io::Error),
+    #[error("{0}: {1}")]
+    Forwarding(&'static str, std::io::Error),
 }
 
-const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+/// A forwarding switch the exit turns on for one family: its sysctl, and the words
+/// that record its old value in the table's comment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Switch {
+    sysctl: &'static str,
+    marker: &'static str,
+}
+
+const FORWARD_V4: Switch = Switch {
+    sysctl: "/proc/sys/net/ipv4/ip_forward",
+    marker: "jvpn: ip_forward was ",
+};
+const FORWARD_V6: Switch = Switch {
+    sysctl: "/proc/sys/net/ipv6/conf/all/forwarding",
+    marker: "ipv6 forwarding was ",
+};
 
 /// The installed rules; [`Nat::remove`] (or the drop) takes them away.
 pub struct Nat {
     table: String,
-    /// `ip_forward` before the exit set it, if it was not 1.
-    forward_was: Option<String>,
+    /// Forwarding switches the exit turned on, with what they were.
+    restore: Vec<(Switch, String)>,
     removed: bool,
 }
 
@@ -68,11 +84,9 @@ pub fn table_name(tun: &str) -> String {
     format!("jvpn_{safe}")
 }
 
-/// The table's comment: `net.ipv4.ip_forward` as it was before the first exit set it.
-const FORWARD_WAS: &str = "jvpn: ip_forward was ";
-
-/// The nft script: the table made empty and filled in one transaction.
-pub fn script(table: &str, tun: &str, out: &str, prefixes: &[IpNet], forward_was: &str) -> String {
+/// The nft script: the table made empty and filled in one transaction. `comment`
+/// records what forwarding was before the first exit set it.
+pub fn script(table: &str, tun: &str, out: &str, prefixes: &[IpNet], comment: &str) -> String {
     let mut rules_nat = String::new();
     let mut rules_fwd = String::new();
     for p in prefixes {
@@ -84,7 +98,7 @@ pub fn script(table: &str, tun: &str, out: &str, prefixes: &[IpNet], forward_was
         "add table inet {table}\n\
          delete table inet {table}\n\
          table inet {table} {{\n\
-         \x20 comment \"{FORWARD_WAS}{forward_was}\"\n\
+         \x20 comment \"{comment}\"\n\
          \x20 chain postrouting {{\n\
          \x20   type nat hook postrouting priority srcnat; policy accept;\n\
          {rules_nat}\
@@ -123,7 +137,7 @@ fn nft(script: &str) -> Result<(), NatError> {
     }
 }
 
-/// What the comment of an existing table says forwarding was, if there is one.
+/// An existing table of that name, as `nft list` shows it (a crashed exit's).
 fn left_behind(table: &str) -> Option<String> {
     let out = Command::new("nft")
         .args(["list", "table", "inet", table])
@@ -131,13 +145,28 @@ fn left_behind(table: &str) -> Option<String> {
         .output()
         .ok()
         .filter(|o| o.status.success())?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let at = text.find(FORWARD_WAS)? + FORWARD_WAS.len();
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// What a table's text says `sw` was before the first exit set it.
+fn recorded(text: &str, sw: Switch) -> Option<String> {
+    let at = text.find(sw.marker)? + sw.marker.len();
     let v: String = text[at..]
         .chars()
         .take_while(char::is_ascii_digit)
         .collect();
     (!v.is_empty()).then_some(v)
+}
+
+/// The switches `prefixes` need: one per family among them.
+fn switches(prefixes: &[IpNet]) -> Vec<Switch> {
+    [FORWARD_V4, FORWARD_V6]
+        .into_iter()
+        .filter(|sw| {
+            let v6 = *sw == FORWARD_V6;
+            prefixes.iter().any(|p| p.addr().is_ipv6() == v6)
+        })
+        .collect()
 }
 
 impl Nat {
@@ -150,32 +179,48 @@ impl Nat {
         }
         let table = table_name(tun);
         // A table left by a crashed exit knows what forwarding was before it.
-        let before = match left_behind(&table) {
-            Some(v) => v,
-            None => std::fs::read_to_string(IP_FORWARD)
-                .map_err(NatError::Forwarding)?
-                .trim()
-                .to_owned(),
+        let old = left_behind(&table);
+        let mut before = Vec::new();
+        for sw in switches(prefixes) {
+            let v = match old.as_deref().and_then(|t| recorded(t, sw)) {
+                Some(v) => v,
+                None => std::fs::read_to_string(sw.sysctl)
+                    .map_err(|e| NatError::Forwarding(sw.sysctl, e))?
+                    .trim()
+                    .to_owned(),
+            };
+            before.push((sw, v));
+        }
+        let comment: Vec<String> = before
+            .iter()
+            .map(|(sw, v)| format!("{}{v}", sw.marker))
+            .collect();
+        nft(&script(
+            &table,
+            tun,
+            &cfg.out_interface,
+            prefixes,
+            &comment.join("; "),
+        ))?;
+        let mut me = Self {
+            table,
+            restore: Vec::new(),
+            removed: false,
         };
-        nft(&script(&table, tun, &cfg.out_interface, prefixes, &before))?;
-        let forward_was = (before != "1").then_some(before);
-        if forward_was.is_some()
-            && let Err(e) = std::fs::write(IP_FORWARD, "1")
-        {
-            let _ = nft(&format!("delete table inet {table}\n"));
-            return Err(NatError::Forwarding(e));
+        for (sw, v) in before.into_iter().filter(|(_, v)| v != "1") {
+            if let Err(e) = std::fs::write(sw.sysctl, "1") {
+                // The drop deletes the table and puts back what was switched so far.
+                return Err(NatError::Forwarding(sw.sysctl, e));
+            }
+            me.restore.push((sw, v));
         }
         tracing::info!(
-            table = %format!("inet {table}"),
+            table = %format!("inet {}", me.table),
             out = %cfg.out_interface,
             prefixes = %prefixes.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
             "egress NAT installed (masquerade, forwarding on)"
         );
-        Ok(Self {
-            table,
-            forward_was,
-            removed: false,
-        })
+        Ok(me)
     }
 
     /// Deletes the table and puts `ip_forward` back if the exit changed it.
@@ -190,10 +235,10 @@ impl Nat {
         if let Err(e) = nft(&format!("delete table inet {}\n", self.table)) {
             tracing::warn!(error = %e, "removing the egress NAT table failed");
         }
-        if let Some(v) = &self.forward_was
-            && let Err(e) = std::fs::write(IP_FORWARD, v)
-        {
-            tracing::warn!(error = %e, "restoring net.ipv4.ip_forward failed");
+        for (sw, v) in &self.restore {
+            if let Err(e) = std::fs::write(sw.sysctl, v) {
+                tracing::warn!(error = %e, sysctl = sw.sysctl, "restoring forwarding failed");
+            }
         }
         tracing::info!(table = %format!("inet {}", self.table), "egress NAT removed");
     }
@@ -216,12 +261,38 @@ mod tests {
             "jvpn-exit0",
             "eth0",
             &["10.99.0.0/22".parse().unwrap()],
-            "0",
+            "jvpn: ip_forward was 0",
         );
         assert!(s.starts_with("add table inet jvpn_x\ndelete table inet jvpn_x\n"));
         assert!(s.contains("comment \"jvpn: ip_forward was 0\""));
         assert!(s.contains("ip saddr 10.99.0.0/22 oifname \"eth0\" masquerade"));
         assert!(s.contains("iifname \"jvpn-exit0\" oifname \"eth0\" ip saddr 10.99.0.0/22 accept"));
         assert_eq!(table_name("jvpn-exit0"), "jvpn_jvpn_exit0");
+    }
+
+    /// Each family's forwarding switch is recorded in the comment and read back from
+    /// it; a table of an exit before IPv6 (no IPv6 words) reads as "not recorded".
+    #[test]
+    fn forwarding_per_family_is_recorded_in_the_comment() {
+        let both: Vec<IpNet> = vec![
+            "10.99.0.0/22".parse().unwrap(),
+            "fd00:99::/64".parse().unwrap(),
+        ];
+        assert_eq!(switches(&both), vec![FORWARD_V4, FORWARD_V6]);
+        assert_eq!(switches(&both[..1]), vec![FORWARD_V4]);
+        assert_eq!(switches(&both[1..]), vec![FORWARD_V6]);
+        let s = script(
+            "t",
+            "tun",
+            "eth0",
+            &both,
+            "jvpn: ip_forward was 0; ipv6 forwarding was 1",
+        );
+        assert!(s.contains("ip6 saddr fd00:99::/64 oifname \"eth0\" masquerade"));
+        assert_eq!(recorded(&s, FORWARD_V4).as_deref(), Some("0"));
+        assert_eq!(recorded(&s, FORWARD_V6).as_deref(), Some("1"));
+        let old = "comment \"jvpn: ip_forward was 0\"";
+        assert_eq!(recorded(old, FORWARD_V4).as_deref(), Some("0"));
+        assert_eq!(recorded(old, FORWARD_V6), None);
     }
 }

@@ -7,7 +7,7 @@
 
 use std::{
     collections::HashMap,
-    net::{IpAddr, SocketAddr},
+    net::{IpAddr, Ipv6Addr, SocketAddr},
 };
 
 use ipnet::IpNet;
@@ -15,11 +15,44 @@ use ring::digest;
 
 use crate::proto::data::{DataKey, ReplayWindow};
 
+/// A session's tunnel addresses: one, or an IPv4 and an IPv6 one (dual stack).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Addrs {
+    pub addr: IpAddr,
+    pub v6: Option<Ipv6Addr>,
+}
+
+impl From<IpAddr> for Addrs {
+    fn from(addr: IpAddr) -> Self {
+        Self { addr, v6: None }
+    }
+}
+
+impl Addrs {
+    pub fn iter(self) -> impl Iterator<Item = IpAddr> {
+        std::iter::once(self.addr).chain(self.v6.map(IpAddr::V6))
+    }
+
+    /// `src` is one of them: the inner-source check.
+    pub fn holds(self, src: IpAddr) -> bool {
+        src == self.addr || Some(src) == self.v6.map(IpAddr::V6)
+    }
+}
+
+impl std::fmt::Display for Addrs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.v6 {
+            Some(v6) => write!(f, "{} {v6}", self.addr),
+            None => write!(f, "{}", self.addr),
+        }
+    }
+}
+
 /// One session as the exit knows it.
 #[derive(Debug)]
 pub struct Session {
     pub id: u64,
-    pub tunnel_addr: IpAddr,
+    pub tunnel: Addrs,
     /// Opens client→exit DATA.
     pub c2x: DataKey,
     /// Seals exit→client DATA.
@@ -99,8 +132,8 @@ pub enum Revoked {
 
 #[derive(Debug)]
 pub struct Sessions {
-    /// The exit's own address and the pool prefix (`tun_addr`).
-    pool: IpNet,
+    /// The exit's own addresses with the pools' prefixes (`tun_addr`, `tun_addr6`).
+    pools: Vec<IpNet>,
     by_id: HashMap<u64, Session>,
     by_addr: HashMap<IpAddr, u64>,
     /// How many sessions each node owns (for its PONG).
@@ -130,9 +163,10 @@ fn keys_id(c2x: &[u8; 32], x2c: &[u8; 32]) -> digest::Digest {
 }
 
 impl Sessions {
-    pub fn new(pool: IpNet, counter_base: u64) -> Self {
+    /// A table of the tunnel `pool` and, on a dual-stack exit, `pool6` beside it.
+    pub fn new(pool: IpNet, pool6: Option<IpNet>, counter_base: u64) -> Self {
         Sessions {
-            pool,
+            pools: std::iter::once(pool).chain(pool6).collect(),
             by_id: HashMap::new(),
             by_addr: HashMap::new(),
             owned: HashMap::new(),
@@ -149,17 +183,42 @@ impl Sessions {
         self.owned.get(&node).copied().unwrap_or(0)
     }
 
+    /// Why `addr` cannot be a client's tunnel address, if it cannot: it must lie in
+    /// the pool of its family, and be neither the exit's own address nor the
+    /// prefix's network (or IPv4 broadcast) address.
+    fn check_addr(&self, addr: IpAddr) -> Result<(), Refused> {
+        let pool = self
+            .pools
+            .iter()
+            .find(|p| p.addr().is_ipv4() == addr.is_ipv4())
+            .unwrap_or(&self.pools[0]);
+        if addr == pool.addr() {
+            return Err(Refused::OwnAddress { addr });
+        }
+        if !pool.contains(&addr)
+            || addr == pool.network()
+            || (addr.is_ipv4() && addr == pool.broadcast())
+        {
+            return Err(Refused::OutsidePool {
+                addr,
+                pool: pool.trunc(),
+            });
+        }
+        Ok(())
+    }
+
     /// Installs (or re-installs) session `id` for `owner`; refused below the
     /// session's epoch, before anything changes.
     pub fn install(
         &mut self,
         id: u64,
-        tunnel_addr: IpAddr,
+        tunnel: impl Into<Addrs>,
         c2x: &[u8; 32],
         x2c: &[u8; 32],
         ret: SocketAddr,
         owner: Owner,
     ) -> Result<Installed, Refused> {
+        let tunnel = tunnel.into();
         if let Some(s) = self.by_id.get(&id)
             && owner.epoch < s.epoch
         {
@@ -168,32 +227,24 @@ impl Sessions {
                 current: s.epoch,
             });
         }
-        if tunnel_addr == self.pool.addr() {
-            return Err(Refused::OwnAddress { addr: tunnel_addr });
+        for a in tunnel.iter() {
+            self.check_addr(a)?;
         }
-        if !self.pool.contains(&tunnel_addr)
-            || tunnel_addr == self.pool.network()
-            || (tunnel_addr.is_ipv4() && tunnel_addr == self.pool.broadcast())
-        {
-            return Err(Refused::OutsidePool {
-                addr: tunnel_addr,
-                pool: self.pool.trunc(),
-            });
-        }
-        let stale = self
-            .by_addr
-            .get(&tunnel_addr)
-            .copied()
-            .filter(|&by| by != id);
-        if let Some(by) = stale {
-            self.revoke(by);
+        let mut stale = None;
+        for a in tunnel.iter() {
+            if let Some(by) = self.by_addr.get(&a).copied().filter(|&by| by != id) {
+                self.revoke(by);
+                stale.get_or_insert(by);
+            }
         }
         let kid = keys_id(c2x, x2c);
         let outcome = match self.by_id.get_mut(&id) {
             Some(s) if s.keys_id.as_ref() == kid.as_ref() => {
-                if s.tunnel_addr != tunnel_addr {
-                    self.by_addr.remove(&s.tunnel_addr);
-                    s.tunnel_addr = tunnel_addr;
+                if s.tunnel != tunnel {
+                    for a in s.tunnel.iter() {
+                        self.by_addr.remove(&a);
+                    }
+                    s.tunnel = tunnel;
                 }
                 s.ret = ret;
                 s.epoch = owner.epoch;
@@ -207,7 +258,9 @@ impl Sessions {
             old => {
                 let outcome = match old {
                     Some(s) => {
-                        self.by_addr.remove(&s.tunnel_addr);
+                        for a in s.tunnel.iter() {
+                            self.by_addr.remove(&a);
+                        }
                         disown(&mut self.owned, s.node);
                         Installed::Rekeyed
                     }
@@ -217,7 +270,7 @@ impl Sessions {
                     id,
                     Session {
                         id,
-                        tunnel_addr,
+                        tunnel,
                         c2x: DataKey::new(c2x),
                         x2c: DataKey::new(x2c),
                         next_counter: self.counter_base,
@@ -233,7 +286,9 @@ impl Sessions {
                 outcome
             }
         };
-        self.by_addr.insert(tunnel_addr, id);
+        for a in tunnel.iter() {
+            self.by_addr.insert(a, id);
+        }
         Ok(outcome)
     }
 
@@ -253,7 +308,9 @@ impl Sessions {
     pub fn revoke(&mut self, id: u64) -> bool {
         match self.by_id.remove(&id) {
             Some(s) => {
-                self.by_addr.remove(&s.tunnel_addr);
+                for a in s.tunnel.iter() {
+                    self.by_addr.remove(&a);
+                }
                 disown(&mut self.owned, s.node);
                 true
             }
@@ -289,7 +346,7 @@ mod tests {
     }
 
     fn table() -> Sessions {
-        Sessions::new("10.99.0.1/24".parse().unwrap(), 1)
+        Sessions::new("10.99.0.1/24".parse().unwrap(), None, 1)
     }
 
     const RET: &str = "10.77.9.1:51820";
@@ -378,6 +435,75 @@ mod tests {
         assert_eq!(t.len(), 0);
     }
 
+    /// A dual-stack session answers to both its addresses, each checked against its
+    /// family's pool; re-installed IPv4-only, its IPv6 address is unindexed; a new
+    /// session on a held IPv6 address replaces the holder.
+    #[test]
+    fn dual_stack_addresses() {
+        let mut t = Sessions::new(
+            "10.99.0.1/24".parse().unwrap(),
+            Some("fd00:99::1/64".parse().unwrap()),
+            1,
+        );
+        let ret: SocketAddr = RET.parse().unwrap();
+        let both = |a: &str, b: &str| Addrs {
+            addr: ip(a),
+            v6: Some(b.parse().unwrap()),
+        };
+        assert_eq!(
+            t.install(
+                7,
+                both("10.99.0.2", "fd00:99::2"),
+                &[1; 32],
+                &[2; 32],
+                ret,
+                O
+            ),
+            Ok(Installed::New)
+        );
+        assert_eq!(t.by_addr_mut(ip("fd00:99::2")).map(|s| s.id), Some(7));
+        assert_eq!(t.by_addr_mut(ip("10.99.0.2")).map(|s| s.id), Some(7));
+        assert!(t.get_mut(7).unwrap().tunnel.holds(ip("fd00:99::2")));
+        assert!(!t.get_mut(7).unwrap().tunnel.holds(ip("fd00:99::3")));
+        for (bad, refusal) in [
+            (both("10.99.0.3", "fd00:98::3"), "outside"),
+            (both("10.99.0.3", "fd00:99::1"), "own"),
+            (both("10.99.0.3", "fd00:99::"), "outside"),
+        ] {
+            let e = t.install(8, bad, &[3; 32], &[4; 32], ret, O).unwrap_err();
+            assert!(e.to_string().contains(refusal), "{bad}: {e}");
+        }
+        assert_eq!(t.len(), 1, "a refused INSTALL installs nothing");
+        assert_eq!(
+            t.install(7, ip("10.99.0.2"), &[1; 32], &[2; 32], ret, O),
+            Ok(Installed::Repeat)
+        );
+        assert!(t.by_addr_mut(ip("fd00:99::2")).is_none());
+        t.install(
+            7,
+            both("10.99.0.2", "fd00:99::2"),
+            &[1; 32],
+            &[2; 32],
+            ret,
+            O,
+        )
+        .unwrap();
+        assert_eq!(
+            t.install(
+                9,
+                both("10.99.0.9", "fd00:99::2"),
+                &[5; 32],
+                &[6; 32],
+                ret,
+                O
+            ),
+            Ok(Installed::Replaced { stale: 7 })
+        );
+        assert!(t.get_mut(7).is_none() && t.by_addr_mut(ip("10.99.0.2")).is_none());
+        assert!(t.revoke(9));
+        assert!(t.by_addr.is_empty());
+    }
+
     #[test]
     fn counter_never_wraps() {
         let mut t = table();
@@ -425,8 +551,8 @@ mod tests {
         }
         let s = t.get_mut(7).unwrap();
         assert_eq!(
-            (s.ret, s.epoch, s.node, s.tunnel_addr),
-            (r1, 10, 1, ip("10.99.0.2"))
+            (s.ret, s.epoch, s.node, s.tunnel),
+            (r1, 10, 1, ip("10.99.0.2").into())
         );
         // Takeover: node 2 at a higher epoch, same keys.
         assert_eq!(

@@ -80,10 +80,11 @@ pub struct Announced {
     pub about: Option<String>,
 }
 
-/// The first other node whose announced pool (`pool=<cidr>` in what it wrote about
-/// itself) overlaps `mine`.
+/// The first other node whose announced pool (`<word>=<cidr>` in what it wrote about
+/// itself: `pool=` IPv4, `pool6=` IPv6) overlaps `mine`.
 pub fn overlapping_pool(
     me: u16,
+    word: &str,
     mine: ipnet::IpNet,
     nodes: &[NodeInfo],
 ) -> Option<(u16, ipnet::IpNet)> {
@@ -91,7 +92,7 @@ pub fn overlapping_pool(
         let theirs: ipnet::IpNet = n
             .about
             .split_whitespace()
-            .find_map(|w| w.strip_prefix("pool="))?
+            .find_map(|w| w.strip_prefix(word)?.strip_prefix('='))?
             .parse()
             .ok()?;
         (theirs.contains(&mine.network()) || mine.contains(&theirs.network()))
@@ -734,6 +735,7 @@ mod tests {
             tunnel,
             local: "192.0.2.1:51820".parse().unwrap(),
             ctl_highest: 0,
+            tunnel6: None,
         }
         .encode()
     }
@@ -829,15 +831,15 @@ mod tests {
         };
         let mine: ipnet::IpNet = "10.99.0.0/24".parse().unwrap();
         let others = [node(2, "10.99.1.0/24"), node(3, "10.98.0.0/16")];
-        assert_eq!(overlapping_pool(1, mine, &others), None);
+        assert_eq!(overlapping_pool(1, "pool", mine, &others), None);
         let wide = [node(2, "10.99.1.0/24"), node(3, "10.99.0.0/16")];
         assert_eq!(
-            overlapping_pool(1, mine, &wide),
+            overlapping_pool(1, "pool", mine, &wide),
             Some((3, "10.99.0.0/16".parse().unwrap()))
         );
         let narrow = [node(2, "10.99.0.128/25")];
         assert_eq!(
-            overlapping_pool(1, mine, &narrow),
+            overlapping_pool(1, "pool", mine, &narrow),
             Some((2, "10.99.0.128/25".parse().unwrap()))
         );
         // Its own announcement (a restart within the TTL) and unparsable ones count for nothing.
@@ -849,7 +851,20 @@ mod tests {
                 about: "pool=x".into(),
             },
         ];
-        assert_eq!(overlapping_pool(1, mine, &own), None);
+        assert_eq!(overlapping_pool(1, "pool", mine, &own), None);
+        // IPv6 pools are announced as pool6= and checked on their own.
+        let dual = [NodeInfo {
+            node: 2,
+            lease: 1,
+            about: "pid=1 port=51820 pool=10.98.0.0/24 pool6=fd00:99::/112 interfaces=eth0".into(),
+        }];
+        let mine6: ipnet::IpNet = "fd00:99::100/120".parse().unwrap();
+        assert_eq!(overlapping_pool(1, "pool", mine, &dual), None);
+        assert_eq!(
+            overlapping_pool(1, "pool6", mine6, &dual),
+            Some((2, "fd00:99::/112".parse().unwrap()))
+        );
+        assert_eq!(overlapping_pool(1, "pool6", mine6, &others), None);
     }
 
     struct Setup {

@@ -258,11 +258,78 @@ pub struct ExitConfig {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PoolConfig {
-    /// Tunnel addresses handed to clients.
+    /// Tunnel addresses handed to clients (IPv4).
     pub cidr: IpNet,
-    /// Addresses never handed out (the exit's own tunnel address, typically).
+    /// IPv6 tunnel addresses beside them (dual stack): a client with the address at
+    /// offset n of `cidr` gets the address at offset n of `cidr6`.
+    #[serde(default)]
+    pub cidr6: Option<IpNet>,
+    /// Addresses never handed out (the exit's own tunnel addresses, typically).
     #[serde(default)]
     pub reserved: Vec<IpAddr>,
+}
+
+impl PoolConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let IpNet::V4(net) = self.cidr else {
+            return Err(invalid(
+                "pool.cidr",
+                format!(
+                    "{} is not IPv4: the pool is IPv4 with an optional IPv6 prefix beside \
+                     it (pool.cidr6)",
+                    self.cidr
+                ),
+            ));
+        };
+        if net.prefix_len() > 30 {
+            return Err(invalid("pool.cidr", "needs at least a /30"));
+        }
+        if let Some(c6) = self.cidr6 {
+            let IpNet::V6(net6) = c6 else {
+                return Err(invalid("pool.cidr6", format!("{c6} is not an IPv6 prefix")));
+            };
+            if let Some(alias) = crate::prefix::ipv4_alias(c6) {
+                return Err(invalid(
+                    "pool.cidr6",
+                    format!(
+                        "{c6} overlaps {alias}, where IPv6 addresses stand for IPv4 ones \
+                         (the IPv4 pool {net})"
+                    ),
+                ));
+            }
+            if 128 - u32::from(net6.prefix_len()) < 32 - u32::from(net.prefix_len()) {
+                return Err(invalid(
+                    "pool.cidr6",
+                    format!(
+                        "{c6} has fewer addresses than pool.cidr {net}: every IPv4 address \
+                         is paired with the IPv6 one at the same offset, so cidr6 needs \
+                         a prefix of /{} or shorter",
+                        128 - (32 - net.prefix_len())
+                    ),
+                ));
+            }
+        }
+        if let Some(r) = self
+            .reserved
+            .iter()
+            .find(|r| !self.cidr.contains(*r) && !self.cidr6.is_some_and(|c| c.contains(*r)))
+        {
+            let within = match self.cidr6 {
+                Some(c6) => format!("{} or {c6}", self.cidr),
+                None => self.cidr.to_string(),
+            };
+            return Err(invalid("pool.reserved", format!("{r} is outside {within}")));
+        }
+        Ok(())
+    }
+
+    /// The IPv6 prefix, once [`PoolConfig::validate`] has passed.
+    pub fn net6(&self) -> Option<ipnet::Ipv6Net> {
+        match self.cidr6 {
+            Some(IpNet::V6(n)) => Some(n),
+            _ => None,
+        }
+    }
 }
 
 fn default_port() -> u16 {
@@ -468,26 +535,7 @@ impl GatewayConfig {
         if self.exit.data == self.exit.link {
             return Err(invalid("exit.link", "must differ from exit.data"));
         }
-        let IpNet::V4(net) = self.pool.cidr else {
-            return Err(invalid(
-                "pool.cidr",
-                "only IPv4 tunnel pools are supported for now",
-            ));
-        };
-        if net.prefix_len() > 30 {
-            return Err(invalid("pool.cidr", "needs at least a /30"));
-        }
-        if let Some(r) = self
-            .pool
-            .reserved
-            .iter()
-            .find(|r| !self.pool.cidr.contains(*r))
-        {
-            return Err(invalid(
-                "pool.reserved",
-                format!("{r} is outside {}", self.pool.cidr),
-            ));
-        }
+        self.pool.validate()?;
         if self.max_sessions == 0 {
             return Err(invalid("max_sessions", "must be greater than 0"));
         }
@@ -563,6 +611,54 @@ max_switches_per_minute = 4
             Policy::default().candidate_ttl_ms
         );
         assert_eq!(c.control_socket, PathBuf::from(DEFAULT_SOCKET));
+    }
+
+    /// `pool.cidr6`: IPv6, clear of the IPv4-aliasing ranges, with room for every
+    /// offset of `pool.cidr`; reserved addresses may be in either pool.
+    #[test]
+    fn the_ipv6_pool_is_checked() {
+        let with = |lines: &str| {
+            let text = GOOD.replace(
+                "[pool]\ncidr = \"10.99.0.0/24\"\nreserved = [\"10.99.0.1\"]\n",
+                &format!("[pool]\n{lines}\n"),
+            );
+            GatewayConfig::parse(&text)
+                .map_err(|e| e.to_string())
+                .and_then(|c| c.validate().map(|()| c).map_err(|e| e.to_string()))
+        };
+        let c = with("cidr = \"10.99.0.0/24\"\ncidr6 = \"fd00:99::/120\"").unwrap();
+        assert_eq!(c.pool.net6(), Some("fd00:99::/120".parse().unwrap()));
+        with("cidr = \"10.99.0.0/24\"\ncidr6 = \"fd00:99::/64\"\nreserved = [\"10.99.0.1\", \"fd00:99::1\"]").unwrap();
+        for (lines, want) in [
+            (
+                "cidr = \"10.99.0.0/24\"\ncidr6 = \"10.98.0.0/24\"",
+                "pool.cidr6: 10.98.0.0/24 is not an IPv6 prefix",
+            ),
+            ("cidr = \"fd00::/64\"", "pool.cidr: fd00::/64 is not IPv4"),
+            (
+                "cidr = \"10.99.0.0/24\"\ncidr6 = \"::ffff:10.99.0.0/120\"",
+                "overlaps ::ffff:0:0/96",
+            ),
+            (
+                "cidr = \"10.99.0.0/24\"\ncidr6 = \"::a00:0/104\"",
+                "overlaps ::/96",
+            ),
+            (
+                "cidr = \"10.99.0.0/24\"\ncidr6 = \"fd00:99::/121\"",
+                "a prefix of /120 or shorter",
+            ),
+            (
+                "cidr = \"10.99.0.0/24\"\ncidr6 = \"fd00:99::/120\"\nreserved = [\"fd00:98::1\"]",
+                "pool.reserved: fd00:98::1 is outside 10.99.0.0/24 or fd00:99::/120",
+            ),
+            (
+                "cidr = \"10.99.0.0/24\"\nreserved = [\"fd00:99::1\"]",
+                "pool.reserved: fd00:99::1 is outside 10.99.0.0/24",
+            ),
+        ] {
+            let e = with(lines).unwrap_err();
+            assert!(e.contains(want), "{lines}: {e}");
+        }
     }
 
     #[test]

@@ -5,10 +5,7 @@
 //! replies are queued in [`Core::out`] for the I/O shell to send. Time comes in as an
 //! argument, so the same core runs under the daemon and under the benchmarks.
 
-use std::{
-    collections::HashMap,
-    net::{Ipv4Addr, SocketAddr},
-};
+use std::{collections::HashMap, net::SocketAddr};
 
 use jvpn_common::maps::{FLAG_FORWARDING, SessionEntry, SessionStats};
 use ring::signature::Ed25519KeyPair;
@@ -80,7 +77,7 @@ pub struct Entry {
     pub mac: ring::hmac::Key,
     pub transcript: [u8; 32],
     pub peer: [u8; 32],
-    pub tunnel: Ipv4Addr,
+    pub tunnel: super::pool::Tunnel,
     /// The gateway address of the current binding (or of the CONFIRM in BIRTH).
     pub local: SocketAddr,
     /// CONFIRM verified from (peer, local); waiting for the exit's acknowledgement.

@@ -75,7 +75,8 @@ impl Core {
             &hello,
             id,
             ctr,
-            IpAddr::V4(tunnel),
+            IpAddr::V4(tunnel.v4),
+            tunnel.v6,
             hint,
             now_ms,
             &self.rng,
@@ -262,7 +263,8 @@ impl Core {
     pub(super) fn install_msg(&self, id: u64, e: &super::core::Entry) -> LinkMsg {
         LinkMsg::Install {
             session_id: id,
-            tunnel_addr: IpAddr::V4(e.tunnel),
+            tunnel_addr: IpAddr::V4(e.tunnel.v4),
+            tunnel6: e.tunnel.v6,
             c2x: e.keys.c2x,
             x2c: e.keys.x2c,
             ret: self.gw_exit,

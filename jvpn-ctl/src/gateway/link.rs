@@ -218,6 +218,7 @@ mod tests {
         LinkMsg::Install {
             session_id: id,
             tunnel_addr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
+            tunnel6: None,
             c2x: [1; 32],
             x2c: [2; 32],
             ret: "10.77.9.1:51820".parse().unwrap(),

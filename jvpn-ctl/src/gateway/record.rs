@@ -8,7 +8,7 @@
 //! twice per reattach, so its size is the store's cost: about 300 bytes this way
 //! against 1,100 as JSON, which halved redb's time per write (docs/gateway.md).
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
@@ -19,8 +19,12 @@ use crate::{
 };
 
 /// The first byte of every record; bumped when the layout changes. A record of
-/// another version is refused (1 was JSON, which starts with `{`).
-pub const RECORD_VERSION: u8 = 2;
+/// another version is refused (1 was JSON, which starts with `{`), except version 2:
+/// version 3 appended `tunnel6`, and a version 2 record is read as one whose
+/// `tunnel6` is `None` (postcard encodes that as one zero byte after the rest), so a
+/// gateway upgraded in place resumes its sessions.
+pub const RECORD_VERSION: u8 = 3;
+const RECORD_V2: u8 = 2;
 
 #[derive(Serialize, Deserialize)]
 pub struct SessionRecord {
@@ -33,6 +37,8 @@ pub struct SessionRecord {
     pub tunnel: Ipv4Addr,
     pub local: SocketAddr,
     pub ctl_highest: u64,
+    /// The IPv6 tunnel address of a dual-stack pool (version 3).
+    pub tunnel6: Option<Ipv6Addr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,9 +56,10 @@ impl SessionRecord {
             k_x2c: e.keys.x2c,
             transcript: e.transcript,
             peer: e.peer,
-            tunnel: e.tunnel,
+            tunnel: e.tunnel.v4,
             local: e.local,
             ctl_highest: e.ctl_window.highest(),
+            tunnel6: e.tunnel.v6,
         }
     }
 
@@ -65,8 +72,13 @@ impl SessionRecord {
 
     pub fn decode(id: u64, bytes: &[u8]) -> Result<Self, RecordError> {
         let bad = |why: String| RecordError::Bad { id, why };
-        match bytes.first() {
-            Some(&RECORD_VERSION) => {}
+        let v2;
+        let body = match bytes.first() {
+            Some(&RECORD_VERSION) => &bytes[1..],
+            Some(&RECORD_V2) => {
+                v2 = [&bytes[1..], &[0]].concat();
+                &v2[..]
+            }
             Some(b'{') => {
                 return Err(bad(format!(
                     "format version 1 (JSON; this gateway reads {RECORD_VERSION})"
@@ -78,9 +90,9 @@ impl SessionRecord {
                 )));
             }
             None => return Err(bad("empty".into())),
-        }
+        };
         let (r, rest): (Self, _) =
-            postcard::take_from_bytes(&bytes[1..]).map_err(|e| bad(e.to_string()))?;
+            postcard::take_from_bytes(body).map_err(|e| bad(e.to_string()))?;
         if !rest.is_empty() {
             return Err(bad(format!("{} bytes after the record", rest.len())));
         }
@@ -102,7 +114,10 @@ impl SessionRecord {
             keys,
             transcript: self.transcript,
             peer: self.peer,
-            tunnel: self.tunnel,
+            tunnel: super::pool::Tunnel {
+                v4: self.tunnel,
+                v6: self.tunnel6,
+            },
             local: self.local,
             confirming: None,
             ctl_window: CtlWindow::resume(self.ctl_highest),
@@ -149,6 +164,7 @@ mod tests {
             tunnel: Ipv4Addr::new(10, 99, 1, 2),
             local: "[2001:db8::1]:4500".parse().unwrap(),
             ctl_highest: 1_780_000_123_456_791,
+            tunnel6: Some("fd00:99::1:2".parse().unwrap()),
         }
     }
 
@@ -171,9 +187,23 @@ mod tests {
             (r.k_reattach, r.k_c2x, r.k_x2c, r.transcript, r.peer)
         );
         assert_eq!(
-            (back.tunnel, back.local, back.ctl_highest),
-            (r.tunnel, r.local, r.ctl_highest)
+            (back.tunnel, back.tunnel6, back.local, back.ctl_highest),
+            (r.tunnel, r.tunnel6, r.local, r.ctl_highest)
         );
+    }
+
+    /// A version 2 record (before `tunnel6`: the same bytes without the final one)
+    /// still loads, as an IPv4-only session.
+    #[test]
+    fn a_version_2_record_loads_without_an_ipv6_address() {
+        let mut r = record(9);
+        r.tunnel6 = None;
+        let mut v2 = r.encode();
+        assert_eq!(v2.pop(), Some(0), "None is one zero byte at the end");
+        v2[0] = 2;
+        let back = SessionRecord::decode(9, &v2).unwrap();
+        assert_eq!((back.tunnel, back.tunnel6), (r.tunnel, None));
+        assert_eq!(back.session, r.session);
     }
 
     #[test]
@@ -182,9 +212,9 @@ mod tests {
         let bytes = record(id).encode();
         let err = |b: &[u8], id: u64| SessionRecord::decode(id, b).err().unwrap().to_string();
         assert!(err(b"{\"v\":1}", id).contains("format version 1 (JSON"));
-        let mut v3 = bytes.clone();
-        v3[0] = 3;
-        assert!(err(&v3, id).contains("format version 3"));
+        let mut v4 = bytes.clone();
+        v4[0] = 4;
+        assert!(err(&v4, id).contains("format version 4"));
         assert!(err(&[], id).contains("empty"));
         let mut long = bytes.clone();
         long.push(0);

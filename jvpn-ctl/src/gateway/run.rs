@@ -63,11 +63,12 @@ pub enum GatewayError {
     #[error("{what}: {cause}")]
     Io { what: String, cause: std::io::Error },
     #[error(
-        "[pool] cidr {mine} overlaps node {node}'s pool {theirs} (announced in etcd): the exit \
-         routes return traffic by tunnel address, so give each node of the cluster a pool of \
-         its own"
+        "[pool] {key} {mine} overlaps node {node}'s pool {theirs} (announced in etcd): the \
+         exit routes return traffic by tunnel address, so give each node of the cluster a pool \
+         of its own"
     )]
     PoolOverlap {
+        key: &'static str,
         mine: ipnet::IpNet,
         node: u16,
         theirs: ipnet::IpNet,
@@ -123,11 +124,7 @@ pub async fn run(
     let IpNet::V4(net) = cfg.pool.cidr else {
         unreachable!("validate() accepts IPv4 pools only")
     };
-    let reserved = cfg.pool.reserved.iter().filter_map(|a| match a {
-        std::net::IpAddr::V4(v4) => Some(*v4),
-        _ => None,
-    });
-    let pool = Pool::new(net, reserved);
+    let pool = Pool::dual(net, cfg.pool.net6(), &cfg.pool.reserved);
     let gw_exit_ip = source_for(cfg.exit.data).map_err(|cause| GatewayError::Io {
         what: format!(
             "finding the local address toward the exit {}",
@@ -201,16 +198,24 @@ pub async fn run(
             core.enable_cluster(c.node(), sealer.take().expect("sealer"));
             core.set_lease_until(lease_until_ms(c, &clock));
             let snap = c.snapshot()?;
-            if let Some((node, theirs)) =
-                super::cluster::overlapping_pool(c.node(), cfg.pool.cidr, &snap.nodes)
-            {
-                // Nothing of this node is in use yet: leave etcd as it was.
-                let _ = c.resign();
-                return Err(GatewayError::PoolOverlap {
-                    mine: cfg.pool.cidr,
-                    node,
-                    theirs,
-                });
+            let pools = [
+                ("cidr", "pool", Some(cfg.pool.cidr)),
+                ("cidr6", "pool6", cfg.pool.cidr6),
+            ];
+            for (key, word, mine) in pools {
+                let Some(mine) = mine else { continue };
+                if let Some((node, theirs)) =
+                    super::cluster::overlapping_pool(c.node(), word, mine, &snap.nodes)
+                {
+                    // Nothing of this node is in use yet: leave etcd as it was.
+                    let _ = c.resign();
+                    return Err(GatewayError::PoolOverlap {
+                        key,
+                        mine,
+                        node,
+                        theirs,
+                    });
+                }
             }
             let mine = core
                 .split_snapshot(&snap, now)
@@ -529,10 +534,14 @@ fn open_store(cfg: &GatewayConfig) -> Result<(Opened, Sealer), GatewayError> {
             ttl: Duration::from_secs(c.lease_ttl_s),
             timeout: Duration::from_millis(c.etcd_timeout_ms),
             about: format!(
-                "pid={} port={} pool={} interfaces={}",
+                "pid={} port={} pool={}{} interfaces={}",
                 std::process::id(),
                 cfg.port,
                 cfg.pool.cidr,
+                cfg.pool
+                    .cidr6
+                    .map(|c| format!(" pool6={c}"))
+                    .unwrap_or_default(),
                 cfg.interfaces.join(",")
             ),
         })?;

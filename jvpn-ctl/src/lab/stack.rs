@@ -33,6 +33,11 @@ pub const EXIT_LINK: &str = "10.77.9.2:51822";
 /// The exit's tunnel address; clients' are assigned from 10.99.0.0/22 (room for the
 /// 1,000-session restart test).
 pub const EXIT_TUN: &str = "10.99.0.1";
+/// The exit's IPv6 tunnel address: the lab's tunnel is dual-stack (the gateway's
+/// `pool.cidr6`, the exit's `tun_addr6`).
+pub const EXIT_TUN6: &str = "fd00:99::1";
+/// The IPv6 pool beside 10.99.0.0/22.
+pub const POOL6: &str = "fd00:99::/64";
 /// The gateway's Prometheus endpoint, inside its namespace.
 pub const METRICS: &str = "10.77.9.1:9851";
 /// Where detached labs keep their state (`jvpn-ctl lab down` looks here).
@@ -108,7 +113,8 @@ impl Stack {
             dir.join("exit.toml"),
             format!(
                 "listen = \"{EXIT_DATA}\"\nlink_listen = \"{EXIT_LINK}\"\n\
-                 link_key_file = \"{d}/link.key\"\ntun_addr = \"{EXIT_TUN}/22\"\n"
+                 link_key_file = \"{d}/link.key\"\ntun_addr = \"{EXIT_TUN}/22\"\n\
+                 tun_addr6 = \"{EXIT_TUN6}/64\"\n"
             ),
         )?;
         fs::write(
@@ -129,7 +135,8 @@ link = "{EXIT_LINK}"
 link_key = "{d}/link.key"
 [pool]
 cidr = "10.99.0.0/22"
-reserved = ["{EXIT_TUN}"]
+cidr6 = "{POOL6}"
+reserved = ["{EXIT_TUN}", "{EXIT_TUN6}"]
 [policy]
 {policy}
 "#,
@@ -184,7 +191,7 @@ reserved = ["{EXIT_TUN}"]
         let d = self.dir.display();
         let mut s = format!(
             "identity = \"{d}/client.key\"\ngateway_public_key = \"{}\"\n\
-             tun_name = \"jvpn0\"\nroutes = [\"10.99.0.0/24\"]\n\
+             tun_name = \"jvpn0\"\nroutes = [\"10.99.0.0/24\", \"{POOL6}\"]\n\
              control_socket = \"{}\"\nevent_log = \"{d}/client-events.jsonl\"\n{extra}\n",
             hex::encode(self.gateway_pub),
             self.client_socket.display(),

@@ -68,6 +68,14 @@ impl EchoServer {
         let g = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         (g.set.len() as u64, g.duplicates)
     }
+
+    /// The sequence numbers received, in order.
+    pub fn seen(&self) -> Vec<u64> {
+        let g = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<u64> = g.set.iter().copied().collect();
+        v.sort_unstable();
+        v
+    }
 }
 
 impl Drop for EchoServer {
@@ -77,6 +85,14 @@ impl Drop for EchoServer {
             let _ = t.join();
         }
     }
+}
+
+/// The payload of stream packet `seq`, for a test that builds its own packets.
+pub fn numbered(seq: u64) -> Vec<u8> {
+    let mut b = vec![0u8; 64];
+    b[..4].copy_from_slice(&MAGIC.to_be_bytes());
+    b[4..12].copy_from_slice(&seq.to_be_bytes());
+    b
 }
 
 fn parse(b: &[u8]) -> Option<u64> {
@@ -117,7 +133,8 @@ pub struct StreamReport {
 
 impl Stream {
     pub fn start(ns: &Netns, to: SocketAddr, interval: Duration) -> std::io::Result<Self> {
-        let sock = ns.run(|| UdpSocket::bind("0.0.0.0:0"))?;
+        let any = if to.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" };
+        let sock = ns.run(|| UdpSocket::bind(any))?;
         sock.set_read_timeout(Some(Duration::from_millis(50)))?;
         let rx = sock.try_clone()?;
         let stop = Arc::new(AtomicBool::new(false));

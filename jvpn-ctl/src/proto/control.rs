@@ -916,6 +916,7 @@ mod tests {
             9,
             1,
             "fd00::1".parse().unwrap(),
+            None,
             Hint::default(),
             1,
             &rng,

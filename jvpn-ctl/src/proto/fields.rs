@@ -13,6 +13,11 @@ use crate::session::Policy;
 
 /// Encoded size of an address: `family u8 ‖ addr[16]`.
 pub const ADDR_LEN: usize = 17;
+/// Encoded size of a dual-stack tunnel field: `46 u8 ‖ v4[4] ‖ v6[16]` — four bytes
+/// more than one address, so that a WELCOME carrying both stays smaller than the
+/// HELLO it answers (two [`ADDR_LEN`] fields would not).
+pub const DUAL_ADDR_LEN: usize = 21;
+const FAMILY_DUAL: u8 = 46;
 /// Encoded size of a [`Hint`].
 pub const HINT_LEN: usize = 16;
 
@@ -29,6 +34,22 @@ pub(crate) fn encode_addr(addr: IpAddr) -> [u8; ADDR_LEN] {
         }
     }
     b
+}
+
+pub(crate) fn encode_dual(v4: Ipv4Addr, v6: Ipv6Addr) -> [u8; DUAL_ADDR_LEN] {
+    let mut b = [0u8; DUAL_ADDR_LEN];
+    b[0] = FAMILY_DUAL;
+    b[1..5].copy_from_slice(&v4.octets());
+    b[5..].copy_from_slice(&v6.octets());
+    b
+}
+
+pub(crate) fn decode_dual(b: &[u8; DUAL_ADDR_LEN]) -> Result<(Ipv4Addr, Ipv6Addr), ProtoError> {
+    if b[0] != FAMILY_DUAL {
+        return Err(ProtoError::UnknownFamily(b[0]));
+    }
+    let v6: [u8; 16] = arr(b, 5);
+    Ok((Ipv4Addr::new(b[1], b[2], b[3], b[4]), Ipv6Addr::from(v6)))
 }
 
 pub(crate) fn decode_addr(b: &[u8; ADDR_LEN]) -> Result<IpAddr, ProtoError> {

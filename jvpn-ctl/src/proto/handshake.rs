@@ -12,7 +12,10 @@
 //! covers "the HELLO" — the WELCOME's signature, the transcript, a TIME's signature —
 //! covers the whole payload as sent and received, cookie included.
 
-use std::{net::IpAddr, ops::Deref};
+use std::{
+    net::{IpAddr, Ipv6Addr},
+    ops::Deref,
+};
 
 use jvpn_common::wire::{COOKIE_LEN, HEADER_LEN, HELLO_NONCE_OFF, WireHeader, msg_type};
 use ring::{
@@ -24,17 +27,22 @@ use ring::{
 
 use super::{
     Hint, ProtoError, SessionKeys,
-    fields::{ADDR_LEN, HINT_LEN, arr, decode_addr, encode_addr, fixed_control, u64_at},
+    fields::{
+        ADDR_LEN, DUAL_ADDR_LEN, HINT_LEN, arr, control_header, decode_addr, decode_dual,
+        encode_addr, encode_dual, fixed_control, u64_at,
+    },
 };
 
 pub use jvpn_common::wire::{HELLO_COOKIE_LEN, HELLO_LEN};
 pub const WELCOME_LEN: usize = HEADER_LEN + 32 + 8 + ADDR_LEN + HINT_LEN + 64;
+/// A WELCOME from a dual-stack pool: an IPv4 and an IPv6 tunnel address.
+pub const WELCOME_DUAL_LEN: usize = WELCOME_LEN - ADDR_LEN + DUAL_ADDR_LEN;
 pub const CONFIRM_LEN: usize = HEADER_LEN + 32;
 pub const ESTABLISHED_LEN: usize = HEADER_LEN + 32;
 
 // Anti-amplification: a WELCOME (sent to an unvalidated address) is smaller than the
 // HELLO, and ESTABLISHED no larger than CONFIRM.
-const _: () = assert!(WELCOME_LEN < HELLO_LEN);
+const _: () = assert!(WELCOME_LEN < HELLO_LEN && WELCOME_DUAL_LEN < HELLO_LEN);
 const _: () = assert!(ESTABLISHED_LEN <= CONFIRM_LEN);
 
 const HELLO_LABEL: &[u8] = b"jvpn-hello-v1";
@@ -42,9 +50,10 @@ const WELCOME_LABEL: &[u8] = b"jvpn-welcome-v1";
 const CONFIRM_LABEL: &[u8] = b"jvpn-confirm-v1";
 const ESTABLISHED_LABEL: &[u8] = b"jvpn-established-v1";
 
-/// Where the signature starts in each signed message.
+/// Where the signature starts in a HELLO (in a WELCOME: 64 bytes before its end).
 const HELLO_SIGNED: usize = HELLO_LEN - 64;
-const WELCOME_SIGNED: usize = WELCOME_LEN - 64;
+/// Where a WELCOME's tunnel field starts.
+const WELCOME_TUNNEL_OFF: usize = HEADER_LEN + 32 + 8;
 
 /// The control counters the client handshake uses; the client's later control
 /// messages continue from [`ClientSession::next_ctr`].
@@ -165,19 +174,38 @@ pub struct Welcome {
     pub eph_pub: [u8; 32],
     pub ts_ms: u64,
     pub tunnel_addr: IpAddr,
+    /// The IPv6 address beside an IPv4 `tunnel_addr` (a dual-stack pool).
+    pub tunnel6: Option<Ipv6Addr>,
     pub hint: Hint,
 }
 
 impl Welcome {
+    /// Two lengths, one per form of the tunnel field (one address, or both families):
+    /// a client of this version reads a WELCOME from an older gateway.
     pub fn decode(bytes: &[u8]) -> Result<Welcome, ProtoError> {
-        let h = fixed_control(bytes, msg_type::WELCOME, "WELCOME", WELCOME_LEN)?;
+        let h = control_header(bytes, msg_type::WELCOME, "WELCOME")?;
+        let at = WELCOME_TUNNEL_OFF;
+        let (tunnel_addr, tunnel6, hint_at) = match bytes.len() {
+            WELCOME_LEN => (decode_addr(&arr(bytes, at))?, None, at + ADDR_LEN),
+            WELCOME_DUAL_LEN => {
+                let (v4, v6) = decode_dual(&arr(bytes, at))?;
+                (IpAddr::V4(v4), Some(v6), at + DUAL_ADDR_LEN)
+            }
+            got => {
+                return Err(ProtoError::BadLength {
+                    expected: WELCOME_LEN,
+                    got,
+                });
+            }
+        };
         Ok(Welcome {
             session_id: h.session_id(),
             ctr: h.counter(),
-            eph_pub: arr(bytes, 20),
-            ts_ms: u64_at(bytes, 52),
-            tunnel_addr: decode_addr(&arr(bytes, 60))?,
-            hint: Hint::from_bytes(&arr(bytes, 60 + ADDR_LEN)),
+            eph_pub: arr(bytes, HEADER_LEN),
+            ts_ms: u64_at(bytes, HEADER_LEN + 32),
+            tunnel_addr,
+            tunnel6,
+            hint: Hint::from_bytes(&arr(bytes, hint_at)),
         })
     }
 }
@@ -195,7 +223,8 @@ pub struct Welcomed {
 /// Gateway: answers a verified HELLO, creating the session's keys.
 ///
 /// `session_id` must be nonzero (the caller picks a random unused one); `ctr` is the
-/// gateway's control counter for this session.
+/// gateway's control counter for this session. `tunnel6` is given beside an IPv4
+/// `tunnel_addr` only (a dual-stack pool).
 #[allow(clippy::too_many_arguments)]
 pub fn welcome(
     identity: &Ed25519KeyPair,
@@ -203,6 +232,7 @@ pub fn welcome(
     session_id: u64,
     ctr: u64,
     tunnel_addr: IpAddr,
+    tunnel6: Option<Ipv6Addr>,
     hint: Hint,
     now_ms: u64,
     rng: &dyn SecureRandom,
@@ -211,15 +241,23 @@ pub fn welcome(
         return Err(ProtoError::Malformed("WELCOME needs a nonzero session id"));
     }
     let (eph, eph_pub) = x25519_keypair(rng)?;
-    let mut w = Vec::with_capacity(WELCOME_LEN);
+    let mut w = Vec::with_capacity(WELCOME_DUAL_LEN);
     w.extend_from_slice(&WireHeader::new(msg_type::WELCOME, session_id, ctr).to_bytes());
     w.extend_from_slice(&eph_pub);
     w.extend_from_slice(&now_ms.to_be_bytes());
-    w.extend_from_slice(&encode_addr(tunnel_addr));
+    match (tunnel_addr, tunnel6) {
+        (a, None) => w.extend_from_slice(&encode_addr(a)),
+        (IpAddr::V4(v4), Some(v6)) => w.extend_from_slice(&encode_dual(v4, v6)),
+        (IpAddr::V6(_), Some(_)) => {
+            return Err(ProtoError::Malformed(
+                "a second tunnel address goes beside an IPv4 one",
+            ));
+        }
+    }
     w.extend_from_slice(&hint.to_bytes());
     let sig = identity.sign(&welcome_signed_message(hello.bytes(), &w));
     w.extend_from_slice(sig.as_ref());
-    debug_assert_eq!(w.len(), WELCOME_LEN);
+    debug_assert!(w.len() == WELCOME_LEN || w.len() == WELCOME_DUAL_LEN);
     let transcript = transcript(hello.bytes(), &w);
     let keys = agree(eph, &hello.eph_pub, &transcript)?;
     Ok(Welcomed {
@@ -353,6 +391,8 @@ pub struct ClientSession {
     pub keys: SessionKeys,
     pub transcript: [u8; 32],
     pub tunnel_addr: IpAddr,
+    /// The IPv6 tunnel address beside the IPv4 one, from a dual-stack gateway.
+    pub tunnel6: Option<Ipv6Addr>,
     pub hint: Hint,
     /// The gateway's clock at WELCOME time (for a rough offset estimate).
     pub gateway_ts_ms: u64,
@@ -433,9 +473,10 @@ impl ClientHandshake {
     /// Decodes a WELCOME and checks the gateway's signature over it and our HELLO.
     pub fn verify_welcome(&self, bytes: &[u8]) -> Result<Welcome, ProtoError> {
         let w = Welcome::decode(bytes)?;
-        let msg = welcome_signed_message(&self.hello, &bytes[..WELCOME_SIGNED]);
+        let signed = bytes.len() - 64;
+        let msg = welcome_signed_message(&self.hello, &bytes[..signed]);
         signature::UnparsedPublicKey::new(&signature::ED25519, &self.gateway_pub)
-            .verify(&msg, &bytes[WELCOME_SIGNED..])
+            .verify(&msg, &bytes[signed..])
             .map_err(|_| ProtoError::BadSignature)?;
         Ok(w)
     }
@@ -457,6 +498,7 @@ impl ClientHandshake {
             keys,
             transcript,
             tunnel_addr: w.tunnel_addr,
+            tunnel6: w.tunnel6,
             hint: w.hint,
             gateway_ts_ms: w.ts_ms,
             confirm,
@@ -512,7 +554,7 @@ pub(crate) mod tests {
         assert_eq!(h.ts_ms, 1_000);
         let v = h.verify_signature(&gw_pub).unwrap();
         let addr = "10.77.0.2".parse().unwrap();
-        let welcomed = welcome(&gw, &v, SID, 1, addr, HINT, 1_005, &rng).unwrap();
+        let welcomed = welcome(&gw, &v, SID, 1, addr, None, HINT, 1_005, &rng).unwrap();
         Run {
             gw,
             client,
@@ -587,6 +629,7 @@ pub(crate) mod tests {
             SID,
             1,
             "10.0.0.1".parse().unwrap(),
+            None,
             HINT,
             1,
             &rng,
@@ -603,7 +646,18 @@ pub(crate) mod tests {
             .unwrap()
             .verify_signature(&public_of(&gw))
             .unwrap();
-        let ow = welcome(&gw, &ov, SID, 1, "10.0.0.1".parse().unwrap(), HINT, 1, &rng).unwrap();
+        let ow = welcome(
+            &gw,
+            &ov,
+            SID,
+            1,
+            "10.0.0.1".parse().unwrap(),
+            None,
+            HINT,
+            1,
+            &rng,
+        )
+        .unwrap();
         assert!(client.on_welcome(&ow.welcome).is_err());
         // Failed attempts leave the handshake usable.
         let s = client.on_welcome(&welcomed.welcome).unwrap();
@@ -631,7 +685,20 @@ pub(crate) mod tests {
             .unwrap()
             .verify_signature(&public_of(&gw))
             .unwrap();
-        assert!(welcome(&gw, &v, 0, 1, "10.0.0.1".parse().unwrap(), HINT, 1, &rng).is_err());
+        assert!(
+            welcome(
+                &gw,
+                &v,
+                0,
+                1,
+                "10.0.0.1".parse().unwrap(),
+                None,
+                HINT,
+                1,
+                &rng
+            )
+            .is_err()
+        );
     }
 
     #[test]
@@ -644,8 +711,44 @@ pub(crate) mod tests {
             .verify_signature(&public_of(&gw))
             .unwrap();
         let a: IpAddr = "fd00:77::2".parse().unwrap();
-        let w = welcome(&gw, &v, SID, 1, a, HINT, 1, &rng).unwrap();
+        let w = welcome(&gw, &v, SID, 1, a, None, HINT, 1, &rng).unwrap();
         assert_eq!(c.on_welcome(&w.welcome).unwrap().tunnel_addr, a);
+    }
+
+    /// Both families in one WELCOME: 161 bytes, still smaller than the HELLO, signed
+    /// whole (a changed IPv6 byte fails the signature); an IPv6 address beside an
+    /// IPv6 one is refused.
+    #[test]
+    fn dual_stack_tunnel_addresses() {
+        let rng = SystemRandom::new();
+        let gw = keypair();
+        let (mut c, hello) = ClientHandshake::start(&keypair(), &public_of(&gw), 1, &rng).unwrap();
+        let v = Hello::decode(&hello)
+            .unwrap()
+            .verify_signature(&public_of(&gw))
+            .unwrap();
+        let (a4, a6): (IpAddr, Ipv6Addr) =
+            ("10.77.0.2".parse().unwrap(), "fd00:77::2".parse().unwrap());
+        let w = welcome(&gw, &v, SID, 1, a4, Some(a6), HINT, 1, &rng).unwrap();
+        assert_eq!(w.welcome.len(), WELCOME_DUAL_LEN);
+        assert_eq!(WELCOME_DUAL_LEN, 161);
+        let mut bad = w.welcome.clone();
+        bad[WELCOME_TUNNEL_OFF + 20] ^= 1;
+        assert!(matches!(c.on_welcome(&bad), Err(ProtoError::BadSignature)));
+        let s = c.on_welcome(&w.welcome).unwrap();
+        assert_eq!((s.tunnel_addr, s.tunnel6), (a4, Some(a6)));
+        assert_eq!(s.hint, HINT);
+        assert!(welcome(&gw, &v, SID, 1, IpAddr::V6(a6), Some(a6), HINT, 1, &rng).is_err());
+        let mut family = w.welcome.clone();
+        family[WELCOME_TUNNEL_OFF] = 4;
+        assert!(matches!(
+            Welcome::decode(&family),
+            Err(ProtoError::UnknownFamily(4))
+        ));
+        assert!(matches!(
+            Welcome::decode(&w.welcome[..WELCOME_DUAL_LEN - 1]),
+            Err(ProtoError::BadLength { .. })
+        ));
     }
 
     /// A HELLO with a cookie: 188 bytes, the signature over the same first bytes as
@@ -679,9 +782,9 @@ pub(crate) mod tests {
         plain.verify_signature(&gw_pub).unwrap();
         // But a WELCOME answers the HELLO as received: one for other bytes fails.
         let addr = "10.77.0.2".parse().unwrap();
-        let wrong = welcome(&gw, &ov, SID, 1, addr, HINT, 6, &rng).unwrap();
+        let wrong = welcome(&gw, &ov, SID, 1, addr, None, HINT, 6, &rng).unwrap();
         assert!(client.on_welcome(&wrong.welcome).is_err());
-        let w = welcome(&gw, &v, SID, 1, addr, HINT, 6, &rng).unwrap();
+        let w = welcome(&gw, &v, SID, 1, addr, None, HINT, 6, &rng).unwrap();
         let s = client.on_welcome(&w.welcome).unwrap();
         assert_eq!(s.transcript, w.transcript);
         assert_eq!(s.transcript, transcript(&hello, &w.welcome));

@@ -18,7 +18,7 @@
 use std::{
     collections::HashMap,
     fmt,
-    net::{IpAddr, SocketAddr},
+    net::{IpAddr, Ipv6Addr, SocketAddr},
     path::Path,
 };
 
@@ -44,6 +44,8 @@ pub mod link_type {
 }
 
 const INSTALL_BODY: usize = 8 + ADDR_LEN + 32 + 32 + ADDR_LEN + 2 + 8;
+/// An INSTALL of a dual-stack session: the IPv6 tunnel address after the epoch.
+const INSTALL_DUAL_BODY: usize = INSTALL_BODY + ADDR_LEN;
 const REVOKE_BODY: usize = 8 + 8;
 const ACK_BODY: usize = 9;
 const PING_BODY: usize = 8;
@@ -54,6 +56,8 @@ pub enum LinkMsg {
     Install {
         session_id: u64,
         tunnel_addr: IpAddr,
+        /// The session's IPv6 tunnel address beside an IPv4 `tunnel_addr`.
+        tunnel6: Option<Ipv6Addr>,
         c2x: [u8; 32],
         x2c: [u8; 32],
         ret: SocketAddr,
@@ -89,6 +93,7 @@ impl fmt::Debug for LinkMsg {
             LinkMsg::Install {
                 session_id,
                 tunnel_addr,
+                tunnel6,
                 ret,
                 epoch,
                 ..
@@ -96,6 +101,7 @@ impl fmt::Debug for LinkMsg {
                 .debug_struct("Install")
                 .field("session_id", session_id)
                 .field("tunnel_addr", tunnel_addr)
+                .field("tunnel6", tunnel6)
                 .field("ret", ret)
                 .field("epoch", epoch)
                 .field("keys", &"<redacted>")
@@ -154,7 +160,7 @@ impl LinkMsg {
     pub fn from_body(ty: u8, body: &[u8]) -> Result<Self, ProtoError> {
         match body_len(ty) {
             None => Err(ProtoError::Malformed("unknown link message type")),
-            Some(n) if n != body.len() => Err(ProtoError::BadLength {
+            Some(n) if !body_fits(ty, n, body.len()) => Err(ProtoError::BadLength {
                 expected: n,
                 got: body.len(),
             }),
@@ -174,6 +180,7 @@ impl LinkMsg {
             LinkMsg::Install {
                 session_id,
                 tunnel_addr,
+                tunnel6,
                 c2x,
                 x2c,
                 ret,
@@ -186,6 +193,9 @@ impl LinkMsg {
                 out.extend_from_slice(&encode_addr(ret.ip()));
                 out.extend_from_slice(&ret.port().to_be_bytes());
                 out.extend_from_slice(&epoch.to_be_bytes());
+                if let Some(a) = tunnel6 {
+                    out.extend_from_slice(&encode_addr(IpAddr::V6(*a)));
+                }
             }
             LinkMsg::Revoke { session_id, epoch } => {
                 out.extend_from_slice(&session_id.to_be_bytes());
@@ -221,9 +231,21 @@ impl LinkMsg {
                 let x2c = arr(b, 8 + ADDR_LEN + 32);
                 let ret_ip = decode_addr(&arr(b, 8 + ADDR_LEN + 64))?;
                 let port = u16::from_be_bytes(arr(b, 8 + 2 * ADDR_LEN + 64));
+                let tunnel6 = match b.len() {
+                    INSTALL_DUAL_BODY => match decode_addr(&arr(b, INSTALL_BODY))? {
+                        IpAddr::V6(a) if tunnel_addr.is_ipv4() => Some(a),
+                        _ => {
+                            return Err(ProtoError::Malformed(
+                                "an INSTALL's second tunnel address is not IPv6 beside IPv4",
+                            ));
+                        }
+                    },
+                    _ => None,
+                };
                 LinkMsg::Install {
                     session_id,
                     tunnel_addr,
+                    tunnel6,
                     c2x,
                     x2c,
                     ret: SocketAddr::new(ret_ip, port),
@@ -254,6 +276,13 @@ impl LinkMsg {
     }
 }
 
+/// An INSTALL has two lengths (with and without an IPv6 tunnel address); every other
+/// body exactly its one.
+fn body_fits(ty: u8, body_len: usize, got: usize) -> bool {
+    got == body_len || (ty == link_type::INSTALL && got == INSTALL_DUAL_BODY)
+}
+
+/// The (shortest) body length of a message type.
 fn body_len(ty: u8) -> Option<usize> {
     match ty {
         link_type::INSTALL => Some(INSTALL_BODY),
@@ -399,7 +428,7 @@ impl LinkCrypto {
         let Some(body) = body_len(ty) else {
             return Err(ProtoError::Malformed("unknown link message type"));
         };
-        if frame.len() != MIN + body {
+        if !body_fits(ty, body, frame.len() - MIN) {
             return Err(ProtoError::BadLength {
                 expected: MIN + body,
                 got: frame.len(),
@@ -465,6 +494,7 @@ mod tests {
         LinkMsg::Install {
             session_id: 0xdead_beef,
             tunnel_addr: "10.77.0.9".parse().unwrap(),
+            tunnel6: None,
             c2x: [1; 32],
             x2c: [2; 32],
             ret: "[fd00::5]:7100".parse().unwrap(),
@@ -494,6 +524,16 @@ mod tests {
             LinkMsg::Install {
                 session_id: 1,
                 tunnel_addr: "fd00::2".parse().unwrap(),
+                tunnel6: None,
+                c2x: [3; 32],
+                x2c: [4; 32],
+                ret: "192.0.2.1:51820".parse().unwrap(),
+                epoch: 0,
+            },
+            LinkMsg::Install {
+                session_id: 2,
+                tunnel_addr: "10.77.0.3".parse().unwrap(),
+                tunnel6: Some("fd00:77::3".parse().unwrap()),
                 c2x: [3; 32],
                 x2c: [4; 32],
                 ret: "192.0.2.1:51820".parse().unwrap(),
@@ -501,7 +541,7 @@ mod tests {
             },
             revoke(9),
         ];
-        for (m, len) in msgs.iter().zip([148, 148, 48]) {
+        for (m, len) in msgs.iter().zip([148, 148, 165, 48]) {
             let f = gw.seal(m);
             assert_eq!(f.len(), len);
             assert_eq!(&f[..4], b"JVLK");
@@ -532,6 +572,33 @@ mod tests {
         let f = exit.seal(&pong);
         assert_eq!(f.len(), 56);
         assert_eq!(gw.open(&f).unwrap(), pong);
+    }
+
+    /// A dual-stack INSTALL's second address is IPv6 beside an IPv4 first one; any
+    /// other pairing, or a length between the two forms, is refused.
+    #[test]
+    fn dual_install_pairs_ipv4_with_ipv6_only() {
+        let good = LinkMsg::Install {
+            session_id: 2,
+            tunnel_addr: "10.77.0.3".parse().unwrap(),
+            tunnel6: Some("fd00:77::3".parse().unwrap()),
+            c2x: [3; 32],
+            x2c: [4; 32],
+            ret: "192.0.2.1:51820".parse().unwrap(),
+            epoch: 0,
+        };
+        let body = good.body();
+        assert_eq!(LinkMsg::from_body(link_type::INSTALL, &body).unwrap(), good);
+        let mut v4_second = body.clone();
+        v4_second[INSTALL_BODY..].copy_from_slice(&encode_addr("10.77.0.4".parse().unwrap()));
+        assert!(LinkMsg::from_body(link_type::INSTALL, &v4_second).is_err());
+        let mut v6_first = body.clone();
+        v6_first[8..8 + ADDR_LEN].copy_from_slice(&encode_addr("fd00::9".parse().unwrap()));
+        assert!(LinkMsg::from_body(link_type::INSTALL, &v6_first).is_err());
+        assert!(matches!(
+            LinkMsg::from_body(link_type::INSTALL, &body[..INSTALL_DUAL_BODY - 1]),
+            Err(ProtoError::BadLength { .. })
+        ));
     }
 
     /// The layout is the documented one, and node 0 seals exactly the frames of a

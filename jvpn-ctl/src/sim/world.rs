@@ -298,7 +298,7 @@ impl World {
                 }
                 Out::Event(e) => self.client_events.push(e),
                 Out::Exit(_) => self.client_exited = true,
-                Out::TunMtu(_) | Out::TunUp(_) => {}
+                Out::TunMtu(_) | Out::TunUp(..) => {}
             }
         }
     }

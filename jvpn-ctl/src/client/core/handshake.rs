@@ -244,11 +244,15 @@ impl Core {
                 let l = &mut self.links[t];
                 l.current = from;
                 tracing::info!(
-                    "WELCOME over {} from {}: session {:016x}, tunnel address {}",
+                    "WELCOME over {} from {}: session {:016x}, tunnel address {}{}",
                     l.cfg.name,
                     l.gateway(),
                     session.session_id,
-                    session.tunnel_addr
+                    session.tunnel_addr,
+                    session
+                        .tunnel6
+                        .map(|a| format!(" and {a}"))
+                        .unwrap_or_default()
                 );
                 c.transport = t;
                 self.out.push(Out::Udp {
@@ -285,6 +289,7 @@ impl Core {
             c2x: DataKey::new(&cs.keys.c2x),
             x2c: DataKey::new(&cs.keys.x2c),
             tunnel: cs.tunnel_addr,
+            tunnel6: cs.tunnel6,
             hint: cs.hint,
             state: State::Birth,
             version: 0,
@@ -319,7 +324,7 @@ impl Core {
             l.quality_moves = 0;
         }
         self.links[t].health.on_rx(now_ms);
-        self.out.push(Out::TunUp(s.tunnel));
+        self.out.push(Out::TunUp(s.tunnel, s.tunnel6));
         self.phase = Phase::Up(Box::new(s));
         self.apply_tunnel_mtu();
         self.go(State::Attached, Reason::BirthComplete, None, now_ms);

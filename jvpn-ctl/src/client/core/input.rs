@@ -116,6 +116,14 @@ impl Core {
             self.counters.tx_no_session += 1;
             return;
         };
+        let ours = match crate::inner::addrs(pkt) {
+            Some((src, _)) => src == s.tunnel || s.tunnel6.is_some_and(|a| src == a),
+            None => false,
+        };
+        if !ours {
+            self.counters.tx_foreign_source += 1;
+            return;
+        }
         let mtu = s.tun_mtu;
         let mut reply = Vec::new();
         match icmp::fit(pkt, mtu, &mut reply, |p| self.seal(p)) {

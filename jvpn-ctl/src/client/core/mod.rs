@@ -129,8 +129,9 @@ pub enum Out {
     TunMtu(u16),
     /// Write an inner packet to the TUN device.
     Tun(Vec<u8>),
-    /// A session is up: give the TUN this address (and the configured routes).
-    TunUp(IpAddr),
+    /// A session is up: give the TUN these addresses (an IPv6 one beside the first
+    /// from a dual-stack gateway) and the configured routes.
+    TunUp(IpAddr, Option<std::net::Ipv6Addr>),
     Event(EventRecord),
     /// The session is TERMINATED and `reconnect` is off: stop.
     Exit(Reason),
@@ -309,6 +310,7 @@ struct Session {
     c2x: DataKey,
     x2c: DataKey,
     tunnel: IpAddr,
+    tunnel6: Option<std::net::Ipv6Addr>,
     hint: Hint,
     state: State,
     version: u64,
@@ -560,6 +562,14 @@ impl Core {
     pub fn session_id(&self) -> Option<u64> {
         match &self.phase {
             Phase::Up(s) => Some(s.id),
+            _ => None,
+        }
+    }
+
+    /// The session's IPv6 tunnel address (a dual-stack gateway's), if a session is up.
+    pub fn tunnel6(&self) -> Option<std::net::Ipv6Addr> {
+        match &self.phase {
+            Phase::Up(s) => s.tunnel6,
             _ => None,
         }
     }

@@ -123,6 +123,11 @@ pub(super) fn established() -> (Core, Gw) {
 
 /// An established session over the first of `transports`, at its first address.
 fn established_with(transports: &str) -> (Core, Gw) {
+    established_dual(transports, None)
+}
+
+/// As [`established_with`], from a gateway that gives `tunnel6` beside 10.99.0.2.
+fn established_dual(transports: &str, tunnel6: Option<std::net::Ipv6Addr>) -> (Core, Gw) {
     let (gw_id, cl_id) = (keypair(), keypair());
     let gw_pub = proto::identity::public_key(&gw_id);
     let mut core = Core::new(&config(&gw_pub, transports), cl_id, gw_pub, T0);
@@ -133,7 +138,18 @@ fn established_with(transports: &str) -> (Core, Gw) {
         .verify_signature(&gw_pub)
         .unwrap();
     let tunnel: IpAddr = "10.99.0.2".parse().unwrap();
-    let w = welcome(&gw_id, &v, SID, 1, tunnel, HINT, T0, &SystemRandom::new()).unwrap();
+    let w = welcome(
+        &gw_id,
+        &v,
+        SID,
+        1,
+        tunnel,
+        tunnel6,
+        HINT,
+        T0,
+        &SystemRandom::new(),
+    )
+    .unwrap();
     core.on_datagram(WIFI, to, &w.welcome, T0 + 1);
     let mac = w.keys.mac_key();
     core.on_datagram(
@@ -305,6 +321,45 @@ fn data_the_relay_does_not_forward_makes_the_binding_stalled() {
             assert_ne!(s.transports[WIFI].health, Status::Healthy);
         }
     }
+}
+
+/// Only packets from the session's own tunnel addresses are sealed: a dual-stack
+/// session's IPv4 and IPv6 ones; anything else (IPv6 link-local chatter, another
+/// source) is dropped and counted.
+#[test]
+fn only_the_tunnel_addresses_are_sealed() {
+    let a6: std::net::Ipv6Addr = "fd00:99::2".parse().unwrap();
+    let (mut core, _gw) = established_dual(TRANSPORTS, Some(a6));
+    assert!(
+        core.out
+            .contains(&Out::TunUp("10.99.0.2".parse().unwrap(), Some(a6)))
+    );
+    assert_eq!(
+        core.status(T0 + 2).tunnel_addr6.as_deref(),
+        Some("fd00:99::2")
+    );
+    let _ = udp(&mut core);
+    let v6 = |src: std::net::Ipv6Addr| {
+        let mut p = vec![0u8; 48];
+        p[0] = 0x60;
+        p[4..6].copy_from_slice(&8u16.to_be_bytes());
+        p[6] = 17;
+        p[7] = 64;
+        p[8..24].copy_from_slice(&src.octets());
+        p[24..40].copy_from_slice(&"fd00:99::1".parse::<std::net::Ipv6Addr>().unwrap().octets());
+        p
+    };
+    core.on_tun(&inner(100));
+    core.on_tun(&v6(a6));
+    assert_eq!(udp(&mut core).len(), 2, "both families sealed");
+    let mut other = inner(100);
+    other[15] = 9;
+    core.on_tun(&other);
+    core.on_tun(&v6("fe80::1".parse().unwrap()));
+    core.on_tun(&[0x45; 10]);
+    assert!(udp(&mut core).is_empty());
+    let c = core.status(T0 + 3).counters;
+    assert_eq!((c.tx_foreign_source, c.tx_packets), (3, 2));
 }
 
 #[test]
@@ -695,7 +750,18 @@ fn an_unanswered_hello_goes_to_the_next_address_and_confirm_follows_the_welcome(
         .verify_signature(&gw_pub)
         .unwrap();
     let tunnel: IpAddr = "10.99.0.2".parse().unwrap();
-    let w = welcome(&gw_id, &v, SID, 1, tunnel, HINT, T0, &SystemRandom::new()).unwrap();
+    let w = welcome(
+        &gw_id,
+        &v,
+        SID,
+        1,
+        tunnel,
+        None,
+        HINT,
+        T0,
+        &SystemRandom::new(),
+    )
+    .unwrap();
     core.on_datagram(WIFI, NODE_B, &w.welcome, T0 + 3_100);
     let out = udp_to(&mut core);
     assert_eq!((out[0].0, out[0].1), (WIFI, NODE_B), "CONFIRM to B");

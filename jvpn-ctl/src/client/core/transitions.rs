@@ -127,6 +127,7 @@ impl GwHandshake {
             SID,
             1,
             tunnel,
+            None,
             HINT,
             now,
             &SystemRandom::new(),

@@ -15,6 +15,7 @@ impl Core {
             state: s.map_or(self.last_state, |s| s.state),
             version: s.map_or(0, |s| s.version),
             tunnel_addr: s.map(|s| s.tunnel.to_string()),
+            tunnel_addr6: s.and_then(|s| s.tunnel6).map(|a| a.to_string()),
             bound: s.map(|s| self.links[s.bound].cfg.name.clone()),
             bound_gateway: s.map(|s| self.links[s.bound].gateways[s.bound_addr].to_string()),
             generation: s.map_or(0, |s| s.generation),

@@ -1,5 +1,6 @@
 //! The inner (tunnelled) packet: just enough of its IP header to route it and to check
-//! who sent it. The kernel validates the rest when the packet enters the TUN device.
+//! who sent it (the exit, and the client before it seals). The kernel validates the
+//! rest when the packet enters the TUN device.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
