@@ -118,6 +118,43 @@ fn nat_rebinding_moves_the_binding_to_the_new_port() {
     });
 }
 
+/// The simulated tunnel is dual-stack: the session has an IPv6 address beside the
+/// IPv4 one at the same offset, and IPv6 echoes come back across a switch to LTE and
+/// a NAT rebinding, as IPv4 ones do.
+#[test]
+fn ipv6_inside_the_tunnel_survives_a_switch_and_a_rebinding() {
+    each_seed(|seed| {
+        let mut w = up(seed)?;
+        let st = w.client.status(w.now);
+        assert_eq!(
+            (st.tunnel_addr.as_deref(), st.tunnel_addr6.as_deref()),
+            (Some("10.77.0.2"), Some("fd00:77::2")),
+            "seed {seed}"
+        );
+        let traffic6 = |w: &mut World, n: u64| -> Outcome {
+            let want = w.app_echoed6 + n;
+            for i in 0..n {
+                w.send_app6(&i.to_be_bytes());
+                w.run_for(5)?;
+            }
+            w.run_until(2_000, "every IPv6 echo back", |w| w.app_echoed6 >= want)?;
+            Ok(())
+        };
+        traffic6(&mut w, 10)?;
+        w.link(0, false);
+        bound_on(&mut w, 1, 3_000, "bound on LTE")?;
+        traffic6(&mut w, 10)?;
+        w.rebind(1, 41_000);
+        w.run_until(5_000, "the binding on the new port", |w| {
+            gw_binding(w).is_some_and(|b| b.ends_with(":41000")) && w.attached()
+        })?;
+        traffic6(&mut w, 10)?;
+        traffic(&mut w, 10)?;
+        assert_eq!((w.app_sent6, w.app_echoed6), (30, 30), "seed {seed}");
+        Ok(())
+    });
+}
+
 /// Every datagram captured during a switch to LTE, replayed from where it came and
 /// from an attacker's address once the client is back on Wi-Fi: nothing changes (the invariants also hold on every step).
 #[test]

@@ -2,7 +2,7 @@
 
 use std::{
     collections::BTreeSet,
-    net::{Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::Arc,
 };
 
@@ -45,6 +45,8 @@ const EXIT_DATA: &str = "10.9.0.2:51820";
 const EXIT_LINK: &str = "10.9.0.2:51821";
 /// The echo server the client's traffic goes to, behind the exit.
 pub const ECHO: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
+/// The same over IPv6: the simulated tunnel is dual-stack.
+pub const ECHO6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 7);
 const T0: u64 = 1_700_000_000_000;
 const CLIENT_TICK_MS: u64 = 10;
 const GW_TICK_MS: u64 = 50;
@@ -129,6 +131,9 @@ pub struct World {
     /// Echo payloads sent into the tunnel and received back.
     pub app_sent: u64,
     pub app_echoed: u64,
+    /// The same for [`World::send_app6`].
+    pub app_sent6: u64,
+    pub app_echoed6: u64,
     pub client_exited: bool,
     /// Everything delivered, for an attacker to replay ([`World::capture`]).
     pub captured: Vec<Datagram>,
@@ -156,9 +161,13 @@ impl World {
                 policy: cfg.policy.clone(),
                 identity: gw_id,
                 peers,
-                pool: Pool::new(
+                pool: Pool::dual(
                     "10.77.0.0/24".parse().expect("cidr"),
-                    [Ipv4Addr::new(10, 77, 0, 1)],
+                    Some("fd00:77::/120".parse().expect("cidr6")),
+                    &[
+                        "10.77.0.1".parse().expect("addr"),
+                        "fd00:77::1".parse().expect("addr"),
+                    ],
                 ),
                 exit_data: a(EXIT_DATA),
                 gw_exit: a(GW_EXIT),
@@ -172,10 +181,11 @@ impl World {
         )
         .seeded(cfg.seed);
         let exit_counters = Arc::new(ExitCounters::default());
-        let exit = Engine::new(
+        let exit = Engine::dual(
             &link_key,
             T0 * 1000 + 7,
             "10.77.0.0/24".parse().expect("cidr"),
+            Some("fd00:77::1/120".parse().expect("cidr6")),
             exit_counters.clone(),
         );
         let ccfg = ClientConfig::parse(&format!(
@@ -208,6 +218,8 @@ impl World {
             next_gw_tick: T0,
             app_sent: 0,
             app_echoed: 0,
+            app_sent6: 0,
+            app_echoed6: 0,
             client_exited: false,
             captured: Vec::new(),
             capture: false,
@@ -291,11 +303,11 @@ impl World {
                     self.proven.insert(from);
                     self.send(from, to, data);
                 }
-                Out::Tun(pkt) => {
-                    if packet::parse_udp4(&pkt).is_some_and(|(src, ..)| src == ECHO) {
-                        self.app_echoed += 1;
-                    }
-                }
+                Out::Tun(pkt) => match packet::udp_source(&pkt) {
+                    Some(IpAddr::V4(src)) if src == ECHO => self.app_echoed += 1,
+                    Some(IpAddr::V6(src)) if src == ECHO6 => self.app_echoed6 += 1,
+                    _ => {}
+                },
                 Out::Event(e) => self.client_events.push(e),
                 Out::Exit(_) => self.client_exited = true,
                 Out::TunMtu(_) | Out::TunUp(..) => {}
@@ -405,6 +417,21 @@ impl World {
         };
         self.app_sent += 1;
         let pkt = packet::udp4(src, ECHO, 5555, 7, payload);
+        self.client_step(Input::Tun(&pkt));
+    }
+
+    /// One IPv6 echo datagram into the tunnel, from the session's IPv6 address.
+    pub fn send_app6(&mut self, payload: &[u8]) {
+        let Some(src) = self
+            .client
+            .status(self.now)
+            .tunnel_addr6
+            .and_then(|t| t.parse::<Ipv6Addr>().ok())
+        else {
+            return;
+        };
+        self.app_sent6 += 1;
+        let pkt = packet::udp6(src, ECHO6, 5555, 7, payload);
         self.client_step(Input::Tun(&pkt));
     }
 

@@ -61,7 +61,9 @@ fuzz_target!(|data: &[u8]| {
             0 => {}
             1 => w.link(t, arg & 0x80 != 0),
             2 => w.rebind(t, 41_000 + u16::from(arg)),
-            3 => w.send_app(&[arg; 16]),
+            // Inner traffic of either family (the simulated tunnel is dual-stack).
+            3 if arg & 1 == 0 => w.send_app(&[arg; 16]),
+            3 => w.send_app6(&[arg; 16]),
             4 | 5 | 6 if !w.captured.is_empty() => {
                 let i = usize::from(ops.next().unwrap_or(0)) % w.captured.len();
                 let mut d = w.captured[i].clone();
