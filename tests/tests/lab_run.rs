@@ -85,6 +85,20 @@ fn lab_scenario_runs_and_cleans_up() {
             .unwrap_or_else(|| panic!("no {link} goodput in `{by_link}`"));
         assert!(mbit > 0.0, "no TCP goodput over {link}: {text}");
     }
+    // IPv6 inside the (dual-stack) tunnel crossed every switch too, also the one to
+    // lte6, whose tunnel MTU (1196) is below IPv6's 1280.
+    let v6 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("  tunnel IPv6   "))
+        .unwrap_or_else(|| panic!("no IPv6 tunnel line: {text}"));
+    let figure = |word: &str| -> u64 {
+        v6.split(", ")
+            .find_map(|p| p.strip_suffix(word))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no `{word}` in `{v6}`"))
+    };
+    let (sent, echoed) = (figure(" packets sent"), figure(" echoed back"));
+    assert!(sent > 1000 && echoed * 10 >= sent * 9, "IPv6: {v6}\n{text}");
     let left: Vec<String> = lab_namespaces()
         .into_iter()
         .filter(|n| !before.contains(n))

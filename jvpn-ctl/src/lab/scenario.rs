@@ -27,7 +27,7 @@ use super::{
         LabOptions,
         Transport::{self, Lte, Lte6, Wifi},
     },
-    stack::{EXIT_TUN, Stack},
+    stack::{EXIT_TUN, EXIT_TUN6, Stack},
     traffic::{self, EchoServer, Stream, StreamReport, TcpFlow, TcpReport},
 };
 use crate::{
@@ -64,6 +64,9 @@ pub struct Summary {
     pub session_unchanged: bool,
     pub switches: Vec<Switch>,
     pub stream: StreamReport,
+    /// The same stream over IPv6 inside the tunnel (the lab's tunnel is dual-stack),
+    /// beside the IPv4 one.
+    pub stream6: StreamReport,
     pub tcp: TcpReport,
     /// The TCP flow's mean goodput while bound to each transport (Mbit/s), in the
     /// order the transports were first bound.
@@ -328,6 +331,16 @@ pub fn run(bin: &Path, keep: bool, stop: &AtomicBool) -> Result<Option<Summary>>
         )
             .into(),
     )?;
+    let echo6 = EchoServer::start(
+        &stack.lab.exit,
+        (
+            EXIT_TUN6
+                .parse::<std::net::IpAddr>()
+                .map_err(Error::other)?,
+            ECHO_PORT,
+        )
+            .into(),
+    )?;
     let cfg = stack.client_config(&[Wifi, Lte, Lte6], HEALTH);
     line(
         t0,
@@ -352,7 +365,7 @@ pub fn run(bin: &Path, keep: bool, stop: &AtomicBool) -> Result<Option<Summary>>
     if keep {
         print_keep(&run.stack, &first);
         let Run { stack, .. } = run;
-        drop(echo);
+        drop((echo, echo6));
         let state = stack.detach()?;
         println!("(lab state: {})", state.display());
         return Ok(None);
@@ -369,8 +382,20 @@ pub fn run(bin: &Path, keep: bool, stop: &AtomicBool) -> Result<Option<Summary>>
             .into(),
         STREAM_EVERY,
     )?;
+    let stream6 = Stream::start(
+        &run.stack.lab.client,
+        (
+            EXIT_TUN6
+                .parse::<std::net::IpAddr>()
+                .map_err(Error::other)?,
+            ECHO_PORT,
+        )
+            .into(),
+        STREAM_EVERY,
+    )?;
     run.say(&format!(
-        "tunnel traffic: a UDP packet every {} ms to {EXIT_TUN}:{ECHO_PORT}, echoed back",
+        "tunnel traffic: a UDP packet every {} ms to {EXIT_TUN}:{ECHO_PORT} and one to \
+         [{EXIT_TUN6}]:{ECHO_PORT}, echoed back",
         STREAM_EVERY.as_millis()
     ));
     let tcp = TcpFlow::start(
@@ -435,6 +460,7 @@ pub fn run(bin: &Path, keep: bool, stop: &AtomicBool) -> Result<Option<Summary>>
     run.sleep(Duration::from_millis(1500))?;
     let tcp_report = tcp.finish();
     let report = stream.finish(Duration::from_millis(300));
+    let report6 = stream6.finish(Duration::from_millis(300));
     run.say("stopping traffic; tearing down");
     let last = run.status()?;
     let gw: Vec<SessionInfo> = run.stack.gateway()?.sessions().map_err(Error::other)?;
@@ -458,6 +484,7 @@ pub fn run(bin: &Path, keep: bool, stop: &AtomicBool) -> Result<Option<Summary>>
         switches,
         exit_duplicates: echo.counts().1,
         stream: report,
+        stream6: report6,
         tcp: tcp_report,
         tcp_by_transport: Vec::new(),
         replayed,
@@ -576,8 +603,10 @@ fn print_keep(stack: &Stack, s: &ClientStatus) {
          Take Wi-Fi down and watch the session move (then bring it back):\n  \
          ip -n {c} link set c-wifi down\n  ip -n {c} link set c-wifi up\n  \
          {b} client move lte6 --socket {cl}\n\n\
-         Traffic through the tunnel goes to the exit's tunnel address {EXIT_TUN}, e.g.:\n  \
-         ip netns exec {c} ping -c3 {EXIT_TUN}   # if ping is installed\n\n\
+         Traffic through the tunnel goes to the exit's tunnel addresses {EXIT_TUN} and \
+         {EXIT_TUN6} (the tunnel is dual-stack), e.g.:\n  \
+         ip netns exec {c} ping -c3 {EXIT_TUN}   # if ping is installed\n  \
+         ip netns exec {c} ping -6 -c3 {EXIT_TUN6}\n\n\
          Logs and configuration: {d}\nRemove it all: cargo xtask lab down   (or: {b} lab down)",
         s.session_id.map(|i| i.to_string()).unwrap_or_default(),
         s.bound.clone().unwrap_or_default(),
@@ -653,6 +682,13 @@ pub fn render(s: &Summary) -> String {
         s.stream.duplicate_echoes + s.exit_duplicates,
         "",
     ));
+    out.push_str(
+        &tunnel_line(&s.stream6, s.stream6.duplicate_echoes, "").replacen(
+            "  tunnel      ",
+            "  tunnel IPv6 ",
+            1,
+        ),
+    );
     let t = &s.tcp;
     out.push_str(&format!(
         "  tcp           {:.1} MB received in {:.1} s, {:.0} Mbit/s mean, longest stall {:.0} ms \
