@@ -544,6 +544,12 @@ pub(crate) mod tests {
         welcomed: Welcomed,
     }
 
+    /// A WELCOME of session SID with tunnel address 10.0.0.1, signed by `gw`.
+    fn welcome_v4(gw: &Ed25519KeyPair, hello: &VerifiedHello) -> Welcomed {
+        let addr = "10.0.0.1".parse().unwrap();
+        welcome(gw, hello, SID, 1, addr, None, HINT, 1, &SystemRandom::new()).unwrap()
+    }
+
     fn run_until_welcome() -> Run {
         let rng = SystemRandom::new();
         let (gw, cl) = (keypair(), keypair());
@@ -623,18 +629,7 @@ pub(crate) mod tests {
         ));
         // WELCOME signed by someone else (for the same HELLO).
         let v = h.verify_signature(&public_of(&gw)).unwrap();
-        let impostor = welcome(
-            &keypair(),
-            &v,
-            SID,
-            1,
-            "10.0.0.1".parse().unwrap(),
-            None,
-            HINT,
-            1,
-            &rng,
-        )
-        .unwrap();
+        let impostor = welcome_v4(&keypair(), &v);
         assert!(matches!(
             client.on_welcome(&impostor.welcome),
             Err(ProtoError::BadSignature)
@@ -646,18 +641,7 @@ pub(crate) mod tests {
             .unwrap()
             .verify_signature(&public_of(&gw))
             .unwrap();
-        let ow = welcome(
-            &gw,
-            &ov,
-            SID,
-            1,
-            "10.0.0.1".parse().unwrap(),
-            None,
-            HINT,
-            1,
-            &rng,
-        )
-        .unwrap();
+        let ow = welcome_v4(&gw, &ov);
         assert!(client.on_welcome(&ow.welcome).is_err());
         // Failed attempts leave the handshake usable.
         let s = client.on_welcome(&welcomed.welcome).unwrap();

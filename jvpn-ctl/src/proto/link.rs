@@ -502,6 +502,19 @@ mod tests {
         }
     }
 
+    /// An INSTALL of a dual-stack session.
+    fn dual_install() -> LinkMsg {
+        LinkMsg::Install {
+            session_id: 2,
+            tunnel_addr: "10.77.0.3".parse().unwrap(),
+            tunnel6: Some("fd00:77::3".parse().unwrap()),
+            c2x: [3; 32],
+            x2c: [4; 32],
+            ret: "192.0.2.1:51820".parse().unwrap(),
+            epoch: 0,
+        }
+    }
+
     fn revoke(session_id: u64) -> LinkMsg {
         LinkMsg::Revoke {
             session_id,
@@ -530,15 +543,7 @@ mod tests {
                 ret: "192.0.2.1:51820".parse().unwrap(),
                 epoch: 0,
             },
-            LinkMsg::Install {
-                session_id: 2,
-                tunnel_addr: "10.77.0.3".parse().unwrap(),
-                tunnel6: Some("fd00:77::3".parse().unwrap()),
-                c2x: [3; 32],
-                x2c: [4; 32],
-                ret: "192.0.2.1:51820".parse().unwrap(),
-                epoch: 0,
-            },
+            dual_install(),
             revoke(9),
         ];
         for (m, len) in msgs.iter().zip([148, 148, 165, 48]) {
@@ -578,15 +583,7 @@ mod tests {
     /// other pairing, or a length between the two forms, is refused.
     #[test]
     fn dual_install_pairs_ipv4_with_ipv6_only() {
-        let good = LinkMsg::Install {
-            session_id: 2,
-            tunnel_addr: "10.77.0.3".parse().unwrap(),
-            tunnel6: Some("fd00:77::3".parse().unwrap()),
-            c2x: [3; 32],
-            x2c: [4; 32],
-            ret: "192.0.2.1:51820".parse().unwrap(),
-            epoch: 0,
-        };
+        let good = dual_install();
         let body = good.body();
         assert_eq!(LinkMsg::from_body(link_type::INSTALL, &body).unwrap(), good);
         let mut v4_second = body.clone();
