@@ -39,7 +39,8 @@ use std::{
     },
 };
 
-use netlink_packet_route::route::RouteScope;
+use futures::TryStreamExt as _;
+use netlink_packet_route::{address::AddressScope, route::RouteScope};
 use rtnetlink::{LinkUnspec, RouteMessageBuilder};
 use tokio::io::unix::{AsyncFd, AsyncFdReadyGuard};
 
@@ -288,6 +289,36 @@ pub async fn configure(name: &str, addr: IpAddr, prefix_len: u8, mtu: u32) -> Re
             .execute()
             .await
             .map_err(|e| netlink_err("bringing up", name, e))
+    })
+    .await
+}
+
+/// Removes the global addresses a previous session left on device `name` (its
+/// link-local ones stay) and says how many: a new session may be given other ones,
+/// and the kernel would go on choosing the old as the source.
+pub async fn flush_addresses(name: &str) -> Result<usize, TunError> {
+    let index = ifindex(name)?;
+    with_netlink(|h| async move {
+        let mut dump = h.address().get().set_link_index_filter(index).execute();
+        let mut old = Vec::new();
+        while let Some(m) = dump
+            .try_next()
+            .await
+            .map_err(|e| netlink_err("listing the addresses of", name, e))?
+        {
+            if m.header.index == index && m.header.scope == AddressScope::Universe {
+                old.push(m);
+            }
+        }
+        let n = old.len();
+        for m in old {
+            h.address()
+                .del(m)
+                .execute()
+                .await
+                .map_err(|e| netlink_err("removing an old address from", name, e))?;
+        }
+        Ok(n)
     })
     .await
 }

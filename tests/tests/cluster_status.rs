@@ -188,6 +188,16 @@ fn a_node_with_another_nodes_pool_refuses_to_start() {
         !s.etcd_view().owners.values().any(|o| o.node == 2),
         "nothing of node 2 in etcd"
     );
+    // The same for the IPv6 pools (each node announces `pool6=` beside `pool=`).
+    std::fs::write(&cfg, good.replace("fd00:99::100/120", "fd00:99::80/120")).unwrap();
+    let err = s
+        .try_start_node(1)
+        .expect_err("a node whose IPv6 pool overlaps node 1's must not start")
+        .to_string();
+    assert!(
+        err.contains("[pool] cidr6 fd00:99::80/120 overlaps node 1's pool fd00:99::/120"),
+        "{err}"
+    );
     std::fs::write(&cfg, good).unwrap();
     s.start_node(1);
 }

@@ -114,6 +114,39 @@ fn the_agent_gets_both_families_and_ipv6_crosses_the_tunnel_and_a_move() {
     // IPv4 still works beside it.
     let v4 = lab.stream(Duration::from_millis(10));
     lab.wait_traffic(&v4, 10);
+    drop(v4);
+
+    // A new session replaces the old one's addresses on the TUN: an address left
+    // there (as a session given other addresses would leave one) would be the
+    // kernel's source, and the agent seals only its session's.
+    let ns = &lab.gw.lab.client;
+    ns.ip(&["addr", "add", "10.99.0.77/32", "dev", "jvpn0"])
+        .unwrap();
+    let id = lab.session_id();
+    let out = lab.cli(&["session", "kill", &format!("{id:016x}")]);
+    assert!(out.status.success(), "{out:?}");
+    let again = lab.wait_status("a new session", Duration::from_secs(10), |s| {
+        s.sessions_established == 2 && s.state == jvpn_ctl::session::State::Attached
+    });
+    let addrs = ns.ip(&["addr", "show", "dev", "jvpn0"]).unwrap();
+    eprintln!("after the new session: {addrs}");
+    assert!(!addrs.contains("10.99.0.77"), "{addrs}");
+    let (a4, a6) = (again.tunnel_addr.unwrap(), again.tunnel_addr6.unwrap());
+    assert!(
+        addrs.contains(&format!("{a4}/32")) && addrs.contains(&format!("{a6}/128")),
+        "{addrs}"
+    );
+    assert!(
+        lab.log("client")
+            .contains("removed 3 address(es) of the previous session")
+    );
+    let v6 = Stream::start(
+        ns,
+        SocketAddr::new(IpAddr::V6(exit6()), ECHO6_PORT),
+        Duration::from_millis(10),
+    )
+    .unwrap();
+    lab.wait_traffic(&v6, 10);
 }
 
 /// A DATA packet whose IPv6 source is not the session's IPv6 address is dropped by

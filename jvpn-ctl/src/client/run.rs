@@ -441,10 +441,27 @@ async fn flush(
                         Some(_) => cfg.mtu.max(u32::from(IPV6_MIN_MTU)),
                         None => cfg.mtu,
                     };
-                    tun::configure(&cfg.tun_name, addr, prefix, mtu).await?;
-                    if let Some(a6) = addr6 {
-                        tun::add_address(&cfg.tun_name, a6.into(), 128).await?;
+                    match tun::flush_addresses(&cfg.tun_name).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(
+                            "removed {n} address(es) of the previous session from {}",
+                            cfg.tun_name
+                        ),
+                        Err(e) => tracing::warn!("{e}"),
                     }
+                    tun::configure(&cfg.tun_name, addr, prefix, mtu).await?;
+                    // Without IPv6 on this host (disable_ipv6) the session still
+                    // carries IPv4: a warning, not the end of the agent.
+                    let addr6 = match addr6 {
+                        Some(a6) => match tun::add_address(&cfg.tun_name, a6.into(), 128).await {
+                            Ok(()) => Some(a6),
+                            Err(e) => {
+                                tracing::warn!("{e}: the tunnel carries IPv4 only on this host");
+                                None
+                            }
+                        },
+                        None => None,
+                    };
                     for r in cfg.routes.iter().filter(|r| r.prefix_len() > 0) {
                         tun::add_route(&cfg.tun_name, r.network(), r.prefix_len()).await?;
                     }

@@ -180,8 +180,22 @@ impl Nat {
         let table = table_name(tun);
         // A table left by a crashed exit knows what forwarding was before it.
         let old = left_behind(&table);
+        let needed = switches(prefixes);
+        // A crashed exit's switch this one does not need (it had an IPv6 prefix, this
+        // one has none) is put back now: nobody would later.
+        for sw in [FORWARD_V4, FORWARD_V6]
+            .into_iter()
+            .filter(|sw| !needed.contains(sw))
+        {
+            if let Some(v) = old.as_deref().and_then(|t| recorded(t, sw))
+                && v != "1"
+            {
+                std::fs::write(sw.sysctl, &v).map_err(|e| NatError::Forwarding(sw.sysctl, e))?;
+                tracing::info!(sysctl = sw.sysctl, value = %v, "forwarding put back as a crashed exit found it");
+            }
+        }
         let mut before = Vec::new();
-        for sw in switches(prefixes) {
+        for sw in needed {
             let v = match old.as_deref().and_then(|t| recorded(t, sw)) {
                 Some(v) => v,
                 None => std::fs::read_to_string(sw.sysctl)

@@ -112,6 +112,11 @@ pub enum Installed {
 pub enum Refused {
     #[error("tunnel address {addr} is outside the exit's pool {pool}")]
     OutsidePool { addr: IpAddr, pool: IpNet },
+    #[error(
+        "tunnel address {addr}: the exit has no pool of its family (an IPv6 one needs \
+         tun_addr6, the gateway's pool.cidr6 prefix)"
+    )]
+    NoPool { addr: IpAddr },
     #[error("tunnel address {addr} is the exit's own")]
     OwnAddress { addr: IpAddr },
     /// The sender's ownership was superseded: it must not move the session back.
@@ -187,11 +192,13 @@ impl Sessions {
     /// the pool of its family, and be neither the exit's own address nor the
     /// prefix's network (or IPv4 broadcast) address.
     fn check_addr(&self, addr: IpAddr) -> Result<(), Refused> {
-        let pool = self
+        let Some(pool) = self
             .pools
             .iter()
             .find(|p| p.addr().is_ipv4() == addr.is_ipv4())
-            .unwrap_or(&self.pools[0]);
+        else {
+            return Err(Refused::NoPool { addr });
+        };
         if addr == pool.addr() {
             return Err(Refused::OwnAddress { addr });
         }
@@ -417,7 +424,7 @@ mod tests {
         assert!(t.get_mut(7).is_none());
         assert_eq!(t.by_addr_mut(ip("10.99.0.2")).map(|s| s.id), Some(8));
         assert!(t.revoke(8));
-        for bad in ["10.98.0.2", "10.99.0.0", "10.99.0.255", "fd00::2"] {
+        for bad in ["10.98.0.2", "10.99.0.0", "10.99.0.255"] {
             assert!(
                 matches!(
                     t.install(8, ip(bad), &[3; 32], &[4; 32], ret, O),
@@ -426,6 +433,17 @@ mod tests {
                 "{bad}"
             );
         }
+        // An IPv6 address on an exit without tun_addr6: said so.
+        let e = t
+            .install(8, ip("fd00::2"), &[3; 32], &[4; 32], ret, O)
+            .unwrap_err();
+        assert_eq!(
+            e,
+            Refused::NoPool {
+                addr: ip("fd00::2")
+            }
+        );
+        assert!(e.to_string().contains("needs tun_addr6"), "{e}");
         assert_eq!(
             t.install(8, ip("10.99.0.1"), &[3; 32], &[4; 32], ret, O),
             Err(Refused::OwnAddress {

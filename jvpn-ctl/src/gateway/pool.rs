@@ -60,6 +60,7 @@ impl Pool {
         debug_assert!(net6.is_none_or(|n6| 128 - n6.prefix_len() >= 32 - net.prefix_len()));
         Self {
             v4: Range {
+                first: u32::from(net.network()) + 1,
                 next: u32::from(net.network()) + 1,
                 last: u32::from(net.broadcast()) - 1,
                 reserved: reserved
@@ -83,8 +84,9 @@ impl Pool {
         }
     }
 
+    /// `v4` (from this pool's range) with its IPv6 pair.
     fn pair(&self, v4: u32) -> Tunnel {
-        let offset = v4 - u32::from(self.net4.network());
+        let offset = v4.saturating_sub(u32::from(self.net4.network()));
         Tunnel {
             v4: Ipv4Addr::from(v4),
             v6: self
@@ -118,6 +120,7 @@ impl Pool {
 }
 
 struct Range {
+    first: u32,
     /// Next never-used address.
     next: u32,
     last: u32,
@@ -140,8 +143,14 @@ impl Range {
         None
     }
 
+    /// Addresses outside the range (a session another node allocated, adopted or
+    /// ended here) are left alone by `take` and `release`: released here, one would be
+    /// handed out twice, once by each node.
     fn take(&mut self, a: u32) {
-        if !self.released.remove(&a) && a >= self.next && a <= self.last {
+        if !(self.first..=self.last).contains(&a) {
+            return;
+        }
+        if !self.released.remove(&a) && a >= self.next {
             self.released
                 .extend((self.next..a).filter(|x| !self.reserved.contains(x)));
             self.next = a + 1;
@@ -149,7 +158,7 @@ impl Range {
     }
 
     fn release(&mut self, a: u32) {
-        if a < self.next && !self.reserved.contains(&a) {
+        if (self.first..self.next).contains(&a) && !self.reserved.contains(&a) {
             self.released.insert(a);
         }
     }
@@ -178,6 +187,29 @@ mod tests {
         .map(|a| a.parse().unwrap())
         .collect();
         assert_eq!(v4s(&mut p), want);
+    }
+
+    /// Another node's address (a foreign session that ended here) is neither handed
+    /// out nor counted: before, a release below the range put it in the free list.
+    #[test]
+    fn addresses_of_another_pool_are_left_alone() {
+        let mut p = Pool::dual(
+            "10.99.1.0/29".parse().unwrap(),
+            Some("fd00:99::100/125".parse().unwrap()),
+            &[],
+        );
+        let foreign = Tunnel {
+            v4: "10.99.0.5".parse().unwrap(),
+            v6: Some("fd00:99::5".parse().unwrap()),
+        };
+        p.take(foreign);
+        p.release(foreign);
+        p.release("10.99.1.200".parse::<Ipv4Addr>().unwrap().into());
+        let got: Vec<Tunnel> = std::iter::from_fn(|| p.allocate()).collect();
+        assert_eq!(got.len(), 6);
+        assert_eq!(got[0].v4, "10.99.1.1".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(got[0].v6, Some("fd00:99::101".parse().unwrap()));
+        assert!(got.iter().all(|t| t.v4.octets()[2] == 1));
     }
 
     #[test]

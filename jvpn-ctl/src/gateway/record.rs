@@ -18,11 +18,12 @@ use crate::{
     session::Session,
 };
 
-/// The first byte of every record; bumped when the layout changes. A record of
-/// another version is refused (1 was JSON, which starts with `{`), except version 2:
-/// version 3 appended `tunnel6`, and a version 2 record is read as one whose
-/// `tunnel6` is `None` (postcard encodes that as one zero byte after the rest), so a
-/// gateway upgraded in place resumes its sessions.
+/// The first byte of a record; bumped when the layout changes. A record of another
+/// version is refused (1 was JSON, which starts with `{`). Version 3 appended
+/// `tunnel6`; an IPv4-only session is still written as version 2 (the same bytes
+/// without the final zero that encodes `None`), so a gateway rolled back, or an older
+/// node of a cluster being upgraded, reads every record of a gateway without
+/// `pool.cidr6`; and version 2 is read as `tunnel6: None`.
 pub const RECORD_VERSION: u8 = 3;
 const RECORD_V2: u8 = 2;
 
@@ -67,6 +68,11 @@ impl SessionRecord {
         let mut out = Vec::with_capacity(384);
         out.push(RECORD_VERSION);
         postcard::to_io(self, &mut out).expect("a record always serializes");
+        if self.tunnel6.is_none() {
+            let none = out.pop();
+            debug_assert_eq!(none, Some(0), "postcard's None is one zero byte");
+            out[0] = RECORD_V2;
+        }
         out
     }
 
@@ -86,7 +92,7 @@ impl SessionRecord {
             }
             Some(v) => {
                 return Err(bad(format!(
-                    "format version {v} (this gateway reads {RECORD_VERSION})"
+                    "format version {v} (this gateway reads {RECORD_V2} and {RECORD_VERSION})"
                 )));
             }
             None => return Err(bad("empty".into())),
@@ -192,18 +198,24 @@ mod tests {
         );
     }
 
-    /// A version 2 record (before `tunnel6`: the same bytes without the final one)
-    /// still loads, as an IPv4-only session.
+    /// An IPv4-only session is written in version 2 (what a gateway before `tunnel6`
+    /// reads: the same bytes as version 3 without the final zero) and read back; a
+    /// dual-stack one in version 3, one byte of `Some` and 16 longer.
     #[test]
-    fn a_version_2_record_loads_without_an_ipv6_address() {
+    fn ipv4_only_records_stay_in_version_2() {
+        let dual = record(9);
+        let v3 = dual.encode();
+        assert_eq!(v3[0], 3);
         let mut r = record(9);
         r.tunnel6 = None;
-        let mut v2 = r.encode();
-        assert_eq!(v2.pop(), Some(0), "None is one zero byte at the end");
-        v2[0] = 2;
+        let v2 = r.encode();
+        assert_eq!(v2[0], 2);
+        assert_eq!(v3.len(), v2.len() + 17);
         let back = SessionRecord::decode(9, &v2).unwrap();
         assert_eq!((back.tunnel, back.tunnel6), (r.tunnel, None));
         assert_eq!(back.session, r.session);
+        let back = SessionRecord::decode(9, &v3).unwrap();
+        assert_eq!(back.tunnel6, dual.tunnel6);
     }
 
     #[test]

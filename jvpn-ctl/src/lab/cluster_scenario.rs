@@ -242,6 +242,15 @@ impl Run<'_> {
         })
     }
 
+    /// Waits (3 s at most) for [`Run::ownership_change`]: a node's event reaches its
+    /// log just after the change it reports, so a look at once missed it now and then
+    /// on a loaded machine while the summary, read later, showed it.
+    fn published(&self, n: usize, to: u16, since_ms: u64) -> Result<bool> {
+        self.wait_until(Duration::from_secs(3), || {
+            self.ownership_change(n, to, since_ms)
+        })
+    }
+
     /// Successful reattaches counted by both nodes (a restarted node counts anew).
     fn successes(&self) -> u64 {
         (0..2)
@@ -450,7 +459,7 @@ pub fn run(bin: &Path, stop: &AtomicBool) -> Result<Summary> {
         format!("B holds the session, ATTACHED at generation 2 ({on_b:?})"),
     );
     run.check(
-        run.ownership_change(1, 2, kill_ms),
+        run.published(1, 2, kill_ms)?,
         "B published an OWNERSHIP_CHANGE to node 2",
     );
     run.say(&format!(
@@ -575,7 +584,7 @@ pub fn run(bin: &Path, stop: &AtomicBool) -> Result<Summary> {
         ),
     );
     run.check(
-        run.ownership_change(0, 1, cut_ms),
+        run.published(0, 1, cut_ms)?,
         "A published an OWNERSHIP_CHANGE to node 1",
     );
     run.note_denials("B cut off from etcd", cut_ms);
@@ -622,7 +631,7 @@ pub fn run(bin: &Path, stop: &AtomicBool) -> Result<Summary> {
         || run.holds(1).is_none(),
     )?;
     run.check(
-        run.ownership_change(1, 1, cut_ms),
+        run.published(1, 1, cut_ms)?,
         "B published its loss (OWNERSHIP_CHANGE to node 1)",
     );
     run.say("B let the session go; A owns it");

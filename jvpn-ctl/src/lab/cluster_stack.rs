@@ -38,6 +38,10 @@ use crate::{
 };
 
 pub const EXIT_TUN: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 99, 3, 1);
+/// The exit's IPv6 tunnel address: the cluster's tunnel is dual-stack too, node n's
+/// IPv6 pool `fd00:99::(n-1)00/120` beside its IPv4 `10.99.(n-1).0/24`.
+pub const EXIT_TUN6: std::net::Ipv6Addr =
+    std::net::Ipv6Addr::new(0xfd00, 0x99, 0, 0, 0, 0, 0, 0x301);
 pub const ECHO_PORT: u16 = 7000;
 pub const EXIT_DATA_PORT: u16 = 51821;
 pub const EXIT_LINK_PORT: u16 = 51822;
@@ -182,6 +186,7 @@ link = "{EXIT}:{EXIT_LINK_PORT}"
 link_key = "{dd}/link.key"
 [pool]
 cidr = "10.99.{pool}.0/24"
+cidr6 = "fd00:99::{pool}00/120"
 [policy]
 {policy}
 [cluster]
@@ -209,6 +214,11 @@ etcd_timeout_ms = {timeout}
             link_key_file: Some(self.dir.join("link.key")),
             tun_addr: Some(
                 format!("{EXIT_TUN}/22")
+                    .parse::<ipnet::IpNet>()
+                    .map_err(|e| Error::other(format!("{e}")))?,
+            ),
+            tun_addr6: Some(
+                format!("{EXIT_TUN6}/64")
                     .parse::<ipnet::IpNet>()
                     .map_err(|e| Error::other(format!("{e}")))?,
             ),
@@ -361,7 +371,7 @@ etcd_timeout_ms = {timeout}
             .map_err(|e| Error::other(e.to_string()))?;
         Ok(format!(
             "identity = \"{d}/client.key\"\ngateway_public_key = \"{}\"\n\
-             tun_name = \"jvpn0\"\nroutes = [\"10.99.3.0/24\"]\n\
+             tun_name = \"jvpn0\"\nroutes = [\"10.99.3.0/24\", \"fd00:99::300/120\"]\n\
              control_socket = \"{d}/client.sock\"\nevent_log = \"{d}/client-events.jsonl\"\n\
              {extra}\n[health]\nreturn_after_ms = 1000\nattempt_timeout_ms = 400\nidle_after_ms = 0\n\
              [[transport]]\nname = \"lan\"\nkind = \"ethernet\"\nbind = \"{CLIENT}:{CLIENT_PORT}\"\n\
