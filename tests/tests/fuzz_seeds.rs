@@ -132,6 +132,21 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
             [&[3, msg.type_code()][..], &msg.body()].concat(),
         ));
     }
+    // link: a dual-stack session's INSTALL (its IPv6 address after the epoch).
+    let dual = LinkMsg::Install {
+        session_id: 9,
+        tunnel_addr: "10.77.0.2".parse().unwrap(),
+        tunnel6: Some("fd00:77::2".parse().unwrap()),
+        c2x: [1; 32],
+        x2c: [2; 32],
+        ret,
+        epoch: 3,
+    };
+    out.push((
+        "link",
+        "1-dual".into(),
+        [&[3, dual.type_code()][..], &dual.body()].concat(),
+    ));
     // data: (session id, counter, plaintext) with an IPv4 packet and an MTU notice.
     let mut d = Vec::new();
     d.extend_from_slice(&9u64.to_le_bytes());
