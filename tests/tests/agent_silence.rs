@@ -56,11 +56,15 @@ fn an_unlisted_agent_says_why_and_attaches_once_its_key_is_added_live() {
         "our key is named: {:?}",
         h.likely_causes
     );
+    // The status and the log line come from the same moment, but the line reaches
+    // the file a little later: waited for (a look at once failed in a clean clone).
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let says = |log: &str| log.contains("no session yet") && log.contains(&key);
+    while !says(&lab.log("client")) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let log = lab.log("client");
-    assert!(
-        log.contains("no session yet") && log.contains(&key),
-        "the log says it: {log}"
-    );
+    assert!(says(&log), "the log says it: {log}");
     // `client status` shows it to a person too.
     let out = std::process::Command::new(jvpn_tests::gwlab::jvpn_ctl_bin())
         .args(["client", "status", "--socket"])
