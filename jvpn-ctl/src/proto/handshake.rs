@@ -544,6 +544,17 @@ pub(crate) mod tests {
         welcomed: Welcomed,
     }
 
+    /// A client's handshake towards `gw`, and its HELLO as `gw` verified it.
+    fn hello_to(gw: &Ed25519KeyPair) -> (ClientHandshake, VerifiedHello) {
+        let (c, hello) =
+            ClientHandshake::start(&keypair(), &public_of(gw), 1, &SystemRandom::new()).unwrap();
+        let v = Hello::decode(&hello)
+            .unwrap()
+            .verify_signature(&public_of(gw))
+            .unwrap();
+        (c, v)
+    }
+
     /// A WELCOME of session SID with tunnel address 10.0.0.1, signed by `gw`.
     fn welcome_v4(gw: &Ed25519KeyPair, hello: &VerifiedHello) -> Welcomed {
         let addr = "10.0.0.1".parse().unwrap();
@@ -689,11 +700,7 @@ pub(crate) mod tests {
     fn ipv6_tunnel_address() {
         let rng = SystemRandom::new();
         let gw = keypair();
-        let (mut c, hello) = ClientHandshake::start(&keypair(), &public_of(&gw), 1, &rng).unwrap();
-        let v = Hello::decode(&hello)
-            .unwrap()
-            .verify_signature(&public_of(&gw))
-            .unwrap();
+        let (mut c, v) = hello_to(&gw);
         let a: IpAddr = "fd00:77::2".parse().unwrap();
         let w = welcome(&gw, &v, SID, 1, a, None, HINT, 1, &rng).unwrap();
         assert_eq!(c.on_welcome(&w.welcome).unwrap().tunnel_addr, a);
@@ -706,11 +713,7 @@ pub(crate) mod tests {
     fn dual_stack_tunnel_addresses() {
         let rng = SystemRandom::new();
         let gw = keypair();
-        let (mut c, hello) = ClientHandshake::start(&keypair(), &public_of(&gw), 1, &rng).unwrap();
-        let v = Hello::decode(&hello)
-            .unwrap()
-            .verify_signature(&public_of(&gw))
-            .unwrap();
+        let (mut c, v) = hello_to(&gw);
         let (a4, a6): (IpAddr, Ipv6Addr) =
             ("10.77.0.2".parse().unwrap(), "fd00:77::2".parse().unwrap());
         let w = welcome(&gw, &v, SID, 1, a4, Some(a6), HINT, 1, &rng).unwrap();

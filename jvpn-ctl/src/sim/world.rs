@@ -422,12 +422,7 @@ impl World {
 
     /// One IPv6 echo datagram into the tunnel, from the session's IPv6 address.
     pub fn send_app6(&mut self, payload: &[u8]) {
-        let Some(src) = self
-            .client
-            .status(self.now)
-            .tunnel_addr6
-            .and_then(|t| t.parse::<Ipv6Addr>().ok())
-        else {
+        let Some(src) = self.client.tunnel6() else {
             return;
         };
         self.app_sent6 += 1;
